@@ -1,0 +1,111 @@
+//! Header updates and committing metadata through the log.
+
+use alloc::vec::Vec;
+
+use super::open::write_header_pair;
+use super::Disk;
+use crate::error::{Error, Result};
+use crate::format::guid::Guid;
+use crate::format::header::HeaderInfo;
+use crate::format::{round_up_mib, MIB};
+use crate::log::LogWriter;
+
+impl Disk {
+    fn new_guid(&mut self) -> Result<Guid> {
+        let gen = self.guid_source.as_mut().ok_or_else(|| Error::invalid("no GUID source for a writable disk"))?;
+        Ok(gen())
+    }
+
+    /// Writes a header changed by `f` to both slots, in order, each flushed.
+    pub(crate) fn update_header(&mut self, f: impl FnOnce(&mut HeaderInfo)) -> Result<()> {
+        let mut h = self.header.clone();
+        f(&mut h);
+        write_header_pair(&mut *self.storage, &mut h, &mut self.header_slot)?;
+        self.header = h;
+        Ok(())
+    }
+
+    /// Before the first change a reader can see: new FileWriteGuid (if this
+    /// session has not changed it yet) and new DataWriteGuid.
+    pub(crate) fn begin_data_change(&mut self) -> Result<()> {
+        if self.data_guid_changed {
+            return Ok(());
+        }
+        let data = self.new_guid()?;
+        let file = if self.file_guid_changed { self.header.file_write_guid } else { self.new_guid()? };
+        self.update_header(|h| {
+            h.file_write_guid = file;
+            h.data_write_guid = data;
+        })?;
+        self.file_guid_changed = true;
+        self.data_guid_changed = true;
+        Ok(())
+    }
+
+    /// Whether metadata changes wait for the next flush.
+    pub fn has_pending_metadata(&self) -> bool {
+        !self.dirty_bat_pages.is_empty() || !self.dirty_pages.is_empty()
+    }
+
+    /// Commits pending metadata: payload durable first, then the changed
+    /// pages through the log, then in place.
+    fn commit_metadata(&mut self) -> Result<()> {
+        if !self.has_pending_metadata() {
+            return Ok(());
+        }
+        self.storage.flush().map_err(|source| Error::Io { op: "flushing payload", offset: 0, source })?;
+        if self.log.is_none() {
+            if self.header.log_length == 0 {
+                return Err(Error::unsupported("header", 0, "the image has no log, so its metadata cannot be updated safely"));
+            }
+            let guid = self.new_guid()?;
+            self.update_header(|h| h.log_guid = guid)?;
+            self.log = Some(LogWriter::new(self.header.log_offset, self.header.log_length as u64));
+        }
+        let mut pages: Vec<(u64, Vec<u8>)> = Vec::with_capacity(self.dirty_bat_pages.len() + self.dirty_pages.len());
+        for &page in &self.dirty_bat_pages {
+            let entries = &self.bat[(page * 512) as usize..((page + 1) * 512) as usize];
+            let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
+            pages.push((self.bat_offset + page * 4096, bytes));
+        }
+        for (&at, page) in &self.dirty_pages {
+            pages.push((at, page.clone()));
+        }
+        let flushed = self.file_len / MIB * MIB;
+        let last = round_up_mib(self.file_len);
+        let log_guid = self.header.log_guid;
+        let log = self.log.as_mut().expect("set above");
+        log.commit(&mut *self.storage, &log_guid, &pages, flushed, last)?;
+        self.dirty_bat_pages.clear();
+        self.dirty_pages.clear();
+        Ok(())
+    }
+
+    /// Makes every completed write durable: payload, then metadata through the log.
+    pub fn flush(&mut self) -> Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        self.commit_metadata()?;
+        self.storage.flush().map_err(|source| Error::Io { op: "flushing", offset: 0, source })
+    }
+
+    pub(crate) fn close_inner(&mut self) -> Result<()> {
+        if self.closed || !self.writable {
+            self.closed = true;
+            return Ok(());
+        }
+        self.flush()?;
+        if self.log.is_some() {
+            self.update_header(|h| h.log_guid = Guid::nil())?;
+            self.log = None;
+        }
+        self.closed = true;
+        Ok(())
+    }
+
+    /// Log entries this session has written.
+    pub fn log_entries_written(&self) -> u64 {
+        self.log.as_ref().map_or(0, |l| l.entries_written())
+    }
+}

@@ -1,0 +1,261 @@
+//! [`Disk`]: an open VHDX image — fixed, dynamic or differencing.
+//!
+//! Invariants:
+//! - The BAT is held in memory whole (its size is bounded by the file's
+//!   size, which bounds the BAT region) and is the truth for reads; pages
+//!   changed by writes are kept dirty until the next [`Disk::flush`], which
+//!   makes the payload durable first and then commits the pages through the
+//!   log. Flushed data is never lost; data written since the last flush may
+//!   be, whole sectors at a time.
+//! - Before the first change a reader can see, the session updates the
+//!   headers once: new FileWriteGuid and DataWriteGuid, in the non-current
+//!   slot, with a higher sequence number.
+//! - Every block offset in the BAT was checked at open to lie after the
+//!   header section, outside the log, regions and other blocks, and to start
+//!   inside the file; new blocks are allocated past every structure.
+
+mod commit;
+pub(crate) mod open;
+mod create;
+mod options;
+mod rw;
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::string::String;
+use alloc::vec::Vec;
+
+pub use options::{CreateOptions, DiskType, GuidSource, OpenOptions};
+pub use rw::{Extent, MapEntry};
+
+use crate::error::Result;
+use crate::format::bat::BatGeometry;
+use crate::format::guid::Guid;
+use crate::format::header::HeaderInfo;
+use crate::format::locator::ParentLocator;
+use crate::format::metadata::DiskParameters;
+use crate::format::region::RegionTable;
+use crate::io::Storage;
+use crate::log::LogWriter;
+
+/// An open VHDX image.
+///
+/// Reads take `&self` and may run from many threads at once; writes take
+/// `&mut self`. Share a disk between threads with `std::sync::RwLock<Disk>`.
+///
+/// ```
+/// use vhdx::{CreateOptions, Disk, MemStorage};
+/// # fn main() -> vhdx::Result<()> {
+/// let mut disk = Disk::create_on(Box::new(MemStorage::new()), &CreateOptions::dynamic(64 << 20), None)?;
+/// disk.write_at(b"hello", 1000)?;
+/// let mut buf = [0u8; 5];
+/// disk.read_at(&mut buf, 1000)?;
+/// assert_eq!(&buf, b"hello");
+/// disk.flush()?;
+/// # Ok(()) }
+/// ```
+pub struct Disk {
+    storage: Box<dyn Storage>,
+    writable: bool,
+    /// The file's length as this session knows it.
+    file_len: u64,
+    /// Where the next new block may go: past every structure and block.
+    alloc_floor: u64,
+    header: HeaderInfo,
+    header_slot: usize,
+    regions: RegionTable,
+    params: DiskParameters,
+    locator: Option<ParentLocator>,
+    geometry: BatGeometry,
+    bat_offset: u64,
+    /// The BAT, whole 4 KiB pages of it.
+    bat: Vec<u64>,
+    dirty_bat_pages: BTreeSet<u64>,
+    /// Metadata pages (sector bitmaps) changed but not yet committed, by file offset.
+    dirty_pages: BTreeMap<u64, Vec<u8>>,
+    /// Present once this session has set a LogGuid and may write the log.
+    log: Option<LogWriter>,
+    file_guid_changed: bool,
+    data_guid_changed: bool,
+    guid_source: Option<GuidSource>,
+    parent: Option<Box<Disk>>,
+    creator: String,
+    replayed_log: bool,
+    closed: bool,
+}
+
+/// What [`Disk::info`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskInfo {
+    /// Fixed, dynamic or differencing.
+    pub disk_type: DiskType,
+    /// Virtual disk size in bytes.
+    pub virtual_size: u64,
+    /// Payload block size.
+    pub block_size: u32,
+    /// Logical sector size.
+    pub logical_sector_size: u32,
+    /// Physical sector size.
+    pub physical_sector_size: u32,
+    /// The backing file's size.
+    pub file_size: u64,
+    /// Payload blocks per sector bitmap block.
+    pub chunk_ratio: u64,
+    /// The virtual disk ID (SCSI page 83).
+    pub virtual_disk_id: Guid,
+    /// The current header's DataWriteGuid (what children link to).
+    pub data_write_guid: Guid,
+    /// The current header's FileWriteGuid.
+    pub file_write_guid: Guid,
+    /// The current header's sequence number.
+    pub header_sequence_number: u64,
+    /// The creator string of the file type identifier.
+    pub creator: String,
+    /// Whether a log was replayed when the disk was opened.
+    pub log_replayed: bool,
+    /// The parent locator entries of a differencing disk.
+    pub parent_locator: Option<Vec<(String, String)>>,
+    /// Payload blocks whose data lives in this file.
+    pub allocated_blocks: u64,
+}
+
+impl Disk {
+    /// Opens `path` read-only. A dirty log is replayed in memory.
+    ///
+    /// ```no_run
+    /// let disk = vhdx::Disk::open("disk.vhdx")?;
+    /// println!("{} bytes", disk.virtual_size());
+    /// # Ok::<(), vhdx::Error>(())
+    /// ```
+    #[cfg(feature = "std")]
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Disk> {
+        OpenOptions::new().open(path)
+    }
+
+    /// Opens `path` for reading and writing. A dirty log is replayed in place.
+    #[cfg(feature = "std")]
+    pub fn open_writable(path: impl AsRef<std::path::Path>) -> Result<Disk> {
+        OpenOptions::new().writable(true).open(path)
+    }
+
+    /// Opens an image on any storage, read-only.
+    pub fn open_storage(storage: Box<dyn Storage>) -> Result<Disk> {
+        OpenOptions::new().open_storage(storage)
+    }
+
+    /// Creates a new fixed or dynamic image at `path` (which must not exist)
+    /// and opens it for writing.
+    ///
+    /// ```no_run
+    /// let disk = vhdx::Disk::create("new.vhdx", &vhdx::CreateOptions::dynamic(10 << 30))?;
+    /// # Ok::<(), vhdx::Error>(())
+    /// ```
+    #[cfg(feature = "std")]
+    pub fn create(path: impl AsRef<std::path::Path>, options: &CreateOptions) -> Result<Disk> {
+        create::create_file(path.as_ref(), options)
+    }
+
+    /// Creates a new fixed or dynamic image on empty `storage` and opens it
+    /// for writing. `guid_source` supplies GUIDs (random when `None` with `std`).
+    pub fn create_on(storage: Box<dyn Storage>, options: &CreateOptions, guid_source: Option<GuidSource>) -> Result<Disk> {
+        create::create(storage, options, guid_source)
+    }
+
+    /// Virtual disk size in bytes.
+    pub fn virtual_size(&self) -> u64 {
+        self.params.virtual_size
+    }
+
+    /// Logical sector size in bytes.
+    pub fn logical_sector_size(&self) -> u32 {
+        self.params.logical_sector_size
+    }
+
+    /// Physical sector size in bytes.
+    pub fn physical_sector_size(&self) -> u32 {
+        self.params.physical_sector_size
+    }
+
+    /// Payload block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.params.block_size
+    }
+
+    /// Fixed, dynamic or differencing.
+    pub fn disk_type(&self) -> DiskType {
+        if self.params.has_parent {
+            DiskType::Differencing
+        } else if self.params.leave_block_allocated {
+            DiskType::Fixed
+        } else {
+            DiskType::Dynamic
+        }
+    }
+
+    /// Whether the disk was opened for writing.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The current header's DataWriteGuid.
+    pub fn data_write_guid(&self) -> Guid {
+        self.header.data_write_guid
+    }
+
+    /// The parent locator of a differencing disk.
+    pub fn parent_locator(&self) -> Option<&ParentLocator> {
+        self.locator.as_ref()
+    }
+
+    /// The parent disk, when one is attached.
+    pub fn parent(&self) -> Option<&Disk> {
+        self.parent.as_deref()
+    }
+
+    /// A summary of the image.
+    pub fn info(&self) -> DiskInfo {
+        let allocated_blocks = (0..self.geometry.payload_blocks)
+            .filter(|&b| self.payload_state(b).is_some_and(|s| s.has_data()))
+            .count() as u64;
+        DiskInfo {
+            disk_type: self.disk_type(),
+            virtual_size: self.params.virtual_size,
+            block_size: self.params.block_size,
+            logical_sector_size: self.params.logical_sector_size,
+            physical_sector_size: self.params.physical_sector_size,
+            file_size: self.file_len,
+            chunk_ratio: self.geometry.chunk_ratio,
+            virtual_disk_id: self.params.virtual_disk_id,
+            data_write_guid: self.header.data_write_guid,
+            file_write_guid: self.header.file_write_guid,
+            header_sequence_number: self.header.sequence_number,
+            creator: self.creator.clone(),
+            log_replayed: self.replayed_log,
+            parent_locator: self.locator.as_ref().map(|l| l.entries.clone()),
+            allocated_blocks,
+        }
+    }
+
+    /// Flushes, clears the log GUID and closes, reporting any error (dropping
+    /// a disk does the same but cannot report).
+    pub fn close(mut self) -> Result<()> {
+        self.close_inner()
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        let _ = self.close_inner();
+    }
+}
+
+impl core::fmt::Debug for Disk {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Disk")
+            .field("type", &self.disk_type())
+            .field("virtual_size", &self.params.virtual_size)
+            .field("block_size", &self.params.block_size)
+            .field("writable", &self.writable)
+            .finish_non_exhaustive()
+    }
+}

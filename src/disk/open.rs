@@ -1,0 +1,304 @@
+//! Opening an image: headers, log replay, region table, metadata, BAT, with
+//! every value checked before it sizes an allocation or an access.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::format;
+use alloc::vec::Vec;
+
+use super::options::{OpenOptions, ParentChoice};
+use super::Disk;
+use crate::error::{Error, Result};
+use crate::format::bat::{entry_offset, BatGeometry, PayloadState, SB_NOT_PRESENT, SB_PRESENT};
+use crate::format::header::{select_current, HeaderInfo, RawFileIdentifier, HEADER_OFFSETS, HEADER_SIZE};
+use crate::format::metadata::{self, METADATA_TABLE_SIZE};
+use crate::format::region::{RegionTable, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE};
+use crate::format::{round_up_mib, HEADER_SECTION_SIZE, MIB};
+use crate::io::Storage;
+use crate::log::{find_active_sequence, replay_in_place, ReplayOverlay};
+
+pub(crate) fn read(storage: &dyn Storage, buf: &mut [u8], offset: u64, what: &'static str) -> Result<()> {
+    storage.read_exact_at(buf, offset).map_err(|source| Error::Io { op: what, offset, source })
+}
+
+fn file_len(storage: &dyn Storage) -> Result<u64> {
+    storage.len().map_err(|source| Error::Io { op: "sizing the file", offset: 0, source })
+}
+
+pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<Disk> {
+    let OpenOptions { writable, mut guid_source, parent } = opts;
+    if writable && guid_source.is_none() {
+        return Err(Error::invalid("a writable open needs a GUID source when built without std"));
+    }
+    let mut len = file_len(&*storage)?;
+    let section_end = REGION_TABLE_OFFSETS[1] + REGION_TABLE_SIZE as u64;
+    if len < section_end {
+        // Still check the signature first so a non-VHDX file is named as such.
+        let mut sig = alloc::vec![0u8; (len as usize).min(520)];
+        read(&*storage, &mut sig, 0, "reading the file type identifier")?;
+        RawFileIdentifier::validate(&sig)?;
+        return Err(Error::corrupt("header section", 0, format!("file is only {len} bytes, shorter than the header section")));
+    }
+    let mut section = alloc::vec![0u8; section_end as usize];
+    read(&*storage, &mut section, 0, "reading the header section")?;
+    let ident = RawFileIdentifier::validate(&section)?;
+    let slots = HEADER_OFFSETS.map(|o| HeaderInfo::parse(&section[o as usize..o as usize + HEADER_SIZE], o));
+    let (mut header_slot, mut header) = select_current(slots)?;
+    if header.log_length > 0 && header.log_offset + header.log_length as u64 > len {
+        return Err(Error::corrupt("header", HEADER_OFFSETS[header_slot], "the log runs past the end of the file"));
+    }
+
+    let mut file_guid_changed = false;
+    let mut replayed_log = false;
+    if let Some(seq) = find_active_sequence(&*storage, &header, len)? {
+        replayed_log = true;
+        if writable {
+            // A new FileWriteGuid before any change, replay included; then the
+            // replay; then a clean log.
+            let gen = guid_source.as_mut().expect("checked above");
+            let mut h = header.clone();
+            h.file_write_guid = gen();
+            write_header_pair(&mut *storage, &mut h, &mut header_slot)?;
+            replay_in_place(&mut *storage, &seq)?;
+            h.log_guid = crate::format::guid::Guid::nil();
+            write_header_pair(&mut *storage, &mut h, &mut header_slot)?;
+            header = h;
+            file_guid_changed = true;
+            // The replay may have rewritten the region tables.
+            read(&*storage, &mut section, 0, "reading the header section")?;
+        } else {
+            let overlay = ReplayOverlay::new(storage, seq)?;
+            storage = Box::new(overlay);
+            read(&*storage, &mut section, 0, "reading the header section")?;
+        }
+        len = file_len(&*storage)?;
+    }
+
+    let regions = match RegionTable::parse(&section[REGION_TABLE_OFFSETS[0] as usize..], REGION_TABLE_OFFSETS[0]) {
+        Ok(t) => t,
+        Err(first) => RegionTable::parse(&section[REGION_TABLE_OFFSETS[1] as usize..], REGION_TABLE_OFFSETS[1])
+            .map_err(|second| {
+                Error::corrupt(
+                    "region table",
+                    REGION_TABLE_OFFSETS[0],
+                    format!("neither copy is valid (copy 1: {first}; copy 2: {second})"),
+                )
+            })?,
+    };
+    let log_range = (header.log_offset, header.log_offset + header.log_length as u64);
+    for r in &regions.entries {
+        if header.log_length > 0 && r.file_offset < log_range.1 && log_range.0 < r.end() {
+            return Err(Error::corrupt("region table", REGION_TABLE_OFFSETS[0], format!("region {} overlaps the log", r.guid)));
+        }
+    }
+    let bat_region = regions.bat();
+    let meta_region = regions.metadata();
+    for (r, name) in [(bat_region, "BAT"), (meta_region, "metadata")] {
+        if r.end() > len {
+            return Err(Error::corrupt(
+                "region table",
+                REGION_TABLE_OFFSETS[0],
+                format!("the {name} region ({:#x}..{:#x}) runs past the end of the file ({len} bytes)", r.file_offset, r.end()),
+            ));
+        }
+    }
+
+    // Metadata.
+    let mut table = alloc::vec![0u8; METADATA_TABLE_SIZE];
+    read(&*storage, &mut table, meta_region.file_offset, "reading the metadata table")?;
+    let entries = metadata::parse_table(&table, meta_region.file_offset, meta_region.length)?;
+    let (params, locator) = metadata::parse_items(&entries, meta_region.file_offset, |e| {
+        let mut item = alloc::vec![0u8; e.length as usize];
+        read(&*storage, &mut item, meta_region.file_offset + e.offset as u64, "reading a metadata item")?;
+        Ok(item)
+    })?;
+    let geometry = BatGeometry::new(params.block_size, params.logical_sector_size, params.virtual_size, params.has_parent)?;
+    if geometry.table_bytes() > bat_region.length as u64 {
+        return Err(Error::corrupt(
+            "BAT",
+            bat_region.file_offset,
+            format!(
+                "region of {} bytes cannot hold the {} entries a {}-byte disk with {}-byte blocks needs",
+                bat_region.length, geometry.entry_count, params.virtual_size, params.block_size
+            ),
+        ));
+    }
+
+    // BAT: whole 4 KiB pages, bounded by the region, which is bounded by the file.
+    let page_entries = 512u64;
+    let bat_entries = (geometry.entry_count.div_ceil(page_entries) * page_entries).min(bat_region.length as u64 / 8);
+    let mut raw = alloc::vec![0u8; (bat_entries * 8) as usize];
+    read(&*storage, &mut raw, bat_region.file_offset, "reading the BAT")?;
+    let bat: Vec<u64> = raw
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
+    drop(raw);
+    let alloc_floor = validate_bat(&bat, &geometry, bat_region.file_offset, len, &regions, log_range)?;
+
+    let parent = match parent {
+        ParentChoice::Disk(p) if params.has_parent => {
+            let linkage = locator.as_ref().and_then(|l| l.parent_linkage());
+            let alt = locator.as_ref().and_then(|l| l.parent_linkage2());
+            let found = p.data_write_guid();
+            if Some(found) != linkage && Some(found) != alt {
+                return Err(Error::ParentMismatch {
+                    parent: alloc::string::String::from("the given parent"),
+                    expected: linkage.unwrap_or_default(),
+                    found,
+                });
+            }
+            if p.logical_sector_size() != params.logical_sector_size || p.virtual_size() < params.virtual_size {
+                return Err(Error::corrupt(
+                    "parent",
+                    0,
+                    "the parent's logical sector size or virtual size does not match the child's",
+                ));
+            }
+            Some(p)
+        }
+        ParentChoice::None if params.has_parent => {
+            if writable {
+                return Err(Error::invalid("a differencing disk opened without its parent cannot be written"));
+            }
+            None
+        }
+        ParentChoice::Resolve if params.has_parent => {
+            return Err(Error::ParentNotFound {
+                looked_for: format!(
+                    "the parent named by the locator ({}); pass it explicitly",
+                    locator
+                        .as_ref()
+                        .and_then(|l| l.get(crate::format::locator::RELATIVE_PATH))
+                        .unwrap_or("no relative path")
+                ),
+            });
+        }
+        _ => None,
+    };
+
+    Ok(Disk {
+        storage,
+        writable,
+        file_len: len,
+        alloc_floor,
+        header,
+        header_slot,
+        regions,
+        params,
+        locator,
+        geometry,
+        bat_offset: bat_region.file_offset,
+        bat,
+        dirty_bat_pages: BTreeSet::new(),
+        dirty_pages: BTreeMap::new(),
+        log: None,
+        file_guid_changed,
+        data_guid_changed: false,
+        guid_source,
+        parent,
+        creator: ident.creator(),
+        replayed_log,
+        closed: false,
+    })
+}
+
+/// Writes `h` (sequence number raised) to the non-current slot, flushes, and
+/// repeats so both slots hold the new header.
+pub(crate) fn write_header_pair(storage: &mut dyn Storage, h: &mut HeaderInfo, slot: &mut usize) -> Result<()> {
+    for _ in 0..2 {
+        h.sequence_number = h
+            .sequence_number
+            .checked_add(1)
+            .ok_or_else(|| Error::corrupt("header", HEADER_OFFSETS[*slot], "sequence number exhausted"))?;
+        let next = 1 - *slot;
+        let at = HEADER_OFFSETS[next];
+        storage.write_all_at(&h.to_bytes(), at).map_err(|source| Error::Io { op: "writing a header", offset: at, source })?;
+        storage.flush().map_err(|source| Error::Io { op: "flushing a header", offset: at, source })?;
+        *slot = next;
+    }
+    Ok(())
+}
+
+/// Checks every BAT entry: states defined, offsets after the header section,
+/// outside the log and regions, starting inside the file, not overlapping each
+/// other. Returns the first 1 MiB-aligned offset past every structure.
+fn validate_bat(
+    bat: &[u64],
+    g: &BatGeometry,
+    bat_offset: u64,
+    file_len: u64,
+    regions: &RegionTable,
+    log: (u64, u64),
+) -> Result<u64> {
+    let mut used: Vec<(u64, u64, usize)> = Vec::new();
+    let bs = g.block_size as u64;
+    for (index, &entry) in bat.iter().enumerate().take(g.entry_count as usize) {
+        let at = bat_offset + index as u64 * 8;
+        let off = entry_offset(entry);
+        if g.is_sector_bitmap_index(index) {
+            match entry & 7 {
+                SB_NOT_PRESENT => {}
+                SB_PRESENT if g.has_parent => used.push((off, MIB, index)),
+                // Fixed and dynamic disks must not have sector bitmaps; other
+                // values are reserved. Neither is read, so neither stops a reader.
+                _ => {}
+            }
+            continue;
+        }
+        let state = PayloadState::from_entry(entry)
+            .ok_or_else(|| Error::corrupt("BAT entry", at, format!("entry {index} has the reserved state 4")))?;
+        if state == PayloadState::PartiallyPresent && !g.has_parent {
+            return Err(Error::corrupt("BAT entry", at, format!("entry {index} is partially present in a disk without a parent")));
+        }
+        if state.has_data() {
+            used.push((off, bs, index));
+        }
+        if state == PayloadState::PartiallyPresent {
+            let chunk = (index as u64) / (g.chunk_ratio + 1);
+            let sb = bat.get(g.sector_bitmap_index(chunk)).copied().unwrap_or(0);
+            if sb & 7 != SB_PRESENT {
+                return Err(Error::corrupt(
+                    "BAT entry",
+                    at,
+                    format!("entry {index} is partially present but chunk {chunk} has no sector bitmap"),
+                ));
+            }
+        }
+    }
+    let mut floor = round_up_mib(file_len).max(log.1);
+    for r in &regions.entries {
+        floor = floor.max(r.end());
+    }
+    for &(off, len, index) in &used {
+        let at = bat_offset + index as u64 * 8;
+        let end = off.saturating_add(len);
+        if off < HEADER_SECTION_SIZE || off >= file_len {
+            return Err(Error::corrupt(
+                "BAT entry",
+                at,
+                format!("entry {index} points at {off:#x}, outside the file's data area (file is {file_len} bytes)"),
+            ));
+        }
+        if off < log.1 && log.0 < end {
+            return Err(Error::corrupt("BAT entry", at, format!("entry {index} at {off:#x} overlaps the log")));
+        }
+        if let Some(r) = regions.entries.iter().find(|r| off < r.end() && r.file_offset < end) {
+            return Err(Error::corrupt("BAT entry", at, format!("entry {index} at {off:#x} overlaps region {}", r.guid)));
+        }
+        floor = floor.max(end);
+    }
+    used.sort_unstable();
+    for pair in used.windows(2) {
+        let (a, alen, ai) = pair[0];
+        let (b, _, bi) = pair[1];
+        if a + alen > b {
+            return Err(Error::corrupt(
+                "BAT entry",
+                bat_offset + bi as u64 * 8,
+                format!("entry {bi} at {b:#x} overlaps entry {ai} at {a:#x}"),
+            ));
+        }
+    }
+    Ok(round_up_mib(floor))
+}

@@ -1,0 +1,284 @@
+//! Resolving virtual ranges to extents, and reading and writing through them.
+//!
+//! `resolve` turns a virtual byte range into runs — data at a file offset,
+//! zeros, or the parent's data — coalescing neighbours, so a read issues one
+//! positioned request per contiguous run rather than one per block or sector.
+
+use alloc::vec::Vec;
+
+use super::Disk;
+use crate::error::{Error, Result};
+use crate::format::bat::{entry_offset, make_entry, PayloadState};
+
+/// Where a run of virtual bytes comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extent {
+    /// Stored in this file at `file_offset`.
+    Data {
+        /// File offset of the run's first byte.
+        file_offset: u64,
+    },
+    /// Reads as zeros.
+    Zero,
+    /// Not in this file: the parent's data (zeros when opened without a parent).
+    Parent,
+}
+
+/// One run of [`Disk::map`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapEntry {
+    /// Virtual offset.
+    pub offset: u64,
+    /// Length in bytes.
+    pub length: u64,
+    /// Where the bytes come from.
+    pub extent: Extent,
+}
+
+impl Disk {
+    pub(crate) fn payload_entry(&self, block: u64) -> u64 {
+        self.bat.get(self.geometry.payload_index(block)).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn payload_state(&self, block: u64) -> Option<PayloadState> {
+        PayloadState::from_entry(self.payload_entry(block))
+    }
+
+    fn check_range(&self, offset: u64, len: usize) -> Result<()> {
+        let size = self.params.virtual_size;
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(Error::OutOfRange { offset, len: len as u64, size }),
+        }
+    }
+
+    /// Calls `f(virtual_offset, length, extent)` for each coalesced run of
+    /// `[offset, offset + len)`, in order.
+    pub(crate) fn resolve(&self, offset: u64, len: u64, mut f: impl FnMut(u64, u64, Extent) -> Result<()>) -> Result<()> {
+        let bs = self.params.block_size as u64;
+        let mut pending: Option<(u64, u64, Extent)> = None;
+        let mut emit = |at: u64, n: u64, e: Extent, pending: &mut Option<(u64, u64, Extent)>| -> Result<()> {
+            if let Some((p_at, p_len, p_e)) = pending {
+                let joins = match (*p_e, e) {
+                    (Extent::Data { file_offset: a }, Extent::Data { file_offset: b }) => a + *p_len == b,
+                    (Extent::Zero, Extent::Zero) | (Extent::Parent, Extent::Parent) => true,
+                    _ => false,
+                };
+                if joins && *p_at + *p_len == at {
+                    *p_len += n;
+                    return Ok(());
+                }
+                f(*p_at, *p_len, *p_e)?;
+            }
+            *pending = Some((at, n, e));
+            Ok(())
+        };
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let block = pos / bs;
+            let in_block = pos % bs;
+            let n = (bs - in_block).min(end - pos);
+            let entry = self.payload_entry(block);
+            match PayloadState::from_entry(entry) {
+                Some(PayloadState::FullyPresent) => {
+                    emit(pos, n, Extent::Data { file_offset: entry_offset(entry) + in_block }, &mut pending)?
+                }
+                Some(PayloadState::PartiallyPresent) => {
+                    let base = entry_offset(entry);
+                    self.for_each_bitmap_run(block, in_block, n, |at, run, present| {
+                        let e = if present { Extent::Data { file_offset: base + (at - block * bs) } } else { Extent::Parent };
+                        emit(at, run, e, &mut pending)
+                    })?;
+                }
+                Some(PayloadState::NotPresent) if self.params.has_parent => emit(pos, n, Extent::Parent, &mut pending)?,
+                _ => emit(pos, n, Extent::Zero, &mut pending)?,
+            }
+            pos += n;
+        }
+        if let Some((at, n, e)) = pending {
+            f(at, n, e)?;
+        }
+        Ok(())
+    }
+
+    /// Walks the sector bitmap of a partially present `block` over
+    /// `[in_block, in_block + n)` and reports runs of present / absent sectors
+    /// as virtual offsets.
+    fn for_each_bitmap_run(
+        &self,
+        block: u64,
+        in_block: u64,
+        n: u64,
+        mut f: impl FnMut(u64, u64, bool) -> Result<()>,
+    ) -> Result<()> {
+        let g = &self.geometry;
+        let ss = g.logical_sector_size as u64;
+        let chunk = block / g.chunk_ratio;
+        let sb_entry = self.bat.get(g.sector_bitmap_index(chunk)).copied().unwrap_or(0);
+        let bitmap_block = entry_offset(sb_entry);
+        let block_in_chunk = block % g.chunk_ratio;
+        let bytes_per_block = g.sectors_per_block() / 8;
+        let first_sector = in_block / ss;
+        let last_sector = (in_block + n - 1) / ss;
+        let byte_lo = first_sector / 8;
+        let byte_hi = last_sector / 8 + 1;
+        let mut bits = alloc::vec![0u8; (byte_hi - byte_lo) as usize];
+        let at = bitmap_block + block_in_chunk * bytes_per_block + byte_lo;
+        self.read_metadata_bytes(&mut bits, at, "reading a sector bitmap")?;
+        let block_start = block * g.block_size as u64;
+        let range_start = block_start + in_block;
+        let range_end = range_start + n;
+        let mut s = first_sector;
+        while s <= last_sector {
+            let bit = |s: u64| bits[(s / 8 - byte_lo) as usize] >> (s % 8) & 1 == 1;
+            let present = bit(s);
+            let mut e = s + 1;
+            while e <= last_sector && bit(e) == present {
+                e += 1;
+            }
+            let lo = (block_start + s * ss).max(range_start);
+            let hi = (block_start + e * ss).min(range_end);
+            f(lo, hi - lo, present)?;
+            s = e;
+        }
+        Ok(())
+    }
+
+    /// Reads metadata bytes (sector bitmaps) with uncommitted pages applied.
+    fn read_metadata_bytes(&self, buf: &mut [u8], at: u64, what: &'static str) -> Result<()> {
+        self.read_file(buf, at, what)?;
+        let end = at + buf.len() as u64;
+        for (&page_at, page) in self.dirty_pages.range(at.saturating_sub(4095)..end) {
+            let lo = page_at.max(at);
+            let hi = (page_at + page.len() as u64).min(end);
+            if lo < hi {
+                buf[(lo - at) as usize..(hi - at) as usize]
+                    .copy_from_slice(&page[(lo - page_at) as usize..(hi - page_at) as usize]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads file bytes; past the end of the file reads zeros (old QEMU images
+    /// end inside their last block).
+    fn read_file(&self, buf: &mut [u8], at: u64, what: &'static str) -> Result<()> {
+        let avail = self.file_len.saturating_sub(at).min(buf.len() as u64) as usize;
+        if avail > 0 {
+            self.storage
+                .read_exact_at(&mut buf[..avail], at)
+                .map_err(|source| Error::Io { op: what, offset: at, source })?;
+        }
+        buf[avail..].fill(0);
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes of the virtual disk from `offset`. Any offset
+    /// and length within the disk are allowed.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len())?;
+        self.resolve(offset, buf.len() as u64, |at, n, extent| {
+            let dst = &mut buf[(at - offset) as usize..(at - offset + n) as usize];
+            match extent {
+                Extent::Data { file_offset } => self.read_file(dst, file_offset, "reading payload"),
+                Extent::Zero => {
+                    dst.fill(0);
+                    Ok(())
+                }
+                Extent::Parent => match &self.parent {
+                    Some(p) => p.read_at(dst, at),
+                    None => {
+                        dst.fill(0);
+                        Ok(())
+                    }
+                },
+            }
+        })
+    }
+
+    /// Writes `buf` to the virtual disk at `offset`. Any offset and length
+    /// within the disk are allowed; new blocks are allocated as needed. The
+    /// data is durable after the next [`Disk::flush`].
+    pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly);
+        }
+        self.check_range(offset, buf.len())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if self.params.has_parent {
+            return self.write_differencing(buf, offset);
+        }
+        self.begin_data_change()?;
+        let bs = self.params.block_size as u64;
+        let mut pos = offset;
+        let end = offset + buf.len() as u64;
+        while pos < end {
+            let block = pos / bs;
+            let in_block = pos % bs;
+            let n = (bs - in_block).min(end - pos);
+            let entry = self.payload_entry(block);
+            let base = match PayloadState::from_entry(entry) {
+                Some(PayloadState::FullyPresent) => entry_offset(entry),
+                _ => self.allocate_block(block)?,
+            };
+            // Extend the write over following blocks that are contiguous in the file.
+            let mut run = n;
+            while pos + run < end {
+                let next = (pos + run) / bs;
+                let e = self.payload_entry(next);
+                if PayloadState::from_entry(e) != Some(PayloadState::FullyPresent)
+                    || entry_offset(e) != base + (next - block) * bs
+                {
+                    break;
+                }
+                run += (bs).min(end - pos - run);
+            }
+            let src = &buf[(pos - offset) as usize..(pos - offset + run) as usize];
+            let at = base + in_block;
+            self.storage.write_all_at(src, at).map_err(|source| Error::Io { op: "writing payload", offset: at, source })?;
+            pos += run;
+        }
+        Ok(())
+    }
+
+    /// Differencing writes arrive with the chain layer.
+    fn write_differencing(&mut self, _buf: &[u8], _offset: u64) -> Result<()> {
+        Err(Error::unsupported(
+            "differencing disk",
+            0,
+            "writing to differencing disks is not supported by this version",
+        ))
+    }
+
+    /// Allocates a new zero-filled block for payload block `block` past every
+    /// structure, records it in the in-memory BAT (dirty until the next flush)
+    /// and returns its file offset.
+    pub(crate) fn allocate_block(&mut self, block: u64) -> Result<u64> {
+        let bs = self.params.block_size as u64;
+        let at = self.alloc_floor;
+        let end = at + bs;
+        self.storage.set_len(end).map_err(|source| Error::Io { op: "growing the file for a new block", offset: at, source })?;
+        self.file_len = end;
+        self.alloc_floor = end;
+        let index = self.geometry.payload_index(block);
+        self.set_bat_entry(index, make_entry(PayloadState::FullyPresent.bits(), at));
+        Ok(at)
+    }
+
+    pub(crate) fn set_bat_entry(&mut self, index: usize, entry: u64) {
+        self.bat[index] = entry;
+        self.dirty_bat_pages.insert(index as u64 / 512);
+    }
+
+    /// The allocation map: coalesced runs over the whole virtual disk.
+    pub fn map(&self) -> Result<Vec<MapEntry>> {
+        let mut out = Vec::new();
+        self.resolve(0, self.params.virtual_size, |offset, length, extent| {
+            out.push(MapEntry { offset, length, extent });
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}

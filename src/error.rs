@@ -1,0 +1,201 @@
+//! The crate's single error type.
+//!
+//! Every failure is an [`Error`]: a `#[non_exhaustive]` enum whose variants
+//! carry the context a user needs to act — the structure that was wrong, the
+//! file offset where it lives, the two GUIDs that did not match. The file path
+//! is added at the `std` edge ([`Error::File`]), because the core works on
+//! storage, not paths. [`Error::kind`] maps every error onto a small, stable
+//! set of [`ErrorKind`]s, one-to-one with the C status codes.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use core::fmt;
+
+/// The error of a storage operation: `std::io::Error` with `std`.
+#[cfg(feature = "std")]
+pub type IoError = std::io::Error;
+
+/// The error of a storage operation without `std`: a static description.
+#[cfg(not(feature = "std"))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoError {
+    /// What went wrong.
+    pub message: &'static str,
+}
+
+#[cfg(not(feature = "std"))]
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message)
+    }
+}
+
+#[cfg(not(feature = "std"))]
+impl core::error::Error for IoError {}
+
+/// Builds an [`IoError`] for a read past the end of storage.
+pub(crate) fn io_unexpected_eof() -> IoError {
+    #[cfg(feature = "std")]
+    {
+        std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the end of the storage")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        IoError { message: "read past the end of the storage" }
+    }
+}
+
+/// Builds an [`IoError`] for an operation the storage does not allow.
+pub(crate) fn io_unsupported(message: &'static str) -> IoError {
+    #[cfg(feature = "std")]
+    {
+        std::io::Error::new(std::io::ErrorKind::Unsupported, message)
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        IoError { message }
+    }
+}
+
+/// A shorthand for `core::result::Result<T, vhdx::Error>`.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+/// Everything that can go wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The backing storage failed.
+    #[error("I/O error while {op} at file offset {offset:#x}: {source}")]
+    Io {
+        /// What was being done ("reading the BAT", "writing payload", ...).
+        op: &'static str,
+        /// The file offset of the operation.
+        offset: u64,
+        /// The storage's own error.
+        source: IoError,
+    },
+    /// A structure of the image breaks the format's rules.
+    #[error("corrupt {structure} at file offset {offset:#x}: {detail}")]
+    Corrupt {
+        /// The structure, in the format's words ("header", "region table", "BAT entry 7").
+        structure: &'static str,
+        /// Where it is in the file.
+        offset: u64,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The image is well formed but uses something this implementation does not
+    /// support (an unknown required region or metadata item, a future version).
+    #[error("unsupported {structure} at file offset {offset:#x}: {detail}")]
+    Unsupported {
+        /// The structure, in the format's words.
+        structure: &'static str,
+        /// Where it is in the file.
+        offset: u64,
+        /// What is not supported.
+        detail: String,
+    },
+    /// The caller asked for something impossible (a bad block size, a size not
+    /// a multiple of the sector size, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A read or write reaches past the end of the virtual disk.
+    #[error("access of {len} bytes at offset {offset:#x} is outside the virtual disk of {size} bytes")]
+    OutOfRange {
+        /// The virtual offset asked for.
+        offset: u64,
+        /// The length asked for.
+        len: u64,
+        /// The virtual disk size.
+        size: u64,
+    },
+    /// A write to a disk that was opened read-only.
+    #[error("the disk is open read-only")]
+    ReadOnly,
+    /// The parent of a differencing disk could not be found.
+    #[error("parent of the differencing disk not found (looked for {looked_for})")]
+    ParentNotFound {
+        /// The candidates tried, in order.
+        looked_for: String,
+    },
+    /// A parent was found but its DataWriteGuid does not match the child's
+    /// `parent_linkage`: the parent changed after the child was made.
+    #[error("parent linkage mismatch: child expects parent DataWriteGuid {expected}, {parent} has {found}")]
+    ParentMismatch {
+        /// The parent file that was examined.
+        parent: String,
+        /// The child's `parent_linkage`.
+        expected: uuid::Uuid,
+        /// The parent's DataWriteGuid.
+        found: uuid::Uuid,
+    },
+    /// An error about a particular file: the path, then the error.
+    #[error("{path}: {inner}")]
+    File {
+        /// The file's path.
+        path: String,
+        /// What went wrong with it.
+        inner: Box<Error>,
+    },
+}
+
+/// The category of an [`Error`], stable across versions and one-to-one with the
+/// C status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Backing storage failed.
+    Io,
+    /// The image breaks the format's rules.
+    Corrupt,
+    /// The image uses a feature this implementation does not support.
+    Unsupported,
+    /// The caller's arguments are not acceptable.
+    InvalidArgument,
+    /// Access outside the virtual disk.
+    OutOfRange,
+    /// Write to a read-only disk.
+    ReadOnly,
+    /// A differencing disk's parent could not be found.
+    ParentNotFound,
+    /// A differencing disk's parent does not match its linkage.
+    ParentMismatch,
+}
+
+impl Error {
+    /// The category of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::Unsupported { .. } => ErrorKind::Unsupported,
+            Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::OutOfRange { .. } => ErrorKind::OutOfRange,
+            Error::ReadOnly => ErrorKind::ReadOnly,
+            Error::ParentNotFound { .. } => ErrorKind::ParentNotFound,
+            Error::ParentMismatch { .. } => ErrorKind::ParentMismatch,
+            Error::File { inner, .. } => inner.kind(),
+        }
+    }
+
+    /// Wraps this error with the path of the file it concerns (once: an error
+    /// that already names a file is returned as it is).
+    pub fn in_file(self, path: impl fmt::Display) -> Error {
+        match self {
+            Error::File { .. } => self,
+            other => Error::File { path: alloc::format!("{path}"), inner: Box::new(other) },
+        }
+    }
+
+    pub(crate) fn corrupt(structure: &'static str, offset: u64, detail: impl Into<String>) -> Error {
+        Error::Corrupt { structure, offset, detail: detail.into() }
+    }
+
+    pub(crate) fn unsupported(structure: &'static str, offset: u64, detail: impl Into<String>) -> Error {
+        Error::Unsupported { structure, offset, detail: detail.into() }
+    }
+
+    pub(crate) fn invalid(detail: impl Into<String>) -> Error {
+        Error::InvalidArgument(detail.into())
+    }
+}

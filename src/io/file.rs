@@ -1,0 +1,103 @@
+//! [`Storage`] over `std::fs::File` with the platform's positioned I/O
+//! (`pread`/`pwrite` on Unix, `ReadFile`/`WriteFile` with an offset on
+//! Windows), so concurrent reads need no lock and no seek.
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+
+use super::Storage;
+use crate::error::IoError;
+
+/// A file on disk.
+#[derive(Debug)]
+pub struct FileStorage {
+    file: File,
+}
+
+impl FileStorage {
+    /// Wraps an open file.
+    pub fn new(file: File) -> Self {
+        FileStorage { file }
+    }
+
+    /// Opens `path` for reading, or for reading and writing.
+    pub fn open(path: &Path, writable: bool) -> std::io::Result<Self> {
+        Ok(FileStorage { file: OpenOptions::new().read(true).write(writable).open(path)? })
+    }
+
+    /// Creates `path`, failing if it exists.
+    pub fn create_new(path: &Path) -> std::io::Result<Self> {
+        Ok(FileStorage { file: OpenOptions::new().read(true).write(true).create_new(true).open(path)? })
+    }
+
+    /// The file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(unix)]
+fn write_at(file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(windows)]
+fn write_at(file: &File, mut buf: &[u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_write(buf, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl Storage for FileStorage {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
+        read_at(&self.file, buf, offset)
+    }
+
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> Result<(), IoError> {
+        write_at(&self.file, buf, offset)
+    }
+
+    fn flush(&mut self) -> Result<(), IoError> {
+        self.file.sync_data()
+    }
+
+    fn len(&self) -> Result<u64, IoError> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn set_len(&mut self, len: u64) -> Result<(), IoError> {
+        self.file.set_len(len)
+    }
+}

@@ -1,0 +1,135 @@
+//! Positioned I/O on the backing file.
+//!
+//! [`Storage`] is the only way the crate touches bytes of an image: reads and
+//! writes at explicit offsets (no seek position, so reads can run from many
+//! threads at once), a `flush` that is a durability barrier (everything
+//! written before it is on stable storage when it returns), and the length.
+//! It is object-safe so a parent can be a `Box<dyn Storage>` and a C callback
+//! table can implement it.
+
+use alloc::vec::Vec;
+
+use crate::error::{io_unexpected_eof, IoError};
+
+#[cfg(feature = "std")]
+mod file;
+#[cfg(feature = "std")]
+pub use file::FileStorage;
+
+/// Positioned, durable I/O on one backing file.
+pub trait Storage: Send + Sync {
+    /// Fills `buf` from `offset`; reading past the end is an error.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError>;
+    /// Writes all of `buf` at `offset`, extending the storage if needed.
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> Result<(), IoError>;
+    /// Makes every completed write durable.
+    fn flush(&mut self) -> Result<(), IoError>;
+    /// The current length in bytes.
+    fn len(&self) -> Result<u64, IoError>;
+    /// Whether the storage is empty.
+    fn is_empty(&self) -> Result<bool, IoError> {
+        Ok(self.len()? == 0)
+    }
+    /// Truncates or extends (with zeros) to `len` bytes.
+    fn set_len(&mut self, len: u64) -> Result<(), IoError>;
+}
+
+impl<S: Storage + ?Sized> Storage for alloc::boxed::Box<S> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
+        (**self).read_exact_at(buf, offset)
+    }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> Result<(), IoError> {
+        (**self).write_all_at(buf, offset)
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        (**self).flush()
+    }
+    fn len(&self) -> Result<u64, IoError> {
+        (**self).len()
+    }
+    fn set_len(&mut self, len: u64) -> Result<(), IoError> {
+        (**self).set_len(len)
+    }
+}
+
+/// Storage in memory: a growable byte vector. Useful for tests, for images
+/// built in memory, and as the model in property tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemStorage {
+    data: Vec<u8>,
+}
+
+impl MemStorage {
+    /// Empty storage.
+    pub fn new() -> Self {
+        MemStorage { data: Vec::new() }
+    }
+
+    /// Storage holding `data`.
+    pub fn from_vec(data: Vec<u8>) -> Self {
+        MemStorage { data }
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Takes the bytes out.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.data
+    }
+}
+
+impl Storage for MemStorage {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
+        let start = usize::try_from(offset).map_err(|_| io_unexpected_eof())?;
+        let end = start.checked_add(buf.len()).ok_or_else(io_unexpected_eof)?;
+        let src = self.data.get(start..end).ok_or_else(io_unexpected_eof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> Result<(), IoError> {
+        let start = usize::try_from(offset).map_err(|_| io_unexpected_eof())?;
+        let end = start.checked_add(buf.len()).ok_or_else(io_unexpected_eof)?;
+        if end > self.data.len() {
+            self.data.resize(end, 0);
+        }
+        self.data[start..end].copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), IoError> {
+        Ok(())
+    }
+
+    fn len(&self) -> Result<u64, IoError> {
+        Ok(self.data.len() as u64)
+    }
+
+    fn set_len(&mut self, len: u64) -> Result<(), IoError> {
+        let len = usize::try_from(len).map_err(|_| io_unexpected_eof())?;
+        self.data.resize(len, 0);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_storage_reads_writes_and_grows() {
+        let mut m = MemStorage::new();
+        m.write_all_at(b"abc", 10).unwrap();
+        assert_eq!(m.len().unwrap(), 13);
+        let mut buf = [1u8; 13];
+        m.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf[..10], &[0u8; 10]);
+        assert_eq!(&buf[10..], b"abc");
+        assert!(m.read_exact_at(&mut buf, 1).is_err());
+        m.set_len(2).unwrap();
+        assert_eq!(m.len().unwrap(), 2);
+    }
+}

@@ -1,0 +1,45 @@
+//! # vhdx
+//!
+//! Read, write and create Microsoft VHDX virtual hard disks — fixed, dynamic
+//! and differencing — in safe Rust, with a C ABI.
+//!
+//! ```
+//! use vhdx::{CreateOptions, Disk, MemStorage};
+//! # fn main() -> vhdx::Result<()> {
+//! // An 8 MiB dynamic disk in memory (use `Disk::create(path, ..)` for a file).
+//! let mut disk = Disk::create_on(Box::new(MemStorage::new()), &CreateOptions::dynamic(8 << 20), None)?;
+//! disk.write_at(b"VHDX", 4096)?;
+//! disk.flush()?; // payload durable, then the BAT through the log
+//! let mut buf = [0u8; 4];
+//! disk.read_at(&mut buf, 4096)?;
+//! assert_eq!(&buf, b"VHDX");
+//! # Ok(()) }
+//! ```
+//!
+//! Layers, each calling only downward: [`format`] (bytes and rules, no I/O),
+//! [`io`] (positioned storage), [`log`] (replay and atomic metadata updates),
+//! [`Disk`] (the image). The core is `#![no_std]` with `alloc`; the default
+//! `std` feature adds files, random GUIDs and hardware CRC-32C.
+
+#![no_std]
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+mod block;
+mod disk;
+mod error;
+pub mod format;
+pub mod io;
+pub mod log;
+
+pub use block::BlockDevice;
+pub use disk::{CreateOptions, Disk, DiskInfo, DiskType, Extent, GuidSource, MapEntry, OpenOptions};
+pub use error::{Error, ErrorKind, IoError, Result};
+pub use format::guid::Guid;
+pub use io::{MemStorage, Storage};
+#[cfg(feature = "std")]
+pub use io::FileStorage;
