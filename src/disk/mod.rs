@@ -236,6 +236,21 @@ impl Disk {
         }
     }
 
+    /// The BAT's shape.
+    pub fn geometry(&self) -> &BatGeometry {
+        &self.geometry
+    }
+
+    /// The raw BAT entries as held in memory (uncommitted changes included).
+    pub fn bat_entries(&self) -> &[u64] {
+        &self.bat[..self.geometry.entry_count as usize]
+    }
+
+    /// The validated region table.
+    pub fn regions(&self) -> &RegionTable {
+        &self.regions
+    }
+
     /// Flushes, clears the log GUID and closes, reporting any error (dropping
     /// a disk does the same but cannot report).
     pub fn close(mut self) -> Result<()> {

@@ -1,0 +1,141 @@
+//! Consistency checking: everything `open` validates, plus the redundancy
+//! and hygiene an open does not need (both headers, both region table
+//! copies, reserved fields), reported as a list instead of a first error.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::error::{Error, Result};
+use crate::format::bat::{entry_offset, PayloadState, SB_NOT_PRESENT};
+use crate::format::header::{select_current, HeaderInfo, HEADER_OFFSETS, HEADER_SIZE};
+use crate::format::region::{RegionTable, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE};
+use crate::format::MIB;
+use crate::io::Storage;
+use crate::log::find_active_sequence;
+use crate::{Disk, OpenOptions};
+
+/// What a check found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Problems: the image is damaged or breaks the format's rules.
+    pub errors: Vec<String>,
+    /// Observations that are not problems (a dirty log that a writable open
+    /// replays, a short last block, reserved offsets left in entries).
+    pub notes: Vec<String>,
+}
+
+impl CheckReport {
+    /// Whether no problem was found.
+    pub fn is_clean(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Checks the image on `storage`. A differencing disk's sectors are checked
+/// without reading its parent (the chain layer checks linkage).
+pub fn check_storage(storage: Box<dyn Storage>) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    let len = storage.len().map_err(|source| Error::Io { op: "sizing the file", offset: 0, source })?;
+    let section_len = (REGION_TABLE_OFFSETS[1] as usize + REGION_TABLE_SIZE).min(len as usize);
+    let mut section = alloc::vec![0u8; section_len];
+    storage
+        .read_exact_at(&mut section, 0)
+        .map_err(|source| Error::Io { op: "reading the header section", offset: 0, source })?;
+
+    if section_len == REGION_TABLE_OFFSETS[1] as usize + REGION_TABLE_SIZE {
+        let slots = HEADER_OFFSETS.map(|o| HeaderInfo::parse(&section[o as usize..o as usize + HEADER_SIZE], o));
+        for (i, s) in slots.iter().enumerate() {
+            if let Err(e) = s {
+                report.errors.push(format!("header {} is invalid: {e}", i + 1));
+            }
+        }
+        if let Ok((slot, header)) = select_current(slots) {
+            report.notes.push(format!("current header: header {} (sequence number {})", slot + 1, header.sequence_number));
+            match find_active_sequence(&*storage, &header, len) {
+                Ok(Some(seq)) => report.notes.push(format!(
+                    "the log holds {} unapplied entr{} (sequence {}..={}); a writable open or `check --repair` replays it, read-only opens replay it in memory",
+                    seq.entries.len(),
+                    if seq.entries.len() == 1 { "y" } else { "ies" },
+                    seq.entries[0].sequence_number,
+                    seq.head().sequence_number
+                )),
+                Ok(None) => {}
+                Err(e) => report.errors.push(format!("log: {e}")),
+            }
+        }
+        let copies = REGION_TABLE_OFFSETS.map(|o| (o, RegionTable::parse(&section[o as usize..], o)));
+        for (o, c) in &copies {
+            if let Err(e) = c {
+                report.errors.push(format!("region table copy at {o:#x} is invalid: {e}"));
+            }
+        }
+        if let [(_, Ok(a)), (_, Ok(b))] = &copies {
+            if a != b {
+                report.errors.push(String::from("the two region table copies differ"));
+            }
+        }
+    }
+    if len % MIB != 0 {
+        report.notes.push(format!("the file size {len} is not a multiple of 1 MiB"));
+    }
+
+    let disk = match OpenOptions::new().without_parent().open_storage(storage) {
+        Ok(d) => d,
+        Err(e) => {
+            report.errors.push(format!("{e}"));
+            return Ok(report);
+        }
+    };
+    check_bat(&disk, &mut report);
+    Ok(report)
+}
+
+fn check_bat(disk: &Disk, report: &mut CheckReport) {
+    let g = disk.geometry();
+    let bat = disk.bat_entries();
+    let file_len = disk.info().file_size;
+    let mut reserved_offsets = 0u64;
+    for (index, &entry) in bat.iter().enumerate().take(g.entry_count as usize) {
+        if g.is_sector_bitmap_index(index) {
+            if !g.has_parent && entry & 7 != SB_NOT_PRESENT {
+                report.errors.push(format!(
+                    "BAT entry {index} (sector bitmap) has state {} in a disk without a parent",
+                    entry & 7
+                ));
+            }
+            continue;
+        }
+        match PayloadState::from_entry(entry) {
+            Some(s) if s.has_data() => {
+                let end = entry_offset(entry) + g.block_size as u64;
+                if end > file_len {
+                    report.notes.push(format!(
+                        "BAT entry {index}: the block at {:#x} ends {} bytes past the end of the file (read as zeros)",
+                        entry_offset(entry),
+                        end - file_len
+                    ));
+                }
+            }
+            Some(PayloadState::NotPresent | PayloadState::Zero) if entry_offset(entry) != 0 => reserved_offsets += 1,
+            _ => {}
+        }
+        if entry & 0xF_FFF8 != 0 {
+            report.errors.push(format!("BAT entry {index} has reserved bits set ({entry:#x})"));
+        }
+    }
+    if reserved_offsets > 0 {
+        report.notes.push(format!(
+            "{reserved_offsets} BAT entries in NOT_PRESENT or ZERO state carry a file offset (reserved; ignored)"
+        ));
+    }
+}
+
+/// Checks the image at `path`; the errors name the file.
+#[cfg(feature = "std")]
+pub fn check_file(path: &std::path::Path) -> Result<CheckReport> {
+    let storage = crate::io::FileStorage::open(path, false)
+        .map_err(|source| Error::Io { op: "opening the file", offset: 0, source }.in_file(path.display()))?;
+    check_storage(Box::new(storage)).map_err(|e| e.in_file(path.display()))
+}
