@@ -30,6 +30,7 @@ extern crate alloc;
 extern crate std;
 
 mod block;
+pub mod chain;
 pub mod check;
 mod disk;
 mod error;

@@ -81,6 +81,8 @@ pub struct Disk {
     parent: Option<Box<Disk>>,
     creator: String,
     replayed_log: bool,
+    /// The file's path, when opened from one (for messages and relative parents).
+    path: Option<String>,
     closed: bool,
 }
 
@@ -205,6 +207,22 @@ impl Disk {
     /// The parent locator of a differencing disk.
     pub fn parent_locator(&self) -> Option<&ParentLocator> {
         self.locator.as_ref()
+    }
+
+    /// The path the disk was opened from, if any.
+    pub fn path(&self) -> Option<&str> {
+        self.path.as_deref()
+    }
+
+    /// The paths of the chain, leaf first (entries without a path are `"?"`).
+    pub fn chain_paths(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut d = Some(self);
+        while let Some(disk) = d {
+            out.push(disk.path.clone().unwrap_or_else(|| String::from("?")));
+            d = disk.parent.as_deref();
+        }
+        out
     }
 
     /// The parent disk, when one is attached.

@@ -26,7 +26,7 @@ fn file_len(storage: &dyn Storage) -> Result<u64> {
 }
 
 pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<Disk> {
-    let OpenOptions { writable, mut guid_source, parent } = opts;
+    let OpenOptions { writable, mut guid_source, parent, path } = opts;
     if writable && guid_source.is_none() {
         return Err(Error::invalid("a writable open needs a GUID source when built without std"));
     }
@@ -136,47 +136,65 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
     drop(raw);
     let alloc_floor = validate_bat(&bat, &geometry, bat_region.file_offset, len, &regions, log_range)?;
 
-    let parent = match parent {
-        ParentChoice::Disk(p) if params.has_parent => {
-            let linkage = locator.as_ref().and_then(|l| l.parent_linkage());
-            let alt = locator.as_ref().and_then(|l| l.parent_linkage2());
-            let found = p.data_write_guid();
-            if Some(found) != linkage && Some(found) != alt {
-                return Err(Error::ParentMismatch {
-                    parent: alloc::string::String::from("the given parent"),
-                    expected: linkage.unwrap_or_default(),
-                    found,
-                });
+    let parent = if params.has_parent {
+        let loc = locator.as_ref().expect("a differencing disk has a locator");
+        let (p, name) = match parent {
+            ParentChoice::Disk(p) => (p, alloc::string::String::from("the given parent")),
+            ParentChoice::Resolver(mut r, depth) => {
+                let (d, name) = r.open_parent(path.as_deref(), loc, depth + 1)?;
+                (Box::new(d), name)
             }
-            if p.logical_sector_size() != params.logical_sector_size || p.virtual_size() < params.virtual_size {
-                return Err(Error::corrupt(
-                    "parent",
-                    0,
-                    "the parent's logical sector size or virtual size does not match the child's",
-                ));
+            ParentChoice::Resolve => {
+                let (d, name) = crate::chain::default_open_parent(path.as_deref(), loc)?;
+                (Box::new(d), name)
             }
-            Some(p)
-        }
-        ParentChoice::None if params.has_parent => {
-            if writable {
-                return Err(Error::invalid("a differencing disk opened without its parent cannot be written"));
+            ParentChoice::None => {
+                if writable {
+                    return Err(Error::invalid("a differencing disk opened without its parent cannot be written"));
+                }
+                return finish(storage, writable, len, alloc_floor, header, header_slot, regions, params, locator, geometry, bat_region.file_offset, bat, file_guid_changed, guid_source, None, ident.creator(), replayed_log, path);
             }
-            None
-        }
-        ParentChoice::Resolve if params.has_parent => {
-            return Err(Error::ParentNotFound {
-                looked_for: format!(
-                    "the parent named by the locator ({}); pass it explicitly",
-                    locator
-                        .as_ref()
-                        .and_then(|l| l.get(crate::format::locator::RELATIVE_PATH))
-                        .unwrap_or("no relative path")
+        };
+        crate::chain::check_linkage(loc, &p, &name)?;
+        if p.logical_sector_size() != params.logical_sector_size {
+            return Err(Error::corrupt(
+                "parent locator",
+                0,
+                format!(
+                    "the parent {name} has {}-byte sectors, the child {}-byte sectors",
+                    p.logical_sector_size(),
+                    params.logical_sector_size
                 ),
-            });
+            ));
         }
-        _ => None,
+        Some(p)
+    } else {
+        None
     };
+    finish(storage, writable, len, alloc_floor, header, header_slot, regions, params, locator, geometry, bat_region.file_offset, bat, file_guid_changed, guid_source, parent, ident.creator(), replayed_log, path)
+}
 
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    storage: Box<dyn Storage>,
+    writable: bool,
+    len: u64,
+    alloc_floor: u64,
+    header: HeaderInfo,
+    header_slot: usize,
+    regions: RegionTable,
+    params: crate::format::metadata::DiskParameters,
+    locator: Option<crate::format::locator::ParentLocator>,
+    geometry: BatGeometry,
+    bat_offset: u64,
+    bat: Vec<u64>,
+    file_guid_changed: bool,
+    guid_source: Option<super::GuidSource>,
+    parent: Option<Box<Disk>>,
+    creator: alloc::string::String,
+    replayed_log: bool,
+    path: Option<alloc::string::String>,
+) -> Result<Disk> {
     Ok(Disk {
         storage,
         writable,
@@ -188,7 +206,7 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
         params,
         locator,
         geometry,
-        bat_offset: bat_region.file_offset,
+        bat_offset,
         bat,
         dirty_bat_pages: BTreeSet::new(),
         dirty_pages: BTreeMap::new(),
@@ -197,8 +215,9 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
         data_guid_changed: false,
         guid_source,
         parent,
-        creator: ident.creator(),
+        creator,
         replayed_log,
+        path,
         closed: false,
     })
 }

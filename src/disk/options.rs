@@ -26,8 +26,10 @@ pub(crate) fn default_guid_source() -> Option<GuidSource> {
 
 /// What to do about a differencing disk's parent.
 pub(crate) enum ParentChoice {
-    /// Find it (issue of the chain layer); without a resolver, fail.
+    /// Find it with the default resolver (the filesystem one under `std`).
     Resolve,
+    /// Find it with this resolver; the parent is at this depth from the leaf.
+    Resolver(crate::chain::BoxedResolver, usize),
     /// Use this disk, after checking its DataWriteGuid against the linkage.
     Disk(Box<crate::Disk>),
     /// Read sectors the child does not hold as zeros (child-only forensic view).
@@ -45,6 +47,7 @@ pub struct OpenOptions {
     pub(crate) writable: bool,
     pub(crate) guid_source: Option<GuidSource>,
     pub(crate) parent: ParentChoice,
+    pub(crate) path: Option<alloc::string::String>,
 }
 
 impl Default for OpenOptions {
@@ -56,7 +59,7 @@ impl Default for OpenOptions {
 impl OpenOptions {
     /// Read-only, parent resolved, default GUID source.
     pub fn new() -> Self {
-        OpenOptions { writable: false, guid_source: default_guid_source(), parent: ParentChoice::Resolve }
+        OpenOptions { writable: false, guid_source: default_guid_source(), parent: ParentChoice::Resolve, path: None }
     }
 
     /// Open for writing as well as reading. A dirty log is then replayed in
@@ -79,6 +82,24 @@ impl OpenOptions {
         self
     }
 
+    /// Find parents with `resolver` instead of the locator's paths.
+    pub fn resolver(mut self, resolver: crate::chain::BoxedResolver) -> Self {
+        self.parent = ParentChoice::Resolver(resolver, 0);
+        self
+    }
+
+    pub(crate) fn resolver_at_depth(mut self, resolver: crate::chain::BoxedResolver, depth: usize) -> Self {
+        self.parent = ParentChoice::Resolver(resolver, depth);
+        self
+    }
+
+    /// Resolve parents through the locator, but open only files inside
+    /// `dirs` (for images from untrusted sources).
+    #[cfg(feature = "std")]
+    pub fn parent_search_dirs(self, dirs: impl IntoIterator<Item = std::path::PathBuf>) -> Self {
+        self.resolver(alloc::boxed::Box::new(crate::chain::FsResolver::confined_to(dirs)))
+    }
+
     /// Open a differencing disk on its own: sectors it does not hold read as
     /// zeros. This is the child-only view forensic tools use when the parent is
     /// lost; such a disk cannot be written.
@@ -94,8 +115,12 @@ impl OpenOptions {
 
     /// Opens the image at `path`; errors name the file.
     #[cfg(feature = "std")]
-    pub fn open(self, path: impl AsRef<std::path::Path>) -> Result<crate::Disk> {
+    pub fn open(mut self, path: impl AsRef<std::path::Path>) -> Result<crate::Disk> {
         let path = path.as_ref();
+        self.path = Some(alloc::format!("{}", path.display()));
+        if matches!(self.parent, ParentChoice::Resolve) {
+            self.parent = ParentChoice::Resolver(Box::new(crate::chain::FsResolver::new().with_leaf(path)), 0);
+        }
         let storage = crate::io::FileStorage::open(path, self.writable)
             .map_err(|source| Error::Io { op: "opening the file", offset: 0, source }.in_file(path.display()))?;
         self.open_storage(Box::new(storage)).map_err(|e| e.in_file(path.display()))
