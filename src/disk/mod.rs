@@ -17,6 +17,7 @@
 mod commit;
 pub(crate) mod open;
 mod create;
+mod diff;
 mod options;
 mod rw;
 
@@ -155,6 +156,38 @@ impl Disk {
     #[cfg(feature = "std")]
     pub fn create(path: impl AsRef<std::path::Path>, options: &CreateOptions) -> Result<Disk> {
         create::create_file(path.as_ref(), options)
+    }
+
+    /// Creates a differencing disk at `path` (which must not exist) whose
+    /// parent is the image at `parent`, and opens it for writing. The child
+    /// takes the parent's virtual size and sector sizes; `block_size` defaults
+    /// to 2 MiB. Its locator records `parent_linkage` (the parent's current
+    /// DataWriteGuid), `relative_path` and `absolute_win32_path`.
+    ///
+    /// ```no_run
+    /// let child = vhdx::Disk::create_differencing("child.vhdx", "base.vhdx", None)?;
+    /// # Ok::<(), vhdx::Error>(())
+    /// ```
+    #[cfg(feature = "std")]
+    pub fn create_differencing(
+        path: impl AsRef<std::path::Path>,
+        parent: impl AsRef<std::path::Path>,
+        block_size: Option<u32>,
+    ) -> Result<Disk> {
+        create::create_differencing_file(path.as_ref(), parent.as_ref(), block_size)
+    }
+
+    /// Creates a differencing disk of the open `parent` on empty `storage`,
+    /// with `locator` saying where to find the parent later (its
+    /// `parent_linkage` must equal the parent's DataWriteGuid).
+    pub fn create_differencing_on(
+        storage: Box<dyn Storage>,
+        parent: Disk,
+        locator: ParentLocator,
+        block_size: Option<u32>,
+        guid_source: Option<GuidSource>,
+    ) -> Result<Disk> {
+        create::create_differencing(storage, parent, locator, block_size, guid_source, None)
     }
 
     /// Creates a new fixed or dynamic image on empty `storage` and opens it

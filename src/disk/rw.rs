@@ -162,7 +162,7 @@ impl Disk {
 
     /// Reads file bytes; past the end of the file reads zeros (old QEMU images
     /// end inside their last block).
-    fn read_file(&self, buf: &mut [u8], at: u64, what: &'static str) -> Result<()> {
+    pub(crate) fn read_file(&self, buf: &mut [u8], at: u64, what: &'static str) -> Result<()> {
         let avail = self.file_len.saturating_sub(at).min(buf.len() as u64) as usize;
         if avail > 0 {
             self.storage
@@ -243,27 +243,28 @@ impl Disk {
         Ok(())
     }
 
-    /// Differencing writes arrive with the chain layer.
-    fn write_differencing(&mut self, _buf: &[u8], _offset: u64) -> Result<()> {
-        Err(Error::unsupported(
-            "differencing disk",
-            0,
-            "writing to differencing disks is not supported by this version",
-        ))
-    }
-
     /// Allocates a new zero-filled block for payload block `block` past every
     /// structure, records it in the in-memory BAT (dirty until the next flush)
     /// and returns its file offset.
     pub(crate) fn allocate_block(&mut self, block: u64) -> Result<u64> {
-        let bs = self.params.block_size as u64;
+        self.allocate_block_as(block, PayloadState::FullyPresent)
+    }
+
+    /// Allocates a zero-filled block for `block` in `state`.
+    pub(crate) fn allocate_block_as(&mut self, block: u64, state: PayloadState) -> Result<u64> {
+        let at = self.grow_for(self.params.block_size as u64)?;
+        let index = self.geometry.payload_index(block);
+        self.set_bat_entry(index, make_entry(state.bits(), at));
+        Ok(at)
+    }
+
+    /// Extends the file by `len` zero bytes past every structure; returns where they start.
+    pub(crate) fn grow_for(&mut self, len: u64) -> Result<u64> {
         let at = self.alloc_floor;
-        let end = at + bs;
+        let end = at + len;
         self.storage.set_len(end).map_err(|source| Error::Io { op: "growing the file for a new block", offset: at, source })?;
         self.file_len = end;
         self.alloc_floor = end;
-        let index = self.geometry.payload_index(block);
-        self.set_bat_entry(index, make_entry(PayloadState::FullyPresent.bits(), at));
         Ok(at)
     }
 

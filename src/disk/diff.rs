@@ -1,0 +1,145 @@
+//! Writing to differencing disks: blocks allocated in the child, sector
+//! bitmap bits set for every sector written, partial sectors completed from
+//! the chain first.
+//!
+//! A block written whole becomes FULLY_PRESENT; a block written in part
+//! becomes PARTIALLY_PRESENT, its unwritten sectors still coming from the
+//! parent. A block in ZERO, UNMAPPED or UNDEFINED state reads zeros, never the
+//! parent, so it becomes FULLY_PRESENT over a zero-filled block. Bitmap pages
+//! are metadata: they change in memory and reach the file through the log at
+//! the next flush, after the payload they describe.
+
+use alloc::vec::Vec;
+
+use super::Disk;
+use crate::error::{Error, Result};
+use crate::format::bat::{entry_offset, make_entry, PayloadState, SB_PRESENT};
+use crate::format::MIB;
+
+const PAGE: u64 = 4096;
+
+impl Disk {
+    /// Differencing write of any alignment: the partial sectors at either end
+    /// are read through the chain, merged and written whole.
+    pub(crate) fn write_differencing(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        let ss = self.params.logical_sector_size as u64;
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        let mut src = buf;
+        if pos % ss != 0 || (end - pos) < ss {
+            let sector_start = pos / ss * ss;
+            let mut sector = alloc::vec![0u8; ss as usize];
+            self.read_at(&mut sector, sector_start)?;
+            let n = ((sector_start + ss).min(end) - pos) as usize;
+            sector[(pos - sector_start) as usize..(pos - sector_start) as usize + n].copy_from_slice(&src[..n]);
+            self.write_sectors_differencing(&sector, sector_start)?;
+            pos += n as u64;
+            src = &src[n..];
+        }
+        let whole = (end - pos) / ss * ss;
+        if whole > 0 {
+            self.write_sectors_differencing(&src[..whole as usize], pos)?;
+            pos += whole;
+            src = &src[whole as usize..];
+        }
+        if pos < end {
+            let mut sector = alloc::vec![0u8; ss as usize];
+            self.read_at(&mut sector, pos)?;
+            sector[..src.len()].copy_from_slice(src);
+            self.write_sectors_differencing(&sector, pos)?;
+        }
+        Ok(())
+    }
+
+    /// Differencing write of whole sectors.
+    fn write_sectors_differencing(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.begin_data_change()?;
+        let bs = self.params.block_size as u64;
+        let ss = self.params.logical_sector_size as u64;
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / bs;
+            let in_block = pos % bs;
+            let n = (bs - in_block).min(end - pos);
+            let whole_block = n == bs;
+            let entry = self.payload_entry(block);
+            let state = PayloadState::from_entry(entry);
+            let (base, mark) = match state {
+                Some(PayloadState::FullyPresent) => (entry_offset(entry), false),
+                Some(PayloadState::PartiallyPresent) if whole_block => {
+                    let base = entry_offset(entry);
+                    let index = self.geometry.payload_index(block);
+                    self.set_bat_entry(index, make_entry(PayloadState::FullyPresent.bits(), base));
+                    (base, false)
+                }
+                Some(PayloadState::PartiallyPresent) => (entry_offset(entry), true),
+                Some(PayloadState::NotPresent) if !whole_block => {
+                    self.ensure_sector_bitmap(block / self.geometry.chunk_ratio)?;
+                    (self.allocate_block_as(block, PayloadState::PartiallyPresent)?, true)
+                }
+                _ => (self.allocate_block_as(block, PayloadState::FullyPresent)?, false),
+            };
+            let src = &buf[(pos - offset) as usize..(pos - offset + n) as usize];
+            let at = base + in_block;
+            self.storage.write_all_at(src, at).map_err(|source| Error::Io { op: "writing payload", offset: at, source })?;
+            if mark {
+                self.set_bitmap_bits(block, in_block / ss, n / ss)?;
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Makes sure chunk `chunk` has a sector bitmap block; returns its offset.
+    fn ensure_sector_bitmap(&mut self, chunk: u64) -> Result<u64> {
+        let index = self.geometry.sector_bitmap_index(chunk);
+        let entry = self.bat[index];
+        if entry & 7 == SB_PRESENT {
+            return Ok(entry_offset(entry));
+        }
+        let at = self.grow_for(MIB)?;
+        self.set_bat_entry(index, make_entry(SB_PRESENT, at));
+        Ok(at)
+    }
+
+    /// Sets the bitmap bits of `count` sectors from `first` in `block`.
+    fn set_bitmap_bits(&mut self, block: u64, first: u64, count: u64) -> Result<()> {
+        let g = self.geometry;
+        let chunk = block / g.chunk_ratio;
+        let sb = entry_offset(self.bat[g.sector_bitmap_index(chunk)]);
+        let bytes_per_block = g.sectors_per_block() / 8;
+        let base = sb + (block % g.chunk_ratio) * bytes_per_block;
+        let mut s = first;
+        let last = first + count;
+        while s < last {
+            let byte_at = base + s / 8;
+            let page_at = byte_at / PAGE * PAGE;
+            let page = self.metadata_page_mut(page_at)?;
+            // Set every bit of this page's bytes that falls in [s, last).
+            let page_end_sector = (page_at + PAGE - base) * 8;
+            let stop = last.min(page_end_sector);
+            while s < stop {
+                let i = (base + s / 8 - page_at) as usize;
+                if s % 8 == 0 && stop - s >= 8 {
+                    page[i] = 0xFF;
+                    s += 8;
+                } else {
+                    page[i] |= 1 << (s % 8);
+                    s += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The uncommitted copy of the metadata page at `page_at`, loaded on first use.
+    fn metadata_page_mut(&mut self, page_at: u64) -> Result<&mut Vec<u8>> {
+        if !self.dirty_pages.contains_key(&page_at) {
+            let mut page = alloc::vec![0u8; PAGE as usize];
+            self.read_file(&mut page, page_at, "reading a sector bitmap")?;
+            self.dirty_pages.insert(page_at, page);
+        }
+        Ok(self.dirty_pages.get_mut(&page_at).expect("inserted above"))
+    }
+}

@@ -1,0 +1,134 @@
+//! Differencing chains checked against raw reference models: every level of
+//! a chain written with unaligned writes, different block sizes per level,
+//! both sector sizes, reopened through the locator and through an explicit
+//! parent.
+
+use std::path::{Path, PathBuf};
+
+use vhdx::{CreateOptions, Disk, ErrorKind, OpenOptions};
+
+/// Deterministic bytes.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn read_all(d: &Disk) -> Vec<u8> {
+    let mut v = vec![0u8; d.virtual_size() as usize];
+    d.read_at(&mut v, 0).unwrap();
+    v
+}
+
+/// Writes `data` at `off` to the disk and to the model.
+fn write_both(d: &mut Disk, model: &mut [u8], off: u64, data: &[u8]) {
+    d.write_at(data, off).unwrap();
+    model[off as usize..off as usize + data.len()].copy_from_slice(data);
+}
+
+/// Builds base + `levels` children in `dir`, each level written with
+/// unaligned writes; returns the paths (base first) and the model of every level.
+fn build_chain(dir: &Path, levels: usize, sector: u32, size: u64, block_sizes: &[u32]) -> (Vec<PathBuf>, Vec<Vec<u8>>) {
+    let base = dir.join("base.vhdx");
+    let mut model = vec![0u8; size as usize];
+    let mut d = Disk::create(&base, &CreateOptions::dynamic(size).block_size(block_sizes[0]).logical_sector_size(sector))
+        .unwrap();
+    write_both(&mut d, &mut model, 1000, &pattern(1, 3 << 20));
+    write_both(&mut d, &mut model, size - 777, &pattern(2, 777));
+    d.close().unwrap();
+    let mut paths = vec![base];
+    let mut models = vec![model.clone()];
+    for level in 1..=levels {
+        let child = dir.join(format!("level{level}.vhdx"));
+        let bs = block_sizes[level % block_sizes.len()];
+        let mut c = Disk::create_differencing(&child, paths.last().unwrap(), Some(bs)).unwrap();
+        assert_eq!(read_all(&c), model, "a new child reads as its parent");
+        let l = level as u64;
+        // Unaligned, sub-sector, block-crossing and chunk-local writes.
+        write_both(&mut c, &mut model, 12_345 * l, &pattern(10 + l, 5000));
+        write_both(&mut c, &mut model, (1 << 20) - 3 + l, &pattern(20 + l, 7));
+        write_both(&mut c, &mut model, (2 << 20) * l + 511, &pattern(30 + l, (1 << 20) + 1000));
+        write_both(&mut c, &mut model, 0, &pattern(40 + l, 1));
+        assert_eq!(read_all(&c), model, "level {level} before close");
+        c.close().unwrap();
+        paths.push(child);
+        models.push(model.clone());
+    }
+    (paths, models)
+}
+
+#[test]
+fn chain_of_depth_five_matches_models_at_every_level() {
+    for sector in [512u32, 4096] {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 24 << 20;
+        let (paths, models) = build_chain(dir.path(), 5, sector, size, &[1 << 20, 2 << 20, 4 << 20]);
+        for (p, m) in paths.iter().zip(&models) {
+            let d = Disk::open(p).unwrap();
+            assert_eq!(d.logical_sector_size(), sector);
+            assert_eq!(&read_all(&d), m, "{} with {sector}-byte sectors", p.display());
+        }
+        let leaf = Disk::open(paths.last().unwrap()).unwrap();
+        assert_eq!(leaf.chain_paths().len(), 6);
+    }
+}
+
+#[test]
+fn explicit_parent_reads_like_resolved_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, models) = build_chain(dir.path(), 2, 512, 8 << 20, &[1 << 20]);
+    let base = Disk::open(&paths[0]).unwrap();
+    let mid = OpenOptions::new().parent(base).open(&paths[1]).unwrap();
+    let leaf = OpenOptions::new().parent(mid).open(&paths[2]).unwrap();
+    assert_eq!(read_all(&leaf), models[2]);
+    let alone = OpenOptions::new().without_parent().open(&paths[2]).unwrap();
+    let mut expect_zero_where_absent = read_all(&alone);
+    // The child alone holds only its own sectors; whatever it holds equals the chain.
+    for (i, (a, b)) in expect_zero_where_absent.iter_mut().zip(&models[2]).enumerate() {
+        assert!(*a == 0 || *a == *b, "byte {i}");
+    }
+}
+
+#[test]
+fn modified_parent_breaks_linkage_missing_parent_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, _) = build_chain(dir.path(), 1, 512, 4 << 20, &[1 << 20]);
+    // Writing to the parent changes its DataWriteGuid: the child must refuse it.
+    let mut base = Disk::open_writable(&paths[0]).unwrap();
+    base.write_at(b"x", 0).unwrap();
+    base.close().unwrap();
+    let err = Disk::open(&paths[1]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ParentMismatch, "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("level1.vhdx") && msg.contains("base.vhdx"), "{msg}");
+    std::fs::remove_file(&paths[0]).unwrap();
+    let err = Disk::open(&paths[1]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ParentNotFound, "{err}");
+    assert!(err.to_string().contains("base.vhdx"), "{err}");
+}
+
+#[test]
+fn qemu_reads_the_base_we_wrote_under_children() {
+    // The base of a chain is an ordinary dynamic image: QEMU must agree.
+    if std::process::Command::new("qemu-img").arg("--version").output().is_err() {
+        assert!(std::env::var("CI").is_err(), "qemu-img is required under CI");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, models) = build_chain(dir.path(), 1, 512, 8 << 20, &[1 << 20]);
+    let raw = dir.path().join("base.raw");
+    let st = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "vhdx", "-O", "raw"])
+        .arg(&paths[0])
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(std::fs::read(&raw).unwrap(), models[0]);
+}
