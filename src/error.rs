@@ -129,6 +129,10 @@ pub enum Error {
         /// The parent's DataWriteGuid.
         found: uuid::Uuid,
     },
+    /// The operation was refused to protect other images or data (siblings a
+    /// merge would break, conflicting changes); nothing was modified.
+    #[error("refused: {0}")]
+    Refused(String),
     /// An error about a particular file: the path, then the error.
     #[error("{path}: {inner}")]
     File {
@@ -160,6 +164,8 @@ pub enum ErrorKind {
     ParentNotFound,
     /// A differencing disk's parent does not match its linkage.
     ParentMismatch,
+    /// Refused to protect other images or data.
+    Refused,
 }
 
 impl Error {
@@ -174,6 +180,7 @@ impl Error {
             Error::ReadOnly => ErrorKind::ReadOnly,
             Error::ParentNotFound { .. } => ErrorKind::ParentNotFound,
             Error::ParentMismatch { .. } => ErrorKind::ParentMismatch,
+            Error::Refused(_) => ErrorKind::Refused,
             Error::File { inner, .. } => inner.kind(),
         }
     }

@@ -37,6 +37,7 @@ mod error;
 pub mod format;
 pub mod io;
 pub mod log;
+pub mod ops;
 
 pub use block::BlockDevice;
 pub use disk::{CreateOptions, Disk, DiskInfo, DiskType, Extent, GuidSource, MapEntry, OpenOptions};

@@ -11,7 +11,7 @@ use crate::format::{round_up_mib, MIB};
 use crate::log::LogWriter;
 
 impl Disk {
-    fn new_guid(&mut self) -> Result<Guid> {
+    pub(crate) fn new_guid(&mut self) -> Result<Guid> {
         let gen = self.guid_source.as_mut().ok_or_else(|| Error::invalid("no GUID source for a writable disk"))?;
         Ok(gen())
     }
@@ -63,13 +63,15 @@ impl Disk {
             self.log = Some(LogWriter::new(self.header.log_offset, self.header.log_length as u64));
         }
         let mut pages: Vec<(u64, Vec<u8>)> = Vec::with_capacity(self.dirty_bat_pages.len() + self.dirty_pages.len());
+        // Metadata and bitmap pages first: a commit split over several log
+        // entries then never exposes blocks under a stale locator.
+        for (&at, page) in &self.dirty_pages {
+            pages.push((at, page.clone()));
+        }
         for &page in &self.dirty_bat_pages {
             let entries = &self.bat[(page * 512) as usize..((page + 1) * 512) as usize];
             let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
             pages.push((self.bat_offset + page * 4096, bytes));
-        }
-        for (&at, page) in &self.dirty_pages {
-            pages.push((at, page.clone()));
         }
         let flushed = self.file_len / MIB * MIB;
         let last = round_up_mib(self.file_len);

@@ -18,6 +18,7 @@ mod commit;
 pub(crate) mod open;
 mod create;
 mod diff;
+mod relink;
 mod options;
 mod rw;
 

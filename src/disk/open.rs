@@ -149,9 +149,6 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
                 (Box::new(d), name)
             }
             ParentChoice::None => {
-                if writable {
-                    return Err(Error::invalid("a differencing disk opened without its parent cannot be written"));
-                }
                 return finish(storage, writable, len, alloc_floor, header, header_slot, regions, params, locator, geometry, bat_region.file_offset, bat, file_guid_changed, guid_source, None, ident.creator(), replayed_log, path);
             }
         };

@@ -102,7 +102,8 @@ impl OpenOptions {
 
     /// Open a differencing disk on its own: sectors it does not hold read as
     /// zeros. This is the child-only view forensic tools use when the parent is
-    /// lost; such a disk cannot be written.
+    /// lost; such a disk takes no data writes (metadata operations such as
+    /// re-linking work).
     pub fn without_parent(mut self) -> Self {
         self.parent = ParentChoice::None;
         self

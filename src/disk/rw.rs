@@ -208,6 +208,11 @@ impl Disk {
             return Ok(());
         }
         if self.params.has_parent {
+            if self.parent.is_none() {
+                return Err(Error::invalid(
+                    "a differencing disk opened without its parent cannot take data writes",
+                ));
+            }
             return self.write_differencing(buf, offset);
         }
         self.begin_data_change()?;

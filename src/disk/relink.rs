@@ -1,0 +1,116 @@
+//! Metadata-only changes to a differencing disk: rewriting its parent
+//! locator, emptying it, and writes that keep its presented content (and
+//! so its DataWriteGuid) unchanged.
+//!
+//! All of them go through the log like every metadata change; the metadata
+//! pages are committed before the BAT pages, so a crash part-way through
+//! emptying a child that was merged leaves blocks whose data its new parent
+//! already presents.
+
+use alloc::vec::Vec;
+
+use super::Disk;
+use crate::error::{Error, Result};
+use crate::format::locator::ParentLocator;
+use crate::format::metadata::build_region;
+
+impl Disk {
+    /// The virtual ranges this disk determines itself, coalesced: everything
+    /// that does not come from the parent (data, and blocks that read as
+    /// zeros). For a fixed or dynamic disk this is the whole disk.
+    pub fn change_set(&self) -> Result<Vec<(u64, u64)>> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        self.resolve(0, self.params.virtual_size, |at, n, extent| {
+            if extent != super::Extent::Parent {
+                match out.last_mut() {
+                    Some((s, l)) if *s + *l == at => *l += n,
+                    _ => out.push((at, n)),
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Starts a session that changes metadata only: a new FileWriteGuid.
+    pub(crate) fn begin_metadata_change(&mut self) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly);
+        }
+        if self.file_guid_changed {
+            return Ok(());
+        }
+        let fwg = self.new_guid()?;
+        self.update_header(|h| h.file_write_guid = fwg)?;
+        self.file_guid_changed = true;
+        Ok(())
+    }
+
+    /// Promises that the following writes do not change what the disk
+    /// presents (they copy in the parent's own data), so the DataWriteGuid —
+    /// and with it the linkage of this disk's children — stays.
+    pub(crate) fn keep_data_write_guid(&mut self) -> Result<()> {
+        self.begin_metadata_change()?;
+        self.data_guid_changed = true;
+        Ok(())
+    }
+
+    /// Replaces the parent locator (metadata through the log at the next flush).
+    pub(crate) fn set_parent_locator(&mut self, locator: ParentLocator) -> Result<()> {
+        if !self.params.has_parent {
+            return Err(Error::invalid("only a differencing disk has a parent locator"));
+        }
+        let region = self.regions.metadata();
+        let mut current = alloc::vec![0u8; region.length as usize];
+        self.read_file(&mut current, region.file_offset, "reading the metadata region")?;
+        let new = build_region(&self.params, Some(&locator), region.length as usize)?;
+        for (i, (old, new)) in current.chunks(4096).zip(new.chunks(4096)).enumerate() {
+            if old != new {
+                self.dirty_pages.insert(region.file_offset + i as u64 * 4096, new.to_vec());
+            }
+        }
+        self.locator = Some(locator);
+        Ok(())
+    }
+
+    /// Empties a differencing disk and points it at a new parent in one
+    /// crash-safe step, then gives back the space of its blocks.
+    /// `content_changes` says whether what the disk presents changes (then the
+    /// DataWriteGuid changes too).
+    pub(crate) fn empty_and_relink(&mut self, locator: ParentLocator, content_changes: bool) -> Result<()> {
+        if content_changes {
+            self.begin_data_change()?;
+        } else {
+            self.begin_metadata_change()?;
+        }
+        self.set_parent_locator(locator)?;
+        for index in 0..self.geometry.entry_count as usize {
+            if self.bat[index] != 0 {
+                self.set_bat_entry(index, 0);
+            }
+        }
+        let mut end = crate::format::HEADER_SECTION_SIZE.max(self.header.log_offset + self.header.log_length as u64);
+        for r in &self.regions.entries {
+            end = end.max(r.end());
+        }
+        // Log the smaller size first, then shrink.
+        self.file_len = end;
+        self.flush()?;
+        self.storage.set_len(end).map_err(|source| Error::Io { op: "shrinking the emptied file", offset: end, source })?;
+        self.storage.flush().map_err(|source| Error::Io { op: "flushing", offset: end, source })?;
+        self.alloc_floor = end;
+        Ok(())
+    }
+
+    /// Points a differencing disk at another parent (metadata only) and
+    /// commits; the DataWriteGuid changes when `content_changes`.
+    pub(crate) fn relink(&mut self, locator: ParentLocator, content_changes: bool) -> Result<()> {
+        if content_changes {
+            self.begin_data_change()?;
+        } else {
+            self.begin_metadata_change()?;
+        }
+        self.set_parent_locator(locator)?;
+        self.flush()
+    }
+}

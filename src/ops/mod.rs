@@ -1,0 +1,9 @@
+//! Whole-image operations built on [`crate::Disk`]: merging differencing
+//! disks, finding trees of them, re-linking.
+
+pub mod ranges;
+
+#[cfg(feature = "std")]
+pub mod merge;
+#[cfg(feature = "std")]
+pub mod tree;

@@ -1,0 +1,156 @@
+//! Trees of differencing disks: a file's chain and children, or a whole
+//! directory as a forest, each link marked ok, broken or missing.
+
+use alloc::string::{String, ToString};
+use std::path::{Path, PathBuf};
+use std::vec::Vec;
+
+use super::merge::is_image_name;
+use crate::chain::FsResolver;
+use crate::{DiskType, Guid, OpenOptions};
+
+/// The state of an image's link to its parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkStatus {
+    /// Not a differencing disk.
+    Root,
+    /// The parent was found and its DataWriteGuid matches.
+    Ok,
+    /// A parent file was found but its DataWriteGuid differs: it changed
+    /// after this child was made (a merge into it, a write to it).
+    BrokenLinkage {
+        /// The file found.
+        parent: PathBuf,
+        /// The child's `parent_linkage`.
+        expected: Guid,
+        /// The parent's DataWriteGuid.
+        found: Guid,
+    },
+    /// No candidate path of the locator exists.
+    MissingParent {
+        /// The paths tried.
+        looked_for: Vec<PathBuf>,
+    },
+    /// The image itself could not be read.
+    Unreadable(String),
+}
+
+impl LinkStatus {
+    /// `"ok"`, `"root"`, `"broken-linkage"`, `"missing-parent"` or `"unreadable"`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            LinkStatus::Root => "root",
+            LinkStatus::Ok => "ok",
+            LinkStatus::BrokenLinkage { .. } => "broken-linkage",
+            LinkStatus::MissingParent { .. } => "missing-parent",
+            LinkStatus::Unreadable(_) => "unreadable",
+        }
+    }
+}
+
+/// One image of a tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// The image.
+    pub path: PathBuf,
+    /// Its type, when readable.
+    pub disk_type: Option<DiskType>,
+    /// Its DataWriteGuid, when readable.
+    pub data_write_guid: Option<Guid>,
+    /// The parent it links to (the file found, even when the linkage is broken).
+    pub parent: Option<PathBuf>,
+    /// The link's state.
+    pub status: LinkStatus,
+}
+
+fn canonical(p: &Path) -> PathBuf {
+    p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Examines one image and its link (without opening the rest of the chain).
+pub fn examine(path: &Path) -> Node {
+    let d = match OpenOptions::new().without_parent().open(path) {
+        Ok(d) => d,
+        Err(e) => {
+            return Node {
+                path: path.to_path_buf(),
+                disk_type: None,
+                data_write_guid: None,
+                parent: None,
+                status: LinkStatus::Unreadable(e.to_string()),
+            }
+        }
+    };
+    let mut node = Node {
+        path: path.to_path_buf(),
+        disk_type: Some(d.disk_type()),
+        data_write_guid: Some(d.data_write_guid()),
+        parent: None,
+        status: LinkStatus::Root,
+    };
+    let Some(loc) = d.parent_locator() else { return node };
+    let candidates = FsResolver::candidates(Some(path), loc);
+    let mut first_mismatch = None;
+    for c in &candidates {
+        if !c.exists() {
+            continue;
+        }
+        match OpenOptions::new().without_parent().open(c) {
+            Ok(p) => {
+                let found = p.data_write_guid();
+                if Some(found) == loc.parent_linkage() || Some(found) == loc.parent_linkage2() {
+                    node.parent = Some(c.clone());
+                    node.status = LinkStatus::Ok;
+                    return node;
+                }
+                first_mismatch.get_or_insert(LinkStatus::BrokenLinkage {
+                    parent: c.clone(),
+                    expected: loc.parent_linkage().unwrap_or_default(),
+                    found,
+                });
+                node.parent.get_or_insert(c.clone());
+            }
+            Err(e) => {
+                first_mismatch.get_or_insert(LinkStatus::Unreadable(e.to_string()));
+            }
+        }
+    }
+    node.status = first_mismatch.unwrap_or(LinkStatus::MissingParent { looked_for: candidates });
+    node
+}
+
+/// The chain of `path`, leaf first, following links as far as they go.
+pub fn chain(path: &Path) -> Vec<Node> {
+    let mut out: Vec<Node> = Vec::new();
+    let mut seen: Vec<PathBuf> = Vec::new();
+    let mut next = Some(path.to_path_buf());
+    while let Some(p) = next.take() {
+        let c = canonical(&p);
+        if seen.contains(&c) || out.len() > crate::chain::MAX_CHAIN_DEPTH {
+            break;
+        }
+        seen.push(c);
+        let node = examine(&p);
+        if node.status == LinkStatus::Ok {
+            next = node.parent.clone();
+        }
+        out.push(node);
+    }
+    out
+}
+
+/// Every image in `dir` (not recursive), examined, sorted by path.
+pub fn scan_dir(dir: &Path) -> std::io::Result<Vec<Node>> {
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_image_name(p)).collect();
+    files.sort();
+    Ok(files.iter().map(|f| examine(f)).collect())
+}
+
+/// The indices of `nodes` whose parent is `nodes[i]`.
+pub fn children(nodes: &[Node], i: usize) -> Vec<usize> {
+    let me = canonical(&nodes[i].path);
+    (0..nodes.len())
+        .filter(|&j| j != i && nodes[j].parent.as_deref().map(canonical).as_deref() == Some(me.as_path()))
+        .collect()
+}
