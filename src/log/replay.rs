@@ -156,7 +156,7 @@ fn check_targets(seq: &ActiveSequence, header: &HeaderInfo, file_len: u64) -> Re
             LogOp::Data { file_offset, bytes } => (*file_offset, bytes.len() as u64),
             LogOp::Zero { file_offset, length } => (*file_offset, *length),
         };
-        let end = at.checked_add(len).unwrap_or(u64::MAX);
+        let end = at.saturating_add(len);
         if at < REGION_TABLE_OFFSETS[0] || end > limit || (at < log_end && log_start < end) {
             return Err(Error::corrupt(
                 "log descriptor",
