@@ -1,0 +1,156 @@
+//! `create`, `read` and `write`: making an image and moving bytes in and out.
+//!
+//! Reads and writes stream in chunks of at most [`CHUNK`] bytes, so a
+//! request of any length runs in bounded memory.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use crate::size::{human, human_exact};
+use crate::{io_failure, CliResult, CreateArgs, Failure, InFile, ReadArgs, WriteArgs};
+
+/// The most bytes `read` and `write` hold at once.
+pub const CHUNK: usize = 4 << 20;
+
+/// A block size from the command line as the library's `u32`.
+pub fn block_size_arg(path: &Path, block_size: u64) -> CliResult<u32> {
+    u32::try_from(block_size).map_err(|_| {
+        Failure(format!(
+            "{}: invalid argument: block size {block_size} is not a power of two from 1 MiB to 256 MiB",
+            path.display()
+        ))
+    })
+}
+
+/// The library's out-of-range error for `len` bytes at `offset` of a disk of
+/// `size` bytes, when the request is checked before any byte moves.
+pub fn check_range(path: &Path, offset: u64, len: u64, size: u64) -> CliResult {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(vhdx::Error::OutOfRange { offset, len, size }).in_file(path),
+    }
+}
+
+/// `vhdx create FILE --size SIZE [--type …] [--block-size …] [--…-sector-size …]`.
+pub fn create(args: &CreateArgs) -> CliResult {
+    let path = args.file.as_path();
+    let mut options = vhdx::CreateOptions::dynamic(args.size);
+    options.disk_type = args.disk_type.into();
+    if let Some(bs) = args.block_size {
+        options = options.block_size(block_size_arg(path, bs)?);
+    }
+    if let Some(lss) = args.logical_sector_size {
+        options = options.logical_sector_size(lss);
+    }
+    if let Some(pss) = args.physical_sector_size {
+        options = options.physical_sector_size(pss);
+    }
+    let disk = vhdx::Disk::create(path, &options).in_file(path)?;
+    let info = disk.info();
+    disk.close().in_file(path)?;
+    println!(
+        "Created {}: {} VHDX, virtual size {}, block size {}, sectors {}/{} (logical/physical)",
+        path.display(),
+        info.disk_type,
+        human_exact(info.virtual_size),
+        human(info.block_size as u64),
+        info.logical_sector_size,
+        info.physical_sector_size,
+    );
+    Ok(())
+}
+
+/// `vhdx read FILE --offset N --length N`: the bytes to stdout.
+pub fn read(args: &ReadArgs) -> CliResult {
+    let path = args.file.as_path();
+    let disk = vhdx::Disk::open(path).in_file(path)?;
+    check_range(path, args.offset, args.length, disk.virtual_size())?;
+    let mut buf = vec![0u8; args.length.min(CHUNK as u64) as usize];
+    let mut out = std::io::stdout().lock();
+    let mut done = 0u64;
+    while done < args.length {
+        let n = (args.length - done).min(buf.len() as u64) as usize;
+        let chunk = &mut buf[..n];
+        disk.read_at(chunk, args.offset + done).in_file(path)?;
+        match out.write_all(chunk) {
+            Ok(()) => {}
+            // The reader went away (`| head`): it has what it wanted.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(Failure(format!("writing to stdout: {e}"))),
+        }
+        done += n as u64;
+    }
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure(format!("writing to stdout: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Fills `buf` from `input` as far as it goes; returns the count (less than
+/// `buf.len()` only at the end of the input).
+fn fill(input: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// `vhdx write FILE --offset N [--input PATH]`: bytes from PATH or stdin.
+pub fn write(args: &WriteArgs) -> CliResult {
+    let path = args.file.as_path();
+    let (mut input, input_name, known_len): (Box<dyn Read>, String, Option<u64>) = match &args.input
+    {
+        Some(p) => {
+            let file = std::fs::File::open(p).map_err(io_failure(p, "opening the input"))?;
+            let meta = file
+                .metadata()
+                .map_err(io_failure(p, "reading the input's metadata"))?;
+            let len = meta.is_file().then_some(meta.len());
+            (Box::new(file), p.display().to_string(), len)
+        }
+        None => (
+            Box::new(std::io::stdin().lock()),
+            String::from("stdin"),
+            None,
+        ),
+    };
+    let mut disk = vhdx::Disk::open_writable(path).in_file(path)?;
+    // Refuse before writing anything when the size is known; stdin is
+    // checked chunk by chunk.
+    check_range(
+        path,
+        args.offset,
+        known_len.unwrap_or(0),
+        disk.virtual_size(),
+    )?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut done = 0u64;
+    loop {
+        let n = fill(&mut input, &mut buf)
+            .map_err(|e| Failure(format!("{input_name}: reading the input: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        let at = args
+            .offset
+            .checked_add(done)
+            .ok_or_else(|| Failure(format!("{}: offset overflow", path.display())))?;
+        disk.write_at(&buf[..n], at).in_file(path)?;
+        done += n as u64;
+    }
+    disk.close().in_file(path)?;
+    println!(
+        "wrote {done} bytes at offset {} of {}",
+        args.offset,
+        path.display()
+    );
+    Ok(())
+}
