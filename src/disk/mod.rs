@@ -15,11 +15,11 @@
 //!   inside the file; new blocks are allocated past every structure.
 
 mod commit;
-pub(crate) mod open;
 mod create;
 mod diff;
-mod relink;
+pub(crate) mod open;
 mod options;
+mod relink;
 mod rw;
 
 use alloc::boxed::Box;
@@ -193,7 +193,11 @@ impl Disk {
 
     /// Creates a new fixed or dynamic image on empty `storage` and opens it
     /// for writing. `guid_source` supplies GUIDs (random when `None` with `std`).
-    pub fn create_on(storage: Box<dyn Storage>, options: &CreateOptions, guid_source: Option<GuidSource>) -> Result<Disk> {
+    pub fn create_on(
+        storage: Box<dyn Storage>,
+        options: &CreateOptions,
+        guid_source: Option<GuidSource>,
+    ) -> Result<Disk> {
         create::create(storage, options, guid_source)
     }
 
@@ -301,6 +305,24 @@ impl Disk {
     /// The validated region table.
     pub fn regions(&self) -> &RegionTable {
         &self.regions
+    }
+
+    /// Closes the disk cleanly (as [`Disk::close`]) and returns its storage.
+    pub fn into_storage(mut self) -> Result<Box<dyn Storage>> {
+        self.close_inner()?;
+        Ok(core::mem::replace(
+            &mut self.storage,
+            Box::new(crate::io::MemStorage::new()),
+        ))
+    }
+
+    /// Gives up the disk without flushing or closing — what a crash or a
+    /// killed process leaves behind — and returns its storage. Writes since
+    /// the last flush may be incomplete; the log GUID stays set if this
+    /// session wrote the log, so the next writable open replays it.
+    pub fn abandon(mut self) -> Box<dyn Storage> {
+        self.closed = true;
+        core::mem::replace(&mut self.storage, Box::new(crate::io::MemStorage::new()))
     }
 
     /// Flushes, clears the log GUID and closes, reporting any error (dropping

@@ -34,7 +34,9 @@ pub struct ActiveSequence {
 impl ActiveSequence {
     /// The newest entry.
     pub fn head(&self) -> &LogEntry {
-        self.entries.last().expect("an active sequence is never empty")
+        self.entries
+            .last()
+            .expect("an active sequence is never empty")
     }
 
     /// Every update in replay order.
@@ -54,25 +56,45 @@ fn ring_copy(log: &[u8], start: usize, len: usize) -> Vec<u8> {
 
 /// Reads the log of `header` from `storage` and finds its active sequence.
 /// Returns `None` when the header says the log is empty (LogGuid zero).
-pub fn find_active_sequence(storage: &dyn Storage, header: &HeaderInfo, file_len: u64) -> Result<Option<ActiveSequence>> {
+pub fn find_active_sequence(
+    storage: &dyn Storage,
+    header: &HeaderInfo,
+    file_len: u64,
+) -> Result<Option<ActiveSequence>> {
     const S: &str = "log";
     if header.log_guid.is_nil() {
         return Ok(None);
     }
     let log_len = header.log_length as u64;
     if log_len == 0 {
-        return Err(Error::corrupt(S, header.log_offset, "the header names a log GUID but the log is empty"));
+        return Err(Error::corrupt(
+            S,
+            header.log_offset,
+            "the header names a log GUID but the log is empty",
+        ));
     }
     if log_len > MAX_LOG_LENGTH {
-        return Err(Error::unsupported(S, header.log_offset, format!("log of {log_len} bytes (at most 1 GiB)")));
+        return Err(Error::unsupported(
+            S,
+            header.log_offset,
+            format!("log of {log_len} bytes (at most 1 GiB)"),
+        ));
     }
     if header.log_offset + log_len > file_len {
-        return Err(Error::corrupt(S, header.log_offset, format!("log of {log_len} bytes runs past the end of the file ({file_len} bytes)")));
+        return Err(Error::corrupt(
+            S,
+            header.log_offset,
+            format!("log of {log_len} bytes runs past the end of the file ({file_len} bytes)"),
+        ));
     }
     let mut log = alloc::vec![0u8; log_len as usize];
     storage
         .read_exact_at(&mut log, header.log_offset)
-        .map_err(|source| Error::Io { op: "reading the log", offset: header.log_offset, source })?;
+        .map_err(|source| Error::Io {
+            op: "reading the log",
+            offset: header.log_offset,
+            source,
+        })?;
     let seq = search(&log, &header.log_guid);
     match seq {
         Some(seq) => {
@@ -90,7 +112,11 @@ pub fn find_active_sequence(storage: &dyn Storage, header: &HeaderInfo, file_len
             check_targets(&seq, header, file_len)?;
             Ok(Some(seq))
         }
-        None => Err(Error::corrupt(S, header.log_offset, "the header names a log GUID but the log holds no valid entry sequence")),
+        None => Err(Error::corrupt(
+            S,
+            header.log_offset,
+            "the header names a log GUID but the log holds no valid entry sequence",
+        )),
     }
 }
 
@@ -102,18 +128,26 @@ pub(crate) fn search(log: &[u8], log_guid: &Guid) -> Option<ActiveSequence> {
     }
     let mut best: Option<ActiveSequence> = None;
     let mut start = 0usize;
+    // Entries claiming long lengths at every 4 KiB could make the scan
+    // quadratic; a budget of checksummed bytes keeps it linear.
+    let mut budget: u64 = 16 * n as u64 + (64 << 20);
     while start < n {
         let mut chain: Vec<(usize, LogEntry)> = Vec::new();
         let mut pos = start;
         let mut consumed = 0usize;
         while consumed < n {
             let first = ring_copy(log, pos, LOG_SECTOR_SIZE);
-            let Ok(len) = peek_entry_length(&first, n as u64, log_guid) else { break };
+            let Ok(len) = peek_entry_length(&first, n as u64, log_guid) else {
+                break;
+            };
             let len = len as usize;
-            if consumed + len > n {
+            if consumed + len > n || budget < len as u64 {
                 break;
             }
-            let Ok(entry) = parse_entry(&ring_copy(log, pos, len), n as u64, log_guid) else { break };
+            budget -= len as u64;
+            let Ok(entry) = parse_entry(&ring_copy(log, pos, len), n as u64, log_guid) else {
+                break;
+            };
             if let Some((_, last)) = chain.last() {
                 if entry.sequence_number != last.sequence_number.wrapping_add(1) {
                     break;
@@ -131,7 +165,10 @@ pub(crate) fn search(log: &[u8], log_guid: &Guid) -> Option<ActiveSequence> {
         let head_seq = head.sequence_number;
         let tail = head.tail as usize;
         if let Some(tail_index) = chain.iter().position(|(p, _)| *p == tail) {
-            if best.as_ref().is_none_or(|b| head_seq > b.head().sequence_number) {
+            if best
+                .as_ref()
+                .is_none_or(|b| head_seq > b.head().sequence_number)
+            {
                 let head_end = pos as u64;
                 let entries = chain.drain(tail_index..).map(|(_, e)| e).collect();
                 best = Some(ActiveSequence { entries, head_end });
@@ -147,14 +184,21 @@ pub(crate) fn search(log: &[u8], log_guid: &Guid) -> Option<ActiveSequence> {
 fn check_targets(seq: &ActiveSequence, header: &HeaderInfo, file_len: u64) -> Result<()> {
     let limit = file_len.max(seq.head().last_file_offset);
     if limit > MAX_VIRTUAL_SIZE * 2 {
-        return Err(Error::corrupt("log entry", header.log_offset, format!("last file offset {limit:#x} is implausibly large")));
+        return Err(Error::corrupt(
+            "log entry",
+            header.log_offset,
+            format!("last file offset {limit:#x} is implausibly large"),
+        ));
     }
     let log_start = header.log_offset;
     let log_end = header.log_offset + header.log_length as u64;
     for op in seq.ops() {
         let (at, len) = match op {
             LogOp::Data { file_offset, bytes } => (*file_offset, bytes.len() as u64),
-            LogOp::Zero { file_offset, length } => (*file_offset, *length),
+            LogOp::Zero {
+                file_offset,
+                length,
+            } => (*file_offset, *length),
         };
         let end = at.saturating_add(len);
         if at < REGION_TABLE_OFFSETS[0] || end > limit || (at < log_end && log_start < end) {
@@ -170,32 +214,64 @@ fn check_targets(seq: &ActiveSequence, header: &HeaderInfo, file_len: u64) -> Re
 
 /// Applies the sequence to the file and makes it durable; the file grows to
 /// the head's LastFileOffset. The caller then clears the header's LogGuid.
+///
+/// Zero descriptors are written only where the file already has bytes: past
+/// the end, growing the file yields zeros anyway. A hostile zero length can
+/// therefore cost at most the file's own size, never terabytes of writes.
 pub fn replay_in_place(storage: &mut dyn Storage, seq: &ActiveSequence) -> Result<()> {
     const CHUNK: usize = 1 << 20;
     let zeros = alloc::vec![0u8; CHUNK];
+    let mut len = storage.len().map_err(|source| Error::Io {
+        op: "sizing the file",
+        offset: 0,
+        source,
+    })?;
+    let mut want = seq.head().last_file_offset;
     for op in seq.ops() {
         match op {
-            LogOp::Data { file_offset, bytes } => storage
-                .write_all_at(bytes, *file_offset)
-                .map_err(|source| Error::Io { op: "replaying the log", offset: *file_offset, source })?,
-            LogOp::Zero { file_offset, length } => {
-                let mut done = 0u64;
-                while done < *length {
-                    let n = (*length - done).min(CHUNK as u64) as usize;
+            LogOp::Data { file_offset, bytes } => {
+                storage
+                    .write_all_at(bytes, *file_offset)
+                    .map_err(|source| Error::Io {
+                        op: "replaying the log",
+                        offset: *file_offset,
+                        source,
+                    })?;
+                len = len.max(file_offset + bytes.len() as u64);
+            }
+            LogOp::Zero {
+                file_offset,
+                length,
+            } => {
+                let end = file_offset + length;
+                want = want.max(end);
+                let mut at = *file_offset;
+                while at < end.min(len) {
+                    let n = (end.min(len) - at).min(CHUNK as u64) as usize;
                     storage
-                        .write_all_at(&zeros[..n], file_offset + done)
-                        .map_err(|source| Error::Io { op: "replaying the log", offset: file_offset + done, source })?;
-                    done += n as u64;
+                        .write_all_at(&zeros[..n], at)
+                        .map_err(|source| Error::Io {
+                            op: "replaying the log",
+                            offset: at,
+                            source,
+                        })?;
+                    at += n as u64;
                 }
             }
         }
     }
-    let last = seq.head().last_file_offset;
-    let len = storage.len().map_err(|source| Error::Io { op: "sizing the file", offset: 0, source })?;
-    if len < last {
-        storage.set_len(last).map_err(|source| Error::Io { op: "extending the file", offset: last, source })?;
+    if len < want {
+        storage.set_len(want).map_err(|source| Error::Io {
+            op: "extending the file",
+            offset: want,
+            source,
+        })?;
     }
-    storage.flush().map_err(|source| Error::Io { op: "flushing the replayed log", offset: 0, source })
+    storage.flush().map_err(|source| Error::Io {
+        op: "flushing the replayed log",
+        offset: 0,
+        source,
+    })
 }
 
 /// A read-only view of a file with a log replayed in memory: the file is not
@@ -210,16 +286,27 @@ pub struct ReplayOverlay {
 impl ReplayOverlay {
     /// Layers `seq` over `base`.
     pub fn new(base: Box<dyn Storage>, seq: ActiveSequence) -> Result<Self> {
-        let base_len = base.len().map_err(|source| Error::Io { op: "sizing the file", offset: 0, source })?;
+        let base_len = base.len().map_err(|source| Error::Io {
+            op: "sizing the file",
+            offset: 0,
+            source,
+        })?;
         let len = base_len.max(seq.head().last_file_offset);
         let ops = seq.entries.into_iter().flat_map(|e| e.ops).collect();
-        Ok(ReplayOverlay { base, base_len, len, ops })
+        Ok(ReplayOverlay {
+            base,
+            base_len,
+            len,
+            ops,
+        })
     }
 }
 
 impl Storage for ReplayOverlay {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
-        let end = offset.checked_add(buf.len() as u64).ok_or_else(crate::error::io_unexpected_eof)?;
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or_else(crate::error::io_unexpected_eof)?;
         if end > self.len {
             return Err(crate::error::io_unexpected_eof());
         }
@@ -229,7 +316,10 @@ impl Storage for ReplayOverlay {
         for op in &self.ops {
             let (at, len) = match op {
                 LogOp::Data { file_offset, bytes } => (*file_offset, bytes.len() as u64),
-                LogOp::Zero { file_offset, length } => (*file_offset, *length),
+                LogOp::Zero {
+                    file_offset,
+                    length,
+                } => (*file_offset, *length),
             };
             let lo = at.max(offset);
             let hi = (at + len).min(end);
@@ -238,7 +328,9 @@ impl Storage for ReplayOverlay {
             }
             let dst = &mut buf[(lo - offset) as usize..(hi - offset) as usize];
             match op {
-                LogOp::Data { bytes, .. } => dst.copy_from_slice(&bytes[(lo - at) as usize..(hi - at) as usize]),
+                LogOp::Data { bytes, .. } => {
+                    dst.copy_from_slice(&bytes[(lo - at) as usize..(hi - at) as usize])
+                }
                 LogOp::Zero { .. } => dst.fill(0),
             }
         }
@@ -246,7 +338,9 @@ impl Storage for ReplayOverlay {
     }
 
     fn write_all_at(&mut self, _buf: &[u8], _offset: u64) -> Result<(), IoError> {
-        Err(io_unsupported("the log was replayed in memory; the file is read-only"))
+        Err(io_unsupported(
+            "the log was replayed in memory; the file is read-only",
+        ))
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
@@ -258,7 +352,9 @@ impl Storage for ReplayOverlay {
     }
 
     fn set_len(&mut self, _len: u64) -> Result<(), IoError> {
-        Err(io_unsupported("the log was replayed in memory; the file is read-only"))
+        Err(io_unsupported(
+            "the log was replayed in memory; the file is read-only",
+        ))
     }
 }
 
@@ -286,7 +382,13 @@ mod tests {
         // A newer entry whose tail points outside its chain: invalid.
         put(&mut log, 65536, &build_entry(&pages, 9, 4096, &g, 0, 0));
         let seq = search(&log, &g).unwrap();
-        assert_eq!(seq.entries.iter().map(|e| e.sequence_number).collect::<Vec<_>>(), [5, 6]);
+        assert_eq!(
+            seq.entries
+                .iter()
+                .map(|e| e.sequence_number)
+                .collect::<Vec<_>>(),
+            [5, 6]
+        );
         assert_eq!(seq.head_end, 16384);
         // A newer self-tailed entry wins.
         put(&mut log, 65536, &build_entry(&pages, 9, 65536, &g, 0, 0));
