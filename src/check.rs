@@ -40,9 +40,11 @@ pub fn check_storage(storage: Box<dyn Storage>) -> Result<CheckReport> {
     let len = storage.len().map_err(|source| Error::Io { op: "sizing the file", offset: 0, source })?;
     let section_len = (REGION_TABLE_OFFSETS[1] as usize + REGION_TABLE_SIZE).min(len as usize);
     let mut section = alloc::vec![0u8; section_len];
-    storage
-        .read_exact_at(&mut section, 0)
-        .map_err(|source| Error::Io { op: "reading the header section", offset: 0, source })?;
+    storage.read_exact_at(&mut section, 0).map_err(|source| Error::Io {
+        op: "reading the header section",
+        offset: 0,
+        source,
+    })?;
 
     if section_len == REGION_TABLE_OFFSETS[1] as usize + REGION_TABLE_SIZE {
         let slots = HEADER_OFFSETS.map(|o| HeaderInfo::parse(&section[o as usize..o as usize + HEADER_SIZE], o));
@@ -52,7 +54,11 @@ pub fn check_storage(storage: Box<dyn Storage>) -> Result<CheckReport> {
             }
         }
         if let Ok((slot, header)) = select_current(slots) {
-            report.notes.push(format!("current header: header {} (sequence number {})", slot + 1, header.sequence_number));
+            report.notes.push(format!(
+                "current header: header {} (sequence number {})",
+                slot + 1,
+                header.sequence_number
+            ));
             match find_active_sequence(&*storage, &header, len) {
                 Ok(Some(seq)) => report.notes.push(format!(
                     "the log holds {} unapplied entr{} (sequence {}..={}); a writable open or `check --repair` replays it, read-only opens replay it in memory",

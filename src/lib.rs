@@ -43,6 +43,6 @@ pub use block::BlockDevice;
 pub use disk::{CreateOptions, Disk, DiskInfo, DiskType, Extent, GuidSource, MapEntry, OpenOptions};
 pub use error::{Error, ErrorKind, IoError, Result};
 pub use format::guid::Guid;
-pub use io::{MemStorage, Storage};
 #[cfg(feature = "std")]
 pub use io::FileStorage;
+pub use io::{MemStorage, Storage};

@@ -37,8 +37,9 @@ fn write_both(d: &mut Disk, model: &mut [u8], off: u64, data: &[u8]) {
 fn build_chain(dir: &Path, levels: usize, sector: u32, size: u64, block_sizes: &[u32]) -> (Vec<PathBuf>, Vec<Vec<u8>>) {
     let base = dir.join("base.vhdx");
     let mut model = vec![0u8; size as usize];
-    let mut d = Disk::create(&base, &CreateOptions::dynamic(size).block_size(block_sizes[0]).logical_sector_size(sector))
-        .unwrap();
+    let mut d =
+        Disk::create(&base, &CreateOptions::dynamic(size).block_size(block_sizes[0]).logical_sector_size(sector))
+            .unwrap();
     write_both(&mut d, &mut model, 1000, &pattern(1, 3 << 20));
     write_both(&mut d, &mut model, size - 777, &pattern(2, 777));
     d.close().unwrap();

@@ -25,35 +25,25 @@ impl Rng {
 /// behind by a write session that never closed.
 fn seed_images() -> Vec<(&'static str, Vec<u8>)> {
     let mut out = Vec::new();
-    let mut d = Disk::create_on(
-        Box::new(MemStorage::new()),
-        &CreateOptions::dynamic(8 << 20).block_size(1 << 20),
-        None,
-    )
-    .unwrap();
+    let mut d =
+        Disk::create_on(Box::new(MemStorage::new()), &CreateOptions::dynamic(8 << 20).block_size(1 << 20), None)
+            .unwrap();
     d.write_at(&[0xAB; 5000], 4000).unwrap();
     d.write_at(&[0xCD; 100], 7 << 20).unwrap();
     d.flush().unwrap();
     out.push(("dynamic with a dirty log", snapshot(d.abandon())));
     out.push(("clean dynamic", clean_dynamic()));
-    let f = Disk::create_on(
-        Box::new(MemStorage::new()),
-        &CreateOptions::fixed(4 << 20).block_size(1 << 20),
-        None,
-    )
-    .unwrap();
+    let f =
+        Disk::create_on(Box::new(MemStorage::new()), &CreateOptions::fixed(4 << 20).block_size(1 << 20), None).unwrap();
     out.push(("fixed", snapshot(f.into_storage().unwrap())));
     out
 }
 
 /// A closed (clean-log) dynamic image with data in blocks 0 and 7.
 fn clean_dynamic() -> Vec<u8> {
-    let mut d = Disk::create_on(
-        Box::new(MemStorage::new()),
-        &CreateOptions::dynamic(8 << 20).block_size(1 << 20),
-        None,
-    )
-    .unwrap();
+    let mut d =
+        Disk::create_on(Box::new(MemStorage::new()), &CreateOptions::dynamic(8 << 20).block_size(1 << 20), None)
+            .unwrap();
     d.write_at(&[0xAB; 5000], 4000).unwrap();
     d.write_at(&[0xCD; 100], 7 << 20).unwrap();
     snapshot(d.into_storage().unwrap())
@@ -67,9 +57,7 @@ fn snapshot(s: Box<dyn Storage>) -> Vec<u8> {
 }
 
 fn try_everything(bytes: Vec<u8>) -> Result<(), vhdx::Error> {
-    let d = OpenOptions::new()
-        .without_parent()
-        .open_storage(Box::new(MemStorage::from_vec(bytes.clone())))?;
+    let d = OpenOptions::new().without_parent().open_storage(Box::new(MemStorage::from_vec(bytes.clone())))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut off = 0;
     while off < d.virtual_size() {
@@ -80,9 +68,7 @@ fn try_everything(bytes: Vec<u8>) -> Result<(), vhdx::Error> {
     let _ = d.map()?;
     drop(d);
     let _ = vhdx::check::check_storage(Box::new(MemStorage::from_vec(bytes.clone())))?;
-    let mut w = OpenOptions::new()
-        .writable(true)
-        .open_storage(Box::new(MemStorage::from_vec(bytes)))?;
+    let mut w = OpenOptions::new().writable(true).open_storage(Box::new(MemStorage::from_vec(bytes)))?;
     if w.disk_type() != vhdx::DiskType::Differencing {
         w.write_at(&[1; 3000], 123)?;
         w.flush()?;
@@ -92,10 +78,7 @@ fn try_everything(bytes: Vec<u8>) -> Result<(), vhdx::Error> {
 
 #[test]
 fn random_mutations_never_panic() {
-    let per_seed: u64 = std::env::var("VHDX_MUTATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(400);
+    let per_seed: u64 = std::env::var("VHDX_MUTATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
     let mut rng = Rng(0x5EED_1234_ABCD_0001);
     let mut tried = 0u64;
     let mut rejected = 0u64;
@@ -141,9 +124,7 @@ fn random_mutations_never_panic() {
             }
         }
     }
-    println!(
-        "hostile: {tried} mutated images, {rejected} rejected with a typed error, none panicked"
-    );
+    println!("hostile: {tried} mutated images, {rejected} rejected with a typed error, none panicked");
     assert!(tried >= 2 * per_seed);
 }
 
@@ -154,9 +135,7 @@ fn corrupt(bytes: &[u8], at: usize, value: &[u8]) -> Vec<u8> {
 }
 
 fn open_err(bytes: Vec<u8>) -> vhdx::Error {
-    OpenOptions::new()
-        .open_storage(Box::new(MemStorage::from_vec(bytes)))
-        .unwrap_err()
+    OpenOptions::new().open_storage(Box::new(MemStorage::from_vec(bytes))).unwrap_err()
 }
 
 #[test]
@@ -167,28 +146,15 @@ fn targeted_corruptions_name_structure_and_offset() {
     assert_eq!(e.kind(), ErrorKind::Corrupt);
     assert!(e.to_string().contains("file type identifier"), "{e}");
     // Both headers damaged.
-    let e = open_err(corrupt(
-        &corrupt(&image, 64 << 10, b"XXXX"),
-        128 << 10,
-        b"XXXX",
-    ));
-    assert!(
-        e.to_string().contains("header") && e.to_string().contains("0x10000"),
-        "{e}"
-    );
+    let e = open_err(corrupt(&corrupt(&image, 64 << 10, b"XXXX"), 128 << 10, b"XXXX"));
+    assert!(e.to_string().contains("header") && e.to_string().contains("0x10000"), "{e}");
     // One header damaged: the other is used.
     assert!(OpenOptions::new()
-        .open_storage(Box::new(MemStorage::from_vec(corrupt(
-            &image,
-            (64 << 10) + 100,
-            b"\x01"
-        ))))
+        .open_storage(Box::new(MemStorage::from_vec(corrupt(&image, (64 << 10) + 100, b"\x01"))))
         .is_ok());
     // Region table copy 1 damaged: copy 2 is used; both damaged: error.
     let one = corrupt(&image, (192 << 10) + 40, b"\x01");
-    assert!(OpenOptions::new()
-        .open_storage(Box::new(MemStorage::from_vec(one.clone())))
-        .is_ok());
+    assert!(OpenOptions::new().open_storage(Box::new(MemStorage::from_vec(one.clone()))).is_ok());
     let e = open_err(corrupt(&one, (256 << 10) + 40, b"\x01"));
     assert!(e.to_string().contains("region table"), "{e}");
     // A BAT entry pointing past the end of the file: the BAT is at 3 MiB, payload block 0 is entry 0.
@@ -196,10 +162,7 @@ fn targeted_corruptions_name_structure_and_offset() {
     let far = ((1u64 << 40) | 6).to_le_bytes();
     let e = open_err(corrupt(&image, bat, &far));
     assert_eq!(e.kind(), ErrorKind::Corrupt);
-    assert!(
-        e.to_string().contains("BAT entry") && e.to_string().contains("0x300000"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("BAT entry") && e.to_string().contains("0x300000"), "{e}");
     // A BAT entry pointing into the header section, and one into the metadata region.
     let e = open_err(corrupt(&image, bat, &((1u64 << 20) | 6).to_le_bytes()));
     assert!(e.to_string().contains("BAT entry"), "{e}");
@@ -218,9 +181,7 @@ fn targeted_corruptions_name_structure_and_offset() {
 fn truncated_file_with_dirty_log_is_refused_not_replayed() {
     let (_, image) = seed_images().remove(0);
     // The seed was flushed but not closed: its log GUID is set and the log holds an entry.
-    let d = OpenOptions::new()
-        .open_storage(Box::new(MemStorage::from_vec(image.clone())))
-        .unwrap();
+    let d = OpenOptions::new().open_storage(Box::new(MemStorage::from_vec(image.clone()))).unwrap();
     assert!(d.info().log_replayed);
     drop(d);
     let short = image[..(5 << 20)].to_vec();

@@ -34,9 +34,11 @@ impl Tree {
     fn new(sector: u32) -> Tree {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let mut base =
-            Disk::create(root.join("base.vhdx"), &CreateOptions::dynamic(16 << 20).block_size(1 << 20).logical_sector_size(sector))
-                .unwrap();
+        let mut base = Disk::create(
+            root.join("base.vhdx"),
+            &CreateOptions::dynamic(16 << 20).block_size(1 << 20).logical_sector_size(sector),
+        )
+        .unwrap();
         base.write_at(&pattern(1, 6 << 20), 0).unwrap();
         base.write_at(&pattern(2, 3333), (10 << 20) + 17).unwrap();
         base.close().unwrap();
@@ -77,7 +79,11 @@ fn opts(depth: usize, siblings: SiblingPolicy) -> MergeOptions {
 fn depth_one_merge_keeps_the_child_view_and_moves_data_to_the_parent() {
     for sector in [512u32, 4096] {
         let t = Tree::new(sector);
-        t.child("a.vhdx", "base.vhdx", &[(4096 * 3 + 512, 10_000, 10), ((2 << 20) - 100, 200, 11), (12 << 20, 1 << 20, 12)]);
+        t.child(
+            "a.vhdx",
+            "base.vhdx",
+            &[(4096 * 3 + 512, 10_000, 10), ((2 << 20) - 100, 200, 11), (12 << 20, 1 << 20, 12)],
+        );
         // A grandchild of the merged child must stay valid: the child's view does not change.
         t.child("a-kid.vhdx", "a.vhdx", &[(5 << 20, 4096, 13)]);
         let before_a = view(&t.p("a.vhdx"));

@@ -79,7 +79,9 @@ impl ParentResolver for FsResolver {
         let mut tried = Vec::new();
         for cand in candidates {
             tried.push(cand.display().to_string());
-            let Ok(canon) = cand.canonicalize() else { continue };
+            let Ok(canon) = cand.canonicalize() else {
+                continue;
+            };
             if let Some(allowed) = &self.allowed {
                 if !allowed.iter().any(|d| canon.starts_with(d)) {
                     tried.push(format!("(refused {}: outside the allowed directories)", canon.display()));
@@ -87,17 +89,12 @@ impl ParentResolver for FsResolver {
                 }
             }
             if self.chain.contains(&canon) {
-                return Err(Error::invalid(format!(
-                    "the parent chain loops: {} is its own ancestor",
-                    canon.display()
-                )));
+                return Err(Error::invalid(format!("the parent chain loops: {} is its own ancestor", canon.display())));
             }
             let mut sub = self.clone();
             sub.chain.push(canon.clone());
             let name = cand.display().to_string();
-            let disk = OpenOptions::new()
-                .resolver_at_depth(alloc::boxed::Box::new(sub), depth)
-                .open(&cand)?;
+            let disk = OpenOptions::new().resolver_at_depth(alloc::boxed::Box::new(sub), depth).open(&cand)?;
             match check_linkage(loc, &disk, &name) {
                 Ok(()) => return Ok((disk, name)),
                 Err(e) => {
@@ -118,9 +115,11 @@ pub fn locator_for(child: &Path, parent: &Path, parent_guid: &crate::Guid) -> Re
         if p.is_absolute() {
             Ok(p.to_path_buf())
         } else {
-            std::env::current_dir()
-                .map(|d| d.join(p))
-                .map_err(|source| Error::Io { op: "finding the current directory", offset: 0, source })
+            std::env::current_dir().map(|d| d.join(p)).map_err(|source| Error::Io {
+                op: "finding the current directory",
+                offset: 0,
+                source,
+            })
         }
     };
     let parent_abs = normalize(&abs(parent)?);

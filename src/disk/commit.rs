@@ -56,7 +56,11 @@ impl Disk {
         self.storage.flush().map_err(|source| Error::Io { op: "flushing payload", offset: 0, source })?;
         if self.log.is_none() {
             if self.header.log_length == 0 {
-                return Err(Error::unsupported("header", 0, "the image has no log, so its metadata cannot be updated safely"));
+                return Err(Error::unsupported(
+                    "header",
+                    0,
+                    "the image has no log, so its metadata cannot be updated safely",
+                ));
             }
             let guid = self.new_guid()?;
             self.update_header(|h| h.log_guid = guid)?;

@@ -84,10 +84,17 @@ pub(crate) fn write_new_image(
     };
     storage.set_len(file_len).map_err(io("sizing the new file", file_len))?;
 
-    storage.write_all_at(RawFileIdentifier::new(CREATOR).as_bytes(), 0).map_err(io("writing the file identifier", 0))?;
+    storage
+        .write_all_at(RawFileIdentifier::new(CREATOR).as_bytes(), 0)
+        .map_err(io("writing the file identifier", 0))?;
     let regions = RegionTable {
         entries: alloc::vec![
-            Region { guid: BAT_REGION, file_offset: layout.bat_offset, length: layout.bat_length as u32, required: true },
+            Region {
+                guid: BAT_REGION,
+                file_offset: layout.bat_offset,
+                length: layout.bat_length as u32,
+                required: true
+            },
             Region {
                 guid: METADATA_REGION,
                 file_offset: layout.metadata_offset,
@@ -101,7 +108,9 @@ pub(crate) fn write_new_image(
         storage.write_all_at(&table, at).map_err(io("writing a region table", at))?;
     }
     let meta = build_region(params, locator, layout.metadata_length as usize)?;
-    storage.write_all_at(&meta, layout.metadata_offset).map_err(io("writing the metadata region", layout.metadata_offset))?;
+    storage
+        .write_all_at(&meta, layout.metadata_offset)
+        .map_err(io("writing the metadata region", layout.metadata_offset))?;
     if fixed {
         // Payload entries FULLY_PRESENT and contiguous; sector bitmap entries stay zero.
         const CHUNK_ENTRIES: u64 = 64 * 1024;
@@ -114,7 +123,8 @@ pub(crate) fn write_new_image(
             for b in block..end {
                 let off = layout.payload_offset + b * g.block_size as u64;
                 let i = g.payload_index(b) - first_index;
-                bytes[i * 8..i * 8 + 8].copy_from_slice(&make_entry(PayloadState::FullyPresent.bits(), off).to_le_bytes());
+                bytes[i * 8..i * 8 + 8]
+                    .copy_from_slice(&make_entry(PayloadState::FullyPresent.bits(), off).to_le_bytes());
             }
             let at = layout.bat_offset + first_index as u64 * 8;
             storage.write_all_at(&bytes, at).map_err(io("writing the BAT", at))?;
@@ -140,7 +150,11 @@ pub(crate) fn write_new_image(
     Ok(())
 }
 
-pub(crate) fn create(mut storage: Box<dyn Storage>, options: &CreateOptions, guid_source: Option<GuidSource>) -> Result<Disk> {
+pub(crate) fn create(
+    mut storage: Box<dyn Storage>,
+    options: &CreateOptions,
+    guid_source: Option<GuidSource>,
+) -> Result<Disk> {
     options.validate()?;
     let mut guids = guid_source
         .or_else(default_guid_source)
@@ -206,9 +220,14 @@ pub(crate) fn create_differencing(
 }
 
 #[cfg(feature = "std")]
-pub(crate) fn create_differencing_file(child: &std::path::Path, parent: &std::path::Path, block_size: Option<u32>) -> Result<Disk> {
+pub(crate) fn create_differencing_file(
+    child: &std::path::Path,
+    parent: &std::path::Path,
+    block_size: Option<u32>,
+) -> Result<Disk> {
     let parent_disk = OpenOptions::new().open(parent)?;
-    let locator = crate::chain::locator_for(child, parent, &parent_disk.data_write_guid()).map_err(|e| e.in_file(child.display()))?;
+    let locator = crate::chain::locator_for(child, parent, &parent_disk.data_write_guid())
+        .map_err(|e| e.in_file(child.display()))?;
     let storage = crate::io::FileStorage::create_new(child)
         .map_err(|source| Error::Io { op: "creating the file", offset: 0, source }.in_file(child.display()))?;
     create_differencing(Box::new(storage), parent_disk, locator, block_size, None, Some(format!("{}", child.display())))

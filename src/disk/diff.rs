@@ -82,7 +82,11 @@ impl Disk {
             };
             let src = &buf[(pos - offset) as usize..(pos - offset + n) as usize];
             let at = base + in_block;
-            self.storage.write_all_at(src, at).map_err(|source| Error::Io { op: "writing payload", offset: at, source })?;
+            self.storage.write_all_at(src, at).map_err(|source| Error::Io {
+                op: "writing payload",
+                offset: at,
+                source,
+            })?;
             if mark {
                 self.set_bitmap_bits(block, in_block / ss, n / ss)?;
             }

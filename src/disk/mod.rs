@@ -310,10 +310,7 @@ impl Disk {
     /// Closes the disk cleanly (as [`Disk::close`]) and returns its storage.
     pub fn into_storage(mut self) -> Result<Box<dyn Storage>> {
         self.close_inner()?;
-        Ok(core::mem::replace(
-            &mut self.storage,
-            Box::new(crate::io::MemStorage::new()),
-        ))
+        Ok(core::mem::replace(&mut self.storage, Box::new(crate::io::MemStorage::new())))
     }
 
     /// Gives up the disk without flushing or closing — what a crash or a

@@ -37,7 +37,11 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
         let mut sig = alloc::vec![0u8; (len as usize).min(520)];
         read(&*storage, &mut sig, 0, "reading the file type identifier")?;
         RawFileIdentifier::validate(&sig)?;
-        return Err(Error::corrupt("header section", 0, format!("file is only {len} bytes, shorter than the header section")));
+        return Err(Error::corrupt(
+            "header section",
+            0,
+            format!("file is only {len} bytes, shorter than the header section"),
+        ));
     }
     let mut section = alloc::vec![0u8; section_end as usize];
     read(&*storage, &mut section, 0, "reading the header section")?;
@@ -88,7 +92,11 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
     let log_range = (header.log_offset, header.log_offset + header.log_length as u64);
     for r in &regions.entries {
         if header.log_length > 0 && r.file_offset < log_range.1 && log_range.0 < r.end() {
-            return Err(Error::corrupt("region table", REGION_TABLE_OFFSETS[0], format!("region {} overlaps the log", r.guid)));
+            return Err(Error::corrupt(
+                "region table",
+                REGION_TABLE_OFFSETS[0],
+                format!("region {} overlaps the log", r.guid),
+            ));
         }
     }
     let bat_region = regions.bat();
@@ -98,7 +106,11 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
             return Err(Error::corrupt(
                 "region table",
                 REGION_TABLE_OFFSETS[0],
-                format!("the {name} region ({:#x}..{:#x}) runs past the end of the file ({len} bytes)", r.file_offset, r.end()),
+                format!(
+                    "the {name} region ({:#x}..{:#x}) runs past the end of the file ({len} bytes)",
+                    r.file_offset,
+                    r.end()
+                ),
             ));
         }
     }
@@ -112,7 +124,8 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
         read(&*storage, &mut item, meta_region.file_offset + e.offset as u64, "reading a metadata item")?;
         Ok(item)
     })?;
-    let geometry = BatGeometry::new(params.block_size, params.logical_sector_size, params.virtual_size, params.has_parent)?;
+    let geometry =
+        BatGeometry::new(params.block_size, params.logical_sector_size, params.virtual_size, params.has_parent)?;
     if geometry.table_bytes() > bat_region.length as u64 {
         return Err(Error::corrupt(
             "BAT",
@@ -129,10 +142,8 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
     let bat_entries = (geometry.entry_count.div_ceil(page_entries) * page_entries).min(bat_region.length as u64 / 8);
     let mut raw = alloc::vec![0u8; (bat_entries * 8) as usize];
     read(&*storage, &mut raw, bat_region.file_offset, "reading the BAT")?;
-    let bat: Vec<u64> = raw
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-        .collect();
+    let bat: Vec<u64> =
+        raw.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect();
     drop(raw);
     let alloc_floor = validate_bat(&bat, &geometry, bat_region.file_offset, len, &regions, log_range)?;
 
@@ -149,7 +160,26 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
                 (Box::new(d), name)
             }
             ParentChoice::None => {
-                return finish(storage, writable, len, alloc_floor, header, header_slot, regions, params, locator, geometry, bat_region.file_offset, bat, file_guid_changed, guid_source, None, ident.creator(), replayed_log, path);
+                return finish(
+                    storage,
+                    writable,
+                    len,
+                    alloc_floor,
+                    header,
+                    header_slot,
+                    regions,
+                    params,
+                    locator,
+                    geometry,
+                    bat_region.file_offset,
+                    bat,
+                    file_guid_changed,
+                    guid_source,
+                    None,
+                    ident.creator(),
+                    replayed_log,
+                    path,
+                );
             }
         };
         crate::chain::check_linkage(loc, &p, &name)?;
@@ -168,7 +198,26 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
     } else {
         None
     };
-    finish(storage, writable, len, alloc_floor, header, header_slot, regions, params, locator, geometry, bat_region.file_offset, bat, file_guid_changed, guid_source, parent, ident.creator(), replayed_log, path)
+    finish(
+        storage,
+        writable,
+        len,
+        alloc_floor,
+        header,
+        header_slot,
+        regions,
+        params,
+        locator,
+        geometry,
+        bat_region.file_offset,
+        bat,
+        file_guid_changed,
+        guid_source,
+        parent,
+        ident.creator(),
+        replayed_log,
+        path,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -229,7 +278,11 @@ pub(crate) fn write_header_pair(storage: &mut dyn Storage, h: &mut HeaderInfo, s
             .ok_or_else(|| Error::corrupt("header", HEADER_OFFSETS[*slot], "sequence number exhausted"))?;
         let next = 1 - *slot;
         let at = HEADER_OFFSETS[next];
-        storage.write_all_at(&h.to_bytes(), at).map_err(|source| Error::Io { op: "writing a header", offset: at, source })?;
+        storage.write_all_at(&h.to_bytes(), at).map_err(|source| Error::Io {
+            op: "writing a header",
+            offset: at,
+            source,
+        })?;
         storage.flush().map_err(|source| Error::Io { op: "flushing a header", offset: at, source })?;
         *slot = next;
     }
@@ -265,7 +318,11 @@ fn validate_bat(
         let state = PayloadState::from_entry(entry)
             .ok_or_else(|| Error::corrupt("BAT entry", at, format!("entry {index} has the reserved state 4")))?;
         if state == PayloadState::PartiallyPresent && !g.has_parent {
-            return Err(Error::corrupt("BAT entry", at, format!("entry {index} is partially present in a disk without a parent")));
+            return Err(Error::corrupt(
+                "BAT entry",
+                at,
+                format!("entry {index} is partially present in a disk without a parent"),
+            ));
         }
         if state.has_data() {
             used.push((off, bs, index));
@@ -300,7 +357,11 @@ fn validate_bat(
             return Err(Error::corrupt("BAT entry", at, format!("entry {index} at {off:#x} overlaps the log")));
         }
         if let Some(r) = regions.entries.iter().find(|r| off < r.end() && r.file_offset < end) {
-            return Err(Error::corrupt("BAT entry", at, format!("entry {index} at {off:#x} overlaps region {}", r.guid)));
+            return Err(Error::corrupt(
+                "BAT entry",
+                at,
+                format!("entry {index} at {off:#x} overlaps region {}", r.guid),
+            ));
         }
         floor = floor.max(end);
     }

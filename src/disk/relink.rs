@@ -96,7 +96,11 @@ impl Disk {
         // Log the smaller size first, then shrink.
         self.file_len = end;
         self.flush()?;
-        self.storage.set_len(end).map_err(|source| Error::Io { op: "shrinking the emptied file", offset: end, source })?;
+        self.storage.set_len(end).map_err(|source| Error::Io {
+            op: "shrinking the emptied file",
+            offset: end,
+            source,
+        })?;
         self.storage.flush().map_err(|source| Error::Io { op: "flushing", offset: end, source })?;
         self.alloc_floor = end;
         Ok(())

@@ -54,7 +54,12 @@ impl Disk {
 
     /// Calls `f(virtual_offset, length, extent)` for each coalesced run of
     /// `[offset, offset + len)`, in order.
-    pub(crate) fn resolve(&self, offset: u64, len: u64, mut f: impl FnMut(u64, u64, Extent) -> Result<()>) -> Result<()> {
+    pub(crate) fn resolve(
+        &self,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(u64, u64, Extent) -> Result<()>,
+    ) -> Result<()> {
         let bs = self.params.block_size as u64;
         let mut pending: Option<(u64, u64, Extent)> = None;
         let mut emit = |at: u64, n: u64, e: Extent, pending: &mut Option<(u64, u64, Extent)>| -> Result<()> {
@@ -87,7 +92,11 @@ impl Disk {
                 Some(PayloadState::PartiallyPresent) => {
                     let base = entry_offset(entry);
                     self.for_each_bitmap_run(block, in_block, n, |at, run, present| {
-                        let e = if present { Extent::Data { file_offset: base + (at - block * bs) } } else { Extent::Parent };
+                        let e = if present {
+                            Extent::Data { file_offset: base + (at - block * bs) }
+                        } else {
+                            Extent::Parent
+                        };
                         emit(at, run, e, &mut pending)
                     })?;
                 }
@@ -165,9 +174,11 @@ impl Disk {
     pub(crate) fn read_file(&self, buf: &mut [u8], at: u64, what: &'static str) -> Result<()> {
         let avail = self.file_len.saturating_sub(at).min(buf.len() as u64) as usize;
         if avail > 0 {
-            self.storage
-                .read_exact_at(&mut buf[..avail], at)
-                .map_err(|source| Error::Io { op: what, offset: at, source })?;
+            self.storage.read_exact_at(&mut buf[..avail], at).map_err(|source| Error::Io {
+                op: what,
+                offset: at,
+                source,
+            })?;
         }
         buf[avail..].fill(0);
         Ok(())
@@ -209,9 +220,7 @@ impl Disk {
         }
         if self.params.has_parent {
             if self.parent.is_none() {
-                return Err(Error::invalid(
-                    "a differencing disk opened without its parent cannot take data writes",
-                ));
+                return Err(Error::invalid("a differencing disk opened without its parent cannot take data writes"));
             }
             return self.write_differencing(buf, offset);
         }
@@ -242,7 +251,11 @@ impl Disk {
             }
             let src = &buf[(pos - offset) as usize..(pos - offset + run) as usize];
             let at = base + in_block;
-            self.storage.write_all_at(src, at).map_err(|source| Error::Io { op: "writing payload", offset: at, source })?;
+            self.storage.write_all_at(src, at).map_err(|source| Error::Io {
+                op: "writing payload",
+                offset: at,
+                source,
+            })?;
             pos += run;
         }
         Ok(())
@@ -267,7 +280,11 @@ impl Disk {
     pub(crate) fn grow_for(&mut self, len: u64) -> Result<u64> {
         let at = self.alloc_floor;
         let end = at + len;
-        self.storage.set_len(end).map_err(|source| Error::Io { op: "growing the file for a new block", offset: at, source })?;
+        self.storage.set_len(end).map_err(|source| Error::Io {
+            op: "growing the file for a new block",
+            offset: at,
+            source,
+        })?;
         self.file_len = end;
         self.alloc_floor = end;
         Ok(at)

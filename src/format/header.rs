@@ -59,12 +59,8 @@ impl RawFileIdentifier {
 
     /// The creator string (lossy, up to the first NUL).
     pub fn creator(&self) -> String {
-        let units: Vec<u16> = self
-            .creator
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .take_while(|&u| u != 0)
-            .collect();
+        let units: Vec<u16> =
+            self.creator.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
         String::from_utf16_lossy(&units)
     }
 
@@ -168,7 +164,11 @@ impl HeaderInfo {
             return Err(Error::corrupt(S, file_offset, "checksum mismatch"));
         }
         if raw.version.get() != HEADER_VERSION {
-            return Err(Error::unsupported(S, file_offset, format!("version {} (only 1 is defined)", raw.version.get())));
+            return Err(Error::unsupported(
+                S,
+                file_offset,
+                format!("version {} (only 1 is defined)", raw.version.get()),
+            ));
         }
         let info = HeaderInfo {
             sequence_number: raw.sequence_number.get(),

@@ -73,7 +73,11 @@ impl ParentLocator {
         }
         let count = head.key_value_count.get() as usize;
         if 20 + count * 12 > bytes.len() {
-            return Err(Error::corrupt(S, file_offset, format!("{count} entries do not fit the {}-byte item", bytes.len())));
+            return Err(Error::corrupt(
+                S,
+                file_offset,
+                format!("{count} entries do not fit the {}-byte item", bytes.len()),
+            ));
         }
         let mut entries: Vec<(String, String)> = Vec::with_capacity(count);
         for i in 0..count {

@@ -141,13 +141,22 @@ pub fn parse_table(bytes: &[u8], region_offset: u64, region_length: u32) -> Resu
         };
         const SE: &str = "metadata table entry";
         if e.length > MAX_ITEM_LENGTH {
-            return Err(Error::corrupt(SE, entry_offset, format!("item {} is {} bytes (at most 1 MiB)", e.item_id, e.length)));
+            return Err(Error::corrupt(
+                SE,
+                entry_offset,
+                format!("item {} is {} bytes (at most 1 MiB)", e.item_id, e.length),
+            ));
         }
         if e.length == 0 {
             if e.offset != 0 {
-                return Err(Error::corrupt(SE, entry_offset, format!("empty item {} has offset {:#x}", e.item_id, e.offset)));
+                return Err(Error::corrupt(
+                    SE,
+                    entry_offset,
+                    format!("empty item {} has offset {:#x}", e.item_id, e.offset),
+                ));
             }
-        } else if (e.offset as usize) < METADATA_TABLE_SIZE || e.offset as u64 + e.length as u64 > region_length as u64 {
+        } else if (e.offset as usize) < METADATA_TABLE_SIZE || e.offset as u64 + e.length as u64 > region_length as u64
+        {
             return Err(Error::corrupt(
                 SE,
                 entry_offset,
@@ -163,7 +172,11 @@ pub fn parse_table(bytes: &[u8], region_offset: u64, region_length: u32) -> Resu
                 .iter()
                 .find(|o| o.length > 0 && e.offset < o.offset + o.length && o.offset < e.offset + e.length)
             {
-                return Err(Error::corrupt(SE, entry_offset, format!("item {} overlaps item {}", e.item_id, o.item_id)));
+                return Err(Error::corrupt(
+                    SE,
+                    entry_offset,
+                    format!("item {} overlaps item {}", e.item_id, o.item_id),
+                ));
             }
         }
         if e.flags.contains(MetadataFlags::IS_REQUIRED) && (user || !is_known_item(e.item_id)) {
@@ -219,10 +232,10 @@ pub fn parse_items(
 ) -> Result<(DiskParameters, Option<ParentLocator>)> {
     const S: &str = "metadata item";
     let find = |id: Guid, name: &'static str, len: u32| -> Result<&MetadataEntry> {
-        let e = entries
-            .iter()
-            .find(|e| e.item_id == id && !e.flags.contains(MetadataFlags::IS_USER))
-            .ok_or_else(|| Error::corrupt("metadata table", region_offset, format!("the required {name} item is missing")))?;
+        let e =
+            entries.iter().find(|e| e.item_id == id && !e.flags.contains(MetadataFlags::IS_USER)).ok_or_else(|| {
+                Error::corrupt("metadata table", region_offset, format!("the required {name} item is missing"))
+            })?;
         if len != 0 && e.length != len {
             return Err(Error::corrupt(
                 S,
@@ -240,7 +253,11 @@ pub fn parse_items(
     let flags = FileParameterFlags::from_bits_retain(u32_at(&fp_bytes, 4));
     let at = region_offset + fp.offset as u64;
     if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
-        return Err(Error::corrupt(S, at, format!("block size {block_size} is not a power of two from 1 MiB to 256 MiB")));
+        return Err(Error::corrupt(
+            S,
+            at,
+            format!("block size {block_size} is not a power of two from 1 MiB to 256 MiB"),
+        ));
     }
 
     let vs = find(guid::VIRTUAL_DISK_SIZE, "virtual disk size", 8)?;
@@ -267,7 +284,11 @@ pub fn parse_items(
 
     let vs_at = region_offset + vs.offset as u64;
     if virtual_size == 0 || virtual_size > MAX_VIRTUAL_SIZE {
-        return Err(Error::corrupt(S, vs_at, format!("virtual disk size {virtual_size} is not between 1 byte and 64 TiB")));
+        return Err(Error::corrupt(
+            S,
+            vs_at,
+            format!("virtual disk size {virtual_size} is not between 1 byte and 64 TiB"),
+        ));
     }
     if virtual_size % logical_sector_size as u64 != 0 {
         return Err(Error::corrupt(

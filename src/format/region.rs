@@ -92,8 +92,8 @@ impl RegionTable {
             return Err(Error::corrupt(S, file_offset, "file ends inside the region table"));
         }
         let bytes = &bytes[..REGION_TABLE_SIZE];
-        let (head, rest) = RawRegionTableHeader::read_from_prefix(bytes)
-            .map_err(|_| Error::corrupt(S, file_offset, "bad size"))?;
+        let (head, rest) =
+            RawRegionTableHeader::read_from_prefix(bytes).map_err(|_| Error::corrupt(S, file_offset, "bad size"))?;
         if head.signature != REGION_TABLE_SIGNATURE {
             return Err(Error::corrupt(
                 S,
@@ -120,7 +120,10 @@ impl RegionTable {
                 length: raw.length.get(),
                 required: raw.required.get() & 1 != 0,
             };
-            if region.file_offset < MIB || !is_mib_multiple(region.file_offset) || !is_mib_multiple(region.length as u64) {
+            if region.file_offset < MIB
+                || !is_mib_multiple(region.file_offset)
+                || !is_mib_multiple(region.length as u64)
+            {
                 return Err(Error::corrupt(
                     "region table entry",
                     entry_offset,
@@ -141,7 +144,11 @@ impl RegionTable {
                 ));
             }
             if entries.iter().any(|r: &Region| r.guid == region.guid) {
-                return Err(Error::corrupt("region table entry", entry_offset, format!("region {} appears twice", region.guid)));
+                return Err(Error::corrupt(
+                    "region table entry",
+                    entry_offset,
+                    format!("region {} appears twice", region.guid),
+                ));
             }
             if let Some(other) = entries.iter().find(|r: &&Region| overlaps(r, &region)) {
                 return Err(Error::corrupt(

@@ -34,9 +34,7 @@ pub struct ActiveSequence {
 impl ActiveSequence {
     /// The newest entry.
     pub fn head(&self) -> &LogEntry {
-        self.entries
-            .last()
-            .expect("an active sequence is never empty")
+        self.entries.last().expect("an active sequence is never empty")
     }
 
     /// Every update in replay order.
@@ -67,18 +65,10 @@ pub fn find_active_sequence(
     }
     let log_len = header.log_length as u64;
     if log_len == 0 {
-        return Err(Error::corrupt(
-            S,
-            header.log_offset,
-            "the header names a log GUID but the log is empty",
-        ));
+        return Err(Error::corrupt(S, header.log_offset, "the header names a log GUID but the log is empty"));
     }
     if log_len > MAX_LOG_LENGTH {
-        return Err(Error::unsupported(
-            S,
-            header.log_offset,
-            format!("log of {log_len} bytes (at most 1 GiB)"),
-        ));
+        return Err(Error::unsupported(S, header.log_offset, format!("log of {log_len} bytes (at most 1 GiB)")));
     }
     if header.log_offset + log_len > file_len {
         return Err(Error::corrupt(
@@ -88,13 +78,11 @@ pub fn find_active_sequence(
         ));
     }
     let mut log = alloc::vec![0u8; log_len as usize];
-    storage
-        .read_exact_at(&mut log, header.log_offset)
-        .map_err(|source| Error::Io {
-            op: "reading the log",
-            offset: header.log_offset,
-            source,
-        })?;
+    storage.read_exact_at(&mut log, header.log_offset).map_err(|source| Error::Io {
+        op: "reading the log",
+        offset: header.log_offset,
+        source,
+    })?;
     let seq = search(&log, &header.log_guid);
     match seq {
         Some(seq) => {
@@ -165,10 +153,7 @@ pub(crate) fn search(log: &[u8], log_guid: &Guid) -> Option<ActiveSequence> {
         let head_seq = head.sequence_number;
         let tail = head.tail as usize;
         if let Some(tail_index) = chain.iter().position(|(p, _)| *p == tail) {
-            if best
-                .as_ref()
-                .is_none_or(|b| head_seq > b.head().sequence_number)
-            {
+            if best.as_ref().is_none_or(|b| head_seq > b.head().sequence_number) {
                 let head_end = pos as u64;
                 let entries = chain.drain(tail_index..).map(|(_, e)| e).collect();
                 best = Some(ActiveSequence { entries, head_end });
@@ -195,10 +180,7 @@ fn check_targets(seq: &ActiveSequence, header: &HeaderInfo, file_len: u64) -> Re
     for op in seq.ops() {
         let (at, len) = match op {
             LogOp::Data { file_offset, bytes } => (*file_offset, bytes.len() as u64),
-            LogOp::Zero {
-                file_offset,
-                length,
-            } => (*file_offset, *length),
+            LogOp::Zero { file_offset, length } => (*file_offset, *length),
         };
         let end = at.saturating_add(len);
         if at < REGION_TABLE_OFFSETS[0] || end > limit || (at < log_end && log_start < end) {
@@ -221,57 +203,38 @@ fn check_targets(seq: &ActiveSequence, header: &HeaderInfo, file_len: u64) -> Re
 pub fn replay_in_place(storage: &mut dyn Storage, seq: &ActiveSequence) -> Result<()> {
     const CHUNK: usize = 1 << 20;
     let zeros = alloc::vec![0u8; CHUNK];
-    let mut len = storage.len().map_err(|source| Error::Io {
-        op: "sizing the file",
-        offset: 0,
-        source,
-    })?;
+    let mut len = storage.len().map_err(|source| Error::Io { op: "sizing the file", offset: 0, source })?;
     let mut want = seq.head().last_file_offset;
     for op in seq.ops() {
         match op {
             LogOp::Data { file_offset, bytes } => {
-                storage
-                    .write_all_at(bytes, *file_offset)
-                    .map_err(|source| Error::Io {
-                        op: "replaying the log",
-                        offset: *file_offset,
-                        source,
-                    })?;
+                storage.write_all_at(bytes, *file_offset).map_err(|source| Error::Io {
+                    op: "replaying the log",
+                    offset: *file_offset,
+                    source,
+                })?;
                 len = len.max(file_offset + bytes.len() as u64);
             }
-            LogOp::Zero {
-                file_offset,
-                length,
-            } => {
+            LogOp::Zero { file_offset, length } => {
                 let end = file_offset + length;
                 want = want.max(end);
                 let mut at = *file_offset;
                 while at < end.min(len) {
                     let n = (end.min(len) - at).min(CHUNK as u64) as usize;
-                    storage
-                        .write_all_at(&zeros[..n], at)
-                        .map_err(|source| Error::Io {
-                            op: "replaying the log",
-                            offset: at,
-                            source,
-                        })?;
+                    storage.write_all_at(&zeros[..n], at).map_err(|source| Error::Io {
+                        op: "replaying the log",
+                        offset: at,
+                        source,
+                    })?;
                     at += n as u64;
                 }
             }
         }
     }
     if len < want {
-        storage.set_len(want).map_err(|source| Error::Io {
-            op: "extending the file",
-            offset: want,
-            source,
-        })?;
+        storage.set_len(want).map_err(|source| Error::Io { op: "extending the file", offset: want, source })?;
     }
-    storage.flush().map_err(|source| Error::Io {
-        op: "flushing the replayed log",
-        offset: 0,
-        source,
-    })
+    storage.flush().map_err(|source| Error::Io { op: "flushing the replayed log", offset: 0, source })
 }
 
 /// A read-only view of a file with a log replayed in memory: the file is not
@@ -286,27 +249,16 @@ pub struct ReplayOverlay {
 impl ReplayOverlay {
     /// Layers `seq` over `base`.
     pub fn new(base: Box<dyn Storage>, seq: ActiveSequence) -> Result<Self> {
-        let base_len = base.len().map_err(|source| Error::Io {
-            op: "sizing the file",
-            offset: 0,
-            source,
-        })?;
+        let base_len = base.len().map_err(|source| Error::Io { op: "sizing the file", offset: 0, source })?;
         let len = base_len.max(seq.head().last_file_offset);
         let ops = seq.entries.into_iter().flat_map(|e| e.ops).collect();
-        Ok(ReplayOverlay {
-            base,
-            base_len,
-            len,
-            ops,
-        })
+        Ok(ReplayOverlay { base, base_len, len, ops })
     }
 }
 
 impl Storage for ReplayOverlay {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .ok_or_else(crate::error::io_unexpected_eof)?;
+        let end = offset.checked_add(buf.len() as u64).ok_or_else(crate::error::io_unexpected_eof)?;
         if end > self.len {
             return Err(crate::error::io_unexpected_eof());
         }
@@ -316,10 +268,7 @@ impl Storage for ReplayOverlay {
         for op in &self.ops {
             let (at, len) = match op {
                 LogOp::Data { file_offset, bytes } => (*file_offset, bytes.len() as u64),
-                LogOp::Zero {
-                    file_offset,
-                    length,
-                } => (*file_offset, *length),
+                LogOp::Zero { file_offset, length } => (*file_offset, *length),
             };
             let lo = at.max(offset);
             let hi = (at + len).min(end);
@@ -328,9 +277,7 @@ impl Storage for ReplayOverlay {
             }
             let dst = &mut buf[(lo - offset) as usize..(hi - offset) as usize];
             match op {
-                LogOp::Data { bytes, .. } => {
-                    dst.copy_from_slice(&bytes[(lo - at) as usize..(hi - at) as usize])
-                }
+                LogOp::Data { bytes, .. } => dst.copy_from_slice(&bytes[(lo - at) as usize..(hi - at) as usize]),
                 LogOp::Zero { .. } => dst.fill(0),
             }
         }
@@ -338,9 +285,7 @@ impl Storage for ReplayOverlay {
     }
 
     fn write_all_at(&mut self, _buf: &[u8], _offset: u64) -> Result<(), IoError> {
-        Err(io_unsupported(
-            "the log was replayed in memory; the file is read-only",
-        ))
+        Err(io_unsupported("the log was replayed in memory; the file is read-only"))
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
@@ -352,9 +297,7 @@ impl Storage for ReplayOverlay {
     }
 
     fn set_len(&mut self, _len: u64) -> Result<(), IoError> {
-        Err(io_unsupported(
-            "the log was replayed in memory; the file is read-only",
-        ))
+        Err(io_unsupported("the log was replayed in memory; the file is read-only"))
     }
 }
 
@@ -382,13 +325,7 @@ mod tests {
         // A newer entry whose tail points outside its chain: invalid.
         put(&mut log, 65536, &build_entry(&pages, 9, 4096, &g, 0, 0));
         let seq = search(&log, &g).unwrap();
-        assert_eq!(
-            seq.entries
-                .iter()
-                .map(|e| e.sequence_number)
-                .collect::<Vec<_>>(),
-            [5, 6]
-        );
+        assert_eq!(seq.entries.iter().map(|e| e.sequence_number).collect::<Vec<_>>(), [5, 6]);
         assert_eq!(seq.head_end, 16384);
         // A newer self-tailed entry wins.
         put(&mut log, 65536, &build_entry(&pages, 9, 65536, &g, 0, 0));

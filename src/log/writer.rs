@@ -76,12 +76,18 @@ impl LogWriter {
                 last_file_offset,
             );
             let at = self.log_offset + self.position;
-            storage.write_all_at(&bytes, at).map_err(|source| Error::Io { op: "writing a log entry", offset: at, source })?;
+            storage.write_all_at(&bytes, at).map_err(|source| Error::Io {
+                op: "writing a log entry",
+                offset: at,
+                source,
+            })?;
             storage.flush().map_err(|source| Error::Io { op: "flushing the log", offset: at, source })?;
             for (file_offset, page) in group {
-                storage
-                    .write_all_at(page, *file_offset)
-                    .map_err(|source| Error::Io { op: "applying a log entry", offset: *file_offset, source })?;
+                storage.write_all_at(page, *file_offset).map_err(|source| Error::Io {
+                    op: "applying a log entry",
+                    offset: *file_offset,
+                    source,
+                })?;
             }
             storage.flush().map_err(|source| Error::Io { op: "flushing applied metadata", offset: at, source })?;
             self.position += entry_len;

@@ -136,7 +136,9 @@ pub fn children_of(parent: &Path, guid: Guid, dirs: &[PathBuf], exclude: &[PathB
     let mut out = Vec::new();
     let mut seen = Vec::new();
     for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
         let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         files.sort();
         for f in files {
@@ -145,8 +147,12 @@ pub fn children_of(parent: &Path, guid: Guid, dirs: &[PathBuf], exclude: &[PathB
                 continue;
             }
             seen.push(c);
-            let Ok(d) = OpenOptions::new().without_parent().open(&f) else { continue };
-            let Some(loc) = d.parent_locator() else { continue };
+            let Ok(d) = OpenOptions::new().without_parent().open(&f) else {
+                continue;
+            };
+            let Some(loc) = d.parent_locator() else {
+                continue;
+            };
             if loc.parent_linkage() != Some(guid) && loc.parent_linkage2() != Some(guid) {
                 continue;
             }

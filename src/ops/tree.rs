@@ -88,7 +88,9 @@ pub fn examine(path: &Path) -> Node {
         parent: None,
         status: LinkStatus::Root,
     };
-    let Some(loc) = d.parent_locator() else { return node };
+    let Some(loc) = d.parent_locator() else {
+        return node;
+    };
     let candidates = FsResolver::candidates(Some(path), loc);
     let mut first_mismatch = None;
     for c in &candidates {
