@@ -145,3 +145,69 @@ pub fn check_file(path: &std::path::Path) -> Result<CheckReport> {
         .map_err(|source| Error::Io { op: "opening the file", offset: 0, source }.in_file(path.display()))?;
     check_storage(Box::new(storage)).map_err(|e| e.in_file(path.display()))
 }
+
+/// What [`repair_storage`] did, and what a check finds afterwards.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Each mend, in order.
+    pub actions: Vec<String>,
+    /// A check of the repaired image.
+    pub after: CheckReport,
+}
+
+/// Mends what is safe to mend, through the same crash-safe paths as every
+/// write: replays a dirty log, rewrites a damaged or stale header and region
+/// table copy from the good one, clears reserved BAT bits, reserved offsets
+/// in NOT_PRESENT/ZERO entries and sector-bitmap entries a disk without a
+/// parent must not have. Never changes what the disk presents; an image that
+/// cannot be opened at all is left untouched.
+pub fn repair_storage(storage: Box<dyn Storage>) -> Result<RepairReport> {
+    let mut actions = Vec::new();
+    let len = storage.len().map_err(|source| Error::Io { op: "sizing the file", offset: 0, source })?;
+    let section_len = (REGION_TABLE_OFFSETS[1] as usize + REGION_TABLE_SIZE).min(len as usize);
+    let mut section = alloc::vec![0u8; section_len];
+    storage.read_exact_at(&mut section, 0).map_err(|source| Error::Io {
+        op: "reading the header section",
+        offset: 0,
+        source,
+    })?;
+    let full = section_len == REGION_TABLE_OFFSETS[1] as usize + REGION_TABLE_SIZE;
+    let headers_bad = full
+        && HEADER_OFFSETS
+            .iter()
+            .any(|&o| HeaderInfo::parse(&section[o as usize..o as usize + HEADER_SIZE], o).is_err());
+
+    let mut disk = OpenOptions::new().writable(true).without_parent().open_storage(storage)?;
+    if disk.info().log_replayed {
+        actions.push(String::from("replayed the log in place"));
+    }
+    // Re-read: the replay may have changed the region tables.
+    let mut section = alloc::vec![0u8; REGION_TABLE_OFFSETS[1] as usize + REGION_TABLE_SIZE];
+    disk.read_file(&mut section, 0, "reading the header section")?;
+    if headers_bad {
+        disk.begin_metadata_change()?;
+        actions.push(String::from("rewrote both headers from the current one"));
+    }
+    let copies = REGION_TABLE_OFFSETS.map(|o| RegionTable::parse(&section[o as usize..], o));
+    let good = disk.regions().clone();
+    if copies.iter().any(|c| c.as_ref().ok() != Some(&good)) {
+        disk.begin_metadata_change()?;
+        disk.queue_region_tables();
+        actions.push(String::from("rewrote both region table copies from the valid one"));
+    }
+    let (fixed_entries, mut notes) = disk.clean_bat_reserved()?;
+    if fixed_entries > 0 {
+        actions.append(&mut notes);
+    }
+    let storage = disk.into_storage()?;
+    let after = check_storage(storage)?;
+    Ok(RepairReport { actions, after })
+}
+
+/// Repairs the image at `path` in place (see [`repair_storage`]).
+#[cfg(feature = "std")]
+pub fn repair_file(path: &std::path::Path) -> Result<RepairReport> {
+    let storage = crate::io::FileStorage::open(path, true)
+        .map_err(|source| Error::Io { op: "opening the file", offset: 0, source }.in_file(path.display()))?;
+    repair_storage(Box::new(storage)).map_err(|e| e.in_file(path.display()))
+}
