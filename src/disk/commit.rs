@@ -84,6 +84,7 @@ impl Disk {
         log.commit(&mut *self.storage, &log_guid, &pages, flushed, last)?;
         self.dirty_bat_pages.clear();
         self.dirty_pages.clear();
+        self.bitmap_cache.clear();
         Ok(())
     }
 

@@ -14,6 +14,7 @@
 //!   header section, outside the log, regions and other blocks, and to start
 //!   inside the file; new blocks are allocated past every structure.
 
+mod cache;
 mod commit;
 mod create;
 mod diff;
@@ -75,6 +76,8 @@ pub struct Disk {
     dirty_bat_pages: BTreeSet<u64>,
     /// Metadata pages (sector bitmaps) changed but not yet committed, by file offset.
     dirty_pages: BTreeMap<u64, Vec<u8>>,
+    /// Committed sector bitmap blocks, shared by readers.
+    bitmap_cache: cache::BitmapCache,
     /// Present once this session has set a LogGuid and may write the log.
     log: Option<LogWriter>,
     file_guid_changed: bool,

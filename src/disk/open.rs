@@ -256,6 +256,7 @@ fn finish(
         bat,
         dirty_bat_pages: BTreeSet::new(),
         dirty_pages: BTreeMap::new(),
+        bitmap_cache: Default::default(),
         log: None,
         file_guid_changed,
         data_guid_changed: false,

@@ -88,6 +88,7 @@ impl OpenOptions {
         self
     }
 
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
     pub(crate) fn resolver_at_depth(mut self, resolver: crate::chain::BoxedResolver, depth: usize) -> Self {
         self.parent = ParentChoice::Resolver(resolver, depth);
         self

@@ -7,6 +7,9 @@
 //! emptying a child that was merged leaves blocks whose data its new parent
 //! already presents.
 
+// Merge and re-linking (ops, std) are the callers of most of these.
+#![cfg_attr(not(feature = "std"), allow(dead_code))]
+
 use alloc::vec::Vec;
 
 use super::Disk;

@@ -132,41 +132,61 @@ impl Disk {
         let last_sector = (in_block + n - 1) / ss;
         let byte_lo = first_sector / 8;
         let byte_hi = last_sector / 8 + 1;
-        let mut bits = alloc::vec![0u8; (byte_hi - byte_lo) as usize];
-        let at = bitmap_block + block_in_chunk * bytes_per_block + byte_lo;
-        self.read_metadata_bytes(&mut bits, at, "reading a sector bitmap")?;
+        let rel = block_in_chunk * bytes_per_block + byte_lo;
+        let len = (byte_hi - byte_lo) as usize;
         let block_start = block * g.block_size as u64;
         let range_start = block_start + in_block;
         let range_end = range_start + n;
-        let mut s = first_sector;
-        while s <= last_sector {
+        self.with_bitmap_bytes(bitmap_block, rel, len, |bits| {
             let bit = |s: u64| bits[(s / 8 - byte_lo) as usize] >> (s % 8) & 1 == 1;
-            let present = bit(s);
-            let mut e = s + 1;
-            while e <= last_sector && bit(e) == present {
-                e += 1;
+            let mut s = first_sector;
+            while s <= last_sector {
+                let present = bit(s);
+                let mut e = s + 1;
+                while e <= last_sector && bit(e) == present {
+                    e += 1;
+                }
+                let lo = (block_start + s * ss).max(range_start);
+                let hi = (block_start + e * ss).min(range_end);
+                f(lo, hi - lo, present)?;
+                s = e;
             }
-            let lo = (block_start + s * ss).max(range_start);
-            let hi = (block_start + e * ss).min(range_end);
-            f(lo, hi - lo, present)?;
-            s = e;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
-    /// Reads metadata bytes (sector bitmaps) with uncommitted pages applied.
-    fn read_metadata_bytes(&self, buf: &mut [u8], at: u64, what: &'static str) -> Result<()> {
-        self.read_file(buf, at, what)?;
-        let end = at + buf.len() as u64;
+    /// Calls `f` with `len` bytes at `rel` in the sector bitmap block at
+    /// `bitmap_block`, as the disk currently presents them: the committed
+    /// block (cached) with uncommitted pages laid over it. Borrows the cache
+    /// directly when no uncommitted page is involved.
+    fn with_bitmap_bytes<R>(
+        &self,
+        bitmap_block: u64,
+        rel: u64,
+        len: usize,
+        f: impl FnOnce(&[u8]) -> Result<R>,
+    ) -> Result<R> {
+        let at = bitmap_block + rel;
+        let block = self.bitmap_cache.get(bitmap_block, || {
+            let mut b = alloc::vec![0u8; crate::format::MIB as usize];
+            self.read_file(&mut b, bitmap_block, "reading a sector bitmap")?;
+            Ok(b)
+        })?;
+        let committed = &block[rel as usize..rel as usize + len];
+        let end = at + len as u64;
+        if self.dirty_pages.range(at.saturating_sub(4095)..end).next().is_none() {
+            return f(committed);
+        }
+        let mut bits = committed.to_vec();
         for (&page_at, page) in self.dirty_pages.range(at.saturating_sub(4095)..end) {
             let lo = page_at.max(at);
             let hi = (page_at + page.len() as u64).min(end);
             if lo < hi {
-                buf[(lo - at) as usize..(hi - at) as usize]
+                bits[(lo - at) as usize..(hi - at) as usize]
                     .copy_from_slice(&page[(lo - page_at) as usize..(hi - page_at) as usize]);
             }
         }
-        Ok(())
+        f(&bits)
     }
 
     /// Reads file bytes; past the end of the file reads zeros (old QEMU images
