@@ -36,21 +36,13 @@ fn pieces(block_size: u64) -> Vec<Piece> {
     boot_sector[510..].copy_from_slice(&[0x55, 0xAA]);
     let crossing: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     vec![
-        Piece {
-            what: "a boot sector (aligned, 512 bytes)",
-            offset: 0,
-            bytes: boot_sector,
-        },
+        Piece { what: "a boot sector (aligned, 512 bytes)", offset: 0, bytes: boot_sector },
         Piece {
             what: "a greeting at an odd offset",
             offset: 700 * 1_000_000 + 3,
             bytes: b"Hello from an unaligned write!".to_vec(),
         },
-        Piece {
-            what: "100,000 patterned bytes across a block boundary",
-            offset: block_size - 40_000,
-            bytes: crossing,
-        },
+        Piece { what: "100,000 patterned bytes across a block boundary", offset: block_size - 40_000, bytes: crossing },
     ]
 }
 
@@ -81,12 +73,7 @@ fn write_pieces(disk: &mut Disk, pieces: &[Piece]) -> StepResult {
     println!("2. Writing {} pieces:", pieces.len());
     for piece in pieces {
         disk.write_at(&piece.bytes, piece.offset)?;
-        println!(
-            "   {} bytes at offset {}: {}",
-            piece.bytes.len(),
-            piece.offset,
-            piece.what
-        );
+        println!("   {} bytes at offset {}: {}", piece.bytes.len(), piece.offset, piece.what);
     }
     Ok(())
 }
@@ -98,16 +85,9 @@ fn flush_and_close(mut disk: Disk, created_guid: Guid) -> StepResult<Guid> {
     let info = disk.info();
     disk.close()?;
     println!("3. Flushed and closed");
-    println!(
-        "   {} payload blocks allocated; the file is now {} MiB",
-        info.allocated_blocks,
-        info.file_size >> 20
-    );
+    println!("   {} payload blocks allocated; the file is now {} MiB", info.allocated_blocks, info.file_size >> 20);
     if info.data_write_guid != created_guid {
-        println!(
-            "   DataWriteGuid changed to {}: the data changed",
-            info.data_write_guid
-        );
+        println!("   DataWriteGuid changed to {}: the data changed", info.data_write_guid);
     } else {
         return Err("the DataWriteGuid did not change although the data did".into());
     }
@@ -123,11 +103,7 @@ fn reopen_and_verify(path: &Path, pieces: &[Piece], written_guid: Guid) -> StepR
         let mut buf = vec![0u8; piece.bytes.len()];
         disk.read_at(&mut buf, piece.offset)?;
         if buf != piece.bytes {
-            return Err(format!(
-                "{} at offset {} read back differently",
-                piece.what, piece.offset
-            )
-            .into());
+            return Err(format!("{} at offset {} read back differently", piece.what, piece.offset).into());
         }
         println!("   ok: {}", piece.what);
     }
@@ -150,11 +126,7 @@ fn reopen_and_verify(path: &Path, pieces: &[Piece], written_guid: Guid) -> StepR
 /// Step 5: where the bytes live: data runs in the file versus zeros.
 fn show_map(disk: &Disk, path: &Path) -> StepResult {
     let map = disk.map()?;
-    let stored: u64 = map
-        .iter()
-        .filter(|e| matches!(e.extent, Extent::Data { .. }))
-        .map(|e| e.length)
-        .sum();
+    let stored: u64 = map.iter().filter(|e| matches!(e.extent, Extent::Data { .. })).map(|e| e.length).sum();
     let file_size = std::fs::metadata(path)?.len();
     println!("5. The map:");
     for e in &map {

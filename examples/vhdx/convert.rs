@@ -22,12 +22,7 @@ const ZERO_GRAIN: u64 = 4096;
 
 /// What a file name says its format is: `.raw` and `.img` are raw, the rest VHDX.
 fn format_from_name(path: &Path) -> Format {
-    match path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
         Some("raw" | "img") => Format::Raw,
         _ => Format::Vhdx,
     }
@@ -49,15 +44,10 @@ enum Source {
 impl Source {
     fn open(path: &Path, format: Format) -> CliResult<Source> {
         match format {
-            Format::Vhdx => Ok(Source::Vhdx(Box::new(
-                vhdx::Disk::open(path).in_file(path)?,
-            ))),
+            Format::Vhdx => Ok(Source::Vhdx(Box::new(vhdx::Disk::open(path).in_file(path)?))),
             Format::Raw => {
-                let file = FileStorage::open(path, false)
-                    .map_err(io_failure(path, "opening the raw image"))?;
-                let len = file
-                    .len()
-                    .map_err(io_failure(path, "sizing the raw image"))?;
+                let file = FileStorage::open(path, false).map_err(io_failure(path, "opening the raw image"))?;
+                let len = file.len().map_err(io_failure(path, "sizing the raw image"))?;
                 Ok(Source::Raw { file, len })
             }
         }
@@ -94,10 +84,7 @@ impl Source {
         match self {
             Source::Vhdx(disk) => disk.read_at(buf, offset).in_file(path),
             Source::Raw { file, .. } => file.read_exact_at(buf, offset).map_err(|e| {
-                Failure(format!(
-                    "{}: I/O error while reading at offset {offset:#x}: {e}",
-                    path.display()
-                ))
+                Failure(format!("{}: I/O error while reading at offset {offset:#x}: {e}", path.display()))
             }),
         }
     }
@@ -114,10 +101,7 @@ impl Sink {
         match self {
             Sink::Vhdx(disk) => disk.write_at(buf, offset).in_file(path),
             Sink::Raw(file) => file.write_all_at(buf, offset).map_err(|e| {
-                Failure(format!(
-                    "{}: I/O error while writing at offset {offset:#x}: {e}",
-                    path.display()
-                ))
+                Failure(format!("{}: I/O error while writing at offset {offset:#x}: {e}", path.display()))
             }),
         }
     }
@@ -165,9 +149,7 @@ fn progress_bar(total: u64) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("{bytes}/{total_bytes} [{wide_bar}] {percent}% {eta}")
-    {
+    if let Ok(style) = ProgressStyle::with_template("{bytes}/{total_bytes} [{wide_bar}] {percent}% {eta}") {
         bar.set_style(style.progress_chars("=> "));
     }
     bar
@@ -175,13 +157,7 @@ fn progress_bar(total: u64) -> ProgressBar {
 
 /// Copies every non-zero byte of `runs` from `src` to `dst`; returns the
 /// number of bytes written.
-fn copy(
-    src: &Source,
-    src_path: &Path,
-    dst: &mut Sink,
-    dst_path: &Path,
-    runs: &[(u64, u64)],
-) -> CliResult<u64> {
+fn copy(src: &Source, src_path: &Path, dst: &mut Sink, dst_path: &Path, runs: &[(u64, u64)]) -> CliResult<u64> {
     let bar = progress_bar(src.size());
     let mut buf = vec![0u8; COPY_CHUNK as usize];
     let mut written = 0u64;
@@ -212,8 +188,7 @@ fn create_sink(args: &ConvertArgs, format: Format, src: &Source, size: u64) -> C
     let path = args.dst.as_path();
     match format {
         Format::Raw => {
-            let mut file =
-                FileStorage::create_new(path).map_err(io_failure(path, "creating the file"))?;
+            let mut file = FileStorage::create_new(path).map_err(io_failure(path, "creating the file"))?;
             if let Err(e) = file.set_len(size) {
                 drop(file);
                 let _ = std::fs::remove_file(path);
@@ -254,20 +229,14 @@ fn make_room(args: &ConvertArgs) -> CliResult {
         return Ok(());
     }
     if !args.force {
-        return Err(Failure(format!(
-            "{}: already exists (use --force to replace it)",
-            dst.display()
-        )));
+        return Err(Failure(format!("{}: already exists (use --force to replace it)", dst.display())));
     }
     let same = match (std::fs::canonicalize(src), std::fs::canonicalize(dst)) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     };
     if same {
-        return Err(Failure(format!(
-            "{}: is the source image itself; refusing to replace it",
-            dst.display()
-        )));
+        return Err(Failure(format!("{}: is the source image itself; refusing to replace it", dst.display())));
     }
     std::fs::remove_file(dst).map_err(io_failure(dst, "removing the existing file"))
 }
@@ -275,12 +244,8 @@ fn make_room(args: &ConvertArgs) -> CliResult {
 /// `vhdx convert SRC DST [--input-format …] [--output-format …] [--type …] …`.
 pub fn convert(args: &ConvertArgs) -> CliResult {
     let (src_path, dst_path) = (args.src.as_path(), args.dst.as_path());
-    let in_format = args
-        .input_format
-        .unwrap_or_else(|| format_from_name(src_path));
-    let out_format = args
-        .output_format
-        .unwrap_or_else(|| format_from_name(dst_path));
+    let in_format = args.input_format.unwrap_or_else(|| format_from_name(src_path));
+    let out_format = args.output_format.unwrap_or_else(|| format_from_name(dst_path));
     let vhdx_only = args.disk_type.is_some()
         || args.block_size.is_some()
         || args.logical_sector_size.is_some()
@@ -358,9 +323,6 @@ mod tests {
         let mut buf = vec![0u8; 512 + 4096 + 100];
         buf[0] = 1;
         buf[512 + 4096 + 99] = 1;
-        assert_eq!(
-            nonzero_spans(&buf, 4096 - 512),
-            vec![(0, 512), (512 + 4096, 100)]
-        );
+        assert_eq!(nonzero_spans(&buf, 4096 - 512), vec![(0, 512), (512 + 4096, 100)]);
     }
 }

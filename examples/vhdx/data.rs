@@ -81,9 +81,7 @@ pub fn read(args: &ReadArgs) -> CliResult {
         done += n as u64;
     }
     match out.flush() {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(Failure(format!("writing to stdout: {e}")))
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure(format!("writing to stdout: {e}"))),
         _ => Ok(()),
     }
 }
@@ -106,51 +104,32 @@ fn fill(input: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// `vhdx write FILE --offset N [--input PATH]`: bytes from PATH or stdin.
 pub fn write(args: &WriteArgs) -> CliResult {
     let path = args.file.as_path();
-    let (mut input, input_name, known_len): (Box<dyn Read>, String, Option<u64>) = match &args.input
-    {
+    let (mut input, input_name, known_len): (Box<dyn Read>, String, Option<u64>) = match &args.input {
         Some(p) => {
             let file = std::fs::File::open(p).map_err(io_failure(p, "opening the input"))?;
-            let meta = file
-                .metadata()
-                .map_err(io_failure(p, "reading the input's metadata"))?;
+            let meta = file.metadata().map_err(io_failure(p, "reading the input's metadata"))?;
             let len = meta.is_file().then_some(meta.len());
             (Box::new(file), p.display().to_string(), len)
         }
-        None => (
-            Box::new(std::io::stdin().lock()),
-            String::from("stdin"),
-            None,
-        ),
+        None => (Box::new(std::io::stdin().lock()), String::from("stdin"), None),
     };
     let mut disk = vhdx::Disk::open_writable(path).in_file(path)?;
     // Refuse before writing anything when the size is known; stdin is
     // checked chunk by chunk.
-    check_range(
-        path,
-        args.offset,
-        known_len.unwrap_or(0),
-        disk.virtual_size(),
-    )?;
+    check_range(path, args.offset, known_len.unwrap_or(0), disk.virtual_size())?;
     let mut buf = vec![0u8; CHUNK];
     let mut done = 0u64;
     loop {
-        let n = fill(&mut input, &mut buf)
-            .map_err(|e| Failure(format!("{input_name}: reading the input: {e}")))?;
+        let n = fill(&mut input, &mut buf).map_err(|e| Failure(format!("{input_name}: reading the input: {e}")))?;
         if n == 0 {
             break;
         }
-        let at = args
-            .offset
-            .checked_add(done)
-            .ok_or_else(|| Failure(format!("{}: offset overflow", path.display())))?;
+        let at =
+            args.offset.checked_add(done).ok_or_else(|| Failure(format!("{}: offset overflow", path.display())))?;
         disk.write_at(&buf[..n], at).in_file(path)?;
         done += n as u64;
     }
     disk.close().in_file(path)?;
-    println!(
-        "wrote {done} bytes at offset {} of {}",
-        args.offset,
-        path.display()
-    );
+    println!("wrote {done} bytes at offset {} of {}", args.offset, path.display());
     Ok(())
 }

@@ -23,14 +23,10 @@ fn payload_blocks(info: &DiskInfo) -> u64 {
 
 /// The JSON object of `vhdx info --json`.
 fn info_json(path: &Path, info: &DiskInfo) -> Value {
-    let locator = info.parent_locator.as_ref().map(|entries| {
-        Value::Object(
-            entries
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect(),
-        )
-    });
+    let locator = info
+        .parent_locator
+        .as_ref()
+        .map(|entries| Value::Object(entries.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()));
     json!({
         "filename": path.display().to_string(),
         "format": "vhdx",
@@ -58,8 +54,7 @@ fn info_json(path: &Path, info: &DiskInfo) -> Value {
 }
 
 fn print_json(value: &Value) -> CliResult {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Failure(format!("formatting JSON: {e}")))?;
+    let text = serde_json::to_string_pretty(value).map_err(|e| Failure(format!("formatting JSON: {e}")))?;
     println!("{text}");
     Ok(())
 }
@@ -80,28 +75,15 @@ pub fn info(args: &InfoArgs) -> CliResult {
         ("file size", human_exact(info.file_size)),
         ("block size", human_exact(info.block_size as u64)),
         ("logical sector size", info.logical_sector_size.to_string()),
-        (
-            "physical sector size",
-            info.physical_sector_size.to_string(),
-        ),
+        ("physical sector size", info.physical_sector_size.to_string()),
         ("chunk ratio", info.chunk_ratio.to_string()),
-        (
-            "allocated blocks",
-            format!("{} of {}", info.allocated_blocks, payload_blocks(&info)),
-        ),
+        ("allocated blocks", format!("{} of {}", info.allocated_blocks, payload_blocks(&info))),
         ("virtual disk id", info.virtual_disk_id.to_string()),
         ("data write guid", info.data_write_guid.to_string()),
         ("file write guid", info.file_write_guid.to_string()),
         ("header sequence", info.header_sequence_number.to_string()),
         ("creator", info.creator.clone()),
-        (
-            "log replayed",
-            String::from(if info.log_replayed {
-                "yes (in memory; the file is unchanged)"
-            } else {
-                "no"
-            }),
-        ),
+        ("log replayed", String::from(if info.log_replayed { "yes (in memory; the file is unchanged)" } else { "no" })),
     ];
     if let Some(entries) = &info.parent_locator {
         for (key, value) in entries {
@@ -112,19 +94,35 @@ pub fn info(args: &InfoArgs) -> CliResult {
     Ok(())
 }
 
-/// `vhdx check FILE [--json]`: exits 1 when errors were found.
+/// `vhdx check FILE [--json] [--repair]`: exits 1 when errors were found
+/// (after the repairs, with `--repair`).
 pub fn check(args: &CheckArgs) -> CliResult {
     let path = args.file.as_path();
-    let report = vhdx::check::check_file(path).in_file(path)?;
+    let (report, repairs) = if args.repair {
+        let repaired = vhdx::check::repair_file(path).in_file(path)?;
+        (repaired.after, repaired.actions)
+    } else {
+        (vhdx::check::check_file(path).in_file(path)?, Vec::new())
+    };
     let count = report.errors.len();
     if args.json {
-        print_json(&json!({
+        let mut value = json!({
             "filename": path.display().to_string(),
             "ok": count == 0,
             "errors": report.errors,
             "notes": report.notes,
-        }))?;
+        });
+        if args.repair {
+            value["repairs"] = json!(repairs);
+        }
+        print_json(&value)?;
     } else {
+        for action in &repairs {
+            println!("Repaired: {action}");
+        }
+        if args.repair && repairs.is_empty() {
+            println!("Nothing needed repairing.");
+        }
         for error in &report.errors {
             println!("ERROR: {error}");
         }
@@ -134,20 +132,13 @@ pub fn check(args: &CheckArgs) -> CliResult {
         if count == 0 {
             println!("No errors were found on the image.");
         } else {
-            println!(
-                "\n{count} error{} found on the image.",
-                if count == 1 { " was" } else { "s were" }
-            );
+            println!("\n{count} error{} found on the image.", if count == 1 { " was" } else { "s were" });
         }
     }
     if count == 0 {
         Ok(())
     } else {
-        Err(Failure(format!(
-            "{}: the check found {count} error{}",
-            path.display(),
-            if count == 1 { "" } else { "s" }
-        )))
+        Err(Failure(format!("{}: the check found {count} error{}", path.display(), if count == 1 { "" } else { "s" })))
     }
 }
 
@@ -208,13 +199,7 @@ pub fn map(args: &MapArgs) -> CliResult {
     println!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to");
     for e in &entries {
         if let Extent::Data { file_offset } = e.extent {
-            println!(
-                "{:<16}{:<16}{:<16}{}",
-                hex(e.offset),
-                hex(e.length),
-                hex(file_offset),
-                path.display()
-            );
+            println!("{:<16}{:<16}{:<16}{}", hex(e.offset), hex(e.length), hex(file_offset), path.display());
         }
     }
     Ok(())
@@ -233,43 +218,20 @@ mod tests {
     #[test]
     fn map_json_fields_follow_qemu_img() {
         let entries = [
-            MapEntry {
-                offset: 0,
-                length: 4096,
-                extent: Extent::Data {
-                    file_offset: 1 << 22,
-                },
-            },
-            MapEntry {
-                offset: 4096,
-                length: 4096,
-                extent: Extent::Zero,
-            },
-            MapEntry {
-                offset: 8192,
-                length: 4096,
-                extent: Extent::Parent,
-            },
+            MapEntry { offset: 0, length: 4096, extent: Extent::Data { file_offset: 1 << 22 } },
+            MapEntry { offset: 4096, length: 4096, extent: Extent::Zero },
+            MapEntry { offset: 8192, length: 4096, extent: Extent::Parent },
         ];
         let text = map_json(&entries);
         assert_eq!(text.lines().count(), 3);
         assert!(text.starts_with(r#"[{ "start": 0, "length": 4096, "depth": 0, "present": true,"#));
         let runs: Value = serde_json::from_str(&text).expect("valid JSON");
         let field = |i: usize, k: &str| runs[i][k].clone();
-        assert_eq!(
-            (field(0, "present"), field(0, "data"), field(0, "zero")),
-            (json!(true), json!(true), json!(false))
-        );
+        assert_eq!((field(0, "present"), field(0, "data"), field(0, "zero")), (json!(true), json!(true), json!(false)));
         assert_eq!(field(0, "offset"), json!(1u64 << 22));
-        assert_eq!(
-            (field(1, "present"), field(1, "zero"), field(1, "depth")),
-            (json!(false), json!(true), json!(0))
-        );
+        assert_eq!((field(1, "present"), field(1, "zero"), field(1, "depth")), (json!(false), json!(true), json!(0)));
         assert!(runs[1].get("offset").is_none());
-        assert_eq!(
-            (field(2, "present"), field(2, "zero"), field(2, "depth")),
-            (json!(false), json!(false), json!(1))
-        );
+        assert_eq!((field(2, "present"), field(2, "zero"), field(2, "depth")), (json!(false), json!(false), json!(1)));
         assert_eq!(field(2, "start"), json!(8192));
     }
 }

@@ -44,7 +44,7 @@ enum Command {
     Create(CreateArgs),
     /// Show the parameters of an image.
     Info(InfoArgs),
-    /// Check an image for consistency (read-only).
+    /// Check an image for consistency (read-only unless --repair).
     Check(CheckArgs),
     /// Copy virtual bytes to stdout.
     Read(ReadArgs),
@@ -96,6 +96,11 @@ pub struct CheckArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Mend what is safe to mend (replay a dirty log, rewrite a damaged header
+    /// or region table copy, clear reserved fields), then check again. Never
+    /// changes what the disk presents.
+    #[arg(long)]
+    pub repair: bool,
 }
 
 /// Arguments of `vhdx read`.
@@ -217,10 +222,7 @@ impl<T> InFile<T> for vhdx::Result<T> {
 }
 
 /// An I/O error while doing `what` to `path`, as a [`Failure`].
-pub fn io_failure<'a>(
-    path: &'a Path,
-    what: &'a str,
-) -> impl FnOnce(std::io::Error) -> Failure + 'a {
+pub fn io_failure<'a>(path: &'a Path, what: &'a str) -> impl FnOnce(std::io::Error) -> Failure + 'a {
     move |e| Failure(format!("{}: {what}: {e}", path.display()))
 }
 
@@ -228,10 +230,7 @@ pub fn io_failure<'a>(
 /// (sectors it does not hold are reported, not read), which is what
 /// `info` and `map` need.
 pub fn open_alone(path: &Path) -> CliResult<vhdx::Disk> {
-    vhdx::OpenOptions::new()
-        .without_parent()
-        .open(path)
-        .in_file(path)
+    vhdx::OpenOptions::new().without_parent().open(path).in_file(path)
 }
 
 fn run(command: Command) -> CliResult {
@@ -252,11 +251,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // --help and --version are not failures; usage errors exit 1 like
             // every other failure (clap's own choice would be 2).
-            let code = if e.use_stderr() {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            };
+            let code = if e.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
             let _ = e.print();
             return code;
         }

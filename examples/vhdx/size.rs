@@ -14,8 +14,7 @@
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let s = text.trim();
     if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        return u64::from_str_radix(hex, 16)
-            .map_err(|_| format!("'{text}' is not a hexadecimal byte count"));
+        return u64::from_str_radix(hex, 16).map_err(|_| format!("'{text}' is not a hexadecimal byte count"));
     }
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(digits_end);
@@ -36,12 +35,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             ))
         }
     };
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is too large"))?;
-    value
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("'{text}' is too large"))
+    let value: u64 = number.parse().map_err(|_| format!("'{text}' is too large"))?;
+    value.checked_mul(1u64 << shift).ok_or_else(|| format!("'{text}' is too large"))
 }
 
 /// A byte count as `qemu-img info` writes it: three significant digits and a
@@ -63,11 +58,7 @@ pub fn human(bytes: u64) -> String {
     } else {
         format!("{value:.2}")
     };
-    let text = if text.contains('.') {
-        text.trim_end_matches('0').trim_end_matches('.')
-    } else {
-        &text
-    };
+    let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { &text };
     format!("{text} {}", UNITS[unit])
 }
 
@@ -115,9 +106,7 @@ mod tests {
 
     #[test]
     fn rejects_nonsense() {
-        for bad in [
-            "", "G", "-1", "1.5G", "10X", "10GiBB", "10 G B", "ten", "1e3",
-        ] {
+        for bad in ["", "G", "-1", "1.5G", "10X", "10GiBB", "10 G B", "ten", "1e3"] {
             assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
         }
     }
