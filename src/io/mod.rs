@@ -15,6 +15,10 @@ use crate::error::{io_unexpected_eof, IoError};
 mod file;
 #[cfg(feature = "std")]
 pub use file::FileStorage;
+#[cfg(feature = "std")]
+mod fault;
+#[cfg(feature = "std")]
+pub use fault::{CrashState, FaultStorage, PendingOp, TORN_SECTOR_SIZE};
 
 /// Positioned, durable I/O on one backing file.
 pub trait Storage: Send + Sync {
