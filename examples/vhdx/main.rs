@@ -32,7 +32,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Command-line tool for Microsoft VHDX virtual disks.
 #[derive(Parser, Debug)]
-#[command(name = "vhdx", version, about, long_about = None)]
+#[command(name = "vhdx", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
