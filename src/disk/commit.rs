@@ -62,9 +62,16 @@ impl Disk {
                     "the image has no log, so its metadata cannot be updated safely",
                 ));
             }
-            let guid = self.new_guid()?;
-            self.update_header(|h| h.log_guid = guid)?;
             self.log = Some(LogWriter::new(self.header.log_offset, self.header.log_length as u64));
+        }
+        // The header names a fresh LogGuid only once the first entry carrying
+        // it is durable: a crash in between leaves a clean header and an
+        // unapplied entry nobody replays, never a header naming an empty log.
+        let mut pending_header = None;
+        if self.header.log_guid.is_nil() {
+            let mut h = self.header.clone();
+            h.log_guid = self.new_guid()?;
+            pending_header = Some(h);
         }
         let mut pages: Vec<(u64, Vec<u8>)> = Vec::with_capacity(self.dirty_bat_pages.len() + self.dirty_pages.len());
         // Metadata and bitmap pages first: a commit split over several log
@@ -79,9 +86,25 @@ impl Disk {
         }
         let flushed = self.file_len / MIB * MIB;
         let last = round_up_mib(self.file_len);
-        let log_guid = self.header.log_guid;
+        let log_guid = pending_header.as_ref().map_or(self.header.log_guid, |h| h.log_guid);
+        let mut slot = self.header_slot;
+        let mut header_written = false;
         let log = self.log.as_mut().expect("set above");
-        log.commit(&mut *self.storage, &log_guid, &pages, flushed, last)?;
+        let result = log.commit(&mut *self.storage, &log_guid, &pages, flushed, last, &mut |storage| {
+            match pending_header.as_mut() {
+                Some(h) if !header_written => {
+                    write_header_pair(storage, h, &mut slot)?;
+                    header_written = true;
+                }
+                _ => {}
+            }
+            Ok(())
+        });
+        if let (Some(h), true) = (pending_header, header_written) {
+            self.header = h;
+            self.header_slot = slot;
+        }
+        result?;
         self.dirty_bat_pages.clear();
         self.dirty_pages.clear();
         self.bitmap_cache.clear();

@@ -49,6 +49,10 @@ impl LogWriter {
     /// Commits `pages` (`(file_offset, 4 KiB)`, in any order): through the
     /// log, then in place, durably. `flushed_file_offset` is the file size
     /// already durable, `last_file_offset` the size all structures fit in.
+    /// `before_apply` runs after each entry is durable and before its pages
+    /// are written in place: the moment to make the header name `log_guid`
+    /// (earlier, a crash would leave a header naming a log with no valid entry,
+    /// which a reader must refuse).
     pub fn commit(
         &mut self,
         storage: &mut dyn Storage,
@@ -56,6 +60,7 @@ impl LogWriter {
         pages: &[(u64, Vec<u8>)],
         flushed_file_offset: u64,
         last_file_offset: u64,
+        before_apply: &mut dyn FnMut(&mut dyn Storage) -> Result<()>,
     ) -> Result<()> {
         let per_entry = self.max_pages_per_entry();
         if per_entry == 0 {
@@ -82,6 +87,7 @@ impl LogWriter {
                 source,
             })?;
             storage.flush().map_err(|source| Error::Io { op: "flushing the log", offset: at, source })?;
+            before_apply(storage)?;
             for (file_offset, page) in group {
                 storage.write_all_at(page, *file_offset).map_err(|source| Error::Io {
                     op: "applying a log entry",
@@ -123,7 +129,7 @@ mod tests {
         for round in 0..40u64 {
             let pages: Vec<(u64, Vec<u8>)> =
                 (0..(round % 7 + 1)).map(|i| ((3 << 20) + i * 4096, alloc::vec![round as u8; 4096])).collect();
-            w.commit(&mut storage, &g, &pages, 8 << 20, 8 << 20).unwrap();
+            w.commit(&mut storage, &g, &pages, 8 << 20, 8 << 20, &mut |_| Ok(())).unwrap();
             let seq = find_active_sequence(&storage, &header, 8 << 20).unwrap().unwrap();
             assert_eq!(seq.head().sequence_number, round + 1);
             assert_eq!(seq.entries.len(), 1);
