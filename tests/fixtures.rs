@@ -696,10 +696,57 @@ fn dfvfs_differencing_child_without_parent() {
     assert_eq!(read_vec(&child, 0x293D28, PASSWORDS.len()), PASSWORDS);
     // The MBR is the parent's; the child-only view has zeros there.
     assert_eq!(read_vec(&child, 0, 512), vec![0u8; 512]);
-    let err = OpenOptions::new().without_parent().writable(true).open(&f.path).expect_err("writable without parent");
-    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     drop(child);
     assert_eq!(sha256_file(&f.path), NTFS_DIFFERENTIAL.sha_vhdx);
+    // Without its parent a child may be opened for writing (metadata
+    // operations), but it takes no data writes: they would need the parent's
+    // sectors.
+    let copy = f.dir.path().join("copy.vhdx");
+    sparse_copy(&f.path, &copy);
+    let mut w = OpenOptions::new().without_parent().writable(true).open(&copy).unwrap();
+    let err = w.write_at(b"x", 0x293D28).expect_err("a data write without the parent");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    w.close().unwrap();
+    let child = OpenOptions::new().without_parent().open(&copy).unwrap();
+    assert_eq!(read_vec(&child, 0x293D28, PASSWORDS.len()), PASSWORDS);
+}
+
+/// We write into the Windows-made child (through its existing sector bitmap)
+/// with unaligned writes, some into sectors that still come from the parent
+/// (read-modify-write from the parent). The chain then reads as the published
+/// chain plus our writes; the parent file is untouched.
+#[test]
+fn dfvfs_write_into_windows_differencing_child() {
+    let Some(f) = fixture(NTFS_PARENT.rel) else { return };
+    let child_path = fixture_into(NTFS_DIFFERENTIAL.rel, f.dir.path());
+    let mut model = {
+        let child = OpenOptions::new().parent(Disk::open(&f.path).unwrap()).open(&child_path).unwrap();
+        read_vec(&child, 0, NTFS_DIFFERENTIAL.virtual_size as usize)
+    };
+    assert_eq!(sha256_bytes(&model), NTFS_DIFFERENTIAL.sha_raw);
+    let writes: [(u64, usize); 6] = [
+        (10, 5),                // inside the parent's MBR sector
+        (0x293D28 + 3, 20),     // inside passwords.txt, a sector the child holds
+        (0x1FFFF0, 40),         // across the 2 MiB block boundary
+        (0x100000 - 300, 4096), // sub-sector at both ends
+        (0x3FFFFF, 1),          // the last byte
+        (0x280000, 3 * 512),    // whole sectors
+    ];
+    {
+        let parent = Disk::open(&f.path).unwrap();
+        let mut child = OpenOptions::new().writable(true).parent(parent).open(&child_path).unwrap();
+        for (i, &(off, len)) in writes.iter().enumerate() {
+            let data = pattern(i as u64 + 100, len);
+            child.write_at(&data, off).unwrap();
+            model[off as usize..off as usize + len].copy_from_slice(&data);
+            assert_eq!(read_vec(&child, off, len), data);
+        }
+        child.close().unwrap();
+    }
+    assert_eq!(sha256_file(&f.path), NTFS_PARENT.sha_vhdx, "writing the child changed the parent");
+    let child = OpenOptions::new().parent(Disk::open(&f.path).unwrap()).open(&child_path).unwrap();
+    assert!(read_vec(&child, 0, model.len()) == model, "the chain after our writes differs from the model");
+    assert_eq!(current_header(&child_path).log_guid, [0u8; 16]);
 }
 
 #[test]

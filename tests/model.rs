@@ -3,7 +3,8 @@
 //! Random sequences of writes (any offset and length: empty, sub-sector,
 //! block-crossing, the last byte, past the end), reads, flushes, close and
 //! reopen (read-only or writable, from the same bytes) and crash snapshots run
-//! on fixed and dynamic disks with 1 MiB blocks and 512- or 4096-byte sectors.
+//! on fixed, dynamic and differencing disks (over a partly written parent)
+//! with 1 MiB blocks and 512- or 4096-byte sectors.
 //! After every step the whole disk must equal the model; errors must be
 //! exactly `OutOfRange` or `ReadOnly` where the model says so; a crash
 //! snapshot (the bytes as they are, opened by a fresh reader) must open and
@@ -86,19 +87,65 @@ fn kind_of(r: vhdx::Result<()>) -> Option<ErrorKind> {
     r.err().map(|e| e.kind())
 }
 
+/// A parent for differencing runs: a dynamic disk holding data in blocks 0
+/// and 2 (partly) and nothing in blocks 1 and 3, so a child's sectors come
+/// from written parent data, unallocated parent blocks, or the child.
+fn make_parent(size: u64, lss: u64) -> (SharedMem, Vec<u8>) {
+    let mem = SharedMem::new();
+    let opts = CreateOptions::dynamic(size).block_size(BS as u32).logical_sector_size(lss as u32);
+    let mut parent = Disk::create_on(Box::new(mem.clone()), &opts, None).unwrap();
+    let mut model = vec![0u8; size as usize];
+    for (off, len) in [(100u64, BS as usize), (2 * BS + 77, (BS / 2) as usize)] {
+        let data = pattern(off, len);
+        parent.write_at(&data, off).unwrap();
+        model[off as usize..off as usize + len].copy_from_slice(&data);
+    }
+    parent.close().unwrap();
+    (mem, model)
+}
+
+/// Opens the image in `storage`; a differencing child gets a fresh read-only
+/// open of the parent in `parent`.
+fn open_image(storage: Box<dyn vhdx::Storage>, writable: bool, parent: Option<&SharedMem>) -> vhdx::Result<Disk> {
+    let mut o = OpenOptions::new().writable(writable);
+    if let Some(p) = parent {
+        o = o.parent(Disk::open_storage(Box::new(p.clone()))?);
+    }
+    o.open_storage(storage)
+}
+
 /// Runs `steps` on a new disk and the model side by side.
 fn run(kind: DiskType, lss: u64, steps: &[Step]) -> Result<(), TestCaseError> {
     let size = 3 * MIB + 5 * lss; // four blocks, the last one short
-    let opts = match kind {
-        DiskType::Fixed => CreateOptions::fixed(size),
-        _ => CreateOptions::dynamic(size),
-    }
-    .block_size(BS as u32)
-    .logical_sector_size(lss as u32);
     let rec = Recorder::new();
     let mem = rec.mem.clone();
-    let mut disk = Disk::create_on(Box::new(rec.clone()), &opts, None).unwrap();
-    let mut model = vec![0u8; size as usize];
+    let (parent, mut model) = match kind {
+        DiskType::Differencing => {
+            let (mem, model) = make_parent(size, lss);
+            (Some(mem), model)
+        }
+        _ => (None, vec![0u8; size as usize]),
+    };
+    let mut disk = match kind {
+        DiskType::Differencing => {
+            let p = Disk::open_storage(Box::new(parent.clone().unwrap())).unwrap();
+            let linkage = vhdx::format::locator::braced_guid(&p.data_write_guid());
+            let locator = vhdx::format::locator::ParentLocator {
+                entries: vec![("parent_linkage".into(), linkage), ("relative_path".into(), ".\\parent.vhdx".into())],
+            };
+            Disk::create_differencing_on(Box::new(rec.clone()), p, locator, Some(BS as u32), None).unwrap()
+        }
+        _ => {
+            let opts = match kind {
+                DiskType::Fixed => CreateOptions::fixed(size),
+                _ => CreateOptions::dynamic(size),
+            }
+            .block_size(BS as u32)
+            .logical_sector_size(lss as u32);
+            Disk::create_on(Box::new(rec.clone()), &opts, None).unwrap()
+        }
+    };
+    assert_eq!(disk.disk_type(), kind);
     let mut flushed = model.clone();
     // The storage operations of the last flush (or close) that had something
     // to make durable: (first, last), the state before it and the state after.
@@ -156,23 +203,25 @@ fn run(kind: DiskType, lss: u64, steps: &[Step]) -> Result<(), TestCaseError> {
                     let bytes = mem.snapshot();
                     let header = current_header_bytes(&bytes);
                     prop_assert_eq!(header.log_guid, [0u8; 16], "step {}: close left a dirty log", i);
-                    let bat = RawBat::read(
-                        &|at, buf| buf.copy_from_slice(&bytes[at as usize..at as usize + buf.len()]),
-                        size,
-                        BS,
-                        lss,
-                    );
-                    let present = if kind == DiskType::Fixed { &all_blocks } else { &touched };
-                    bat.check(present, bytes.len() as u64, BS);
+                    if kind != DiskType::Differencing {
+                        let bat = RawBat::read(
+                            &|at, buf| buf.copy_from_slice(&bytes[at as usize..at as usize + buf.len()]),
+                            size,
+                            BS,
+                            lss,
+                        );
+                        let present = if kind == DiskType::Fixed { &all_blocks } else { &touched };
+                        bat.check(present, bytes.len() as u64, BS);
+                    }
                 }
-                disk = OpenOptions::new().writable(writable).open_storage(Box::new(rec.clone())).unwrap();
+                disk = open_image(Box::new(rec.clone()), writable, parent.as_ref()).unwrap();
                 prop_assert!(!disk.info().log_replayed, "step {}: log replayed after a clean close", i);
                 let expect = if kind == DiskType::Fixed { all_blocks.len() } else { touched.len() } as u64;
                 prop_assert_eq!(disk.info().allocated_blocks, expect, "step {}: allocated blocks", i);
             }
             Step::CrashSnapshot => {
                 // What a crash now would leave (every write reached the storage).
-                let copy = Disk::open_storage(Box::new(MemStorage::from_vec(mem.snapshot())))
+                let copy = open_image(Box::new(MemStorage::from_vec(mem.snapshot())), false, parent.as_ref())
                     .map_err(|e| TestCaseError::fail(format!("step {i}: crash snapshot does not open: {e}")))?;
                 let got = read_vec(&copy, 0, size as usize);
                 if let Some(p) = (0..size as usize).find(|&p| got[p] != flushed[p] && got[p] != model[p]) {
@@ -187,9 +236,10 @@ fn run(kind: DiskType, lss: u64, steps: &[Step]) -> Result<(), TestCaseError> {
                 // image must open and read as the state before or after it.
                 let Some((start, end, before, after)) = &last_window else { continue };
                 let k = start + (pick % (end - start + 1) as u64) as usize;
-                let copy = Disk::open_storage(Box::new(MemStorage::from_vec(rec.image_after(k)))).map_err(|e| {
-                    TestCaseError::fail(format!("step {i}: crash after operation {k} of {start}..={end}: {e}"))
-                })?;
+                let copy = open_image(Box::new(MemStorage::from_vec(rec.image_after(k))), false, parent.as_ref())
+                    .map_err(|e| {
+                        TestCaseError::fail(format!("step {i}: crash after operation {k} of {start}..={end}: {e}"))
+                    })?;
                 let got = read_vec(&copy, 0, size as usize);
                 if let Some(p) = (0..size as usize).find(|&p| got[p] != before[p] && got[p] != after[p]) {
                     return Err(TestCaseError::fail(format!(
@@ -210,8 +260,14 @@ fn run(kind: DiskType, lss: u64, steps: &[Step]) -> Result<(), TestCaseError> {
         }
     }
     disk.close().unwrap();
-    let disk = Disk::open_storage(Box::new(MemStorage::from_vec(mem.snapshot()))).unwrap();
+    let disk = open_image(Box::new(MemStorage::from_vec(mem.snapshot())), false, parent.as_ref()).unwrap();
     prop_assert!(read_vec(&disk, 0, size as usize) == model, "after the final close and reopen");
+    if let Some(p) = &parent {
+        // The parent was only read.
+        let p = Disk::open_storage(Box::new(p.clone())).unwrap();
+        let (_, parent_model) = make_parent(size, lss);
+        prop_assert!(read_vec(&p, 0, size as usize) == parent_model, "the parent changed");
+    }
     Ok(())
 }
 
@@ -254,6 +310,16 @@ proptest! {
     #[test]
     fn fixed_4096(s in steps(3 * MIB + 5 * 4096, 4096)) {
         run(DiskType::Fixed, 4096, &s)?;
+    }
+
+    #[test]
+    fn differencing_512(s in steps(3 * MIB + 5 * 512, 512)) {
+        run(DiskType::Differencing, 512, &s)?;
+    }
+
+    #[test]
+    fn differencing_4096(s in steps(3 * MIB + 5 * 4096, 4096)) {
+        run(DiskType::Differencing, 4096, &s)?;
     }
 }
 
