@@ -1,0 +1,589 @@
+//! The disk handle: open, create, read, write, flush, close, and queries.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::{String, ToString};
+use core::ffi::{c_char, c_void};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::error::{Failure, FfiResult, VHDX_ERR_PANIC, VHDX_OK};
+use super::strings::{copy_out, path_arg};
+use crate::{CreateOptions, Disk, DiskType, Error, OpenOptions};
+
+/// A fixed disk: every block allocated when the image was created.
+pub const VHDX_DISK_TYPE_FIXED: i32 = 0;
+/// A dynamic disk: blocks allocated on first write.
+pub const VHDX_DISK_TYPE_DYNAMIC: i32 = 1;
+/// A differencing disk: blocks allocated on first write; sectors it does not
+/// hold are read from its parent.
+pub const VHDX_DISK_TYPE_DIFFERENCING: i32 = 2;
+
+/// An open VHDX image (opaque). Obtained from vhdx_open, vhdx_open_with,
+/// vhdx_open_callbacks or a vhdx_create* function; released with vhdx_close.
+///
+/// Thread safety: a handle may be used from any thread, and from several at
+/// once: it holds a reader-writer lock, so vhdx_read_at and the queries run
+/// in parallel, while vhdx_write_at and vhdx_flush run one at a time and
+/// exclude reads. Only vhdx_close must not overlap any other call on it.
+pub struct VhdxDisk {
+    disk: RwLock<Disk>,
+    /// The file's path, or the name given for callback storage: for messages.
+    name: Option<String>,
+}
+
+impl VhdxDisk {
+    pub(crate) fn new(disk: Disk, name: Option<String>) -> VhdxDisk {
+        VhdxDisk { disk: RwLock::new(disk), name }
+    }
+
+    /// The disk, shared.
+    pub(crate) fn read(&self) -> FfiResult<RwLockReadGuard<'_, Disk>> {
+        self.disk.read().map_err(|_| poisoned())
+    }
+
+    /// The disk, exclusively.
+    pub(crate) fn write(&self) -> FfiResult<RwLockWriteGuard<'_, Disk>> {
+        self.disk.write().map_err(|_| poisoned())
+    }
+
+    /// `e`, naming this disk's file.
+    pub(crate) fn fail(&self, e: Error) -> Failure {
+        match &self.name {
+            Some(name) => Failure::from(e.in_file(name)),
+            None => Failure::from(e),
+        }
+    }
+
+    /// The disk itself, for handing it on (as a parent).
+    pub(crate) fn into_disk(self) -> Disk {
+        self.disk.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The handle for C: ownership passes to the caller.
+    pub(crate) fn into_raw(self) -> *mut VhdxDisk {
+        Box::into_raw(Box::new(self))
+    }
+}
+
+fn poisoned() -> Failure {
+    Failure {
+        status: VHDX_ERR_PANIC,
+        message: String::from("an earlier call failed inside libvhdx while changing this disk; close the handle"),
+    }
+}
+
+/// The handle `p`, argument `disk` of `function`.
+///
+/// # Safety
+/// `p` is NULL or a live handle from this library.
+pub(crate) unsafe fn disk_arg<'a>(function: &str, p: *const VhdxDisk) -> FfiResult<&'a VhdxDisk> {
+    // SAFETY: the caller promises NULL or a live handle, which we created with
+    // Box::into_raw and which lives until vhdx_close.
+    unsafe { p.as_ref() }.ok_or_else(|| Failure::null(function, "disk"))
+}
+
+/// Checks the out-parameter `out` of `function` and clears `*out`.
+///
+/// # Safety
+/// `out` is NULL or points to a writable `VhdxDisk *`.
+pub(crate) unsafe fn clear_out(function: &str, out: *mut *mut VhdxDisk) -> FfiResult<()> {
+    if out.is_null() {
+        return Err(Failure::null(function, "out"));
+    }
+    // SAFETY: non-NULL, and the caller promises a writable `VhdxDisk *`.
+    unsafe { out.write(core::ptr::null_mut()) };
+    Ok(())
+}
+
+/// Stores a new handle for `disk` in `*out`.
+///
+/// # Safety
+/// `out` was checked by [`clear_out`].
+pub(crate) unsafe fn set_out(out: *mut *mut VhdxDisk, disk: VhdxDisk) -> FfiResult<i32> {
+    // SAFETY: checked non-NULL and writable by clear_out.
+    unsafe { out.write(disk.into_raw()) };
+    Ok(VHDX_OK)
+}
+
+pub(crate) fn type_code(t: DiskType) -> i32 {
+    match t {
+        DiskType::Fixed => VHDX_DISK_TYPE_FIXED,
+        DiskType::Dynamic => VHDX_DISK_TYPE_DYNAMIC,
+        DiskType::Differencing => VHDX_DISK_TYPE_DIFFERENCING,
+    }
+}
+
+/// CreateOptions from the C arguments (0 = default block and sector size).
+pub(crate) fn create_options(
+    fixed: bool,
+    virtual_size: u64,
+    block_size: u32,
+    logical_sector_size: u32,
+) -> CreateOptions {
+    let mut o = if fixed { CreateOptions::fixed(virtual_size) } else { CreateOptions::dynamic(virtual_size) };
+    if block_size != 0 {
+        o = o.block_size(block_size);
+    }
+    if logical_sector_size != 0 {
+        o = o.logical_sector_size(logical_sector_size);
+    }
+    o
+}
+
+/// Opens the VHDX image at `path`, read-only or for reading and writing.
+///
+/// A differencing disk's parents are found through its parent locator (the
+/// relative path first, then the absolute ones) and each must match the
+/// child's parent linkage; the whole chain opens read-only except the leaf.
+/// For other choices (no parent, a resolver callback, confined search
+/// directories, a parent you opened) use vhdx_open_with.
+///
+/// On success stores a new handle in `*out` and returns VHDX_OK; on failure
+/// stores NULL and returns a negative status (VHDX_ERR_IO when the file
+/// cannot be opened, VHDX_ERR_CORRUPT when it is not a valid VHDX image,
+/// VHDX_ERR_PARENT_NOT_FOUND / VHDX_ERR_PARENT_MISMATCH for a chain).
+///
+/// Ownership: the caller owns the new handle and releases it with vhdx_close.
+/// Thread safety: safe from any thread.
+///
+/// # Safety
+/// `path` is a NUL-terminated string; `out` points to a writable `VhdxDisk *`.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_open(path: *const c_char, writable: bool, out: *mut *mut VhdxDisk) -> i32 {
+    ffi!("vhdx_open", {
+        // SAFETY: the caller's promises on `out` and `path`.
+        unsafe { clear_out("vhdx_open", out)? };
+        // SAFETY: as above.
+        let path = unsafe { path_arg("vhdx_open", "path", path)? };
+        let disk = OpenOptions::new().writable(writable).open(&path)?;
+        // SAFETY: checked by clear_out.
+        unsafe { set_out(out, VhdxDisk::new(disk, Some(path.display().to_string()))) }
+    })
+}
+
+fn create(path: &std::path::Path, options: &CreateOptions) -> FfiResult<VhdxDisk> {
+    let disk = Disk::create(path, options)?;
+    Ok(VhdxDisk::new(disk, Some(path.display().to_string())))
+}
+
+/// Creates a fixed VHDX image at `path` (which must not exist; every block is
+/// allocated now, so the file is about `virtual_size` bytes) and opens it for
+/// writing. The disk reads as zeros.
+///
+/// `virtual_size` is in bytes, a multiple of the logical sector size, at most
+/// 64 TiB. `block_size` is a power of two from 1 MiB to 256 MiB, or 0 for
+/// the default (32 MiB). `logical_sector_size` is 512 or 4096, or 0 for 512.
+/// Bad values give VHDX_ERR_INVALID_ARGUMENT; an existing file VHDX_ERR_IO.
+///
+/// On success stores a new handle in `*out`; on failure stores NULL and
+/// removes any partly written file.
+///
+/// Ownership: the caller owns the new handle and releases it with vhdx_close.
+/// Thread safety: safe from any thread.
+///
+/// # Safety
+/// `path` is a NUL-terminated string; `out` points to a writable `VhdxDisk *`.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_create_fixed(
+    path: *const c_char,
+    virtual_size: u64,
+    block_size: u32,
+    logical_sector_size: u32,
+    out: *mut *mut VhdxDisk,
+) -> i32 {
+    ffi!("vhdx_create_fixed", {
+        // SAFETY: the caller's promises on `out` and `path`.
+        unsafe { clear_out("vhdx_create_fixed", out)? };
+        // SAFETY: as above.
+        let path = unsafe { path_arg("vhdx_create_fixed", "path", path)? };
+        let disk = create(&path, &create_options(true, virtual_size, block_size, logical_sector_size))?;
+        // SAFETY: checked by clear_out.
+        unsafe { set_out(out, disk) }
+    })
+}
+
+/// Creates a dynamic VHDX image at `path` (which must not exist; blocks are
+/// allocated on first write) and opens it for writing. The disk reads as
+/// zeros.
+///
+/// `virtual_size` is in bytes, a multiple of the logical sector size, at most
+/// 64 TiB. `block_size` is a power of two from 1 MiB to 256 MiB, or 0 for
+/// the default (32 MiB). `logical_sector_size` is 512 or 4096, or 0 for 512.
+/// Bad values give VHDX_ERR_INVALID_ARGUMENT; an existing file VHDX_ERR_IO.
+///
+/// On success stores a new handle in `*out`; on failure stores NULL and
+/// removes any partly written file.
+///
+/// Ownership: the caller owns the new handle and releases it with vhdx_close.
+/// Thread safety: safe from any thread.
+///
+/// # Safety
+/// `path` is a NUL-terminated string; `out` points to a writable `VhdxDisk *`.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_create_dynamic(
+    path: *const c_char,
+    virtual_size: u64,
+    block_size: u32,
+    logical_sector_size: u32,
+    out: *mut *mut VhdxDisk,
+) -> i32 {
+    ffi!("vhdx_create_dynamic", {
+        // SAFETY: the caller's promises on `out` and `path`.
+        unsafe { clear_out("vhdx_create_dynamic", out)? };
+        // SAFETY: as above.
+        let path = unsafe { path_arg("vhdx_create_dynamic", "path", path)? };
+        let disk = create(&path, &create_options(false, virtual_size, block_size, logical_sector_size))?;
+        // SAFETY: checked by clear_out.
+        unsafe { set_out(out, disk) }
+    })
+}
+
+/// Creates a differencing VHDX image at `path` (which must not exist) whose
+/// parent is the image at `parent_path`, and opens it for writing. The child
+/// reads exactly as the parent until written; it takes the parent's virtual
+/// size and sector sizes, a 2 MiB block size, and records the parent's
+/// relative and absolute paths and its DataWriteGuid (the linkage).
+///
+/// Do not write to the parent afterwards: that changes its DataWriteGuid and
+/// the child then refuses to open (VHDX_ERR_PARENT_MISMATCH).
+///
+/// On success stores a new handle in `*out` (the parent is open read-only
+/// inside it); on failure stores NULL and removes any partly written file.
+///
+/// Ownership: the caller owns the new handle and releases it with vhdx_close.
+/// Thread safety: safe from any thread.
+///
+/// # Safety
+/// `path` and `parent_path` are NUL-terminated strings; `out` points to a
+/// writable `VhdxDisk *`.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_create_differencing(
+    path: *const c_char,
+    parent_path: *const c_char,
+    out: *mut *mut VhdxDisk,
+) -> i32 {
+    ffi!("vhdx_create_differencing", {
+        // SAFETY: the caller's promises on `out`, `path` and `parent_path`.
+        unsafe { clear_out("vhdx_create_differencing", out)? };
+        // SAFETY: as above.
+        let path = unsafe { path_arg("vhdx_create_differencing", "path", path)? };
+        // SAFETY: as above.
+        let parent = unsafe { path_arg("vhdx_create_differencing", "parent_path", parent_path)? };
+        let disk = Disk::create_differencing(&path, &parent, None)?;
+        // SAFETY: checked by clear_out.
+        unsafe { set_out(out, VhdxDisk::new(disk, Some(path.display().to_string()))) }
+    })
+}
+
+/// The virtual disk size in bytes; 0 when `disk` is NULL (with a message for
+/// vhdx_last_error).
+///
+/// Thread safety: may run in parallel with reads and queries on the same handle.
+///
+/// # Safety
+/// `disk` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_virtual_size(disk: *const VhdxDisk) -> u64 {
+    ffi!("vhdx_virtual_size", {
+        // SAFETY: the caller promises NULL or a live handle.
+        let d = unsafe { disk_arg("vhdx_virtual_size", disk)? };
+        Ok(d.read()?.virtual_size())
+    })
+}
+
+/// The logical sector size in bytes (512 or 4096); 0 when `disk` is NULL
+/// (with a message for vhdx_last_error).
+///
+/// Thread safety: may run in parallel with reads and queries on the same handle.
+///
+/// # Safety
+/// `disk` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_logical_sector_size(disk: *const VhdxDisk) -> u32 {
+    ffi!("vhdx_logical_sector_size", {
+        // SAFETY: the caller promises NULL or a live handle.
+        let d = unsafe { disk_arg("vhdx_logical_sector_size", disk)? };
+        Ok(d.read()?.logical_sector_size())
+    })
+}
+
+/// VHDX_DISK_TYPE_FIXED, VHDX_DISK_TYPE_DYNAMIC or
+/// VHDX_DISK_TYPE_DIFFERENCING; VHDX_ERR_INVALID_ARGUMENT when `disk` is NULL.
+///
+/// Thread safety: may run in parallel with reads and queries on the same handle.
+///
+/// # Safety
+/// `disk` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_disk_type(disk: *const VhdxDisk) -> i32 {
+    ffi!("vhdx_disk_type", {
+        // SAFETY: the caller promises NULL or a live handle.
+        let d = unsafe { disk_arg("vhdx_disk_type", disk)? };
+        Ok(type_code(d.read()?.disk_type()))
+    })
+}
+
+/// Reads `len` bytes of the virtual disk at byte `offset` into `buf`. Any
+/// offset and length inside the disk are allowed (no alignment needed);
+/// unwritten sectors read as zeros, or from the parent of a differencing disk.
+///
+/// Returns VHDX_OK, or VHDX_ERR_OUT_OF_RANGE when `offset + len` passes the
+/// virtual size (nothing is read), VHDX_ERR_INVALID_ARGUMENT for a NULL
+/// `disk`, or a NULL `buf` with `len > 0`.
+///
+/// Ownership: `buf` is the caller's and is not kept.
+/// Thread safety: calls on the same handle may run in parallel (shared lock).
+///
+/// # Safety
+/// `disk` is NULL or a live handle; `buf` points to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_read_at(disk: *mut VhdxDisk, offset: u64, buf: *mut c_void, len: usize) -> i32 {
+    ffi!("vhdx_read_at", {
+        // SAFETY: the caller promises NULL or a live handle.
+        let d = unsafe { disk_arg("vhdx_read_at", disk)? };
+        let slice: &mut [u8] = if len == 0 {
+            &mut []
+        } else if buf.is_null() {
+            return Err(Failure::null("vhdx_read_at", "buf"));
+        } else {
+            // SAFETY: non-NULL; the caller promises `len` writable bytes that
+            // nothing else touches during the call.
+            unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), len) }
+        };
+        d.read()?.read_at(slice, offset).map_err(|e| d.fail(e))?;
+        Ok(VHDX_OK)
+    })
+}
+
+/// Writes `len` bytes from `buf` to the virtual disk at byte `offset`. Any
+/// offset and length inside the disk are allowed; blocks are allocated as
+/// needed. The data is durable after the next vhdx_flush or vhdx_close.
+///
+/// Returns VHDX_OK, or VHDX_ERR_READ_ONLY when the disk was opened read-only,
+/// VHDX_ERR_OUT_OF_RANGE when `offset + len` passes the virtual size (nothing
+/// is written), VHDX_ERR_INVALID_ARGUMENT for a NULL `disk`, or a NULL `buf`
+/// with `len > 0`.
+///
+/// Ownership: `buf` is the caller's and is not kept.
+/// Thread safety: takes the handle's lock exclusively: writes on one handle
+/// run one at a time and exclude reads.
+///
+/// # Safety
+/// `disk` is NULL or a live handle; `buf` points to `len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_write_at(disk: *mut VhdxDisk, offset: u64, buf: *const c_void, len: usize) -> i32 {
+    ffi!("vhdx_write_at", {
+        // SAFETY: the caller promises NULL or a live handle.
+        let d = unsafe { disk_arg("vhdx_write_at", disk)? };
+        let slice: &[u8] = if len == 0 {
+            &[]
+        } else if buf.is_null() {
+            return Err(Failure::null("vhdx_write_at", "buf"));
+        } else {
+            // SAFETY: non-NULL; the caller promises `len` readable bytes that
+            // stay unchanged during the call.
+            unsafe { core::slice::from_raw_parts(buf.cast::<u8>(), len) }
+        };
+        d.write()?.write_at(slice, offset).map_err(|e| d.fail(e))?;
+        Ok(VHDX_OK)
+    })
+}
+
+/// Makes every completed write durable: the data first, then the block
+/// allocation table through the VHDX log, then the storage's own flush
+/// (fsync for files). A no-op on a read-only disk.
+///
+/// Thread safety: takes the handle's lock exclusively.
+///
+/// # Safety
+/// `disk` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_flush(disk: *mut VhdxDisk) -> i32 {
+    ffi!("vhdx_flush", {
+        // SAFETY: the caller promises NULL or a live handle.
+        let d = unsafe { disk_arg("vhdx_flush", disk)? };
+        d.write()?.flush().map_err(|e| d.fail(e))?;
+        Ok(VHDX_OK)
+    })
+}
+
+/// Flushes, marks the image cleanly closed and releases the handle (and the
+/// parents it holds open); returns the flush's status. The handle is released
+/// even when the status is an error: do not use it again. NULL is a no-op
+/// returning VHDX_OK.
+///
+/// Ownership: takes ownership of `disk`.
+/// Thread safety: must not overlap any other call on the same handle.
+///
+/// # Safety
+/// `disk` is NULL or a live handle, not used again afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_close_checked(disk: *mut VhdxDisk) -> i32 {
+    ffi!("vhdx_close_checked", {
+        if disk.is_null() {
+            return Ok(VHDX_OK);
+        }
+        // SAFETY: a live handle made by Box::into_raw; the caller gives it up.
+        let handle = unsafe { Box::from_raw(disk) };
+        let VhdxDisk { disk, name } = *handle;
+        let disk = disk.into_inner().map_err(|_| poisoned())?;
+        disk.close().map_err(|e| match &name {
+            Some(n) => Failure::from(e.in_file(n)),
+            None => Failure::from(e),
+        })?;
+        Ok(VHDX_OK)
+    })
+}
+
+/// Flushes, marks the image cleanly closed and releases the handle (and the
+/// parents it holds open). NULL is a no-op. A failure to flush is reported
+/// only through vhdx_last_error; use vhdx_close_checked to get a status.
+///
+/// Ownership: takes ownership of `disk`.
+/// Thread safety: must not overlap any other call on the same handle.
+///
+/// # Safety
+/// `disk` is NULL or a live handle, not used again afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_close(disk: *mut VhdxDisk) {
+    ffi!("vhdx_close", {
+        // SAFETY: the same promise as vhdx_close_checked's.
+        let _ = unsafe { vhdx_close_checked(disk) };
+        Ok(())
+    })
+}
+
+/// What vhdx_info reports about an open image. GUIDs are 16 bytes in the
+/// on-disk (Windows `GUID`) memory layout; format them with
+/// vhdx_guid_to_string.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VhdxInfo {
+    /// VHDX_DISK_TYPE_FIXED, VHDX_DISK_TYPE_DYNAMIC or VHDX_DISK_TYPE_DIFFERENCING.
+    pub disk_type: i32,
+    /// Logical sector size in bytes (512 or 4096).
+    pub logical_sector_size: u32,
+    /// Physical sector size in bytes (512 or 4096).
+    pub physical_sector_size: u32,
+    /// Payload block size in bytes.
+    pub block_size: u32,
+    /// Virtual disk size in bytes.
+    pub virtual_size: u64,
+    /// Size of the image file (or callback storage) in bytes.
+    pub file_size: u64,
+    /// Payload blocks whose data lives in this image.
+    pub allocated_blocks: u64,
+    /// Payload blocks of the virtual disk (allocated or not).
+    pub total_blocks: u64,
+    /// Images in the chain: 1 for a fixed or dynamic disk (or a differencing
+    /// disk opened without its parent), more for a differencing chain.
+    pub chain_length: u32,
+    /// Whether the handle was opened for writing.
+    pub writable: bool,
+    /// Whether a log left by an interrupted session was replayed at open.
+    pub log_replayed: bool,
+    /// Whether `parent_linkage` is set (differencing disks only).
+    pub has_parent_linkage: bool,
+    /// The virtual disk ID (SCSI page 83 identifier).
+    pub virtual_disk_id: [u8; 16],
+    /// The DataWriteGuid, which differencing children link to.
+    pub data_write_guid: [u8; 16],
+    /// The FileWriteGuid, changed by every session that writes the file.
+    pub file_write_guid: [u8; 16],
+    /// The parent's DataWriteGuid this differencing disk was made from
+    /// (all zero for other disks).
+    pub parent_linkage: [u8; 16],
+}
+
+/// Fills `*info` with a summary of the image (see VhdxInfo).
+///
+/// Returns VHDX_OK, or VHDX_ERR_INVALID_ARGUMENT when `disk` or `info` is NULL.
+///
+/// Ownership: `info` is the caller's. Thread safety: may run in parallel with
+/// reads and queries on the same handle.
+///
+/// # Safety
+/// `disk` is NULL or a live handle; `info` is NULL or points to a writable VhdxInfo.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_info(disk: *const VhdxDisk, info: *mut VhdxInfo) -> i32 {
+    ffi!("vhdx_info", {
+        // SAFETY: the caller promises NULL or a live handle.
+        let d = unsafe { disk_arg("vhdx_info", disk)? };
+        if info.is_null() {
+            return Err(Failure::null("vhdx_info", "info"));
+        }
+        let guard = d.read()?;
+        let i = guard.info();
+        let to_disk = crate::format::guid::to_disk;
+        let linkage = guard.parent_locator().and_then(|l| l.parent_linkage());
+        let value = VhdxInfo {
+            disk_type: type_code(i.disk_type),
+            logical_sector_size: i.logical_sector_size,
+            physical_sector_size: i.physical_sector_size,
+            block_size: i.block_size,
+            virtual_size: i.virtual_size,
+            file_size: i.file_size,
+            allocated_blocks: i.allocated_blocks,
+            total_blocks: guard.geometry().payload_blocks,
+            chain_length: u32::try_from(guard.chain_paths().len()).unwrap_or(u32::MAX),
+            writable: guard.is_writable(),
+            log_replayed: i.log_replayed,
+            has_parent_linkage: linkage.is_some(),
+            virtual_disk_id: to_disk(&i.virtual_disk_id),
+            data_write_guid: to_disk(&i.data_write_guid),
+            file_write_guid: to_disk(&i.file_write_guid),
+            parent_linkage: linkage.map(|g| to_disk(&g)).unwrap_or_default(),
+        };
+        // SAFETY: non-NULL, and the caller promises a writable VhdxInfo.
+        unsafe { info.write(value) };
+        Ok(VHDX_OK)
+    })
+}
+
+/// The number of images in the disk's chain (the disk itself, then each
+/// parent open inside it): 1 or more, or a negative status.
+///
+/// Thread safety: may run in parallel with reads and queries on the same handle.
+///
+/// # Safety
+/// `disk` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_chain_length(disk: *const VhdxDisk) -> i32 {
+    ffi!("vhdx_chain_length", {
+        // SAFETY: the caller promises NULL or a live handle.
+        let d = unsafe { disk_arg("vhdx_chain_length", disk)? };
+        Ok(i32::try_from(d.read()?.chain_paths().len()).unwrap_or(i32::MAX))
+    })
+}
+
+/// Copies the path of image `index` of the chain (0 = the disk itself, 1 =
+/// its parent, ...) into `buf` of `cap` bytes, like snprintf: as much as
+/// fits, NUL-terminated when `cap > 0`. Returns the path's full length in
+/// bytes (without the NUL): a result >= `cap` means it was truncated; call
+/// with `buf` NULL and `cap` 0 to learn the size. An image opened without a
+/// path reads as its callback name, or "?". Returns VHDX_ERR_OUT_OF_RANGE
+/// when `index` >= vhdx_chain_length.
+///
+/// Ownership: `buf` is the caller's. Thread safety: may run in parallel with
+/// reads and queries on the same handle.
+///
+/// # Safety
+/// `disk` is NULL or a live handle; `buf` is NULL with `cap == 0` or points to
+/// `cap` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_chain_path(disk: *const VhdxDisk, index: u32, buf: *mut c_char, cap: usize) -> i32 {
+    ffi!("vhdx_chain_path", {
+        // SAFETY: the caller promises NULL or a live handle.
+        let d = unsafe { disk_arg("vhdx_chain_path", disk)? };
+        let mut paths = d.read()?.chain_paths();
+        if let (Some(first), Some(name)) = (paths.first_mut(), &d.name) {
+            first.clone_from(name);
+        }
+        let path = paths.get(index as usize).ok_or_else(|| Failure {
+            status: super::error::VHDX_ERR_OUT_OF_RANGE,
+            message: format!("vhdx_chain_path: index {index} is past the chain of {} image(s)", paths.len()),
+        })?;
+        // SAFETY: the caller promises `cap` writable bytes at `buf` (or NULL and 0).
+        unsafe { copy_out("vhdx_chain_path", path, buf, cap) }
+    })
+}

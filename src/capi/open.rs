@@ -1,0 +1,164 @@
+//! Opening with options: writability and how a differencing disk's parent
+//! is found.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::ToString;
+use core::ffi::{c_char, c_void};
+
+use super::disk::{clear_out, set_out, VhdxDisk};
+use super::error::{Failure, FfiResult, VHDX_OK};
+use super::resolver::{CallbackResolver, VhdxResolveParentFn};
+use super::strings::{path_arg, path_list_arg};
+use crate::OpenOptions;
+
+/// How vhdx_open_with and vhdx_open_callbacks open an image. Initialise it
+/// with vhdx_open_options_init (all fields zero/NULL: read-only, parents
+/// found through the locator), then set what you need.
+///
+/// At most one of `without_parent`, `parent`, `resolve_parent` and
+/// `parent_search_dirs` may be set (VHDX_ERR_INVALID_ARGUMENT otherwise).
+/// They matter only for differencing images.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct VhdxOpenOptions {
+    /// Open for writing as well as reading. Parents always open read-only.
+    pub writable: bool,
+    /// Open a differencing disk on its own: sectors it does not hold read as
+    /// zeros (the child-only view forensic tools use when the parent is
+    /// lost). Such a handle takes no data writes.
+    pub without_parent: bool,
+    /// A parent you opened (with any vhdx_open* function): used instead of
+    /// searching, after checking it is the one the child links to (else
+    /// VHDX_ERR_PARENT_MISMATCH). Ownership passes to the library whatever
+    /// the result: do not use or close this handle after the call (it is
+    /// closed with the child, or at once when the call fails).
+    pub parent: *mut VhdxDisk,
+    /// Finds parents by calling this function instead of following the
+    /// locator's paths (see VhdxResolveParentFn); called for every level of
+    /// the chain, during the open call only.
+    pub resolve_parent: VhdxResolveParentFn,
+    /// Passed to `resolve_parent` as its `user` argument.
+    pub resolve_user: *mut c_void,
+    /// Follow the locator's paths, but open only files inside these
+    /// directories (for images from untrusted sources): an array of
+    /// `parent_search_dir_count` NUL-terminated paths, read during the call.
+    pub parent_search_dirs: *const *const c_char,
+    /// The number of entries of `parent_search_dirs`.
+    pub parent_search_dir_count: usize,
+}
+
+impl Default for VhdxOpenOptions {
+    fn default() -> Self {
+        VhdxOpenOptions {
+            writable: false,
+            without_parent: false,
+            parent: core::ptr::null_mut(),
+            resolve_parent: None,
+            resolve_user: core::ptr::null_mut(),
+            parent_search_dirs: core::ptr::null(),
+            parent_search_dir_count: 0,
+        }
+    }
+}
+
+/// Sets `*options` to the defaults: read-only, parents found through the
+/// locator (every field zero or NULL). Returns VHDX_OK, or
+/// VHDX_ERR_INVALID_ARGUMENT when `options` is NULL.
+///
+/// Ownership: `options` is the caller's. Thread safety: safe from any thread.
+///
+/// # Safety
+/// `options` is NULL or points to a writable VhdxOpenOptions.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_open_options_init(options: *mut VhdxOpenOptions) -> i32 {
+    ffi!("vhdx_open_options_init", {
+        if options.is_null() {
+            return Err(Failure::null("vhdx_open_options_init", "options"));
+        }
+        // SAFETY: non-NULL, and the caller promises a writable VhdxOpenOptions.
+        unsafe { options.write(VhdxOpenOptions::default()) };
+        Ok(VHDX_OK)
+    })
+}
+
+/// The Rust options from C ones.
+pub(crate) struct ParsedOptions {
+    pub(crate) options: OpenOptions,
+    pub(crate) writable: bool,
+}
+
+/// Reads `options` (NULL = defaults), taking ownership of `options->parent`
+/// first, so that it is released on every failure.
+///
+/// # Safety
+/// `options` is NULL or points to a valid VhdxOpenOptions whose `parent` is
+/// NULL or a live handle that the caller gives up.
+pub(crate) unsafe fn open_options(function: &str, options: *const VhdxOpenOptions) -> FfiResult<ParsedOptions> {
+    // SAFETY: the caller promises NULL or a valid struct; it is copied.
+    let o = unsafe { options.as_ref() }.copied().unwrap_or_default();
+    let parent = if o.parent.is_null() {
+        None
+    } else {
+        // SAFETY: a live handle made by Box::into_raw, which the caller gives up.
+        Some(unsafe { Box::from_raw(o.parent) }.into_disk())
+    };
+    let choices = [o.without_parent, parent.is_some(), o.resolve_parent.is_some(), o.parent_search_dir_count > 0];
+    if choices.iter().filter(|&&c| c).count() > 1 {
+        return Err(Failure::invalid(format!(
+            "{function}: set at most one of without_parent, parent, resolve_parent and parent_search_dirs"
+        )));
+    }
+    let mut options = OpenOptions::new().writable(o.writable);
+    if o.without_parent {
+        options = options.without_parent();
+    } else if let Some(p) = parent {
+        options = options.parent(p);
+    } else if let Some(f) = o.resolve_parent {
+        options = options.resolver(Box::new(CallbackResolver::new(f, o.resolve_user)));
+    } else if o.parent_search_dir_count > 0 {
+        // SAFETY: the caller promises `parent_search_dir_count` strings.
+        let dirs =
+            unsafe { path_list_arg(function, "parent_search_dirs", o.parent_search_dirs, o.parent_search_dir_count)? };
+        options = options.parent_search_dirs(dirs);
+    }
+    Ok(ParsedOptions { options, writable: o.writable })
+}
+
+/// Opens the VHDX image at `path` as `options` says (NULL: as vhdx_open
+/// read-only): writable or not, and for a differencing image, its parent
+/// found through the locator, confined to search directories, through a
+/// resolver callback, given as an open handle, or not opened at all.
+///
+/// On success stores a new handle in `*out`; on failure stores NULL and
+/// returns a negative status (see vhdx_open).
+///
+/// Ownership: the caller owns the new handle (release it with vhdx_close).
+/// The library takes `options->parent` whatever the result.
+/// Thread safety: safe from any thread; a resolver callback runs on the
+/// calling thread, during this call only.
+///
+/// # Safety
+/// `path` is a NUL-terminated string; `options` is NULL or points to a valid
+/// VhdxOpenOptions; `out` points to a writable `VhdxDisk *`.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_open_with(
+    path: *const c_char,
+    options: *const VhdxOpenOptions,
+    out: *mut *mut VhdxDisk,
+) -> i32 {
+    ffi!("vhdx_open_with", {
+        const F: &str = "vhdx_open_with";
+        // Take ownership of the parent first, so that every failure releases it.
+        // SAFETY: the caller's promise on `options`.
+        let opts = unsafe { open_options(F, options) };
+        // SAFETY: the caller's promise on `out`.
+        unsafe { clear_out(F, out)? };
+        let opts = opts?;
+        // SAFETY: the caller's promise on `path`.
+        let path = unsafe { path_arg(F, "path", path)? };
+        let disk = opts.options.open(&path)?;
+        // SAFETY: checked by clear_out.
+        unsafe { set_out(out, VhdxDisk::new(disk, Some(path.display().to_string()))) }
+    })
+}
