@@ -1,0 +1,241 @@
+//! Sector I/O through VHDX images side by side with the same operations on a
+//! raw file, in one run, so the ratios compare like with like.
+//!
+//! `cargo bench --bench io`. Groups and function names are stable across
+//! versions (see BENCHMARKS.md):
+//! - `read_4k_random`, `read_1m_sequential`: `raw`, `fixed`, `dynamic`,
+//!   `differencing_depth1`, `differencing_depth8`
+//! - `write_4k_random`: `raw`, `fixed`, `dynamic_allocated`, `differencing_depth1`
+//! - `write_1m_first_touch`: `raw`, `dynamic` (every write allocates a new
+//!   block; both flush every 64 writes, the image through its crash-safe
+//!   metadata path: payload flush, log entry, flush, BAT in place, flush)
+//!
+//! Images are 1 GiB, files are page-cache warm (read once before measuring).
+//! `VHDX_BENCH_DIR` chooses where the files go (default: a temp directory).
+
+use std::fs::{File, OpenOptions as FsOpen};
+use std::hint::black_box;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use vhdx::{CreateOptions, Disk, OpenOptions};
+
+const SIZE: u64 = 1 << 30;
+const CHAIN: usize = 8;
+const BLOCK: u64 = 2 << 20;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn fill(seed: u8) -> Vec<u8> {
+    (0..(1u32 << 20)).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+/// Random 4 KiB-aligned offsets, the same sequence for every function.
+fn offsets(count: usize, span: u64, align: u64) -> Vec<u64> {
+    let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+    (0..count).map(|_| rng.next() % (span / align) * align).collect()
+}
+
+struct Fixture {
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let (dir, tmp) = match std::env::var_os("VHDX_BENCH_DIR") {
+            Some(d) => (PathBuf::from(d), None),
+            None => {
+                let t = tempfile::Builder::new().prefix("vhdx-bench").tempdir().expect("temp dir");
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let f = Fixture { dir, _tmp: tmp };
+        f.build();
+        f
+    }
+
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn build(&self) {
+        let data = fill(7);
+        // Raw reference file, fully written.
+        let raw = File::create(self.p("raw.img")).unwrap();
+        for i in 0..SIZE >> 20 {
+            raw.write_all_at(&data, i << 20).unwrap();
+        }
+        // Fixed and fully allocated dynamic images with the same content.
+        for (name, opts) in [("fixed.vhdx", CreateOptions::fixed(SIZE)), ("dynamic.vhdx", CreateOptions::dynamic(SIZE))]
+        {
+            let mut d = Disk::create(self.p(name), &opts).unwrap();
+            for i in 0..SIZE >> 20 {
+                d.write_at(&data, i << 20).unwrap();
+            }
+            d.close().unwrap();
+        }
+        // A chain: a fully allocated base and 8 children; child L owns half of
+        // every block whose index is L modulo 9, so data is spread over every
+        // level and the children's blocks are partially present.
+        let base = self.p("chain0.vhdx");
+        std::fs::copy(self.p("dynamic.vhdx"), &base).unwrap();
+        for level in 1..=CHAIN {
+            let child = self.p(&format!("chain{level}.vhdx"));
+            let mut c = Disk::create_differencing(&child, self.p(&format!("chain{}.vhdx", level - 1)), None).unwrap();
+            let piece = fill(level as u8);
+            let mut block = level as u64;
+            while block * BLOCK < SIZE {
+                c.write_at(&piece, block * BLOCK + (level as u64 % 2) * (1 << 20)).unwrap();
+                block += (CHAIN + 1) as u64;
+            }
+            c.close().unwrap();
+        }
+        // Warm the page cache.
+        for name in ["raw.img", "fixed.vhdx", "dynamic.vhdx"] {
+            let _ = std::fs::read(self.p(name)).unwrap().len();
+        }
+        for level in 0..=CHAIN {
+            let _ = std::fs::read(self.p(&format!("chain{level}.vhdx"))).unwrap().len();
+        }
+    }
+}
+
+fn raw_file(path: &Path, write: bool) -> File {
+    FsOpen::new().read(true).write(write).open(path).unwrap()
+}
+
+fn group<'a>(c: &'a mut Criterion, name: &str, bytes: u64) -> BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.throughput(Throughput::Bytes(bytes));
+    g.measurement_time(Duration::from_secs(4));
+    g.warm_up_time(Duration::from_secs(1));
+    g
+}
+
+fn reads(c: &mut Criterion, fx: &Fixture) {
+    let images: Vec<(&str, Disk)> = vec![
+        ("fixed", Disk::open(fx.p("fixed.vhdx")).unwrap()),
+        ("dynamic", Disk::open(fx.p("dynamic.vhdx")).unwrap()),
+        ("differencing_depth1", Disk::open(fx.p("chain1.vhdx")).unwrap()),
+        ("differencing_depth8", Disk::open(fx.p(&format!("chain{CHAIN}.vhdx"))).unwrap()),
+    ];
+    for (gname, len, sequential) in [("read_4k_random", 4096u64, false), ("read_1m_sequential", 1 << 20, true)] {
+        let offs = if sequential { (0..SIZE / len).map(|i| i * len).collect() } else { offsets(1 << 16, SIZE, 4096) };
+        let mut g = group(c, gname, len);
+        let mut buf = vec![0u8; len as usize];
+        let raw = raw_file(&fx.p("raw.img"), false);
+        let mut i = 0usize;
+        g.bench_function("raw", |b| {
+            b.iter(|| {
+                raw.read_exact_at(&mut buf, offs[i % offs.len()]).unwrap();
+                i += 1;
+                black_box(&buf);
+            })
+        });
+        for (name, disk) in &images {
+            let mut i = 0usize;
+            g.bench_function(*name, |b| {
+                b.iter(|| {
+                    disk.read_at(&mut buf, offs[i % offs.len()]).unwrap();
+                    i += 1;
+                    black_box(&buf);
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+fn writes_4k(c: &mut Criterion, fx: &Fixture) {
+    let offs = offsets(1 << 16, SIZE, 4096);
+    let data = vec![0x5Au8; 4096];
+    let mut g = group(c, "write_4k_random", 4096);
+    let raw = raw_file(&fx.p("raw.img"), true);
+    let mut i = 0usize;
+    g.bench_function("raw", |b| {
+        b.iter(|| {
+            raw.write_all_at(&data, offs[i % offs.len()]).unwrap();
+            i += 1;
+        })
+    });
+    // The first write into each block of the child allocates it; touch every
+    // block first so the loop measures steady-state bitmap-setting writes.
+    let mut child = OpenOptions::new().writable(true).open(fx.p("chain1.vhdx")).unwrap();
+    for block in 0..SIZE / BLOCK {
+        child.write_at(&data[..512], block * BLOCK + 512 * 7).unwrap();
+    }
+    child.flush().unwrap();
+    let mut images: Vec<(&str, Disk)> = vec![
+        ("fixed", Disk::open_writable(fx.p("fixed.vhdx")).unwrap()),
+        ("dynamic_allocated", Disk::open_writable(fx.p("dynamic.vhdx")).unwrap()),
+        ("differencing_depth1", child),
+    ];
+    for (name, disk) in &mut images {
+        let mut i = 0usize;
+        g.bench_function(*name, |b| {
+            b.iter(|| {
+                disk.write_at(&data, offs[i % offs.len()]).unwrap();
+                i += 1;
+            })
+        });
+    }
+    g.finish();
+    for (_, d) in images {
+        d.close().unwrap();
+    }
+}
+
+fn writes_first_touch(c: &mut Criterion, fx: &Fixture) {
+    const FLUSH_EVERY: u64 = 64;
+    let data = fill(3);
+    let mut g = group(c, "write_1m_first_touch", 1 << 20);
+    g.sample_size(20);
+    let raw = FsOpen::new().read(true).write(true).create(true).truncate(true).open(fx.p("first.img")).unwrap();
+    let mut n = 0u64;
+    g.bench_function("raw", |b| {
+        b.iter(|| {
+            raw.write_all_at(&data, n << 20).unwrap();
+            n += 1;
+            if n % FLUSH_EVERY == 0 {
+                raw.sync_data().unwrap();
+            }
+        })
+    });
+    // 1 MiB blocks, so each 1 MiB write allocates exactly one new block.
+    let mut disk = Disk::create(fx.p("first.vhdx"), &CreateOptions::dynamic(4 << 40).block_size(1 << 20)).unwrap();
+    let mut n = 0u64;
+    g.bench_function("dynamic", |b| {
+        b.iter(|| {
+            disk.write_at(&data, n << 20).unwrap();
+            n += 1;
+            if n % FLUSH_EVERY == 0 {
+                disk.flush().unwrap();
+            }
+        })
+    });
+    g.finish();
+    disk.close().unwrap();
+    let _ = std::fs::remove_file(fx.p("first.vhdx"));
+    let _ = std::fs::remove_file(fx.p("first.img"));
+}
+
+fn all(c: &mut Criterion) {
+    let fx = Fixture::new();
+    reads(c, &fx);
+    writes_4k(c, &fx);
+    writes_first_touch(c, &fx);
+}
+
+criterion_group!(benches, all);
+criterion_main!(benches);
