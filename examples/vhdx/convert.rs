@@ -271,14 +271,14 @@ pub fn convert(args: &ConvertArgs) -> CliResult {
     });
     match result {
         Ok((written, kind)) => {
-            println!(
+            outln!(
                 "Converted {} ({}, {}) to {} ({kind}): {} of non-zero data written",
                 src_path.display(),
                 format_name(in_format),
                 human(size),
                 dst_path.display(),
                 human(written),
-            );
+            )?;
             Ok(())
         }
         Err(failure) => {

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use crate::size::{human, human_exact};
-use crate::{io_failure, CliResult, CreateArgs, Failure, InFile, ReadArgs, WriteArgs};
+use crate::{io_failure, CliResult, CreateArgs, Failure, InFile, ReadArgs, TypeArg, WriteArgs};
 
 /// The most bytes `read` and `write` hold at once.
 pub const CHUNK: usize = 4 << 20;
@@ -31,11 +31,21 @@ pub fn check_range(path: &Path, offset: u64, len: u64, size: u64) -> CliResult {
     }
 }
 
-/// `vhdx create FILE --size SIZE [--type …] [--block-size …] [--…-sector-size …]`.
+/// `vhdx create FILE --size SIZE [--type …] [--block-size …] [--…-sector-size …]`,
+/// or `vhdx create FILE --parent PARENT [--block-size …]`.
 pub fn create(args: &CreateArgs) -> CliResult {
+    if let Some(parent) = &args.parent {
+        return create_differencing(args, parent);
+    }
     let path = args.file.as_path();
-    let mut options = vhdx::CreateOptions::dynamic(args.size);
-    options.disk_type = args.disk_type.into();
+    let size = args.size.ok_or_else(|| {
+        Failure(format!(
+            "{}: --size is required (or --parent PARENT for a differencing disk, which takes its parent's size)",
+            path.display()
+        ))
+    })?;
+    let mut options = vhdx::CreateOptions::dynamic(size);
+    options.disk_type = args.disk_type.unwrap_or(TypeArg::Dynamic).into();
     if let Some(bs) = args.block_size {
         options = options.block_size(block_size_arg(path, bs)?);
     }
@@ -48,7 +58,7 @@ pub fn create(args: &CreateArgs) -> CliResult {
     let disk = vhdx::Disk::create(path, &options).in_file(path)?;
     let info = disk.info();
     disk.close().in_file(path)?;
-    println!(
+    outln!(
         "Created {}: {} VHDX, virtual size {}, block size {}, sectors {}/{} (logical/physical)",
         path.display(),
         info.disk_type,
@@ -56,7 +66,58 @@ pub fn create(args: &CreateArgs) -> CliResult {
         human(info.block_size as u64),
         info.logical_sector_size,
         info.physical_sector_size,
-    );
+    )?;
+    Ok(())
+}
+
+/// `vhdx create CHILD --parent PARENT [--block-size …] [--size SIZE]`: the
+/// child takes the parent's size and sector sizes, so options that would set
+/// them differently are refused rather than ignored.
+fn create_differencing(args: &CreateArgs, parent: &Path) -> CliResult {
+    let path = args.file.as_path();
+    let refused = [
+        ("--type", args.disk_type.is_some()),
+        ("--logical-sector-size", args.logical_sector_size.is_some()),
+        ("--physical-sector-size", args.physical_sector_size.is_some()),
+    ];
+    if let Some((option, _)) = refused.iter().find(|(_, given)| *given) {
+        return Err(Failure(format!(
+            "{}: {option} cannot be used with --parent: a differencing disk takes its type, size and sector sizes \
+             from its parent",
+            path.display()
+        )));
+    }
+    let block_size = args.block_size.map(|bs| block_size_arg(path, bs)).transpose()?;
+    if let Some(size) = args.size {
+        // Opened with its own chain: a parent that cannot be read cannot be a parent.
+        let parent_size = vhdx::Disk::open(parent).in_file(parent)?.virtual_size();
+        if size != parent_size {
+            return Err(Failure(format!(
+                "{}: --size {} differs from the virtual size of the parent {} ({}); a differencing disk has its \
+                 parent's size (leave --size out)",
+                path.display(),
+                human_exact(size),
+                parent.display(),
+                human_exact(parent_size)
+            )));
+        }
+    }
+    let disk = vhdx::Disk::create_differencing(path, parent, block_size).in_file(path)?;
+    let info = disk.info();
+    let linkage = disk.parent().map(|p| p.data_write_guid());
+    disk.close().in_file(path)?;
+    outln!(
+        "Created {}: differencing VHDX of {}, virtual size {}, block size {}, sectors {}/{} (logical/physical)",
+        path.display(),
+        parent.display(),
+        human_exact(info.virtual_size),
+        human(info.block_size as u64),
+        info.logical_sector_size,
+        info.physical_sector_size,
+    )?;
+    if let Some(guid) = linkage {
+        outln!("Linked to the parent's DataWriteGuid {{{guid}}}; writing to the parent now would break this link.")?;
+    }
     Ok(())
 }
 
@@ -130,6 +191,6 @@ pub fn write(args: &WriteArgs) -> CliResult {
         done += n as u64;
     }
     disk.close().in_file(path)?;
-    println!("wrote {done} bytes at offset {} of {}", args.offset, path.display());
+    outln!("wrote {done} bytes at offset {} of {}", args.offset, path.display())?;
     Ok(())
 }

@@ -1,19 +1,22 @@
 //! `info`, `check` and `map`: looking at an image without changing it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use vhdx::{DiskInfo, Extent, MapEntry};
+use vhdx::chain::FsResolver;
+use vhdx::ops::tree::{self, LinkStatus};
+use vhdx::{Disk, DiskInfo, DiskType, Extent, MapEntry};
 
 use crate::size::human_exact;
 use crate::{open_alone, CheckArgs, CliResult, Failure, InFile, InfoArgs, MapArgs};
 
 /// Prints `key: value` lines with the values aligned, like `qemu-img info`.
-fn print_aligned(rows: &[(&str, String)]) {
+fn print_aligned(rows: &[(&str, String)]) -> CliResult {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     for (key, value) in rows {
-        println!("{:<width$} {value}", format!("{key}:"), width = width);
+        outln!("{:<width$} {value}", format!("{key}:"), width = width)?;
     }
+    Ok(())
 }
 
 /// Number of payload blocks of a disk: virtual size over block size, rounded up.
@@ -21,13 +24,99 @@ fn payload_blocks(info: &DiskInfo) -> u64 {
     info.virtual_size.div_ceil(info.block_size.max(1) as u64)
 }
 
+/// Why a differencing disk's chain could not be opened, and how far it goes.
+pub struct ChainProblem {
+    /// The library's error from opening the chain.
+    pub error: String,
+    /// The images whose links could be followed, leaf first; the last is the
+    /// one whose parent could not be opened.
+    pub chain: Vec<PathBuf>,
+    /// What is wrong with the last image's link: "missing-parent",
+    /// "broken-linkage", "unreadable", or "unresolved" (the link itself is
+    /// fine; the chain is refused for another reason: a loop, more than 64
+    /// levels, another sector size — see `error`).
+    pub status: &'static str,
+    /// The paths its parent locator points at, in resolution order.
+    pub candidates: Vec<PathBuf>,
+    /// For a broken linkage: the DataWriteGuid the image expects, and the one
+    /// the file found has.
+    pub expected: Option<vhdx::Guid>,
+    /// See `expected`.
+    pub found: Option<vhdx::Guid>,
+}
+
+impl ChainProblem {
+    /// The problem in one sentence, for text output.
+    pub fn describe(&self) -> String {
+        let at = self.chain.last().map(|p| p.display().to_string()).unwrap_or_default();
+        match (self.status, self.expected, self.found) {
+            ("missing-parent", ..) => {
+                let tried: Vec<String> = self.candidates.iter().map(|c| c.display().to_string()).collect();
+                format!("missing-parent: the parent of {at} was not found (looked for {})", tried.join(", "))
+            }
+            ("broken-linkage", Some(expected), Some(found)) => format!(
+                "broken-linkage: {at} expects parent DataWriteGuid {{{expected}}}, {} has {{{found}}}",
+                self.candidates.first().map(|c| c.display().to_string()).unwrap_or_default()
+            ),
+            _ => format!("{}: {}", self.status, self.error),
+        }
+    }
+}
+
+/// Opens `path` with its whole chain. When it is a differencing disk whose
+/// chain cannot be opened, opens it alone instead and says why; any other
+/// failure (the file itself is unreadable) is the error.
+pub fn open_chain(path: &Path) -> CliResult<(Disk, Option<ChainProblem>)> {
+    let full_error = match Disk::open(path) {
+        Ok(disk) => return Ok((disk, None)),
+        Err(e) => e,
+    };
+    let alone = open_alone(path)?;
+    if alone.disk_type() != DiskType::Differencing {
+        return Err(full_error).in_file(path);
+    }
+    let nodes = tree::chain(path);
+    let last = nodes.last().expect("a chain holds at least its leaf");
+    let (status, expected, found) = match &last.status {
+        LinkStatus::BrokenLinkage { expected, found, .. } => ("broken-linkage", Some(*expected), Some(*found)),
+        other @ (LinkStatus::MissingParent { .. } | LinkStatus::Unreadable(_)) => (other.label(), None, None),
+        LinkStatus::Ok | LinkStatus::Root => ("unresolved", None, None),
+    };
+    let candidates = match &last.status {
+        LinkStatus::MissingParent { looked_for } => looked_for.clone(),
+        LinkStatus::BrokenLinkage { parent, .. } => vec![parent.clone()],
+        _ => open_alone(&last.path)
+            .ok()
+            .and_then(|d| d.parent_locator().map(|loc| FsResolver::candidates(Some(&last.path), loc)))
+            .unwrap_or_default(),
+    };
+    let problem = ChainProblem {
+        error: full_error.in_file(path.display()).to_string(),
+        chain: nodes.iter().map(|n| n.path.clone()).collect(),
+        status,
+        candidates,
+        expected,
+        found,
+    };
+    Ok((alone, Some(problem)))
+}
+
+/// The chain of an open disk, leaf first, as paths.
+fn chain_of(disk: &Disk) -> Vec<String> {
+    disk.chain_paths()
+}
+
 /// The JSON object of `vhdx info --json`.
-fn info_json(path: &Path, info: &DiskInfo) -> Value {
+fn info_json(path: &Path, info: &DiskInfo, disk: &Disk, problem: Option<&ChainProblem>) -> Value {
     let locator = info
         .parent_locator
         .as_ref()
         .map(|entries| Value::Object(entries.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()));
-    json!({
+    let chain: Vec<String> = match problem {
+        Some(p) => p.chain.iter().map(|c| c.display().to_string()).collect(),
+        None => chain_of(disk),
+    };
+    let mut value = json!({
         "filename": path.display().to_string(),
         "format": "vhdx",
         "type": info.disk_type.as_str(),
@@ -36,10 +125,10 @@ fn info_json(path: &Path, info: &DiskInfo) -> Value {
         "logical_sector_size": info.logical_sector_size,
         "physical_sector_size": info.physical_sector_size,
         "file_size": info.file_size,
-        // Parent resolution is not reported here yet: the locator's paths are
-        // Windows paths relative to wherever the child was made, not paths
-        // this tool has checked. They are in "parent_locator".
-        "parent": Value::Null,
+        // The parent as the resolver found and checked it (null for a root,
+        // or when it cannot be opened: see "parent_status").
+        "parent": disk.parent().and_then(|p| p.path()),
+        "chain": chain,
         "parent_locator": locator,
         "virtual_disk_id": info.virtual_disk_id.to_string(),
         "data_write_guid": info.data_write_guid.to_string(),
@@ -50,22 +139,36 @@ fn info_json(path: &Path, info: &DiskInfo) -> Value {
         "allocated_blocks": info.allocated_blocks,
         "creator": info.creator,
         "log_replayed": info.log_replayed,
-    })
+    });
+    if let Some(p) = problem {
+        value["parent_status"] = json!(p.status);
+        value["parent_error"] = json!(p.error);
+        value["parent_problem_at"] = json!(p.chain.last().map(|c| c.display().to_string()));
+        value["parent_candidates"] = json!(p.candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>());
+        if let (Some(expected), Some(found)) = (p.expected, p.found) {
+            value["parent_expected_guid"] = json!(expected.to_string());
+            value["parent_found_guid"] = json!(found.to_string());
+        }
+    }
+    value
 }
 
-fn print_json(value: &Value) -> CliResult {
+/// Prints `value` as indented JSON.
+pub fn print_json(value: &Value) -> CliResult {
     let text = serde_json::to_string_pretty(value).map_err(|e| Failure(format!("formatting JSON: {e}")))?;
-    println!("{text}");
+    outln!("{text}")?;
     Ok(())
 }
 
-/// `vhdx info FILE [--json]`.
+/// `vhdx info FILE [--json]`: the image's own parameters, plus its parent and
+/// chain as the resolver finds them (a differencing disk whose parent cannot
+/// be opened is described alone, with the reason).
 pub fn info(args: &InfoArgs) -> CliResult {
     let path = args.file.as_path();
-    let disk = open_alone(path)?;
+    let (disk, problem) = open_chain(path)?;
     let info = disk.info();
     if args.json {
-        return print_json(&info_json(path, &info));
+        return print_json(&info_json(path, &info, &disk, problem.as_ref()));
     }
     let mut rows = vec![
         ("image", path.display().to_string()),
@@ -85,13 +188,24 @@ pub fn info(args: &InfoArgs) -> CliResult {
         ("creator", info.creator.clone()),
         ("log replayed", String::from(if info.log_replayed { "yes (in memory; the file is unchanged)" } else { "no" })),
     ];
+    match (&problem, disk.parent()) {
+        (Some(p), _) => {
+            rows.push(("parent", p.describe()));
+            let chain: Vec<String> = p.chain.iter().map(|c| c.display().to_string()).collect();
+            rows.push(("chain", format!("{} -> ?", chain.join(" -> "))));
+        }
+        (None, Some(parent)) => {
+            rows.push(("parent", parent.path().unwrap_or("?").to_string()));
+            rows.push(("chain", chain_of(&disk).join(" -> ")));
+        }
+        (None, None) => rows.push(("parent", String::from("none"))),
+    }
     if let Some(entries) = &info.parent_locator {
         for (key, value) in entries {
             rows.push(("parent locator", format!("{key} = {value}")));
         }
     }
-    print_aligned(&rows);
-    Ok(())
+    print_aligned(&rows)
 }
 
 /// `vhdx check FILE [--json] [--repair]`: exits 1 when errors were found
@@ -118,21 +232,21 @@ pub fn check(args: &CheckArgs) -> CliResult {
         print_json(&value)?;
     } else {
         for action in &repairs {
-            println!("Repaired: {action}");
+            outln!("Repaired: {action}")?;
         }
         if args.repair && repairs.is_empty() {
-            println!("Nothing needed repairing.");
+            outln!("Nothing needed repairing.")?;
         }
         for error in &report.errors {
-            println!("ERROR: {error}");
+            outln!("ERROR: {error}")?;
         }
         for note in &report.notes {
-            println!("note: {note}");
+            outln!("note: {note}")?;
         }
         if count == 0 {
-            println!("No errors were found on the image.");
+            outln!("No errors were found on the image.")?;
         } else {
-            println!("\n{count} error{} found on the image.", if count == 1 { " was" } else { "s were" });
+            outln!("\n{count} error{} found on the image.", if count == 1 { " was" } else { "s were" })?;
         }
     }
     if count == 0 {
@@ -142,28 +256,101 @@ pub fn check(args: &CheckArgs) -> CliResult {
     }
 }
 
+/// Where one run of the virtual disk comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Stored at this file offset of the chain's image `depth`.
+    Data(u64),
+    /// Reads as zeros (a block never written, or one marked zero).
+    Zero,
+    /// From a parent this tool could not open.
+    Parent,
+}
+
+/// One run of the map: `depth` is the index in the chain (leaf = 0) of the
+/// image that decides the run's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    start: u64,
+    length: u64,
+    depth: usize,
+    source: Source,
+}
+
+/// The runs of `maps[level]` within `start..start+len`, resolving ranges a
+/// level leaves to its parent through the next level's map; a range the last
+/// level leaves to a parent that is not open becomes `Source::Parent` one
+/// level further down.
+fn resolve_runs(maps: &[Vec<MapEntry>], level: usize, start: u64, len: u64, out: &mut Vec<Run>) {
+    let entries = &maps[level];
+    let end = start + len;
+    let first = entries.partition_point(|e| e.offset + e.length <= start);
+    for e in &entries[first..] {
+        if e.offset >= end {
+            break;
+        }
+        let s = e.offset.max(start);
+        let n = (e.offset + e.length).min(end) - s;
+        match e.extent {
+            Extent::Data { file_offset } => push_run(out, s, n, level, Source::Data(file_offset + (s - e.offset))),
+            Extent::Zero => push_run(out, s, n, level, Source::Zero),
+            Extent::Parent if level + 1 < maps.len() => resolve_runs(maps, level + 1, s, n, out),
+            Extent::Parent => push_run(out, s, n, level + 1, Source::Parent),
+        }
+    }
+}
+
+/// Appends a run, joining it to the previous one when it continues it.
+fn push_run(out: &mut Vec<Run>, start: u64, length: u64, depth: usize, source: Source) {
+    if let Some(last) = out.last_mut() {
+        let continues = match (last.source, source) {
+            (Source::Data(a), Source::Data(b)) => a + last.length == b,
+            (a, b) => a == b,
+        };
+        if continues && last.depth == depth && last.start + last.length == start {
+            last.length += length;
+            return;
+        }
+    }
+    out.push(Run { start, length, depth, source });
+}
+
+/// The map of `disk` through every parent attached to it.
+fn chain_runs(disk: &Disk) -> vhdx::Result<Vec<Run>> {
+    let mut maps = Vec::new();
+    let mut level = Some(disk);
+    while let Some(d) = level {
+        maps.push(d.map()?);
+        level = d.parent();
+    }
+    let mut out = Vec::new();
+    resolve_runs(&maps, 0, 0, disk.virtual_size(), &mut out);
+    Ok(out)
+}
+
 /// One run of `vhdx map --json`, laid out as `qemu-img map --output=json`
-/// lays out its runs, with the same fields: `present` = this layer (or a
-/// lower one) defines the bytes, `zero` = they read as zeros, `data` = they
-/// are stored, `offset` = where in the file, `depth` = how far down the chain
-/// they come from.
+/// lays out its runs, with the same fields: `present` = some image of the
+/// chain defines the bytes, `zero` = they read as zeros, `data` = they are
+/// stored, `offset` = where in that image's file, `depth` = which image of
+/// the chain (0 = this one, 1 = its parent, …: the index into `info --json`'s
+/// `chain`).
 ///
 /// QEMU's own VHDX driver reports every range as `present` and `data`
 /// without an offset (it has no block-status callback), so it offers nothing
-/// to match; these follow qcow2's answers for the same states: an
-/// unallocated block of a disk without a parent is `present: false, zero:
-/// true` at depth 0, and a range a differencing disk leaves to its parent is
-/// `present: false, zero: false` at depth 1 (this tool does not look into the
-/// parent).
-fn map_entry_json(e: &MapEntry) -> String {
-    let (depth, present, zero, data, offset) = match e.extent {
-        Extent::Data { file_offset } => (0, true, false, true, Some(file_offset)),
-        Extent::Zero => (0, false, true, false, None),
-        Extent::Parent => (1, false, false, false, None),
+/// to match; these follow qcow2's answers for the same states: a range that
+/// reads as zeros because no image stores it is `present: false, zero:
+/// true` at the depth of the image that decided so, and a range left to a
+/// parent that could not be opened is `present: false, zero: false` one level
+/// below the last image that was opened.
+fn run_json(r: &Run) -> String {
+    let (present, zero, data, offset) = match r.source {
+        Source::Data(file_offset) => (true, false, true, Some(file_offset)),
+        Source::Zero => (false, true, false, None),
+        Source::Parent => (false, false, false, None),
     };
     let mut line = format!(
-        "{{ \"start\": {}, \"length\": {}, \"depth\": {depth}, \"present\": {present}, \"zero\": {zero}, \"data\": {data}, \"compressed\": false",
-        e.offset, e.length
+        "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {present}, \"zero\": {zero}, \"data\": {data}, \"compressed\": false",
+        r.start, r.length, r.depth
     );
     if let Some(offset) = offset {
         line.push_str(&format!(", \"offset\": {offset}"));
@@ -173,8 +360,8 @@ fn map_entry_json(e: &MapEntry) -> String {
 }
 
 /// The whole `vhdx map --json` output: one run per line, as QEMU prints it.
-fn map_json(entries: &[MapEntry]) -> String {
-    let lines: Vec<String> = entries.iter().map(map_entry_json).collect();
+fn map_json(runs: &[Run]) -> String {
+    let lines: Vec<String> = runs.iter().map(run_json).collect();
     format!("[{}]", lines.join(",\n"))
 }
 
@@ -187,19 +374,34 @@ fn hex(n: u64) -> String {
     }
 }
 
-/// `vhdx map FILE [--json]`.
+/// `vhdx map FILE [--json]`. A differencing disk is mapped through its
+/// chain; when the chain cannot be opened, a note says so and ranges from
+/// the parent are reported as such (depth 1, not present).
 pub fn map(args: &MapArgs) -> CliResult {
     let path = args.file.as_path();
-    let disk = open_alone(path)?;
-    let entries = disk.map().in_file(path)?;
+    let (disk, problem) = open_chain(path)?;
+    if let Some(p) = &problem {
+        eprintln!(
+            "note: {}: mapping the image alone ({}); ranges from its parents show as depth 1",
+            path.display(),
+            p.describe()
+        );
+    }
+    let runs = chain_runs(&disk).in_file(path)?;
     if args.json {
-        println!("{}", map_json(&entries));
+        outln!("{}", map_json(&runs))?;
         return Ok(());
     }
-    println!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to");
-    for e in &entries {
-        if let Extent::Data { file_offset } = e.extent {
-            println!("{:<16}{:<16}{:<16}{}", hex(e.offset), hex(e.length), hex(file_offset), path.display());
+    let mut files = Vec::new();
+    let mut level = Some(&disk);
+    while let Some(d) = level {
+        files.push(d.path().map(str::to_string).unwrap_or_else(|| path.display().to_string()));
+        level = d.parent();
+    }
+    outln!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to")?;
+    for r in &runs {
+        if let Source::Data(file_offset) = r.source {
+            outln!("{:<16}{:<16}{:<16}{}", hex(r.start), hex(r.length), hex(file_offset), files[r.depth])?;
         }
     }
     Ok(())
@@ -215,14 +417,21 @@ mod tests {
         assert_eq!(hex(0x10000), "0x10000");
     }
 
+    fn entry(offset: u64, length: u64, extent: Extent) -> MapEntry {
+        MapEntry { offset, length, extent }
+    }
+
     #[test]
     fn map_json_fields_follow_qemu_img() {
-        let entries = [
-            MapEntry { offset: 0, length: 4096, extent: Extent::Data { file_offset: 1 << 22 } },
-            MapEntry { offset: 4096, length: 4096, extent: Extent::Zero },
-            MapEntry { offset: 8192, length: 4096, extent: Extent::Parent },
-        ];
-        let text = map_json(&entries);
+        // The leaf alone, its parent not open.
+        let maps = vec![vec![
+            entry(0, 4096, Extent::Data { file_offset: 1 << 22 }),
+            entry(4096, 4096, Extent::Zero),
+            entry(8192, 4096, Extent::Parent),
+        ]];
+        let mut runs = Vec::new();
+        resolve_runs(&maps, 0, 0, 12288, &mut runs);
+        let text = map_json(&runs);
         assert_eq!(text.lines().count(), 3);
         assert!(text.starts_with(r#"[{ "start": 0, "length": 4096, "depth": 0, "present": true,"#));
         let runs: Value = serde_json::from_str(&text).expect("valid JSON");
@@ -233,5 +442,34 @@ mod tests {
         assert!(runs[1].get("offset").is_none());
         assert_eq!((field(2, "present"), field(2, "zero"), field(2, "depth")), (json!(false), json!(false), json!(1)));
         assert_eq!(field(2, "start"), json!(8192));
+    }
+
+    #[test]
+    fn parent_ranges_resolve_to_the_level_that_holds_them() {
+        let maps = vec![
+            // Leaf: its own data in the middle, the rest from its parent.
+            vec![
+                entry(0, 8192, Extent::Parent),
+                entry(8192, 4096, Extent::Data { file_offset: 0x500000 }),
+                entry(12288, 20480, Extent::Parent),
+            ],
+            // Parent: data at the start, the rest from the grandparent.
+            vec![entry(0, 4096, Extent::Data { file_offset: 0x300000 }), entry(4096, 28672, Extent::Parent)],
+            // Grandparent (a root): data, then zeros.
+            vec![entry(0, 16384, Extent::Data { file_offset: 0x100000 }), entry(16384, 16384, Extent::Zero)],
+        ];
+        let mut runs = Vec::new();
+        resolve_runs(&maps, 0, 0, 32768, &mut runs);
+        let r = |start, length, depth, source| Run { start, length, depth, source };
+        assert_eq!(
+            runs,
+            vec![
+                r(0, 4096, 1, Source::Data(0x300000)),
+                r(4096, 4096, 2, Source::Data(0x101000)),
+                r(8192, 4096, 0, Source::Data(0x500000)),
+                r(12288, 4096, 2, Source::Data(0x103000)),
+                r(16384, 16384, 2, Source::Zero),
+            ]
+        );
     }
 }

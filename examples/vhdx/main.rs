@@ -2,12 +2,16 @@
 //!
 //! ```text
 //! cargo run --release --example vhdx -- create disk.vhdx --size 10G
+//! cargo run --release --example vhdx -- create child.vhdx --parent disk.vhdx
 //! cargo run --release --example vhdx -- info disk.vhdx [--json]
 //! cargo run --release --example vhdx -- check disk.vhdx [--json]
 //! cargo run --release --example vhdx -- map disk.vhdx [--json]
 //! cargo run --release --example vhdx -- read disk.vhdx --offset 1M --length 4K > out.bin
 //! cargo run --release --example vhdx -- write disk.vhdx --offset 1M --input in.bin
 //! cargo run --release --example vhdx -- convert disk.vhdx disk.raw
+//! cargo run --release --example vhdx -- tree dir/ [--json]
+//! cargo run --release --example vhdx -- merge child.vhdx [--depth N] [--preserve-siblings | --force]
+//! cargo run --release --example vhdx -- set-parent child.vhdx moved/disk.vhdx
 //! ```
 //!
 //! Every failure exits with status 1 and one line `error: …` on stderr that
@@ -15,12 +19,22 @@
 //!
 //! Layout: `main.rs` parses the command line and reports failures; each
 //! subcommand lives in its own function in `inspect.rs` (info, check, map),
-//! `data.rs` (create, read, write) or `convert.rs`; `size.rs` parses and
-//! prints byte counts. Unit tests (`cargo test --examples`) cover the size
+//! `data.rs` (create, read, write), `convert.rs` or `diff.rs` (differencing
+//! chains: tree, merge, set-parent); `size.rs` parses and prints byte counts. Unit tests (`cargo test --examples`) cover the size
 //! parser and the zero-skipping copy.
+
+/// `println!` for the commands: a failed write to stdout is a [`Failure`]
+/// instead of a panic, and a reader that went away (`| head`) ends the output
+/// quietly. Evaluates to a [`CliResult`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::emit(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
 
 mod convert;
 mod data;
+mod diff;
 mod inspect;
 mod size;
 
@@ -40,7 +54,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create a new fixed or dynamic VHDX image.
+    /// Create a new fixed or dynamic VHDX image, or a differencing one (--parent).
     Create(CreateArgs),
     /// Show the parameters of an image.
     Info(InfoArgs),
@@ -54,6 +68,12 @@ enum Command {
     Convert(ConvertArgs),
     /// Show where the virtual disk's bytes come from (like `qemu-img map`).
     Map(MapArgs),
+    /// Show a differencing chain, or every image of a directory as a tree.
+    Tree(TreeArgs),
+    /// Merge a differencing disk into an ancestor (diskpart `merge vdisk depth=N`).
+    Merge(MergeArgs),
+    /// Point a differencing disk at its parent's new location.
+    SetParent(SetParentArgs),
 }
 
 /// Arguments of `vhdx create`.
@@ -62,18 +82,25 @@ pub struct CreateArgs {
     /// The image to create (must not exist).
     pub file: PathBuf,
     /// Virtual size: bytes, or with a binary suffix (10G, 512M, 64KiB).
+    /// Required unless --parent is given (then it must equal the parent's).
     #[arg(long, value_parser = size::parse_size)]
-    pub size: u64,
-    /// Fixed (all blocks allocated now) or dynamic (allocated on first write).
-    #[arg(long = "type", value_enum, default_value_t = TypeArg::Dynamic)]
-    pub disk_type: TypeArg,
-    /// Payload block size: a power of two from 1M to 256M [default: 32M].
+    pub size: Option<u64>,
+    /// Make a differencing disk of this parent: size and sector sizes come
+    /// from it; unwritten sectors read from it.
+    #[arg(long)]
+    pub parent: Option<PathBuf>,
+    /// Fixed (all blocks allocated now) or dynamic (allocated on first write)
+    /// [default: dynamic]. Not with --parent.
+    #[arg(long = "type", value_enum)]
+    pub disk_type: Option<TypeArg>,
+    /// Payload block size: a power of two from 1M to 256M [default: 32M; 2M
+    /// with --parent].
     #[arg(long, value_parser = size::parse_size)]
     pub block_size: Option<u64>,
-    /// Logical sector size: 512 or 4096 [default: 512].
+    /// Logical sector size: 512 or 4096 [default: 512]. Not with --parent.
     #[arg(long)]
     pub logical_sector_size: Option<u32>,
-    /// Physical sector size: 512 or 4096 [default: 4096].
+    /// Physical sector size: 512 or 4096 [default: 4096]. Not with --parent.
     #[arg(long)]
     pub physical_sector_size: Option<u32>,
 }
@@ -169,6 +196,56 @@ pub struct MapArgs {
     pub json: bool,
 }
 
+/// Arguments of `vhdx tree`.
+#[derive(Args, Debug)]
+pub struct TreeArgs {
+    /// An image (its chain, and its children in its directory) or a
+    /// directory (every .vhdx/.avhdx image in it, as a forest).
+    pub path: PathBuf,
+    /// Print one JSON object instead of the drawing.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `vhdx merge`.
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The differencing disk to merge. It keeps presenting the same bytes,
+    /// now through the target.
+    pub child: PathBuf,
+    /// How many levels up the target is: 1 = the parent, 2 = the grandparent…
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub depth: u64,
+    /// Keep other children of the changed images valid: copy into each what
+    /// it would lose, then re-link it.
+    #[arg(long, conflicts_with = "force")]
+    pub preserve_siblings: bool,
+    /// Merge even though other children of the changed images then break
+    /// (what diskpart does).
+    #[arg(long)]
+    pub force: bool,
+    /// Look for siblings in this directory too (besides the child's and the
+    /// target's directories); repeatable.
+    #[arg(long = "search-dir", value_name = "DIR")]
+    pub search_dirs: Vec<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `vhdx set-parent`.
+#[derive(Args, Debug)]
+pub struct SetParentArgs {
+    /// The differencing disk to re-link.
+    pub child: PathBuf,
+    /// Its parent at its new location.
+    pub parent: PathBuf,
+    /// Link even when PARENT's DataWriteGuid is not the one CHILD was made
+    /// from (CHILD's content may then change; it gets a new DataWriteGuid).
+    #[arg(long)]
+    pub ignore_id_mismatch: bool,
+}
+
 /// The type of a new VHDX image.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TypeArg {
@@ -226,6 +303,16 @@ pub fn io_failure<'a>(path: &'a Path, what: &'a str) -> impl FnOnce(std::io::Err
     move |e| Failure(format!("{}: {what}: {e}", path.display()))
 }
 
+/// Writes `text` to stdout (see [`outln!`]).
+pub fn emit(text: &str) -> CliResult {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure(format!("writing to stdout: {e}"))),
+        _ => Ok(()),
+    }
+}
+
 /// Opens an image read-only; a differencing disk is opened on its own
 /// (sectors it does not hold are reported, not read), which is what
 /// `info` and `map` need.
@@ -242,6 +329,9 @@ fn run(command: Command) -> CliResult {
         Command::Write(args) => data::write(&args),
         Command::Convert(args) => convert::convert(&args),
         Command::Map(args) => inspect::map(&args),
+        Command::Tree(args) => diff::tree(&args),
+        Command::Merge(args) => diff::merge(&args),
+        Command::SetParent(args) => diff::set_parent(&args),
     }
 }
 

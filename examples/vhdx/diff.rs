@@ -1,0 +1,381 @@
+//! `tree`, `merge` and `set-parent`: differencing chains as a whole.
+//!
+//! `tree` only reads. `merge` and `set-parent` change images through the
+//! library's `vhdx::ops::merge`, which refuses, before touching anything, to
+//! leave other images silently wrong.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use vhdx::ops::merge::{MergeOptions, MergeReport, SiblingPolicy};
+use vhdx::ops::tree::{self, LinkStatus, Node};
+
+use crate::inspect::print_json;
+use crate::size::human_exact;
+use crate::{io_failure, open_alone, CliResult, InFile, MergeArgs, SetParentArgs, TreeArgs};
+
+fn canonical(p: &Path) -> PathBuf {
+    p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn braced(guid: &vhdx::Guid) -> String {
+    format!("{{{guid}}}")
+}
+
+/// Images and who is whose child: the parent of each node, as an index when
+/// the parent is among the nodes, and the children of each.
+struct Forest {
+    nodes: Vec<Node>,
+    parent: Vec<Option<usize>>,
+    kids: Vec<Vec<usize>>,
+}
+
+impl Forest {
+    /// Links `nodes` (duplicates, by canonical path, are dropped).
+    fn new(all: Vec<Node>) -> Forest {
+        let mut nodes: Vec<Node> = Vec::new();
+        let mut canon: Vec<PathBuf> = Vec::new();
+        for n in all {
+            let c = canonical(&n.path);
+            if !canon.contains(&c) {
+                canon.push(c);
+                nodes.push(n);
+            }
+        }
+        let parent: Vec<Option<usize>> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let p = canonical(n.parent.as_deref()?);
+                canon.iter().position(|c| *c == p).filter(|&j| j != i)
+            })
+            .collect();
+        let mut kids = vec![Vec::new(); nodes.len()];
+        for (i, p) in parent.iter().enumerate() {
+            if let Some(p) = p {
+                kids[*p].push(i);
+            }
+        }
+        Forest { nodes, parent, kids }
+    }
+
+    /// The roots: images whose parent is not among the nodes, then one image
+    /// of each cycle (a crafted set of locators can make one).
+    fn roots(&self) -> Vec<usize> {
+        let mut roots: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.parent[i].is_none()).collect();
+        let mut seen = vec![false; self.nodes.len()];
+        for &r in &roots {
+            self.mark(r, &mut seen);
+        }
+        for i in 0..self.nodes.len() {
+            if !seen[i] {
+                roots.push(i);
+                self.mark(i, &mut seen);
+            }
+        }
+        roots
+    }
+
+    fn mark(&self, i: usize, seen: &mut [bool]) {
+        let mut stack = vec![i];
+        while let Some(j) = stack.pop() {
+            if !seen[j] {
+                seen[j] = true;
+                stack.extend(&self.kids[j]);
+            }
+        }
+    }
+
+    /// `i` and everything below it, each once, parents before children.
+    fn subtree(&self, i: usize) -> Vec<usize> {
+        let mut seen = vec![false; self.nodes.len()];
+        let mut out = Vec::new();
+        let mut stack = vec![i];
+        while let Some(j) = stack.pop() {
+            if !seen[j] {
+                seen[j] = true;
+                out.push(j);
+                stack.extend(self.kids[j].iter().rev());
+            }
+        }
+        out
+    }
+
+    /// The JSON object of node `i`.
+    fn node_json(&self, i: usize) -> Value {
+        let n = &self.nodes[i];
+        let parent = match self.parent[i] {
+            Some(j) => Some(self.nodes[j].path.display().to_string()),
+            None => n.parent.as_ref().map(|p| p.display().to_string()),
+        };
+        let mut v = json!({
+            "path": n.path.display().to_string(),
+            "type": n.disk_type.map(|t| t.as_str()),
+            "status": n.status.label(),
+            "parent": parent,
+            "data_write_guid": n.data_write_guid.map(|g| g.to_string()),
+            "children": self.kids[i].iter().map(|&k| self.nodes[k].path.display().to_string()).collect::<Vec<_>>(),
+        });
+        match &n.status {
+            LinkStatus::BrokenLinkage { expected, found, .. } => {
+                v["expected_guid"] = json!(expected.to_string());
+                v["found_guid"] = json!(found.to_string());
+            }
+            LinkStatus::MissingParent { looked_for } => {
+                v["looked_for"] = json!(looked_for.iter().map(|p| p.display().to_string()).collect::<Vec<_>>());
+            }
+            LinkStatus::Unreadable(e) => v["error"] = json!(e),
+            LinkStatus::Ok | LinkStatus::Root => {}
+        }
+        v
+    }
+
+    /// One line of the drawing: the name, type and DataWriteGuid, then what
+    /// is wrong with the link, if anything.
+    fn label(&self, i: usize, base: Option<&Path>) -> String {
+        let n = &self.nodes[i];
+        let name = match base.and_then(|b| n.path.strip_prefix(b).ok()) {
+            Some(rel) => rel.display().to_string(),
+            None => n.path.display().to_string(),
+        };
+        let mut text = match (n.disk_type, n.data_write_guid) {
+            (Some(t), Some(g)) => format!("{name} ({t}, {})", braced(&g)),
+            _ => name,
+        };
+        let mark = status_mark(&n.status);
+        if !mark.is_empty() {
+            text.push_str(&format!(" [{mark}]"));
+        } else if n.status == LinkStatus::Ok && self.parent[i].is_none() {
+            if let Some(p) = &n.parent {
+                text.push_str(&format!(" [parent: {}]", p.display()));
+            }
+        }
+        text
+    }
+
+    /// Draws node `i` and its descendants below `prefix`.
+    fn draw(&self, i: usize, prefix: &str, connector: &str, base: Option<&Path>, seen: &mut [bool], out: &mut String) {
+        out.push_str(&format!("{prefix}{connector}{}\n", self.label(i, base)));
+        if seen[i] {
+            return;
+        }
+        seen[i] = true;
+        let child_prefix = match connector {
+            "├─ " => format!("{prefix}│  "),
+            "└─ " => format!("{prefix}   "),
+            _ => prefix.to_string(),
+        };
+        let kids = &self.kids[i];
+        for (k, &kid) in kids.iter().enumerate() {
+            let connector = if k + 1 == kids.len() { "└─ " } else { "├─ " };
+            self.draw(kid, &child_prefix, connector, base, seen, out);
+        }
+    }
+}
+
+/// What is wrong with a link, for the drawing; empty when nothing is.
+fn status_mark(status: &LinkStatus) -> String {
+    match status {
+        LinkStatus::Root | LinkStatus::Ok => String::new(),
+        LinkStatus::BrokenLinkage { parent, expected, found } => {
+            format!("broken linkage: expects {}, parent has {} ({})", braced(expected), braced(found), parent.display())
+        }
+        LinkStatus::MissingParent { looked_for } => {
+            let paths: Vec<String> = looked_for.iter().map(|p| p.display().to_string()).collect();
+            format!(
+                "missing parent: looked for {}",
+                if paths.is_empty() { String::from("nothing") } else { paths.join(", ") }
+            )
+        }
+        LinkStatus::Unreadable(e) => format!("unreadable: {e}"),
+    }
+}
+
+/// `vhdx tree PATH [--json]`.
+pub fn tree(args: &crate::TreeArgs) -> CliResult {
+    let path = args.path.as_path();
+    let meta = std::fs::metadata(path).map_err(io_failure(path, "looking at the path"))?;
+    if meta.is_dir() {
+        tree_dir(path, args)
+    } else {
+        tree_file(path, args)
+    }
+}
+
+/// The forest of every image in a directory.
+fn tree_dir(dir: &Path, args: &TreeArgs) -> CliResult {
+    let nodes = tree::scan_dir(dir).map_err(io_failure(dir, "listing the directory"))?;
+    let forest = Forest::new(nodes);
+    let roots = forest.roots();
+    if args.json {
+        return print_json(&json!({
+            "directory": dir.display().to_string(),
+            "roots": roots.iter().map(|&r| forest.nodes[r].path.display().to_string()).collect::<Vec<_>>(),
+            "nodes": (0..forest.nodes.len()).map(|i| forest.node_json(i)).collect::<Vec<_>>(),
+        }));
+    }
+    if forest.nodes.is_empty() {
+        outln!("No .vhdx or .avhdx images in {}.", dir.display())?;
+        return Ok(());
+    }
+    let mut out = String::new();
+    let mut seen = vec![false; forest.nodes.len()];
+    for r in roots {
+        forest.draw(r, "", "", Some(dir), &mut seen, &mut out);
+    }
+    crate::emit(&out)?;
+    Ok(())
+}
+
+/// A file's chain, leaf first, and its descendants in its directory.
+fn tree_file(path: &Path, args: &TreeArgs) -> CliResult {
+    // The image itself must be readable; broken links beyond it are reported.
+    drop(open_alone(path)?);
+    let chain = tree::chain(path);
+    let chain_len = chain.len();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut all = chain;
+    all.extend(tree::scan_dir(&dir).map_err(io_failure(&dir, "listing the directory"))?);
+    let forest = Forest::new(all);
+    // The chain's nodes come first in the forest, in order (a chain never
+    // repeats an image).
+    let below: Vec<usize> = forest.subtree(0).into_iter().skip(1).collect();
+    if args.json {
+        let mut nodes: Vec<Value> = (0..chain_len).map(|i| forest.node_json(i)).collect();
+        nodes.extend(below.iter().map(|&i| forest.node_json(i)));
+        return print_json(&json!({
+            "file": path.display().to_string(),
+            "chain": (0..chain_len).map(|i| forest.nodes[i].path.display().to_string()).collect::<Vec<_>>(),
+            "descendants": below.iter().map(|&i| forest.nodes[i].path.display().to_string()).collect::<Vec<_>>(),
+            "nodes": nodes,
+        }));
+    }
+    outln!("Chain of {}, leaf first:", path.display())?;
+    let rows: Vec<[String; 4]> = (0..chain_len)
+        .map(|i| {
+            let n = &forest.nodes[i];
+            let detail = status_mark(&n.status);
+            [
+                n.path.display().to_string(),
+                n.disk_type.map(|t| t.to_string()).unwrap_or_default(),
+                n.data_write_guid.map(|g| braced(&g)).unwrap_or_default(),
+                if detail.is_empty() { n.status.label().to_string() } else { detail },
+            ]
+        })
+        .collect();
+    let width = |c: usize| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0);
+    let (w0, w1, w2) = (width(0), width(1), width(2));
+    for r in &rows {
+        outln!("  {:<w0$}  {:<w1$}  {:<w2$}  {}", r[0], r[1], r[2], r[3])?;
+    }
+    if below.is_empty() {
+        outln!("Children in {}: none.", dir.display())?;
+    } else {
+        outln!("Children in {}:", dir.display())?;
+        let mut out = String::new();
+        let mut seen = vec![false; forest.nodes.len()];
+        forest.draw(0, "  ", "", Some(&dir), &mut seen, &mut out);
+        crate::emit(&out)?;
+    }
+    Ok(())
+}
+
+/// The JSON object of `vhdx merge --json`.
+fn merge_json(child: &Path, depth: u64, report: &MergeReport) -> Value {
+    let action = if report.siblings_broken { "broken" } else { "preserved" };
+    json!({
+        "child": child.display().to_string(),
+        "depth": depth,
+        "target": report.target.display().to_string(),
+        "merged": report.merged.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "bytes_merged": report.bytes_merged,
+        "siblings": report.siblings.iter().map(|s| json!({
+            "path": s.path.display().to_string(),
+            "parent": s.parent.display().to_string(),
+            "action": action,
+            "bytes_copied": s.bytes_copied,
+        })).collect::<Vec<_>>(),
+        "siblings_broken": report.siblings_broken,
+    })
+}
+
+/// `vhdx merge CHILD [--depth N] [--preserve-siblings | --force] [--search-dir DIR]… [--json]`.
+pub fn merge(args: &MergeArgs) -> CliResult {
+    let child = args.child.as_path();
+    let siblings = if args.preserve_siblings {
+        SiblingPolicy::Preserve
+    } else if args.force {
+        SiblingPolicy::Force
+    } else {
+        SiblingPolicy::Refuse
+    };
+    let mut search_dirs = args.search_dirs.clone();
+    if child.is_relative() {
+        // The chain of a relative CHILD may hold paths relative to the
+        // current directory ("base.vhdx"), whose directory the library takes
+        // as "" and cannot list; name it so siblings there are found.
+        search_dirs.push(PathBuf::from("."));
+    }
+    let options = MergeOptions { depth: args.depth as usize, siblings, search_dirs };
+    let report = vhdx::ops::merge::merge(child, &options).in_file(child)?;
+    if args.json {
+        return print_json(&merge_json(child, args.depth, &report));
+    }
+    let target = report.target.display();
+    let merged: Vec<String> = report.merged.iter().map(|p| p.display().to_string()).collect();
+    outln!(
+        "Merged {} into {target}: {} written into {target}.",
+        merged.join(" and "),
+        human_exact(report.bytes_merged)
+    )?;
+    outln!("{} is now empty and presents the same bytes as before, through {target}.", child.display())?;
+    for intermediate in &merged[1..] {
+        outln!("{intermediate} is now empty too, and presents what {} presents.", child.display())?;
+    }
+    for s in &report.siblings {
+        if report.siblings_broken {
+            outln!(
+                "Sibling {} (child of {}): broken (--force); opening it now fails with a linkage error.",
+                s.path.display(),
+                s.parent.display()
+            )?;
+        } else {
+            outln!(
+                "Sibling {} (child of {}): preserved, {} copied into it; it presents the same bytes as before.",
+                s.path.display(),
+                s.parent.display(),
+                human_exact(s.bytes_copied)
+            )?;
+        }
+    }
+    if report.siblings.is_empty() {
+        outln!("No other image had one of the changed images as its parent.")?;
+    }
+    Ok(())
+}
+
+/// `vhdx set-parent CHILD PARENT [--ignore-id-mismatch]`.
+pub fn set_parent(args: &SetParentArgs) -> CliResult {
+    let (child, parent) = (args.child.as_path(), args.parent.as_path());
+    // Whether the link matches decides what the change means for CHILD's content.
+    let locator = open_alone(child)?.parent_locator().cloned();
+    let found = open_alone(parent)?.data_write_guid();
+    let matched =
+        locator.as_ref().is_some_and(|l| l.parent_linkage() == Some(found) || l.parent_linkage2() == Some(found));
+    let expected = locator.as_ref().and_then(|l| l.parent_linkage());
+    vhdx::ops::merge::set_parent(child, parent, args.ignore_id_mismatch).in_file(child)?;
+    outln!("{} now links to {} (DataWriteGuid {}).", child.display(), parent.display(), braced(&found))?;
+    if !matched {
+        outln!(
+            "The parent is not the one {} was made from (it expected {}): {} now reads the parent's current bytes \
+             under its own sectors, and has a new DataWriteGuid, so its own children no longer link to it.",
+            child.display(),
+            expected.map(|g| braced(&g)).unwrap_or_else(|| String::from("no DataWriteGuid")),
+            child.display()
+        )?;
+    }
+    Ok(())
+}
