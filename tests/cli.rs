@@ -1,0 +1,388 @@
+//! The command-line tool (`examples/vhdx`) as outside scripts use it: exit
+//! status, the one `error: …` line on failure, `--json` output, and the
+//! bytes every view presents (through `vhdx read`) before and after chain
+//! operations, checked against models the test keeps itself.
+//!
+//! Cargo has no `CARGO_BIN_EXE_` for examples, so the test builds the example
+//! once with the profile and target directory it runs from
+//! (`target/<profile>/deps/cli-…` → `target/<profile>/examples/vhdx`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+/// Deterministic bytes.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// The built `vhdx` example.
+fn bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test's own path");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf();
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(name) => name,
+        }
+        .to_string();
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "--quiet", "--example", "vhdx", "--profile"]);
+        cargo.arg(&profile);
+        // The directory holding target/<profile> is the target directory
+        // (cargo marks it with CACHEDIR.TAG); with --target <triple> it is
+        // not, and cargo's own setting (CARGO_TARGET_DIR, config) applies.
+        if let Some(target_dir) = profile_dir.parent().filter(|d| d.join("CACHEDIR.TAG").exists()) {
+            cargo.arg("--target-dir").arg(target_dir);
+        }
+        let status = cargo.status().expect("running cargo build --example vhdx");
+        assert!(status.success(), "cargo build --example vhdx --profile {profile} failed");
+        let bin = profile_dir.join("examples").join(format!("vhdx{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.exists(), "{} was not built", bin.display());
+        bin
+    })
+}
+
+/// Runs `vhdx ARGS…` in `dir`.
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin()).current_dir(dir).args(args).output().expect("running vhdx")
+}
+
+/// Runs `vhdx ARGS…` in `dir`, which must succeed; returns stdout.
+fn ok(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = run(dir, args);
+    assert!(
+        out.status.success(),
+        "vhdx {} failed ({:?}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Runs `vhdx ARGS…` with `--json` output that must succeed, parsed.
+fn json(dir: &Path, args: &[&str]) -> Value {
+    let out = ok(dir, args);
+    serde_json::from_slice(&out).unwrap_or_else(|e| panic!("vhdx {}: not JSON ({e})", args.join(" ")))
+}
+
+/// Runs `vhdx ARGS…`, which must fail with status 1 and exactly one stderr
+/// line `error: …` that contains every one of `names`; returns that line.
+fn fails(dir: &Path, args: &[&str], names: &[&str]) -> String {
+    let out = run(dir, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "vhdx {}: {stderr}", args.join(" "));
+    assert!(!stderr.contains("panicked"), "vhdx {} panicked: {stderr}", args.join(" "));
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "vhdx {}: want one error line, got: {stderr}", args.join(" "));
+    for name in names {
+        assert!(errors[0].contains(name), "vhdx {}: the error does not name {name}: {}", args.join(" "), errors[0]);
+    }
+    errors[0].to_string()
+}
+
+/// Everything `file` presents, read through the tool.
+fn view(dir: &Path, file: &str) -> Vec<u8> {
+    let size = json(dir, &["info", file, "--json"])["virtual_size"].as_u64().expect("virtual_size");
+    let bytes = ok(dir, &["read", file, "--offset", "0", "--length", &size.to_string()]);
+    assert_eq!(bytes.len() as u64, size);
+    bytes
+}
+
+/// Writes `data` at `offset` of `file` through the tool, and into `model`.
+fn write(dir: &Path, file: &str, offset: u64, data: &[u8], model: &mut [u8]) {
+    let input = dir.join("input.bin");
+    std::fs::write(&input, data).unwrap();
+    ok(dir, &["write", file, "--offset", &offset.to_string(), "--input", input.to_str().unwrap()]);
+    std::fs::remove_file(input).unwrap();
+    model[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+}
+
+/// The bytes of every file in `dir`, by name.
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+const SIZE: u64 = 8 << 20;
+
+/// A base with data, and two children written differently; returns the
+/// directory and the models of base, a and b. Names are relative to the
+/// directory, where the tool runs.
+fn base_and_two_children() -> (tempfile::TempDir, [Vec<u8>; 3]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let mut base = vec![0u8; SIZE as usize];
+    ok(d, &["create", "base.vhdx", "--size", "8M", "--block-size", "1M"]);
+    write(d, "base.vhdx", 1000, &pattern(1, 3 << 20), &mut base);
+    ok(d, &["create", "a.vhdx", "--parent", "base.vhdx", "--block-size", "1M"]);
+    ok(d, &["create", "b.vhdx", "--parent", "base.vhdx"]);
+    let (mut a, mut b) = (base.clone(), base.clone());
+    write(d, "a.vhdx", 4096 + 7, &pattern(2, 100_000), &mut a);
+    write(d, "a.vhdx", (6 << 20) - 3, &pattern(3, 5000), &mut a);
+    write(d, "b.vhdx", 0, &pattern(4, 8192), &mut b);
+    write(d, "b.vhdx", (2 << 20) + 512, &pattern(5, 70_000), &mut b);
+    (tmp, [base, a, b])
+}
+
+#[test]
+fn create_child_info_write_read_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (base, child) = (d.join("base.vhdx"), d.join("child.vhdx"));
+    let (base_s, child_s) = (base.to_str().unwrap(), child.to_str().unwrap());
+    let mut model = vec![0u8; SIZE as usize];
+    ok(d, &["create", base_s, "--size", "8M", "--block-size", "1M", "--logical-sector-size", "4096"]);
+    write(d, base_s, 511, &pattern(10, 1 << 20), &mut model);
+    let base_model = model.clone();
+
+    // Options a differencing disk takes from its parent are refused, and no file is left behind.
+    fails(d, &["create", child_s, "--parent", base_s, "--type", "fixed"], &[child_s, "--type"]);
+    fails(d, &["create", child_s, "--parent", base_s, "--logical-sector-size", "512"], &[child_s]);
+    fails(d, &["create", child_s, "--parent", base_s, "--size", "16M"], &[child_s, base_s]);
+    fails(d, &["create", child_s], &[child_s, "--size"]);
+    assert!(!child.exists());
+    ok(d, &["create", child_s, "--parent", base_s, "--size", "8M"]);
+    fails(d, &["create", child_s, "--parent", base_s], &[child_s]);
+
+    let info = json(d, &["info", child_s, "--json"]);
+    assert_eq!(info["type"], "differencing");
+    assert_eq!(info["virtual_size"], SIZE);
+    assert_eq!(info["logical_sector_size"], 4096, "sector sizes come from the parent");
+    assert_eq!(info["block_size"], 2 << 20, "2 MiB blocks by default");
+    assert_eq!(info["parent"], base_s);
+    assert_eq!(info["chain"], serde_json::json!([child_s, base_s]));
+    assert!(info.get("parent_status").is_none());
+    let base_info = json(d, &["info", base_s, "--json"]);
+    assert_eq!(base_info["parent"], Value::Null);
+    assert_eq!(base_info["chain"], serde_json::json!([base_s]));
+    assert_eq!(
+        info["parent_locator"]["parent_linkage"],
+        format!("{{{}}}", base_info["data_write_guid"].as_str().unwrap())
+    );
+    let text = String::from_utf8(ok(d, &["info", child_s])).unwrap();
+    assert!(text.contains(&format!("{child_s} -> {base_s}")), "{text}");
+
+    assert_eq!(view(d, child_s), model, "a new child presents its parent");
+    write(d, child_s, (3 << 20) + 5, &pattern(11, 1 << 20), &mut model);
+    write(d, child_s, 0, &pattern(12, 4096), &mut model);
+    assert_eq!(view(d, child_s), model);
+    assert_eq!(view(d, base_s), base_model, "the parent is untouched");
+    // An unaligned read across the child's own sectors and the parent's.
+    let slice = ok(d, &["read", child_s, "--offset", "4000", "--length", "200"]);
+    assert_eq!(slice, &model[4000..4200]);
+}
+
+#[test]
+fn merge_is_refused_over_a_sibling_then_preserves_it() {
+    let (tmp, [_, a, b]) = base_and_two_children();
+    let d = tmp.path();
+    let before = files(d);
+    let line = fails(d, &["merge", "a.vhdx"], &["a.vhdx", "b.vhdx", "--preserve-siblings"]);
+    assert!(line.contains("refused"), "{line}");
+    assert_eq!(files(d), before, "a refused merge changes no byte of any file");
+    fails(d, &["merge", "a.vhdx", "--depth", "2"], &["a.vhdx"]);
+    assert_eq!(files(d), before);
+
+    let report = json(d, &["merge", "a.vhdx", "--preserve-siblings", "--json"]);
+    assert!(report["target"].as_str().unwrap().ends_with("base.vhdx"), "{report}");
+    assert!(report["bytes_merged"].as_u64().unwrap() >= 100_000);
+    let siblings = report["siblings"].as_array().unwrap();
+    assert_eq!(siblings.len(), 1, "{report}");
+    assert!(siblings[0]["path"].as_str().unwrap().ends_with("b.vhdx"));
+    assert_eq!(siblings[0]["action"], "preserved");
+    assert!(siblings[0]["bytes_copied"].as_u64().unwrap() > 0);
+    assert_eq!(report["siblings_broken"], false);
+
+    assert_eq!(view(d, "a.vhdx"), a, "the merged child presents what it did");
+    assert_eq!(view(d, "base.vhdx"), a, "the target now holds the child's view");
+    assert_eq!(view(d, "b.vhdx"), b, "the sibling presents what it did");
+    let forest = json(d, &["tree", ".", "--json"]);
+    for node in forest["nodes"].as_array().unwrap() {
+        assert!(["ok", "root"].contains(&node["status"].as_str().unwrap()), "{node}");
+    }
+    assert_eq!(forest["roots"].as_array().unwrap().len(), 1, "{forest}");
+    let text = String::from_utf8(ok(d, &["merge", "b.vhdx", "--preserve-siblings"])).unwrap();
+    assert!(text.contains("a.vhdx") && text.contains("preserved"), "{text}");
+    assert_eq!(view(d, "a.vhdx"), a);
+    assert_eq!(view(d, "b.vhdx"), b);
+}
+
+#[test]
+fn force_breaks_the_sibling_and_tree_says_so() {
+    let (tmp, [_, a, _]) = base_and_two_children();
+    let d = tmp.path();
+    let report = json(d, &["merge", "a.vhdx", "--force", "--json"]);
+    assert_eq!(report["siblings_broken"], true);
+    assert_eq!(report["siblings"][0]["action"], "broken");
+    assert_eq!(view(d, "a.vhdx"), a);
+
+    let forest = json(d, &["tree", ".", "--json"]);
+    let node = |name: &str| {
+        forest["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["path"].as_str().unwrap().ends_with(name))
+            .unwrap()
+            .clone()
+    };
+    let (base, na, nb) = (node("base.vhdx"), node("a.vhdx"), node("b.vhdx"));
+    assert_eq!(base["status"], "root");
+    assert_eq!(base["type"], "dynamic");
+    assert_eq!(na["status"], "ok");
+    assert_eq!(nb["status"], "broken-linkage");
+    assert_eq!(nb["found_guid"], base["data_write_guid"]);
+    assert_ne!(nb["expected_guid"], base["data_write_guid"]);
+    assert!(nb["parent"].as_str().unwrap().ends_with("base.vhdx"));
+    let children = base["children"].as_array().unwrap();
+    assert_eq!(children.len(), 2, "the broken child is drawn under the file it names: {base}");
+    let drawing = String::from_utf8(ok(d, &["tree", "."])).unwrap();
+    assert!(drawing.lines().next().unwrap().starts_with("base.vhdx"), "{drawing}");
+    assert!(drawing.contains("b.vhdx (differencing") && drawing.contains("[broken linkage: expects {"), "{drawing}");
+
+    fails(d, &["read", "b.vhdx", "--offset", "0", "--length", "1"], &["b.vhdx", "base.vhdx"]);
+    let info = json(d, &["info", "b.vhdx", "--json"]);
+    assert_eq!(info["parent"], Value::Null);
+    assert_eq!(info["parent_status"], "broken-linkage");
+    assert_eq!(info["chain"], serde_json::json!(["b.vhdx"]));
+    let chain = json(d, &["tree", "b.vhdx", "--json"]);
+    assert_eq!(chain["nodes"][0]["status"], "broken-linkage");
+    let chain = json(d, &["tree", "a.vhdx", "--json"]);
+    assert_eq!(chain["chain"].as_array().unwrap().len(), 2);
+    assert_eq!(chain["nodes"][1]["status"], "root");
+}
+
+#[test]
+fn set_parent_follows_a_moved_parent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let mut model = vec![0u8; SIZE as usize];
+    ok(d, &["create", "base.vhdx", "--size", "8M", "--block-size", "1M"]);
+    write(d, "base.vhdx", 0, &pattern(20, 2 << 20), &mut model);
+    ok(d, &["create", "a.vhdx", "--parent", "base.vhdx"]);
+    write(d, "a.vhdx", 12345, &pattern(21, 9999), &mut model);
+    std::fs::create_dir(d.join("moved")).unwrap();
+    std::fs::rename(d.join("base.vhdx"), d.join("moved/base.vhdx")).unwrap();
+
+    fails(d, &["read", "a.vhdx", "--offset", "0", "--length", "1"], &["a.vhdx", "base.vhdx"]);
+    let info = json(d, &["info", "a.vhdx", "--json"]);
+    assert_eq!(info["parent"], Value::Null);
+    assert_eq!(info["parent_status"], "missing-parent");
+    assert!(!info["parent_candidates"].as_array().unwrap().is_empty());
+    let map = json(d, &["map", "a.vhdx", "--json"]);
+    assert!(map.as_array().unwrap().iter().any(|r| r["depth"] == 1 && r["present"] == false), "{map}");
+
+    ok(d, &["set-parent", "a.vhdx", "moved/base.vhdx"]);
+    assert_eq!(view(d, "a.vhdx"), model);
+    assert!(json(d, &["info", "a.vhdx", "--json"])["parent"].as_str().unwrap().ends_with("moved/base.vhdx"));
+
+    // Another disk is not the parent: refused unless told, and then the child reads it.
+    ok(d, &["create", "stranger.vhdx", "--size", "8M"]);
+    let before = files(d);
+    fails(d, &["set-parent", "a.vhdx", "stranger.vhdx"], &["a.vhdx", "stranger.vhdx"]);
+    assert_eq!(files(d), before);
+    ok(d, &["set-parent", "a.vhdx", "stranger.vhdx", "--ignore-id-mismatch"]);
+    let now = view(d, "a.vhdx");
+    assert_eq!(&now[12345..12345 + 9999], &model[12345..12345 + 9999], "the child's own sectors stay");
+    assert!(now[..12288].iter().all(|&b| b == 0), "the rest comes from the empty stranger");
+}
+
+#[test]
+fn convert_flattens_a_depth_three_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let mut model = vec![0u8; SIZE as usize];
+    ok(d, &["create", "l0.vhdx", "--size", "8M", "--block-size", "1M"]);
+    write(d, "l0.vhdx", 0, &pattern(30, 3 << 20), &mut model);
+    write(d, "l0.vhdx", SIZE - 700, &pattern(31, 700), &mut model);
+    for level in 1..=3u64 {
+        let (parent, child) = (format!("l{}.vhdx", level - 1), format!("l{level}.vhdx"));
+        ok(d, &["create", &child, "--parent", &parent, "--block-size", "1M"]);
+        write(d, &child, level * 999_999, &pattern(32 + level, 300_000), &mut model);
+        write(d, &child, (1 << 20) - level, &pattern(40 + level, 3), &mut model);
+    }
+    let info = json(d, &["info", "l3.vhdx", "--json"]);
+    assert_eq!(info["chain"], serde_json::json!(["l3.vhdx", "l2.vhdx", "l1.vhdx", "l0.vhdx"]));
+
+    ok(d, &["convert", "l3.vhdx", "flat.raw"]);
+    assert_eq!(std::fs::read(d.join("flat.raw")).unwrap(), model, "the raw image is the leaf's view");
+    ok(d, &["convert", "l3.vhdx", "flat.vhdx"]);
+    let flat = json(d, &["info", "flat.vhdx", "--json"]);
+    assert_eq!((flat["type"].as_str(), &flat["parent"]), (Some("dynamic"), &Value::Null));
+    assert_eq!(view(d, "flat.vhdx"), model);
+
+    // map: each run at the depth of the image that holds it.
+    let map = json(d, &["map", "l3.vhdx", "--json"]);
+    let depth_at = |offset: u64| {
+        let run = map.as_array().unwrap().iter().find(|r| {
+            let (s, l) = (r["start"].as_u64().unwrap(), r["length"].as_u64().unwrap());
+            s <= offset && offset < s + l
+        });
+        run.map(|r| (r["depth"].as_u64().unwrap(), r["present"].as_bool().unwrap())).unwrap()
+    };
+    assert_eq!(depth_at(3 * 999_999 + 10), (0, true));
+    assert_eq!(depth_at(2 * 999_999 + 10), (1, true));
+    assert_eq!(depth_at(999_999 + 10), (2, true));
+    assert_eq!(depth_at(2_500_000 + 400_000), (3, true), "base data under no child write");
+    assert_eq!(depth_at(6 << 20), (3, false), "zeros all the way down");
+}
+
+#[test]
+fn malformed_input_is_one_error_line_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("notes.txt"), "This is a text file, not a virtual disk.\n".repeat(10)).unwrap();
+    std::fs::write(d.join("notes.vhdx"), "This is a text file, not a virtual disk.\n".repeat(10)).unwrap();
+    ok(d, &["create", "good.vhdx", "--size", "8M"]);
+    for args in [
+        &["info", "notes.txt"][..],
+        &["info", "notes.txt", "--json"],
+        &["check", "notes.txt"],
+        &["map", "notes.txt", "--json"],
+        &["read", "notes.txt", "--offset", "0", "--length", "1"],
+        &["write", "notes.txt", "--offset", "0", "--input", "good.vhdx"],
+        &["tree", "notes.txt"],
+        &["merge", "notes.txt", "--preserve-siblings"],
+        &["set-parent", "notes.txt", "good.vhdx"],
+        &["set-parent", "good.vhdx", "notes.txt"],
+        &["create", "child.vhdx", "--parent", "notes.txt"],
+        &["convert", "notes.vhdx", "out.raw"],
+    ] {
+        let out = run(d, args);
+        // `check` reports what it found on stdout before it fails; the rest print nothing.
+        if args[0] != "check" {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.is_empty(), "vhdx {}: printed {stdout:?}", args.join(" "));
+        }
+        fails(d, args, &["notes."]);
+    }
+    fails(d, &["set-parent", "good.vhdx", "good.vhdx"], &["good.vhdx", "not a differencing disk"]);
+    fails(d, &["merge", "good.vhdx"], &["good.vhdx"]);
+    assert!(!d.join("child.vhdx").exists() && !d.join("out.raw").exists());
+    // A directory with a malformed image still draws, marking it.
+    let forest = json(d, &["tree", ".", "--json"]);
+    let bad = forest["nodes"].as_array().unwrap().iter().find(|n| n["path"].as_str().unwrap().ends_with("notes.vhdx"));
+    assert_eq!(bad.unwrap()["status"], "unreadable");
+}
