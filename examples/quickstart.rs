@@ -1,4 +1,6 @@
-//! Quickstart: create a dynamic VHDX, write to it, read it back.
+//! Quickstart: create a dynamic VHDX, write to it, read it back; then a
+//! differencing story: a base, two children, and merging one child into the
+//! base without breaking the other.
 //!
 //! ```text
 //! cargo run --release --example quickstart
@@ -11,13 +13,17 @@
 //! says what went wrong.
 
 use std::error::Error;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use vhdx::{CreateOptions, Disk, Extent, Guid};
+use vhdx::ops::merge::{merge, MergeOptions, SiblingPolicy};
+use vhdx::{CreateOptions, Disk, ErrorKind, Extent, Guid};
 
 /// The virtual size of the example disk.
 const VIRTUAL_SIZE: u64 = 1 << 30;
+/// The virtual size of the differencing story's disks: small enough to keep
+/// whole copies of what each presents in memory.
+const CHAIN_SIZE: u64 = 64 << 20;
 
 type StepResult<T = ()> = Result<T, Box<dyn Error>>;
 
@@ -148,6 +154,116 @@ fn show_map(disk: &Disk, path: &Path) -> StepResult {
     Ok(())
 }
 
+/// Everything a disk presents, read through its chain.
+fn whole_view(path: &Path) -> StepResult<Vec<u8>> {
+    let disk = Disk::open(path)?;
+    let mut view = vec![0u8; disk.virtual_size() as usize];
+    disk.read_at(&mut view, 0)?;
+    Ok(view)
+}
+
+/// Recognizable bytes: `text` repeated over `len` bytes.
+fn filled(text: &str, len: usize) -> Vec<u8> {
+    text.bytes().cycle().take(len).collect()
+}
+
+/// Step 6: a base disk with some data, the common ancestor of what follows.
+fn create_base(path: &Path) -> StepResult {
+    let mut base = Disk::create(path, &CreateOptions::dynamic(CHAIN_SIZE).block_size(1 << 20))?;
+    base.write_at(&filled("base data ", 8 << 20), 0)?;
+    base.write_at(b"the base's note at 40 MiB", 40 << 20)?;
+    let guid = base.data_write_guid();
+    base.close()?;
+    println!("6. Created a base disk, {} (64 MiB), with 8 MiB of data; DataWriteGuid {guid}", path.display());
+    Ok(())
+}
+
+/// Step 7: two differencing children of the base, written differently.
+/// Each stores only what it changed; everything else reads from the base.
+/// Returns what each presents.
+fn create_children(base: &Path, a: &Path, b: &Path) -> StepResult<(Vec<u8>, Vec<u8>)> {
+    let mut child_a = Disk::create_differencing(a, base, None)?;
+    child_a.write_at(&filled("written by A -- ", 3 << 20), 1 << 20)?;
+    child_a.write_at(b"A's note", (40 << 20) + 4)?;
+    child_a.close()?;
+    let mut child_b = Disk::create_differencing(b, base, None)?;
+    child_b.write_at(&filled("written by B -- ", 1 << 20), 2 << 20)?;
+    child_b.write_at(b"B was here", 50 << 20)?;
+    child_b.close()?;
+    let (view_a, view_b) = (whole_view(a)?, whole_view(b)?);
+    println!("7. Created two children of the base, each written differently:");
+    for (path, view) in [(a, &view_a), (b, &view_b)] {
+        let disk = Disk::open(path)?;
+        println!(
+            "   {}: {} blocks of its own, chain {}; at 2 MiB it reads {:?}",
+            path.file_name().unwrap_or_default().to_string_lossy(),
+            disk.info().allocated_blocks,
+            disk.chain_paths().iter().map(|p| file_name(p)).collect::<Vec<_>>().join(" -> "),
+            String::from_utf8_lossy(&view[2 << 20..(2 << 20) + 12])
+        );
+    }
+    Ok((view_a, view_b))
+}
+
+fn file_name(path: &str) -> String {
+    Path::new(path).file_name().unwrap_or_default().to_string_lossy().into_owned()
+}
+
+/// Step 8: merging A into the base would change what B reads (B reads the
+/// base wherever it has not written), so by default the merge is refused and
+/// nothing is modified.
+fn merge_refused(a: &Path, base: &Path) -> StepResult {
+    let guid_before = Disk::open(base)?.data_write_guid();
+    let options = MergeOptions { depth: 1, siblings: SiblingPolicy::Refuse, ..Default::default() };
+    match merge(a, &options) {
+        Err(e) if e.kind() == ErrorKind::Refused => {
+            println!("8. Merging A into the base is refused, because of its sibling B:");
+            println!("   {e}");
+        }
+        Err(e) => return Err(e.into()),
+        Ok(_) => return Err("the merge went ahead although B depends on the base".into()),
+    }
+    if Disk::open(base)?.data_write_guid() != guid_before {
+        return Err("a refused merge changed the base".into());
+    }
+    Ok(())
+}
+
+/// Step 9: the same merge, preserving siblings: B first receives its own
+/// copy of everything the merge changes under it, then A's data goes into
+/// the base.
+fn merge_preserving_siblings(a: &Path) -> StepResult {
+    let options = MergeOptions { depth: 1, siblings: SiblingPolicy::Preserve, ..Default::default() };
+    let report = merge(a, &options)?;
+    println!(
+        "9. Merged A into {} with preserve-siblings: {} bytes written into the base",
+        file_name(&report.target.to_string_lossy()),
+        report.bytes_merged
+    );
+    for s in &report.siblings {
+        println!(
+            "   sibling {} kept its view: {} bytes copied into it first",
+            file_name(&s.path.to_string_lossy()),
+            s.bytes_copied
+        );
+    }
+    Ok(())
+}
+
+/// Step 10: every view, byte for byte, against what it presented before.
+fn verify_views(base: &Path, a: &Path, b: &Path, view_a: &[u8], view_b: &[u8]) -> StepResult {
+    println!("10. Every view compared, byte for byte, with the copies taken in step 7:");
+    for (what, path, expected) in [("A", a, view_a), ("B", b, view_b), ("the base (now A's view)", base, view_a)] {
+        if whole_view(path)? != expected {
+            return Err(format!("{what} ({}) does not present what it should", path.display()).into());
+        }
+        println!("   ok: {what}");
+    }
+    let (a_blocks, b_blocks) = (Disk::open(a)?.info().allocated_blocks, Disk::open(b)?.info().allocated_blocks);
+    println!("   A now holds {a_blocks} blocks of its own (its data is in the base); B holds {b_blocks}");
+    Ok(())
+}
+
 fn run() -> StepResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("quickstart.vhdx");
@@ -161,7 +277,15 @@ fn run() -> StepResult {
     show_map(&disk, &path)?;
     disk.close()?;
 
-    println!("Done: every byte read back as written. (The temporary directory is removed now.)");
+    let [base, a, b]: [PathBuf; 3] = ["base.vhdx", "a.vhdx", "b.vhdx"].map(|n| dir.path().join(n));
+    create_base(&base)?;
+    let (view_a, view_b) = create_children(&base, &a, &b)?;
+    merge_refused(&a, &base)?;
+    merge_preserving_siblings(&a)?;
+    verify_views(&base, &a, &b, &view_a, &view_b)?;
+
+    println!("Done: every byte read back as written, and a merge changed where data lives but not what any disk");
+    println!("presents. (The temporary directory is removed now.)");
     Ok(())
 }
 
