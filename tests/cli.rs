@@ -212,6 +212,7 @@ fn merge_is_refused_over_a_sibling_then_preserves_it() {
     assert_eq!(siblings.len(), 1, "{report}");
     assert!(siblings[0]["path"].as_str().unwrap().ends_with("b.vhdx"));
     assert_eq!(siblings[0]["action"], "preserved");
+    assert_eq!(siblings[0]["status"], "ok");
     assert!(siblings[0]["bytes_copied"].as_u64().unwrap() > 0);
     assert_eq!(report["siblings_broken"], false);
 
@@ -230,12 +231,32 @@ fn merge_is_refused_over_a_sibling_then_preserves_it() {
 }
 
 #[test]
+fn search_dir_finds_siblings_elsewhere() {
+    let (tmp, [_, a, _]) = base_and_two_children();
+    let d = tmp.path();
+    std::fs::create_dir(d.join("elsewhere")).unwrap();
+    ok(d, &["create", "elsewhere/c.vhdx", "--parent", "base.vhdx"]);
+    let mut c = view(d, "base.vhdx");
+    write(d, "elsewhere/c.vhdx", 5 << 20, &pattern(6, 4096), &mut c);
+    let before = files(d);
+    fails(d, &["merge", "a.vhdx", "--preserve-siblings", "--force"], &[]);
+    let line = fails(d, &["merge", "a.vhdx", "--search-dir", "elsewhere"], &["b.vhdx", "elsewhere/c.vhdx"]);
+    assert!(line.contains("refused"), "{line}");
+    assert_eq!(files(d), before);
+    let report = json(d, &["merge", "a.vhdx", "--preserve-siblings", "--search-dir", "elsewhere", "--json"]);
+    assert_eq!(report["siblings"].as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(view(d, "a.vhdx"), a);
+    assert_eq!(view(d, "elsewhere/c.vhdx"), c);
+}
+
+#[test]
 fn force_breaks_the_sibling_and_tree_says_so() {
     let (tmp, [_, a, _]) = base_and_two_children();
     let d = tmp.path();
     let report = json(d, &["merge", "a.vhdx", "--force", "--json"]);
     assert_eq!(report["siblings_broken"], true);
-    assert_eq!(report["siblings"][0]["action"], "broken");
+    assert_eq!(report["siblings"][0]["action"], "forced");
+    assert_eq!(report["siblings"][0]["status"], "broken-linkage");
     assert_eq!(view(d, "a.vhdx"), a);
 
     let forest = json(d, &["tree", ".", "--json"]);

@@ -283,22 +283,24 @@ fn tree_file(path: &Path, args: &TreeArgs) -> CliResult {
     Ok(())
 }
 
-/// The JSON object of `vhdx merge --json`.
-fn merge_json(child: &Path, depth: u64, report: &MergeReport) -> Value {
-    let action = if report.siblings_broken { "broken" } else { "preserved" };
+/// The JSON object of `vhdx merge --json`; `statuses` are the siblings'
+/// link statuses after the merge.
+fn merge_json(child: &Path, depth: u64, report: &MergeReport, statuses: &[LinkStatus]) -> Value {
+    let action = if report.siblings_broken { "forced" } else { "preserved" };
     json!({
         "child": child.display().to_string(),
         "depth": depth,
         "target": report.target.display().to_string(),
         "merged": report.merged.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "bytes_merged": report.bytes_merged,
-        "siblings": report.siblings.iter().map(|s| json!({
+        "siblings": report.siblings.iter().zip(statuses).map(|(s, status)| json!({
             "path": s.path.display().to_string(),
             "parent": s.parent.display().to_string(),
             "action": action,
             "bytes_copied": s.bytes_copied,
+            "status": status.label(),
         })).collect::<Vec<_>>(),
-        "siblings_broken": report.siblings_broken,
+        "siblings_broken": statuses.iter().any(|s| *s != LinkStatus::Ok),
     })
 }
 
@@ -321,8 +323,11 @@ pub fn merge(args: &MergeArgs) -> CliResult {
     }
     let options = MergeOptions { depth: args.depth as usize, siblings, search_dirs };
     let report = vhdx::ops::merge::merge(child, &options).in_file(child)?;
+    // What became of each sibling, looked at rather than assumed: under
+    // --force a merge that wrote nothing leaves them valid.
+    let statuses: Vec<LinkStatus> = report.siblings.iter().map(|s| tree::examine(&s.path).status).collect();
     if args.json {
-        return print_json(&merge_json(child, args.depth, &report));
+        return print_json(&merge_json(child, args.depth, &report, &statuses));
     }
     let target = report.target.display();
     let merged: Vec<String> = report.merged.iter().map(|p| p.display().to_string()).collect();
@@ -335,20 +340,21 @@ pub fn merge(args: &MergeArgs) -> CliResult {
     for intermediate in &merged[1..] {
         outln!("{intermediate} is now empty too, and presents what {} presents.", child.display())?;
     }
-    for s in &report.siblings {
-        if report.siblings_broken {
-            outln!(
-                "Sibling {} (child of {}): broken (--force); opening it now fails with a linkage error.",
-                s.path.display(),
-                s.parent.display()
-            )?;
-        } else {
-            outln!(
-                "Sibling {} (child of {}): preserved, {} copied into it; it presents the same bytes as before.",
-                s.path.display(),
-                s.parent.display(),
+    for (s, status) in report.siblings.iter().zip(&statuses) {
+        let (path, parent) = (s.path.display(), s.parent.display());
+        match (report.siblings_broken, status) {
+            (false, LinkStatus::Ok) => outln!(
+                "Sibling {path} (child of {parent}): preserved, {} copied into it; it presents the same bytes as before.",
                 human_exact(s.bytes_copied)
-            )?;
+            )?,
+            (true, LinkStatus::Ok) => {
+                outln!("Sibling {path} (child of {parent}): still valid (the merge changed nothing it reads).")?
+            }
+            (_, status) => outln!(
+                "Sibling {path} (child of {parent}): broken{}; opening it now fails ({}).",
+                if report.siblings_broken { " (--force)" } else { "" },
+                status.label()
+            )?,
         }
     }
     if report.siblings.is_empty() {
