@@ -171,3 +171,63 @@ pub extern "C" fn vhdx_last_error() -> *const c_char {
     // short of the thread being torn down (then: the empty string).
     ffi!("vhdx_last_error", { Ok(LAST_ERROR.try_with(|slot| slot.borrow().as_ptr()).unwrap_or(c"".as_ptr())) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+    use std::ffi::CStr;
+
+    fn last() -> String {
+        // SAFETY: vhdx_last_error returns a valid NUL-terminated string.
+        unsafe { CStr::from_ptr(vhdx_last_error()) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_a_status_and_a_message() {
+        let status: i32 = boundary("vhdx_test", || -> FfiResult<i32> { panic!("boom {}", 7) });
+        assert_eq!(status, VHDX_ERR_PANIC);
+        assert!(last().contains("vhdx_test: internal error in libvhdx"), "{}", last());
+        assert!(last().contains("boom 7"));
+        let size: u64 = boundary("vhdx_test", || -> FfiResult<u64> { panic!("static message") });
+        assert_eq!(size, 0);
+        assert!(last().contains("static message"));
+    }
+
+    #[test]
+    fn success_keeps_the_last_error_and_failure_replaces_it() {
+        let s: i32 = boundary("vhdx_test", || Err(Failure::null("vhdx_test", "disk")));
+        assert_eq!(s, VHDX_ERR_INVALID_ARGUMENT);
+        assert_eq!(last(), "vhdx_test: `disk` is NULL");
+        let s: i32 = boundary("vhdx_test", || Ok(VHDX_OK));
+        assert_eq!(s, VHDX_OK);
+        assert_eq!(last(), "vhdx_test: `disk` is NULL");
+        let s: i32 = boundary("vhdx_test", || Err(Failure::invalid("a\0b")));
+        assert_eq!(s, VHDX_ERR_INVALID_ARGUMENT);
+        assert_eq!(last(), "a\\0b");
+    }
+
+    #[test]
+    fn every_error_kind_has_its_own_negative_status() {
+        let kinds = [
+            ErrorKind::Io,
+            ErrorKind::Corrupt,
+            ErrorKind::Unsupported,
+            ErrorKind::InvalidArgument,
+            ErrorKind::OutOfRange,
+            ErrorKind::ReadOnly,
+            ErrorKind::ParentNotFound,
+            ErrorKind::ParentMismatch,
+            ErrorKind::Refused,
+        ];
+        let mut codes: Vec<i32> = kinds.iter().map(|&k| status_of(k)).collect();
+        assert!(codes.iter().all(|&c| c < 0 && c != VHDX_ERR_PANIC));
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), kinds.len());
+        let e = Error::ReadOnly.in_file("disk.vhdx");
+        let f = Failure::from(e);
+        assert_eq!(f.status, VHDX_ERR_READ_ONLY);
+        assert_eq!(f.message, "disk.vhdx: the disk is open read-only");
+    }
+}
