@@ -566,6 +566,7 @@ int32_t vhdx_create_differencing(const char *path, const char *parent_path, stru
  * The virtual disk size in bytes; 0 when `disk` is NULL (with a message for
  * vhdx_last_error).
  *
+ * Ownership: nothing changes hands.
  * Thread safety: may run in parallel with reads and queries on the same handle.
  *
  * # Safety
@@ -577,6 +578,7 @@ uint64_t vhdx_virtual_size(const struct VhdxDisk *disk);
  * The logical sector size in bytes (512 or 4096); 0 when `disk` is NULL
  * (with a message for vhdx_last_error).
  *
+ * Ownership: nothing changes hands.
  * Thread safety: may run in parallel with reads and queries on the same handle.
  *
  * # Safety
@@ -588,6 +590,7 @@ uint32_t vhdx_logical_sector_size(const struct VhdxDisk *disk);
  * VHDX_DISK_TYPE_FIXED, VHDX_DISK_TYPE_DYNAMIC or
  * VHDX_DISK_TYPE_DIFFERENCING; VHDX_ERR_INVALID_ARGUMENT when `disk` is NULL.
  *
+ * Ownership: nothing changes hands.
  * Thread safety: may run in parallel with reads and queries on the same handle.
  *
  * # Safety
@@ -636,6 +639,7 @@ int32_t vhdx_write_at(struct VhdxDisk *disk, uint64_t offset, const void *buf, s
  * allocation table through the VHDX log, then the storage's own flush
  * (fsync for files). A no-op on a read-only disk.
  *
+ * Ownership: nothing changes hands.
  * Thread safety: takes the handle's lock exclusively.
  *
  * # Safety
@@ -687,6 +691,7 @@ int32_t vhdx_info(const struct VhdxDisk *disk, struct VhdxInfo *info);
  * The number of images in the disk's chain (the disk itself, then each
  * parent open inside it): 1 or more, or a negative status.
  *
+ * Ownership: nothing changes hands.
  * Thread safety: may run in parallel with reads and queries on the same handle.
  *
  * # Safety
@@ -769,6 +774,7 @@ int32_t vhdx_merge_options_init(struct VhdxMergeOptions *options);
  * and linked to the target, so the child still presents the same bytes.
  * None of the images may be open elsewhere during the merge.
  *
+ * Ownership: nothing changes hands (the library opens and closes the files).
  * Thread safety: safe from any thread (not concurrently with other users of
  * the same files).
  *
@@ -809,6 +815,7 @@ int32_t vhdx_merge_with(const char *child_path,
  * DataWriteGuid changes so its children notice). VHDX_ERR_INVALID_ARGUMENT
  * when the child is not a differencing disk or the sizes differ.
  *
+ * Ownership: nothing changes hands.
  * Thread safety: safe from any thread (the child must not be open elsewhere).
  *
  * # Safety

@@ -278,6 +278,7 @@ pub unsafe extern "C" fn vhdx_create_differencing(
 /// The virtual disk size in bytes; 0 when `disk` is NULL (with a message for
 /// vhdx_last_error).
 ///
+/// Ownership: nothing changes hands.
 /// Thread safety: may run in parallel with reads and queries on the same handle.
 ///
 /// # Safety
@@ -294,6 +295,7 @@ pub unsafe extern "C" fn vhdx_virtual_size(disk: *const VhdxDisk) -> u64 {
 /// The logical sector size in bytes (512 or 4096); 0 when `disk` is NULL
 /// (with a message for vhdx_last_error).
 ///
+/// Ownership: nothing changes hands.
 /// Thread safety: may run in parallel with reads and queries on the same handle.
 ///
 /// # Safety
@@ -310,6 +312,7 @@ pub unsafe extern "C" fn vhdx_logical_sector_size(disk: *const VhdxDisk) -> u32 
 /// VHDX_DISK_TYPE_FIXED, VHDX_DISK_TYPE_DYNAMIC or
 /// VHDX_DISK_TYPE_DIFFERENCING; VHDX_ERR_INVALID_ARGUMENT when `disk` is NULL.
 ///
+/// Ownership: nothing changes hands.
 /// Thread safety: may run in parallel with reads and queries on the same handle.
 ///
 /// # Safety
@@ -393,6 +396,7 @@ pub unsafe extern "C" fn vhdx_write_at(disk: *mut VhdxDisk, offset: u64, buf: *c
 /// allocation table through the VHDX log, then the storage's own flush
 /// (fsync for files). A no-op on a read-only disk.
 ///
+/// Ownership: nothing changes hands.
 /// Thread safety: takes the handle's lock exclusively.
 ///
 /// # Safety
@@ -543,6 +547,7 @@ pub unsafe extern "C" fn vhdx_info(disk: *const VhdxDisk, info: *mut VhdxInfo) -
 /// The number of images in the disk's chain (the disk itself, then each
 /// parent open inside it): 1 or more, or a negative status.
 ///
+/// Ownership: nothing changes hands.
 /// Thread safety: may run in parallel with reads and queries on the same handle.
 ///
 /// # Safety

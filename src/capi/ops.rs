@@ -104,6 +104,7 @@ fn policy(function: &str, code: i32) -> FfiResult<SiblingPolicy> {
 /// and linked to the target, so the child still presents the same bytes.
 /// None of the images may be open elsewhere during the merge.
 ///
+/// Ownership: nothing changes hands (the library opens and closes the files).
 /// Thread safety: safe from any thread (not concurrently with other users of
 /// the same files).
 ///
@@ -188,6 +189,7 @@ unsafe fn merge_impl(
 /// DataWriteGuid changes so its children notice). VHDX_ERR_INVALID_ARGUMENT
 /// when the child is not a differencing disk or the sizes differ.
 ///
+/// Ownership: nothing changes hands.
 /// Thread safety: safe from any thread (the child must not be open elsewhere).
 ///
 /// # Safety
