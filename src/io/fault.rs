@@ -46,7 +46,8 @@
 //! let mut s = handle.clone();
 //! s.write_all_at(b"old", 0).unwrap();
 //! s.flush().unwrap();
-//! handle.crash_after(1); // one more mutating operation, then the power goes
+//! // One more mutating operation, then the power goes.
+//! handle.crash_after(handle.mutating_ops() + 1);
 //! s.write_all_at(b"new", 0).unwrap();
 //! assert!(s.flush().is_err());
 //! assert_eq!(handle.crash_image(&CrashState::DurableOnly), b"old");
