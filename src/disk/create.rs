@@ -1,9 +1,12 @@
 //! Creating fixed and dynamic images.
 //!
 //! Layout: header section (0–1 MiB), log (1 MiB at 1 MiB), metadata region
-//! (1 MiB at 2 MiB), BAT (at 3 MiB, whole MiBs), then payload. Everything but
-//! the headers is written and flushed first, the headers last, so a crash
-//! during creation leaves a file no reader takes for a valid image.
+//! (1 MiB at 2 MiB), BAT (at 3 MiB, whole MiBs), then payload. The regions
+//! are written and flushed first, then both headers, and only then the file
+//! type identifier, so a crash during creation leaves a file no reader takes
+//! for a VHDX file: its signature appears only once everything it vouches for
+//! is durable. (Written with the headers, a crash could leave one header
+//! valid and the other missing: an image that opens but fails a check.)
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -84,9 +87,6 @@ pub(crate) fn write_new_image(
     };
     storage.set_len(file_len).map_err(io("sizing the new file", file_len))?;
 
-    storage
-        .write_all_at(RawFileIdentifier::new(CREATOR).as_bytes(), 0)
-        .map_err(io("writing the file identifier", 0))?;
     let regions = RegionTable {
         entries: alloc::vec![
             Region {
@@ -146,6 +146,11 @@ pub(crate) fn write_new_image(
         header.sequence_number += 1;
         storage.write_all_at(&header.to_bytes(), at).map_err(io("writing a header", at))?;
     }
+    storage.flush().map_err(io("flushing the new image", 0))?;
+    // Last: the signature that makes the file a VHDX file.
+    storage
+        .write_all_at(RawFileIdentifier::new(CREATOR).as_bytes(), 0)
+        .map_err(io("writing the file identifier", 0))?;
     storage.flush().map_err(io("flushing the new image", 0))?;
     Ok(())
 }
