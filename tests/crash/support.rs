@@ -1,0 +1,250 @@
+//! The crash tests' toolkit: deterministic data and GUIDs, the model of
+//! what a workload wrote and flushed, the workload description, and the
+//! crash states built from a crashed storage's record.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use vhdx::io::{CrashState, FaultStorage, PendingOp, TORN_SECTOR_SIZE};
+use vhdx::{Disk, Guid, GuidSource, IoError, MemStorage, OpenOptions, Storage};
+
+pub const MIB: u64 = 1 << 20;
+
+// ------------------------------------------------------------------ helpers
+
+/// Deterministic GUIDs, so every re-run of a workload writes the same bytes.
+pub fn guids(seed: u64) -> GuidSource {
+    let mut n = 0u64;
+    Box::new(move || {
+        n += 1;
+        Guid::from_u128(((seed as u128) << 64) | n as u128)
+    })
+}
+
+/// Deterministic non-zero bytes.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8 | 1
+        })
+        .collect()
+}
+
+/// xorshift64*, for reordered subsets.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+pub fn fixture_path() -> Option<PathBuf> {
+    let dir = match std::env::var_os("VHDX_FIXTURES") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("shared").join("fixtures"),
+    };
+    let p = dir.join("discutils").join("vhdx-log-replay.vhdx.gz");
+    if p.is_file() {
+        Some(p)
+    } else if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{} is missing, and CI requires it", p.display());
+    } else {
+        eprintln!("note: {} is missing: skipping the dirty-log workload", p.display());
+        None
+    }
+}
+
+pub fn gunzip(path: &PathBuf) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()).read_to_end(&mut out).unwrap();
+    out
+}
+
+pub fn open_ro(bytes: &[u8]) -> Disk {
+    OpenOptions::new().open_storage(Box::new(MemStorage::from_vec(bytes.to_vec()))).unwrap()
+}
+
+/// A read-only image shared between threads without copying: the parent and
+/// reference images of the checks (the workloads open theirs from a
+/// `MemStorage` of their own).
+pub struct SharedImage(pub Arc<Vec<u8>>);
+
+impl Storage for SharedImage {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.0.get(o..o.checked_add(buf.len())?))
+            .ok_or_else(|| IoError::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn write_all_at(&mut self, _: &[u8], _: u64) -> Result<(), IoError> {
+        Err(IoError::from(std::io::ErrorKind::PermissionDenied))
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        Ok(())
+    }
+    fn len(&self) -> Result<u64, IoError> {
+        Ok(self.0.len() as u64)
+    }
+    fn set_len(&mut self, _: u64) -> Result<(), IoError> {
+        Err(IoError::from(std::io::ErrorKind::PermissionDenied))
+    }
+}
+
+pub fn open_shared(image: &Arc<Vec<u8>>) -> Disk {
+    OpenOptions::new().open_storage(Box::new(SharedImage(image.clone()))).unwrap()
+}
+
+pub fn read_all(storage: &dyn Storage) -> Vec<u8> {
+    let mut out = vec![0u8; storage.len().unwrap() as usize];
+    storage.read_exact_at(&mut out, 0).unwrap();
+    out
+}
+
+// ------------------------------------------------------------------ model
+
+/// What a workload did, as far as the virtual disk is concerned.
+#[derive(Default)]
+pub struct Recorder {
+    /// The image exists: its creation returned (or it existed before).
+    pub created: bool,
+    /// Every write issued, in order (the one in progress at the crash too).
+    pub writes: Vec<(u64, Vec<u8>)>,
+    /// `writes[..flushed]` were made durable by a flush that succeeded.
+    pub flushed: usize,
+}
+
+impl Recorder {
+    pub fn write(&mut self, disk: &mut Disk, offset: u64, data: Vec<u8>) -> vhdx::Result<()> {
+        let r = disk.write_at(&data, offset);
+        self.writes.push((offset, data));
+        r
+    }
+
+    pub fn flush(&mut self, disk: &mut Disk) -> vhdx::Result<()> {
+        disk.flush()?;
+        self.flushed = self.writes.len();
+        Ok(())
+    }
+
+    pub fn close(&mut self, disk: Disk) -> vhdx::Result<()> {
+        disk.close()?;
+        self.flushed = self.writes.len();
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------ workloads
+
+/// One workload: how to run it, and what its images look like.
+pub struct Workload {
+    pub name: String,
+    /// The storage's bytes before the workload (empty when it creates the image).
+    pub initial: Arc<Vec<u8>>,
+    /// A differencing child's parent image.
+    pub parent: Option<Arc<Vec<u8>>>,
+    /// The virtual content before any write, when not all zeros: the parent,
+    /// or the image the workload opens (read-only open).
+    pub reference: Option<Disk>,
+    /// The logical sector size: the unit of the old-or-new check, and of tears.
+    pub sector: u64,
+    /// Errors `check` may report because the image had them before the
+    /// workload (the repair workload's damage); any other error fails.
+    pub tolerated: Vec<String>,
+    pub run: Box<RunFn>,
+}
+
+/// A workload's body: runs on the storage, recording what it writes.
+pub type RunFn = dyn Fn(FaultStorage, &mut Recorder, &Workload) -> vhdx::Result<()> + Send + Sync;
+
+// ------------------------------------------------------------------ crash states
+
+/// Up to `max` of `0..n`, spread evenly, first and last included.
+pub fn spread(n: u64, max: u64) -> Vec<u64> {
+    if n <= max {
+        return (0..n).collect();
+    }
+    let mut v: Vec<u64> = (0..max).map(|i| i * (n - 1) / (max - 1).max(1)).collect();
+    v.dedup();
+    v
+}
+
+/// How many crash states to build per crash point.
+#[derive(Clone, Copy)]
+pub struct Budget {
+    /// In-order prefixes (besides none and all).
+    pub prefixes: u64,
+    /// Writes to tear, and tear points in each.
+    pub tears: u64,
+    /// Reordered subsets: all of them up to 7 operations, else this many at random.
+    pub subsets: Option<usize>,
+}
+
+/// The crash states to build from `pending`: none, all, in-order prefixes,
+/// tears of writes (at `unit` boundaries of the file: the disk's atomic
+/// sector), and reordered subsets, within `budget`.
+pub fn crash_states(pending: &[PendingOp], unit: u64, k: u64, budget: Budget) -> Vec<CrashState> {
+    let p = pending.len();
+    // Untorn states, keyed by which operations they apply.
+    let mut seen: BTreeSet<Vec<bool>> = BTreeSet::new();
+    let mut out = Vec::new();
+    seen.insert(vec![false; p]);
+    out.push(CrashState::DurableOnly);
+    if p > 0 && seen.insert(vec![true; p]) {
+        out.push(CrashState::AllPending);
+    }
+    for i in spread(p.saturating_sub(1) as u64, budget.prefixes) {
+        let i = i as usize + 1;
+        if seen.insert((0..p).map(|j| j < i).collect()) {
+            out.push(CrashState::Torn { applied: i, sectors: 0 });
+        }
+    }
+    let writes: Vec<usize> = (0..p).filter(|&i| matches!(pending[i], PendingOp::Write { .. })).collect();
+    for w in spread(writes.len() as u64, budget.tears) {
+        let i = writes[w as usize];
+        let PendingOp::Write { offset, bytes } = &pending[i] else { unreachable!() };
+        let end = offset + bytes.len() as u64;
+        let first = offset / unit + 1;
+        let last = (end - 1) / unit;
+        if first > last {
+            continue;
+        }
+        for b in spread(last - first + 1, budget.tears) {
+            let sectors = (first + b) * unit / TORN_SECTOR_SIZE - offset / TORN_SECTOR_SIZE;
+            out.push(CrashState::Torn { applied: i, sectors });
+        }
+    }
+    if let (Some(random), true) = (budget.subsets, p >= 2) {
+        let mut subsets: Vec<Vec<bool>> = Vec::new();
+        if p <= 7 {
+            for mask in 1u32..(1 << p) - 1 {
+                subsets.push((0..p).map(|j| mask >> j & 1 == 1).collect());
+            }
+        } else {
+            let mut rng = Rng::new(k.wrapping_mul(31).wrapping_add(p as u64));
+            for _ in 0..random {
+                subsets.push((0..p).map(|_| rng.next() & 1 == 1).collect());
+            }
+        }
+        for flags in subsets {
+            if seen.insert(flags.clone()) {
+                out.push(CrashState::Subset(flags));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,288 @@
+//! The workloads: each creates or opens an image on a `FaultStorage` and
+//! writes, flushes and closes, recording what it wrote.
+
+use std::sync::Arc;
+
+use vhdx::format::locator::{braced_guid, ParentLocator, PARENT_LINKAGE, RELATIVE_PATH};
+use vhdx::io::FaultStorage;
+use vhdx::{CreateOptions, Disk, Extent, MemStorage, OpenOptions};
+
+use crate::support::{guids, open_ro, open_shared, pattern, read_all, Recorder, Workload, MIB};
+
+pub type Step = (u64, usize, u64);
+
+/// Writes `(offset, len, seed)` with a flush after each group.
+pub fn write_groups(disk: &mut Disk, rec: &mut Recorder, groups: &[&[Step]]) -> vhdx::Result<()> {
+    for group in groups {
+        for &(offset, len, seed) in group.iter() {
+            rec.write(disk, offset, pattern(seed, len))?;
+        }
+        rec.flush(disk)?;
+    }
+    Ok(())
+}
+
+/// (i) A dynamic disk: allocations, writes crossing blocks, sub-sector
+/// writes, overwrites of allocated blocks, one write over allocated and new
+/// blocks, an epoch of many small writes, a write left for close to flush.
+pub fn dynamic(sector: u32, size: u64, seed: u64) -> Workload {
+    let s = sector as u64;
+    let run = move |storage: FaultStorage, rec: &mut Recorder, _: &Workload| -> vhdx::Result<()> {
+        let opts = CreateOptions::dynamic(size).block_size(MIB as u32).logical_sector_size(sector);
+        let mut disk = Disk::create_on(Box::new(storage), &opts, Some(guids(seed)))?;
+        rec.created = true;
+        let many: Vec<Step> = (0..8).map(|i| ((i * 3 % 10) * MIB + i * 7 * s + 64, 512, seed + 20 + i)).collect();
+        write_groups(
+            &mut disk,
+            rec,
+            &[
+                &[(0, 4096, seed + 1), (2 * MIB - 4096, 8192, seed + 2)],
+                &[
+                    (5 * MIB + 7, 100, seed + 3),
+                    (5 * MIB + 4096, s as usize, seed + 4),
+                    (9 * MIB - s, 2 * s as usize, seed + 5),
+                ],
+                &[(2048, 8192, seed + 6), (size - s, s as usize, seed + 7), (MIB + 1000, 3000, seed + 8)],
+                &[(MIB - 5, 10, seed + 9), (8 * MIB + 4 * s, 64 << 10, seed + 10)],
+                &[(2 * MIB - 4096, (MIB + 8192) as usize, seed + 11)],
+                &many,
+            ],
+        )?;
+        // Written and closed without a flush of its own: close flushes.
+        rec.write(&mut disk, 5 * MIB + 512, pattern(seed + 12, 1536))?;
+        let storage = disk.into_storage()?;
+        rec.flushed = rec.writes.len();
+        // A second session: new GUIDs, and a log written from its start again
+        // over the first session's entries.
+        let mut disk = OpenOptions::new().writable(true).guid_source(guids(seed + 1000)).open_storage(storage)?;
+        write_groups(&mut disk, rec, &[&[(4 * MIB + 3 * s, 2 * s as usize, seed + 13), (3, 5, seed + 14)]])?;
+        rec.write(&mut disk, 5 * MIB + 1024, pattern(seed + 15, s as usize))?;
+        rec.close(disk)
+    };
+    Workload {
+        name: format!("dynamic {}-byte sectors, {} MiB", sector, size / MIB),
+        initial: Arc::new(Vec::new()),
+        parent: None,
+        reference: None,
+        sector: s,
+        tolerated: Vec::new(),
+        run: Box::new(run),
+    }
+}
+
+/// (ii) A fixed disk: payload written in place, no metadata changes.
+pub fn fixed(size: u64, seed: u64) -> Workload {
+    let run = move |storage: FaultStorage, rec: &mut Recorder, _: &Workload| -> vhdx::Result<()> {
+        let opts = CreateOptions::fixed(size).block_size(MIB as u32);
+        let mut disk = Disk::create_on(Box::new(storage), &opts, Some(guids(seed)))?;
+        rec.created = true;
+        let many: Vec<Step> = (0..6).map(|i| (i * 2 * MIB + 512 * i, 1024, seed + 20 + i)).collect();
+        write_groups(
+            &mut disk,
+            rec,
+            &[
+                &[(0, 4096, seed + 1), (MIB - 1024, 3072, seed + 2)],
+                &[(7 * MIB + 3, 700, seed + 3), (2 * MIB, 64 << 10, seed + 4)],
+                &[(512, 512, seed + 5), (size - 8192, 8192, seed + 6)],
+                &many,
+            ],
+        )?;
+        rec.write(&mut disk, 4 * MIB, pattern(seed + 7, 2048))?;
+        rec.close(disk)
+    };
+    Workload {
+        name: format!("fixed, {} MiB", size / MIB),
+        initial: Arc::new(Vec::new()),
+        parent: None,
+        reference: None,
+        sector: 512,
+        tolerated: Vec::new(),
+        run: Box::new(run),
+    }
+}
+
+/// A parent for (iii): a dynamic disk with data in some blocks.
+pub fn parent_image(sector: u32, size: u64, seed: u64) -> Vec<u8> {
+    let opts = CreateOptions::dynamic(size).block_size(MIB as u32).logical_sector_size(sector);
+    let mut d = Disk::create_on(Box::new(MemStorage::new()), &opts, Some(guids(seed))).unwrap();
+    for (i, &(at, len)) in
+        [(0, 2 * MIB), (3 * MIB + 4096, 100 << 10), (6 * MIB, MIB), (size - MIB, MIB)].iter().enumerate()
+    {
+        d.write_at(&pattern(seed + 100 + i as u64, len as usize), at).unwrap();
+    }
+    read_all(&*d.into_storage().unwrap())
+}
+
+/// (iii) A differencing disk over an in-memory parent: sub-sector writes
+/// (completed from the parent), partially present blocks and their sector
+/// bitmaps, whole blocks, a partially present block written whole, writes
+/// across blocks, an epoch of many small writes.
+pub fn differencing(sector: u32, size: u64, seed: u64) -> Workload {
+    let s = sector as u64;
+    let parent = Arc::new(parent_image(sector, size, seed ^ 0x5555));
+    let run = move |storage: FaultStorage, rec: &mut Recorder, w: &Workload| -> vhdx::Result<()> {
+        let parent = open_ro(w.parent.as_ref().expect("differencing workload has a parent"));
+        let mut locator = ParentLocator { entries: Vec::new() };
+        locator.set(PARENT_LINKAGE, braced_guid(&parent.data_write_guid()));
+        locator.set(RELATIVE_PATH, String::from(r".\parent.vhdx"));
+        let mut disk =
+            Disk::create_differencing_on(Box::new(storage), parent, locator, Some(MIB as u32), Some(guids(seed)))?;
+        rec.created = true;
+        let many: Vec<Step> = [0, 1, 3, 7, 8, 10, 1, 0]
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| (b * MIB + (i as u64 * 37 % 64) * s, s as usize, seed + 20 + i as u64))
+            .collect();
+        write_groups(
+            &mut disk,
+            rec,
+            &[
+                &[(100, 50, seed + 1), (MIB + 3 * s, 4 * s as usize, seed + 2)],
+                &[(3 * MIB, MIB as usize, seed + 3), (MIB + 200 * s, 8 * s as usize, seed + 4)],
+                &[(MIB, MIB as usize, seed + 5), (6 * MIB - 2 * s, 4 * s as usize + 10, seed + 6)],
+                &[(size - s, s as usize, seed + 7), (4096 + 1, 3, seed + 8)],
+                &[(7 * MIB + MIB / 2, MIB as usize, seed + 9)],
+                &many,
+            ],
+        )?;
+        rec.write(&mut disk, 10 * MIB + s, pattern(seed + 10, s as usize))?;
+        rec.close(disk)
+    };
+    let reference = Some(open_shared(&parent));
+    Workload {
+        name: format!("differencing {}-byte sectors, {} MiB", sector, size / MIB),
+        initial: Arc::new(Vec::new()),
+        parent: Some(parent),
+        reference,
+        sector: s,
+        tolerated: Vec::new(),
+        run: Box::new(run),
+    }
+}
+
+/// (iii, b) Many small commits in one session of a differencing disk: each
+/// round writes one more sector of a partially present block and flushes, so
+/// each commit logs the same bitmap page, and the log wraps around its ring.
+pub fn log_wrap(rounds: u64, seed: u64) -> Workload {
+    let size = 16 * MIB;
+    let parent = Arc::new(parent_image(512, size, seed ^ 0xAAAA));
+    let run = move |storage: FaultStorage, rec: &mut Recorder, w: &Workload| -> vhdx::Result<()> {
+        let parent = open_ro(w.parent.as_ref().expect("differencing workload has a parent"));
+        let mut locator = ParentLocator { entries: Vec::new() };
+        locator.set(PARENT_LINKAGE, braced_guid(&parent.data_write_guid()));
+        locator.set(RELATIVE_PATH, String::from(r".\parent.vhdx"));
+        let mut disk =
+            Disk::create_differencing_on(Box::new(storage), parent, locator, Some(MIB as u32), Some(guids(seed)))?;
+        rec.created = true;
+        for i in 0..rounds {
+            rec.write(&mut disk, MIB + i * 1024, pattern(seed + i, 512))?;
+            rec.flush(&mut disk)?;
+        }
+        assert!(disk.log_entries_written() > 128, "the log did not wrap");
+        rec.close(disk)
+    };
+    let reference = Some(open_shared(&parent));
+    Workload {
+        name: format!("differencing, {rounds} commits (log wraps)"),
+        initial: Arc::new(Vec::new()),
+        parent: Some(parent),
+        reference,
+        sector: 512,
+        tolerated: Vec::new(),
+        run: Box::new(run),
+    }
+}
+
+/// (v) `check --repair` of a damaged image: a header and a region table
+/// copy with bad checksums, reserved bits in a BAT entry. The repair goes
+/// through the log; crashed anywhere, the image must open, present what it
+/// did before, and show no damage it did not have.
+pub fn repair(seed: u64) -> Workload {
+    let opts = CreateOptions::dynamic(16 * MIB).block_size(MIB as u32);
+    let mut d = Disk::create_on(Box::new(MemStorage::new()), &opts, Some(guids(seed))).unwrap();
+    d.write_at(&pattern(seed + 1, 3 * MIB as usize), MIB / 2).unwrap();
+    d.write_at(&pattern(seed + 2, 4096), 9 * MIB).unwrap();
+    let mut image = read_all(&*d.into_storage().unwrap());
+    image[(64 << 10) + 1000] ^= 1; // header 1: checksum mismatch
+    image[(256 << 10) + 5000] ^= 1; // region table copy 2: checksum mismatch
+    image[3 * MIB as usize] |= 1 << 3; // BAT entry 0: a reserved bit
+    let before = vhdx::check::check_storage(Box::new(MemStorage::from_vec(image.clone()))).unwrap();
+    assert_eq!(before.errors.len(), 3, "the damage: {:?}", before.errors);
+    let run = |storage: FaultStorage, rec: &mut Recorder, _: &Workload| -> vhdx::Result<()> {
+        rec.created = true;
+        let report = vhdx::check::repair_storage(Box::new(storage))?;
+        assert!(report.after.is_clean(), "repair left {:?}", report.after.errors);
+        Ok(())
+    };
+    let reference = Some(open_ro(&image));
+    Workload {
+        name: String::from("check --repair of a damaged image"),
+        initial: Arc::new(image),
+        parent: None,
+        reference,
+        sector: 512,
+        tolerated: before.errors,
+        run: Box::new(run),
+    }
+}
+
+/// The published sha256 of the dirty-log image's virtual disk after replay.
+pub const LOG_REPLAY_RAW_SHA256: &str = "3ba3b309425b7ff5e8e0199edceed95226250f880c53b24e8eae93865f3fad5e";
+
+/// (iv) A writable open of a Windows image with a dirty log: the replay in
+/// place, then writes into a block the replay made present, then close.
+pub fn dirty_log(original: Vec<u8>) -> Workload {
+    let reference = open_ro(&original);
+    let data_at = reference
+        .map()
+        .unwrap()
+        .into_iter()
+        .find(|m| matches!(m.extent, Extent::Data { .. }))
+        .map(|m| m.offset)
+        .expect("the replayed image has a present block");
+    let run = move |storage: FaultStorage, rec: &mut Recorder, _: &Workload| -> vhdx::Result<()> {
+        rec.created = true;
+        let mut disk = OpenOptions::new().writable(true).guid_source(guids(77)).open_storage(Box::new(storage))?;
+        assert!(disk.info().log_replayed);
+        write_groups(&mut disk, rec, &[&[(data_at + 4096, 8192, 1), (data_at + 77, 5, 2)]])?;
+        rec.write(&mut disk, data_at + MIB, pattern(3, 4096))?;
+        rec.close(disk)
+    };
+    Workload {
+        name: String::from("dirty-log open (Windows image) + writes"),
+        initial: Arc::new(original),
+        parent: None,
+        reference: Some(reference),
+        sector: 512,
+        tolerated: Vec::new(),
+        run: Box::new(run),
+    }
+}
+
+/// (vi) One commit of more BAT pages than a log entry holds (63 with the
+/// 1 MiB log): 70 blocks allocated 512 blocks apart, then one flush, so the
+/// commit goes out as two entries, each applied before the next is written.
+/// 70 MiB of blocks, so the soak runs it, not the standard test.
+pub fn many_bat_pages(seed: u64) -> Workload {
+    let run = move |storage: FaultStorage, rec: &mut Recorder, _: &Workload| -> vhdx::Result<()> {
+        let opts = CreateOptions::dynamic(40 << 30).block_size(MIB as u32);
+        let mut disk = Disk::create_on(Box::new(storage), &opts, Some(guids(seed)))?;
+        rec.created = true;
+        for i in 0..70 {
+            rec.write(&mut disk, i * 512 * MIB + 512 * (i % 7), pattern(seed + i, 512))?;
+        }
+        rec.flush(&mut disk)?;
+        assert!(disk.log_entries_written() >= 2, "the commit fit one entry");
+        rec.write(&mut disk, 3 * MIB, pattern(seed + 99, 4096))?;
+        rec.close(disk)
+    };
+    Workload {
+        name: String::from("dynamic, one commit of 70 BAT pages"),
+        initial: Arc::new(Vec::new()),
+        parent: None,
+        reference: None,
+        sector: 512,
+        tolerated: Vec::new(),
+        run: Box::new(run),
+    }
+}
