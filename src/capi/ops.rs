@@ -165,7 +165,12 @@ unsafe fn merge_impl(
     let o = unsafe { options.as_ref() }.copied().unwrap_or_default();
     // SAFETY: the caller promises `search_dir_count` strings.
     let search_dirs = unsafe { path_list_arg(function, "search_dirs", o.search_dirs, o.search_dir_count)? };
-    let opts = MergeOptions { depth: o.depth.max(1) as usize, siblings: policy(function, o.siblings)?, search_dirs };
+    let opts = MergeOptions {
+        depth: o.depth.max(1) as usize,
+        siblings: policy(function, o.siblings)?,
+        search_dirs,
+        ..Default::default()
+    };
     let r = merge(&child, &opts)?;
     if !report.is_null() {
         let value = VhdxMergeReport {

@@ -53,6 +53,19 @@ pub struct MergeOptions {
     pub siblings: SiblingPolicy,
     /// More directories to search for siblings.
     pub search_dirs: Vec<PathBuf>,
+    /// When set, every parent is resolved only inside these directories (see
+    /// [`OpenOptions::parent_search_dirs`]): for images from untrusted sources.
+    pub confine_to: Option<Vec<PathBuf>>,
+}
+
+impl MergeOptions {
+    /// Open options resolving parents as these options say.
+    fn opener(&self) -> OpenOptions {
+        match &self.confine_to {
+            Some(dirs) => OpenOptions::new().parent_search_dirs(dirs.iter().cloned()),
+            None => OpenOptions::new(),
+        }
+    }
 }
 
 /// A child of a changed image that is not in the merged chain.
@@ -77,7 +90,8 @@ pub struct MergeReport {
     pub bytes_merged: u64,
     /// The siblings found, with what was done for them.
     pub siblings: Vec<Sibling>,
-    /// Whether siblings were left broken (`Force`).
+    /// Whether siblings were left broken: `Force`, and the parent of at
+    /// least one sibling changed (merging an empty child changes nothing).
     pub siblings_broken: bool,
 }
 
@@ -116,6 +130,15 @@ fn copy_from_parent(disk: &mut Disk, runs: &[(u64, u64)]) -> Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// The directory holding `p`: `.` for a bare file name (whose `parent()` is
+/// the empty path, which cannot be listed).
+fn directory_of(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 fn canonical(p: &Path) -> PathBuf {
@@ -175,7 +198,7 @@ pub fn children_of(parent: &Path, guid: Guid, dirs: &[PathBuf], exclude: &[PathB
 pub fn merge(child: &Path, options: &MergeOptions) -> Result<MergeReport> {
     let depth = options.depth.max(1);
     // The chain, leaf first, with each level's DataWriteGuid and change set.
-    let leaf = Disk::open(child)?;
+    let leaf = options.opener().open(child)?;
     let paths: Vec<PathBuf> = leaf.chain_paths().into_iter().map(PathBuf::from).collect();
     if paths.len() <= depth {
         return Err(Error::invalid(std::format!(
@@ -206,7 +229,7 @@ pub fn merge(child: &Path, options: &MergeOptions) -> Result<MergeReport> {
     let chain_canon: Vec<PathBuf> = paths.iter().map(|p| canonical(p)).collect();
     let mut dirs: Vec<PathBuf> = Vec::new();
     for p in [&target, &paths[0]] {
-        dirs.push(p.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")));
+        dirs.push(directory_of(p));
     }
     dirs.extend(options.search_dirs.iter().cloned());
     let mut siblings: Vec<(Sibling, usize)> = Vec::new();
@@ -233,7 +256,7 @@ pub fn merge(child: &Path, options: &MergeOptions) -> Result<MergeReport> {
     // 1. Siblings receive what they would lose, before anything else changes.
     if options.siblings == SiblingPolicy::Preserve {
         for (s, k) in &mut siblings {
-            let mut sib = OpenOptions::new().writable(true).open(&s.path)?;
+            let mut sib = options.opener().writable(true).open(&s.path)?;
             let own = sib.change_set()?;
             let needed = ranges::difference(&below[*k], &own);
             if !needed.is_empty() {
@@ -247,13 +270,13 @@ pub fn merge(child: &Path, options: &MergeOptions) -> Result<MergeReport> {
     // 2. The data into the target, read through the child's view; durable before anything is emptied.
     let union = below[depth].clone();
     let bytes_merged = {
-        let mut t = OpenOptions::new().writable(true).open(&target)?;
+        let mut t = options.opener().writable(true).open(&target)?;
         let n = copy_ranges(&leaf, &mut t, &union).map_err(|e| e.in_file(target.display()))?;
         t.close().map_err(|e| e.in_file(target.display()))?;
         n
     };
     drop(leaf);
-    let target_guid = Disk::open(&target)?.data_write_guid();
+    let target_guid = options.opener().open(&target)?.data_write_guid();
 
     // 3. Empty the merged images and link them to the target.
     let mut new_guids = guids.clone();
@@ -278,12 +301,14 @@ pub fn merge(child: &Path, options: &MergeOptions) -> Result<MergeReport> {
         }
     }
 
+    let siblings_broken =
+        options.siblings == SiblingPolicy::Force && siblings.iter().any(|(_, k)| new_guids[*k] != guids[*k]);
     Ok(MergeReport {
         target,
         merged: paths[..depth].to_vec(),
         bytes_merged,
         siblings: siblings.into_iter().map(|(s, _)| s).collect(),
-        siblings_broken: options.siblings == SiblingPolicy::Force,
+        siblings_broken,
     })
 }
 
