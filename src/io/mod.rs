@@ -16,7 +16,7 @@ mod file;
 #[cfg(feature = "std")]
 pub use file::FileStorage;
 #[cfg(feature = "std")]
-mod fault;
+pub mod fault;
 #[cfg(feature = "std")]
 pub use fault::{CrashState, FaultStorage, PendingOp, TORN_SECTOR_SIZE};
 
