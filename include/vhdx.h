@@ -316,7 +316,7 @@ typedef struct VhdxOpenOptions {
 
 /**
  * Options of vhdx_merge_with. Initialise with vhdx_merge_options_init
- * (depth 1, VHDX_SIBLINGS_REFUSE, no extra directories).
+ * (depth 1, VHDX_SIBLINGS_REFUSE, no extra or confining directories).
  */
 typedef struct VhdxMergeOptions {
     /**
@@ -338,6 +338,17 @@ typedef struct VhdxMergeOptions {
      * The number of entries of `search_dirs`.
      */
     size_t search_dir_count;
+    /**
+     * When `confine_dir_count` > 0, every parent of the chain (and of the
+     * siblings) is resolved only inside these directories, as
+     * VhdxOpenOptions.parent_search_dirs does: for images from untrusted
+     * sources. An array of NUL-terminated paths, read during the call.
+     */
+    const char *const *confine_dirs;
+    /**
+     * The number of entries of `confine_dirs` (0: resolve anywhere).
+     */
+    size_t confine_dir_count;
 } VhdxMergeOptions;
 
 /**
@@ -753,7 +764,7 @@ int32_t vhdx_open_with(const char *path,
 
 /**
  * Sets `*options` to the defaults: depth 1, VHDX_SIBLINGS_REFUSE, no extra
- * search directories. Returns VHDX_OK, or VHDX_ERR_INVALID_ARGUMENT when
+ * search directories, parents resolved anywhere. Returns VHDX_OK, or VHDX_ERR_INVALID_ARGUMENT when
  * `options` is NULL.
  *
  * Ownership: `options` is the caller's. Thread safety: safe from any thread.

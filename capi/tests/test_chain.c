@@ -132,7 +132,8 @@ static void test_merge(const char *dir) {
 }
 
 static void test_force_and_depth(const char *dir) {
-    char base[4096], mid[4096], leaf[4096], sib[4096];
+    char base[4096], mid[4096], leaf[4096], sib[4096], elsewhere[4096];
+    const char *confine[1];
     uint8_t *model = model_new(), *sib_model = model_new();
     VhdxDisk *d = NULL;
     VhdxMergeOptions mo;
@@ -154,10 +155,20 @@ static void test_force_and_depth(const char *dir) {
     write_model(d, sib_model, 0, 1, 8); /* the sibling's model is unused: it breaks */
     vhdx_close(d);
 
-    /* Two levels at once, siblings forced: the leaf still reads the same. */
+    /* Two levels at once, siblings forced: the leaf still reads the same.
+     * Confined to a directory without the parents, the merge cannot start. */
     CHECK_OK(vhdx_merge_options_init(&mo));
+    CHECK(mo.confine_dir_count == 0 && mo.confine_dirs == NULL);
     mo.depth = 2;
     mo.siblings = VHDX_SIBLINGS_FORCE;
+    path_in(elsewhere, dir, "f_elsewhere");
+    make_dir(elsewhere);
+    confine[0] = elsewhere;
+    mo.confine_dirs = confine;
+    mo.confine_dir_count = 1;
+    CHECK_ERR(vhdx_merge_with(leaf, &mo, &report), VHDX_ERR_PARENT_NOT_FOUND, "outside the allowed directories");
+    verify_file(leaf, model);
+    confine[0] = dir;
     CHECK_OK(vhdx_merge_with(leaf, &mo, &report));
     CHECK(report.images_merged == 2);
     CHECK(report.siblings == 1);

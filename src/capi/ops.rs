@@ -19,7 +19,7 @@ pub const VHDX_SIBLINGS_PRESERVE: i32 = 1;
 pub const VHDX_SIBLINGS_FORCE: i32 = 2;
 
 /// Options of vhdx_merge_with. Initialise with vhdx_merge_options_init
-/// (depth 1, VHDX_SIBLINGS_REFUSE, no extra directories).
+/// (depth 1, VHDX_SIBLINGS_REFUSE, no extra or confining directories).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct VhdxMergeOptions {
@@ -34,6 +34,13 @@ pub struct VhdxMergeOptions {
     pub search_dirs: *const *const c_char,
     /// The number of entries of `search_dirs`.
     pub search_dir_count: usize,
+    /// When `confine_dir_count` > 0, every parent of the chain (and of the
+    /// siblings) is resolved only inside these directories, as
+    /// VhdxOpenOptions.parent_search_dirs does: for images from untrusted
+    /// sources. An array of NUL-terminated paths, read during the call.
+    pub confine_dirs: *const *const c_char,
+    /// The number of entries of `confine_dirs` (0: resolve anywhere).
+    pub confine_dir_count: usize,
 }
 
 impl Default for VhdxMergeOptions {
@@ -43,6 +50,8 @@ impl Default for VhdxMergeOptions {
             siblings: VHDX_SIBLINGS_REFUSE,
             search_dirs: core::ptr::null(),
             search_dir_count: 0,
+            confine_dirs: core::ptr::null(),
+            confine_dir_count: 0,
         }
     }
 }
@@ -64,7 +73,7 @@ pub struct VhdxMergeReport {
 }
 
 /// Sets `*options` to the defaults: depth 1, VHDX_SIBLINGS_REFUSE, no extra
-/// search directories. Returns VHDX_OK, or VHDX_ERR_INVALID_ARGUMENT when
+/// search directories, parents resolved anywhere. Returns VHDX_OK, or VHDX_ERR_INVALID_ARGUMENT when
 /// `options` is NULL.
 ///
 /// Ownership: `options` is the caller's. Thread safety: safe from any thread.
@@ -165,11 +174,13 @@ unsafe fn merge_impl(
     let o = unsafe { options.as_ref() }.copied().unwrap_or_default();
     // SAFETY: the caller promises `search_dir_count` strings.
     let search_dirs = unsafe { path_list_arg(function, "search_dirs", o.search_dirs, o.search_dir_count)? };
+    // SAFETY: the caller promises `confine_dir_count` strings.
+    let confine = unsafe { path_list_arg(function, "confine_dirs", o.confine_dirs, o.confine_dir_count)? };
     let opts = MergeOptions {
         depth: o.depth.max(1) as usize,
         siblings: policy(function, o.siblings)?,
         search_dirs,
-        ..Default::default()
+        confine_to: if confine.is_empty() { None } else { Some(confine) },
     };
     let r = merge(&child, &opts)?;
     if !report.is_null() {
