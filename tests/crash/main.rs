@@ -76,7 +76,8 @@ fn run_crashed(w: &Workload, k: Option<u64>) -> Result<(Recorder, FaultStorage),
 }
 
 struct Outcome {
-    ops: u64,
+    /// Crash points tried.
+    points: u64,
     /// Crash states of the workload.
     states: u64,
     /// Crash states of the recoveries of those.
@@ -86,11 +87,12 @@ struct Outcome {
 
 /// Every crash point of `w`, every crash state, on `threads` threads.
 fn crash_everywhere(w: &Workload, threads: usize, random_subsets: usize) -> Outcome {
-    let (_, counted) = run_crashed(w, None).unwrap_or_else(|e| panic!("{}: uncrashed run: {e}", w.name));
+    let (counted_rec, counted) = run_crashed(w, None).unwrap_or_else(|e| panic!("{}: uncrashed run: {e}", w.name));
     let ops = counted.mutating_ops();
+    let first = counted_rec.focus_from.min(ops);
     // Crashing the recovery too at ~24 of the crash points keeps the time in bounds.
-    let recovery_stride = (ops / 24).max(1);
-    let next = AtomicU64::new(0);
+    let recovery_stride = ((ops - first) / 24).max(1);
+    let next = AtomicU64::new(first);
     let states = AtomicU64::new(0);
     let nested = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
@@ -135,7 +137,12 @@ fn crash_everywhere(w: &Workload, threads: usize, random_subsets: usize) -> Outc
             });
         }
     });
-    Outcome { ops, states: states.into_inner(), nested: nested.into_inner(), failures: failures.into_inner().unwrap() }
+    Outcome {
+        points: ops + 1 - first,
+        states: states.into_inner(),
+        nested: nested.into_inner(),
+        failures: failures.into_inner().unwrap(),
+    }
 }
 
 fn threads() -> usize {
@@ -153,13 +160,13 @@ fn run_all(workloads: &[Workload], random_subsets: usize) {
         println!(
             "{:<44} {:>4} crash points, {:>5} crash states + {:>5} in recoveries, {} failures, {:.1?}",
             w.name,
-            o.ops + 1,
+            o.points,
             o.states,
             o.nested,
             o.failures.len(),
             t.elapsed()
         );
-        points += o.ops + 1;
+        points += o.points;
         total += o.states;
         total_nested += o.nested;
         failures.extend(o.failures);

@@ -126,6 +126,9 @@ pub struct Recorder {
     pub writes: Vec<(u64, Vec<u8>)>,
     /// `writes[..flushed]` were made durable by a flush that succeeded.
     pub flushed: usize,
+    /// Crash points before this many operations are not tried: the workload
+    /// spends them on setup other workloads already cover.
+    pub focus_from: u64,
 }
 
 impl Recorder {
