@@ -181,6 +181,7 @@ unsafe fn merge_impl(
         siblings: policy(function, o.siblings)?,
         search_dirs,
         confine_to: if confine.is_empty() { None } else { Some(confine) },
+        file_opener: None,
     };
     let r = merge(&child, &opts)?;
     if !report.is_null() {

@@ -20,6 +20,7 @@ pub struct FsResolver {
     allowed: Option<Vec<PathBuf>>,
     /// Canonical paths of the chain so far, leaf first.
     chain: Vec<PathBuf>,
+    opener: Option<crate::io::FileOpener>,
 }
 
 impl FsResolver {
@@ -31,7 +32,14 @@ impl FsResolver {
     /// Resolves only inside `dirs`.
     pub fn confined_to(dirs: impl IntoIterator<Item = PathBuf>) -> Self {
         let allowed = dirs.into_iter().map(|d| d.canonicalize().unwrap_or(d)).collect();
-        FsResolver { allowed: Some(allowed), chain: Vec::new() }
+        FsResolver { allowed: Some(allowed), chain: Vec::new(), opener: None }
+    }
+
+    /// Opens the parent files through `opener` rather than the filesystem
+    /// (paths are still found, and confinement checked, on the filesystem).
+    pub fn with_opener(mut self, opener: crate::io::FileOpener) -> Self {
+        self.opener = Some(opener);
+        self
     }
 
     pub(crate) fn with_leaf(mut self, leaf: &Path) -> Self {
@@ -94,7 +102,11 @@ impl ParentResolver for FsResolver {
             let mut sub = self.clone();
             sub.chain.push(canon.clone());
             let name = cand.display().to_string();
-            let disk = OpenOptions::new().resolver_at_depth(alloc::boxed::Box::new(sub), depth).open(&cand)?;
+            let mut opts = OpenOptions::new().resolver_at_depth(alloc::boxed::Box::new(sub), depth);
+            if let Some(opener) = &self.opener {
+                opts = opts.file_opener(opener.clone());
+            }
+            let disk = opts.open(&cand)?;
             match check_linkage(loc, &disk, &name) {
                 Ok(()) => return Ok((disk, name)),
                 Err(e) => {

@@ -26,7 +26,7 @@ fn file_len(storage: &dyn Storage) -> Result<u64> {
 }
 
 pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<Disk> {
-    let OpenOptions { writable, mut guid_source, parent, path } = opts;
+    let OpenOptions { writable, mut guid_source, parent, path, .. } = opts;
     if writable && guid_source.is_none() {
         return Err(Error::invalid("a writable open needs a GUID source when built without std"));
     }

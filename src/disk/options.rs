@@ -48,6 +48,8 @@ pub struct OpenOptions {
     pub(crate) guid_source: Option<GuidSource>,
     pub(crate) parent: ParentChoice,
     pub(crate) path: Option<alloc::string::String>,
+    #[cfg(feature = "std")]
+    pub(crate) opener: Option<crate::io::FileOpener>,
 }
 
 impl Default for OpenOptions {
@@ -59,7 +61,22 @@ impl Default for OpenOptions {
 impl OpenOptions {
     /// Read-only, parent resolved, default GUID source.
     pub fn new() -> Self {
-        OpenOptions { writable: false, guid_source: default_guid_source(), parent: ParentChoice::Resolve, path: None }
+        OpenOptions {
+            writable: false,
+            guid_source: default_guid_source(),
+            parent: ParentChoice::Resolve,
+            path: None,
+            #[cfg(feature = "std")]
+            opener: None,
+        }
+    }
+
+    /// Open files by path through `opener` instead of the filesystem: the
+    /// image itself and, with the default resolver, its parents.
+    #[cfg(feature = "std")]
+    pub fn file_opener(mut self, opener: crate::io::FileOpener) -> Self {
+        self.opener = Some(opener);
+        self
     }
 
     /// Open for writing as well as reading. A dirty log is then replayed in
@@ -121,11 +138,19 @@ impl OpenOptions {
         let path = path.as_ref();
         self.path = Some(alloc::format!("{}", path.display()));
         if matches!(self.parent, ParentChoice::Resolve) {
-            self.parent = ParentChoice::Resolver(Box::new(crate::chain::FsResolver::new().with_leaf(path)), 0);
+            let mut resolver = crate::chain::FsResolver::new().with_leaf(path);
+            if let Some(opener) = &self.opener {
+                resolver = resolver.with_opener(opener.clone());
+            }
+            self.parent = ParentChoice::Resolver(Box::new(resolver), 0);
         }
-        let storage = crate::io::FileStorage::open(path, self.writable)
+        let storage = self
+            .opener
+            .clone()
+            .unwrap_or_default()
+            .open(path, self.writable)
             .map_err(|source| Error::Io { op: "opening the file", offset: 0, source }.in_file(path.display()))?;
-        self.open_storage(Box::new(storage)).map_err(|e| e.in_file(path.display()))
+        self.open_storage(storage).map_err(|e| e.in_file(path.display()))
     }
 }
 

@@ -39,6 +39,13 @@
 //! operations, so a test first runs its workload without a crash to learn how
 //! many crash points there are.
 //!
+//! Several files can share one [`FaultClock`] ([`FaultStorage::on_clock`]):
+//! operations are then counted across all of them and the crash stops every
+//! one at once, as a power cut stops a whole machine — for operations such
+//! as a merge that change several images. Each file keeps its own durable
+//! image and pending operations, because each file's flush is its own
+//! barrier.
+//!
 //! ```
 //! use vhdx::io::{CrashState, FaultStorage};
 //! use vhdx::Storage;
@@ -139,17 +146,14 @@ pub enum CrashState {
 }
 
 #[derive(Debug, Default)]
-struct FaultState {
-    durable: Vec<u8>,
-    volatile: Vec<u8>,
-    pending: Vec<PendingOp>,
+struct ClockState {
     mutating_ops: u64,
     flushes: u64,
     crash_after: Option<u64>,
     crashed: bool,
 }
 
-impl FaultState {
+impl ClockState {
     /// Fails (and stays failed) once the crash point is reached.
     fn check(&mut self) -> Result<(), IoError> {
         if self.crash_after.is_some_and(|n| self.mutating_ops >= n) {
@@ -160,12 +164,62 @@ impl FaultState {
         }
         Ok(())
     }
+}
 
-    fn mutate(&mut self, op: PendingOp) -> Result<(), IoError> {
-        self.check()?;
+/// The operation counter and crash point that one or several
+/// [`FaultStorage`]s share; see the [module documentation](self).
+#[derive(Debug, Clone, Default)]
+pub struct FaultClock {
+    state: Arc<Mutex<ClockState>>,
+}
+
+impl FaultClock {
+    /// A clock with no crash point set.
+    pub fn new() -> Self {
+        FaultClock::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ClockState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Crash once `n` mutating operations (counted over every storage on this
+    /// clock) have completed: the next operation of any kind on any of them,
+    /// and every one after it, fails.
+    pub fn crash_after(&self, n: u64) {
+        self.lock().crash_after = Some(n);
+    }
+
+    /// Whether the crash has happened (an operation was refused).
+    pub fn crashed(&self) -> bool {
+        self.lock().crashed
+    }
+
+    /// Mutating operations completed on this clock's storages.
+    pub fn mutating_ops(&self) -> u64 {
+        self.lock().mutating_ops
+    }
+
+    /// Flushes completed on this clock's storages.
+    pub fn flushes(&self) -> u64 {
+        self.lock().flushes
+    }
+}
+
+#[derive(Debug, Default)]
+struct FaultState {
+    durable: Vec<u8>,
+    volatile: Vec<u8>,
+    pending: Vec<PendingOp>,
+}
+
+impl FaultState {
+    fn mutate(&mut self, clock: &FaultClock, op: PendingOp) -> Result<(), IoError> {
+        let mut c = clock.lock();
+        c.check()?;
         op.apply(&mut self.volatile);
         self.pending.push(op);
-        self.mutating_ops += 1;
+        c.mutating_ops += 1;
         Ok(())
     }
 }
@@ -184,6 +238,7 @@ fn write_into(image: &mut Vec<u8>, buf: &[u8], offset: u64) {
 #[derive(Debug, Clone, Default)]
 pub struct FaultStorage {
     state: Arc<Mutex<FaultState>>,
+    clock: FaultClock,
 }
 
 impl FaultStorage {
@@ -192,10 +247,21 @@ impl FaultStorage {
         Self::from_vec(Vec::new())
     }
 
-    /// Storage holding `data`, already durable.
+    /// Storage holding `data`, already durable, on a clock of its own.
     pub fn from_vec(data: Vec<u8>) -> Self {
-        let state = FaultState { durable: data.clone(), volatile: data, ..FaultState::default() };
-        FaultStorage { state: Arc::new(Mutex::new(state)) }
+        Self::on_clock(data, &FaultClock::new())
+    }
+
+    /// Storage holding `data`, already durable, whose operations count on
+    /// (and whose crash comes from) `clock`, shared with other storages.
+    pub fn on_clock(data: Vec<u8>, clock: &FaultClock) -> Self {
+        let state = FaultState { durable: data.clone(), volatile: data, pending: Vec::new() };
+        FaultStorage { state: Arc::new(Mutex::new(state)), clock: clock.clone() }
+    }
+
+    /// The clock this storage counts on.
+    pub fn clock(&self) -> &FaultClock {
+        &self.clock
     }
 
     fn lock(&self) -> MutexGuard<'_, FaultState> {
@@ -207,7 +273,7 @@ impl FaultStorage {
     /// storage) have completed: the next operation of any kind, and every one
     /// after it, fails. `n` at or below the current count crashes at once.
     pub fn crash_after(&self, n: u64) {
-        self.lock().crash_after = Some(n);
+        self.clock.crash_after(n);
     }
 
     /// Builder form of [`FaultStorage::crash_after`].
@@ -218,17 +284,18 @@ impl FaultStorage {
 
     /// Whether the simulated crash has happened (an operation was refused).
     pub fn crashed(&self) -> bool {
-        self.lock().crashed
+        self.clock.crashed()
     }
 
-    /// Mutating operations (writes and `set_len`) completed so far.
+    /// Mutating operations (writes and `set_len`) completed so far, on every
+    /// storage of this one's clock.
     pub fn mutating_ops(&self) -> u64 {
-        self.lock().mutating_ops
+        self.clock.mutating_ops()
     }
 
-    /// Flushes completed so far.
+    /// Flushes completed so far, on every storage of this one's clock.
     pub fn flushes(&self) -> u64 {
-        self.lock().flushes
+        self.clock.flushes()
     }
 
     /// The operations completed since the last flush, in issue order.
@@ -274,8 +341,8 @@ impl FaultStorage {
 
 impl Storage for FaultStorage {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
-        let mut s = self.lock();
-        s.check()?;
+        let s = self.lock();
+        self.clock.lock().check()?;
         let start = usize::try_from(offset).map_err(|_| crate::error::io_unexpected_eof())?;
         let end = start.checked_add(buf.len()).ok_or_else(crate::error::io_unexpected_eof)?;
         let src = s.volatile.get(start..end).ok_or_else(crate::error::io_unexpected_eof)?;
@@ -288,23 +355,24 @@ impl Storage for FaultStorage {
         if usize::try_from(offset).ok().and_then(|o| o.checked_add(buf.len())).is_none() {
             return Err(crate::error::io_unexpected_eof());
         }
-        s.mutate(PendingOp::Write { offset, bytes: buf.to_vec() })
+        s.mutate(&self.clock, PendingOp::Write { offset, bytes: buf.to_vec() })
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
         let mut s = self.lock();
-        s.check()?;
+        let mut c = self.clock.lock();
+        c.check()?;
         let FaultState { durable, pending, .. } = &mut *s;
         for op in pending.drain(..) {
             op.apply(durable);
         }
-        s.flushes += 1;
+        c.flushes += 1;
         Ok(())
     }
 
     fn len(&self) -> Result<u64, IoError> {
-        let mut s = self.lock();
-        s.check()?;
+        let s = self.lock();
+        self.clock.lock().check()?;
         Ok(s.volatile.len() as u64)
     }
 
@@ -313,7 +381,7 @@ impl Storage for FaultStorage {
         if usize::try_from(len).is_err() {
             return Err(crate::error::io_unexpected_eof());
         }
-        s.mutate(PendingOp::SetLen(len))
+        s.mutate(&self.clock, PendingOp::SetLen(len))
     }
 }
 
@@ -362,6 +430,24 @@ mod tests {
         assert_eq!(torn[512], 0);
         let subset = h.crash_image(&CrashState::Subset(alloc::vec![false, true]));
         assert_eq!(subset, [0u8; 4096]);
+    }
+
+    #[test]
+    fn a_shared_clock_counts_and_crashes_every_file() {
+        let clock = FaultClock::new();
+        let (mut a, mut b) = (FaultStorage::on_clock(Vec::new(), &clock), FaultStorage::on_clock(Vec::new(), &clock));
+        a.write_all_at(b"a", 0).unwrap();
+        b.write_all_at(b"b", 0).unwrap();
+        a.flush().unwrap();
+        assert_eq!((clock.mutating_ops(), clock.flushes()), (2, 1));
+        clock.crash_after(3);
+        b.write_all_at(b"c", 1).unwrap();
+        assert!(a.write_all_at(b"x", 1).is_err());
+        assert!(b.flush().is_err() && a.crashed() && b.crashed());
+        // Each file keeps its own barrier: `a` was flushed, `b` never was.
+        assert_eq!(a.crash_image(&CrashState::DurableOnly), b"a");
+        assert_eq!(b.crash_image(&CrashState::DurableOnly), b"");
+        assert_eq!(b.crash_image(&CrashState::AllPending), b"bc");
     }
 
     #[test]

@@ -8,6 +8,45 @@ use std::path::Path;
 use super::Storage;
 use crate::error::IoError;
 
+/// How images are opened by path: the filesystem by default, or a
+/// caller's function from a path and the wish to write to a [`Storage`].
+///
+/// Operations that open several files by name — parent resolution, merges,
+/// sibling discovery — take one, so a test can put every file of a tree on
+/// fault-injecting storage, and a tool can open files its own way (through
+/// a sandbox broker, say) while paths keep naming them.
+#[derive(Clone)]
+pub struct FileOpener(alloc::sync::Arc<OpenFn>);
+
+type OpenFn = dyn Fn(&Path, bool) -> std::io::Result<alloc::boxed::Box<dyn Storage>> + Send + Sync;
+
+impl FileOpener {
+    /// An opener calling `f(path, writable)`.
+    pub fn new(
+        f: impl Fn(&Path, bool) -> std::io::Result<alloc::boxed::Box<dyn Storage>> + Send + Sync + 'static,
+    ) -> Self {
+        FileOpener(alloc::sync::Arc::new(f))
+    }
+
+    /// Opens `path`, for writing too when `writable`.
+    pub fn open(&self, path: &Path, writable: bool) -> std::io::Result<alloc::boxed::Box<dyn Storage>> {
+        (self.0)(path, writable)
+    }
+}
+
+impl Default for FileOpener {
+    /// The filesystem ([`FileStorage::open`]).
+    fn default() -> Self {
+        FileOpener::new(|path, writable| Ok(alloc::boxed::Box::new(FileStorage::open(path, writable)?)))
+    }
+}
+
+impl core::fmt::Debug for FileOpener {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("FileOpener")
+    }
+}
+
 /// A file on disk.
 #[derive(Debug)]
 pub struct FileStorage {

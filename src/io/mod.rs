@@ -14,11 +14,11 @@ use crate::error::{io_unexpected_eof, IoError};
 #[cfg(feature = "std")]
 mod file;
 #[cfg(feature = "std")]
-pub use file::FileStorage;
+pub use file::{FileOpener, FileStorage};
 #[cfg(feature = "std")]
 pub mod fault;
 #[cfg(feature = "std")]
-pub use fault::{CrashState, FaultStorage, PendingOp, TORN_SECTOR_SIZE};
+pub use fault::{CrashState, FaultClock, FaultStorage, PendingOp, TORN_SECTOR_SIZE};
 
 /// Positioned, durable I/O on one backing file.
 pub trait Storage: Send + Sync {

@@ -30,6 +30,7 @@ use super::ranges::{self, Ranges};
 use crate::chain::{locator_for, FsResolver};
 use crate::error::{Error, Result};
 use crate::format::locator::{braced_guid, PARENT_LINKAGE, PARENT_LINKAGE2};
+use crate::io::FileOpener;
 use crate::{Disk, Guid, OpenOptions};
 
 /// What to do about other children of the images a merge changes.
@@ -56,14 +57,33 @@ pub struct MergeOptions {
     /// When set, every parent is resolved only inside these directories (see
     /// [`OpenOptions::parent_search_dirs`]): for images from untrusted sources.
     pub confine_to: Option<Vec<PathBuf>>,
+    /// How files are opened (the filesystem when `None`); directories are
+    /// still listed on the filesystem to find siblings.
+    pub file_opener: Option<FileOpener>,
 }
 
 impl MergeOptions {
     /// Open options resolving parents as these options say.
     fn opener(&self) -> OpenOptions {
-        match &self.confine_to {
-            Some(dirs) => OpenOptions::new().parent_search_dirs(dirs.iter().cloned()),
+        let opts = match &self.confine_to {
+            Some(dirs) => {
+                let mut resolver = FsResolver::confined_to(dirs.iter().cloned());
+                if let Some(opener) = &self.file_opener {
+                    resolver = resolver.with_opener(opener.clone());
+                }
+                OpenOptions::new().resolver(alloc::boxed::Box::new(resolver))
+            }
+            // `open` builds the filesystem resolver, with this opener.
             None => OpenOptions::new(),
+        };
+        self.files(opts)
+    }
+
+    /// `opts` opening files through [`MergeOptions::file_opener`].
+    fn files(&self, opts: OpenOptions) -> OpenOptions {
+        match &self.file_opener {
+            Some(opener) => opts.file_opener(opener.clone()),
+            None => opts,
         }
     }
 }
@@ -155,6 +175,17 @@ pub(crate) fn is_image_name(p: &Path) -> bool {
 /// Images in `dirs` that are children of `parent` (whose DataWriteGuid is
 /// `guid`), other than those in `exclude` (canonical paths).
 pub fn children_of(parent: &Path, guid: Guid, dirs: &[PathBuf], exclude: &[PathBuf]) -> Vec<PathBuf> {
+    children_through(&FileOpener::default(), parent, guid, dirs, exclude)
+}
+
+/// [`children_of`], opening the candidates through `opener`.
+fn children_through(
+    opener: &FileOpener,
+    parent: &Path,
+    guid: Guid,
+    dirs: &[PathBuf],
+    exclude: &[PathBuf],
+) -> Vec<PathBuf> {
     let parent_c = canonical(parent);
     let mut out = Vec::new();
     let mut seen = Vec::new();
@@ -170,7 +201,7 @@ pub fn children_of(parent: &Path, guid: Guid, dirs: &[PathBuf], exclude: &[PathB
                 continue;
             }
             seen.push(c);
-            let Ok(d) = OpenOptions::new().without_parent().open(&f) else {
+            let Ok(d) = OpenOptions::new().without_parent().file_opener(opener.clone()).open(&f) else {
                 continue;
             };
             let Some(loc) = d.parent_locator() else {
@@ -234,7 +265,8 @@ pub fn merge(child: &Path, options: &MergeOptions) -> Result<MergeReport> {
     dirs.extend(options.search_dirs.iter().cloned());
     let mut siblings: Vec<(Sibling, usize)> = Vec::new();
     for k in 1..=depth {
-        for s in children_of(&paths[k], guids[k], &dirs, &chain_canon) {
+        let opener = options.file_opener.clone().unwrap_or_default();
+        for s in children_through(&opener, &paths[k], guids[k], &dirs, &chain_canon) {
             siblings.push((Sibling { path: s, parent: paths[k].clone(), bytes_copied: 0 }, k));
         }
     }
@@ -282,7 +314,7 @@ pub fn merge(child: &Path, options: &MergeOptions) -> Result<MergeReport> {
     let mut new_guids = guids.clone();
     new_guids[depth] = target_guid;
     for (k, p) in paths.iter().enumerate().take(depth) {
-        let mut d = OpenOptions::new().writable(true).without_parent().open(p)?;
+        let mut d = options.files(OpenOptions::new().writable(true).without_parent()).open(p)?;
         let loc = locator_for(p, &target, &target_guid)?;
         d.empty_and_relink(loc, k > 0).map_err(|e| e.in_file(p.display()))?;
         new_guids[k] = d.data_write_guid();
@@ -292,7 +324,7 @@ pub fn merge(child: &Path, options: &MergeOptions) -> Result<MergeReport> {
     // 4. Re-link the preserved siblings to their parent's new DataWriteGuid.
     if options.siblings == SiblingPolicy::Preserve {
         for (s, k) in &siblings {
-            let mut d = OpenOptions::new().writable(true).without_parent().open(&s.path)?;
+            let mut d = options.files(OpenOptions::new().writable(true).without_parent()).open(&s.path)?;
             let mut loc = d.parent_locator().cloned().expect("a sibling has a locator");
             loc.set(PARENT_LINKAGE, braced_guid(&new_guids[*k]));
             loc.remove(PARENT_LINKAGE2);

@@ -33,8 +33,9 @@
 //! and 140 small commits so the log wraps around its ring; (iv) a writable
 //! open of a Windows image with a dirty log, whose replay must itself be
 //! crash-safe (content: sha256 3ba3b309…), then writes; (v) `check --repair`
-//! of a damaged image. A merge is not covered: `ops::merge` opens its files
-//! by path, so there is no storage to inject faults into.
+//! of a damaged image. A merge with `--preserve-siblings`, which changes
+//! four files, is crashed at each of its operations in [`tree`], all files
+//! on one fault clock.
 //!
 //! The `#[ignore]`d soak adds a commit of 70 BAT pages (two log entries),
 //! dynamic disks with a short last block and 32 MiB differencing disks, one
@@ -43,6 +44,7 @@
 //! (5 seeds by default).
 
 mod support;
+mod tree;
 mod verify;
 mod workloads;
 
@@ -222,6 +224,31 @@ fn standard_workloads() -> Vec<Workload> {
 #[test]
 fn crash_at_every_point_loses_nothing_flushed() {
     run_all(&standard_workloads(), 24);
+}
+
+#[test]
+fn crash_during_a_merge_that_preserves_siblings() {
+    let started = Instant::now();
+    let o = tree::crash_the_merge(threads());
+    println!(
+        "{:<44} {:>4} crash points, {:>5} crash states, {} failures, {:.1?}",
+        "merge --preserve-siblings (4 files)",
+        o.points,
+        o.states,
+        o.failures.len(),
+        started.elapsed()
+    );
+    for f in o.failures.iter().take(20) {
+        println!("FAIL {f}");
+    }
+    assert!(
+        o.failures.is_empty(),
+        "{} of {} crash states failed; first: {}",
+        o.failures.len(),
+        o.states,
+        o.failures[0]
+    );
+    assert!(o.points > 20, "the merge had only {} crash points", o.points);
 }
 
 /// More variants, more random subsets, and the 70-page commit. Run with
