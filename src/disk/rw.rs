@@ -24,6 +24,16 @@ pub enum Extent {
     Parent,
 }
 
+/// Where a block's bytes come from.
+#[derive(Debug, Clone, Copy)]
+enum BlockSource {
+    /// All of them from one place.
+    Whole(Extent),
+    /// Sector by sector from the sector bitmap: present ones at `base` + their
+    /// offset in the block, the others from the parent.
+    Sectors { base: u64 },
+}
+
 /// One run of [`Disk::map`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapEntry {
@@ -42,6 +52,18 @@ impl Disk {
 
     pub(crate) fn payload_state(&self, block: u64) -> Option<PayloadState> {
         PayloadState::from_entry(self.payload_entry(block))
+    }
+
+    /// Where the bytes of `block` come from: one source for the whole block
+    /// (`Data` at the block's file offset), or per sector from the bitmap.
+    fn block_source(&self, block: u64) -> BlockSource {
+        let entry = self.payload_entry(block);
+        match PayloadState::from_entry(entry) {
+            Some(PayloadState::FullyPresent) => BlockSource::Whole(Extent::Data { file_offset: entry_offset(entry) }),
+            Some(PayloadState::PartiallyPresent) => BlockSource::Sectors { base: entry_offset(entry) },
+            Some(PayloadState::NotPresent) if self.params.has_parent => BlockSource::Whole(Extent::Parent),
+            _ => BlockSource::Whole(Extent::Zero),
+        }
     }
 
     fn check_range(&self, offset: u64, len: usize) -> Result<()> {
@@ -84,13 +106,12 @@ impl Disk {
             let block = pos / bs;
             let in_block = pos % bs;
             let n = (bs - in_block).min(end - pos);
-            let entry = self.payload_entry(block);
-            match PayloadState::from_entry(entry) {
-                Some(PayloadState::FullyPresent) => {
-                    emit(pos, n, Extent::Data { file_offset: entry_offset(entry) + in_block }, &mut pending)?
+            match self.block_source(block) {
+                BlockSource::Whole(Extent::Data { file_offset }) => {
+                    emit(pos, n, Extent::Data { file_offset: file_offset + in_block }, &mut pending)?
                 }
-                Some(PayloadState::PartiallyPresent) => {
-                    let base = entry_offset(entry);
+                BlockSource::Whole(e) => emit(pos, n, e, &mut pending)?,
+                BlockSource::Sectors { base } => {
                     self.for_each_bitmap_run(block, in_block, n, |at, run, present| {
                         let e = if present {
                             Extent::Data { file_offset: base + (at - block * bs) }
@@ -100,8 +121,6 @@ impl Disk {
                         emit(at, run, e, &mut pending)
                     })?;
                 }
-                Some(PayloadState::NotPresent) if self.params.has_parent => emit(pos, n, Extent::Parent, &mut pending)?,
-                _ => emit(pos, n, Extent::Zero, &mut pending)?,
             }
             pos += n;
         }
@@ -208,6 +227,38 @@ impl Disk {
     /// and length within the disk are allowed.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len())?;
+        // A read inside one block (the common case) walks down the chain
+        // while each level leaves the block to its parent, without resolving
+        // runs level by level; the general path takes over at a level whose
+        // block is partly present (or when the read spans blocks).
+        let len = buf.len() as u64;
+        let mut disk = self;
+        while len > 0 {
+            let bs = disk.params.block_size as u64;
+            let block = offset / bs;
+            if block != (offset + len - 1) / bs {
+                break;
+            }
+            match disk.block_source(block) {
+                BlockSource::Whole(Extent::Data { file_offset }) => {
+                    return disk.read_file(buf, file_offset + offset % bs, "reading payload")
+                }
+                BlockSource::Whole(Extent::Zero) => {
+                    buf.fill(0);
+                    return Ok(());
+                }
+                BlockSource::Whole(Extent::Parent) => match &disk.parent {
+                    Some(p) if offset + len <= p.params.virtual_size => disk = p,
+                    _ => break,
+                },
+                BlockSource::Sectors { .. } => break,
+            }
+        }
+        disk.read_resolved(buf, offset)
+    }
+
+    /// [`Disk::read_at`] of a range already checked, run by run.
+    fn read_resolved(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.resolve(offset, buf.len() as u64, |at, n, extent| {
             let dst = &mut buf[(at - offset) as usize..(at - offset + n) as usize];
             match extent {
