@@ -336,3 +336,53 @@ fn stop_ends_connected_sessions_and_once_serves_one_client() {
     disk.read_at(&mut back, 100).unwrap();
     assert_eq!(&back, b"kept");
 }
+
+/// The image as it was at the last storage flush: what survives a power cut.
+fn durable_image(rec: &common::Recorder) -> (vhdx::Disk, Vec<u8>) {
+    let last_flush = rec.ops.lock().unwrap().iter().rposition(|op| matches!(op, common::Op::Flush));
+    let bytes = rec.image_after(last_flush.map_or(0, |i| i + 1));
+    let disk = vhdx::Disk::open_storage(Box::new(common::SharedMem::from_vec(bytes.clone()))).unwrap();
+    (disk, bytes)
+}
+
+fn read_at(disk: &vhdx::Disk, offset: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    disk.read_at(&mut b, offset).unwrap();
+    b
+}
+
+#[test]
+fn fua_flush_and_the_end_of_a_session_are_durable_before_the_reply() {
+    let rec = common::Recorder::new();
+    let options = vhdx::CreateOptions::dynamic(SIZE).block_size(1 << 20);
+    let mut disk = vhdx::Disk::create_on(Box::new(rec.clone()), &options, None).unwrap();
+    disk.flush().unwrap();
+    let server = Running::start(disk, ServeOptions::default());
+    let (mut c, _) = Client::go(server.addr);
+    let mib = 1u64 << 20;
+    // A plain write is not yet durable: the oracle tells the difference.
+    assert_eq!(c.write(0, &[0xA1; 4096]), 0);
+    assert_eq!(read_at(&durable_image(&rec).0, 0, 4096), vec![0; 4096], "durable without a flush?");
+    // FUA: durable before the reply (and so is everything before it).
+    assert_eq!(c.call(FLAG_FUA, CMD_WRITE, mib, 4096, &[0xB2; 4096]), 0);
+    let (d, _) = durable_image(&rec);
+    assert_eq!((read_at(&d, 0, 4096), read_at(&d, mib, 4096)), (vec![0xA1; 4096], vec![0xB2; 4096]));
+    // NBD_CMD_FLUSH.
+    assert_eq!(c.write(2 * mib + 100, &[0xC3; 5000]), 0);
+    assert_eq!(c.call(0, CMD_FLUSH, 0, 0, &[]), 0);
+    assert_eq!(read_at(&durable_image(&rec).0, 2 * mib + 100, 5000), vec![0xC3; 5000]);
+    // Write-zeroes with FUA.
+    assert_eq!(c.call(FLAG_FUA, CMD_WRITE_ZEROES, mib + 1024, 1024, &[]), 0);
+    let mut expect = vec![0xB2; 4096];
+    expect[1024..2048].fill(0);
+    assert_eq!(read_at(&durable_image(&rec).0, mib, 4096), expect);
+    // The end of the session: durable, and the log left clean.
+    assert_eq!(c.write(5 * mib, &[0xD4; 512]), 0);
+    c.vanish();
+    server.wait_ended(1);
+    let (d, bytes) = durable_image(&rec);
+    assert_eq!(read_at(&d, 5 * mib, 512), vec![0xD4; 512]);
+    let headers = [64usize << 10, 128 << 10].map(|at| common::parse_header(&bytes[at..at + 4096]));
+    let current = headers.iter().flatten().max_by_key(|h| h.sequence_number).expect("a valid header");
+    assert_eq!(current.log_guid, [0; 16], "the log is not clean after the session");
+}
