@@ -125,6 +125,21 @@ impl Slots {
     }
 }
 
+/// Held by a connection's thread: gives back its slot and forgets its
+/// stream when the thread ends, however it ends.
+struct Lease {
+    id: u64,
+    stop: Arc<StopState>,
+    slots: Arc<Slots>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.stop.unregister(self.id);
+        self.slots.release();
+    }
+}
+
 /// A summary of how a session ended, for the log.
 fn describe(result: &Result<Session, SessionError>) -> String {
     match result {
@@ -279,20 +294,16 @@ impl Server {
                 break;
             }
             *slots.count() += 1;
-            let (disk, options, log, stop, done) =
-                (self.disk.clone(), self.options.clone(), self.log.clone(), self.stop.clone(), slots.clone());
+            let lease = Lease { id, stop: self.stop.clone(), slots: slots.clone() };
+            let (disk, options, log) = (self.disk.clone(), self.options.clone(), self.log.clone());
             let spawned = std::thread::Builder::new().name(format!("nbd {peer}")).spawn(move || {
+                let _lease = lease;
                 handle(stream, peer, &disk, &options, &log);
-                stop.unregister(id);
-                done.release();
             });
             match spawned {
                 Ok(worker) => workers.push(worker),
-                Err(e) => {
-                    self.stop.unregister(id);
-                    slots.release();
-                    self.note(&format!("{peer}: dropped: cannot start a thread: {e}"));
-                }
+                // The closure, and with it the lease, is dropped: slot and stream go back.
+                Err(e) => self.note(&format!("{peer}: dropped: cannot start a thread: {e}")),
             }
             // Join the sessions that are over, so the list stays short.
             let (done, running): (Vec<_>, Vec<_>) = workers.into_iter().partition(|w| w.is_finished());
