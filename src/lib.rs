@@ -41,6 +41,8 @@ mod error;
 pub mod format;
 pub mod io;
 pub mod log;
+#[cfg(feature = "std")]
+pub mod nbd;
 pub mod ops;
 
 pub use block::BlockDevice;

@@ -12,6 +12,7 @@
 //! cargo run --release --example vhdx -- tree dir/ [--json]
 //! cargo run --release --example vhdx -- merge child.vhdx [--depth N] [--preserve-siblings | --force]
 //! cargo run --release --example vhdx -- set-parent child.vhdx moved/disk.vhdx
+//! cargo run --release --example vhdx -- serve disk.vhdx [--port 10809] [--bind 127.0.0.1] [--read-only] [--once]
 //! ```
 //!
 //! Every failure exits with status 1 and one line `error: …` on stderr that
@@ -20,7 +21,7 @@
 //! Layout: `main.rs` parses the command line and reports failures; each
 //! subcommand lives in its own function in `inspect.rs` (info, check, map),
 //! `data.rs` (create, read, write), `convert.rs` or `diff.rs` (differencing
-//! chains: tree, merge, set-parent); `size.rs` parses and prints byte counts. Unit tests (`cargo test --examples`) cover the size
+//! chains: tree, merge, set-parent), `serve.rs` (NBD); `size.rs` parses and prints byte counts. Unit tests (`cargo test --examples`) cover the size
 //! parser and the zero-skipping copy.
 
 /// `println!` for the commands: a failed write to stdout is a [`Failure`]
@@ -36,6 +37,7 @@ mod convert;
 mod data;
 mod diff;
 mod inspect;
+mod serve;
 mod size;
 
 use std::fmt;
@@ -74,6 +76,8 @@ enum Command {
     Merge(MergeArgs),
     /// Point a differencing disk at its parent's new location.
     SetParent(SetParentArgs),
+    /// Export the virtual disk over NBD (qemu, nbd-client) until killed.
+    Serve(ServeArgs),
 }
 
 /// Arguments of `vhdx create`.
@@ -246,6 +250,25 @@ pub struct SetParentArgs {
     pub ignore_id_mismatch: bool,
 }
 
+/// Arguments of `vhdx serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The image (a differencing disk is served with its chain).
+    pub file: PathBuf,
+    /// TCP port; 0 picks a free one (the address is printed on stderr).
+    #[arg(long, default_value_t = 10809)]
+    pub port: u16,
+    /// Address to listen on; 0.0.0.0 or :: for every interface.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: String,
+    /// Open the image read-only and refuse writes.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Exit after the first client disconnects.
+    #[arg(long)]
+    pub once: bool,
+}
+
 /// The type of a new VHDX image.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TypeArg {
@@ -332,6 +355,7 @@ fn run(command: Command) -> CliResult {
         Command::Tree(args) => diff::tree(&args),
         Command::Merge(args) => diff::merge(&args),
         Command::SetParent(args) => diff::set_parent(&args),
+        Command::Serve(args) => serve::serve(&args),
     }
 }
 

@@ -120,9 +120,25 @@ impl Disk {
         self.storage.flush().map_err(|source| Error::Io { op: "flushing", offset: 0, source })
     }
 
-    pub(crate) fn close_inner(&mut self) -> Result<()> {
+    /// Flushes, then marks the log as needing no replay (clears the header's
+    /// LogGuid) while the disk stays open: the file is then what
+    /// [`Disk::close`] leaves, until the next metadata change starts a fresh
+    /// log. A long-lived writer such as the NBD server calls it when a client
+    /// goes away, so that a process killed while idle leaves an image every
+    /// reader (QEMU included) opens without a log replay.
+    ///
+    /// ```
+    /// use vhdx::{CreateOptions, Disk, MemStorage};
+    /// # fn main() -> vhdx::Result<()> {
+    /// let mut disk = Disk::create_on(Box::new(MemStorage::new()), &CreateOptions::dynamic(8 << 20), None)?;
+    /// disk.write_at(b"data", 0)?;
+    /// disk.checkpoint()?; // durable, and the log is clean
+    /// disk.write_at(b"more", 4096)?; // still writable
+    /// disk.close()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn checkpoint(&mut self) -> Result<()> {
         if self.closed || !self.writable {
-            self.closed = true;
             return Ok(());
         }
         self.flush()?;
@@ -130,6 +146,11 @@ impl Disk {
             self.update_header(|h| h.log_guid = Guid::nil())?;
             self.log = None;
         }
+        Ok(())
+    }
+
+    pub(crate) fn close_inner(&mut self) -> Result<()> {
+        self.checkpoint()?;
         self.closed = true;
         Ok(())
     }

@@ -1,0 +1,33 @@
+//! `serve`: export an image over NBD until the process is killed (or, with
+//! `--once`, until the first client disconnects).
+//!
+//! The server is `vhdx::nbd::Server`: every `NBD_CMD_FLUSH`, every FUA write
+//! and the end of every client session are durable, and while no client is
+//! connected the file is a cleanly closed image, so killing the server
+//! (Ctrl-C, SIGTERM) between clients loses nothing. Killing it while a
+//! client is connected loses only what that client wrote since its last
+//! flush, as pulling a disk's power does; the image stays consistent (the
+//! next writable open replays its log).
+
+use crate::size::human_exact;
+use crate::{CliResult, Failure, InFile, ServeArgs};
+
+/// `vhdx serve FILE [--port N] [--bind ADDR] [--read-only] [--once]`.
+pub fn serve(args: &ServeArgs) -> CliResult {
+    let path = args.file.as_path();
+    // Writable unless --read-only; a differencing disk opens its chain.
+    let disk = vhdx::OpenOptions::new().writable(!args.read_only).open(path).in_file(path)?;
+    let description = format!("{}: {} VHDX, {}", path.display(), disk.disk_type(), human_exact(disk.virtual_size()));
+    let options =
+        vhdx::nbd::ServeOptions { description, read_only: args.read_only, once: args.once, ..Default::default() };
+    let server = vhdx::nbd::Server::bind((args.bind.as_str(), args.port), disk, options)
+        .map_err(|e| Failure(format!("{}: listening on {}:{}: {e}", path.display(), args.bind, args.port)))?;
+    let addr = server.local_addr().map_err(|e| Failure(format!("{}: the listening address: {e}", path.display())))?;
+    eprintln!("serving {} on nbd://{addr}/{}", path.display(), if args.read_only { " (read-only)" } else { "" });
+    let disk = server
+        .on_log(|line| eprintln!("{line}"))
+        .run()
+        .map_err(|e| Failure(format!("{}: serving on {addr}: {e}", path.display())))?;
+    disk.close().in_file(path)?;
+    Ok(())
+}

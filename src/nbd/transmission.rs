@@ -1,0 +1,284 @@
+//! The transmission phase: requests in, simple replies out.
+//!
+//! Every request is answered or ends the connection; nothing a client sends
+//! can make the server panic or allocate more than [`MAX_PAYLOAD`] bytes for
+//! one request. A request that is well framed but wrong (unknown command or
+//! flag, out of range, too long, a write to a read-only export) gets an NBD
+//! error and the session goes on; a request that cannot be framed (bad magic,
+//! the stream ends inside a request) ends the session.
+//!
+//! The disk lock is held only while the disk is read or written, never while
+//! the network is: a slow or stalled client holds up only itself.
+
+use alloc::format;
+use alloc::vec;
+use std::io::{Read, Write};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::handshake::discard;
+use super::proto::*;
+use super::{SessionEnd, SessionError, Stats, MAX_PAYLOAD};
+use crate::error::{Error, Result};
+use crate::Disk;
+
+/// The disk for reading; a panic elsewhere (which would be a bug) does not
+/// make the disk unusable for every other connection.
+pub(crate) fn read_lock(disk: &RwLock<Disk>) -> RwLockReadGuard<'_, Disk> {
+    disk.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The disk for writing (see [`read_lock`]).
+pub(crate) fn write_lock(disk: &RwLock<Disk>) -> RwLockWriteGuard<'_, Disk> {
+    disk.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `NBD_CMD_TRIM`: the client no longer needs `len` bytes at `offset`.
+///
+/// NBD makes trimming advisory: the server may discard all, part or none of
+/// the range, and the client assumes nothing about its content until it
+/// writes it again. For now this server discards nothing, so the range keeps
+/// its data and the image keeps its blocks; once the library can discard
+/// (`Disk::discard`), this function is where the call goes.
+pub(crate) fn trim(disk: &mut Disk, offset: u64, len: u64) -> Result<()> {
+    let _ = (disk, offset, len);
+    Ok(())
+}
+
+/// How much `write_zeroes` examines and zeroes under one hold of the lock.
+const ZERO_CHUNK: u64 = 1 << 20;
+/// The granularity at which `write_zeroes` skips ranges already reading zero.
+const ZERO_PIECE: usize = 64 << 10;
+
+/// `NBD_CMD_WRITE_ZEROES`: makes `len` bytes at `offset` read as zero, in
+/// bounded chunks (the length may be up to 4 GiB; memory stays at two
+/// [`ZERO_CHUNK`]s). Pieces that already read as zero are left alone, so
+/// zeroing unallocated space allocates nothing; elsewhere zeros are written
+/// (in a differencing disk they then hide the parent's data).
+fn write_zeroes(disk: &RwLock<Disk>, offset: u64, len: u64, fua: bool) -> Result<()> {
+    let zeros = vec![0u8; ZERO_CHUNK as usize];
+    let mut current = vec![0u8; ZERO_CHUNK as usize];
+    let end = offset + len;
+    let mut at = offset;
+    while at < end {
+        // Chunks end on ZERO_CHUNK boundaries so that they line up with blocks.
+        let n = (ZERO_CHUNK - at % ZERO_CHUNK).min(end - at) as usize;
+        let mut d = write_lock(disk);
+        d.read_at(&mut current[..n], at)?;
+        let mut piece = 0;
+        while piece < n {
+            let pos = at + piece as u64;
+            let m = (ZERO_PIECE - (pos % ZERO_PIECE as u64) as usize).min(n - piece);
+            if current[piece..piece + m].iter().any(|&b| b != 0) {
+                d.write_at(&zeros[..m], at + piece as u64)?;
+            }
+            piece += m;
+        }
+        drop(d);
+        at += n as u64;
+    }
+    if fua {
+        write_lock(disk).flush()?;
+    }
+    Ok(())
+}
+
+/// The NBD error for a library error.
+fn errno(e: &Error) -> u32 {
+    match e {
+        Error::ReadOnly => EPERM,
+        Error::InvalidArgument(_) | Error::OutOfRange { .. } => EINVAL,
+        Error::Io { source, .. } => match source.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded | std::io::ErrorKind::FileTooLarge => {
+                ENOSPC
+            }
+            _ => EIO,
+        },
+        Error::File { inner, .. } => errno(inner),
+        _ => EIO,
+    }
+}
+
+fn to_errno(result: Result<()>) -> u32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => errno(&e),
+    }
+}
+
+/// Reads the next request header; `None` when the stream ends cleanly
+/// before it (the client closed the connection between requests).
+fn read_request<S: Read>(s: &mut S) -> std::io::Result<Option<Request>> {
+    let mut head = [0u8; REQUEST_LEN];
+    let mut filled = 0;
+    while filled < REQUEST_LEN {
+        match s.read(&mut head[filled..]) {
+            Ok(0) if filled == 0 => return Ok(None),
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the client closed the connection {filled} bytes into a request header"),
+                ))
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(Request::decode(&head)))
+}
+
+fn send_reply<S: Write>(s: &mut S, error: u32, handle: u64) -> std::io::Result<()> {
+    let mut head = [0u8; SIMPLE_REPLY_LEN];
+    encode_simple_reply(&mut head, error, handle);
+    s.write_all(&head)?;
+    s.flush()
+}
+
+/// Whether `[offset, offset + len)` lies inside an export of `size` bytes.
+fn in_range(offset: u64, len: u64, size: u64) -> bool {
+    offset.checked_add(len).is_some_and(|end| end <= size)
+}
+
+/// Serves requests until the client disconnects or breaks the framing.
+pub(crate) fn transmit<S: Read + Write>(
+    s: &mut S,
+    disk: &RwLock<Disk>,
+    size: u64,
+    read_only: bool,
+    stats: &mut Stats,
+) -> core::result::Result<SessionEnd, SessionError> {
+    loop {
+        let Some(req) = read_request(s)? else {
+            return Ok(SessionEnd::Closed);
+        };
+        if req.magic != REQUEST_MAGIC {
+            return Err(SessionError::Protocol(format!("bad request magic {:#010x}", req.magic)));
+        }
+        stats.requests += 1;
+        let len = req.length as u64;
+        let error = match req.kind {
+            CMD_READ => {
+                if req.flags & !CMD_FLAG_FUA != 0 || req.length > MAX_PAYLOAD || !in_range(req.offset, len, size) {
+                    EINVAL
+                } else {
+                    // One buffer for header and data: one write, bounded by MAX_PAYLOAD.
+                    let mut reply = vec![0u8; SIMPLE_REPLY_LEN + req.length as usize];
+                    let (head, data) = reply.split_at_mut(SIMPLE_REPLY_LEN);
+                    let error = to_errno(read_lock(disk).read_at(data, req.offset));
+                    if error == 0 {
+                        encode_simple_reply(head.try_into().expect("16 bytes"), 0, req.handle);
+                        s.write_all(&reply)?;
+                        s.flush()?;
+                        stats.bytes_read += len;
+                        continue;
+                    }
+                    error
+                }
+            }
+            CMD_WRITE => {
+                if req.length > MAX_PAYLOAD {
+                    // Stay in step with the client: skip the payload, then refuse.
+                    discard(s, len)?;
+                    EINVAL
+                } else {
+                    let mut payload = vec![0u8; req.length as usize];
+                    s.read_exact(&mut payload)?;
+                    if req.flags & !CMD_FLAG_FUA != 0 {
+                        EINVAL
+                    } else if read_only {
+                        EPERM
+                    } else if !in_range(req.offset, len, size) {
+                        ENOSPC
+                    } else {
+                        let mut d = write_lock(disk);
+                        let mut result = d.write_at(&payload, req.offset);
+                        if result.is_ok() && req.flags & CMD_FLAG_FUA != 0 {
+                            result = d.flush();
+                        }
+                        drop(d);
+                        if result.is_ok() {
+                            stats.bytes_written += len;
+                        }
+                        to_errno(result)
+                    }
+                }
+            }
+            CMD_DISC => return Ok(SessionEnd::Disconnect),
+            CMD_FLUSH => {
+                if req.flags & !CMD_FLAG_FUA != 0 {
+                    EINVAL
+                } else {
+                    let error = to_errno(write_lock(disk).flush());
+                    if error == 0 {
+                        stats.flushes += 1;
+                    }
+                    error
+                }
+            }
+            CMD_TRIM => {
+                if req.flags & !CMD_FLAG_FUA != 0 {
+                    EINVAL
+                } else if read_only {
+                    EPERM
+                } else if !in_range(req.offset, len, size) {
+                    EINVAL
+                } else {
+                    let mut d = write_lock(disk);
+                    let mut result = trim(&mut d, req.offset, len);
+                    if result.is_ok() && req.flags & CMD_FLAG_FUA != 0 {
+                        result = d.flush();
+                    }
+                    if result.is_ok() {
+                        stats.bytes_trimmed += len;
+                    }
+                    to_errno(result)
+                }
+            }
+            CMD_WRITE_ZEROES => {
+                if req.flags & !(CMD_FLAG_FUA | CMD_FLAG_NO_HOLE) != 0 {
+                    EINVAL
+                } else if read_only {
+                    EPERM
+                } else if !in_range(req.offset, len, size) {
+                    ENOSPC
+                } else {
+                    let result = write_zeroes(disk, req.offset, len, req.flags & CMD_FLAG_FUA != 0);
+                    if result.is_ok() {
+                        stats.bytes_zeroed += len;
+                    }
+                    to_errno(result)
+                }
+            }
+            _ => EINVAL,
+        };
+        if error != 0 {
+            stats.errors += 1;
+        }
+        send_reply(s, error, req.handle)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_checked_without_overflow() {
+        assert!(in_range(0, 0, 0));
+        assert!(in_range(512, 512, 1024));
+        assert!(!in_range(513, 512, 1024));
+        assert!(!in_range(u64::MAX, 1, u64::MAX));
+        assert!(!in_range(u64::MAX - 1, 4, 1024));
+    }
+
+    #[test]
+    fn library_errors_map_to_nbd_errors() {
+        assert_eq!(errno(&Error::ReadOnly), EPERM);
+        assert_eq!(errno(&Error::OutOfRange { offset: 0, len: 1, size: 0 }), EINVAL);
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "full");
+        assert_eq!(errno(&Error::Io { op: "writing payload", offset: 0, source: full }), ENOSPC);
+        let other = std::io::Error::other("broken");
+        assert_eq!(errno(&Error::Io { op: "writing payload", offset: 0, source: other }.in_file("x")), EIO);
+        assert_eq!(errno(&Error::corrupt("BAT", 0, "bad")), EIO);
+    }
+}
