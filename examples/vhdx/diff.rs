@@ -321,8 +321,14 @@ pub fn merge(args: &MergeArgs) -> CliResult {
         // as "" and cannot list; name it so siblings there are found.
         search_dirs.push(PathBuf::from("."));
     }
-    let options = MergeOptions { depth: args.depth as usize, siblings, search_dirs };
-    let report = vhdx::ops::merge::merge(child, &options).in_file(child)?;
+    let options = MergeOptions { depth: args.depth as usize, siblings, search_dirs, confine_to: None };
+    let bar = crate::convert::progress_bar(0);
+    let report = vhdx::ops::merge::merge_with_progress(child, &options, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let report = report.in_file(child)?;
     // What became of each sibling, looked at rather than assumed: under
     // --force a merge that wrote nothing leaves them valid.
     let statuses: Vec<LinkStatus> = report.siblings.iter().map(|s| tree::examine(&s.path).status).collect();
