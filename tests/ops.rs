@@ -743,3 +743,33 @@ fn copy_nonzero_between_disks_in_memory() {
     assert!(vhdx::ops::convert::copy_nonzero(&small, &mut b, &mut |_, _| {}).is_err());
     let _ = OpenOptions::new();
 }
+
+/// A child grown past its parent cannot be merged into it as it is: the
+/// merge is refused before anything changes (convert makes a standalone
+/// copy instead).
+#[test]
+fn merge_refuses_a_resized_child() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base.vhdx");
+    let child = tmp.path().join("child.vhdx");
+    let mut b = create(&base, &CreateOptions::dynamic(8 * MIB).block_size(MIB as u32));
+    b.write_at(&pattern(1, 4096), 0).unwrap();
+    b.close().unwrap();
+    let mut c = Disk::create_differencing(&child, &base, Some(MIB as u32)).unwrap();
+    c.write_at(&pattern(2, 4096), 8192).unwrap();
+    c.resize(12 * MIB, false).unwrap();
+    c.close().unwrap();
+    let (b_before, c_before) = (sha256_file(&base), sha256_file(&child));
+    let options = vhdx::ops::merge::MergeOptions { depth: 1, ..Default::default() };
+    let e = vhdx::ops::merge::merge(&child, &options).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("convert"), "{e}");
+    assert_eq!((sha256_file(&base), sha256_file(&child)), (b_before, c_before), "nothing changed");
+    let flat = tmp.path().join("flat.vhdx");
+    convert(&child, &flat, &ConvertOptions::default()).unwrap();
+    let f = Disk::open(&flat).unwrap();
+    assert_eq!(f.virtual_size(), 12 * MIB);
+    assert_eq!(read_vec(&f, 0, 4096), pattern(1, 4096));
+    assert_eq!(read_vec(&f, 8192, 4096), pattern(2, 4096));
+    assert_eq!(read_vec(&f, 8 * MIB, 4096), vec![0u8; 4096]);
+}
