@@ -413,6 +413,17 @@ fn differencing_resize() {
         model.resize(40 * MIB);
         c.close().unwrap();
         verify(&child, &model);
+        // Across a chunk boundary (2^23 sectors: 4 GiB with 512-byte sectors),
+        // where a partial write needs the next chunk's sector bitmap.
+        let big = (1u64 << 23) * lss as u64 + 8 * MIB;
+        if big <= 8 * GIB {
+            let mut c = reopen(&child);
+            c.resize(big, false).unwrap();
+            model.resize(big);
+            write_both(&mut c, &model, &pattern(4, 3 * lss as usize), big - 5 * MIB + 7 * lss as u64);
+            c.close().unwrap();
+            verify(&child, &model);
+        }
         assert_eq!(Disk::open(&base).unwrap().virtual_size(), size, "the parent is untouched");
     }
 }

@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::convert::progress_bar;
 use crate::inspect::print_json;
 use crate::size::{human, human_exact};
-use crate::{CliResult, CompactArgs, DiscardArgs, InFile, ResizeArgs};
+use crate::{CliResult, CompactArgs, DiscardArgs, Failure, InFile, ResizeArgs};
 
 /// `vhdx resize FILE --size SIZE [--allow-shrink]`.
 pub fn resize(args: &ResizeArgs) -> CliResult {
@@ -14,7 +14,12 @@ pub fn resize(args: &ResizeArgs) -> CliResult {
     let mut disk = vhdx::Disk::open_writable(path).in_file(path)?;
     let old = disk.virtual_size();
     let old_bat = disk.regions().bat();
-    disk.resize(args.size, args.allow_shrink).in_file(path)?;
+    match disk.resize(args.size, args.allow_shrink) {
+        Err(e) if e.kind() == vhdx::ErrorKind::Refused => {
+            return Err(Failure(format!("{}; --allow-shrink discards them", e.in_file(path.display()))));
+        }
+        r => r.in_file(path)?,
+    }
     let new_bat = disk.regions().bat();
     disk.close().in_file(path)?;
     outln!("Resized {}: virtual size {} -> {}", path.display(), human_exact(old), human_exact(args.size))?;

@@ -109,7 +109,7 @@ impl Disk {
                 if let Some(at) = self.first_nonzero(new_size, old_size - new_size)? {
                     return Err(Error::Refused(alloc::format!(
                         "shrinking the disk from {old_size} to {new_size} bytes would discard data: the removed \
-                         range holds non-zero bytes at offset {at:#x} (allow the shrink to discard them)"
+                         range holds non-zero bytes at offset {at:#x}; nothing was changed"
                     )));
                 }
             }
