@@ -218,13 +218,20 @@ impl Disk {
         Ok(())
     }
 
-    /// Writes `len` zero bytes at file offset `at`.
+    /// Writes `len` zero bytes at file offset `at` (in writes of up to 1 MiB).
     pub(crate) fn write_zeros_at(&mut self, at: u64, len: u64) -> Result<()> {
+        let big;
+        let zeros: &[u8] = if len <= ZEROS.len() as u64 {
+            &ZEROS
+        } else {
+            big = alloc::vec![0u8; len.min(crate::format::MIB) as usize];
+            &big
+        };
         let mut done = 0;
         while done < len {
-            let n = (len - done).min(ZEROS.len() as u64);
+            let n = (len - done).min(zeros.len() as u64);
             let off = at + done;
-            self.storage.write_all_at(&ZEROS[..n as usize], off).map_err(|source| Error::Io {
+            self.storage.write_all_at(&zeros[..n as usize], off).map_err(|source| Error::Io {
                 op: "writing zeros",
                 offset: off,
                 source,
