@@ -76,11 +76,15 @@ struct Live {
 }
 
 impl Disk {
-    /// Compacts the image in place (see the module docs of `compact`): blocks
-    /// holding only zeros stop being stored, blocks from the end of the file
-    /// move into the holes, and the file is cut after the last one. What the
-    /// disk presents is unchanged, and so is its DataWriteGuid. Fixed disks
-    /// are refused (convert them to dynamic first).
+    /// Compacts the image in place: blocks holding only zeros stop being
+    /// stored (NOT_PRESENT in a dynamic disk; ZERO, or NOT_PRESENT over a
+    /// parent that holds nothing there, in a differencing one), blocks and
+    /// the BAT or metadata region move from the end of the file into the
+    /// holes, and the file is cut after the last structure. Each block's copy
+    /// is durable before the BAT points at it (through the log), and its old
+    /// place is reused only after that. What the disk presents is unchanged,
+    /// and so is its DataWriteGuid (children stay valid). Fixed disks are
+    /// refused (convert them to dynamic first).
     ///
     /// ```
     /// use vhdx::{CreateOptions, Disk, MemStorage};
