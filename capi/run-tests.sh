@@ -124,8 +124,9 @@ chain="$work/run-test_chain-shared"
 callbacks="$work/run-test_callbacks-shared"
 if command -v qemu-img >/dev/null 2>&1; then
     # (QEMU reads only 512-byte logical sectors, so not c_fixed.vhdx.)
+    maintained="$work/run-test_maintain-shared"
     for img in "$images/c_dynamic.vhdx" "$images/c_fixed512.vhdx" "$images/c_defaults.vhdx" \
-        "$callbacks/c_callbacks.vhdx"; do
+        "$callbacks/c_callbacks.vhdx" "$maintained/c_maintained.vhdx" "$maintained/c_converted_fixed.vhdx"; do
         if qemu-img check -f vhdx "$img" >"$work/out" 2>&1; then
             ok "qemu-img check passes on the C-made $(basename "$img")"
         else
@@ -149,6 +150,13 @@ if command -v qemu-img >/dev/null 2>&1; then
     else
         bad "vhdx2raw and qemu-img convert differ on c_fixed512.vhdx"
         cat "$work/out"
+    fi
+    # Resized, discarded and compacted through the C API, then converted to raw by it.
+    if qemu-img convert -f vhdx -O raw "$maintained/c_maintained.vhdx" "$work/c_maintained.qemu.raw" &&
+        cmp "$maintained/c_converted.raw" "$work/c_maintained.qemu.raw"; then
+        ok "vhdx_convert's raw output equals qemu-img convert of the resized and compacted image"
+    else
+        bad "vhdx_convert's raw output and qemu-img convert differ on c_maintained.vhdx"
     fi
     # Sparse output: the zeros are holes.
     apparent="$(stat -c %s "$work/c_dynamic.raw")"

@@ -107,6 +107,22 @@
 #define VHDX_DISK_TYPE_DIFFERENCING 2
 
 /**
+ * The format of an image for vhdx_convert: chosen from the file's name
+ * (`.raw` and `.img` are raw, anything else VHDX).
+ */
+#define VHDX_FORMAT_AUTO 0
+
+/**
+ * Microsoft VHDX.
+ */
+#define VHDX_FORMAT_VHDX 1
+
+/**
+ * Raw: the virtual disk's bytes, nothing else (written as a sparse file).
+ */
+#define VHDX_FORMAT_RAW 2
+
+/**
  * Refuse to merge when other differencing disks (siblings) depend on an
  * image the merge changes; nothing is changed and the message names them.
  */
@@ -208,6 +224,83 @@ typedef struct VhdxInfo {
      */
     uint8_t parent_linkage[16];
 } VhdxInfo;
+
+/**
+ * What vhdx_compact did.
+ */
+typedef struct VhdxCompactReport {
+    /**
+     * The file's size before, in bytes.
+     */
+    uint64_t file_size_before;
+    /**
+     * The file's size after, in bytes.
+     */
+    uint64_t file_size_after;
+    /**
+     * Payload blocks that held only zeros (or lay past the virtual size)
+     * and are no longer stored.
+     */
+    uint64_t blocks_released;
+    /**
+     * Sector bitmap blocks (differencing disks) no longer needed.
+     */
+    uint64_t bitmaps_released;
+    /**
+     * Blocks and regions moved towards the start of the file.
+     */
+    uint64_t structures_moved;
+    /**
+     * Bytes copied by those moves.
+     */
+    uint64_t bytes_moved;
+} VhdxCompactReport;
+
+/**
+ * Options of vhdx_convert. Initialise with vhdx_convert_options_init
+ * (formats from the names, a dynamic VHDX with the defaults).
+ */
+typedef struct VhdxConvertOptions {
+    /**
+     * VHDX_FORMAT_AUTO, VHDX_FORMAT_VHDX or VHDX_FORMAT_RAW.
+     */
+    int32_t input_format;
+    /**
+     * VHDX_FORMAT_AUTO, VHDX_FORMAT_VHDX or VHDX_FORMAT_RAW.
+     */
+    int32_t output_format;
+    /**
+     * For a VHDX output: VHDX_DISK_TYPE_DYNAMIC or VHDX_DISK_TYPE_FIXED.
+     */
+    int32_t disk_type;
+    /**
+     * For a VHDX output: the block size, a power of two from 1 MiB to
+     * 256 MiB; 0 for the default (32 MiB).
+     */
+    uint32_t block_size;
+    /**
+     * For a VHDX output: 512 or 4096; 0 for the source's (512 for raw).
+     */
+    uint32_t logical_sector_size;
+    /**
+     * For a VHDX output: 512 or 4096; 0 for the source's (4096 for raw).
+     */
+    uint32_t physical_sector_size;
+} VhdxConvertOptions;
+
+/**
+ * What vhdx_convert did.
+ */
+typedef struct VhdxConvertReport {
+    /**
+     * The virtual size (a raw source's length), in bytes.
+     */
+    uint64_t virtual_size;
+    /**
+     * Non-zero bytes written into the output.
+     */
+    uint64_t bytes_written;
+} VhdxConvertReport;
 
 /**
  * What a resolver callback is asked: which parent a differencing image
@@ -727,6 +820,117 @@ int32_t vhdx_chain_length(const struct VhdxDisk *disk);
  * `cap` writable bytes.
  */
 int32_t vhdx_chain_path(const struct VhdxDisk *disk, uint32_t index, char *buf, size_t cap);
+
+/**
+ * Changes the virtual size of the open, writable `disk` to `new_size` bytes
+ * (a multiple of the logical sector size, at most 64 TiB). Growing adds
+ * sectors that read as zeros (the block allocation table moves to a larger
+ * region at the end of the file when it must); a fixed disk gets its new
+ * blocks allocated. Shrinking is refused with VHDX_ERR_REFUSED, nothing
+ * changed, when the removed range holds non-zero data, unless
+ * `allow_shrink`, which discards it. A differencing disk may grow past its
+ * parent's size (that part reads as zeros).
+ *
+ * The change is crash-safe (through the VHDX log) and durable when the call
+ * returns. The disk's DataWriteGuid changes, so differencing disks made from
+ * it no longer accept it as their parent.
+ *
+ * Returns VHDX_OK, VHDX_ERR_REFUSED, VHDX_ERR_READ_ONLY,
+ * VHDX_ERR_INVALID_ARGUMENT (a size that is 0, too large or not whole
+ * sectors; a differencing disk opened without its parent) or the storage's
+ * error.
+ *
+ * Ownership: nothing changes hands.
+ * Thread safety: takes the handle's lock exclusively.
+ *
+ * # Safety
+ * `disk` is NULL or a live handle.
+ */
+int32_t vhdx_resize(struct VhdxDisk *disk, uint64_t new_size, bool allow_shrink);
+
+/**
+ * Discards `len` bytes at `offset` of the open, writable `disk`: afterwards
+ * they read as zeros, in every disk type (in a differencing disk too, never
+ * the parent's data). Whole blocks give their space back (dynamic: UNMAPPED;
+ * differencing: ZERO; vhdx_compact then shrinks the file); a fixed disk is
+ * overwritten with zeros in place. Any offset and length inside the disk are
+ * accepted: bytes of a sector the range covers only in part are
+ * overwritten with zeros. Durable after the next vhdx_flush or vhdx_close,
+ * like a write.
+ *
+ * Returns VHDX_OK, VHDX_ERR_OUT_OF_RANGE (nothing discarded),
+ * VHDX_ERR_READ_ONLY, VHDX_ERR_INVALID_ARGUMENT (a NULL `disk`; a
+ * differencing disk opened without its parent) or the storage's error.
+ *
+ * Ownership: nothing changes hands.
+ * Thread safety: takes the handle's lock exclusively.
+ *
+ * # Safety
+ * `disk` is NULL or a live handle.
+ */
+int32_t vhdx_discard(struct VhdxDisk *disk, uint64_t offset, uint64_t len);
+
+/**
+ * Compacts the open, writable `disk` in place: blocks holding only zeros
+ * (and discarded ones) stop being stored, blocks from the end of the file
+ * move into the holes, and the file is truncated. What the disk presents
+ * does not change, nor does its DataWriteGuid (its children stay valid).
+ * Every step is crash-safe: a block's copy is durable before the block
+ * allocation table points at it, through the VHDX log. When `report` is not
+ * NULL it receives what was done (on success only).
+ *
+ * Returns VHDX_OK, VHDX_ERR_INVALID_ARGUMENT for a fixed disk (whose blocks
+ * stay allocated by definition: convert it to dynamic) or a NULL `disk`,
+ * VHDX_ERR_READ_ONLY, or the storage's error.
+ *
+ * Ownership: `report` is the caller's.
+ * Thread safety: takes the handle's lock exclusively.
+ *
+ * # Safety
+ * `disk` is NULL or a live handle; `report` is NULL or points to a writable
+ * VhdxCompactReport.
+ */
+int32_t vhdx_compact(struct VhdxDisk *disk, struct VhdxCompactReport *report);
+
+/**
+ * Sets `*options` to the defaults: formats from the file names, a dynamic
+ * VHDX output with the default block size and the source's sector sizes.
+ * Returns VHDX_OK, or VHDX_ERR_INVALID_ARGUMENT when `options` is NULL.
+ *
+ * Ownership: `options` is the caller's. Thread safety: safe from any thread.
+ *
+ * # Safety
+ * `options` is NULL or points to a writable VhdxConvertOptions.
+ */
+int32_t vhdx_convert_options_init(struct VhdxConvertOptions *options);
+
+/**
+ * Converts the image at `src_path` into a new image at `dst_path`, which
+ * must not exist: fixed ↔ dynamic VHDX, a differencing chain flattened into
+ * a standalone image (read through its parents), raw ↔ VHDX. Only non-zero
+ * data is written: a dynamic output allocates no block for zeros, and a raw
+ * output is a sparse file. `options` NULL means the defaults of
+ * vhdx_convert_options_init. When `report` is not NULL it receives what was
+ * done (on success only). On failure no output file is left behind.
+ *
+ * Returns VHDX_OK, VHDX_ERR_INVALID_ARGUMENT (bad options, VHDX options for
+ * a raw output, a raw source whose size is not whole sectors), VHDX_ERR_IO
+ * (among others: `dst_path` exists), or the error of the source, naming the
+ * file.
+ *
+ * Ownership: `options` and `report` are the caller's.
+ * Thread safety: safe from any thread (not concurrently with writers of the
+ * same files).
+ *
+ * # Safety
+ * `src_path` and `dst_path` are NUL-terminated strings; `options` is NULL or
+ * points to a valid VhdxConvertOptions; `report` is NULL or points to a
+ * writable VhdxConvertReport.
+ */
+int32_t vhdx_convert(const char *src_path,
+                     const char *dst_path,
+                     const struct VhdxConvertOptions *options,
+                     struct VhdxConvertReport *report);
 
 /**
  * Sets `*options` to the defaults: read-only, parents found through the

@@ -46,7 +46,7 @@ pub mod nbd;
 pub mod ops;
 
 pub use block::BlockDevice;
-pub use disk::{CreateOptions, Disk, DiskInfo, DiskType, Extent, GuidSource, MapEntry, OpenOptions};
+pub use disk::{CompactReport, CreateOptions, Disk, DiskInfo, DiskType, Extent, GuidSource, MapEntry, OpenOptions};
 pub use error::{Error, ErrorKind, IoError, Result};
 pub use format::guid::Guid;
 #[cfg(feature = "std")]

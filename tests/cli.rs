@@ -407,3 +407,51 @@ fn malformed_input_is_one_error_line_naming_it() {
     let bad = forest["nodes"].as_array().unwrap().iter().find(|n| n["path"].as_str().unwrap().ends_with("notes.vhdx"));
     assert_eq!(bad.unwrap()["status"], "unreadable");
 }
+
+#[test]
+fn resize_discard_and_compact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let mut model = vec![0u8; SIZE as usize];
+    ok(d, &["create", "disk.vhdx", "--size", "8M", "--block-size", "1M"]);
+    write(d, "disk.vhdx", 0, &pattern(50, 6 << 20), &mut model);
+    write(d, "disk.vhdx", SIZE - 100, &pattern(51, 100), &mut model);
+
+    // Grow: the new range reads zeros.
+    let out = String::from_utf8(ok(d, &["resize", "disk.vhdx", "--size", "12M"])).unwrap();
+    assert!(out.contains("8 MiB (8388608 bytes) -> 12 MiB (12582912 bytes)"), "{out}");
+    model.resize(12 << 20, 0);
+    assert_eq!(view(d, "disk.vhdx"), model);
+    // Shrink over data: refused, one error line naming the file and the flag's purpose.
+    let before = std::fs::read(d.join("disk.vhdx")).unwrap();
+    let e = fails(d, &["resize", "disk.vhdx", "--size", "4M"], &["disk.vhdx", "refused", "0x400000"]);
+    assert!(e.contains("--allow-shrink"), "{e}");
+    assert_eq!(std::fs::read(d.join("disk.vhdx")).unwrap(), before, "a refused shrink changes nothing");
+    fails(d, &["resize", "disk.vhdx", "--size", "1000"], &["disk.vhdx", "multiple"]);
+    ok(d, &["resize", "disk.vhdx", "--size", "6M", "--allow-shrink"]);
+    model.truncate(6 << 20);
+    assert_eq!(view(d, "disk.vhdx"), model);
+
+    // Discard: zeros, whole blocks released by compact.
+    ok(d, &["discard", "disk.vhdx", "--offset", "1M", "--length", "3M"]);
+    ok(d, &["discard", "disk.vhdx", "--offset", "5000", "--length", "100"]);
+    model[1 << 20..4 << 20].fill(0);
+    model[5000..5100].fill(0);
+    assert_eq!(view(d, "disk.vhdx"), model);
+    fails(d, &["discard", "disk.vhdx", "--offset", "6M", "--length", "1"], &["disk.vhdx", "outside"]);
+    let len_before = std::fs::metadata(d.join("disk.vhdx")).unwrap().len();
+    let report = json(d, &["compact", "disk.vhdx", "--json"]);
+    assert_eq!(report["file_size_before"].as_u64(), Some(len_before));
+    let after = std::fs::metadata(d.join("disk.vhdx")).unwrap().len();
+    assert_eq!(report["file_size_after"].as_u64(), Some(after));
+    assert_eq!(after, len_before - (3 << 20), "three blocks given back");
+    assert_eq!(view(d, "disk.vhdx"), model);
+    let out = String::from_utf8(ok(d, &["compact", "disk.vhdx"])).unwrap();
+    assert!(out.contains("(0 B given back)"), "{out}");
+    let check = String::from_utf8(ok(d, &["check", "disk.vhdx"])).unwrap();
+    assert!(check.contains("No errors"), "{check}");
+
+    // A fixed disk cannot be compacted; the message says what to do.
+    ok(d, &["create", "fixed.vhdx", "--size", "4M", "--type", "fixed", "--block-size", "1M"]);
+    fails(d, &["compact", "fixed.vhdx"], &["fixed.vhdx", "convert"]);
+}

@@ -322,7 +322,13 @@ pub fn merge(args: &MergeArgs) -> CliResult {
         search_dirs.push(PathBuf::from("."));
     }
     let options = MergeOptions { depth: args.depth as usize, siblings, search_dirs, ..Default::default() };
-    let report = vhdx::ops::merge::merge(child, &options).in_file(child)?;
+    let bar = crate::convert::progress_bar(0);
+    let report = vhdx::ops::merge::merge_with_progress(child, &options, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let report = report.in_file(child)?;
     // What became of each sibling, looked at rather than assumed: under
     // --force a merge that wrote nothing leaves them valid.
     let statuses: Vec<LinkStatus> = report.siblings.iter().map(|s| tree::examine(&s.path).status).collect();

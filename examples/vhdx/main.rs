@@ -13,6 +13,9 @@
 //! cargo run --release --example vhdx -- merge child.vhdx [--depth N] [--preserve-siblings | --force]
 //! cargo run --release --example vhdx -- set-parent child.vhdx moved/disk.vhdx
 //! cargo run --release --example vhdx -- serve disk.vhdx [--port 10809] [--bind 127.0.0.1] [--read-only] [--once]
+//! cargo run --release --example vhdx -- resize disk.vhdx --size 20G [--allow-shrink]
+//! cargo run --release --example vhdx -- discard disk.vhdx --offset 1G --length 512M
+//! cargo run --release --example vhdx -- compact disk.vhdx
 //! ```
 //!
 //! Every failure exits with status 1 and one line `error: …` on stderr that
@@ -21,7 +24,8 @@
 //! Layout: `main.rs` parses the command line and reports failures; each
 //! subcommand lives in its own function in `inspect.rs` (info, check, map),
 //! `data.rs` (create, read, write), `convert.rs` or `diff.rs` (differencing
-//! chains: tree, merge, set-parent), `serve.rs` (NBD); `size.rs` parses and prints byte counts. Unit tests (`cargo test --examples`) cover the size
+//! chains: tree, merge, set-parent), `maintain.rs` (resize, discard, compact),
+//! `serve.rs` (NBD); `size.rs` parses and prints byte counts. Unit tests (`cargo test --examples`) cover the size
 //! parser and the zero-skipping copy.
 
 /// `println!` for the commands: a failed write to stdout is a [`Failure`]
@@ -38,6 +42,7 @@ mod data;
 mod diff;
 mod inspect;
 mod serve;
+mod maintain;
 mod size;
 
 use std::fmt;
@@ -78,6 +83,48 @@ enum Command {
     SetParent(SetParentArgs),
     /// Export the virtual disk over NBD (qemu, nbd-client) until killed.
     Serve(ServeArgs),
+    /// Change the virtual size (grow; shrink only over zeros unless --allow-shrink).
+    Resize(ResizeArgs),
+    /// Discard a range: it reads as zeros, whole blocks give their space back.
+    Discard(DiscardArgs),
+    /// Give back the space of zero and discarded blocks and truncate the file.
+    Compact(CompactArgs),
+}
+
+/// Arguments of `vhdx resize`.
+#[derive(Args, Debug)]
+pub struct ResizeArgs {
+    /// The image (any type; a differencing disk needs its parent).
+    pub file: PathBuf,
+    /// The new virtual size: a multiple of the logical sector size (10G, 512M…).
+    #[arg(long, value_parser = size::parse_size)]
+    pub size: u64,
+    /// Shrink even when the removed range holds data, which is discarded.
+    #[arg(long)]
+    pub allow_shrink: bool,
+}
+
+/// Arguments of `vhdx discard`.
+#[derive(Args, Debug)]
+pub struct DiscardArgs {
+    /// The image (opened for writing).
+    pub file: PathBuf,
+    /// Virtual offset of the first byte (bytes, 0x…, or with a suffix).
+    #[arg(long, value_parser = size::parse_size)]
+    pub offset: u64,
+    /// Number of bytes (bytes, 0x…, or with a suffix).
+    #[arg(long, value_parser = size::parse_size)]
+    pub length: u64,
+}
+
+/// Arguments of `vhdx compact`.
+#[derive(Args, Debug)]
+pub struct CompactArgs {
+    /// The image (dynamic or differencing).
+    pub file: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `vhdx create`.
@@ -356,6 +403,9 @@ fn run(command: Command) -> CliResult {
         Command::Merge(args) => diff::merge(&args),
         Command::SetParent(args) => diff::set_parent(&args),
         Command::Serve(args) => serve::serve(&args),
+        Command::Resize(args) => maintain::resize(&args),
+        Command::Discard(args) => maintain::discard(&args),
+        Command::Compact(args) => maintain::compact(&args),
     }
 }
 

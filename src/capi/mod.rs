@@ -21,6 +21,7 @@
 #[macro_use]
 mod error;
 mod disk;
+mod maintain;
 mod open;
 mod ops;
 mod resolver;

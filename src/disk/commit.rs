@@ -49,7 +49,7 @@ impl Disk {
 
     /// Commits pending metadata: payload durable first, then the changed
     /// pages through the log, then in place.
-    fn commit_metadata(&mut self) -> Result<()> {
+    pub(crate) fn commit_metadata(&mut self) -> Result<()> {
         if !self.has_pending_metadata() {
             return Ok(());
         }

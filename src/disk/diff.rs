@@ -96,7 +96,7 @@ impl Disk {
     }
 
     /// Makes sure chunk `chunk` has a sector bitmap block; returns its offset.
-    fn ensure_sector_bitmap(&mut self, chunk: u64) -> Result<u64> {
+    pub(crate) fn ensure_sector_bitmap(&mut self, chunk: u64) -> Result<u64> {
         let index = self.geometry.sector_bitmap_index(chunk);
         let entry = self.bat[index];
         if entry & 7 == SB_PRESENT {
@@ -109,6 +109,12 @@ impl Disk {
 
     /// Sets the bitmap bits of `count` sectors from `first` in `block`.
     fn set_bitmap_bits(&mut self, block: u64, first: u64, count: u64) -> Result<()> {
+        self.change_bitmap_bits(block, first, count, true)
+    }
+
+    /// Sets (`present`) or clears the bitmap bits of `count` sectors from
+    /// `first` in `block`; the chunk must have a sector bitmap block.
+    pub(crate) fn change_bitmap_bits(&mut self, block: u64, first: u64, count: u64, present: bool) -> Result<()> {
         let g = self.geometry;
         let chunk = block / g.chunk_ratio;
         let sb = entry_offset(self.bat[g.sector_bitmap_index(chunk)]);
@@ -126,10 +132,14 @@ impl Disk {
             while s < stop {
                 let i = (base + s / 8 - page_at) as usize;
                 if s % 8 == 0 && stop - s >= 8 {
-                    page[i] = 0xFF;
+                    page[i] = if present { 0xFF } else { 0 };
                     s += 8;
                 } else {
-                    page[i] |= 1 << (s % 8);
+                    if present {
+                        page[i] |= 1 << (s % 8);
+                    } else {
+                        page[i] &= !(1 << (s % 8));
+                    }
                     s += 1;
                 }
             }
@@ -138,7 +148,7 @@ impl Disk {
     }
 
     /// The uncommitted copy of the metadata page at `page_at`, loaded on first use.
-    fn metadata_page_mut(&mut self, page_at: u64) -> Result<&mut Vec<u8>> {
+    pub(crate) fn metadata_page_mut(&mut self, page_at: u64) -> Result<&mut Vec<u8>> {
         if !self.dirty_pages.contains_key(&page_at) {
             let mut page = alloc::vec![0u8; PAGE as usize];
             self.read_file(&mut page, page_at, "reading a sector bitmap")?;

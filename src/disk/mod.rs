@@ -16,11 +16,14 @@
 
 mod cache;
 mod commit;
+mod compact;
 mod create;
 mod diff;
+mod discard;
 pub(crate) mod open;
 mod options;
 mod relink;
+mod resize;
 mod rw;
 
 use alloc::boxed::Box;
@@ -28,6 +31,8 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
 
+pub use compact::CompactReport;
+pub(crate) use discard::reads_zero_structurally;
 pub use options::{CreateOptions, DiskType, GuidSource, OpenOptions};
 pub use rw::{Extent, MapEntry};
 

@@ -45,6 +45,17 @@ pub struct MapEntry {
     pub extent: Extent,
 }
 
+/// Reads the parent's bytes at `at`. A child may be larger than its parent
+/// (after it was grown): what lies past the parent's end reads as zeros.
+pub(crate) fn read_parent(parent: &Disk, dst: &mut [u8], at: u64) -> Result<()> {
+    let avail = parent.virtual_size().saturating_sub(at).min(dst.len() as u64) as usize;
+    if avail > 0 {
+        parent.read_at(&mut dst[..avail], at)?;
+    }
+    dst[avail..].fill(0);
+    Ok(())
+}
+
 impl Disk {
     pub(crate) fn payload_entry(&self, block: u64) -> u64 {
         self.bat.get(self.geometry.payload_index(block)).copied().unwrap_or(0)
@@ -67,10 +78,14 @@ impl Disk {
     }
 
     fn check_range(&self, offset: u64, len: usize) -> Result<()> {
+        self.check_range_u64(offset, len as u64)
+    }
+
+    pub(crate) fn check_range_u64(&self, offset: u64, len: u64) -> Result<()> {
         let size = self.params.virtual_size;
-        match offset.checked_add(len as u64) {
+        match offset.checked_add(len) {
             Some(end) if end <= size => Ok(()),
-            _ => Err(Error::OutOfRange { offset, len: len as u64, size }),
+            _ => Err(Error::OutOfRange { offset, len, size }),
         }
     }
 
@@ -268,7 +283,7 @@ impl Disk {
                     Ok(())
                 }
                 Extent::Parent => match &self.parent {
-                    Some(p) => p.read_at(dst, at),
+                    Some(p) => read_parent(p, dst, at),
                     None => {
                         dst.fill(0);
                         Ok(())

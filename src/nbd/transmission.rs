@@ -36,12 +36,11 @@ pub(crate) fn write_lock(disk: &RwLock<Disk>) -> RwLockWriteGuard<'_, Disk> {
 ///
 /// NBD makes trimming advisory: the server may discard all, part or none of
 /// the range, and the client assumes nothing about its content until it
-/// writes it again. For now this server discards nothing, so the range keeps
-/// its data and the image keeps its blocks; once the library can discard
-/// (`Disk::discard`), this function is where the call goes.
+/// writes it again. This server discards it ([`Disk::discard`]): whole
+/// blocks give their space back (the file shrinks at the next `compact`),
+/// and the range reads as zeros in every image type.
 pub(crate) fn trim(disk: &mut Disk, offset: u64, len: u64) -> Result<()> {
-    let _ = (disk, offset, len);
-    Ok(())
+    disk.discard(offset, len)
 }
 
 /// How much `write_zeroes` examines and zeroes under one hold of the lock.

@@ -117,8 +117,8 @@ pub struct MergeReport {
 
 const COPY_CHUNK: u64 = 4 << 20;
 
-/// Copies the ranges of `from`'s view into `to`.
-fn copy_ranges(from: &Disk, to: &mut Disk, runs: &[(u64, u64)]) -> Result<u64> {
+/// Copies the ranges of `from`'s view into `to`; `step(n)` after each piece.
+fn copy_ranges(from: &Disk, to: &mut Disk, runs: &[(u64, u64)], step: &mut dyn FnMut(u64)) -> Result<u64> {
     let mut buf = std::vec![0u8; COPY_CHUNK as usize];
     let mut total = 0;
     for &(start, len) in runs {
@@ -129,13 +129,14 @@ fn copy_ranges(from: &Disk, to: &mut Disk, runs: &[(u64, u64)]) -> Result<u64> {
             to.write_at(&buf[..n], start + done)?;
             done += n as u64;
             total += n as u64;
+            step(n as u64);
         }
     }
     Ok(total)
 }
 
-/// Copies the parent's view of `runs` into `disk` itself.
-fn copy_from_parent(disk: &mut Disk, runs: &[(u64, u64)]) -> Result<u64> {
+/// Copies the parent's view of `runs` into `disk` itself; `step(n)` after each piece.
+fn copy_from_parent(disk: &mut Disk, runs: &[(u64, u64)], step: &mut dyn FnMut(u64)) -> Result<u64> {
     let mut buf = std::vec![0u8; COPY_CHUNK as usize];
     let mut total = 0;
     for &(start, len) in runs {
@@ -147,6 +148,7 @@ fn copy_from_parent(disk: &mut Disk, runs: &[(u64, u64)]) -> Result<u64> {
             disk.write_at(&buf[..n], start + done)?;
             done += n as u64;
             total += n as u64;
+            step(n as u64);
         }
     }
     Ok(total)
@@ -227,6 +229,16 @@ fn children_through(
 /// # Ok::<(), vhdx::Error>(())
 /// ```
 pub fn merge(child: &Path, options: &MergeOptions) -> Result<MergeReport> {
+    merge_with_progress(child, options, &mut |_, _| {})
+}
+
+/// [`merge`], calling `progress(done, total)` in bytes copied (into
+/// siblings, then into the target) as it goes; `total` is an upper bound.
+pub fn merge_with_progress(
+    child: &Path,
+    options: &MergeOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<MergeReport> {
     let depth = options.depth.max(1);
     // The chain, leaf first, with each level's DataWriteGuid and change set.
     let leaf = options.opener().open(child)?;
@@ -240,14 +252,28 @@ pub fn merge(child: &Path, options: &MergeOptions) -> Result<MergeReport> {
     }
     let target = paths[depth].clone();
     let mut guids = Vec::new();
+    let mut sizes = Vec::new();
     let mut change_sets: Vec<Ranges> = Vec::new();
     let mut level = Some(&leaf);
     while let Some(d) = level {
         guids.push(d.data_write_guid());
+        sizes.push(d.virtual_size());
         if change_sets.len() < depth {
             change_sets.push(d.change_set()?);
         }
         level = d.parent();
+    }
+    // A child resized after it was made presents another size than its
+    // parent: its data cannot go into the parent as it is.
+    if let Some(k) = (1..=depth).find(|&k| sizes[k] != sizes[0]) {
+        return Err(Error::invalid(std::format!(
+            "{}: its virtual size ({} bytes) differs from that of {} ({} bytes), so it cannot be merged into it; \
+             a standalone copy can be made with convert",
+            child.display(),
+            sizes[0],
+            paths[k].display(),
+            sizes[k]
+        )));
     }
     // below[k] = union of the change sets of C0..C(k-1): what changes in C_k's view.
     let mut below: Vec<Ranges> = std::vec![Vec::new()];
@@ -285,6 +311,32 @@ pub fn merge(child: &Path, options: &MergeOptions) -> Result<MergeReport> {
         )));
     }
 
+    // A sibling of another size cannot receive the merged view.
+    if options.siblings == SiblingPolicy::Preserve {
+        for (s, k) in &siblings {
+            let size = OpenOptions::new().without_parent().open(&s.path)?.virtual_size();
+            if size != sizes[*k] {
+                return Err(Error::invalid(std::format!(
+                    "{}: its virtual size ({size} bytes) differs from its parent {}'s ({} bytes), so it cannot be \
+                     preserved; nothing was changed",
+                    s.path.display(),
+                    s.parent.display(),
+                    sizes[*k]
+                )));
+            }
+        }
+    }
+    let mut total: u64 = ranges::total(&below[depth]);
+    if options.siblings == SiblingPolicy::Preserve {
+        total += siblings.iter().map(|(_, k)| ranges::total(&below[*k])).sum::<u64>();
+    }
+    let mut done = 0u64;
+    progress(done, total);
+    let mut step = |n: u64| {
+        done += n;
+        progress(done.min(total), total);
+    };
+
     // 1. Siblings receive what they would lose, before anything else changes.
     if options.siblings == SiblingPolicy::Preserve {
         for (s, k) in &mut siblings {
@@ -293,7 +345,8 @@ pub fn merge(child: &Path, options: &MergeOptions) -> Result<MergeReport> {
             let needed = ranges::difference(&below[*k], &own);
             if !needed.is_empty() {
                 sib.keep_data_write_guid()?;
-                s.bytes_copied = copy_from_parent(&mut sib, &needed).map_err(|e| e.in_file(s.path.display()))?;
+                s.bytes_copied =
+                    copy_from_parent(&mut sib, &needed, &mut step).map_err(|e| e.in_file(s.path.display()))?;
             }
             sib.close().map_err(|e| e.in_file(s.path.display()))?;
         }
@@ -303,7 +356,7 @@ pub fn merge(child: &Path, options: &MergeOptions) -> Result<MergeReport> {
     let union = below[depth].clone();
     let bytes_merged = {
         let mut t = options.opener().writable(true).open(&target)?;
-        let n = copy_ranges(&leaf, &mut t, &union).map_err(|e| e.in_file(target.display()))?;
+        let n = copy_ranges(&leaf, &mut t, &union, &mut step).map_err(|e| e.in_file(target.display()))?;
         t.close().map_err(|e| e.in_file(target.display()))?;
         n
     };

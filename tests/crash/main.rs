@@ -33,9 +33,17 @@
 //! and 140 small commits so the log wraps around its ring; (iv) a writable
 //! open of a Windows image with a dirty log, whose replay must itself be
 //! crash-safe (content: sha256 3ba3b309…), then writes; (v) `check --repair`
-//! of a damaged image. A merge with `--preserve-siblings`, which changes
+//! of a damaged image; (vii) resizes — a grow that relocates the BAT, a
+//! shrink that discards data, a grow again, a compaction that moves the BAT
+//! back down (the virtual size must be the old or the new one while a resize
+//! runs, the new one after it returned); (viii) discards in dynamic and
+//! differencing disks (a discarded range counts as a write of zeros);
+//! (ix) a compaction that releases, moves and truncates. A merge with `--preserve-siblings`, which changes
 //! four files, is crashed at each of its operations in [`tree`], all files
 //! on one fault clock.
+//!
+//! `VHDX_CRASH_ONLY=<text>` runs only the workloads whose name contains
+//! the text.
 //!
 //! The `#[ignore]`d soak adds a commit of 70 BAT pages (two log entries),
 //! dynamic disks with a short last block and 32 MiB differencing disks, one
@@ -189,10 +197,15 @@ fn run_all(workloads: &[Workload], random_subsets: usize) {
         failures[0]
     );
     assert!(
-        total >= 10_000,
+        total >= 10_000 || only().is_some(),
         "only {total} crash states (+ {total_nested} in recoveries) at {points} crash points were tried"
     );
     println!("all {all} crash states at {points} crash points recovered with nothing flushed lost");
+}
+
+/// `VHDX_CRASH_ONLY=<text>`: run only the workloads whose name contains it.
+fn only() -> Option<String> {
+    std::env::var("VHDX_CRASH_ONLY").ok().filter(|s| !s.is_empty())
 }
 
 fn standard_workloads() -> Vec<Workload> {
@@ -204,6 +217,10 @@ fn standard_workloads() -> Vec<Workload> {
         differencing(4096, 16 * MIB, 5),
         log_wrap(140, 6),
         repair(7),
+        resize(8),
+        discard(false, 9),
+        discard(true, 10),
+        compact(11),
     ];
     if let Some(p) = fixture_path() {
         let original = gunzip(&p);
@@ -217,6 +234,9 @@ fn standard_workloads() -> Vec<Workload> {
         let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(digest, LOG_REPLAY_RAW_SHA256, "the read-only view of the dirty-log image");
         w.push(dirty_log(original));
+    }
+    if let Some(only) = only() {
+        w.retain(|w| w.name.contains(&only));
     }
     w
 }

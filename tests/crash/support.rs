@@ -129,6 +129,10 @@ pub struct Recorder {
     /// Crash points before this many operations are not tried: the workload
     /// spends them on setup other workloads already cover.
     pub focus_from: u64,
+    /// The virtual sizes the image may have, for workloads that resize: the
+    /// old and the new size while a resize runs, the new one after it
+    /// returned. `None`: the size never changes.
+    pub sizes: Option<Vec<u64>>,
 }
 
 impl Recorder {
@@ -141,6 +145,33 @@ impl Recorder {
     pub fn flush(&mut self, disk: &mut Disk) -> vhdx::Result<()> {
         disk.flush()?;
         self.flushed = self.writes.len();
+        Ok(())
+    }
+
+    /// A discard: the range reads as zeros from the next flush on (before,
+    /// each sector is old or zero), as if zeros were written.
+    pub fn discard(&mut self, disk: &mut Disk, offset: u64, len: u64) -> vhdx::Result<()> {
+        let r = disk.discard(offset, len);
+        self.writes.push((offset, vec![0u8; len as usize]));
+        r
+    }
+
+    /// A resize, which flushes: when it returns, everything before it is
+    /// durable and the size is the new one. Until then the disk presents its
+    /// old size and content or the new ones. After a shrink the writes are
+    /// cut at the new end: if the disk grows again, the removed range must
+    /// read as zeros. (Only for workloads without a reference image: its
+    /// content past the cut would be expected back.)
+    pub fn resize(&mut self, disk: &mut Disk, new_size: u64, allow_shrink: bool) -> vhdx::Result<()> {
+        let old = disk.virtual_size();
+        self.sizes = Some(vec![old, new_size]);
+        disk.resize(new_size, allow_shrink)?;
+        self.sizes = Some(vec![new_size]);
+        self.flushed = self.writes.len();
+        for (offset, data) in &mut self.writes {
+            let keep = new_size.saturating_sub(*offset).min(data.len() as u64) as usize;
+            data.truncate(keep);
+        }
         Ok(())
     }
 

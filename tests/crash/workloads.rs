@@ -290,3 +290,141 @@ pub fn many_bat_pages(seed: u64) -> Workload {
         run: Box::new(run),
     }
 }
+
+/// (vii) Resizing a dynamic disk with 4096-byte sectors: a grow past what
+/// the 1 MiB BAT region holds (the BAT moves to a new region at the end of
+/// the file, switched in both region tables by one log entry), writes past
+/// the old end, a shrink into the middle of a block that discards data, a
+/// grow again (the discarded bytes must read as zeros), then a discard and
+/// a compaction that moves the relocated BAT back down into the freed hole.
+pub fn resize(seed: u64) -> Workload {
+    let s = 4096u64;
+    let run = move |storage: FaultStorage, rec: &mut Recorder, _: &Workload| -> vhdx::Result<()> {
+        let size = 16 * MIB - 2 * s;
+        let opts = CreateOptions::dynamic(size).block_size(MIB as u32).logical_sector_size(s as u32);
+        let handle = storage.clone();
+        let mut disk = Disk::create_on(Box::new(storage), &opts, Some(guids(seed)))?;
+        rec.created = true;
+        write_groups(
+            &mut disk,
+            rec,
+            &[&[
+                (0, MIB as usize, seed + 1),
+                (size - 3 * s, 3 * s as usize, seed + 2),
+                (2 * MIB, MIB as usize, seed + 8),
+            ]],
+        )?;
+        rec.write(&mut disk, 6 * MIB + 5, pattern(seed + 3, 100))?;
+        rec.focus_from = handle.mutating_ops();
+        // 131073 + 4 entries: more than a 1 MiB region holds.
+        let big = 128 * 1024 * MIB + 64 * MIB;
+        rec.resize(&mut disk, big, false)?;
+        assert_eq!(disk.regions().bat().length as u64, 2 * MIB, "the BAT was relocated");
+        write_groups(&mut disk, rec, &[&[(100 << 30, 8192, seed + 4), (big - s, s as usize, seed + 5)]])?;
+        write_groups(&mut disk, rec, &[&[(size - s, 2 * s as usize, seed + 6)]])?;
+        // Into block 2, whose data past the cut must read as zeros after the next grow.
+        rec.resize(&mut disk, 2 * MIB + 3 * s, true)?;
+        rec.resize(&mut disk, 20 * MIB, false)?;
+        rec.discard(&mut disk, 0, MIB)?;
+        rec.flush(&mut disk)?;
+        let report = disk.compact()?;
+        assert!(report.structures_moved > 0, "the compaction moved nothing: {report:?}");
+        rec.write(&mut disk, 19 * MIB, pattern(seed + 7, 4096))?;
+        rec.close(disk)
+    };
+    Workload {
+        name: String::from("resize: grow (BAT relocated), shrink, grow, compact"),
+        initial: Arc::new(Vec::new()),
+        parent: None,
+        reference: None,
+        sector: s,
+        tolerated: Vec::new(),
+        run: Box::new(run),
+    }
+}
+
+/// (viii) Discards in a dynamic disk (whole blocks become UNMAPPED, parts
+/// are zero-written, unaligned edges) and in a differencing child over a
+/// parent with data (whole blocks become ZERO, parts over parent data are
+/// zero-written, parts over an empty parent lose their bitmap bits).
+pub fn discard(differencing: bool, seed: u64) -> Workload {
+    let size = 16 * MIB;
+    let parent = differencing.then(|| Arc::new(parent_image(512, size, seed ^ 0x3333)));
+    let run = move |storage: FaultStorage, rec: &mut Recorder, w: &Workload| -> vhdx::Result<()> {
+        let mut disk = match &w.parent {
+            Some(p) => {
+                let parent = open_ro(p);
+                let mut locator = ParentLocator { entries: Vec::new() };
+                locator.set(PARENT_LINKAGE, braced_guid(&parent.data_write_guid()));
+                locator.set(RELATIVE_PATH, String::from(r".\parent.vhdx"));
+                Disk::create_differencing_on(Box::new(storage), parent, locator, Some(MIB as u32), Some(guids(seed)))?
+            }
+            None => {
+                let opts = CreateOptions::dynamic(size).block_size(MIB as u32);
+                Disk::create_on(Box::new(storage), &opts, Some(guids(seed)))?
+            }
+        };
+        rec.created = true;
+        write_groups(
+            &mut disk,
+            rec,
+            &[&[(MIB, 3 * MIB as usize, seed + 1), (9 * MIB + 4096, 8192, seed + 2), (12 * MIB + 512, 1024, seed + 3)]],
+        )?;
+        rec.discard(&mut disk, MIB, 2 * MIB)?; // whole blocks 1 and 2
+        rec.discard(&mut disk, 3 * MIB + 1000, 3000)?; // unaligned, inside block 3
+        rec.flush(&mut disk)?;
+        rec.discard(&mut disk, 9 * MIB + 4096, 4096)?; // own sectors (parent: nothing there)
+        rec.discard(&mut disk, 6 * MIB, MIB)?; // a whole block never written here (parent data)
+        rec.discard(&mut disk, 3 * MIB + 100, 200)?; // less than a sector
+        rec.write(&mut disk, 2 * MIB + 512, pattern(seed + 4, 512))?; // into a discarded block
+        rec.flush(&mut disk)?;
+        rec.discard(&mut disk, 0, size)?; // everything
+        rec.close(disk)
+    };
+    let reference = parent.as_ref().map(open_shared);
+    Workload {
+        name: format!("discard, {}", if differencing { "differencing" } else { "dynamic" }),
+        initial: Arc::new(Vec::new()),
+        parent,
+        reference,
+        sector: 512,
+        tolerated: Vec::new(),
+        run: Box::new(run),
+    }
+}
+
+/// (ix) Compaction of a dynamic disk: blocks written in scattered order,
+/// one overwritten with zeros, some discarded; compacting releases the
+/// all-zero one and moves the blocks at the end of the file into the holes,
+/// each BAT entry switched through the log only after the copies are
+/// durable; then the file is cut after a log entry records its new size.
+pub fn compact(seed: u64) -> Workload {
+    let run = move |storage: FaultStorage, rec: &mut Recorder, _: &Workload| -> vhdx::Result<()> {
+        let size = 16 * MIB;
+        let opts = CreateOptions::dynamic(size).block_size(MIB as u32);
+        let handle = storage.clone();
+        let mut disk = Disk::create_on(Box::new(storage), &opts, Some(guids(seed)))?;
+        rec.created = true;
+        let blocks: Vec<Step> = (0..10u64).map(|i| ((i * 7 % 16) * MIB + 512 * i, 4096, seed + i)).collect();
+        write_groups(&mut disk, rec, &[&blocks])?;
+        rec.write(&mut disk, 7 * MIB, vec![0u8; MIB as usize])?; // the second block allocated: all zeros now
+        rec.discard(&mut disk, 0, MIB)?; // the first one
+        rec.discard(&mut disk, 14 * MIB, MIB)?;
+        rec.flush(&mut disk)?;
+        rec.focus_from = handle.mutating_ops();
+        let report = disk.compact()?;
+        assert_eq!(report.blocks_released, 1);
+        assert!(report.structures_moved >= 2, "{report:?}");
+        rec.write(&mut disk, 15 * MIB, pattern(seed + 50, 4096))?;
+        rec.close(disk)
+    };
+    Workload {
+        name: String::from("compact: release, move, truncate"),
+        initial: Arc::new(Vec::new()),
+        parent: None,
+        reference: None,
+        sector: 512,
+        tolerated: Vec::new(),
+        run: Box::new(run),
+    }
+}

@@ -1,0 +1,133 @@
+/*
+ * Resizing, discarding, compacting and converting through the C API:
+ * contents read back, the refusals and their status codes, the reports.
+ *
+ * Leaves WORK_DIR/c_maintained.vhdx (grown, shrunk, discarded, compacted)
+ * and WORK_DIR/c_converted_fixed.vhdx behind for run-tests.sh to check with
+ * qemu-img, and c_converted.raw to compare with qemu-img convert.
+ */
+#include "common.h"
+
+#define MIB (1024u * 1024u)
+
+static void read_expect_pattern(VhdxDisk *d, uint64_t offset, size_t len, unsigned seed) {
+    uint8_t *buf = (uint8_t *)xmalloc(len);
+    CHECK_OK(vhdx_read_at(d, offset, buf, len));
+    CHECK(has_pattern(buf, len, offset, seed));
+    free(buf);
+}
+
+static void read_expect_zero(VhdxDisk *d, uint64_t offset, size_t len) {
+    uint8_t *buf = (uint8_t *)xmalloc(len);
+    memset(buf, 0xEE, len);
+    CHECK_OK(vhdx_read_at(d, offset, buf, len));
+    CHECK(all_zero(buf, len));
+    free(buf);
+}
+
+static void write_pattern(VhdxDisk *d, uint64_t offset, size_t len, unsigned seed) {
+    uint8_t *buf = (uint8_t *)xmalloc(len);
+    fill_pattern(buf, len, offset, seed);
+    CHECK_OK(vhdx_write_at(d, offset, buf, len));
+    free(buf);
+}
+
+static long file_size(const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) FAIL("cannot stat %s", path);
+    return (long)st.st_size;
+}
+
+int main(int argc, char **argv) {
+    const char *dir = work_dir(argc, argv);
+    char path[4096], fixed[4096], raw[4096], back[4096], tiny[4096];
+    VhdxDisk *d = NULL;
+    VhdxCompactReport compact;
+    VhdxConvertOptions options;
+    VhdxConvertReport converted;
+
+    path_in(path, dir, "c_maintained.vhdx");
+    CHECK_OK(vhdx_create_dynamic(path, 16 * MIB, MIB, 512, &d));
+    write_pattern(d, 0, 6 * MIB, 1);
+    write_pattern(d, 15 * MIB, MIB, 2);
+
+    /* Grow: new sectors read as zeros. */
+    CHECK_OK(vhdx_resize(d, 40 * MIB, false));
+    CHECK(vhdx_virtual_size(d) == 40 * MIB);
+    read_expect_zero(d, 16 * MIB, MIB);
+    read_expect_pattern(d, 15 * MIB, MIB, 2);
+    write_pattern(d, 39 * MIB, MIB, 3);
+
+    /* Shrink over data: refused, nothing changes; allowed with the flag. */
+    CHECK_ERR(vhdx_resize(d, 20 * MIB, false), VHDX_ERR_REFUSED, "c_maintained.vhdx");
+    CHECK(vhdx_virtual_size(d) == 40 * MIB);
+    CHECK_ERR(vhdx_resize(d, 20 * MIB + 100, true), VHDX_ERR_INVALID_ARGUMENT, "multiple");
+    CHECK_OK(vhdx_resize(d, 20 * MIB, true));
+    CHECK(vhdx_virtual_size(d) == 20 * MIB);
+    CHECK_OK(vhdx_resize(d, 24 * MIB, false));
+    read_expect_zero(d, 20 * MIB, 4 * MIB);
+
+    /* Discard: whole blocks and an unaligned piece read as zeros. */
+    CHECK_OK(vhdx_discard(d, MIB, 3 * MIB));
+    CHECK_OK(vhdx_discard(d, 5 * MIB + 3, 1000));
+    read_expect_zero(d, MIB, 3 * MIB);
+    read_expect_zero(d, 5 * MIB + 3, 1000);
+    read_expect_pattern(d, 5 * MIB + 1003, 4096, 1);
+    CHECK_ERR(vhdx_discard(d, 24 * MIB - 512, 1024), VHDX_ERR_OUT_OF_RANGE, "c_maintained.vhdx");
+    CHECK_ERR(vhdx_discard(NULL, 0, 512), VHDX_ERR_INVALID_ARGUMENT, "disk");
+
+    /* Compact: the discarded blocks (and the one past the shrink) give back their space. */
+    CHECK_OK(vhdx_flush(d));
+    CHECK_OK(vhdx_compact(d, &compact));
+    CHECK(compact.file_size_after < compact.file_size_before);
+    CHECK(compact.structures_moved > 0);
+    CHECK_OK(vhdx_close_checked(d));
+    CHECK((long)compact.file_size_after == file_size(path));
+
+    /* Reopened: the same bytes. */
+    CHECK_OK(vhdx_open(path, false, &d));
+    read_expect_pattern(d, 0, MIB, 1);
+    read_expect_zero(d, MIB, 3 * MIB);
+    read_expect_pattern(d, 4 * MIB, MIB, 1);
+    read_expect_pattern(d, 15 * MIB, MIB, 2);
+    read_expect_zero(d, 16 * MIB, 8 * MIB);
+    CHECK_ERR(vhdx_discard(d, 0, 512), VHDX_ERR_READ_ONLY, "read-only");
+    CHECK_ERR(vhdx_resize(d, 32 * MIB, false), VHDX_ERR_READ_ONLY, "read-only");
+    vhdx_close(d);
+
+    /* Convert: to a fixed VHDX, to raw, and back. */
+    path_in(fixed, dir, "c_converted_fixed.vhdx");
+    path_in(raw, dir, "c_converted.raw");
+    path_in(back, dir, "c_back.vhdx");
+    CHECK_OK(vhdx_convert_options_init(&options));
+    options.disk_type = VHDX_DISK_TYPE_FIXED;
+    options.block_size = 2 * MIB;
+    CHECK_OK(vhdx_convert(path, fixed, &options, &converted));
+    CHECK(converted.virtual_size == 24 * MIB);
+    CHECK(converted.bytes_written == 4 * MIB); /* blocks 0, 4, 5 and 15 */
+    CHECK_OK(vhdx_open(fixed, false, &d));
+    CHECK(vhdx_disk_type(d) == VHDX_DISK_TYPE_FIXED);
+    read_expect_pattern(d, 4 * MIB, MIB, 1);
+    read_expect_zero(d, 5 * MIB + 3, 1000);
+    vhdx_close(d);
+    CHECK_OK(vhdx_convert(fixed, raw, NULL, NULL));
+    CHECK(file_size(raw) == 24 * MIB);
+    CHECK_OK(vhdx_convert(raw, back, NULL, &converted));
+    CHECK_OK(vhdx_open(back, false, &d));
+    CHECK(vhdx_disk_type(d) == VHDX_DISK_TYPE_DYNAMIC);
+    read_expect_pattern(d, 15 * MIB, MIB, 2);
+    read_expect_zero(d, MIB, 3 * MIB);
+    vhdx_close(d);
+
+    /* Refusals: an existing output, bad options, a fixed disk to compact. */
+    CHECK_ERR(vhdx_convert(path, fixed, NULL, NULL), VHDX_ERR_IO, "c_converted_fixed.vhdx");
+    options.output_format = 7;
+    path_in(tiny, dir, "never.vhdx");
+    CHECK_ERR(vhdx_convert(path, tiny, &options, NULL), VHDX_ERR_INVALID_ARGUMENT, "output_format");
+    CHECK_ERR(vhdx_convert_options_init(NULL), VHDX_ERR_INVALID_ARGUMENT, "options");
+    CHECK_OK(vhdx_open(fixed, true, &d));
+    CHECK_ERR(vhdx_compact(d, NULL), VHDX_ERR_INVALID_ARGUMENT, "fixed");
+    vhdx_close(d);
+
+    return finish("test_maintain");
+}

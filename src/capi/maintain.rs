@@ -1,0 +1,275 @@
+//! Resizing, discarding and compacting an open disk; converting images by
+//! path.
+
+use core::ffi::c_char;
+
+use super::disk::{disk_arg, VhdxDisk, VHDX_DISK_TYPE_DIFFERENCING, VHDX_DISK_TYPE_DYNAMIC, VHDX_DISK_TYPE_FIXED};
+use super::error::{Failure, FfiResult, VHDX_OK};
+use super::strings::path_arg;
+use crate::ops::convert::{ConvertOptions, ImageFormat};
+use crate::DiskType;
+
+/// Changes the virtual size of the open, writable `disk` to `new_size` bytes
+/// (a multiple of the logical sector size, at most 64 TiB). Growing adds
+/// sectors that read as zeros (the block allocation table moves to a larger
+/// region at the end of the file when it must); a fixed disk gets its new
+/// blocks allocated. Shrinking is refused with VHDX_ERR_REFUSED, nothing
+/// changed, when the removed range holds non-zero data, unless
+/// `allow_shrink`, which discards it. A differencing disk may grow past its
+/// parent's size (that part reads as zeros).
+///
+/// The change is crash-safe (through the VHDX log) and durable when the call
+/// returns. The disk's DataWriteGuid changes, so differencing disks made from
+/// it no longer accept it as their parent.
+///
+/// Returns VHDX_OK, VHDX_ERR_REFUSED, VHDX_ERR_READ_ONLY,
+/// VHDX_ERR_INVALID_ARGUMENT (a size that is 0, too large or not whole
+/// sectors; a differencing disk opened without its parent) or the storage's
+/// error.
+///
+/// Ownership: nothing changes hands.
+/// Thread safety: takes the handle's lock exclusively.
+///
+/// # Safety
+/// `disk` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_resize(disk: *mut VhdxDisk, new_size: u64, allow_shrink: bool) -> i32 {
+    ffi!("vhdx_resize", {
+        // SAFETY: the caller promises NULL or a live handle.
+        let d = unsafe { disk_arg("vhdx_resize", disk)? };
+        d.write()?.resize(new_size, allow_shrink).map_err(|e| d.fail(e))?;
+        Ok(VHDX_OK)
+    })
+}
+
+/// Discards `len` bytes at `offset` of the open, writable `disk`: afterwards
+/// they read as zeros, in every disk type (in a differencing disk too, never
+/// the parent's data). Whole blocks give their space back (dynamic: UNMAPPED;
+/// differencing: ZERO; vhdx_compact then shrinks the file); a fixed disk is
+/// overwritten with zeros in place. Any offset and length inside the disk are
+/// accepted: bytes of a sector the range covers only in part are
+/// overwritten with zeros. Durable after the next vhdx_flush or vhdx_close,
+/// like a write.
+///
+/// Returns VHDX_OK, VHDX_ERR_OUT_OF_RANGE (nothing discarded),
+/// VHDX_ERR_READ_ONLY, VHDX_ERR_INVALID_ARGUMENT (a NULL `disk`; a
+/// differencing disk opened without its parent) or the storage's error.
+///
+/// Ownership: nothing changes hands.
+/// Thread safety: takes the handle's lock exclusively.
+///
+/// # Safety
+/// `disk` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_discard(disk: *mut VhdxDisk, offset: u64, len: u64) -> i32 {
+    ffi!("vhdx_discard", {
+        // SAFETY: the caller promises NULL or a live handle.
+        let d = unsafe { disk_arg("vhdx_discard", disk)? };
+        d.write()?.discard(offset, len).map_err(|e| d.fail(e))?;
+        Ok(VHDX_OK)
+    })
+}
+
+/// What vhdx_compact did.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VhdxCompactReport {
+    /// The file's size before, in bytes.
+    pub file_size_before: u64,
+    /// The file's size after, in bytes.
+    pub file_size_after: u64,
+    /// Payload blocks that held only zeros (or lay past the virtual size)
+    /// and are no longer stored.
+    pub blocks_released: u64,
+    /// Sector bitmap blocks (differencing disks) no longer needed.
+    pub bitmaps_released: u64,
+    /// Blocks and regions moved towards the start of the file.
+    pub structures_moved: u64,
+    /// Bytes copied by those moves.
+    pub bytes_moved: u64,
+}
+
+/// Compacts the open, writable `disk` in place: blocks holding only zeros
+/// (and discarded ones) stop being stored, blocks from the end of the file
+/// move into the holes, and the file is truncated. What the disk presents
+/// does not change, nor does its DataWriteGuid (its children stay valid).
+/// Every step is crash-safe: a block's copy is durable before the block
+/// allocation table points at it, through the VHDX log. When `report` is not
+/// NULL it receives what was done (on success only).
+///
+/// Returns VHDX_OK, VHDX_ERR_INVALID_ARGUMENT for a fixed disk (whose blocks
+/// stay allocated by definition: convert it to dynamic) or a NULL `disk`,
+/// VHDX_ERR_READ_ONLY, or the storage's error.
+///
+/// Ownership: `report` is the caller's.
+/// Thread safety: takes the handle's lock exclusively.
+///
+/// # Safety
+/// `disk` is NULL or a live handle; `report` is NULL or points to a writable
+/// VhdxCompactReport.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_compact(disk: *mut VhdxDisk, report: *mut VhdxCompactReport) -> i32 {
+    ffi!("vhdx_compact", {
+        // SAFETY: the caller promises NULL or a live handle.
+        let d = unsafe { disk_arg("vhdx_compact", disk)? };
+        let r = d.write()?.compact().map_err(|e| d.fail(e))?;
+        if !report.is_null() {
+            let value = VhdxCompactReport {
+                file_size_before: r.file_size_before,
+                file_size_after: r.file_size_after,
+                blocks_released: r.blocks_released,
+                bitmaps_released: r.bitmaps_released,
+                structures_moved: r.structures_moved,
+                bytes_moved: r.bytes_moved,
+            };
+            // SAFETY: non-NULL, and the caller promises a writable VhdxCompactReport.
+            unsafe { report.write(value) };
+        }
+        Ok(VHDX_OK)
+    })
+}
+
+/// The format of an image for vhdx_convert: chosen from the file's name
+/// (`.raw` and `.img` are raw, anything else VHDX).
+pub const VHDX_FORMAT_AUTO: i32 = 0;
+/// Microsoft VHDX.
+pub const VHDX_FORMAT_VHDX: i32 = 1;
+/// Raw: the virtual disk's bytes, nothing else (written as a sparse file).
+pub const VHDX_FORMAT_RAW: i32 = 2;
+
+/// Options of vhdx_convert. Initialise with vhdx_convert_options_init
+/// (formats from the names, a dynamic VHDX with the defaults).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VhdxConvertOptions {
+    /// VHDX_FORMAT_AUTO, VHDX_FORMAT_VHDX or VHDX_FORMAT_RAW.
+    pub input_format: i32,
+    /// VHDX_FORMAT_AUTO, VHDX_FORMAT_VHDX or VHDX_FORMAT_RAW.
+    pub output_format: i32,
+    /// For a VHDX output: VHDX_DISK_TYPE_DYNAMIC or VHDX_DISK_TYPE_FIXED.
+    pub disk_type: i32,
+    /// For a VHDX output: the block size, a power of two from 1 MiB to
+    /// 256 MiB; 0 for the default (32 MiB).
+    pub block_size: u32,
+    /// For a VHDX output: 512 or 4096; 0 for the source's (512 for raw).
+    pub logical_sector_size: u32,
+    /// For a VHDX output: 512 or 4096; 0 for the source's (4096 for raw).
+    pub physical_sector_size: u32,
+}
+
+impl Default for VhdxConvertOptions {
+    fn default() -> Self {
+        VhdxConvertOptions {
+            input_format: VHDX_FORMAT_AUTO,
+            output_format: VHDX_FORMAT_AUTO,
+            disk_type: VHDX_DISK_TYPE_DYNAMIC,
+            block_size: 0,
+            logical_sector_size: 0,
+            physical_sector_size: 0,
+        }
+    }
+}
+
+/// What vhdx_convert did.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VhdxConvertReport {
+    /// The virtual size (a raw source's length), in bytes.
+    pub virtual_size: u64,
+    /// Non-zero bytes written into the output.
+    pub bytes_written: u64,
+}
+
+/// Sets `*options` to the defaults: formats from the file names, a dynamic
+/// VHDX output with the default block size and the source's sector sizes.
+/// Returns VHDX_OK, or VHDX_ERR_INVALID_ARGUMENT when `options` is NULL.
+///
+/// Ownership: `options` is the caller's. Thread safety: safe from any thread.
+///
+/// # Safety
+/// `options` is NULL or points to a writable VhdxConvertOptions.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_convert_options_init(options: *mut VhdxConvertOptions) -> i32 {
+    ffi!("vhdx_convert_options_init", {
+        if options.is_null() {
+            return Err(Failure::null("vhdx_convert_options_init", "options"));
+        }
+        // SAFETY: non-NULL, and the caller promises a writable VhdxConvertOptions.
+        unsafe { options.write(VhdxConvertOptions::default()) };
+        Ok(VHDX_OK)
+    })
+}
+
+fn format_arg(function: &str, what: &str, code: i32) -> FfiResult<Option<ImageFormat>> {
+    match code {
+        VHDX_FORMAT_AUTO => Ok(None),
+        VHDX_FORMAT_VHDX => Ok(Some(ImageFormat::Vhdx)),
+        VHDX_FORMAT_RAW => Ok(Some(ImageFormat::Raw)),
+        other => {
+            Err(Failure::invalid(alloc::format!("{function}: {what} is {other}, not VHDX_FORMAT_AUTO, _VHDX or _RAW")))
+        }
+    }
+}
+
+/// Converts the image at `src_path` into a new image at `dst_path`, which
+/// must not exist: fixed ↔ dynamic VHDX, a differencing chain flattened into
+/// a standalone image (read through its parents), raw ↔ VHDX. Only non-zero
+/// data is written: a dynamic output allocates no block for zeros, and a raw
+/// output is a sparse file. `options` NULL means the defaults of
+/// vhdx_convert_options_init. When `report` is not NULL it receives what was
+/// done (on success only). On failure no output file is left behind.
+///
+/// Returns VHDX_OK, VHDX_ERR_INVALID_ARGUMENT (bad options, VHDX options for
+/// a raw output, a raw source whose size is not whole sectors), VHDX_ERR_IO
+/// (among others: `dst_path` exists), or the error of the source, naming the
+/// file.
+///
+/// Ownership: `options` and `report` are the caller's.
+/// Thread safety: safe from any thread (not concurrently with writers of the
+/// same files).
+///
+/// # Safety
+/// `src_path` and `dst_path` are NUL-terminated strings; `options` is NULL or
+/// points to a valid VhdxConvertOptions; `report` is NULL or points to a
+/// writable VhdxConvertReport.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_convert(
+    src_path: *const c_char,
+    dst_path: *const c_char,
+    options: *const VhdxConvertOptions,
+    report: *mut VhdxConvertReport,
+) -> i32 {
+    ffi!("vhdx_convert", {
+        const F: &str = "vhdx_convert";
+        // SAFETY: the caller's promise on `src_path`.
+        let src = unsafe { path_arg(F, "src_path", src_path)? };
+        // SAFETY: the caller's promise on `dst_path`.
+        let dst = unsafe { path_arg(F, "dst_path", dst_path)? };
+        // SAFETY: the caller promises NULL or a valid struct; it is copied.
+        let o = unsafe { options.as_ref() }.copied().unwrap_or_default();
+        let disk_type = match o.disk_type {
+            VHDX_DISK_TYPE_DYNAMIC => DiskType::Dynamic,
+            VHDX_DISK_TYPE_FIXED => DiskType::Fixed,
+            VHDX_DISK_TYPE_DIFFERENCING => {
+                return Err(Failure::invalid("vhdx_convert: the output is fixed or dynamic, not differencing"))
+            }
+            other => return Err(Failure::invalid(alloc::format!("vhdx_convert: disk_type is {other}"))),
+        };
+        let nonzero = |v: u32| (v != 0).then_some(v);
+        let opts = ConvertOptions {
+            input_format: format_arg(F, "input_format", o.input_format)?,
+            output_format: format_arg(F, "output_format", o.output_format)?,
+            disk_type,
+            block_size: nonzero(o.block_size),
+            logical_sector_size: nonzero(o.logical_sector_size),
+            physical_sector_size: nonzero(o.physical_sector_size),
+        };
+        let r = crate::ops::convert::convert(&src, &dst, &opts)?;
+        if !report.is_null() {
+            let value = VhdxConvertReport { virtual_size: r.virtual_size, bytes_written: r.bytes_written };
+            // SAFETY: non-NULL, and the caller promises a writable VhdxConvertReport.
+            unsafe { report.write(value) };
+        }
+        Ok(VHDX_OK)
+    })
+}

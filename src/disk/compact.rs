@@ -1,0 +1,377 @@
+//! Compaction: giving back the space of blocks that hold nothing, moving
+//! the blocks at the end of the file into the holes, and cutting the file.
+//!
+//! 1. **Release.** A present block whose data is all zeros stops being
+//!    stored: NOT_PRESENT in a dynamic disk; in a differencing disk ZERO, or
+//!    NOT_PRESENT when its parent reads as zeros there by structure too (a
+//!    partially present block only in that case, or when none of its sectors
+//!    is present). Blocks past the virtual size are released, and so are
+//!    sector bitmap blocks of chunks left without a partially present block.
+//!    Committed through the log; what the disk presents does not change.
+//! 2. **Move.** The live structures are listed (header section, log,
+//!    regions, blocks with data, sector bitmaps); the gaps between them are
+//!    holes. In batches, blocks taken from the end of the file are copied
+//!    into the lowest hole below them, the copies flushed, and only then the
+//!    BAT entries switched through the log. A block's old place becomes a
+//!    hole for the next batch only once that commit is durable, so a crash
+//!    finds every block either at its old place (untouched) or at its new
+//!    one (complete). A BAT or metadata region above a hole that fits it
+//!    moves the same way, switched in both region table copies by one log
+//!    entry.
+//! 3. **Truncate** after the last live structure, once a log entry records
+//!    the smaller size.
+//!
+//! Neither step changes what the disk presents, so the DataWriteGuid stays
+//! (children of a compacted parent remain valid); the FileWriteGuid changes.
+//! Fixed disks are refused: the format keeps every block of a fixed disk
+//! allocated.
+
+use alloc::vec::Vec;
+
+use super::Disk;
+use crate::error::{Error, Result};
+use crate::format::bat::{entry_offset, make_entry, PayloadState, SB_NOT_PRESENT, SB_PRESENT};
+use crate::format::guid::{BAT_REGION, METADATA_REGION};
+use crate::format::{round_up_mib, HEADER_SECTION_SIZE, MIB};
+
+/// Bytes of blocks moved per commit.
+const BATCH_BYTES: u64 = 64 * MIB;
+/// Bytes copied at once.
+const COPY_CHUNK: u64 = 4 * MIB;
+
+/// What [`Disk::compact`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    /// The file's size before.
+    pub file_size_before: u64,
+    /// The file's size after.
+    pub file_size_after: u64,
+    /// Payload blocks that held only zeros (or lay past the virtual size)
+    /// and are no longer stored.
+    pub blocks_released: u64,
+    /// Sector bitmap blocks no longer needed.
+    pub bitmaps_released: u64,
+    /// Blocks and regions moved towards the start of the file.
+    pub structures_moved: u64,
+    /// Bytes copied by those moves.
+    pub bytes_moved: u64,
+}
+
+/// A live structure of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Item {
+    /// A payload or sector bitmap block, by BAT index: it can move.
+    Block(usize),
+    /// The BAT or metadata region: it can move through the region table.
+    Region(crate::format::guid::Guid),
+    /// The header section, the log, other regions: they stay.
+    Fixed,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    offset: u64,
+    len: u64,
+    item: Item,
+}
+
+impl Disk {
+    /// Compacts the image in place: blocks holding only zeros stop being
+    /// stored (NOT_PRESENT in a dynamic disk; ZERO, or NOT_PRESENT over a
+    /// parent that holds nothing there, in a differencing one), blocks and
+    /// the BAT or metadata region move from the end of the file into the
+    /// holes, and the file is cut after the last structure. Each block's copy
+    /// is durable before the BAT points at it (through the log), and its old
+    /// place is reused only after that. What the disk presents is unchanged,
+    /// and so is its DataWriteGuid (children stay valid). Fixed disks are
+    /// refused (convert them to dynamic first).
+    ///
+    /// ```
+    /// use vhdx::{CreateOptions, Disk, MemStorage};
+    /// # fn main() -> vhdx::Result<()> {
+    /// let opts = CreateOptions::dynamic(64 << 20).block_size(1 << 20);
+    /// let mut disk = Disk::create_on(Box::new(MemStorage::new()), &opts, None)?;
+    /// disk.write_at(&[1u8; 4 << 20], 0)?;
+    /// disk.discard(0, 3 << 20)?;
+    /// let report = disk.compact()?;
+    /// assert!(report.file_size_after < report.file_size_before);
+    /// # Ok(()) }
+    /// ```
+    pub fn compact(&mut self) -> Result<CompactReport> {
+        self.compact_with_progress(&mut |_, _| {})
+    }
+
+    /// [`Disk::compact`], calling `progress(done, total)` (bytes scanned
+    /// and moved, and an estimate of all there is to do) as it goes.
+    pub fn compact_with_progress(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<CompactReport> {
+        if !self.writable {
+            return Err(Error::ReadOnly);
+        }
+        if self.params.leave_block_allocated {
+            return Err(Error::invalid(
+                "a fixed disk keeps every block allocated and cannot be compacted (convert it to a dynamic disk)",
+            ));
+        }
+        self.flush()?;
+        self.begin_metadata_change()?;
+        let mut report = CompactReport { file_size_before: self.file_len, ..Default::default() };
+        let bs = self.params.block_size as u64;
+        let data_blocks: Vec<usize> = (0..self.geometry.entry_count as usize)
+            .filter(|&i| {
+                !self.geometry.is_sector_bitmap_index(i)
+                    && PayloadState::from_entry(self.bat[i]).is_some_and(|s| s.has_data())
+            })
+            .collect();
+        let mut total = data_blocks.len() as u64 * bs;
+        let mut done = 0u64;
+        progress(done, total);
+
+        // 1. Release.
+        for &index in &data_blocks {
+            if self.release_if_empty(index)? {
+                report.blocks_released += 1;
+            }
+            done += bs;
+            progress(done, total);
+        }
+        if self.params.has_parent {
+            report.bitmaps_released = self.release_unused_bitmaps();
+        }
+        self.commit_metadata()?;
+
+        // 2. Move: the bytes above the packed size must move at least.
+        let live = self.live_structures();
+        let packed: u64 = live.iter().map(|l| l.len).sum();
+        total += live.iter().filter(|l| l.item != Item::Fixed && l.offset >= packed).map(|l| l.len).sum::<u64>();
+        progress(done, total);
+        while self.move_batch(&mut report, &mut |n| {
+            done += n;
+            progress(done, total);
+        })? {}
+
+        // 3. Truncate.
+        report.file_size_after = self.trim_file_end()?;
+        self.flush()?;
+        progress(total.max(done), total.max(done));
+        Ok(report)
+    }
+
+    /// Releases the block at BAT index `index` when it stores nothing the
+    /// disk needs; returns whether it did.
+    fn release_if_empty(&mut self, index: usize) -> Result<bool> {
+        let g = self.geometry;
+        let bs = g.block_size as u64;
+        let block = index as u64 - index as u64 / (g.chunk_ratio + 1);
+        let entry = self.bat[index];
+        let state = PayloadState::from_entry(entry);
+        let base = entry_offset(entry);
+        let block_start = block * bs;
+        if block >= g.payload_blocks {
+            // Past the virtual size: nobody reads it.
+            if state == Some(PayloadState::PartiallyPresent) {
+                self.clear_block_bitmap(block)?;
+            }
+            self.set_bat_entry(index, 0);
+            return Ok(true);
+        }
+        let visible = (block_start + bs).min(self.params.virtual_size) - block_start;
+        // The stored runs of the block, relative to its start.
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        if state == Some(PayloadState::PartiallyPresent) {
+            self.resolve(block_start, visible, |at, n, e| {
+                if matches!(e, super::Extent::Data { .. }) {
+                    runs.push((at - block_start, n));
+                }
+                Ok(())
+            })?;
+        } else {
+            runs.push((0, visible));
+        }
+        let mut buf = alloc::vec![0u8; COPY_CHUNK.min(bs) as usize];
+        for &(start, len) in &runs {
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(buf.len() as u64) as usize;
+                self.read_file(&mut buf[..n], base + start + at, "reading payload")?;
+                if buf[..n].iter().any(|&b| b != 0) {
+                    return Ok(false);
+                }
+                at += n as u64;
+            }
+        }
+        let new_state = if !self.params.has_parent {
+            PayloadState::NotPresent
+        } else {
+            let parent_zero = match self.parent() {
+                Some(p) => super::discard::reads_zero_structurally(p, block_start, visible)?,
+                None => false,
+            };
+            if parent_zero || runs.is_empty() {
+                PayloadState::NotPresent
+            } else if state == Some(PayloadState::FullyPresent) {
+                PayloadState::Zero
+            } else {
+                // Zeros in some sectors, the parent's data in the others.
+                return Ok(false);
+            }
+        };
+        if state == Some(PayloadState::PartiallyPresent) {
+            self.clear_block_bitmap(block)?;
+        }
+        self.set_bat_entry(index, make_entry(new_state.bits(), 0));
+        Ok(true)
+    }
+
+    /// Releases the sector bitmap blocks of chunks without a partially
+    /// present block; returns how many.
+    fn release_unused_bitmaps(&mut self) -> u64 {
+        let g = self.geometry;
+        let mut released = 0;
+        for chunk in 0..g.sector_bitmap_blocks {
+            let sb = g.sector_bitmap_index(chunk);
+            if self.bat[sb] & 7 != SB_PRESENT {
+                continue;
+            }
+            let first = g.payload_index(chunk * g.chunk_ratio);
+            let used =
+                (first..sb).any(|i| PayloadState::from_entry(self.bat[i]) == Some(PayloadState::PartiallyPresent));
+            if !used {
+                self.set_bat_entry(sb, SB_NOT_PRESENT);
+                released += 1;
+            }
+        }
+        released
+    }
+
+    /// Every live structure, by offset.
+    fn live_structures(&self) -> Vec<Live> {
+        let g = &self.geometry;
+        let mut live = alloc::vec![Live { offset: 0, len: HEADER_SECTION_SIZE, item: Item::Fixed }];
+        if self.header.log_length > 0 {
+            live.push(Live { offset: self.header.log_offset, len: self.header.log_length as u64, item: Item::Fixed });
+        }
+        for r in &self.regions.entries {
+            let item =
+                if r.guid == BAT_REGION || r.guid == METADATA_REGION { Item::Region(r.guid) } else { Item::Fixed };
+            live.push(Live { offset: r.file_offset, len: r.length as u64, item });
+        }
+        for (index, &e) in self.bat.iter().enumerate().take(g.entry_count as usize) {
+            let len = if g.is_sector_bitmap_index(index) {
+                if !(g.has_parent && e & 7 == SB_PRESENT) {
+                    continue;
+                }
+                MIB
+            } else if PayloadState::from_entry(e).is_some_and(|s| s.has_data()) {
+                g.block_size as u64
+            } else {
+                continue;
+            };
+            live.push(Live { offset: entry_offset(e), len, item: Item::Block(index) });
+        }
+        live.sort_unstable_by_key(|l| l.offset);
+        live
+    }
+
+    /// The gaps between live structures, below the end of the file.
+    fn holes(&self, live: &[Live]) -> Vec<(u64, u64)> {
+        let end = round_up_mib(self.file_len);
+        let mut holes = Vec::new();
+        let mut at = HEADER_SECTION_SIZE;
+        for l in live {
+            if l.offset > at {
+                holes.push((at, l.offset - at));
+            }
+            at = at.max(l.offset + l.len);
+        }
+        if end > at {
+            holes.push((at, end - at));
+        }
+        holes
+    }
+
+    /// Moves structures from the end of the file into the lowest holes
+    /// below them: a batch of blocks, or one region (the highest movable
+    /// structure decides which). Returns whether anything moved.
+    fn move_batch(&mut self, report: &mut CompactReport, moved: &mut dyn FnMut(u64)) -> Result<bool> {
+        let live = self.live_structures();
+        let mut holes = self.holes(&live);
+        let mut plan: Vec<(usize, u64, u64, u64)> = Vec::new(); // (index, from, to, len)
+        let mut bytes = 0;
+        for l in live.iter().rev() {
+            if l.item == Item::Fixed {
+                continue;
+            }
+            let Some(h) = holes.iter_mut().find(|h| h.1 >= l.len && h.0 + l.len <= l.offset) else {
+                continue;
+            };
+            match l.item {
+                Item::Block(index) => {
+                    plan.push((index, l.offset, h.0, l.len));
+                    h.0 += l.len;
+                    h.1 -= l.len;
+                    bytes += l.len;
+                    if bytes >= BATCH_BYTES {
+                        break;
+                    }
+                }
+                Item::Region(guid) if plan.is_empty() => {
+                    self.move_region(guid, l.offset, h.0, l.len)?;
+                    report.structures_moved += 1;
+                    report.bytes_moved += l.len;
+                    moved(l.len);
+                    return Ok(true);
+                }
+                _ => break,
+            }
+        }
+        if plan.is_empty() {
+            return Ok(false);
+        }
+        let mut buf = alloc::vec![0u8; COPY_CHUNK as usize];
+        for &(_, from, to, len) in &plan {
+            self.copy_file_range(&mut buf, from, to, len)?;
+            moved(len);
+        }
+        self.storage.flush().map_err(|source| Error::Io { op: "flushing moved blocks", offset: 0, source })?;
+        for &(index, _, to, len) in &plan {
+            let state = self.bat[index] & 7;
+            self.set_bat_entry(index, make_entry(state, to));
+            report.structures_moved += 1;
+            report.bytes_moved += len;
+        }
+        self.commit_metadata()?;
+        Ok(true)
+    }
+
+    /// Copies `len` file bytes from `from` to `to` (bytes past the end of
+    /// the file read as zeros), growing the known file length as needed.
+    fn copy_file_range(&mut self, buf: &mut [u8], from: u64, to: u64, len: u64) -> Result<()> {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            self.read_file(&mut buf[..n], from + done, "reading a block to move")?;
+            let at = to + done;
+            self.storage.write_all_at(&buf[..n], at).map_err(|source| Error::Io {
+                op: "writing a moved block",
+                offset: at,
+                source,
+            })?;
+            done += n as u64;
+        }
+        self.file_len = self.file_len.max(to + len);
+        Ok(())
+    }
+
+    /// Moves the BAT or metadata region (`len` bytes at `from`) to the hole
+    /// at `to`: copied and flushed, then switched in both region tables.
+    fn move_region(&mut self, guid: crate::format::guid::Guid, from: u64, to: u64, len: u64) -> Result<()> {
+        if guid == BAT_REGION {
+            self.write_bat_copy(to, len)?;
+        } else {
+            let mut buf = alloc::vec![0u8; COPY_CHUNK as usize];
+            self.copy_file_range(&mut buf, from, to, len)?;
+            self.storage.flush().map_err(|source| Error::Io { op: "flushing a moved region", offset: to, source })?;
+        }
+        self.switch_region(guid, to, len as u32)
+    }
+}

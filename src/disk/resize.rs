@@ -1,0 +1,395 @@
+//! Changing the virtual size, and the structural moves it needs: a larger
+//! BAT region, the virtual disk size item, giving back the file's tail.
+//!
+//! # Growing
+//!
+//! 1. **Room in the BAT.** When the region holds the new entry count, the
+//!    entries past the old count are cleared (through the log: nobody reads
+//!    them yet). Otherwise the BAT is *relocated*: the whole table is written
+//!    to a new region at the end of the file (1 MiB aligned, zeros past the
+//!    old entries) and flushed; then both region table copies are switched to
+//!    it in one log entry. The log may target any 4 KiB-aligned offset past
+//!    the headers (replay refuses only the first 192 KiB), and the region
+//!    tables at 192 and 256 KiB are metadata the format updates only through
+//!    the log; the changed pages of both copies (a few of their 32) fit one
+//!    entry, so a crash leaves either the old table or the new one, and until
+//!    the switch the new region is unreferenced space.
+//! 2. **The new range reads as zeros,** prepared while it is still past the
+//!    committed size, so nobody sees it yet: a fixed disk gets new
+//!    zero-filled blocks (it stays fully allocated); the tail of the old last
+//!    block, which may hold bytes from before a shrink, is zeroed; in a
+//!    differencing disk the whole new range is discarded (see
+//!    [`Disk::discard`]), so it never shows the parent's data. A child larger
+//!    than its parent reads zeros past the parent's end. These changes are
+//!    committed.
+//! 3. **The size**: the 8-byte virtual disk size item is patched in its
+//!    metadata page, committed alone (one log entry).
+//!
+//! # Shrinking
+//!
+//! Refused (nothing changes) when the range to remove reads anything but
+//! zeros, unless `allow_shrink`. The size item is committed first; then the
+//! entries past the new end — invisible from then on — are cleared, and the
+//! file's tail past every structure still in use is cut off, after a log
+//! entry records the smaller size (a replay must never find the file
+//! shorter than the log says it was).
+//!
+//! The DataWriteGuid changes (a resize is a change readers see), so
+//! children of a resized disk no longer accept it as their parent.
+
+use alloc::vec::Vec;
+
+use super::Disk;
+use crate::error::{Error, Result};
+use crate::format::bat::{entry_offset, make_entry, BatGeometry, PayloadState, SB_PRESENT};
+use crate::format::guid::{Guid, BAT_REGION, VIRTUAL_DISK_SIZE};
+use crate::format::metadata::{self, MetadataFlags, METADATA_TABLE_SIZE};
+use crate::format::region::{REGION_TABLE_OFFSETS, REGION_TABLE_SIZE};
+use crate::format::{round_up_mib, HEADER_SECTION_SIZE, MAX_VIRTUAL_SIZE, MIB};
+
+const PAGE: u64 = 4096;
+
+impl Disk {
+    /// Changes the virtual size to `new_size` bytes (a multiple of the
+    /// logical sector size, at most 64 TiB), for any disk type.
+    ///
+    /// Growing adds sectors that read as zeros; the BAT grows (and moves to
+    /// the end of the file when its region is too small). Shrinking is
+    /// refused with [`Error::Refused`] when the removed range holds non-zero
+    /// data, unless `allow_shrink`, which discards it. Every metadata change
+    /// goes through the log and the operation ends flushed: a crash leaves
+    /// the old size or the new one, never a mixture. The DataWriteGuid
+    /// changes, so children of this disk no longer link to it. A
+    /// differencing disk must be open with its parent; it may grow past its
+    /// parent's size (that part reads as zeros).
+    ///
+    /// ```
+    /// use vhdx::{CreateOptions, Disk, ErrorKind, MemStorage};
+    /// # fn main() -> vhdx::Result<()> {
+    /// let mut disk = Disk::create_on(Box::new(MemStorage::new()), &CreateOptions::dynamic(8 << 20), None)?;
+    /// disk.write_at(b"data", 7 << 20)?;
+    /// disk.resize(1 << 30, false)?; // grow: the new sectors read as zeros
+    /// assert_eq!(disk.virtual_size(), 1 << 30);
+    /// let err = disk.resize(4 << 20, false).unwrap_err(); // would lose "data"
+    /// assert_eq!(err.kind(), ErrorKind::Refused);
+    /// disk.resize(4 << 20, true)?; // discards it
+    /// # Ok(()) }
+    /// ```
+    pub fn resize(&mut self, new_size: u64, allow_shrink: bool) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly);
+        }
+        let lss = self.params.logical_sector_size as u64;
+        if new_size == 0 || new_size > MAX_VIRTUAL_SIZE {
+            return Err(Error::invalid(alloc::format!("virtual size {new_size} is not between 1 byte and 64 TiB")));
+        }
+        if new_size % lss != 0 {
+            return Err(Error::invalid(alloc::format!(
+                "virtual size {new_size} is not a multiple of the {lss}-byte logical sector"
+            )));
+        }
+        if self.params.has_parent && self.parent.is_none() {
+            return Err(Error::invalid("a differencing disk opened without its parent cannot be resized"));
+        }
+        let old_size = self.params.virtual_size;
+        if new_size == old_size {
+            return Ok(());
+        }
+        self.flush()?;
+        let new_geometry = BatGeometry::new(
+            self.params.block_size,
+            self.params.logical_sector_size,
+            new_size,
+            self.params.has_parent,
+        )?;
+        if new_size > old_size {
+            self.grow(new_size, new_geometry)
+        } else {
+            if !allow_shrink {
+                if let Some(at) = self.first_nonzero(new_size, old_size - new_size)? {
+                    return Err(Error::Refused(alloc::format!(
+                        "shrinking the disk from {old_size} to {new_size} bytes would discard data: the removed \
+                         range holds non-zero bytes at offset {at:#x}; nothing was changed"
+                    )));
+                }
+            }
+            self.shrink(new_size, new_geometry)
+        }
+    }
+
+    fn grow(&mut self, new_size: u64, g: BatGeometry) -> Result<()> {
+        let old_size = self.params.virtual_size;
+        let old = self.geometry;
+        let region = self.regions.bat();
+        if g.table_bytes() > region.length as u64 {
+            let new_len = round_up_mib(g.table_bytes());
+            if new_len > u32::MAX as u64 - (MIB - 1) {
+                return Err(Error::invalid("the BAT would exceed the largest region"));
+            }
+            self.begin_data_change()?;
+            let at = self.grow_for(new_len)?;
+            self.write_bat_copy(at, new_len)?;
+            self.switch_region(BAT_REGION, at, new_len as u32)?;
+            self.bat.truncate(old.entry_count as usize);
+            let entries = (g.entry_count.div_ceil(512) * 512) as usize;
+            self.bat.resize(entries, 0);
+        } else {
+            self.load_bat_entries(g.entry_count)?;
+            self.begin_data_change()?;
+            for index in old.entry_count as usize..g.entry_count as usize {
+                if self.bat[index] != 0 {
+                    self.set_bat_entry(index, 0);
+                }
+            }
+        }
+        // The new range, still past the committed size: zeros.
+        self.geometry = g;
+        self.params.virtual_size = new_size;
+        let prepared = self.prepare_grown_range(old_size, old.payload_blocks).and_then(|()| self.commit_metadata());
+        if let Err(e) = prepared {
+            self.geometry = old;
+            self.params.virtual_size = old_size;
+            return Err(e);
+        }
+        self.queue_virtual_size(new_size)?;
+        self.flush()
+    }
+
+    /// Makes `[old_size, virtual_size)` read as zeros (see the module docs).
+    fn prepare_grown_range(&mut self, old_size: u64, old_payload_blocks: u64) -> Result<()> {
+        let bs = self.params.block_size as u64;
+        let new_size = self.params.virtual_size;
+        if self.params.has_parent {
+            return self.zero_range(old_size, new_size - old_size);
+        }
+        let tail_end = old_size.div_ceil(bs).saturating_mul(bs).min(new_size);
+        if tail_end > old_size {
+            self.zero_range(old_size, tail_end - old_size)?;
+        }
+        if self.params.leave_block_allocated {
+            let missing: Vec<u64> = (old_payload_blocks..self.geometry.payload_blocks)
+                .filter(|&b| self.payload_state(b) != Some(PayloadState::FullyPresent))
+                .collect();
+            if !missing.is_empty() {
+                let at = self.grow_for(missing.len() as u64 * bs)?;
+                for (i, &b) in missing.iter().enumerate() {
+                    let index = self.geometry.payload_index(b);
+                    self.set_bat_entry(index, make_entry(PayloadState::FullyPresent.bits(), at + i as u64 * bs));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn shrink(&mut self, new_size: u64, g: BatGeometry) -> Result<()> {
+        let old = self.geometry;
+        self.begin_data_change()?;
+        self.queue_virtual_size(new_size)?;
+        self.commit_metadata()?;
+        self.geometry = g;
+        self.params.virtual_size = new_size;
+        // Past the new end nothing is read any more: release it.
+        for block in g.payload_blocks..old.payload_blocks {
+            let index = old.payload_index(block);
+            let entry = self.bat[index];
+            if entry == 0 {
+                continue;
+            }
+            if PayloadState::from_entry(entry) == Some(PayloadState::PartiallyPresent)
+                && block / g.chunk_ratio < g.sector_bitmap_blocks
+            {
+                self.clear_block_bitmap(block)?;
+            }
+            self.set_bat_entry(index, 0);
+        }
+        for index in g.entry_count as usize..old.entry_count as usize {
+            if self.bat[index] != 0 {
+                self.set_bat_entry(index, 0);
+            }
+        }
+        self.trim_file_end()?;
+        self.flush()
+    }
+
+    /// The first virtual offset in `[offset, offset + len)` that reads as a
+    /// non-zero byte.
+    fn first_nonzero(&self, offset: u64, len: u64) -> Result<Option<u64>> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        self.resolve(offset, len, |at, n, extent| {
+            match extent {
+                super::Extent::Zero => {}
+                super::Extent::Parent
+                    if self
+                        .parent
+                        .as_deref()
+                        .is_none_or(|p| super::discard::reads_zero_structurally(p, at, n).unwrap_or(false)) => {}
+                _ => runs.push((at, n)),
+            }
+            Ok(())
+        })?;
+        let mut buf = alloc::vec![0u8; MIB as usize];
+        for (start, n) in runs {
+            let mut done = 0;
+            while done < n {
+                let k = (n - done).min(MIB) as usize;
+                self.read_at(&mut buf[..k], start + done)?;
+                if let Some(i) = buf[..k].iter().position(|&b| b != 0) {
+                    return Ok(Some(start + done + i as u64));
+                }
+                done += k as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads BAT entries from the region into memory up to `count` entries
+    /// (whole pages, bounded by the region).
+    fn load_bat_entries(&mut self, count: u64) -> Result<()> {
+        let region = self.regions.bat();
+        let want = (count.div_ceil(512) * 512).min(region.length as u64 / 8) as usize;
+        if want > self.bat.len() {
+            let from = self.bat.len();
+            let mut raw = alloc::vec![0u8; (want - from) * 8];
+            self.read_file(&mut raw, self.bat_offset + from as u64 * 8, "reading the BAT")?;
+            self.bat.extend(
+                raw.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes the BAT's entries (zeros past the entry count) as a region of
+    /// `len` bytes at `at`, and flushes. The region is not referenced yet.
+    pub(crate) fn write_bat_copy(&mut self, at: u64, len: u64) -> Result<()> {
+        let count = self.geometry.entry_count as usize;
+        let mut chunk = alloc::vec![0u8; MIB as usize];
+        let mut done = 0u64;
+        while done < len {
+            chunk.fill(0);
+            let first = (done / 8) as usize;
+            let last = (((done + MIB) / 8) as usize).min(count);
+            for i in first..last.max(first) {
+                let o = (i - first) * 8;
+                chunk[o..o + 8].copy_from_slice(&self.bat[i].to_le_bytes());
+            }
+            let n = (len - done).min(MIB) as usize;
+            let off = at + done;
+            self.storage.write_all_at(&chunk[..n], off).map_err(|source| Error::Io {
+                op: "writing the relocated BAT",
+                offset: off,
+                source,
+            })?;
+            done += n as u64;
+        }
+        if at + len > self.file_len {
+            self.file_len = at + len;
+        }
+        self.storage.flush().map_err(|source| Error::Io { op: "flushing the relocated BAT", offset: at, source })
+    }
+
+    /// Points the region `guid` at `[at, at + len)` in both region table
+    /// copies, in one log entry, and commits. Nothing else may be pending.
+    pub(crate) fn switch_region(&mut self, guid: Guid, at: u64, len: u32) -> Result<()> {
+        debug_assert!(!self.has_pending_metadata());
+        let mut regions = self.regions.clone();
+        let entry =
+            regions.entries.iter_mut().find(|r| r.guid == guid).ok_or_else(|| Error::invalid("no such region"))?;
+        entry.file_offset = at;
+        entry.length = len;
+        let table = regions.to_bytes();
+        let mut current = alloc::vec![0u8; REGION_TABLE_SIZE];
+        for copy_at in REGION_TABLE_OFFSETS {
+            self.read_file(&mut current, copy_at, "reading a region table")?;
+            for (i, (old, new)) in current.chunks(PAGE as usize).zip(table.chunks(PAGE as usize)).enumerate() {
+                if old != new {
+                    self.dirty_pages.insert(copy_at + i as u64 * PAGE, new.to_vec());
+                }
+            }
+        }
+        // One entry, so both copies change together (at most 32 pages; a
+        // 1 MiB log holds 63 per entry).
+        let per_entry =
+            crate::log::LogWriter::new(self.header.log_offset, self.header.log_length as u64).max_pages_per_entry();
+        if self.dirty_pages.len() > per_entry {
+            self.dirty_pages.clear();
+            return Err(Error::unsupported(
+                "log",
+                self.header.log_offset,
+                "the log is too small to switch the region tables in one entry",
+            ));
+        }
+        self.commit_metadata()?;
+        if guid == BAT_REGION {
+            self.bat_offset = at;
+        }
+        self.regions = regions;
+        Ok(())
+    }
+
+    /// Queues the virtual disk size item's new value (its metadata page or
+    /// pages) for the next commit.
+    fn queue_virtual_size(&mut self, size: u64) -> Result<()> {
+        let region = self.regions.metadata();
+        let mut table = alloc::vec![0u8; METADATA_TABLE_SIZE];
+        self.read_file(&mut table, region.file_offset, "reading the metadata table")?;
+        let entries = metadata::parse_table(&table, region.file_offset, region.length)?;
+        let item = entries
+            .iter()
+            .find(|e| e.item_id == VIRTUAL_DISK_SIZE && !e.flags.contains(MetadataFlags::IS_USER) && e.length == 8)
+            .ok_or_else(|| Error::corrupt("metadata table", region.file_offset, "no 8-byte virtual disk size item"))?;
+        let at = region.file_offset + item.offset as u64;
+        for (i, b) in size.to_le_bytes().iter().enumerate() {
+            let byte_at = at + i as u64;
+            let page_at = byte_at / PAGE * PAGE;
+            let page = self.metadata_page_mut(page_at)?;
+            page[(byte_at - page_at) as usize] = *b;
+        }
+        Ok(())
+    }
+
+    /// The first 1 MiB boundary past every structure in use: header
+    /// section, log, regions, blocks holding data, sector bitmaps.
+    pub(crate) fn used_end(&self) -> u64 {
+        let mut end = HEADER_SECTION_SIZE.max(self.header.log_offset + self.header.log_length as u64);
+        for r in &self.regions.entries {
+            end = end.max(r.end());
+        }
+        let g = &self.geometry;
+        let bs = g.block_size as u64;
+        for (index, &e) in self.bat.iter().enumerate().take(g.entry_count as usize) {
+            if g.is_sector_bitmap_index(index) {
+                if g.has_parent && e & 7 == SB_PRESENT {
+                    end = end.max(entry_offset(e) + MIB);
+                }
+            } else if PayloadState::from_entry(e).is_some_and(|s| s.has_data()) {
+                end = end.max(entry_offset(e) + bs);
+            }
+        }
+        round_up_mib(end)
+    }
+
+    /// Commits pending metadata and cuts the file after the last structure
+    /// in use, once a log entry records the smaller size. Returns the file's
+    /// length.
+    pub(crate) fn trim_file_end(&mut self) -> Result<u64> {
+        let end = self.used_end();
+        if end >= self.file_len {
+            self.commit_metadata()?;
+            return Ok(self.file_len);
+        }
+        let before = self.file_len;
+        self.file_len = end;
+        if !self.has_pending_metadata() {
+            // An entry carrying the new size: BAT page 0, unchanged.
+            self.dirty_bat_pages.insert(0);
+        }
+        if let Err(e) = self.commit_metadata() {
+            self.file_len = before;
+            return Err(e);
+        }
+        self.storage.set_len(end).map_err(|source| Error::Io { op: "truncating the file", offset: end, source })?;
+        self.storage.flush().map_err(|source| Error::Io { op: "flushing", offset: end, source })?;
+        self.alloc_floor = end;
+        Ok(end)
+    }
+}
