@@ -321,7 +321,7 @@ pub fn merge(args: &MergeArgs) -> CliResult {
         // as "" and cannot list; name it so siblings there are found.
         search_dirs.push(PathBuf::from("."));
     }
-    let options = MergeOptions { depth: args.depth as usize, siblings, search_dirs };
+    let options = MergeOptions { depth: args.depth as usize, siblings, search_dirs, confine_to: None };
     let report = vhdx::ops::merge::merge(child, &options).in_file(child)?;
     // What became of each sibling, looked at rather than assumed: under
     // --force a merge that wrote nothing leaves them valid.
