@@ -1,9 +1,12 @@
 //! Whole-image operations built on [`crate::Disk`]: merging differencing
-//! disks, finding trees of them, re-linking.
+//! disks (one into an ancestor, or several siblings into their parent),
+//! finding trees of them, re-linking.
 
 pub mod ranges;
 
 #[cfg(feature = "std")]
 pub mod merge;
+#[cfg(feature = "std")]
+pub mod siblings;
 #[cfg(feature = "std")]
 pub mod tree;
