@@ -12,6 +12,8 @@
 //! cargo run --release --example vhdx -- tree dir/ [--json]
 //! cargo run --release --example vhdx -- merge child.vhdx [--depth N] [--preserve-siblings | --force]
 //! cargo run --release --example vhdx -- set-parent child.vhdx moved/disk.vhdx
+//! cargo run --release --example vhdx -- changes child.vhdx [--json]
+//! cargo run --release --example vhdx -- merge-siblings disk.vhdx a.vhdx b.vhdx [--prefer a.vhdx] [--dry-run]
 //! ```
 //!
 //! Every failure exits with status 1 and one line `error: …` on stderr that
@@ -19,8 +21,9 @@
 //!
 //! Layout: `main.rs` parses the command line and reports failures; each
 //! subcommand lives in its own function in `inspect.rs` (info, check, map),
-//! `data.rs` (create, read, write), `convert.rs` or `diff.rs` (differencing
-//! chains: tree, merge, set-parent); `size.rs` parses and prints byte counts. Unit tests (`cargo test --examples`) cover the size
+//! `data.rs` (create, read, write), `convert.rs`, `diff.rs` (differencing
+//! chains: tree, merge, set-parent) or `siblings.rs` (changes,
+//! merge-siblings); `size.rs` parses and prints byte counts. Unit tests (`cargo test --examples`) cover the size
 //! parser and the zero-skipping copy.
 
 /// `println!` for the commands: a failed write to stdout is a [`Failure`]
@@ -36,6 +39,7 @@ mod convert;
 mod data;
 mod diff;
 mod inspect;
+mod siblings;
 mod size;
 
 use std::fmt;
@@ -74,6 +78,10 @@ enum Command {
     Merge(MergeArgs),
     /// Point a differencing disk at its parent's new location.
     SetParent(SetParentArgs),
+    /// List the sectors a differencing disk holds itself (its change set).
+    Changes(siblings::ChangesArgs),
+    /// Merge several children of one parent into it at once, conflicts found first.
+    MergeSiblings(siblings::MergeSiblingsArgs),
 }
 
 /// Arguments of `vhdx create`.
@@ -332,6 +340,8 @@ fn run(command: Command) -> CliResult {
         Command::Tree(args) => diff::tree(&args),
         Command::Merge(args) => diff::merge(&args),
         Command::SetParent(args) => diff::set_parent(&args),
+        Command::Changes(args) => siblings::changes(&args),
+        Command::MergeSiblings(args) => siblings::merge_siblings(&args),
     }
 }
 

@@ -244,15 +244,15 @@ fn verify_state(images: Vec<Vec<u8>>, views: &Views, sector: usize) -> Result<Ve
         check_clean(Box::new(SharedImage(bytes.clone())), &[]).map_err(|e| format!("{}: {e}", NAMES[i]))?;
         recovered.push(bytes);
     }
-    for i in 0..NAMES.len() {
-        let d = open_view(&recovered, i).map_err(|e| format!("{} does not open through its chain: {e}", NAMES[i]))?;
-        let got = whole(&d).map_err(|e| format!("{}: reading: {e}", NAMES[i]))?;
+    for (i, name) in NAMES.iter().enumerate() {
+        let d = open_view(&recovered, i).map_err(|e| format!("{name} does not open through its chain: {e}"))?;
+        let got = whole(&d).map_err(|e| format!("{name}: reading: {e}"))?;
         if i == OUTSIDER || i == KID {
             if got != views.old[i] {
-                return Err(format!("{} does not present exactly what it did", NAMES[i]));
+                return Err(format!("{name} does not present exactly what it did"));
             }
         } else {
-            old_or_new(&got, &views.old[i], &views.new[i], sector).map_err(|e| format!("{}: {e}", NAMES[i]))?;
+            old_or_new(&got, &views.old[i], &views.new[i], sector).map_err(|e| format!("{name}: {e}"))?;
         }
     }
     Ok(recovered)
@@ -263,13 +263,13 @@ fn verify_rerun(recovered: Vec<Arc<Vec<u8>>>, views: &Views) -> Result<(), Strin
     let storages: Vec<FaultStorage> = recovered.iter().map(|b| FaultStorage::from_vec(b.to_vec())).collect();
     merge(image_set(&storages)).map_err(|e| format!("the merge run again failed: {e}"))?;
     let images: Vec<Arc<Vec<u8>>> = storages.iter().map(|s| Arc::new(s.volatile())).collect();
-    for i in 0..NAMES.len() {
-        let d = open_view(&images, i).map_err(|e| format!("after the re-run, {} does not open: {e}", NAMES[i]))?;
+    for (i, name) in NAMES.iter().enumerate() {
+        let d = open_view(&images, i).map_err(|e| format!("after the re-run, {name} does not open: {e}"))?;
         if whole(&d).map_err(|e| e.to_string())? != views.new[i] {
-            return Err(format!("after the re-run, {} does not present its content after the merge", NAMES[i]));
+            return Err(format!("after the re-run, {name} does not present its content after the merge"));
         }
         if CHILDREN.contains(&i) && !d.change_set().map_err(|e| e.to_string())?.is_empty() {
-            return Err(format!("after the re-run, {} is not empty", NAMES[i]));
+            return Err(format!("after the re-run, {name} is not empty"));
         }
     }
     for (i, image) in images.into_iter().enumerate() {
