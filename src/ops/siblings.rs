@@ -753,6 +753,8 @@ pub fn plan_merge_siblings(
         None => o,
     };
 
+    let parent_guid = resolving(OpenOptions::new()).open(parent).map_err(|e| e.in_file(parent.display()))?;
+    let parent_guid = parent_guid.data_write_guid();
     // Each child must reach the parent through its own locator.
     for c in children {
         let d = resolving(OpenOptions::new()).open(c).map_err(|e| e.in_file(c.display()))?;
@@ -765,8 +767,6 @@ pub fn plan_merge_siblings(
             None => return Err(Error::invalid("not a differencing disk").in_file(c.display())),
         }
     }
-    let parent_guid = resolving(OpenOptions::new()).open(parent).map_err(|e| e.in_file(parent.display()))?;
-    let parent_guid = parent_guid.data_write_guid();
 
     let mut dirs: Vec<PathBuf> = std::vec![directory_of(parent)];
     dirs.extend(children.iter().map(|c| directory_of(c)));
