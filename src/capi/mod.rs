@@ -24,5 +24,6 @@ mod disk;
 mod open;
 mod ops;
 mod resolver;
+mod siblings;
 mod storage;
 mod strings;
