@@ -4,7 +4,7 @@
 //! ([`Plug`]): a parent, three children merged into it (a, b, c: b loses a
 //! conflict to a, c overlaps a with equal bytes), an outsider (another
 //! child of the parent) and a child of a. The merge runs through
-//! [`plan_image_set`] with a preferred; a crash after `k` mutating
+//! [`plan_image_set`] with a as the preferred child; a crash after `k` mutating
 //! operations, counted over all six files, makes every later operation on
 //! any of them fail. Each file that has unflushed operations is then left in
 //! each crash state its storage can build (the others with everything they
