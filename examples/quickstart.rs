@@ -1,6 +1,8 @@
 //! Quickstart: create a dynamic VHDX, write to it, read it back; then a
 //! differencing story: a base, two children, and merging one child into the
-//! base without breaking the other.
+//! base without breaking the other; then a profile-container write-back: two
+//! session disks on one profile disk merged back at once, and a conflicting
+//! pair reported without anything being modified.
 //!
 //! ```text
 //! cargo run --release --example quickstart
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use vhdx::ops::merge::{merge, MergeOptions, SiblingPolicy};
+use vhdx::ops::siblings::{merge_siblings, plan_merge_siblings, SiblingMergeOptions};
 use vhdx::{CreateOptions, Disk, ErrorKind, Extent, Guid};
 
 /// The virtual size of the example disk.
@@ -264,6 +267,101 @@ fn verify_views(base: &Path, a: &Path, b: &Path, view_a: &[u8], view_b: &[u8]) -
     Ok(())
 }
 
+/// Step 11: a profile disk, as a profile container keeps one per user, and
+/// two session disks on it, one per concurrent session (FSLogix's
+/// ProfileType 3 does this). Each session writes different files.
+fn create_sessions(profile: &Path, sessions: [&Path; 2]) -> StepResult {
+    let mut disk = Disk::create(profile, &CreateOptions::dynamic(CHAIN_SIZE).block_size(1 << 20))?;
+    disk.write_at(&filled("profile data ", 4 << 20), 0)?;
+    disk.close()?;
+    let writes: [(&[u8], u64); 2] =
+        [(b"session 1 saved Documents/report.txt", 10 << 20), (b"session 2 changed AppData/settings.ini", 30 << 20)];
+    println!(
+        "11. A profile disk, {}, and a session disk for each of two sessions:",
+        file_name(&profile.to_string_lossy())
+    );
+    for (session, (text, at)) in sessions.into_iter().zip(writes) {
+        let mut disk = Disk::create_differencing(session, profile, None)?;
+        disk.write_at(text, at)?;
+        let changes = disk.change_set()?; // byte ranges, whole sectors
+        let sector = disk.logical_sector_size() as u64;
+        disk.close()?;
+        println!(
+            "   {} holds {} sector(s) of its own: {}",
+            file_name(&session.to_string_lossy()),
+            changes.iter().map(|r| r.1 / sector).sum::<u64>(),
+            changes
+                .iter()
+                .map(|&(o, l)| format!("{}..{}", o / sector, (o + l) / sector))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Step 12: at logoff both sessions go back into the profile disk at once.
+/// Their changes do not overlap, so the write-back needs no decision; after
+/// it the profile disk holds both, and each session disk is empty and
+/// presents the same.
+fn write_back(profile: &Path, sessions: [&Path; 2]) -> StepResult {
+    let mut expected = whole_view(profile)?;
+    for s in sessions {
+        let view = whole_view(s)?;
+        let disk = Disk::open(s)?;
+        for (o, l) in disk.change_set()? {
+            expected[o as usize..(o + l) as usize].copy_from_slice(&view[o as usize..(o + l) as usize]);
+        }
+    }
+    let children: Vec<PathBuf> = sessions.iter().map(|s| s.to_path_buf()).collect();
+    let report = merge_siblings(profile, &children, &SiblingMergeOptions::default())?;
+    println!("12. Wrote both sessions back into the profile disk at once: {} bytes, no conflicts", report.bytes_merged);
+    if !report.conflicts.is_empty() || whole_view(profile)? != expected {
+        return Err("the profile disk does not hold both sessions' changes".into());
+    }
+    for s in sessions {
+        if whole_view(s)? != expected || !Disk::open(s)?.change_set()?.is_empty() {
+            return Err(format!("{} does not present the merged profile, or is not empty", s.display()).into());
+        }
+    }
+    println!("   ok: the profile disk holds both sessions' changes; both session disks are empty and present it");
+    Ok(())
+}
+
+/// Step 13: the next two sessions both change the same settings file:
+/// their bytes differ in the same sectors. The write-back is refused,
+/// nothing is modified, and the report says where and who.
+fn conflicting_write_back(profile: &Path, sessions: [&Path; 2]) -> StepResult {
+    for (session, text) in sessions.into_iter().zip([&b"theme=dark  "[..], &b"theme=light "[..]]) {
+        let mut disk = Disk::create_differencing(session, profile, None)?;
+        disk.write_at(text, (30 << 20) + 7)?;
+        disk.close()?;
+    }
+    let before = std::fs::read(profile)?;
+    let children: Vec<PathBuf> = sessions.iter().map(|s| s.to_path_buf()).collect();
+    let plan = plan_merge_siblings(profile, &children, &SiblingMergeOptions::default())?;
+    println!("13. Two more sessions both changed the settings file; the write-back finds:");
+    for c in &plan.report().conflicts {
+        let names: Vec<String> = c.children.iter().map(|&i| file_name(&children[i].to_string_lossy())).collect();
+        println!(
+            "   a conflict at bytes {}..{}: {} hold different bytes there",
+            c.offset,
+            c.offset + c.length,
+            names.join(" and ")
+        );
+    }
+    match plan.execute() {
+        Err(e) if e.kind() == ErrorKind::Refused => println!("   so it is refused, and nothing is modified"),
+        Err(e) => return Err(e.into()),
+        Ok(_) => return Err("conflicting sessions were merged".into()),
+    }
+    if std::fs::read(profile)? != before {
+        return Err("a refused write-back changed the profile disk".into());
+    }
+    println!("   ok: the profile disk is byte for byte what it was; `prefer` (--prefer) would name the winner");
+    Ok(())
+}
+
 fn run() -> StepResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("quickstart.vhdx");
@@ -284,8 +382,16 @@ fn run() -> StepResult {
     merge_preserving_siblings(&a)?;
     verify_views(&base, &a, &b, &view_a, &view_b)?;
 
-    println!("Done: every byte read back as written, and a merge changed where data lives but not what any disk");
-    println!("presents. (The temporary directory is removed now.)");
+    let [profile, s1, s2, s3, s4]: [PathBuf; 5] =
+        ["profile.vhdx", "session1.vhdx", "session2.vhdx", "session3.vhdx", "session4.vhdx"]
+            .map(|n| dir.path().join(n));
+    create_sessions(&profile, [&s1, &s2])?;
+    write_back(&profile, [&s1, &s2])?;
+    conflicting_write_back(&profile, [&s3, &s4])?;
+
+    println!("Done: every byte read back as written, a merge changed where data lives but not what any disk");
+    println!("presents, and sessions went back into their profile disk together, or not at all when they");
+    println!("conflicted. (The temporary directory is removed now.)");
     Ok(())
 }
 

@@ -471,6 +471,120 @@ typedef struct VhdxMergeReport {
 } VhdxMergeReport;
 
 /**
+ * A range of the virtual disk, in bytes. Ranges from this library always
+ * start and end on a logical sector boundary: divide by the logical sector
+ * size (vhdx_logical_sector_size) for sector numbers.
+ */
+typedef struct VhdxRange {
+    /**
+     * Virtual byte offset of the first byte.
+     */
+    uint64_t offset;
+    /**
+     * Length in bytes.
+     */
+    uint64_t length;
+} VhdxRange;
+
+/**
+ * Options of vhdx_merge_siblings. Initialise with
+ * vhdx_sibling_merge_options_init (no preferred child, not a dry run, no
+ * extra or confining directories).
+ */
+typedef struct VhdxSiblingMergeOptions {
+    /**
+     * The child whose bytes win in the conflicts it takes part in: one of
+     * the children's paths (compared as files), or NULL for none, when any
+     * conflict refuses the merge. Read during the call.
+     */
+    const char *prefer;
+    /**
+     * Plan and report only; modify nothing.
+     */
+    bool dry_run;
+    /**
+     * More directories to search for the other children of the parent
+     * (and of the children), which are preserved; the directories of the
+     * parent and of every child are always searched. An array of
+     * `search_dir_count` NUL-terminated paths, read during the call.
+     */
+    const char *const *search_dirs;
+    /**
+     * The number of entries of `search_dirs`.
+     */
+    size_t search_dir_count;
+    /**
+     * When `confine_dir_count` > 0, parents are resolved only inside these
+     * directories, as VhdxOpenOptions.parent_search_dirs does: for images
+     * from untrusted sources. An array of NUL-terminated paths.
+     */
+    const char *const *confine_dirs;
+    /**
+     * The number of entries of `confine_dirs` (0: resolve anywhere).
+     */
+    size_t confine_dir_count;
+} VhdxSiblingMergeOptions;
+
+/**
+ * What vhdx_merge_siblings did, or in a dry run or a refusal, would do.
+ */
+typedef struct VhdxSiblingMergeReport {
+    /**
+     * Bytes written into the parent: the union of the children's change sets.
+     */
+    uint64_t bytes_merged;
+    /**
+     * Bytes copied into the other children of the parent (and children of
+     * the merged children) so that they keep presenting the same bytes.
+     */
+    uint64_t bytes_preserved;
+    /**
+     * How many images were preserved that way.
+     */
+    uint32_t preserved_images;
+    /**
+     * Conflicting ranges, resolved or not (all of them, even when more than
+     * the `conflict_cap` given).
+     */
+    uint64_t conflicts;
+    /**
+     * Conflicting ranges without a winner: while there are any, the merge is refused.
+     */
+    uint64_t unresolved_conflicts;
+    /**
+     * Bytes in conflict.
+     */
+    uint64_t conflicting_bytes;
+    /**
+     * Whether the merge was carried out.
+     */
+    bool merged;
+} VhdxSiblingMergeReport;
+
+/**
+ * Sectors held by several children whose bytes there are not all equal.
+ */
+typedef struct VhdxConflict {
+    /**
+     * Virtual byte offset of the first sector.
+     */
+    uint64_t offset;
+    /**
+     * Length in bytes (whole logical sectors).
+     */
+    uint64_t length;
+    /**
+     * The children holding these sectors: bit i set for children[i].
+     */
+    uint64_t children;
+    /**
+     * The index of the child whose bytes win (the preferred one), or -1:
+     * unresolved, so the merge is refused.
+     */
+    int32_t winner;
+} VhdxConflict;
+
+/**
  * Reads `len` bytes at byte `offset` of the storage into `buf`. Must fill
  * all of `buf` and return 0, or return non-zero (a read that reaches past
  * the storage's size must fail).
@@ -1076,6 +1190,99 @@ int32_t vhdx_check(const char *path, char *report, size_t report_cap);
  * `report_cap` writable bytes.
  */
 int32_t vhdx_repair(const char *path, char *report, size_t report_cap);
+
+/**
+ * The disk's change set: the ranges of the virtual disk it determines
+ * itself instead of its parent, read from its block table and sector
+ * bitmaps (every sector of a fully present block, the sectors whose bitmap
+ * bit is set in a partially present one, blocks that read as zeros). They
+ * come sorted, disjoint and never touching. A disk without a parent holds
+ * the whole disk (one range). The parent is not needed: a differencing disk
+ * opened with VhdxOpenOptions.without_parent answers the same.
+ *
+ * Protocol: `*count` receives the number of ranges; the first
+ * min(`cap`, `*count`) are written to `ranges`. So call once with `ranges`
+ * NULL and `cap` 0 to learn the count, then again with room for it; a
+ * `*count` greater than `cap` means the list was cut short.
+ *
+ * Returns VHDX_OK, or VHDX_ERR_INVALID_ARGUMENT when `disk` or `count` is
+ * NULL or `ranges` is NULL with `cap` > 0, or the error reading the disk's
+ * metadata.
+ *
+ * Ownership: `ranges` and `count` are the caller's. Thread safety: may run
+ * in parallel with reads and queries on the same handle.
+ *
+ * # Safety
+ * `disk` is NULL or a live handle; `ranges` is NULL with `cap == 0` or
+ * points to `cap` writable VhdxRange; `count` is NULL or points to a
+ * writable size_t.
+ */
+int32_t vhdx_change_set(const struct VhdxDisk *disk,
+                        struct VhdxRange *ranges,
+                        size_t cap,
+                        size_t *count);
+
+/**
+ * Sets `*options` to the defaults: no preferred child, not a dry run, no
+ * extra search directories, parents resolved anywhere. Returns VHDX_OK, or
+ * VHDX_ERR_INVALID_ARGUMENT when `options` is NULL.
+ *
+ * Ownership: `options` is the caller's. Thread safety: safe from any thread.
+ *
+ * # Safety
+ * `options` is NULL or points to a writable VhdxSiblingMergeOptions.
+ */
+int32_t vhdx_sibling_merge_options_init(struct VhdxSiblingMergeOptions *options);
+
+/**
+ * Merges the differencing disks `children` (`child_count` paths, 1 to 64)
+ * into their common parent `parent_path` in one crash-safe operation: the
+ * parent then presents its old content with every child's changes, and
+ * each child is empty, linked to the parent, and presents that merged
+ * content. Other children of the parent (and children of the merged
+ * children) found in the images' directories keep presenting the same
+ * bytes: what would change under them is copied into them first.
+ *
+ * Where children hold the same sectors with different bytes (a conflict)
+ * and `options->prefer` does not name one of them, nothing is modified and
+ * VHDX_ERR_REFUSED is returned; the message lists the ranges. With
+ * `options->dry_run` nothing is modified either, and VHDX_OK is returned
+ * whatever the conflicts (`report->unresolved_conflicts` > 0 says a real
+ * merge would be refused).
+ *
+ * When `report` is not NULL it receives the figures, on success, in a dry
+ * run and on a refusal for conflicts. The first min(`conflict_cap`,
+ * `report->conflicts`) conflicting ranges are written to `conflicts`, in
+ * order of offset.
+ *
+ * An interrupted merge leaves every image openable, each sector presenting
+ * its old or its new content; calling again with the same arguments
+ * completes it.
+ *
+ * Returns VHDX_OK, VHDX_ERR_REFUSED (conflicts, or an image changed while
+ * the merge was planned), VHDX_ERR_INVALID_ARGUMENT (a child that is not a
+ * differencing disk of the parent, a duplicate, more than 64 children, a
+ * `prefer` that is not a child, bad pointers), VHDX_ERR_PARENT_MISMATCH (a
+ * child's link to the parent is broken), or the error of the image that
+ * failed, named in the message. None of the images may be open elsewhere.
+ *
+ * Ownership: every argument is the caller's. Thread safety: safe from any
+ * thread (not concurrently with other users of the same files).
+ *
+ * # Safety
+ * `parent_path` is a NUL-terminated string; `children` points to
+ * `child_count` NUL-terminated strings; `options` is NULL or points to a
+ * valid VhdxSiblingMergeOptions; `report` is NULL or points to a writable
+ * VhdxSiblingMergeReport; `conflicts` is NULL with `conflict_cap == 0` or
+ * points to `conflict_cap` writable VhdxConflict.
+ */
+int32_t vhdx_merge_siblings(const char *parent_path,
+                            const char *const *children,
+                            size_t child_count,
+                            const struct VhdxSiblingMergeOptions *options,
+                            struct VhdxSiblingMergeReport *report,
+                            struct VhdxConflict *conflicts,
+                            size_t conflict_cap);
 
 /**
  * Opens the VHDX image held by caller-supplied storage.

@@ -388,6 +388,9 @@ fn malformed_input_is_one_error_line_naming_it() {
         &["merge", "notes.txt", "--preserve-siblings"],
         &["set-parent", "notes.txt", "good.vhdx"],
         &["set-parent", "good.vhdx", "notes.txt"],
+        &["changes", "notes.txt"],
+        &["merge-siblings", "notes.txt", "good.vhdx"],
+        &["merge-siblings", "good.vhdx", "notes.txt"],
         &["create", "child.vhdx", "--parent", "notes.txt"],
         &["convert", "notes.vhdx", "out.raw"],
     ] {
@@ -454,4 +457,170 @@ fn resize_discard_and_compact() {
     // A fixed disk cannot be compacted; the message says what to do.
     ok(d, &["create", "fixed.vhdx", "--size", "4M", "--type", "fixed", "--block-size", "1M"]);
     fails(d, &["compact", "fixed.vhdx"], &["fixed.vhdx", "convert"]);
+/// The sector ranges `writes` touch, coalesced, in bytes.
+fn touched(writes: &[(u64, usize)], sector: u64) -> Vec<(u64, u64)> {
+    let mut held = vec![false; (SIZE / sector) as usize];
+    for &(at, len) in writes {
+        for k in at / sector..(at + len as u64).div_ceil(sector) {
+            held[k as usize] = true;
+        }
+    }
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for k in (0..held.len()).filter(|&k| held[k]) {
+        let at = k as u64 * sector;
+        match out.last_mut() {
+            Some((s, l)) if *s + *l == at => *l += sector,
+            _ => out.push((at, sector)),
+        }
+    }
+    out
+}
+
+#[test]
+fn changes_lists_the_sectors_a_child_holds() {
+    for sector in [512u64, 4096] {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let mut model = vec![0u8; SIZE as usize];
+        let ss = sector.to_string();
+        ok(d, &["create", "base.vhdx", "--size", "8M", "--block-size", "1M", "--logical-sector-size", &ss]);
+        ok(d, &["create", "child.vhdx", "--parent", "base.vhdx", "--block-size", "1M"]);
+        let writes = [(3, 10), ((1 << 20) - sector - 1, sector as usize + 2), (3 << 20, 1 << 20), (SIZE - 1, 1)];
+        for (i, &(at, len)) in writes.iter().enumerate() {
+            write(d, "child.vhdx", at, &pattern(70 + i as u64, len), &mut model);
+        }
+        let expect = touched(&writes, sector);
+        let report = json(d, &["changes", "child.vhdx", "--json"]);
+        assert_eq!(report["type"], "differencing");
+        assert_eq!(report["logical_sector_size"], sector);
+        let ranges: Vec<(u64, u64)> = report["ranges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let (o, l) = (r["offset"].as_u64().unwrap(), r["length"].as_u64().unwrap());
+                assert_eq!(r["first_sector"].as_u64().unwrap(), o / sector);
+                assert_eq!(r["sector_count"].as_u64().unwrap(), l / sector);
+                (o, l)
+            })
+            .collect();
+        assert_eq!(ranges, expect, "{sector}-byte sectors");
+        assert_eq!(report["bytes"].as_u64().unwrap(), expect.iter().map(|r| r.1).sum::<u64>());
+        let text = String::from_utf8(ok(d, &["changes", "child.vhdx"])).unwrap();
+        assert!(text.contains(&format!("{} range(s)", expect.len())), "{text}");
+        for (o, l) in &expect {
+            assert!(
+                text.contains(&format!("{o:#x}")) && text.contains(&format!("{}..{}", o / sector, (o + l) / sector))
+            );
+        }
+        // A disk without a parent holds every sector; a missing parent does not matter.
+        let base = json(d, &["changes", "base.vhdx", "--json"]);
+        assert_eq!(
+            base["ranges"],
+            serde_json::json!([{"offset": 0, "length": SIZE, "first_sector": 0, "sector_count": SIZE / sector}])
+        );
+        std::fs::rename(d.join("base.vhdx"), d.join("moved.vhdx")).unwrap();
+        assert_eq!(json(d, &["changes", "child.vhdx", "--json"]), report);
+    }
+}
+
+#[test]
+fn merge_siblings_writes_back_disjoint_sessions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let mut base = vec![0u8; SIZE as usize];
+    ok(d, &["create", "profile.vhdx", "--size", "8M", "--block-size", "1M"]);
+    write(d, "profile.vhdx", 0, &pattern(80, 3 << 20), &mut base);
+    for name in ["s1.vhdx", "s2.vhdx", "other.vhdx"] {
+        ok(d, &["create", name, "--parent", "profile.vhdx", "--block-size", "1M"]);
+    }
+    let (mut s1, mut s2, mut other) = (base.clone(), base.clone(), base.clone());
+    let mut merged = base.clone();
+    write(d, "s1.vhdx", 1000, &pattern(81, 5000), &mut s1);
+    write(d, "s1.vhdx", (1 << 20) - 512, &pattern(82, 1024), &mut s1);
+    write(d, "s2.vhdx", 6144, &pattern(83, 512), &mut s2);
+    write(d, "s2.vhdx", 5 << 20, &pattern(84, 70_000), &mut s2);
+    write(d, "other.vhdx", 4096, &pattern(85, 4096), &mut other);
+    for (src, ranges) in [
+        (&s1, [(512usize, 6144usize), ((1 << 20) - 512, (1 << 20) + 512)]),
+        (&s2, [(6144, 6656), (5 << 20, (5 << 20) + 70_144)]),
+    ] {
+        for (a, b) in ranges {
+            merged[a..b].copy_from_slice(&src[a..b]);
+        }
+    }
+
+    let before = files(d);
+    let dry = json(d, &["merge-siblings", "profile.vhdx", "s1.vhdx", "s2.vhdx", "--dry-run", "--json"]);
+    assert_eq!(files(d), before, "a dry run modifies nothing");
+    assert_eq!(
+        (dry["dry_run"].as_bool(), dry["merged"].as_bool(), dry["refused"].as_bool()),
+        (Some(true), Some(false), Some(false))
+    );
+    assert_eq!(dry["bytes_merged"], 5632 + 1024 + 512 + 70_144);
+    assert_eq!(dry["conflicts"], serde_json::json!([]));
+    let text =
+        String::from_utf8(ok(d, &["merge-siblings", "profile.vhdx", "s1.vhdx", "s2.vhdx", "--dry-run"])).unwrap();
+    assert!(text.starts_with("Dry run, nothing was modified"), "{text}");
+    assert_eq!(files(d), before);
+
+    let report = json(d, &["merge-siblings", "profile.vhdx", "s1.vhdx", "s2.vhdx", "--json"]);
+    assert_eq!(report["merged"], true);
+    assert_eq!(report["children"][0]["bytes_merged"], 5632 + 1024);
+    assert_eq!(report["children"][1]["bytes_merged"], 512 + 70_144);
+    let preserved = report["preserved"].as_array().unwrap();
+    assert_eq!(preserved.len(), 1, "{report}");
+    assert!(preserved[0]["path"].as_str().unwrap().ends_with("other.vhdx"));
+    assert_eq!(preserved[0]["status"], "ok");
+    assert_eq!(preserved[0]["bytes_copied"], 5632 + 1024 + 512 + 70_144 - 5 * 512, "other held sectors 8..13 of them");
+    for name in ["profile.vhdx", "s1.vhdx", "s2.vhdx"] {
+        assert_eq!(view(d, name), merged, "{name} presents both sessions' changes");
+    }
+    assert_eq!(view(d, "other.vhdx"), other, "the outsider presents what it did");
+    for name in ["s1.vhdx", "s2.vhdx"] {
+        assert_eq!(json(d, &["changes", name, "--json"])["ranges"], serde_json::json!([]), "{name} is empty");
+    }
+}
+
+#[test]
+fn merge_siblings_refuses_conflicts_listing_them_and_prefer_decides() {
+    let (tmp, [_, a, b]) = base_and_two_children();
+    let d = tmp.path();
+    let before = files(d);
+    let out = run(d, &["merge-siblings", "base.vhdx", "a.vhdx", "b.vhdx", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["refused"].as_bool(), report["merged"].as_bool()), (Some(true), Some(false)));
+    // a wrote 4103..104103, b 0..8192: sectors 8..16 overlap with different bytes.
+    assert_eq!(
+        report["conflicts"],
+        serde_json::json!([{"offset": 4096, "length": 4096, "first_sector": 8, "sector_count": 8,
+            "children": ["a.vhdx", "b.vhdx"], "winner": null}])
+    );
+    let line = fails(d, &["merge-siblings", "base.vhdx", "a.vhdx", "b.vhdx"], &["base.vhdx", "refused", "--prefer"]);
+    assert!(line.contains("1 conflicting range"), "{line}");
+    let text = String::from_utf8(run(d, &["merge-siblings", "base.vhdx", "a.vhdx", "b.vhdx"]).stdout).unwrap();
+    assert!(text.contains("bytes 0x1000..0x2000 (sectors 8..16): a.vhdx, b.vhdx; unresolved"), "{text}");
+    fails(d, &["merge-siblings", "base.vhdx", "a.vhdx", "b.vhdx", "--dry-run"], &["would be refused"]);
+    fails(
+        d,
+        &["merge-siblings", "base.vhdx", "a.vhdx", "b.vhdx", "--prefer", "base.vhdx"],
+        &["not one of the children"],
+    );
+    fails(d, &["merge-siblings", "base.vhdx", "a.vhdx", "a.vhdx"], &["named twice"]);
+    fails(d, &["merge-siblings", "a.vhdx", "b.vhdx"], &["b.vhdx", "not a child of a.vhdx"]);
+    fails(d, &["merge-siblings", "base.vhdx"], &["required"]);
+    assert_eq!(files(d), before, "refusals modify nothing");
+
+    let report = json(d, &["merge-siblings", "base.vhdx", "a.vhdx", "b.vhdx", "--prefer", "b.vhdx", "--json"]);
+    assert_eq!(report["merged"], true);
+    assert_eq!(report["conflicts"][0]["winner"], "b.vhdx");
+    assert_eq!(report["children"][0]["bytes_overridden"], 4096);
+    let mut merged = a.clone();
+    for (x, y) in [(0usize, 8192usize), ((2 << 20) + 512, (2 << 20) + 512 + 70_144)] {
+        merged[x..y].copy_from_slice(&b[x..y]);
+    }
+    for name in ["base.vhdx", "a.vhdx", "b.vhdx"] {
+        assert_eq!(view(d, name), merged, "{name}");
+    }
 }

@@ -16,6 +16,8 @@
 //! cargo run --release --example vhdx -- resize disk.vhdx --size 20G [--allow-shrink]
 //! cargo run --release --example vhdx -- discard disk.vhdx --offset 1G --length 512M
 //! cargo run --release --example vhdx -- compact disk.vhdx
+//! cargo run --release --example vhdx -- changes child.vhdx [--json]
+//! cargo run --release --example vhdx -- merge-siblings disk.vhdx a.vhdx b.vhdx [--prefer a.vhdx] [--dry-run]
 //! ```
 //!
 //! Every failure exits with status 1 and one line `error: …` on stderr that
@@ -23,9 +25,10 @@
 //!
 //! Layout: `main.rs` parses the command line and reports failures; each
 //! subcommand lives in its own function in `inspect.rs` (info, check, map),
-//! `data.rs` (create, read, write), `convert.rs` or `diff.rs` (differencing
-//! chains: tree, merge, set-parent), `maintain.rs` (resize, discard, compact),
-//! `serve.rs` (NBD); `size.rs` parses and prints byte counts. Unit tests (`cargo test --examples`) cover the size
+//! `data.rs` (create, read, write), `convert.rs`, `diff.rs` (differencing
+//! chains: tree, merge, set-parent), `siblings.rs` (changes,
+//! merge-siblings), `maintain.rs` (resize, discard, compact), `serve.rs`
+//! (NBD); `size.rs` parses and prints byte counts. Unit tests (`cargo test --examples`) cover the size
 //! parser and the zero-skipping copy.
 
 /// `println!` for the commands: a failed write to stdout is a [`Failure`]
@@ -43,6 +46,7 @@ mod diff;
 mod inspect;
 mod serve;
 mod maintain;
+mod siblings;
 mod size;
 
 use std::fmt;
@@ -125,6 +129,10 @@ pub struct CompactArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// List the sectors a differencing disk holds itself (its change set).
+    Changes(siblings::ChangesArgs),
+    /// Merge several children of one parent into it at once, conflicts found first.
+    MergeSiblings(siblings::MergeSiblingsArgs),
 }
 
 /// Arguments of `vhdx create`.
@@ -406,6 +414,8 @@ fn run(command: Command) -> CliResult {
         Command::Resize(args) => maintain::resize(&args),
         Command::Discard(args) => maintain::discard(&args),
         Command::Compact(args) => maintain::compact(&args),
+        Command::Changes(args) => siblings::changes(&args),
+        Command::MergeSiblings(args) => siblings::merge_siblings(&args),
     }
 }
 

@@ -25,5 +25,6 @@ mod maintain;
 mod open;
 mod ops;
 mod resolver;
+mod siblings;
 mod storage;
 mod strings;

@@ -31,7 +31,10 @@ impl Disk {
         if self.data_guid_changed {
             return Ok(());
         }
-        let data = self.new_guid()?;
+        let data = match self.next_data_write_guid.take() {
+            Some(planned) => planned,
+            None => self.new_guid()?,
+        };
         let file = if self.file_guid_changed { self.header.file_write_guid } else { self.new_guid()? };
         self.update_header(|h| {
             h.file_write_guid = file;

@@ -87,6 +87,9 @@ pub struct Disk {
     log: Option<LogWriter>,
     file_guid_changed: bool,
     data_guid_changed: bool,
+    /// The DataWriteGuid the next data change takes instead of a fresh one
+    /// (a merge announces it to children before the change).
+    next_data_write_guid: Option<Guid>,
     guid_source: Option<GuidSource>,
     parent: Option<Box<Disk>>,
     creator: String,

@@ -260,6 +260,7 @@ fn finish(
         log: None,
         file_guid_changed,
         data_guid_changed: false,
+        next_data_write_guid: None,
         guid_source,
         parent,
         creator,

@@ -14,13 +14,35 @@ use alloc::vec::Vec;
 
 use super::Disk;
 use crate::error::{Error, Result};
+use crate::format::guid::Guid;
 use crate::format::locator::ParentLocator;
 use crate::format::metadata::build_region;
 
 impl Disk {
-    /// The virtual ranges this disk determines itself, coalesced: everything
-    /// that does not come from the parent (data, and blocks that read as
-    /// zeros). For a fixed or dynamic disk this is the whole disk.
+    /// The disk's *change set*: the virtual ranges it determines itself,
+    /// rather than its parent.
+    ///
+    /// Units: `(offset, length)` pairs in **bytes** of the virtual disk,
+    /// sorted, disjoint and coalesced (two ranges never touch); each starts
+    /// and ends on a logical sector boundary, so `offset /
+    /// logical_sector_size()` is the first sector and `length /
+    /// logical_sector_size()` the number of sectors.
+    ///
+    /// For a differencing disk this is read from the BAT and the sector
+    /// bitmaps, sector by sector: every sector of a fully present block,
+    /// every sector whose bitmap bit is set in a partially present block,
+    /// and every sector of a block in a state that reads as zeros instead of
+    /// the parent (ZERO, UNMAPPED, UNDEFINED). For a fixed or dynamic disk it
+    /// is the whole disk. Writes not yet flushed count.
+    ///
+    /// ```no_run
+    /// let child = vhdx::OpenOptions::new().without_parent().open("child.vhdx")?;
+    /// let sector = child.logical_sector_size() as u64;
+    /// for (offset, length) in child.change_set()? {
+    ///     println!("sectors {}..{} are the child's own", offset / sector, (offset + length) / sector);
+    /// }
+    /// # Ok::<(), vhdx::Error>(())
+    /// ```
     pub fn change_set(&self) -> Result<Vec<(u64, u64)>> {
         let mut out: Vec<(u64, u64)> = Vec::new();
         self.resolve(0, self.params.virtual_size, |at, n, extent| {
@@ -55,6 +77,18 @@ impl Disk {
     pub(crate) fn keep_data_write_guid(&mut self) -> Result<()> {
         self.begin_metadata_change()?;
         self.data_guid_changed = true;
+        Ok(())
+    }
+
+    /// Chooses the DataWriteGuid the next change of content takes (instead
+    /// of a fresh one), so that children can be told it before the change:
+    /// a child whose `parent_linkage2` names it keeps opening whether or not
+    /// the change happened. Refused once this session changed the content.
+    pub(crate) fn plan_data_write_guid(&mut self, guid: Guid) -> Result<()> {
+        if self.data_guid_changed {
+            return Err(Error::invalid("the DataWriteGuid of this session is already chosen"));
+        }
+        self.next_data_write_guid = Some(guid);
         Ok(())
     }
 

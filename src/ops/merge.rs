@@ -136,7 +136,7 @@ fn copy_ranges(from: &Disk, to: &mut Disk, runs: &[(u64, u64)], step: &mut dyn F
 }
 
 /// Copies the parent's view of `runs` into `disk` itself; `step(n)` after each piece.
-fn copy_from_parent(disk: &mut Disk, runs: &[(u64, u64)], step: &mut dyn FnMut(u64)) -> Result<u64> {
+pub(crate) fn copy_from_parent(disk: &mut Disk, runs: &[(u64, u64)], step: &mut dyn FnMut(u64)) -> Result<u64> {
     let mut buf = std::vec![0u8; COPY_CHUNK as usize];
     let mut total = 0;
     for &(start, len) in runs {
@@ -156,14 +156,14 @@ fn copy_from_parent(disk: &mut Disk, runs: &[(u64, u64)], step: &mut dyn FnMut(u
 
 /// The directory holding `p`: `.` for a bare file name (whose `parent()` is
 /// the empty path, which cannot be listed).
-fn directory_of(p: &Path) -> PathBuf {
+pub(crate) fn directory_of(p: &Path) -> PathBuf {
     match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     }
 }
 
-fn canonical(p: &Path) -> PathBuf {
+pub(crate) fn canonical(p: &Path) -> PathBuf {
     p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
 }
 

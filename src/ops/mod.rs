@@ -1,5 +1,6 @@
 //! Whole-image operations built on [`crate::Disk`]: merging differencing
-//! disks, finding trees of them, re-linking, compacting, converting.
+//! disks (one into an ancestor, or several siblings into their parent),
+//! finding trees of them, re-linking, compacting, converting.
 
 pub mod convert;
 pub mod ranges;
@@ -8,5 +9,7 @@ pub mod ranges;
 pub mod compact;
 #[cfg(feature = "std")]
 pub mod merge;
+#[cfg(feature = "std")]
+pub mod siblings;
 #[cfg(feature = "std")]
 pub mod tree;

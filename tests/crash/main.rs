@@ -38,7 +38,10 @@
 //! back down (the virtual size must be the old or the new one while a resize
 //! runs, the new one after it returned); (viii) discards in dynamic and
 //! differencing disks (a discarded range counts as a write of zeros);
-//! (ix) a compaction that releases, moves and truncates. A merge with `--preserve-siblings`, which changes
+//! (ix) a compaction that releases, moves and truncates; (x) a sibling merge
+//! (`ops::siblings`) over six files on one power switch, whose crash states
+//! are checked for links that hold, views that are old or new sector by
+//! sector, and a re-run that completes the merge ([`siblings`]). A merge with `--preserve-siblings`, which changes
 //! four files, is crashed at each of its operations in [`tree`], all files
 //! on one fault clock.
 //!
@@ -47,10 +50,12 @@
 //!
 //! The `#[ignore]`d soak adds a commit of 70 BAT pages (two log entries),
 //! dynamic disks with a short last block and 32 MiB differencing disks, one
-//! pair per seed, and more random subsets:
+//! pair per seed, more random subsets, and the sibling merge with
+//! 4096-byte sectors:
 //! `VHDX_CRASH_SOAK=<seeds> cargo test --release --test crash -- --ignored --nocapture`
 //! (5 seeds by default).
 
+mod siblings;
 mod support;
 mod tree;
 mod verify;
@@ -269,6 +274,26 @@ fn crash_during_a_merge_that_preserves_siblings() {
         o.failures[0]
     );
     assert!(o.points > 20, "the merge had only {} crash points", o.points);
+/// Runs the sibling-merge crash points for each sector size.
+fn sibling_merge_crashes(sectors: &[u32]) {
+    let mut failures = Vec::new();
+    for &sector in sectors {
+        let (points, states, f) = siblings::crash_everywhere(sector, threads());
+        assert!(points > 50 && states > points, "{points} crash points, {states} states");
+        failures.extend(f);
+    }
+    for f in failures.iter().take(50) {
+        println!("FAIL {f}");
+    }
+    assert!(failures.is_empty(), "{} crash states failed; first: {}", failures.len(), failures[0]);
+}
+
+/// A sibling merge of three children, with an outsider and a child of a
+/// merged child, crashed after each of its operations (512-byte sectors;
+/// the soak adds 4096-byte sectors).
+#[test]
+fn sibling_merge_crash_at_every_point() {
+    sibling_merge_crashes(&[512]);
 }
 
 /// More variants, more random subsets, and the 70-page commit. Run with
@@ -287,6 +312,7 @@ fn crash_soak() {
         w.push(differencing(512, 32 * MIB, s + 1));
     }
     run_all(&w, 64);
+    sibling_merge_crashes(&[4096]);
 }
 /// Regression: creation wrote the file type identifier first and both
 /// headers under one flush, so a crash that kept only the first header left a

@@ -1,0 +1,420 @@
+//! A sibling merge (`vhdx::ops::siblings`) crashed at every point.
+//!
+//! Six images live on fault-injecting storage behind one power switch
+//! ([`Plug`]): a parent, three children merged into it (a, b, c: b loses a
+//! conflict to a, c overlaps a with equal bytes), an outsider (another
+//! child of the parent) and a child of a. The merge runs through
+//! [`plan_image_set`] with a as the preferred child; a crash after `k` mutating
+//! operations, counted over all six files, makes every later operation on
+//! any of them fail. Each file that has unflushed operations is then left in
+//! each crash state its storage can build (the others with everything they
+//! were told), and the six files must:
+//!
+//! 1. open writable on their own (replaying a dirty log) and check clean;
+//! 2. open read-only through their chain — the links hold at every point,
+//!    thanks to `parent_linkage2`;
+//! 3. present, sector by sector, their content before or after the merge;
+//!    the outsider and a's child exactly their content before (which is also
+//!    their content after);
+//! 4. at the states "everything" and "nothing" of each crash point: let the
+//!    same merge run again to its end, after which every image presents
+//!    exactly its content after the merge and the children are empty.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use vhdx::format::locator::{braced_guid, ParentLocator, PARENT_LINKAGE, RELATIVE_PATH};
+use vhdx::io::{CrashState, FaultStorage};
+use vhdx::ops::siblings::{plan_image_set, Image, ImageSet};
+use vhdx::{CreateOptions, Disk, IoError, MemStorage, OpenOptions, Storage};
+
+use crate::support::{crash_states, guids, pattern, read_all, Budget, SharedImage, MIB};
+use crate::verify::{check_clean, panic_text};
+
+const SIZE: u64 = 4 * MIB;
+/// The images, by index: the parent, the children merged, an outsider, a child of a.
+const NAMES: [&str; 6] = ["parent", "a", "b", "c", "outsider", "a-kid"];
+const PARENT_OF: [Option<usize>; 6] = [None, Some(0), Some(0), Some(0), Some(0), Some(1)];
+const CHILDREN: [usize; 3] = [1, 2, 3];
+const OUTSIDER: usize = 4;
+const KID: usize = 5;
+/// a wins the conflicts (index 0 among the children).
+const PREFER: usize = 0;
+
+// ------------------------------------------------------------------ one power cut for all files
+
+#[derive(Default)]
+struct PowerState {
+    ops: u64,
+    crash_at: Option<u64>,
+    crashed: bool,
+}
+
+/// The power of all files: one count of mutating operations; once it
+/// reaches the crash point, every operation on every file fails.
+#[derive(Default)]
+struct Power(Mutex<PowerState>);
+
+impl Power {
+    fn gate(&self, mutating: bool) -> Result<(), IoError> {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if mutating && s.crash_at.is_some_and(|k| s.ops >= k) {
+            s.crashed = true;
+        }
+        if s.crashed {
+            return Err(std::io::Error::other("simulated crash: the power is gone"));
+        }
+        if mutating {
+            s.ops += 1;
+        }
+        Ok(())
+    }
+    fn ops(&self) -> u64 {
+        self.0.lock().unwrap().ops
+    }
+    fn crashed(&self) -> bool {
+        self.0.lock().unwrap().crashed
+    }
+}
+
+/// A file on the shared power.
+#[derive(Clone)]
+struct Plug {
+    fs: FaultStorage,
+    power: Arc<Power>,
+}
+
+impl Storage for Plug {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
+        self.power.gate(false)?;
+        self.fs.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> Result<(), IoError> {
+        self.power.gate(true)?;
+        self.fs.write_all_at(buf, offset)
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        self.power.gate(false)?;
+        self.fs.flush()
+    }
+    fn len(&self) -> Result<u64, IoError> {
+        self.power.gate(false)?;
+        self.fs.len()
+    }
+    fn set_len(&mut self, len: u64) -> Result<(), IoError> {
+        self.power.gate(true)?;
+        self.fs.set_len(len)
+    }
+}
+
+// ------------------------------------------------------------------ the images
+
+/// A locator naming `parent` by relative path and DataWriteGuid.
+fn locator(parent: &Disk, name: &str) -> ParentLocator {
+    let mut loc = ParentLocator { entries: Vec::new() };
+    loc.set(PARENT_LINKAGE, braced_guid(&parent.data_write_guid()));
+    loc.set(RELATIVE_PATH, format!(r".\{name}.vhdx"));
+    loc
+}
+
+/// Image `i` of `images`, read-only, through its chain.
+fn open_view(images: &[Arc<Vec<u8>>], i: usize) -> vhdx::Result<Disk> {
+    let mut opts = OpenOptions::new();
+    if let Some(p) = PARENT_OF[i] {
+        opts = opts.parent(open_view(images, p)?);
+    }
+    opts.open_storage(Box::new(SharedImage(images[i].clone())))
+}
+
+fn whole(d: &Disk) -> vhdx::Result<Vec<u8>> {
+    let mut v = vec![0u8; d.virtual_size() as usize];
+    d.read_at(&mut v, 0)?;
+    Ok(v)
+}
+
+/// The six images before the merge.
+fn initial_images(sector: u32) -> Vec<Vec<u8>> {
+    let s = sector as u64;
+    let opts = CreateOptions::dynamic(SIZE).block_size(MIB as u32).logical_sector_size(sector);
+    let mut p = Disk::create_on(Box::new(MemStorage::new()), &opts, Some(guids(900))).unwrap();
+    p.write_at(&pattern(901, 3 * MIB as usize / 2), 0).unwrap();
+    p.write_at(&pattern(902, 5000), 3 * MIB + 7).unwrap();
+    let mut images = vec![Arc::new(read_all(&*p.into_storage().unwrap()))];
+    for i in 1..NAMES.len() {
+        let parent_index = PARENT_OF[i].unwrap();
+        let writes: Vec<(u64, Vec<u8>)> = match NAMES[i] {
+            // Across a block boundary, then two more places.
+            "a" => vec![
+                (MIB - 4 * s, pattern(11, 8 * s as usize)),
+                (2 * MIB + 100, pattern(12, 3000)),
+                (3 * MIB, pattern(13, 3 * s as usize)),
+            ],
+            // Against a across the boundary (b loses), and on its own.
+            "b" => {
+                vec![
+                    (MIB - 2 * s + 3, pattern(21, 2 * s as usize)),
+                    (3 * MIB / 2 + 5 * s, pattern(22, 10 * s as usize)),
+                ]
+            }
+            // a's own bytes over a's sectors (an equal overlap), and on its own.
+            "c" => {
+                let a = whole(&open_view(&images, 1).unwrap()).unwrap();
+                let at = 2 * MIB as usize;
+                vec![(2 * MIB, a[at..at + 4096].to_vec()), (7 * MIB / 2, pattern(31, 2 * s as usize))]
+            }
+            "outsider" => vec![(MIB - s, pattern(41, 3 * s as usize)), (5 * MIB / 2, pattern(42, 4096))],
+            // Where b's write changes a's view, and elsewhere.
+            "a-kid" => vec![(3 * MIB / 2 + 6 * s, pattern(51, 2 * s as usize)), (100, pattern(52, 50))],
+            _ => unreachable!(),
+        };
+        let parent = open_view(&images, parent_index).unwrap();
+        let loc = locator(&parent, NAMES[parent_index]);
+        let mut d = Disk::create_differencing_on(
+            Box::new(MemStorage::new()),
+            parent,
+            loc,
+            Some(MIB as u32),
+            Some(guids(910 + i as u64)),
+        )
+        .unwrap();
+        for (at, data) in &writes {
+            d.write_at(data, *at).unwrap();
+        }
+        images.push(Arc::new(read_all(&*d.into_storage().unwrap())));
+    }
+    images.into_iter().map(|i| Arc::try_unwrap(i).unwrap()).collect()
+}
+
+/// The image set of `storages`, for the merge; every writable open gets GUIDs
+/// of its own (per image and per open), the same in every run.
+fn image_set<S: Storage + Clone + 'static>(storages: &[S]) -> ImageSet<'static> {
+    let image = |i: usize| {
+        let storage = storages[i].clone();
+        let opens = AtomicU64::new(0);
+        Image::new(NAMES[i], move |o: OpenOptions| {
+            let n = opens.fetch_add(1, Ordering::Relaxed);
+            o.guid_source(guids(((i as u64 + 1) << 40) | n)).open_storage(Box::new(storage.clone()))
+        })
+    };
+    ImageSet {
+        parent: image(0),
+        children: CHILDREN.iter().map(|&i| image(i)).collect(),
+        outsiders: vec![image(OUTSIDER)],
+        descendants: vec![(0, image(KID))],
+        guid_source: Some(guids(0xA11CE)),
+    }
+}
+
+fn merge(set: ImageSet<'_>) -> vhdx::Result<()> {
+    plan_image_set(set, Some(PREFER))?.execute().map(|_| ())
+}
+
+// ------------------------------------------------------------------ checks
+
+/// Every sector of `got` is the one of `old` or of `new`.
+fn old_or_new(got: &[u8], old: &[u8], new: &[u8], sector: usize) -> Result<(), String> {
+    for (k, g) in got.chunks(sector).enumerate() {
+        let r = k * sector..(k + 1) * sector;
+        if g != &old[r.clone()] && g != &new[r] {
+            return Err(format!("sector {k} is neither its old nor its new content"));
+        }
+    }
+    Ok(())
+}
+
+/// What every image presents before and after the merge.
+struct Views {
+    old: Vec<Vec<u8>>,
+    new: Vec<Vec<u8>>,
+}
+
+/// Steps 1–3 of the module documentation; returns the recovered images.
+fn verify_state(images: Vec<Vec<u8>>, views: &Views, sector: usize) -> Result<Vec<Arc<Vec<u8>>>, String> {
+    let mut recovered = Vec::new();
+    for (i, image) in images.into_iter().enumerate() {
+        let d = OpenOptions::new()
+            .writable(true)
+            .without_parent()
+            .guid_source(guids(0xBAD))
+            .open_storage(Box::new(MemStorage::from_vec(image)))
+            .map_err(|e| format!("{}: the writable open failed: {e}", NAMES[i]))?;
+        let bytes = Arc::new(read_all(&*d.abandon()));
+        check_clean(Box::new(SharedImage(bytes.clone())), &[]).map_err(|e| format!("{}: {e}", NAMES[i]))?;
+        recovered.push(bytes);
+    }
+    for (i, name) in NAMES.iter().enumerate() {
+        let d = open_view(&recovered, i).map_err(|e| format!("{name} does not open through its chain: {e}"))?;
+        let got = whole(&d).map_err(|e| format!("{name}: reading: {e}"))?;
+        if i == OUTSIDER || i == KID {
+            if got != views.old[i] {
+                return Err(format!("{name} does not present exactly what it did"));
+            }
+        } else {
+            old_or_new(&got, &views.old[i], &views.new[i], sector).map_err(|e| format!("{name}: {e}"))?;
+        }
+    }
+    Ok(recovered)
+}
+
+/// Step 4: the merge, run again on the recovered images, completes.
+fn verify_rerun(recovered: Vec<Arc<Vec<u8>>>, views: &Views) -> Result<(), String> {
+    let storages: Vec<FaultStorage> = recovered.iter().map(|b| FaultStorage::from_vec(b.to_vec())).collect();
+    merge(image_set(&storages)).map_err(|e| format!("the merge run again failed: {e}"))?;
+    let images: Vec<Arc<Vec<u8>>> = storages.iter().map(|s| Arc::new(s.volatile())).collect();
+    for (i, name) in NAMES.iter().enumerate() {
+        let d = open_view(&images, i).map_err(|e| format!("after the re-run, {name} does not open: {e}"))?;
+        if whole(&d).map_err(|e| e.to_string())? != views.new[i] {
+            return Err(format!("after the re-run, {name} does not present its content after the merge"));
+        }
+        if CHILDREN.contains(&i) && !d.change_set().map_err(|e| e.to_string())?.is_empty() {
+            return Err(format!("after the re-run, {name} is not empty"));
+        }
+    }
+    for (i, image) in images.into_iter().enumerate() {
+        check_clean(Box::new(SharedImage(image)), &[]).map_err(|e| format!("{}: {e}", NAMES[i]))?;
+    }
+    Ok(())
+}
+
+/// Runs the merge with a crash after `k` operations (none: `None`).
+fn run(initial: &[Vec<u8>], k: Option<u64>) -> Result<(Vec<FaultStorage>, Arc<Power>), String> {
+    let power = Arc::new(Power::default());
+    power.0.lock().unwrap().crash_at = k;
+    let storages: Vec<FaultStorage> = initial.iter().map(|b| FaultStorage::from_vec(b.clone())).collect();
+    let plugs: Vec<Plug> = storages.iter().map(|fs| Plug { fs: fs.clone(), power: power.clone() }).collect();
+    let result = catch_unwind(AssertUnwindSafe(|| merge(image_set(&plugs))))
+        .map_err(|p| format!("the merge panicked: {}", panic_text(p)))?;
+    match (result, power.crashed()) {
+        (Ok(()), true) => Err(String::from("the merge reported success although the power failed under it")),
+        (Err(e), false) => Err(format!("the merge failed without a crash: {e}")),
+        _ => Ok((storages, power)),
+    }
+}
+
+/// Which crash state each file is left in.
+enum Cut {
+    /// Every file with all its unflushed operations.
+    Everything,
+    /// Every file with none of them.
+    Nothing,
+    /// One file in this state, the others with everything.
+    One(usize, CrashState),
+}
+
+/// The crash states of all files at one crash point: everything, nothing,
+/// and each file with unflushed operations in each of its states.
+fn cuts(storages: &[FaultStorage], sector: u64, k: u64) -> Vec<Cut> {
+    let mut out = vec![Cut::Everything];
+    let pending: Vec<usize> = (0..storages.len()).filter(|&i| !storages[i].pending().is_empty()).collect();
+    if !pending.is_empty() {
+        out.push(Cut::Nothing);
+    }
+    for &i in &pending {
+        let budget = Budget { prefixes: 4, tears: 3, subsets: Some(4) };
+        for state in crash_states(&storages[i].pending(), sector, k, budget) {
+            if !matches!(state, CrashState::AllPending | CrashState::DurableOnly) || pending.len() > 1 {
+                out.push(Cut::One(i, state));
+            }
+        }
+    }
+    out
+}
+
+/// The six files a cut leaves.
+fn images_of(storages: &[FaultStorage], cut: &Cut) -> Vec<Vec<u8>> {
+    let state = |i: usize| match cut {
+        Cut::Everything => CrashState::AllPending,
+        Cut::Nothing => CrashState::DurableOnly,
+        Cut::One(j, s) if *j == i => s.clone(),
+        Cut::One(..) => CrashState::AllPending,
+    };
+    storages.iter().enumerate().map(|(i, s)| s.crash_image(&state(i))).collect()
+}
+
+/// Every crash point of the sibling merge; returns (crash points, states).
+pub fn crash_everywhere(sector: u32, threads: usize) -> (u64, u64, Vec<String>) {
+    let started = Instant::now();
+    let initial = initial_images(sector);
+    let (done, power) = run(&initial, None).unwrap_or_else(|e| panic!("the uncrashed merge: {e}"));
+    let ops = power.ops();
+    let new: Vec<Vec<u8>> = {
+        let images: Vec<Arc<Vec<u8>>> = done.iter().map(|s| Arc::new(s.volatile())).collect();
+        (0..NAMES.len()).map(|i| whole(&open_view(&images, i).unwrap()).unwrap()).collect()
+    };
+    let old: Vec<Vec<u8>> = {
+        let images: Vec<Arc<Vec<u8>>> = initial.iter().map(|b| Arc::new(b.clone())).collect();
+        (0..NAMES.len()).map(|i| whole(&open_view(&images, i).unwrap()).unwrap()).collect()
+    };
+    assert_ne!(old[0], new[0], "the merge changes the parent");
+    assert_eq!(old[OUTSIDER], new[OUTSIDER]);
+    assert_eq!(old[KID], new[KID]);
+    for &c in &CHILDREN {
+        assert_eq!(new[c], new[0], "{} presents the merged view", NAMES[c]);
+        assert_ne!(old[c], new[c], "{}'s view changes", NAMES[c]);
+    }
+    let views = Views { old, new };
+    let next = AtomicU64::new(0);
+    let states = AtomicU64::new(0);
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k > ops {
+                    break;
+                }
+                let fail = |what: String| {
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("sibling merge ({sector}-byte sectors), crash after {k}: {what}"))
+                };
+                let storages = match run(&initial, Some(k)) {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        fail(e);
+                        continue;
+                    }
+                };
+                let cuts = cuts(&storages, sector as u64, k);
+                let whole_states = if cuts.iter().any(|c| matches!(c, Cut::Nothing)) { 2 } else { 1 };
+                for cut in cuts {
+                    states.fetch_add(1, Ordering::Relaxed);
+                    // The re-run at one of the two whole states, alternately.
+                    let rerun = match cut {
+                        Cut::Everything => k % whole_states == 0,
+                        Cut::Nothing => k % 2 == 1,
+                        Cut::One(..) => false,
+                    };
+                    let what = match &cut {
+                        Cut::Everything => String::from("everything"),
+                        Cut::Nothing => String::from("nothing"),
+                        Cut::One(i, s) => format!("{} {s:?}", NAMES[*i]),
+                    };
+                    let r = catch_unwind(AssertUnwindSafe(|| {
+                        let recovered = verify_state(images_of(&storages, &cut), &views, sector as usize)?;
+                        if rerun {
+                            verify_rerun(recovered, &views)?;
+                        }
+                        Ok::<(), String>(())
+                    }))
+                    .unwrap_or_else(|p| Err(format!("panic: {}", panic_text(p))));
+                    if let Err(e) = r {
+                        fail(format!("{what}: {e}"));
+                    }
+                }
+            });
+        }
+    });
+    let states = states.into_inner();
+    println!(
+        "{:<44} {:>4} crash points, {:>5} crash states (6 files each), {:.1?}",
+        format!("sibling merge, {sector}-byte sectors"),
+        ops + 1,
+        states,
+        started.elapsed()
+    );
+    (ops + 1, states, failures.into_inner().unwrap())
+}
