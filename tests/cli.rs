@@ -457,6 +457,8 @@ fn resize_discard_and_compact() {
     // A fixed disk cannot be compacted; the message says what to do.
     ok(d, &["create", "fixed.vhdx", "--size", "4M", "--type", "fixed", "--block-size", "1M"]);
     fails(d, &["compact", "fixed.vhdx"], &["fixed.vhdx", "convert"]);
+}
+
 /// The sector ranges `writes` touch, coalesced, in bytes.
 fn touched(writes: &[(u64, usize)], sector: u64) -> Vec<(u64, u64)> {
     let mut held = vec![false; (SIZE / sector) as usize];

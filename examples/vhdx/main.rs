@@ -44,8 +44,8 @@ mod convert;
 mod data;
 mod diff;
 mod inspect;
-mod serve;
 mod maintain;
+mod serve;
 mod siblings;
 mod size;
 
@@ -93,6 +93,10 @@ enum Command {
     Discard(DiscardArgs),
     /// Give back the space of zero and discarded blocks and truncate the file.
     Compact(CompactArgs),
+    /// List the sectors a differencing disk holds itself (its change set).
+    Changes(siblings::ChangesArgs),
+    /// Merge several children of one parent into it at once, conflicts found first.
+    MergeSiblings(siblings::MergeSiblingsArgs),
 }
 
 /// Arguments of `vhdx resize`.
@@ -129,10 +133,6 @@ pub struct CompactArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-    /// List the sectors a differencing disk holds itself (its change set).
-    Changes(siblings::ChangesArgs),
-    /// Merge several children of one parent into it at once, conflicts found first.
-    MergeSiblings(siblings::MergeSiblingsArgs),
 }
 
 /// Arguments of `vhdx create`.

@@ -248,7 +248,7 @@ impl Disk {
         // block is partly present (or when the read spans blocks).
         let len = buf.len() as u64;
         let mut disk = self;
-        while len > 0 {
+        while len > 0 && disk.params.block_size > 0 {
             let bs = disk.params.block_size as u64;
             let block = offset / bs;
             if block != (offset + len - 1) / bs {

@@ -274,6 +274,8 @@ fn crash_during_a_merge_that_preserves_siblings() {
         o.failures[0]
     );
     assert!(o.points > 20, "the merge had only {} crash points", o.points);
+}
+
 /// Runs the sibling-merge crash points for each sector size.
 fn sibling_merge_crashes(sectors: &[u32]) {
     let mut failures = Vec::new();
