@@ -198,8 +198,8 @@ fn qemu_write_zeroes_and_discard_reach_the_disk() {
         let ended = server.wait_ended(2);
         assert!(ended[0].contains(" 0 written") && ended[0].contains(" 11607336 zeroed"), "{ended:?}");
 
-        // Discard: the export's other bytes are untouched; the discarded
-        // range may read as before or as zeros (NBD promises nothing more).
+        // Discard: the export's other bytes are untouched; NBD promises
+        // nothing about the discarded range, this server makes it read zeros.
         let before = std::fs::read(&out).unwrap();
         qemu_io_ok(&server.uri(), &["discard 1M 2M", "discard 30M 512", "flush"]);
         std::fs::remove_file(&out).unwrap();
@@ -209,7 +209,7 @@ fn qemu_write_zeroes_and_discard_reach_the_disk() {
         for (i, (a, b)) in before.chunks(512).zip(after.chunks(512)).enumerate() {
             let at = i as u64 * 512;
             if discarded.iter().any(|&(lo, hi)| at >= lo && at < hi) {
-                assert!(a == b || b.iter().all(|&x| x == 0), "discarded sector {at:#x} reads something else");
+                assert!(b.iter().all(|&x| x == 0), "discarded sector {at:#x} does not read zeros");
             } else {
                 assert_eq!(a, b, "sector {at:#x} outside the discarded ranges changed");
             }
@@ -218,7 +218,9 @@ fn qemu_write_zeroes_and_discard_reach_the_disk() {
         let disk = server.stop();
         disk.close().unwrap();
         if !chained {
-            assert_eq!(Disk::open(&path).unwrap().info().allocated_blocks, blocks_before, "zeroing allocated blocks");
+            // Zeroing allocated nothing; the trim may have given blocks back.
+            let blocks_after = Disk::open(&path).unwrap().info().allocated_blocks;
+            assert!(blocks_after <= blocks_before, "zeroing allocated blocks: {blocks_before} -> {blocks_after}");
             qemu_check_clean(&path);
         }
     }
