@@ -110,7 +110,7 @@ impl Disk {
         result?;
         self.dirty_bat_pages.clear();
         self.dirty_pages.clear();
-        self.bitmap_cache.clear();
+        self.bitmap_cache.reset(&self.geometry);
         Ok(())
     }
 

@@ -81,7 +81,7 @@ pub struct Disk {
     dirty_bat_pages: BTreeSet<u64>,
     /// Metadata pages (sector bitmaps) changed but not yet committed, by file offset.
     dirty_pages: BTreeMap<u64, Vec<u8>>,
-    /// Committed sector bitmap blocks, shared by readers.
+    /// Committed sector bitmaps, shared by readers.
     bitmap_cache: cache::BitmapCache,
     /// Present once this session has set a LogGuid and may write the log.
     log: Option<LogWriter>,
@@ -92,6 +92,11 @@ pub struct Disk {
     next_data_write_guid: Option<Guid>,
     guid_source: Option<GuidSource>,
     parent: Option<Box<Disk>>,
+    /// Per payload block, how many further ancestors beyond the parent a
+    /// read may pass over because their blocks are not present (see
+    /// `rw::ancestor_skips`). Ancestors never change while attached, so the
+    /// table stays true whatever this disk writes. Empty when not built.
+    skip: Vec<u8>,
     creator: String,
     replayed_log: bool,
     /// The file's path, when opened from one (for messages and relative parents).

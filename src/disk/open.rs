@@ -241,6 +241,7 @@ fn finish(
     replayed_log: bool,
     path: Option<alloc::string::String>,
 ) -> Result<Disk> {
+    let skip = parent.as_deref().map(|p| super::rw::ancestor_skips(p, &params)).unwrap_or_default();
     Ok(Disk {
         storage,
         writable,
@@ -256,13 +257,14 @@ fn finish(
         bat,
         dirty_bat_pages: BTreeSet::new(),
         dirty_pages: BTreeMap::new(),
-        bitmap_cache: Default::default(),
+        bitmap_cache: super::cache::BitmapCache::for_geometry(&geometry),
         log: None,
         file_guid_changed,
         data_guid_changed: false,
         next_data_write_guid: None,
         guid_source,
         parent,
+        skip,
         creator,
         replayed_log,
         path,
