@@ -75,6 +75,7 @@ pub fn convert(args: &ConvertArgs) -> CliResult {
         block_size: args.block_size.map(|bs| block_size_arg(dst_path, bs)).transpose()?,
         logical_sector_size: args.logical_sector_size,
         physical_sector_size: args.physical_sector_size,
+        sync: !args.no_sync,
     };
     // The source must open before an existing DST is removed.
     if in_format == ImageFormat::Vhdx {

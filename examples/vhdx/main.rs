@@ -243,6 +243,10 @@ pub struct ConvertArgs {
     /// Replace DST if it exists.
     #[arg(long)]
     pub force: bool,
+    /// Skip flushing DST to stable storage at the end (as `qemu-img convert`
+    /// does by default): faster, but DST may be incomplete after a crash.
+    #[arg(long)]
+    pub no_sync: bool,
 }
 
 /// Arguments of `vhdx map`.

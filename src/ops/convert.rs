@@ -171,6 +171,29 @@ impl ImageFormat {
     }
 }
 
+/// A file whose flushes do nothing: the output of an unsynced convert.
+#[cfg(feature = "std")]
+struct NoSync(crate::io::FileStorage);
+
+#[cfg(feature = "std")]
+impl crate::io::Storage for NoSync {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> core::result::Result<(), crate::error::IoError> {
+        self.0.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> core::result::Result<(), crate::error::IoError> {
+        self.0.write_all_at(buf, offset)
+    }
+    fn flush(&mut self) -> core::result::Result<(), crate::error::IoError> {
+        Ok(())
+    }
+    fn len(&self) -> core::result::Result<u64, crate::error::IoError> {
+        self.0.len()
+    }
+    fn set_len(&mut self, len: u64) -> core::result::Result<(), crate::error::IoError> {
+        self.0.set_len(len)
+    }
+}
+
 /// Options of [`convert`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConvertOptions {
@@ -186,6 +209,11 @@ pub struct ConvertOptions {
     pub logical_sector_size: Option<u32>,
     /// Physical sector size of a VHDX output (default: the source's; 4096 for raw).
     pub physical_sector_size: Option<u32>,
+    /// Make the output durable before returning (default). `false` skips
+    /// every flush of the output, like `qemu-img convert`'s default cache
+    /// mode (`-t unsafe`): faster, but a crash before the kernel writes the
+    /// file back can leave it incomplete or, for VHDX, inconsistent.
+    pub sync: bool,
 }
 
 impl Default for ConvertOptions {
@@ -197,6 +225,7 @@ impl Default for ConvertOptions {
             block_size: None,
             logical_sector_size: None,
             physical_sector_size: None,
+            sync: true,
         }
     }
 }
@@ -314,7 +343,9 @@ pub fn convert_with_progress(
                 },
                 progress,
             )?;
-            file.flush().map_err(io("flushing"))?;
+            if options.sync {
+                file.flush().map_err(io("flushing"))?;
+            }
             Ok((written, None, String::from("raw")))
         })(),
         ImageFormat::Vhdx => (|| {
@@ -332,7 +363,14 @@ pub fn convert_with_progress(
                 ))
                 .in_file(src.display()));
             }
-            let mut disk = Disk::create(dst, &create)?;
+            let mut disk = if options.sync {
+                Disk::create(dst, &create)?
+            } else {
+                create.validate()?;
+                let file = FileStorage::create_new(dst).map_err(io("creating the file"))?;
+                created = true;
+                Disk::create_on(alloc::boxed::Box::new(NoSync(file)), &create, None)?
+            };
             created = true;
             let kind = alloc::format!("vhdx, {}", disk.disk_type());
             let written = copy_runs(size, &runs, &mut read, &mut |buf, at| disk.write_at(buf, at), progress)?;
