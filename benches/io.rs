@@ -11,6 +11,8 @@
 //!   block; both flush every 64 writes, the image through its crash-safe
 //!   metadata path: payload flush, log entry, flush, BAT in place, flush)
 //!
+//! - `open_64t`: `dynamic`, opening a 64 TiB dynamic image
+//!
 //! Images are 1 GiB, files are page-cache warm: for reads, evicted and read
 //! back sequentially; for 4 KiB writes, evicted and warmed by one pass of the
 //! workload's own writes (see `warm_for_writes` for why it matters).
@@ -314,8 +316,23 @@ fn writes_first_touch(c: &mut Criterion, fx: &Fixture) {
     let _ = std::fs::remove_file(fx.p("first.img"));
 }
 
+/// Opening a 64 TiB dynamic image (default 32 MiB blocks: a 16 MiB BAT read,
+/// checked and kept in memory), the file page-cache warm.
+fn open_64t(c: &mut Criterion, fx: &Fixture) {
+    let path = fx.p("64t.vhdx");
+    let _ = std::fs::remove_file(&path);
+    Disk::create(&path, &CreateOptions::dynamic(64 << 40)).unwrap().close().unwrap();
+    let _ = std::fs::read(&path).unwrap().len();
+    let mut g = c.benchmark_group("open_64t");
+    g.sample_size(20);
+    g.bench_function("dynamic", |b| b.iter(|| black_box(Disk::open(&path).unwrap())));
+    g.finish();
+    let _ = std::fs::remove_file(&path);
+}
+
 fn all(c: &mut Criterion) {
     let fx = Fixture::new();
+    open_64t(c, &fx);
     reads(c, &fx);
     writes_4k(c, &fx);
     writes_first_touch(c, &fx);
