@@ -5,7 +5,7 @@ use alloc::string::String;
 use core::ffi::c_char;
 
 use super::error::{Failure, FfiResult, VHDX_OK};
-use super::strings::{copy_out, path_arg, path_list_arg};
+use super::strings::{copy_out, parent_search_args, path_arg};
 use crate::ops::merge::{merge, MergeOptions, SiblingPolicy};
 
 /// Refuse to merge when other differencing disks (siblings) depend on an
@@ -172,15 +172,15 @@ unsafe fn merge_impl(
     let child = unsafe { path_arg(function, "child_path", child_path)? };
     // SAFETY: the caller promises NULL or a valid struct; it is copied.
     let o = unsafe { options.as_ref() }.copied().unwrap_or_default();
-    // SAFETY: the caller promises `search_dir_count` strings.
-    let search_dirs = unsafe { path_list_arg(function, "search_dirs", o.search_dirs, o.search_dir_count)? };
-    // SAFETY: the caller promises `confine_dir_count` strings.
-    let confine = unsafe { path_list_arg(function, "confine_dirs", o.confine_dirs, o.confine_dir_count)? };
+    // SAFETY: the caller promises the counts of strings in both lists.
+    let (search_dirs, confine_to) = unsafe {
+        parent_search_args(function, o.search_dirs, o.search_dir_count, o.confine_dirs, o.confine_dir_count)?
+    };
     let opts = MergeOptions {
         depth: o.depth.max(1) as usize,
         siblings: policy(function, o.siblings)?,
         search_dirs,
-        confine_to: if confine.is_empty() { None } else { Some(confine) },
+        confine_to,
         file_opener: None,
     };
     let r = merge(&child, &opts)?;

@@ -6,7 +6,7 @@ use core::ffi::c_char;
 
 use super::disk::{disk_arg, VhdxDisk};
 use super::error::{Failure, VHDX_OK};
-use super::strings::{path_arg, path_list_arg};
+use super::strings::{parent_search_args, path_arg, path_list_arg};
 use crate::ops::siblings::{plan_merge_siblings, SiblingMergeOptions, SiblingMergeReport};
 
 /// A range of the virtual disk, in bytes. Ranges from this library always
@@ -251,16 +251,10 @@ pub unsafe extern "C" fn vhdx_merge_siblings(
             // SAFETY: non-NULL, and the caller promises a NUL-terminated string.
             Some(unsafe { path_arg(F, "prefer", o.prefer)? })
         };
-        // SAFETY: the caller promises `search_dir_count` strings.
-        let search_dirs = unsafe { path_list_arg(F, "search_dirs", o.search_dirs, o.search_dir_count)? };
-        // SAFETY: the caller promises `confine_dir_count` strings.
-        let confine = unsafe { path_list_arg(F, "confine_dirs", o.confine_dirs, o.confine_dir_count)? };
-        let opts = SiblingMergeOptions {
-            prefer,
-            dry_run: o.dry_run,
-            search_dirs,
-            confine_to: if confine.is_empty() { None } else { Some(confine) },
-        };
+        // SAFETY: the caller promises the counts of strings in both lists.
+        let (search_dirs, confine_to) =
+            unsafe { parent_search_args(F, o.search_dirs, o.search_dir_count, o.confine_dirs, o.confine_dir_count)? };
+        let opts = SiblingMergeOptions { prefer, dry_run: o.dry_run, search_dirs, confine_to };
         let plan = plan_merge_siblings(&parent, &kids, &opts)?;
         let tell = |r: &SiblingMergeReport| {
             if !report.is_null() {

@@ -77,6 +77,27 @@ pub(crate) unsafe fn path_list_arg(
         .collect()
 }
 
+/// The parent search options every merge function takes: `search_dirs`
+/// (`search_count` paths) and `confine_dirs` (`confine_count` paths; none
+/// means no confinement), as the library's `search_dirs` and `confine_to`.
+///
+/// # Safety
+/// Each list is NULL (then its count must be 0) or points to that many
+/// pointers, each NULL or a NUL-terminated string.
+pub(crate) unsafe fn parent_search_args(
+    function: &str,
+    search_dirs: *const *const c_char,
+    search_count: usize,
+    confine_dirs: *const *const c_char,
+    confine_count: usize,
+) -> FfiResult<(Vec<PathBuf>, Option<Vec<PathBuf>>)> {
+    // SAFETY: the caller promises `search_count` strings.
+    let search = unsafe { path_list_arg(function, "search_dirs", search_dirs, search_count)? };
+    // SAFETY: the caller promises `confine_count` strings.
+    let confine = unsafe { path_list_arg(function, "confine_dirs", confine_dirs, confine_count)? };
+    Ok((search, if confine.is_empty() { None } else { Some(confine) }))
+}
+
 /// Copies `text` into the caller's buffer `buf` of `cap` bytes, like
 /// `snprintf`: as much as fits, always NUL-terminated when `cap > 0`.
 /// Returns the full length of `text` (without the NUL), so a result `>= cap`
