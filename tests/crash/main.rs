@@ -63,14 +63,15 @@ mod workloads;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 use vhdx::io::{CrashState, FaultStorage};
 use vhdx::{CreateOptions, Disk, ErrorKind, MemStorage, OpenOptions};
 
-use support::{crash_states, fixture_path, guids, gunzip, open_ro, Budget, Recorder, Workload, MIB};
+use support::{
+    crash_states, fixture_path, for_each_crash_point, guids, gunzip, open_ro, Budget, Recorder, Workload, MIB,
+};
 use verify::{check_clean, panic_text, verify, Depth};
 use workloads::*;
 
@@ -107,57 +108,42 @@ fn crash_everywhere(w: &Workload, threads: usize, random_subsets: usize) -> Outc
     let first = counted_rec.focus_from.min(ops);
     // Crashing the recovery too at ~24 of the crash points keeps the time in bounds.
     let recovery_stride = ((ops - first) / 24).max(1);
-    let next = AtomicU64::new(first);
-    let states = AtomicU64::new(0);
     let nested = AtomicU64::new(0);
-    let failures = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                if k > ops {
-                    break;
+    let (states, failures) = for_each_crash_point(first..=ops, threads, |k, failed| {
+        let fail = |what: String| failed(format!("{}: crash after {k} ops: {what}", w.name));
+        let (rec, storage) = match run_crashed(w, Some(k)) {
+            Ok(x) => x,
+            Err(e) => {
+                fail(e);
+                return 0;
+            }
+        };
+        let mut tried = 0;
+        for state in crash_states(
+            &storage.pending(),
+            w.sector,
+            k,
+            Budget { prefixes: 8, tears: 8, subsets: Some(random_subsets) },
+        ) {
+            let image = storage.crash_image(&state);
+            let depth = match state {
+                CrashState::AllPending if k % recovery_stride == 0 => Depth::DeepWithRecoveryCrashes,
+                CrashState::AllPending | CrashState::DurableOnly => Depth::Deep,
+                _ => Depth::Plain,
+            };
+            let r = catch_unwind(AssertUnwindSafe(|| verify(w, &rec, image, depth)))
+                .unwrap_or_else(|p| Err(format!("panic: {}", panic_text(p))));
+            tried += 1;
+            match r {
+                Ok(n) => {
+                    nested.fetch_add(n, Ordering::Relaxed);
                 }
-                let fail =
-                    |what: String| failures.lock().unwrap().push(format!("{}: crash after {k} ops: {what}", w.name));
-                let (rec, storage) = match run_crashed(w, Some(k)) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        fail(e);
-                        continue;
-                    }
-                };
-                for state in crash_states(
-                    &storage.pending(),
-                    w.sector,
-                    k,
-                    Budget { prefixes: 8, tears: 8, subsets: Some(random_subsets) },
-                ) {
-                    let image = storage.crash_image(&state);
-                    let depth = match state {
-                        CrashState::AllPending if k % recovery_stride == 0 => Depth::DeepWithRecoveryCrashes,
-                        CrashState::AllPending | CrashState::DurableOnly => Depth::Deep,
-                        _ => Depth::Plain,
-                    };
-                    let r = catch_unwind(AssertUnwindSafe(|| verify(w, &rec, image, depth)))
-                        .unwrap_or_else(|p| Err(format!("panic: {}", panic_text(p))));
-                    states.fetch_add(1, Ordering::Relaxed);
-                    match r {
-                        Ok(n) => {
-                            nested.fetch_add(n, Ordering::Relaxed);
-                        }
-                        Err(e) => fail(format!("{state:?}: {e}")),
-                    }
-                }
-            });
+                Err(e) => fail(format!("{state:?}: {e}")),
+            }
         }
+        tried
     });
-    Outcome {
-        points: ops + 1 - first,
-        states: states.into_inner(),
-        nested: nested.into_inner(),
-        failures: failures.into_inner().unwrap(),
-    }
+    Outcome { points: ops + 1 - first, states, nested: nested.into_inner(), failures }
 }
 
 fn threads() -> usize {

@@ -30,7 +30,7 @@ use vhdx::io::{CrashState, FaultStorage};
 use vhdx::ops::siblings::{plan_image_set, Image, ImageSet};
 use vhdx::{CreateOptions, Disk, IoError, MemStorage, OpenOptions, Storage};
 
-use crate::support::{crash_states, guids, pattern, read_all, Budget, SharedImage, MIB};
+use crate::support::{crash_states, for_each_crash_point, guids, pattern, read_all, Budget, SharedImage, MIB};
 use crate::verify::{check_clean, panic_text};
 
 const SIZE: u64 = 4 * MIB;
@@ -355,60 +355,45 @@ pub fn crash_everywhere(sector: u32, threads: usize) -> (u64, u64, Vec<String>) 
         assert_ne!(old[c], new[c], "{}'s view changes", NAMES[c]);
     }
     let views = Views { old, new };
-    let next = AtomicU64::new(0);
-    let states = AtomicU64::new(0);
-    let failures = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                if k > ops {
-                    break;
+    let (states, failures) = for_each_crash_point(0..=ops, threads, |k, failed| {
+        let fail = |what: String| failed(format!("sibling merge ({sector}-byte sectors), crash after {k}: {what}"));
+        let storages = match run(&initial, Some(k)) {
+            Ok((s, _)) => s,
+            Err(e) => {
+                fail(e);
+                return 0;
+            }
+        };
+        let cuts = cuts(&storages, sector as u64, k);
+        let whole_states = if cuts.iter().any(|c| matches!(c, Cut::Nothing)) { 2 } else { 1 };
+        let mut tried = 0;
+        for cut in cuts {
+            tried += 1;
+            // The re-run at one of the two whole states, alternately.
+            let rerun = match cut {
+                Cut::Everything => k % whole_states == 0,
+                Cut::Nothing => k % 2 == 1,
+                Cut::One(..) => false,
+            };
+            let what = match &cut {
+                Cut::Everything => String::from("everything"),
+                Cut::Nothing => String::from("nothing"),
+                Cut::One(i, s) => format!("{} {s:?}", NAMES[*i]),
+            };
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                let recovered = verify_state(images_of(&storages, &cut), &views, sector as usize)?;
+                if rerun {
+                    verify_rerun(recovered, &views)?;
                 }
-                let fail = |what: String| {
-                    failures
-                        .lock()
-                        .unwrap()
-                        .push(format!("sibling merge ({sector}-byte sectors), crash after {k}: {what}"))
-                };
-                let storages = match run(&initial, Some(k)) {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        fail(e);
-                        continue;
-                    }
-                };
-                let cuts = cuts(&storages, sector as u64, k);
-                let whole_states = if cuts.iter().any(|c| matches!(c, Cut::Nothing)) { 2 } else { 1 };
-                for cut in cuts {
-                    states.fetch_add(1, Ordering::Relaxed);
-                    // The re-run at one of the two whole states, alternately.
-                    let rerun = match cut {
-                        Cut::Everything => k % whole_states == 0,
-                        Cut::Nothing => k % 2 == 1,
-                        Cut::One(..) => false,
-                    };
-                    let what = match &cut {
-                        Cut::Everything => String::from("everything"),
-                        Cut::Nothing => String::from("nothing"),
-                        Cut::One(i, s) => format!("{} {s:?}", NAMES[*i]),
-                    };
-                    let r = catch_unwind(AssertUnwindSafe(|| {
-                        let recovered = verify_state(images_of(&storages, &cut), &views, sector as usize)?;
-                        if rerun {
-                            verify_rerun(recovered, &views)?;
-                        }
-                        Ok::<(), String>(())
-                    }))
-                    .unwrap_or_else(|p| Err(format!("panic: {}", panic_text(p))));
-                    if let Err(e) = r {
-                        fail(format!("{what}: {e}"));
-                    }
-                }
-            });
+                Ok::<(), String>(())
+            }))
+            .unwrap_or_else(|p| Err(format!("panic: {}", panic_text(p))));
+            if let Err(e) = r {
+                fail(format!("{what}: {e}"));
+            }
         }
+        tried
     });
-    let states = states.into_inner();
     println!(
         "{:<44} {:>4} crash points, {:>5} crash states (6 files each), {:.1?}",
         format!("sibling merge, {sector}-byte sectors"),
@@ -416,5 +401,5 @@ pub fn crash_everywhere(sector: u32, threads: usize) -> (u64, u64, Vec<String>) 
         states,
         started.elapsed()
     );
-    (ops + 1, states, failures.into_inner().unwrap())
+    (ops + 1, states, failures)
 }

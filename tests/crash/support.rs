@@ -282,3 +282,31 @@ pub fn crash_states(pending: &[PendingOp], unit: u64, k: u64, budget: Budget) ->
     }
     out
 }
+
+/// Runs `check(k, fail)` for every crash point `k` of `points`, spread over
+/// `threads` threads (each point once, handed out in order). `check` returns
+/// how many crash states it tried at `k` and reports each failure through
+/// `fail`. Returns the states tried and the failures, in no set order.
+pub fn for_each_crash_point(
+    points: std::ops::RangeInclusive<u64>,
+    threads: usize,
+    check: impl Fn(u64, &dyn Fn(String)) -> u64 + Sync,
+) -> (u64, Vec<String>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let next = AtomicU64::new(*points.start());
+    let states = AtomicU64::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k > *points.end() {
+                    break;
+                }
+                let fail = |what: String| failures.lock().unwrap_or_else(|p| p.into_inner()).push(what);
+                states.fetch_add(check(k, &fail), Ordering::Relaxed);
+            });
+        }
+    });
+    (states.into_inner(), failures.into_inner().unwrap_or_else(|p| p.into_inner()))
+}

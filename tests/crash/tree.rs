@@ -21,14 +21,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use vhdx::io::{CrashState, FaultClock, FaultStorage, FileOpener};
 use vhdx::ops::merge::{merge, MergeOptions, SiblingPolicy};
 use vhdx::{CreateOptions, Disk, ErrorKind, Extent, MemStorage, OpenOptions, Storage};
 
-use crate::support::{crash_states, pattern, read_all, Budget, MIB};
+use crate::support::{crash_states, for_each_crash_point, pattern, read_all, Budget, MIB};
 use crate::verify::check_clean;
 
 const SIZE: u64 = 4 * MIB;
@@ -208,54 +206,42 @@ pub fn crash_the_merge(threads: usize) -> Outcome {
     verify(&tree, &done).expect("after the merge");
 
     let budget = Budget { prefixes: 3, tears: 1, subsets: Some(3) };
-    let next = AtomicU64::new(0);
-    let states = AtomicU64::new(0);
-    let failures = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                if k > ops {
-                    break;
-                }
-                let clock = FaultClock::new();
-                clock.crash_after(k);
-                let s = session(&tree, &clock);
-                let result = run_merge(&tree, &s);
-                if k < ops && result.is_ok() {
-                    failures.lock().unwrap().push(format!("crash after {k}: the merge reported success"));
-                    continue;
-                }
-                for (&name, st) in &s.storages {
-                    let pending = st.pending();
-                    for state in crash_states(&pending, SECTOR as u64, k, budget) {
-                        for others in [CrashState::AllPending, CrashState::DurableOnly] {
-                            if pending.is_empty() && others == CrashState::DurableOnly && name != NAMES[0] {
-                                continue;
+    let (states, failures) = for_each_crash_point(0..=ops, threads, |k, fail| {
+        let clock = FaultClock::new();
+        clock.crash_after(k);
+        let s = session(&tree, &clock);
+        let result = run_merge(&tree, &s);
+        if k < ops && result.is_ok() {
+            fail(format!("crash after {k}: the merge reported success"));
+            return 0;
+        }
+        let mut tried = 0;
+        for (&name, st) in &s.storages {
+            let pending = st.pending();
+            for state in crash_states(&pending, SECTOR as u64, k, budget) {
+                for others in [CrashState::AllPending, CrashState::DurableOnly] {
+                    if pending.is_empty() && others == CrashState::DurableOnly && name != NAMES[0] {
+                        continue;
+                    }
+                    tried += 1;
+                    let mut images = BTreeMap::new();
+                    let mut failed = None;
+                    for (&n, other) in &s.storages {
+                        let image = other.crash_image(if n == name { &state } else { &others });
+                        match recover(n, image) {
+                            Ok(b) => {
+                                images.insert(n, b);
                             }
-                            states.fetch_add(1, Ordering::Relaxed);
-                            let mut images = BTreeMap::new();
-                            let mut failed = None;
-                            for (&n, other) in &s.storages {
-                                let image = other.crash_image(if n == name { &state } else { &others });
-                                match recover(n, image) {
-                                    Ok(b) => {
-                                        images.insert(n, b);
-                                    }
-                                    Err(e) => failed = Some(e),
-                                }
-                            }
-                            if let Some(e) = failed.or_else(|| verify(&tree, &images).err()) {
-                                failures
-                                    .lock()
-                                    .unwrap()
-                                    .push(format!("crash after {k}, {name} in {state:?}, the others {others:?}: {e}"));
-                            }
+                            Err(e) => failed = Some(e),
                         }
                     }
+                    if let Some(e) = failed.or_else(|| verify(&tree, &images).err()) {
+                        fail(format!("crash after {k}, {name} in {state:?}, the others {others:?}: {e}"));
+                    }
                 }
-            });
+            }
         }
+        tried
     });
-    Outcome { points: ops + 1, states: states.into_inner(), failures: failures.into_inner().unwrap() }
+    Outcome { points: ops + 1, states, failures }
 }
