@@ -34,6 +34,23 @@ enum BlockSource {
     Sectors { base: u64 },
 }
 
+/// Where the bitmap bits of a range inside one block lie ([`Disk::bitmap_span`]).
+struct BitmapSpan {
+    /// The chunk, and its sector bitmap block's file offset.
+    chunk: u64,
+    bitmap_block: u64,
+    /// The block's index within its chunk.
+    index: u64,
+    /// First and last sector of the range, within the block.
+    first_sector: u64,
+    last_sector: u64,
+    /// The byte of `first_sector`'s bit within the block's slice, that byte
+    /// within the bitmap block, and the bytes from there to `last_sector`'s.
+    byte_lo: u64,
+    rel: u64,
+    len: usize,
+}
+
 /// One run of [`Disk::map`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapEntry {
@@ -191,6 +208,30 @@ impl Disk {
         Ok(())
     }
 
+    /// Where the bitmap bits of sectors under `[in_block, in_block + n)` of
+    /// payload `block` lie. Block and sector sizes are powers of two, so
+    /// shifts and masks do the arithmetic.
+    fn bitmap_span(&self, block: u64, in_block: u64, n: u64) -> BitmapSpan {
+        let g = &self.geometry;
+        let sector_shift = g.logical_sector_size.trailing_zeros();
+        let chunk = block >> g.chunk_ratio.trailing_zeros();
+        let index = block & (g.chunk_ratio - 1);
+        let first_sector = in_block >> sector_shift;
+        let last_sector = (in_block + n - 1) >> sector_shift;
+        let byte_lo = first_sector / 8;
+        let bytes_per_block = (g.block_size >> sector_shift) as u64 / 8;
+        BitmapSpan {
+            chunk,
+            bitmap_block: entry_offset(self.bat.get(g.sector_bitmap_index(chunk)).copied().unwrap_or(0)),
+            index,
+            first_sector,
+            last_sector,
+            byte_lo,
+            rel: index * bytes_per_block + byte_lo,
+            len: (last_sector / 8 - byte_lo + 1) as usize,
+        }
+    }
+
     /// Walks the sector bitmap of a partially present `block` over
     /// `[in_block, in_block + n)` and reports runs of present / absent sectors
     /// as virtual offsets.
@@ -203,17 +244,8 @@ impl Disk {
     ) -> Result<()> {
         let g = &self.geometry;
         let ss = g.logical_sector_size as u64;
-        let chunk = block / g.chunk_ratio;
-        let sb_entry = self.bat.get(g.sector_bitmap_index(chunk)).copied().unwrap_or(0);
-        let bitmap_block = entry_offset(sb_entry);
-        let block_in_chunk = block % g.chunk_ratio;
-        let bytes_per_block = g.sectors_per_block() / 8;
-        let first_sector = in_block / ss;
-        let last_sector = (in_block + n - 1) / ss;
-        let byte_lo = first_sector / 8;
-        let byte_hi = last_sector / 8 + 1;
-        let rel = block_in_chunk * bytes_per_block + byte_lo;
-        let len = (byte_hi - byte_lo) as usize;
+        let BitmapSpan { chunk, bitmap_block, first_sector, last_sector, byte_lo, rel, len, .. } =
+            self.bitmap_span(block, in_block, n);
         let block_start = block * g.block_size as u64;
         let range_start = block_start + in_block;
         let range_end = range_start + n;
@@ -240,28 +272,18 @@ impl Disk {
     /// (`Some(false)`) or mixed (`None`). Lets a read inside one block go
     /// straight to this file or to the parent without building runs.
     fn bitmap_uniform(&self, block: u64, in_block: u64, n: u64) -> Result<Option<bool>> {
-        let g = &self.geometry;
-        let sector_shift = g.logical_sector_size.trailing_zeros();
-        let chunk_shift = g.chunk_ratio.trailing_zeros();
-        let chunk = block >> chunk_shift;
-        let sb_entry = self.bat.get(g.sector_bitmap_index(chunk)).copied().unwrap_or(0);
-        let first = in_block >> sector_shift;
-        let last = (in_block + n - 1) >> sector_shift;
-        let byte_lo = first / 8;
-        let bitmap_bytes_per_block = (g.block_size >> sector_shift) as u64 / 8;
-        let index = block & (g.chunk_ratio - 1);
-        let rel = index * bitmap_bytes_per_block + byte_lo;
-        let len = (last / 8 - byte_lo + 1) as usize;
+        let BitmapSpan { chunk, bitmap_block, index, first_sector: first, last_sector: last, byte_lo, rel, len } =
+            self.bitmap_span(block, in_block, n);
         // With nothing uncommitted, the cached summary of the block's bitmap
         // answers most reads without touching the bitmap bytes.
         if self.dirty_pages.is_empty() {
             if let Some(answer) =
-                self.bitmap_cache.uniform(chunk, index as usize, byte_lo as usize, (last / 8) as usize)
+                self.bitmap_cache.uniform(chunk, index as usize, byte_lo as usize, byte_lo as usize + len - 1)
             {
                 return Ok(Some(answer));
             }
         }
-        self.with_bitmap_bytes(chunk, entry_offset(sb_entry), rel, len, |bits| {
+        self.with_bitmap_bytes(chunk, bitmap_block, rel, len, |bits| {
             // Mask the bits of the first and last bytes that lie outside the
             // range; every byte must then be all ones or all zeros.
             let lo_mask = 0xFFu8 << (first % 8);
