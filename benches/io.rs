@@ -24,6 +24,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use vhdx::{CreateOptions, Disk, OpenOptions};
 
@@ -166,12 +167,25 @@ fn raw_file(path: &Path, write: bool) -> File {
     FsOpen::new().read(true).write(write).open(path).unwrap()
 }
 
-fn group<'a>(c: &'a mut Criterion, name: &str, bytes: u64) -> BenchmarkGroup<'a, criterion::measurement::WallTime> {
+fn group<'a>(c: &'a mut Criterion, name: &str, bytes: u64) -> BenchmarkGroup<'a, WallTime> {
     let mut g = c.benchmark_group(name);
     g.throughput(Throughput::Bytes(bytes));
     g.measurement_time(Duration::from_secs(4));
     g.warm_up_time(Duration::from_secs(1));
     g
+}
+
+/// `name`: plain positioned reads of the raw file at `path`, at `offs` in turn.
+fn raw_reads(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, path: &Path, buf: &mut [u8], offs: &[u64]) {
+    let raw = raw_file(path, false);
+    let mut i = 0usize;
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            raw.read_exact_at(buf, offs[i % offs.len()]).unwrap();
+            i += 1;
+            black_box(&buf);
+        })
+    });
 }
 
 fn reads(c: &mut Criterion, fx: &Fixture) {
@@ -185,15 +199,7 @@ fn reads(c: &mut Criterion, fx: &Fixture) {
         let offs = if sequential { (0..SIZE / len).map(|i| i * len).collect() } else { offsets(1 << 16, SIZE, 4096) };
         let mut g = group(c, gname, len);
         let mut buf = vec![0u8; len as usize];
-        let raw = raw_file(&fx.p("raw.img"), false);
-        let mut i = 0usize;
-        g.bench_function("raw", |b| {
-            b.iter(|| {
-                raw.read_exact_at(&mut buf, offs[i % offs.len()]).unwrap();
-                i += 1;
-                black_box(&buf);
-            })
-        });
+        raw_reads(&mut g, "raw", &fx.p("raw.img"), &mut buf, &offs);
         for (name, disk) in &images {
             let mut i = 0usize;
             g.bench_function(*name, |b| {
@@ -204,15 +210,7 @@ fn reads(c: &mut Criterion, fx: &Fixture) {
                 })
             });
         }
-        let raw_copy = raw_file(&fx.p("raw2.img"), false);
-        let mut i = 0usize;
-        g.bench_function("raw_copy", |b| {
-            b.iter(|| {
-                raw_copy.read_exact_at(&mut buf, offs[i % offs.len()]).unwrap();
-                i += 1;
-                black_box(&buf);
-            })
-        });
+        raw_reads(&mut g, "raw_copy", &fx.p("raw2.img"), &mut buf, &offs);
         g.finish();
     }
 }

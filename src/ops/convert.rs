@@ -363,15 +363,12 @@ pub fn convert_with_progress(
                 ))
                 .in_file(src.display()));
             }
-            let mut disk = if options.sync {
-                Disk::create(dst, &create)?
-            } else {
-                create.validate()?;
-                let file = FileStorage::create_new(dst).map_err(io("creating the file"))?;
-                created = true;
-                Disk::create_on(alloc::boxed::Box::new(NoSync(file)), &create, None)?
-            };
+            create.validate()?;
+            let file = FileStorage::create_new(dst).map_err(io("creating the file"))?;
             created = true;
+            let storage: alloc::boxed::Box<dyn Storage> =
+                if options.sync { alloc::boxed::Box::new(file) } else { alloc::boxed::Box::new(NoSync(file)) };
+            let mut disk = Disk::create_on(storage, &create, None)?;
             let kind = alloc::format!("vhdx, {}", disk.disk_type());
             let written = copy_runs(size, &runs, &mut read, &mut |buf, at| disk.write_at(buf, at), progress)?;
             disk.close()?;
