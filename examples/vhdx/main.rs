@@ -105,7 +105,7 @@ pub struct ResizeArgs {
     /// The image (any type; a differencing disk needs its parent).
     pub file: PathBuf,
     /// The new virtual size: a multiple of the logical sector size (10G, 512M…).
-    #[arg(long, value_parser = size::parse_size)]
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub size: u64,
     /// Shrink even when the removed range holds data, which is discarded.
     #[arg(long)]
@@ -118,10 +118,10 @@ pub struct DiscardArgs {
     /// The image (opened for writing).
     pub file: PathBuf,
     /// Virtual offset of the first byte (bytes, 0x…, or with a suffix).
-    #[arg(long, value_parser = size::parse_size)]
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub offset: u64,
     /// Number of bytes (bytes, 0x…, or with a suffix).
-    #[arg(long, value_parser = size::parse_size)]
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub length: u64,
 }
 
@@ -142,7 +142,7 @@ pub struct CreateArgs {
     pub file: PathBuf,
     /// Virtual size: bytes, or with a binary suffix (10G, 512M, 64KiB).
     /// Required unless --parent is given (then it must equal the parent's).
-    #[arg(long, value_parser = size::parse_size)]
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub size: Option<u64>,
     /// Make a differencing disk of this parent: size and sector sizes come
     /// from it; unwritten sectors read from it.
@@ -154,7 +154,7 @@ pub struct CreateArgs {
     pub disk_type: Option<TypeArg>,
     /// Payload block size: a power of two from 1M to 256M [default: 32M; 2M
     /// with --parent].
-    #[arg(long, value_parser = size::parse_size)]
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub block_size: Option<u64>,
     /// Logical sector size: 512 or 4096 [default: 512]. Not with --parent.
     #[arg(long)]
@@ -195,10 +195,10 @@ pub struct ReadArgs {
     /// The image.
     pub file: PathBuf,
     /// Virtual offset of the first byte (bytes, 0x…, or with a suffix).
-    #[arg(long, value_parser = size::parse_size)]
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub offset: u64,
     /// Number of bytes to read (bytes, 0x…, or with a suffix).
-    #[arg(long, value_parser = size::parse_size)]
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub length: u64,
 }
 
@@ -208,7 +208,7 @@ pub struct WriteArgs {
     /// The image (opened for writing).
     pub file: PathBuf,
     /// Virtual offset of the first byte (bytes, 0x…, or with a suffix).
-    #[arg(long, value_parser = size::parse_size)]
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub offset: u64,
     /// Where the bytes come from [default: stdin].
     #[arg(long)]
@@ -232,7 +232,7 @@ pub struct ConvertArgs {
     #[arg(long = "type", value_enum)]
     pub disk_type: Option<TypeArg>,
     /// Block size of a VHDX DST: a power of two from 1M to 256M [default: 32M].
-    #[arg(long, value_parser = size::parse_size)]
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub block_size: Option<u64>,
     /// Logical sector size of a VHDX DST [default: the source's; 512 for raw].
     #[arg(long)]

@@ -10,9 +10,14 @@
 //! `1.22 MiB`).
 
 /// Parses a byte count (see the module docs). Used as a clap value parser, so
-/// the error is a sentence clap prints after the argument's name.
+/// the error is a sentence clap prints after the argument's name. (The size
+/// arguments allow values starting with `-`, so that `--size -512` reaches
+/// this parser and is called negative rather than an unknown option.)
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let s = text.trim();
+    if s.strip_prefix('-').is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit())) {
+        return Err(format!("'{text}' is negative: a byte count is 0 or more"));
+    }
     if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         return u64::from_str_radix(hex, 16).map_err(|_| format!("'{text}' is not a hexadecimal byte count"));
     }
@@ -109,6 +114,15 @@ mod tests {
         for bad in ["", "G", "-1", "1.5G", "10X", "10GiBB", "10 G B", "ten", "1e3"] {
             assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn negative_counts_are_called_negative() {
+        for bad in ["-512", "-1", " -5M", "-0x10", "-0"] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains("is negative"), "{bad:?}: {e}");
+        }
+        assert!(!parse_size("--parent").unwrap_err().contains("negative"));
     }
 
     #[test]
