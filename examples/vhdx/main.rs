@@ -13,6 +13,7 @@
 //! cargo run --release --example vhdx -- merge child.vhdx [--depth N] [--preserve-siblings | --force]
 //! cargo run --release --example vhdx -- set-parent child.vhdx moved/disk.vhdx
 //! cargo run --release --example vhdx -- serve disk.vhdx [--port 10809] [--bind 127.0.0.1] [--read-only] [--once]
+//!     [--handshake-timeout 10] [--idle-timeout 0] [--max-connections 8] [--max-handshakes 16]
 //! cargo run --release --example vhdx -- resize disk.vhdx --size 20G [--allow-shrink]
 //! cargo run --release --example vhdx -- discard disk.vhdx --offset 1G --length 512M
 //! cargo run --release --example vhdx -- compact disk.vhdx
@@ -326,6 +327,22 @@ pub struct ServeArgs {
     /// Exit after the first client disconnects.
     #[arg(long)]
     pub once: bool,
+    /// Seconds a client may take over its whole handshake before it is
+    /// dropped (0: no limit).
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = size::parse_seconds)]
+    pub handshake_timeout: std::time::Duration,
+    /// Seconds an established session may stay silent before the server
+    /// ends it, flushing its writes (0, the default: never; a mounted file
+    /// system may be idle for hours).
+    #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = size::parse_seconds)]
+    pub idle_timeout: std::time::Duration,
+    /// The most clients in transmission at once.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_connections: u64,
+    /// The most connections waiting to be served (in the handshake, or for a
+    /// free session); when another arrives, the one waiting longest is dropped.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_handshakes: u64,
 }
 
 /// The type of a new VHDX image.

@@ -8,11 +8,18 @@
 //! client is connected loses only what that client wrote since its last
 //! flush, as pulling a disk's power does; the image stays consistent (the
 //! next writable open replays its log).
+//!
+//! Clients that stall cannot keep others out: a handshake must be over
+//! within `--handshake-timeout` seconds (10), at most `--max-handshakes`
+//! connections (16) wait to be served and the one waiting longest is dropped
+//! when another arrives, and `--idle-timeout` (off by default) ends sessions
+//! that stay silent.
 
 use crate::size::human_exact;
 use crate::{CliResult, Failure, InFile, ServeArgs};
 
-/// `vhdx serve FILE [--port N] [--bind ADDR] [--read-only] [--once]`.
+/// `vhdx serve FILE [--port N] [--bind ADDR] [--read-only] [--once]
+/// [--handshake-timeout S] [--idle-timeout S] [--max-connections N] [--max-handshakes N]`.
 pub fn serve(args: &ServeArgs) -> CliResult {
     let path = args.file.as_path();
     // Writable unless --read-only; a differencing disk opens its chain.
@@ -25,8 +32,17 @@ pub fn serve(args: &ServeArgs) -> CliResult {
         Err(e) => return Err(e).in_file(path),
     };
     let description = format!("{}: {} VHDX, {}", path.display(), disk.disk_type(), human_exact(disk.virtual_size()));
-    let options =
-        vhdx::nbd::ServeOptions { description, read_only: args.read_only, once: args.once, ..Default::default() };
+    // Zero means no limit, as the library reads it.
+    let options = vhdx::nbd::ServeOptions {
+        description,
+        read_only: args.read_only,
+        once: args.once,
+        max_connections: args.max_connections as usize,
+        max_handshakes: args.max_handshakes as usize,
+        handshake_timeout: Some(args.handshake_timeout),
+        idle_timeout: Some(args.idle_timeout),
+        ..Default::default()
+    };
     let server = vhdx::nbd::Server::bind((args.bind.as_str(), args.port), disk, options)
         .map_err(|e| Failure(format!("{}: listening on {}:{}: {e}", path.display(), args.bind, args.port)))?;
     let addr = server.local_addr().map_err(|e| Failure(format!("{}: the listening address: {e}", path.display())))?;

@@ -44,6 +44,18 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     value.checked_mul(1u64 << shift).ok_or_else(|| format!("'{text}' is too large"))
 }
 
+/// Parses a number of seconds, whole or decimal (`10`, `0.5`), for a clap
+/// value parser. Zero is allowed (the options using it read it as "none").
+pub fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    let s = text.trim();
+    if s.starts_with('-') {
+        return Err(format!("'{text}' is negative: a number of seconds is 0 or more"));
+    }
+    let ok = !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == '.') && s.matches('.').count() <= 1;
+    let secs: f64 = s.parse().ok().filter(|_| ok).ok_or_else(|| format!("'{text}' is not a number of seconds"))?;
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("'{text}' is too many seconds"))
+}
+
 /// A byte count as `qemu-img info` writes it: three significant digits and a
 /// binary unit (`512 B`, `64 MiB`, `1.22 MiB`, `10 GiB`).
 pub fn human(bytes: u64) -> String {
@@ -123,6 +135,17 @@ mod tests {
             assert!(e.contains("is negative"), "{bad:?}: {e}");
         }
         assert!(!parse_size("--parent").unwrap_err().contains("negative"));
+    }
+
+    #[test]
+    fn seconds() {
+        use std::time::Duration;
+        assert_eq!(parse_seconds("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
+        for bad in ["", "-1", "1e3", "ten", "1.2.3", "inf", "NaN", "1s", "99999999999999999999999"] {
+            assert!(parse_seconds(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
