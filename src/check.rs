@@ -142,7 +142,7 @@ fn check_bat(disk: &Disk, report: &mut CheckReport) {
 #[cfg(feature = "std")]
 pub fn check_file(path: &std::path::Path) -> Result<CheckReport> {
     let storage = crate::io::FileStorage::open(path, false)
-        .map_err(|source| Error::Io { op: "opening the file", offset: 0, source }.in_file(path.display()))?;
+        .map_err(|source| Error::Open { op: "open", source }.in_file(path.display()))?;
     check_storage(Box::new(storage)).map_err(|e| e.in_file(path.display()))
 }
 
@@ -208,6 +208,6 @@ pub fn repair_storage(storage: Box<dyn Storage>) -> Result<RepairReport> {
 #[cfg(feature = "std")]
 pub fn repair_file(path: &std::path::Path) -> Result<RepairReport> {
     let storage = crate::io::FileStorage::open(path, true)
-        .map_err(|source| Error::Io { op: "opening the file", offset: 0, source }.in_file(path.display()))?;
+        .map_err(|source| Error::Open { op: "open", source }.in_file(path.display()))?;
     repair_storage(Box::new(storage)).map_err(|e| e.in_file(path.display()))
 }

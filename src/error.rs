@@ -100,7 +100,10 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// A read or write reaches past the end of the virtual disk.
-    #[error("access of {len} bytes at offset {offset:#x} is outside the virtual disk of {size} bytes")]
+    #[error(
+        "access of {len} byte{} at offset {offset:#x} is outside the virtual disk of {size} bytes",
+        if *len == 1 { "" } else { "s" }
+    )]
     OutOfRange {
         /// The virtual offset asked for.
         offset: u64,
@@ -115,7 +118,8 @@ pub enum Error {
     /// The parent of a differencing disk could not be found.
     #[error("parent of the differencing disk not found (looked for {looked_for})")]
     ParentNotFound {
-        /// The candidates tried, in order.
+        /// The candidates tried, in order, and locator paths that cannot be
+        /// opened on this system (see [`crate::chain::looked_for`]).
         looked_for: String,
     },
     /// A parent was found but its DataWriteGuid does not match the child's
@@ -128,6 +132,30 @@ pub enum Error {
         expected: uuid::Uuid,
         /// The parent's DataWriteGuid.
         found: uuid::Uuid,
+    },
+    /// A differencing disk was to be linked to a parent that is the disk
+    /// itself or one of its descendants: the chain would loop. Nothing was
+    /// changed.
+    #[error(
+        "{parent} cannot be the parent of {child}: {}, so the chain would loop",
+        if *itself { "it is that same image" } else { "it descends from it (its own chain leads to it)" }
+    )]
+    ParentLoop {
+        /// The differencing disk.
+        child: String,
+        /// The parent refused.
+        parent: String,
+        /// Whether the two are one file (otherwise the parent is a descendant).
+        itself: bool,
+    },
+    /// The file could not be opened or created at all (it does not exist,
+    /// permission is denied, it already exists, ...).
+    #[error("cannot {op} the file: {source}")]
+    Open {
+        /// `"open"` or `"create"`.
+        op: &'static str,
+        /// The system's reason.
+        source: IoError,
     },
     /// The operation was refused to protect other images or data (siblings a
     /// merge would break, conflicting changes); nothing was modified.
@@ -172,7 +200,7 @@ impl Error {
     /// The category of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Io { .. } => ErrorKind::Io,
+            Error::Io { .. } | Error::Open { .. } => ErrorKind::Io,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
@@ -180,6 +208,7 @@ impl Error {
             Error::ReadOnly => ErrorKind::ReadOnly,
             Error::ParentNotFound { .. } => ErrorKind::ParentNotFound,
             Error::ParentMismatch { .. } => ErrorKind::ParentMismatch,
+            Error::ParentLoop { .. } => ErrorKind::InvalidArgument,
             Error::Refused(_) => ErrorKind::Refused,
             Error::File { inner, .. } => inner.kind(),
         }

@@ -245,3 +245,20 @@ fn confined_merge_refuses_parents_outside_the_allowed_directories() {
     let ok = MergeOptions { depth: 1, confine_to: Some(vec![t.root.clone()]), ..Default::default() };
     merge(&t.p("a.vhdx"), &ok).unwrap();
 }
+
+#[test]
+fn set_parent_refuses_a_loop_with_a_typed_error_naming_both() {
+    let t = Tree::new(512);
+    t.child("a.vhdx", "base.vhdx", &[(0, 4096, 120)]);
+    t.child("g.vhdx", "a.vhdx", &[(4096, 512, 121)]);
+    let before = t.files();
+    for (parent, ignore) in [("a.vhdx", true), ("g.vhdx", true), ("g.vhdx", false)] {
+        let err = set_parent(&t.p("a.vhdx"), &t.p(parent), ignore).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        assert!(matches!(&err, vhdx::Error::ParentLoop { itself, .. } if *itself == (parent == "a.vhdx")), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains(&t.p("a.vhdx").display().to_string()), "{text}");
+        assert!(text.contains(&t.p(parent).display().to_string()), "{text}");
+        assert_eq!(t.files(), before, "a refused set-parent changes nothing");
+    }
+}

@@ -6,6 +6,7 @@
 //! by QEMU's own VHDX driver. The command-line `vhdx serve` is driven the
 //! same way. Protocol details and hostile clients are in `nbd_protocol.rs`.
 
+mod cli_support;
 mod common;
 mod nbd_support;
 
@@ -253,27 +254,9 @@ fn a_read_only_export_refuses_qemu_writes() {
 
 // ---------------------------------------------------------------- the command line
 
-/// The built `vhdx` example (as tests/cli.rs finds it: built once with the
-/// test's own profile and target directory).
+/// The built `vhdx` example.
 fn bin() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev".to_string(),
-            Some(name) => name.to_string(),
-        };
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "--quiet", "--example", "vhdx", "--profile"]);
-        cargo.arg(&profile);
-        if let Some(target_dir) = profile_dir.parent().filter(|d| d.join("CACHEDIR.TAG").exists()) {
-            cargo.arg("--target-dir").arg(target_dir);
-        }
-        assert!(cargo.status().unwrap().success(), "cargo build --example vhdx failed");
-        profile_dir.join("examples").join(format!("vhdx{}", std::env::consts::EXE_SUFFIX))
-    })
-    .clone()
+    cli_support::bin().to_path_buf()
 }
 
 /// `vhdx serve ARGS… --port 0 --once`, started; returns the child and the

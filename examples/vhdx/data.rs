@@ -176,8 +176,11 @@ pub fn write(args: &WriteArgs) -> CliResult {
     };
     let mut disk = vhdx::Disk::open_writable(path).in_file(path)?;
     // Refuse before writing anything when the size is known; stdin is
-    // checked chunk by chunk.
-    check_range(path, args.offset, known_len.unwrap_or(0), disk.virtual_size())?;
+    // checked chunk by chunk, each check naming the chunk's own length.
+    let size = disk.virtual_size();
+    if let Some(len) = known_len {
+        check_range(path, args.offset, len, size)?;
+    }
     let mut buf = vec![0u8; CHUNK];
     let mut done = 0u64;
     loop {
@@ -185,12 +188,17 @@ pub fn write(args: &WriteArgs) -> CliResult {
         if n == 0 {
             break;
         }
-        let at =
-            args.offset.checked_add(done).ok_or_else(|| Failure(format!("{}: offset overflow", path.display())))?;
+        // Checked before: offset + done is at most the disk's size.
+        let at = args.offset + done;
+        check_range(path, at, n as u64, size)?;
         disk.write_at(&buf[..n], at).in_file(path)?;
         done += n as u64;
     }
+    if done == 0 {
+        check_range(path, args.offset, 0, size)?;
+    }
     disk.close().in_file(path)?;
-    outln!("wrote {done} bytes at offset {} of {}", args.offset, path.display())?;
+    let unit = if done == 1 { "byte" } else { "bytes" };
+    outln!("wrote {done} {unit} at offset {} of {}", args.offset, path.display())?;
     Ok(())
 }

@@ -31,7 +31,9 @@ struct Forest {
 }
 
 impl Forest {
-    /// Links `nodes` (duplicates, by canonical path, are dropped).
+    /// Links `nodes` (duplicates, by canonical path, are dropped). A set of
+    /// locators can make a cycle (crafted, or set by hand): each is cut
+    /// where it is first entered, and the image there marked as a loop.
     fn new(all: Vec<Node>) -> Forest {
         let mut nodes: Vec<Node> = Vec::new();
         let mut canon: Vec<PathBuf> = Vec::new();
@@ -42,14 +44,32 @@ impl Forest {
                 nodes.push(n);
             }
         }
-        let parent: Vec<Option<usize>> = nodes
+        let mut parent: Vec<Option<usize>> = nodes
             .iter()
             .enumerate()
             .map(|(i, n)| {
+                if matches!(n.status, LinkStatus::Loop { .. }) {
+                    return None; // a chain's loop, already cut
+                }
                 let p = canonical(n.parent.as_deref()?);
                 canon.iter().position(|c| *c == p).filter(|&j| j != i)
             })
             .collect();
+        // Following parents from any image ends at a root, or runs into a cycle.
+        for i in 0..nodes.len() {
+            let mut walked = vec![i];
+            let mut at = i;
+            while let Some(p) = parent[at] {
+                if walked.contains(&p) {
+                    // A cycle through p, the first of its images met: cut it above p.
+                    let above = parent[p].take().expect("p is on the cycle");
+                    nodes[p].status = LinkStatus::Loop { parent: nodes[above].path.clone() };
+                    break;
+                }
+                walked.push(p);
+                at = p;
+            }
+        }
         let mut kids = vec![Vec::new(); nodes.len()];
         for (i, p) in parent.iter().enumerate() {
             if let Some(p) = p {
@@ -59,31 +79,10 @@ impl Forest {
         Forest { nodes, parent, kids }
     }
 
-    /// The roots: images whose parent is not among the nodes, then one image
-    /// of each cycle (a crafted set of locators can make one).
+    /// The roots: images whose parent is not among the nodes (or whose
+    /// link closes a loop).
     fn roots(&self) -> Vec<usize> {
-        let mut roots: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.parent[i].is_none()).collect();
-        let mut seen = vec![false; self.nodes.len()];
-        for &r in &roots {
-            self.mark(r, &mut seen);
-        }
-        for i in 0..self.nodes.len() {
-            if !seen[i] {
-                roots.push(i);
-                self.mark(i, &mut seen);
-            }
-        }
-        roots
-    }
-
-    fn mark(&self, i: usize, seen: &mut [bool]) {
-        let mut stack = vec![i];
-        while let Some(j) = stack.pop() {
-            if !seen[j] {
-                seen[j] = true;
-                stack.extend(&self.kids[j]);
-            }
-        }
+        (0..self.nodes.len()).filter(|&i| self.parent[i].is_none()).collect()
     }
 
     /// `i` and everything below it, each once, parents before children.
@@ -121,9 +120,11 @@ impl Forest {
                 v["expected_guid"] = json!(expected.to_string());
                 v["found_guid"] = json!(found.to_string());
             }
-            LinkStatus::MissingParent { looked_for } => {
+            LinkStatus::MissingParent { looked_for, windows_paths } => {
                 v["looked_for"] = json!(looked_for.iter().map(|p| p.display().to_string()).collect::<Vec<_>>());
+                v["windows_paths"] = json!(windows_paths);
             }
+            LinkStatus::Loop { parent } => v["loops_to"] = json!(parent.display().to_string()),
             LinkStatus::Unreadable(e) => v["error"] = json!(e),
             LinkStatus::Ok | LinkStatus::Root => {}
         }
@@ -180,12 +181,12 @@ fn status_mark(status: &LinkStatus) -> String {
         LinkStatus::BrokenLinkage { parent, expected, found } => {
             format!("broken linkage: expects {}, parent has {} ({})", braced(expected), braced(found), parent.display())
         }
-        LinkStatus::MissingParent { looked_for } => {
+        LinkStatus::MissingParent { looked_for, windows_paths } => {
             let paths: Vec<String> = looked_for.iter().map(|p| p.display().to_string()).collect();
-            format!(
-                "missing parent: looked for {}",
-                if paths.is_empty() { String::from("nothing") } else { paths.join(", ") }
-            )
+            format!("missing parent: looked for {}", vhdx::chain::looked_for(&paths, windows_paths))
+        }
+        LinkStatus::Loop { parent } => {
+            format!("loop: its parent {} descends from it, so the chain loops back to it", parent.display())
         }
         LinkStatus::Unreadable(e) => format!("unreadable: {e}"),
     }

@@ -32,12 +32,15 @@ pub struct ChainProblem {
     /// one whose parent could not be opened.
     pub chain: Vec<PathBuf>,
     /// What is wrong with the last image's link: "missing-parent",
-    /// "broken-linkage", "unreadable", or "unresolved" (the link itself is
-    /// fine; the chain is refused for another reason: a loop, more than 64
-    /// levels, another sector size — see `error`).
+    /// "broken-linkage", "unreadable", "loop" (its parent is already in the
+    /// chain), or "unresolved" (the link itself is fine; the chain is refused
+    /// for another reason: more than 64 levels, another sector size — see
+    /// `error`).
     pub status: &'static str,
     /// The paths its parent locator points at, in resolution order.
     pub candidates: Vec<PathBuf>,
+    /// Its locator's Windows absolute paths, which cannot be tried here.
+    pub windows_paths: Vec<String>,
     /// For a broken linkage: the DataWriteGuid the image expects, and the one
     /// the file found has.
     pub expected: Option<vhdx::Guid>,
@@ -52,7 +55,10 @@ impl ChainProblem {
         match (self.status, self.expected, self.found) {
             ("missing-parent", ..) => {
                 let tried: Vec<String> = self.candidates.iter().map(|c| c.display().to_string()).collect();
-                format!("missing-parent: the parent of {at} was not found (looked for {})", tried.join(", "))
+                format!(
+                    "missing-parent: the parent of {at} was not found (looked for {})",
+                    vhdx::chain::looked_for(&tried, &self.windows_paths)
+                )
             }
             ("broken-linkage", Some(expected), Some(found)) => format!(
                 "broken-linkage: {at} expects parent DataWriteGuid {{{expected}}}, {} has {{{found}}}",
@@ -79,11 +85,17 @@ pub fn open_chain(path: &Path) -> CliResult<(Disk, Option<ChainProblem>)> {
     let last = nodes.last().expect("a chain holds at least its leaf");
     let (status, expected, found) = match &last.status {
         LinkStatus::BrokenLinkage { expected, found, .. } => ("broken-linkage", Some(*expected), Some(*found)),
-        other @ (LinkStatus::MissingParent { .. } | LinkStatus::Unreadable(_)) => (other.label(), None, None),
+        other @ (LinkStatus::MissingParent { .. } | LinkStatus::Unreadable(_) | LinkStatus::Loop { .. }) => {
+            (other.label(), None, None)
+        }
         LinkStatus::Ok | LinkStatus::Root => ("unresolved", None, None),
     };
+    let windows_paths = match &last.status {
+        LinkStatus::MissingParent { windows_paths, .. } => windows_paths.clone(),
+        _ => Vec::new(),
+    };
     let candidates = match &last.status {
-        LinkStatus::MissingParent { looked_for } => looked_for.clone(),
+        LinkStatus::MissingParent { looked_for, .. } => looked_for.clone(),
         LinkStatus::BrokenLinkage { parent, .. } => vec![parent.clone()],
         _ => open_alone(&last.path)
             .ok()
@@ -95,6 +107,7 @@ pub fn open_chain(path: &Path) -> CliResult<(Disk, Option<ChainProblem>)> {
         chain: nodes.iter().map(|n| n.path.clone()).collect(),
         status,
         candidates,
+        windows_paths,
         expected,
         found,
     };

@@ -13,6 +13,7 @@
 //! cargo run --release --example vhdx -- merge child.vhdx [--depth N] [--preserve-siblings | --force]
 //! cargo run --release --example vhdx -- set-parent child.vhdx moved/disk.vhdx
 //! cargo run --release --example vhdx -- serve disk.vhdx [--port 10809] [--bind 127.0.0.1] [--read-only] [--once]
+//!     [--handshake-timeout 10] [--idle-timeout 0] [--max-connections 8] [--max-handshakes 16]
 //! cargo run --release --example vhdx -- resize disk.vhdx --size 20G [--allow-shrink]
 //! cargo run --release --example vhdx -- discard disk.vhdx --offset 1G --length 512M
 //! cargo run --release --example vhdx -- compact disk.vhdx
@@ -105,7 +106,7 @@ pub struct ResizeArgs {
     /// The image (any type; a differencing disk needs its parent).
     pub file: PathBuf,
     /// The new virtual size: a multiple of the logical sector size (10G, 512M…).
-    #[arg(long, value_parser = size::parse_size)]
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub size: u64,
     /// Shrink even when the removed range holds data, which is discarded.
     #[arg(long)]
@@ -118,10 +119,10 @@ pub struct DiscardArgs {
     /// The image (opened for writing).
     pub file: PathBuf,
     /// Virtual offset of the first byte (bytes, 0x…, or with a suffix).
-    #[arg(long, value_parser = size::parse_size)]
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub offset: u64,
     /// Number of bytes (bytes, 0x…, or with a suffix).
-    #[arg(long, value_parser = size::parse_size)]
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub length: u64,
 }
 
@@ -142,7 +143,7 @@ pub struct CreateArgs {
     pub file: PathBuf,
     /// Virtual size: bytes, or with a binary suffix (10G, 512M, 64KiB).
     /// Required unless --parent is given (then it must equal the parent's).
-    #[arg(long, value_parser = size::parse_size)]
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub size: Option<u64>,
     /// Make a differencing disk of this parent: size and sector sizes come
     /// from it; unwritten sectors read from it.
@@ -154,7 +155,7 @@ pub struct CreateArgs {
     pub disk_type: Option<TypeArg>,
     /// Payload block size: a power of two from 1M to 256M [default: 32M; 2M
     /// with --parent].
-    #[arg(long, value_parser = size::parse_size)]
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub block_size: Option<u64>,
     /// Logical sector size: 512 or 4096 [default: 512]. Not with --parent.
     #[arg(long)]
@@ -195,10 +196,10 @@ pub struct ReadArgs {
     /// The image.
     pub file: PathBuf,
     /// Virtual offset of the first byte (bytes, 0x…, or with a suffix).
-    #[arg(long, value_parser = size::parse_size)]
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub offset: u64,
     /// Number of bytes to read (bytes, 0x…, or with a suffix).
-    #[arg(long, value_parser = size::parse_size)]
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub length: u64,
 }
 
@@ -208,7 +209,7 @@ pub struct WriteArgs {
     /// The image (opened for writing).
     pub file: PathBuf,
     /// Virtual offset of the first byte (bytes, 0x…, or with a suffix).
-    #[arg(long, value_parser = size::parse_size)]
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub offset: u64,
     /// Where the bytes come from [default: stdin].
     #[arg(long)]
@@ -232,7 +233,7 @@ pub struct ConvertArgs {
     #[arg(long = "type", value_enum)]
     pub disk_type: Option<TypeArg>,
     /// Block size of a VHDX DST: a power of two from 1M to 256M [default: 32M].
-    #[arg(long, value_parser = size::parse_size)]
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub block_size: Option<u64>,
     /// Logical sector size of a VHDX DST [default: the source's; 512 for raw].
     #[arg(long)]
@@ -326,6 +327,22 @@ pub struct ServeArgs {
     /// Exit after the first client disconnects.
     #[arg(long)]
     pub once: bool,
+    /// Seconds a client may take over its whole handshake before it is
+    /// dropped (0: no limit).
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = size::parse_seconds)]
+    pub handshake_timeout: std::time::Duration,
+    /// Seconds an established session may stay silent before the server
+    /// ends it, flushing its writes (0, the default: never; a mounted file
+    /// system may be idle for hours).
+    #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = size::parse_seconds)]
+    pub idle_timeout: std::time::Duration,
+    /// The most clients in transmission at once.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_connections: u64,
+    /// The most connections waiting to be served (in the handshake, or for a
+    /// free session); when another arrives, the one waiting longest is dropped.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_handshakes: u64,
 }
 
 /// The type of a new VHDX image.

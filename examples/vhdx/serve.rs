@@ -8,18 +8,41 @@
 //! client is connected loses only what that client wrote since its last
 //! flush, as pulling a disk's power does; the image stays consistent (the
 //! next writable open replays its log).
+//!
+//! Clients that stall cannot keep others out: a handshake must be over
+//! within `--handshake-timeout` seconds (10), at most `--max-handshakes`
+//! connections (16) wait to be served and the one waiting longest is dropped
+//! when another arrives, and `--idle-timeout` (off by default) ends sessions
+//! that stay silent.
 
 use crate::size::human_exact;
 use crate::{CliResult, Failure, InFile, ServeArgs};
 
-/// `vhdx serve FILE [--port N] [--bind ADDR] [--read-only] [--once]`.
+/// `vhdx serve FILE [--port N] [--bind ADDR] [--read-only] [--once]
+/// [--handshake-timeout S] [--idle-timeout S] [--max-connections N] [--max-handshakes N]`.
 pub fn serve(args: &ServeArgs) -> CliResult {
     let path = args.file.as_path();
     // Writable unless --read-only; a differencing disk opens its chain.
-    let disk = vhdx::OpenOptions::new().writable(!args.read_only).open(path).in_file(path)?;
+    let disk = match vhdx::OpenOptions::new().writable(!args.read_only).open(path) {
+        Ok(disk) => disk,
+        Err(e) if !args.read_only && cannot_write(&e) => {
+            let message = e.in_file(path.display()).to_string();
+            return Err(Failure(format!("{message}; to serve it without writing, add --read-only")));
+        }
+        Err(e) => return Err(e).in_file(path),
+    };
     let description = format!("{}: {} VHDX, {}", path.display(), disk.disk_type(), human_exact(disk.virtual_size()));
-    let options =
-        vhdx::nbd::ServeOptions { description, read_only: args.read_only, once: args.once, ..Default::default() };
+    // Zero means no limit, as the library reads it.
+    let options = vhdx::nbd::ServeOptions {
+        description,
+        read_only: args.read_only,
+        once: args.once,
+        max_connections: args.max_connections as usize,
+        max_handshakes: args.max_handshakes as usize,
+        handshake_timeout: Some(args.handshake_timeout),
+        idle_timeout: Some(args.idle_timeout),
+        ..Default::default()
+    };
     let server = vhdx::nbd::Server::bind((args.bind.as_str(), args.port), disk, options)
         .map_err(|e| Failure(format!("{}: listening on {}:{}: {e}", path.display(), args.bind, args.port)))?;
     let addr = server.local_addr().map_err(|e| Failure(format!("{}: the listening address: {e}", path.display())))?;
@@ -30,4 +53,39 @@ pub fn serve(args: &ServeArgs) -> CliResult {
         .map_err(|e| Failure(format!("{}: serving on {addr}: {e}", path.display())))?;
     disk.close().in_file(path)?;
     Ok(())
+}
+
+/// Whether `e` says the file cannot be written (permission, a read-only
+/// file system), which `--read-only` would avoid.
+fn cannot_write(e: &vhdx::Error) -> bool {
+    use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
+    match e {
+        vhdx::Error::File { inner, .. } => cannot_write(inner),
+        vhdx::Error::Open { source, .. } | vhdx::Error::Io { source, .. } => {
+            matches!(source.kind(), PermissionDenied | ReadOnlyFilesystem)
+        }
+        vhdx::Error::ReadOnly => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cannot_write;
+
+    #[test]
+    fn files_that_cannot_be_written_are_recognised() {
+        let io = |kind| std::io::Error::from(kind);
+        let open = |kind| vhdx::Error::Open { op: "open", source: io(kind) }.in_file("d.vhdx");
+        assert!(cannot_write(&open(std::io::ErrorKind::PermissionDenied)));
+        assert!(cannot_write(&open(std::io::ErrorKind::ReadOnlyFilesystem)));
+        assert!(!cannot_write(&open(std::io::ErrorKind::NotFound)));
+        let replay = vhdx::Error::Io {
+            op: "replaying the log",
+            offset: 0x10_0000,
+            source: io(std::io::ErrorKind::ReadOnlyFilesystem),
+        };
+        assert!(cannot_write(&replay));
+        assert!(!cannot_write(&vhdx::Error::InvalidArgument("bad".into())));
+    }
 }

@@ -10,9 +10,14 @@
 //! `1.22 MiB`).
 
 /// Parses a byte count (see the module docs). Used as a clap value parser, so
-/// the error is a sentence clap prints after the argument's name.
+/// the error is a sentence clap prints after the argument's name. (The size
+/// arguments allow values starting with `-`, so that `--size -512` reaches
+/// this parser and is called negative rather than an unknown option.)
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let s = text.trim();
+    if s.strip_prefix('-').is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit())) {
+        return Err(format!("'{text}' is negative: a byte count is 0 or more"));
+    }
     if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         return u64::from_str_radix(hex, 16).map_err(|_| format!("'{text}' is not a hexadecimal byte count"));
     }
@@ -37,6 +42,18 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     };
     let value: u64 = number.parse().map_err(|_| format!("'{text}' is too large"))?;
     value.checked_mul(1u64 << shift).ok_or_else(|| format!("'{text}' is too large"))
+}
+
+/// Parses a number of seconds, whole or decimal (`10`, `0.5`), for a clap
+/// value parser. Zero is allowed (the options using it read it as "none").
+pub fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    let s = text.trim();
+    if s.starts_with('-') {
+        return Err(format!("'{text}' is negative: a number of seconds is 0 or more"));
+    }
+    let ok = !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == '.') && s.matches('.').count() <= 1;
+    let secs: f64 = s.parse().ok().filter(|_| ok).ok_or_else(|| format!("'{text}' is not a number of seconds"))?;
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("'{text}' is too many seconds"))
 }
 
 /// A byte count as `qemu-img info` writes it: three significant digits and a
@@ -108,6 +125,26 @@ mod tests {
     fn rejects_nonsense() {
         for bad in ["", "G", "-1", "1.5G", "10X", "10GiBB", "10 G B", "ten", "1e3"] {
             assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn negative_counts_are_called_negative() {
+        for bad in ["-512", "-1", " -5M", "-0x10", "-0"] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains("is negative"), "{bad:?}: {e}");
+        }
+        assert!(!parse_size("--parent").unwrap_err().contains("negative"));
+    }
+
+    #[test]
+    fn seconds() {
+        use std::time::Duration;
+        assert_eq!(parse_seconds("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
+        for bad in ["", "-1", "1e3", "ten", "1.2.3", "inf", "NaN", "1s", "99999999999999999999999"] {
+            assert!(parse_seconds(bad).is_err(), "{bad:?}");
         }
     }
 

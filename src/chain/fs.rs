@@ -47,15 +47,23 @@ impl FsResolver {
         self
     }
 
-    /// The candidate paths for `locator` of a child at `child`, in order.
+    /// The candidate paths for `locator` of a child at `child`, in order:
+    /// `relative_path` resolved against the directory holding `child` (see
+    /// [`resolve_relative`]), then `volume_path` and `absolute_win32_path`.
+    /// Paths that cannot exist on this system (Windows absolute paths on
+    /// another OS: see [`windows_paths`]) are left out.
     pub fn candidates(child: Option<&Path>, locator: &ParentLocator) -> Vec<PathBuf> {
         let mut out = Vec::new();
         if let (Some(rel), Some(child)) = (locator.get(locator::RELATIVE_PATH), child) {
-            let dir = child.parent().unwrap_or(Path::new("."));
-            out.push(normalize(&dir.join(native(rel))));
+            if !is_foreign(rel) {
+                out.push(resolve_relative(child, rel));
+            }
         }
         for key in [locator::VOLUME_PATH, locator::ABSOLUTE_WIN32_PATH] {
             if let Some(p) = locator.get(key) {
+                if is_foreign(p) {
+                    continue;
+                }
                 let p = native(p);
                 if p.is_absolute() || cfg!(windows) {
                     out.push(p);
@@ -64,6 +72,93 @@ impl FsResolver {
         }
         out
     }
+}
+
+/// The paths of `locator` that are Windows absolute paths — a drive (`C:\…`),
+/// UNC (`\\server\share\…`) or device/volume (`\\?\Volume{…}\…`) path —
+/// which cannot be opened on another OS, so [`FsResolver`] does not try
+/// them there (on Windows the list is empty: they are tried).
+///
+/// ```
+/// use vhdx::format::locator::{ParentLocator, ABSOLUTE_WIN32_PATH, RELATIVE_PATH};
+/// let mut loc = ParentLocator { entries: Vec::new() };
+/// loc.set(RELATIVE_PATH, r"..\base.vhdx".into());
+/// loc.set(ABSOLUTE_WIN32_PATH, r"C:\VMs\base.vhdx".into());
+/// let foreign = vhdx::chain::windows_paths(&loc);
+/// assert_eq!(foreign, if cfg!(windows) { vec![] } else { vec![r"C:\VMs\base.vhdx".to_string()] });
+/// ```
+pub fn windows_paths(locator: &ParentLocator) -> Vec<String> {
+    [locator::RELATIVE_PATH, locator::VOLUME_PATH, locator::ABSOLUTE_WIN32_PATH]
+        .into_iter()
+        .filter_map(|key| locator.get(key))
+        .filter(|p| is_foreign(p))
+        .map(String::from)
+        .collect()
+}
+
+/// Whether a locator path is a Windows absolute path on a system that is not Windows.
+fn is_foreign(p: &str) -> bool {
+    if cfg!(windows) {
+        return false;
+    }
+    let b = p.as_bytes();
+    p.starts_with(r"\\") || (b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':')
+}
+
+/// What was looked for, for [`Error::ParentNotFound`] and for tools that
+/// show a missing parent: the candidate paths `tried`, in order, and the
+/// locator's Windows paths that cannot exist on this system
+/// ([`windows_paths`]), with what to do about them.
+pub fn looked_for(tried: &[String], windows: &[String]) -> String {
+    let advice = "link the child to its parent here with `vhdx set-parent CHILD PARENT`";
+    match (tried.is_empty(), windows.is_empty()) {
+        (false, true) => tried.join(", "),
+        (true, true) => String::from("nothing: the parent locator holds no path this system can use"),
+        (true, false) => format!(
+            "nothing: the parent locator holds only Windows absolute paths, which cannot be opened on this system \
+             ({}); {advice}",
+            windows.join(", ")
+        ),
+        (false, false) => format!(
+            "{}; not tried: the Windows absolute path(s) {}, which cannot be opened on this system; {advice}",
+            tried.join(", "),
+            windows.join(", ")
+        ),
+    }
+}
+
+/// The path `relative_path` = `rel` of a child named `child` designates:
+/// `rel` taken from the directory holding `child` as it was named (a bare
+/// name is in the current directory, so `..\base.vhdx` of `child.vhdx` is
+/// `../base.vhdx`), which is what Hyper-V and QEMU do.
+///
+/// `.` is dropped, and each `..` removes the name before it when that is
+/// exactly what the filesystem would do — the name is not a symbolic link —
+/// so paths stay short and readable (`sub/child.vhdx` with `..\base.vhdx`
+/// gives `base.vhdx`). After a symbolic link to a directory, or with
+/// nothing left to remove, `..` is kept for the filesystem to resolve: it
+/// then leads to the parent of the link's *target*, as `open` (and QEMU)
+/// resolve it, so a child reached through a symlinked directory finds the
+/// same parent as when named by its real path. A child that is itself a
+/// symbolic link is resolved from the link's directory, as QEMU does.
+pub fn resolve_relative(child: &Path, rel: &str) -> PathBuf {
+    let dir = child.parent().unwrap_or(Path::new(""));
+    let mut out = PathBuf::new();
+    for c in dir.join(native(rel)).components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) if !is_symlink(&out) => {
+                    out.pop();
+                }
+                // `/..` is `/`.
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => out.push(".."),
+            },
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 /// A Windows-style locator path as a native path (backslashes to `/` on Unix,
@@ -76,6 +171,12 @@ fn native(p: &str) -> PathBuf {
     PathBuf::from(p.replace('\\', "/"))
 }
 
+/// Whether `p` is a symbolic link, or cannot be examined (then `..` after
+/// it is left to the filesystem too).
+fn is_symlink(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).map_or(true, |m| m.file_type().is_symlink())
+}
+
 impl ParentResolver for FsResolver {
     fn open_parent(&mut self, child: Option<&str>, loc: &ParentLocator, depth: usize) -> Result<(Disk, String)> {
         if depth > MAX_CHAIN_DEPTH {
@@ -85,6 +186,9 @@ impl ParentResolver for FsResolver {
         let candidates = FsResolver::candidates(child_path, loc);
         let mut mismatch: Option<Error> = None;
         let mut tried = Vec::new();
+        if let (Some(rel), None) = (loc.get(locator::RELATIVE_PATH), child) {
+            tried.push(format!("(relative_path {rel}: the child has no path to resolve it against)"));
+        }
         for cand in candidates {
             tried.push(cand.display().to_string());
             let Ok(canon) = cand.canonicalize() else {
@@ -114,7 +218,7 @@ impl ParentResolver for FsResolver {
                 }
             }
         }
-        Err(mismatch.unwrap_or_else(|| Error::ParentNotFound { looked_for: tried.join(", ") }))
+        Err(mismatch.unwrap_or_else(|| Error::ParentNotFound { looked_for: looked_for(&tried, &windows_paths(loc)) }))
     }
 }
 
@@ -122,27 +226,36 @@ impl ParentResolver for FsResolver {
 /// DataWriteGuid is `parent_guid`: `parent_linkage`, `relative_path`
 /// (relative to the child's directory, Windows separators) and
 /// `absolute_win32_path`.
+///
+/// Both paths are computed from where the files really are (symbolic links
+/// resolved): the relative path leads from the child's real directory to the
+/// parent's real file, which is how the filesystem — and so
+/// [`resolve_relative`] — follows a `..` out of a symlinked directory.
 pub fn locator_for(child: &Path, parent: &Path, parent_guid: &crate::Guid) -> Result<ParentLocator> {
-    let abs = |p: &Path| -> Result<PathBuf> {
-        if p.is_absolute() {
-            Ok(p.to_path_buf())
-        } else {
-            std::env::current_dir().map(|d| d.join(p)).map_err(|source| Error::Io {
-                op: "finding the current directory",
-                offset: 0,
-                source,
-            })
-        }
+    let child_dir = child.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let (child_dir, parent_abs) = match (child_dir.canonicalize(), parent.canonicalize()) {
+        (Ok(d), Ok(p)) => (d, p),
+        // Not there (yet): the names as given, made absolute.
+        _ => (normalize(&absolute(child_dir)?), normalize(&absolute(parent)?)),
     };
-    let parent_abs = normalize(&abs(parent)?);
-    let child_abs = normalize(&abs(child)?);
-    let child_dir = child_abs.parent().unwrap_or(Path::new("/"));
-    let rel = relative(child_dir, &parent_abs);
+    let rel = relative(&child_dir, &parent_abs);
     let mut loc = ParentLocator { entries: Vec::new() };
     loc.set(locator::PARENT_LINKAGE, braced_guid(parent_guid));
     loc.set(locator::RELATIVE_PATH, windows_style(&rel, true));
     loc.set(locator::ABSOLUTE_WIN32_PATH, windows_style(&parent_abs, false));
     Ok(loc)
+}
+
+/// `p` made absolute against the current directory.
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    std::env::current_dir().map(|d| d.join(p)).map_err(|source| Error::Io {
+        op: "finding the current directory",
+        offset: 0,
+        source,
+    })
 }
 
 /// Removes `.` and `..` components lexically.
@@ -181,7 +294,7 @@ fn relative(from: &Path, target: &Path) -> PathBuf {
 fn windows_style(p: &Path, relative: bool) -> String {
     let s = p.to_string_lossy();
     if cfg!(windows) {
-        if relative {
+        if relative || s.starts_with(r"\\") {
             return s.into_owned();
         }
         return format!(r"\\?\{s}");
@@ -200,5 +313,60 @@ mod tests {
         assert_eq!(windows_style(Path::new("../c/p.vhdx"), true), r"..\c\p.vhdx");
         assert_eq!(native(r".\p.vhdx"), PathBuf::from("./p.vhdx"));
         assert_eq!(native(r"\\?\C:\x\p.vhdx"), PathBuf::from("C:/x/p.vhdx"));
+    }
+
+    #[test]
+    fn relative_paths_resolve_from_the_child_directory_as_named() {
+        // Names that exist nowhere: nothing is a symlink, `..` pops lexically
+        // where there is a name to pop, and is kept where there is none.
+        let r = |child: &str, rel: &str| resolve_relative(Path::new(child), rel);
+        assert_eq!(r("child.vhdx", r"..\base.vhdx"), PathBuf::from("../base.vhdx"));
+        assert_eq!(r("./child.vhdx", r"..\base.vhdx"), PathBuf::from("../base.vhdx"));
+        assert_eq!(r("child.vhdx", r".\base.vhdx"), PathBuf::from("base.vhdx"));
+        assert_eq!(r("../../child.vhdx", r"..\x\base.vhdx"), PathBuf::from("../../../x/base.vhdx"));
+        assert_eq!(r("/child.vhdx", r"..\..\base.vhdx"), PathBuf::from("/base.vhdx"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn dot_dot_pops_real_directories_and_is_kept_after_a_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("a/sub")).unwrap();
+        std::fs::create_dir_all(root.join("real/deep")).unwrap();
+        std::os::unix::fs::symlink(root.join("real/deep"), root.join("a/link")).unwrap();
+        let r = |child: &Path, rel: &str| resolve_relative(child, rel);
+        assert_eq!(r(&root.join("a/sub/c.vhdx"), r"..\base.vhdx"), root.join("a/base.vhdx"));
+        assert_eq!(r(&root.join("a/sub/../sub/c.vhdx"), r"..\base.vhdx"), root.join("a/base.vhdx"));
+        // Through the symlinked directory, `..` is the target's parent: kept for the filesystem.
+        let through = r(&root.join("a/link/c.vhdx"), r"..\base.vhdx");
+        assert_eq!(through, root.join("a/link/../base.vhdx"));
+        std::fs::write(root.join("real/base.vhdx"), b"x").unwrap();
+        assert_eq!(through.canonicalize().unwrap(), root.join("real/base.vhdx"));
+    }
+
+    #[test]
+    fn windows_absolute_paths_are_named_not_tried() {
+        let mut loc = ParentLocator { entries: Vec::new() };
+        loc.set(locator::VOLUME_PATH, String::from(r"\\?\Volume{26a21bda-a627-11d7-9931-806e6f6e6963}\VMs\b.vhdx"));
+        loc.set(locator::ABSOLUTE_WIN32_PATH, String::from(r"C:\VMs\b.vhdx"));
+        if cfg!(windows) {
+            return;
+        }
+        assert!(FsResolver::candidates(Some(Path::new("c.vhdx")), &loc).is_empty());
+        let foreign = windows_paths(&loc);
+        assert_eq!(foreign.len(), 2);
+        let text = looked_for(&[], &foreign);
+        assert!(text.contains("only Windows absolute paths"), "{text}");
+        assert!(text.contains(r"C:\VMs\b.vhdx") && text.contains(r"\\?\Volume{"), "{text}");
+        assert!(text.contains("vhdx set-parent CHILD PARENT"), "{text}");
+        loc.set(locator::ABSOLUTE_WIN32_PATH, String::from(r"\\server\share\b.vhdx"));
+        loc.set(locator::RELATIVE_PATH, String::from(r".\b.vhdx"));
+        assert_eq!(windows_paths(&loc).len(), 2, "UNC is Windows-only too");
+        assert_eq!(FsResolver::candidates(Some(Path::new("c.vhdx")), &loc), [PathBuf::from("b.vhdx")]);
+        // What this crate writes on Unix (`\tmp\b.vhdx`) is tried.
+        loc.set(locator::ABSOLUTE_WIN32_PATH, String::from(r"\tmp\b.vhdx"));
+        assert!(windows_paths(&loc).len() == 1 && FsResolver::candidates(None, &loc) == [PathBuf::from("/tmp/b.vhdx")]);
+        assert_eq!(looked_for(&[String::from("a"), String::from("b")], &[]), "a, b");
     }
 }

@@ -7,16 +7,30 @@
 //! modified, replaced or merged into is refused instead of silently giving
 //! wrong data.
 //!
-//! Resolution order (documented contract): `relative_path` (relative to the
-//! child's directory), then `volume_path`, then `absolute_win32_path`. Chains
-//! are limited to [`MAX_CHAIN_DEPTH`] links; a file met twice is a cycle.
-//! Parents always open read-only.
+//! Resolution order (documented contract): `relative_path`, then
+//! `volume_path`, then `absolute_win32_path`. Chains are limited to
+//! [`MAX_CHAIN_DEPTH`] links; a file met twice is a cycle. Parents always
+//! open read-only.
+//!
+//! `relative_path` is relative to the directory holding the child, however
+//! the child was named (`child.vhdx`, `./sub/child.vhdx`, an absolute path),
+//! with `..` kept: a child opened as `child.vhdx` whose locator says
+//! `..\base.vhdx` finds `../base.vhdx`, as Hyper-V and QEMU do. Symbolic
+//! links are the filesystem's business: `..` out of a symlinked directory
+//! leads to the parent of the link's target (as `open` and QEMU resolve it),
+//! so the same parent is found whichever way the directory was reached; a
+//! child that is itself a link resolves from the link's directory (as in
+//! QEMU). Locators this crate writes ([`locator_for`]) are computed from the
+//! real locations, so they resolve back to the parent they were made for.
+//! Windows absolute paths (`C:\…`, UNC, volume paths) are not tried on other
+//! systems; a locator holding nothing else gives an
+//! [`Error::ParentNotFound`] that says so ([`windows_paths`], [`looked_for`]).
 
 #[cfg(feature = "std")]
 mod fs;
 
 #[cfg(feature = "std")]
-pub use fs::{locator_for, FsResolver};
+pub use fs::{locator_for, looked_for, resolve_relative, windows_paths, FsResolver};
 
 use alloc::boxed::Box;
 use alloc::string::String;

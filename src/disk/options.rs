@@ -149,7 +149,7 @@ impl OpenOptions {
             .clone()
             .unwrap_or_default()
             .open(path, self.writable)
-            .map_err(|source| Error::Io { op: "opening the file", offset: 0, source }.in_file(path.display()))?;
+            .map_err(|source| Error::Open { op: "open", source }.in_file(path.display()))?;
         self.open_storage(storage).map_err(|e| e.in_file(path.display()))
     }
 }

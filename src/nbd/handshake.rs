@@ -102,8 +102,14 @@ fn parse_info_request(data: &[u8]) -> Option<(&[u8], Vec<u16>)> {
     Some((name, list.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect()))
 }
 
-/// Sends the greeting and haggles until the client enters transmission or leaves.
-pub(crate) fn negotiate<S: Read + Write>(s: &mut S, export: &Export<'_>) -> Result<Outcome, SessionError> {
+/// Sends the greeting and haggles until the client enters transmission or
+/// leaves. `admit` is called when the client has chosen the export, before
+/// the reply that starts transmission; its error ends the connection.
+pub(crate) fn negotiate<S: Read + Write>(
+    s: &mut S,
+    export: &Export<'_>,
+    admit: &mut dyn FnMut() -> std::io::Result<()>,
+) -> Result<Outcome, SessionError> {
     let mut greeting = [0u8; 18];
     greeting[0..8].copy_from_slice(&NBDMAGIC.to_be_bytes());
     greeting[8..16].copy_from_slice(&IHAVEOPT.to_be_bytes());
@@ -148,6 +154,7 @@ pub(crate) fn negotiate<S: Read + Write>(s: &mut S, export: &Export<'_>) -> Resu
                         String::from_utf8_lossy(&data)
                     )));
                 }
+                admit()?;
                 let mut out = Vec::with_capacity(10 + 124);
                 out.extend_from_slice(&export.size.to_be_bytes());
                 out.extend_from_slice(&export.flags.to_be_bytes());
@@ -191,6 +198,9 @@ pub(crate) fn negotiate<S: Read + Write>(s: &mut S, export: &Export<'_>) -> Resu
                     reply_error(s, option, REP_ERR_UNKNOWN, &message)?;
                     s.flush()?;
                     continue;
+                }
+                if option == OPT_GO {
+                    admit()?;
                 }
                 send_info(s, option, export, &requests)?;
                 reply(s, option, REP_ACK, &[])?;

@@ -70,11 +70,25 @@
 //! # Several clients
 //!
 //! [`Server::run`] serves connections concurrently, one thread each, up to
-//! [`ServeOptions::max_connections`] at once (later clients wait in the
-//! listen backlog). The disk sits behind a [`RwLock`]: reads run in
-//! parallel, writes, flushes and zeroing one at a time, and the lock is never
-//! held while the network is used. With [`ServeOptions::once`] the server
-//! serves a single client and returns.
+//! [`ServeOptions::max_connections`] in transmission at once. The disk sits
+//! behind a [`RwLock`]: reads run in parallel, writes, flushes and zeroing
+//! one at a time, and the lock is never held while the network is used.
+//! With [`ServeOptions::once`] the server serves a single client and
+//! returns.
+//!
+//! # Clients that stall
+//!
+//! No client can keep another from being served by doing nothing. A
+//! connection takes a session slot only when its handshake is over, so idle
+//! or half-open connections never hold one. Until then it is one of at most
+//! [`ServeOptions::max_handshakes`] waiting connections — the one that has
+//! waited longest is dropped when another arrives — and its handshake must
+//! be over within [`ServeOptions::handshake_timeout`] (10 s by default, the
+//! same as `qemu-nbd`), however slowly its bytes come. An established
+//! session that goes silent keeps its slot unless
+//! [`ServeOptions::idle_timeout`] is set (off by default: a mounted file
+//! system is silent for long stretches); its writes are flushed when it
+//! ends, however it ends.
 
 mod handshake;
 pub mod proto;
@@ -109,14 +123,38 @@ pub struct ServeOptions {
     /// Refuse writes even when the disk is open for writing. A disk opened
     /// read-only is always exported read-only.
     pub read_only: bool,
-    /// Serve one client, then return from [`Server::run`].
+    /// Serve one client, then return from [`Server::run`]: the first whose
+    /// handshake succeeds (or that ends it itself with `NBD_OPT_ABORT`), once
+    /// its session is over. Connections that end before that — closed at
+    /// once, stalled past the handshake timeout, dropped to make room — do
+    /// not count. One session at a time.
     pub once: bool,
-    /// The most clients served at once (at least 1).
+    /// The most clients in transmission at once (at least 1). A client
+    /// that completes its handshake while they are all taken waits, before
+    /// the final reply, for one to end; while every slot is taken, new
+    /// connections are not greeted (they wait among those counted by
+    /// [`ServeOptions::max_handshakes`]).
     pub max_connections: usize,
-    /// How long a client may take over the handshake before it is
-    /// dropped; `None` waits forever. Transmission has no timeout: an idle
-    /// client (a mounted file system) is normal.
+    /// The most connections waiting at once: accepted but not yet in
+    /// transmission — in the handshake, or waiting to be greeted or to get a
+    /// session slot (at least 1). When another connection arrives, the one
+    /// that has waited longest is dropped: a flood of idle connections then
+    /// pushes itself out, and a real client, whose handshake takes a few
+    /// round trips, is served unless this many connections arrive during it.
+    pub max_handshakes: usize,
+    /// How long a client may take over its whole handshake, from the
+    /// greeting to the option that starts transmission (not per message: a
+    /// client trickling bytes is dropped too); `None` (or zero) waits
+    /// forever. Time spent waiting for a free session slot does not count.
     pub handshake_timeout: Option<Duration>,
+    /// How long an established session may go without sending a byte (or
+    /// without taking the server's replies) before the server ends it, with
+    /// the usual flush; `None` (the default, or zero) never ends it: an NBD
+    /// client with a mounted file system may be idle for hours and has no
+    /// way to say it is alive, and closing it would fail its I/O. Set it
+    /// when clients that vanish without closing their connection (a lost
+    /// network) must not keep a slot of [`ServeOptions::max_connections`].
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for ServeOptions {
@@ -127,7 +165,9 @@ impl Default for ServeOptions {
             read_only: false,
             once: false,
             max_connections: 8,
-            handshake_timeout: Some(Duration::from_secs(30)),
+            max_handshakes: 16,
+            handshake_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: None,
         }
     }
 }
@@ -229,15 +269,17 @@ pub fn serve_connection<S: Read + Write>(
     disk: &RwLock<Disk>,
     options: &ServeOptions,
 ) -> Result<Session, SessionError> {
-    session(stream, disk, options, &mut || {})
+    session(stream, disk, options, &mut || Ok(()))
 }
 
-/// [`serve_connection`], calling `entered_transmission` once the handshake is over.
+/// [`serve_connection`], calling `admit` when the client has chosen the
+/// export, before the reply that starts transmission: it may wait (for a
+/// session slot), or refuse with an error that ends the connection.
 pub(crate) fn session<S: Read + Write>(
     mut stream: S,
     disk: &RwLock<Disk>,
     options: &ServeOptions,
-    entered_transmission: &mut dyn FnMut(),
+    admit: &mut dyn FnMut() -> std::io::Result<()>,
 ) -> Result<Session, SessionError> {
     options.validate()?;
     let (size, writable, sector) = {
@@ -259,10 +301,9 @@ pub(crate) fn session<S: Read + Write>(
         block_sizes: (1, sector.max(4096), MAX_PAYLOAD),
     };
     let mut stats = Stats::default();
-    if let handshake::Outcome::Ended(end) = handshake::negotiate(&mut stream, &export)? {
+    if let handshake::Outcome::Ended(end) = handshake::negotiate(&mut stream, &export, admit)? {
         return Ok(Session { end, stats });
     }
-    entered_transmission();
     let result = transmission::transmit(&mut stream, disk, size, read_only, &mut stats);
     // However the session ended, what the client was told is written becomes
     // durable, and the log is left clean.

@@ -1,15 +1,17 @@
 //! The TCP server: accepting connections, one thread per client, stopping.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::cell::Cell;
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, RwLock};
+use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{session, ServeOptions, Session, SessionEnd, SessionError};
 use crate::Disk;
@@ -22,7 +24,7 @@ pub struct Server {
     listener: TcpListener,
     disk: Arc<RwLock<Disk>>,
     options: ServeOptions,
-    stop: Arc<StopState>,
+    shared: Arc<Shared>,
     log: Option<Log>,
 }
 
@@ -32,53 +34,121 @@ impl core::fmt::Debug for Server {
     }
 }
 
-/// The state [`Stopper`] shares with the server.
-struct StopState {
+/// What the accept loop, the connections' threads and [`Stopper`] share.
+struct Shared {
     stopped: AtomicBool,
     /// Where to connect to wake a blocked `accept`.
     wake: SocketAddr,
-    /// The connections being served, to end them on stop.
-    connections: Mutex<BTreeMap<u64, TcpStream>>,
+    state: Mutex<State>,
+    /// Signalled when a session ends, a connection is dropped, or the server stops.
+    changed: Condvar,
 }
 
-impl StopState {
-    fn connections(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, TcpStream>> {
-        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+/// The connections, by id (ids grow with arrival, so the first waiting id
+/// is the connection that has waited longest).
+#[derive(Default)]
+struct State {
+    /// Every connection, to end them on stop.
+    connections: BTreeMap<u64, TcpStream>,
+    /// Connections not yet in transmission: in the handshake, or waiting
+    /// to be greeted or for a session slot.
+    waiting: BTreeSet<u64>,
+    /// Connections in transmission.
+    sessions: BTreeSet<u64>,
+    /// Connections dropped to make room, whose threads have not ended yet.
+    dropped: BTreeSet<u64>,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)
     }
 
-    /// Records a connection so that a stop can end it; `false` if the server is stopping.
-    fn register(&self, id: u64, stream: TcpStream) -> bool {
-        let mut c = self.connections();
+    /// Records a new connection as waiting, first dropping the one that has
+    /// waited longest when `max_waiting` already wait. `false` if the server
+    /// is stopping.
+    fn arrive(&self, id: u64, stream: TcpStream, max_waiting: usize) -> bool {
+        let mut st = self.state();
         if self.is_stopped() {
             return false;
         }
-        c.insert(id, stream);
+        while st.waiting.len() >= max_waiting {
+            let Some(oldest) = st.waiting.pop_first() else { break };
+            st.dropped.insert(oldest);
+            if let Some(s) = st.connections.get(&oldest) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+        st.connections.insert(id, stream);
+        st.waiting.insert(id);
+        drop(st);
+        self.changed.notify_all();
         true
     }
 
-    fn unregister(&self, id: u64) {
-        self.connections().remove(&id);
+    /// Waits until fewer than `max` sessions run; then, when `take`, makes
+    /// connection `id` one of them. An error if the connection was dropped
+    /// to make room or the server is stopping.
+    fn wait_for_slot(&self, id: u64, max: usize, take: bool) -> std::io::Result<()> {
+        let mut st = self.state();
+        loop {
+            if self.is_stopped() {
+                return Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "the server is stopping"));
+            }
+            if !st.waiting.contains(&id) {
+                return Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "dropped to make room"));
+            }
+            if st.sessions.len() < max {
+                if take {
+                    st.waiting.remove(&id);
+                    st.sessions.insert(id);
+                }
+                return Ok(());
+            }
+            st = self
+                .changed
+                .wait_timeout(st, Duration::from_millis(200))
+                .map_or_else(|p| p.into_inner().0, |(guard, _)| guard);
+        }
+    }
+
+    /// Whether connection `id` was dropped to make room.
+    fn was_dropped(&self, id: u64) -> bool {
+        self.state().dropped.contains(&id)
+    }
+
+    /// Forgets connection `id` (its thread is ending) and wakes the waiting.
+    fn leave(&self, id: u64) {
+        let mut st = self.state();
+        st.connections.remove(&id);
+        st.waiting.remove(&id);
+        st.sessions.remove(&id);
+        st.dropped.remove(&id);
+        drop(st);
+        self.changed.notify_all();
     }
 
     /// Refuses new connections and ends the current ones after their
     /// current request (their next read sees end of stream).
     fn halt(&self) {
-        let c = self.connections();
+        let st = self.state();
         self.stopped.store(true, Ordering::SeqCst);
-        for stream in c.values() {
+        for stream in st.connections.values() {
             let _ = stream.shutdown(Shutdown::Read);
         }
+        drop(st);
+        self.changed.notify_all();
     }
 }
 
 /// Stops a running [`Server`] from another thread (or a signal handler's
 /// thread). Cloneable.
 #[derive(Clone)]
-pub struct Stopper(Arc<StopState>);
+pub struct Stopper(Arc<Shared>);
 
 impl core::fmt::Debug for Stopper {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -107,39 +177,6 @@ fn wake_address(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, addr.port())
 }
 
-/// Counts the connections being served, so that `run` waits for a free slot.
-#[derive(Default)]
-struct Slots {
-    active: Mutex<usize>,
-    freed: Condvar,
-}
-
-impl Slots {
-    fn count(&self) -> std::sync::MutexGuard<'_, usize> {
-        self.active.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn release(&self) {
-        *self.count() -= 1;
-        self.freed.notify_all();
-    }
-}
-
-/// Held by a connection's thread: gives back its slot and forgets its
-/// stream when the thread ends, however it ends.
-struct Lease {
-    id: u64,
-    stop: Arc<StopState>,
-    slots: Arc<Slots>,
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.stop.unregister(self.id);
-        self.slots.release();
-    }
-}
-
 /// A summary of how a session ended, for the log.
 fn describe(result: &Result<Session, SessionError>) -> String {
     match result {
@@ -159,8 +196,108 @@ fn describe(result: &Result<Session, SessionError>) -> String {
     }
 }
 
-/// Serves one accepted connection to its end.
-fn handle(stream: TcpStream, peer: SocketAddr, disk: &RwLock<Disk>, options: &ServeOptions, log: &Option<Log>) {
+/// A zero duration means none.
+fn limit(d: Option<Duration>) -> Option<Duration> {
+    d.filter(|d| !d.is_zero())
+}
+
+/// Held by a connection's thread: forgets the connection (and gives back
+/// its session slot) when the thread ends, however it ends.
+struct Lease {
+    id: u64,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.shared.leave(self.id);
+    }
+}
+
+/// A connection with the server's clocks: the whole handshake must be over
+/// by a deadline (the socket's timeouts are set to what is left before each
+/// read and write), and in transmission each read or write may wait at most
+/// the idle timeout.
+#[derive(Clone, Copy)]
+struct Timed<'a> {
+    stream: &'a TcpStream,
+    /// When the handshake must be over; `None` once in transmission.
+    deadline: &'a Cell<Option<Instant>>,
+    handshake: Option<Duration>,
+    idle: Option<Duration>,
+}
+
+impl Timed<'_> {
+    fn arm(&self) -> std::io::Result<()> {
+        if let Some(deadline) = self.deadline.get() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.timed_out());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            self.stream.set_write_timeout(Some(left))?;
+        }
+        Ok(())
+    }
+
+    fn timed_out(&self) -> std::io::Error {
+        let text = match (self.deadline.get(), self.handshake, self.idle) {
+            (Some(_), Some(limit), _) => format!("no complete handshake within {limit:?}"),
+            (None, _, Some(limit)) => format!("idle for {limit:?}: closed"),
+            _ => String::from("timed out"),
+        };
+        std::io::Error::new(std::io::ErrorKind::TimedOut, text)
+    }
+
+    /// A socket timeout is reported as what it means here.
+    fn explain(&self, e: std::io::Error) -> std::io::Error {
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => self.timed_out(),
+            _ => e,
+        }
+    }
+
+    /// The handshake is over: no deadline, the idle timeout from now on.
+    fn enter_transmission(&self) -> std::io::Result<()> {
+        self.deadline.set(None);
+        self.stream.set_read_timeout(self.idle)?;
+        self.stream.set_write_timeout(self.idle)
+    }
+}
+
+impl Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        let mut s = self.stream;
+        s.read(buf).map_err(|e| self.explain(e))
+    }
+}
+
+impl Write for Timed<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        let mut s = self.stream;
+        s.write(buf).map_err(|e| self.explain(e))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let mut s = self.stream;
+        s.flush()
+    }
+}
+
+/// Serves one accepted connection to its end; `true` if it counts as a
+/// client served for [`ServeOptions::once`] (it reached transmission, or
+/// ended its handshake itself with `NBD_OPT_ABORT`).
+fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    shared: &Shared,
+    disk: &RwLock<Disk>,
+    options: &ServeOptions,
+    log: &Option<Log>,
+) -> bool {
     let note = |m: &str| {
         if let Some(log) = log {
             log(&format!("{peer}: {m}"));
@@ -169,11 +306,37 @@ fn handle(stream: TcpStream, peer: SocketAddr, disk: &RwLock<Disk>, options: &Se
     note("connected");
     // Replies are complete messages: send them without Nagle's delay.
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(options.handshake_timeout);
-    let result = session(&stream, disk, options, &mut || {
-        let _ = stream.set_read_timeout(None);
-    });
-    note(&describe(&result));
+    let sessions = if options.once { 1 } else { options.max_connections.max(1) };
+    // Greeted only while a session slot is free; the clock starts with the greeting.
+    let greeted = shared.wait_for_slot(id, sessions, false);
+    let deadline = Cell::new(limit(options.handshake_timeout).map(|t| Instant::now() + t));
+    let timed = Timed {
+        stream: &stream,
+        deadline: &deadline,
+        handshake: limit(options.handshake_timeout),
+        idle: limit(options.idle_timeout),
+    };
+    let admitted = Cell::new(false);
+    let result = match greeted {
+        Ok(()) => {
+            let mut conn = timed;
+            session(&mut conn, disk, options, &mut || {
+                shared.wait_for_slot(id, sessions, true)?;
+                admitted.set(true);
+                timed.enter_transmission()
+            })
+        }
+        Err(e) => Err(SessionError::Io(e)),
+    };
+    if shared.was_dropped(id) {
+        note(&format!(
+            "dropped: it had waited longest of the {} connections not yet in transmission when another arrived",
+            options.max_handshakes.max(1)
+        ));
+    } else {
+        note(&describe(&result));
+    }
+    admitted.get() || result.is_ok()
 }
 
 impl Server {
@@ -187,10 +350,11 @@ impl Server {
             listener,
             disk: Arc::new(RwLock::new(disk)),
             options,
-            stop: Arc::new(StopState {
+            shared: Arc::new(Shared {
                 stopped: AtomicBool::new(false),
                 wake,
-                connections: Mutex::new(BTreeMap::new()),
+                state: Mutex::new(State::default()),
+                changed: Condvar::new(),
             }),
             log: None,
         })
@@ -209,7 +373,7 @@ impl Server {
 
     /// A handle that stops [`Server::run`] from another thread.
     pub fn stopper(&self) -> Stopper {
-        Stopper(self.stop.clone())
+        Stopper(self.shared.clone())
     }
 
     /// Receives one line per event (a client connecting, a session ending
@@ -231,25 +395,12 @@ impl Server {
     /// the sessions to end, and gives the disk back, flushed. An error
     /// means the listener failed for good (after the sessions ended).
     pub fn run(self) -> std::io::Result<Disk> {
-        let slots = Arc::new(Slots::default());
         let mut workers: Vec<JoinHandle<()>> = Vec::new();
         let mut next_id = 0u64;
         let mut failures = 0u32;
         let mut outcome = Ok(());
-        let max = self.options.max_connections.max(1);
-        while !self.stop.is_stopped() {
-            {
-                let mut active = slots.count();
-                while *active >= max && !self.stop.is_stopped() {
-                    active = slots
-                        .freed
-                        .wait_timeout(active, Duration::from_millis(200))
-                        .map_or_else(|p| p.into_inner().0, |(guard, _)| guard);
-                }
-            }
-            if self.stop.is_stopped() {
-                break;
-            }
+        let max_waiting = self.options.max_handshakes.max(1);
+        while !self.shared.is_stopped() {
             let (stream, peer) = match self.listener.accept() {
                 Ok(accepted) => {
                     failures = 0;
@@ -272,37 +423,32 @@ impl Server {
                     continue;
                 }
             };
-            if self.stop.is_stopped() {
+            if self.shared.is_stopped() {
                 break; // the stopper's wake-up call, or a client arriving too late
             }
             next_id += 1;
             let id = next_id;
-            match stream.try_clone() {
-                Ok(clone) => {
-                    if !self.stop.register(id, clone) {
-                        break;
-                    }
-                }
+            let clone = match stream.try_clone() {
+                Ok(clone) => clone,
                 Err(e) => {
                     self.note(&format!("{peer}: dropped: {e}"));
                     continue;
                 }
-            }
-            if self.options.once {
-                handle(stream, peer, &self.disk, &self.options, &self.log);
-                self.stop.unregister(id);
+            };
+            if !self.shared.arrive(id, clone, max_waiting) {
                 break;
             }
-            *slots.count() += 1;
-            let lease = Lease { id, stop: self.stop.clone(), slots: slots.clone() };
+            let lease = Lease { id, shared: self.shared.clone() };
             let (disk, options, log) = (self.disk.clone(), self.options.clone(), self.log.clone());
             let spawned = std::thread::Builder::new().name(format!("nbd {peer}")).spawn(move || {
-                let _lease = lease;
-                handle(stream, peer, &disk, &options, &log);
+                let served = handle(stream, peer, lease.id, &lease.shared, &disk, &options, &log);
+                if served && options.once {
+                    Stopper(lease.shared.clone()).stop();
+                }
             });
             match spawned {
                 Ok(worker) => workers.push(worker),
-                // The closure, and with it the lease, is dropped: slot and stream go back.
+                // The closure, and with it the lease, is dropped: the connection is forgotten.
                 Err(e) => self.note(&format!("{peer}: dropped: cannot start a thread: {e}")),
             }
             // Join the sessions that are over, so the list stays short.
@@ -314,7 +460,7 @@ impl Server {
         }
         // After a stop this changes nothing; after a listener failure it ends
         // the sessions still running.
-        self.stop.halt();
+        self.shared.halt();
         for w in workers {
             let _ = w.join();
         }

@@ -400,8 +400,10 @@ pub fn merge_with_progress(
 /// Points `child` at `parent` (a moved or copied parent). Refuses when the
 /// parent's DataWriteGuid differs from the child's linkage unless
 /// `ignore_id_mismatch`; then the child's content may change, so its own
-/// DataWriteGuid changes too.
+/// DataWriteGuid changes too. A parent that is `child` itself or one of its
+/// descendants is always refused ([`Error::ParentLoop`]).
 pub fn set_parent(child: &Path, parent: &Path, ignore_id_mismatch: bool) -> Result<()> {
+    refuse_loop(child, parent)?;
     let p = Disk::open(parent)?;
     let mut c = OpenOptions::new().writable(true).without_parent().open(child)?;
     let loc = c
@@ -428,4 +430,24 @@ pub fn set_parent(child: &Path, parent: &Path, ignore_id_mismatch: bool) -> Resu
     let new_loc = locator_for(child, parent, &found)?;
     c.relink(new_loc, !matches).map_err(|e| e.in_file(child.display()))?;
     c.close().map_err(|e| e.in_file(child.display()))
+}
+
+/// [`Error::ParentLoop`] when `parent` is `child`, or when `parent`'s own
+/// links (followed to the files they name, matching or not) lead to `child`.
+/// Checked before anything is opened for writing; a child that is not a
+/// differencing disk is left to the caller's own refusal.
+fn refuse_loop(child: &Path, parent: &Path) -> Result<()> {
+    if super::tree::examine(child).status == super::tree::LinkStatus::Root {
+        return Ok(());
+    }
+    let me = canonical(child);
+    let itself = canonical(parent) == me;
+    if itself || super::tree::ancestors(parent).iter().any(|a| canonical(a) == me) {
+        return Err(Error::ParentLoop {
+            child: child.display().to_string(),
+            parent: parent.display().to_string(),
+            itself,
+        });
+    }
+    Ok(())
 }

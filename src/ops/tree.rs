@@ -30,19 +30,30 @@ pub enum LinkStatus {
     MissingParent {
         /// The paths tried.
         looked_for: Vec<PathBuf>,
+        /// The locator's Windows absolute paths, not tried because they
+        /// cannot exist on this system ([`crate::chain::windows_paths`]).
+        windows_paths: Vec<String>,
+    },
+    /// The parent was found and its linkage matches, but it is an image
+    /// already met on the way up from the leaf: the chain loops back to it
+    /// (a crafted locator, or links set by hand), and cannot be opened.
+    Loop {
+        /// The image the chain loops back to.
+        parent: PathBuf,
     },
     /// The image itself could not be read.
     Unreadable(String),
 }
 
 impl LinkStatus {
-    /// `"ok"`, `"root"`, `"broken-linkage"`, `"missing-parent"` or `"unreadable"`.
+    /// `"ok"`, `"root"`, `"broken-linkage"`, `"missing-parent"`, `"loop"` or `"unreadable"`.
     pub fn label(&self) -> &'static str {
         match self {
             LinkStatus::Root => "root",
             LinkStatus::Ok => "ok",
             LinkStatus::BrokenLinkage { .. } => "broken-linkage",
             LinkStatus::MissingParent { .. } => "missing-parent",
+            LinkStatus::Loop { .. } => "loop",
             LinkStatus::Unreadable(_) => "unreadable",
         }
     }
@@ -117,26 +128,55 @@ pub fn examine(path: &Path) -> Node {
             }
         }
     }
-    node.status = first_mismatch.unwrap_or(LinkStatus::MissingParent { looked_for: candidates });
+    node.status = first_mismatch.unwrap_or_else(|| LinkStatus::MissingParent {
+        looked_for: candidates,
+        windows_paths: crate::chain::windows_paths(loc),
+    });
     node
 }
 
-/// The chain of `path`, leaf first, following links as far as they go.
+/// The chain of `path`, leaf first, following links as far as they go. When
+/// a parent is an image already in the chain, the image linking to it is
+/// the last, marked [`LinkStatus::Loop`].
 pub fn chain(path: &Path) -> Vec<Node> {
     let mut out: Vec<Node> = Vec::new();
     let mut seen: Vec<PathBuf> = Vec::new();
     let mut next = Some(path.to_path_buf());
     while let Some(p) = next.take() {
+        if out.len() > crate::chain::MAX_CHAIN_DEPTH {
+            break;
+        }
+        seen.push(canonical(&p));
+        let mut node = examine(&p);
+        if node.status == LinkStatus::Ok {
+            let parent = node.parent.clone().expect("a linked node names its parent");
+            if seen.contains(&canonical(&parent)) {
+                node.status = LinkStatus::Loop { parent };
+            } else {
+                next = Some(parent);
+            }
+        }
+        out.push(node);
+    }
+    out
+}
+
+/// The files `path` links to, nearest first, following each locator to the
+/// file it leads to even when the linkage does not match (as far as files
+/// are found, at most [`crate::chain::MAX_CHAIN_DEPTH`] links, stopping
+/// before a file met twice). `path` itself is not included.
+pub fn ancestors(path: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut seen = alloc::vec![canonical(path)];
+    let mut at = examine(path).parent;
+    while let Some(p) = at.take() {
         let c = canonical(&p);
         if seen.contains(&c) || out.len() > crate::chain::MAX_CHAIN_DEPTH {
             break;
         }
         seen.push(c);
-        let node = examine(&p);
-        if node.status == LinkStatus::Ok {
-            next = node.parent.clone();
-        }
-        out.push(node);
+        at = examine(&p).parent;
+        out.push(p);
     }
     out
 }
