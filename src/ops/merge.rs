@@ -192,14 +192,14 @@ fn children_through(
     let mut out = Vec::new();
     let mut seen = Vec::new();
     for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else {
+        // Regular files only: a FIFO named like an image must not block the scan.
+        let Ok(mut files) = super::tree::image_files(dir) else {
             continue;
         };
-        let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         files.sort();
         for f in files {
             let c = canonical(&f);
-            if !is_image_name(&f) || exclude.contains(&c) || seen.contains(&c) || c == parent_c {
+            if exclude.contains(&c) || seen.contains(&c) || c == parent_c {
                 continue;
             }
             seen.push(c);
