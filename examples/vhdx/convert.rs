@@ -76,6 +76,7 @@ pub fn convert(args: &ConvertArgs) -> CliResult {
         logical_sector_size: args.logical_sector_size,
         physical_sector_size: args.physical_sector_size,
         sync: !args.no_sync,
+        force_share: false,
     };
     // The source must open before an existing DST is removed.
     if in_format == ImageFormat::Vhdx {
