@@ -85,6 +85,15 @@
 #define VHDX_ERR_REFUSED -9
 
 /**
+ * The image is in use: another process (or another handle in this one)
+ * holds a lock on it that the open conflicts with. A writer excludes every
+ * other reader and writer; readers share with readers (on Linux with the
+ * same locks as QEMU). Nothing was read or changed; the message names the
+ * file. A read-only open with `force_share` set inspects it anyway.
+ */
+#define VHDX_ERR_BUSY -10
+
+/**
  * An internal error (a bug in libvhdx) was caught before it could reach C.
  * A disk handle in use when this happened should be closed.
  */
@@ -405,6 +414,14 @@ typedef struct VhdxOpenOptions {
      * The number of entries of `parent_search_dirs`.
      */
     size_t parent_search_dir_count;
+    /**
+     * Open read-only without locking the image and its parents, whatever
+     * other processes hold (like `qemu-img -U`): to inspect an image that is
+     * open for writing elsewhere, knowing that what is read may be
+     * inconsistent. Without it such an open fails with VHDX_ERR_BUSY. With
+     * `writable` it is refused (VHDX_ERR_INVALID_ARGUMENT).
+     */
+    bool force_share;
 } VhdxOpenOptions;
 
 /**
@@ -1101,11 +1118,12 @@ int32_t vhdx_merge_options_init(struct VhdxMergeOptions *options);
  *
  * Afterwards the target holds the merged data; the merged images are empty
  * and linked to the target, so the child still presents the same bytes.
- * None of the images may be open elsewhere during the merge.
+ * Every image the merge changes is locked from start to end: one open
+ * elsewhere (another process, or a handle of yours) refuses the merge with
+ * VHDX_ERR_BUSY before anything changes.
  *
  * Ownership: nothing changes hands (the library opens and closes the files).
- * Thread safety: safe from any thread (not concurrently with other users of
- * the same files).
+ * Thread safety: safe from any thread (the files are locked, see above).
  *
  * # Safety
  * `child_path` is a NUL-terminated string.
@@ -1145,7 +1163,8 @@ int32_t vhdx_merge_with(const char *child_path,
  * when the child is not a differencing disk or the sizes differ.
  *
  * Ownership: nothing changes hands.
- * Thread safety: safe from any thread (the child must not be open elsewhere).
+ * Thread safety: safe from any thread (the child open elsewhere:
+ * VHDX_ERR_BUSY).
  *
  * # Safety
  * `child_path` and `parent_path` are NUL-terminated strings.
@@ -1183,7 +1202,7 @@ int32_t vhdx_check(const char *path, char *report, size_t report_cap);
  * bytes and NUL-terminated.
  *
  * Ownership: `report` is the caller's. Thread safety: safe from any thread
- * (the image must not be open elsewhere).
+ * (the image open elsewhere: VHDX_ERR_BUSY).
  *
  * # Safety
  * `path` is a NUL-terminated string; `report` is NULL or points to
@@ -1264,10 +1283,11 @@ int32_t vhdx_sibling_merge_options_init(struct VhdxSiblingMergeOptions *options)
  * differencing disk of the parent, a duplicate, more than 64 children, a
  * `prefer` that is not a child, bad pointers), VHDX_ERR_PARENT_MISMATCH (a
  * child's link to the parent is broken), or the error of the image that
- * failed, named in the message. None of the images may be open elsewhere.
+ * failed, named in the message. Every image it changes is locked from the
+ * plan to the end: one open elsewhere refuses it with VHDX_ERR_BUSY.
  *
  * Ownership: every argument is the caller's. Thread safety: safe from any
- * thread (not concurrently with other users of the same files).
+ * thread (the files are locked, see above).
  *
  * # Safety
  * `parent_path` is a NUL-terminated string; `children` points to

@@ -138,12 +138,23 @@ fn check_bat(disk: &Disk, report: &mut CheckReport) {
     }
 }
 
-/// Checks the image at `path`; the errors name the file.
+/// Checks the image at `path`; the errors name the file. It is opened with a
+/// shared lock: an image open for writing elsewhere is refused
+/// ([`Error::Busy`]).
 #[cfg(feature = "std")]
 pub fn check_file(path: &std::path::Path) -> Result<CheckReport> {
-    let storage = crate::io::FileStorage::open(path, false)
-        .map_err(|source| Error::Open { op: "open", source }.in_file(path.display()))?;
-    check_storage(Box::new(storage)).map_err(|e| e.in_file(path.display()))
+    check_file_with(path, &crate::io::FileOpener::default())
+}
+
+/// [`check_file`], opening the file through `opener`
+/// ([`FileOpener::force_share`](crate::io::FileOpener::force_share) checks an
+/// image in use, like `qemu-img check -U`).
+#[cfg(feature = "std")]
+pub fn check_file_with(path: &std::path::Path, opener: &crate::io::FileOpener) -> Result<CheckReport> {
+    let storage = opener
+        .open(path, false)
+        .map_err(|source| Error::opening("open", source, false).in_file(path.display()))?;
+    check_storage(storage).map_err(|e| e.in_file(path.display()))
 }
 
 /// What [`repair_storage`] did, and what a check finds afterwards.
@@ -208,6 +219,6 @@ pub fn repair_storage(storage: Box<dyn Storage>) -> Result<RepairReport> {
 #[cfg(feature = "std")]
 pub fn repair_file(path: &std::path::Path) -> Result<RepairReport> {
     let storage = crate::io::FileStorage::open(path, true)
-        .map_err(|source| Error::Open { op: "open", source }.in_file(path.display()))?;
+        .map_err(|source| Error::opening("open", source, true).in_file(path.display()))?;
     repair_storage(Box::new(storage)).map_err(|e| e.in_file(path.display()))
 }

@@ -161,6 +161,15 @@ pub enum Error {
     /// merge would break, conflicting changes); nothing was modified.
     #[error("refused: {0}")]
     Refused(String),
+    /// The file is in use: another process, or another handle of this one,
+    /// holds a lock on it that this open conflicts with (a writer excludes
+    /// every other reader and writer; readers share with readers). Nothing
+    /// was read or changed.
+    #[error("{}", busy_message(*.writable))]
+    Busy {
+        /// Whether the refused open was for writing.
+        writable: bool,
+    },
     /// An error about a particular file: the path, then the error.
     #[error("{path}: {inner}")]
     File {
@@ -194,6 +203,19 @@ pub enum ErrorKind {
     ParentMismatch,
     /// Refused to protect other images or data.
     Refused,
+    /// The file is in use by another process (locked).
+    Busy,
+}
+
+fn busy_message(writable: bool) -> &'static str {
+    if writable {
+        "in use by another process (or another open handle of this one), which has it open for reading or \
+         writing: it cannot be opened for writing until that is closed"
+    } else {
+        "in use by another process (or another open handle of this one), which is writing to it: it cannot be \
+         opened until that is closed; to inspect it anyway, open it with force-share (the CLI's -U, \
+         OpenOptions::force_share), knowing that what is read may be inconsistent"
+    }
 }
 
 impl Error {
@@ -210,6 +232,7 @@ impl Error {
             Error::ParentMismatch { .. } => ErrorKind::ParentMismatch,
             Error::ParentLoop { .. } => ErrorKind::InvalidArgument,
             Error::Refused(_) => ErrorKind::Refused,
+            Error::Busy { .. } => ErrorKind::Busy,
             Error::File { inner, .. } => inner.kind(),
         }
     }
@@ -221,6 +244,22 @@ impl Error {
             Error::File { .. } => self,
             other => Error::File { path: alloc::format!("{path}"), inner: Box::new(other) },
         }
+    }
+
+    /// The error of a failed open or create (`op`) of a file for reading, or
+    /// for writing too when `writable`:
+    /// [`Error::Busy`] when it is locked ([`std::io::ErrorKind::ResourceBusy`]),
+    /// [`Error::InvalidArgument`] when it is not a regular file, else
+    /// [`Error::Open`]. `op` is `"open"` or `"create"`.
+    #[cfg(feature = "std")]
+    pub(crate) fn opening(op: &'static str, source: IoError, writable: bool) -> Error {
+        if source.kind() == std::io::ErrorKind::ResourceBusy {
+            return Error::Busy { writable };
+        }
+        if let Some(what) = source.get_ref().and_then(|e| e.downcast_ref::<crate::io::lock::NotRegularFile>()) {
+            return Error::InvalidArgument(alloc::format!("{what}"));
+        }
+        Error::Open { op, source }
     }
 
     pub(crate) fn corrupt(structure: &'static str, offset: u64, detail: impl Into<String>) -> Error {

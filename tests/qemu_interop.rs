@@ -425,7 +425,11 @@ fn headers_follow_the_update_rules() {
     // Both slots carry the update (the spec's "SHOULD update twice").
     assert_eq!((h1[0].data_write_guid, h1[0].file_write_guid), (h1[1].data_write_guid, h1[1].file_write_guid));
     assert_eq!(h1[0].sequence_number.abs_diff(h1[1].sequence_number), 1);
-    assert_eq!(Disk::open(&path).unwrap().data_write_guid().to_bytes_le(), cur1.data_write_guid);
+    // Another open while the writer holds the image is refused, unless it forces sharing.
+    assert_eq!(Disk::open(&path).map_err(|e| e.kind()).err(), Some(vhdx::ErrorKind::Busy));
+    let shared = vhdx::OpenOptions::new().force_share(true).open(&path).unwrap();
+    assert_eq!(shared.data_write_guid().to_bytes_le(), cur1.data_write_guid);
+    drop(shared);
 
     d.write_at(b"second", 2 * MIB + 7).unwrap();
     assert_eq!(both_headers(&path), h1, "the second write must not update the headers again");

@@ -14,7 +14,10 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use vhdx::ops::siblings::{merge_siblings, plan_merge_siblings, Conflict, SiblingMergeOptions, SiblingMergeReport};
+use vhdx::ops::siblings::{
+    merge_siblings, plan_image_set, plan_merge_siblings, Conflict, Image, ImageSet, SiblingMergeOptions,
+    SiblingMergeReport,
+};
 use vhdx::ops::tree::{examine, LinkStatus};
 use vhdx::{CreateOptions, Disk, ErrorKind, OpenOptions};
 
@@ -576,7 +579,29 @@ fn the_plan_is_refused_when_an_image_changed_since() {
     lab.child("a", "base");
     lab.child("b", "base");
     lab.write("a", &[(0, pattern(50, 4096))]);
+    // A plan of files holds them locked until it is dropped: nobody else
+    // writes to them in between (this process included).
     let plan = plan_merge_siblings(&lab.p("base"), &lab.paths(&["a", "b"]), &options(None, false)).unwrap();
+    for name in ["base", "a", "b"] {
+        let err = Disk::open_writable(lab.p(name)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Busy, "{name}: {err}");
+    }
+    drop(plan);
+    // Images opened some other way (here: by path, locked only while each
+    // open lasts) may change between the plan and its execution: that is
+    // noticed.
+    let image = |name: &str| {
+        let path = lab.p(name);
+        Image::new(path.clone(), move |o: OpenOptions| o.open(&path))
+    };
+    let set = ImageSet {
+        parent: image("base"),
+        children: vec![image("a"), image("b")],
+        outsiders: Vec::new(),
+        descendants: Vec::new(),
+        guid_source: None,
+    };
+    let plan = plan_image_set(set, None).unwrap();
     lab.write("b", &[(8192, pattern(51, 4096))]);
     let before = lab.files();
     let err = plan.execute().unwrap_err();

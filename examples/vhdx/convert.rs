@@ -76,10 +76,11 @@ pub fn convert(args: &ConvertArgs) -> CliResult {
         logical_sector_size: args.logical_sector_size,
         physical_sector_size: args.physical_sector_size,
         sync: !args.no_sync,
+        force_share: args.force_share,
     };
     // The source must open before an existing DST is removed.
     if in_format == ImageFormat::Vhdx {
-        drop(vhdx::Disk::open(src_path).in_file(src_path)?);
+        drop(vhdx::OpenOptions::new().force_share(args.force_share).open(src_path).in_file(src_path)?);
     } else {
         std::fs::metadata(src_path).map_err(io_failure(src_path, "opening the raw image"))?;
     }

@@ -124,7 +124,7 @@ fn create_differencing(args: &CreateArgs, parent: &Path) -> CliResult {
 /// `vhdx read FILE --offset N --length N`: the bytes to stdout.
 pub fn read(args: &ReadArgs) -> CliResult {
     let path = args.file.as_path();
-    let disk = vhdx::Disk::open(path).in_file(path)?;
+    let disk = vhdx::OpenOptions::new().force_share(args.force_share).open(path).in_file(path)?;
     check_range(path, args.offset, args.length, disk.virtual_size())?;
     let mut buf = vec![0u8; args.length.min(CHUNK as u64) as usize];
     let mut out = std::io::stdout().lock();

@@ -12,7 +12,7 @@ use vhdx::ops::tree::{self, LinkStatus, Node};
 
 use crate::inspect::print_json;
 use crate::size::human_exact;
-use crate::{io_failure, open_alone, CliResult, InFile, MergeArgs, SetParentArgs, TreeArgs};
+use crate::{file_opener, io_failure, open_alone, CliResult, InFile, MergeArgs, SetParentArgs, TreeArgs};
 
 fn canonical(p: &Path) -> PathBuf {
     p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
@@ -205,7 +205,8 @@ pub fn tree(args: &crate::TreeArgs) -> CliResult {
 
 /// The forest of every image in a directory.
 fn tree_dir(dir: &Path, args: &TreeArgs) -> CliResult {
-    let nodes = tree::scan_dir(dir).map_err(io_failure(dir, "listing the directory"))?;
+    let nodes =
+        tree::scan_dir_with(dir, &file_opener(args.force_share)).map_err(io_failure(dir, "listing the directory"))?;
     let forest = Forest::new(nodes);
     let roots = forest.roots();
     if args.json {
@@ -231,15 +232,16 @@ fn tree_dir(dir: &Path, args: &TreeArgs) -> CliResult {
 /// A file's chain, leaf first, and its descendants in its directory.
 fn tree_file(path: &Path, args: &TreeArgs) -> CliResult {
     // The image itself must be readable; broken links beyond it are reported.
-    drop(open_alone(path)?);
-    let chain = tree::chain(path);
+    drop(open_alone(path, args.force_share)?);
+    let opener = file_opener(args.force_share);
+    let chain = tree::chain_with(path, &opener);
     let chain_len = chain.len();
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let mut all = chain;
-    all.extend(tree::scan_dir(&dir).map_err(io_failure(&dir, "listing the directory"))?);
+    all.extend(tree::scan_dir_with(&dir, &opener).map_err(io_failure(&dir, "listing the directory"))?);
     let forest = Forest::new(all);
     // The chain's nodes come first in the forest, in order (a chain never
     // repeats an image).
@@ -374,8 +376,8 @@ pub fn merge(args: &MergeArgs) -> CliResult {
 pub fn set_parent(args: &SetParentArgs) -> CliResult {
     let (child, parent) = (args.child.as_path(), args.parent.as_path());
     // Whether the link matches decides what the change means for CHILD's content.
-    let locator = open_alone(child)?.parent_locator().cloned();
-    let found = open_alone(parent)?.data_write_guid();
+    let locator = open_alone(child, false)?.parent_locator().cloned();
+    let found = open_alone(parent, false)?.data_write_guid();
     let matched =
         locator.as_ref().is_some_and(|l| l.parent_linkage() == Some(found) || l.parent_linkage2() == Some(found));
     let expected = locator.as_ref().and_then(|l| l.parent_linkage());

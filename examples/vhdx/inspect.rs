@@ -8,7 +8,7 @@ use vhdx::ops::tree::{self, LinkStatus};
 use vhdx::{Disk, DiskInfo, DiskType, Extent, MapEntry};
 
 use crate::size::human_exact;
-use crate::{open_alone, CheckArgs, CliResult, Failure, InFile, InfoArgs, MapArgs};
+use crate::{file_opener, open_alone, CheckArgs, CliResult, Failure, InFile, InfoArgs, MapArgs};
 
 /// Prints `key: value` lines with the values aligned, like `qemu-img info`.
 fn print_aligned(rows: &[(&str, String)]) -> CliResult {
@@ -72,16 +72,16 @@ impl ChainProblem {
 /// Opens `path` with its whole chain. When it is a differencing disk whose
 /// chain cannot be opened, opens it alone instead and says why; any other
 /// failure (the file itself is unreadable) is the error.
-pub fn open_chain(path: &Path) -> CliResult<(Disk, Option<ChainProblem>)> {
-    let full_error = match Disk::open(path) {
+pub fn open_chain(path: &Path, force_share: bool) -> CliResult<(Disk, Option<ChainProblem>)> {
+    let full_error = match vhdx::OpenOptions::new().force_share(force_share).open(path) {
         Ok(disk) => return Ok((disk, None)),
         Err(e) => e,
     };
-    let alone = open_alone(path)?;
+    let alone = open_alone(path, force_share)?;
     if alone.disk_type() != DiskType::Differencing {
         return Err(full_error).in_file(path);
     }
-    let nodes = tree::chain(path);
+    let nodes = tree::chain_with(path, &file_opener(force_share));
     let last = nodes.last().expect("a chain holds at least its leaf");
     let (status, expected, found) = match &last.status {
         LinkStatus::BrokenLinkage { expected, found, .. } => ("broken-linkage", Some(*expected), Some(*found)),
@@ -97,7 +97,7 @@ pub fn open_chain(path: &Path) -> CliResult<(Disk, Option<ChainProblem>)> {
     let candidates = match &last.status {
         LinkStatus::MissingParent { looked_for, .. } => looked_for.clone(),
         LinkStatus::BrokenLinkage { parent, .. } => vec![parent.clone()],
-        _ => open_alone(&last.path)
+        _ => open_alone(&last.path, force_share)
             .ok()
             .and_then(|d| d.parent_locator().map(|loc| FsResolver::candidates(Some(&last.path), loc)))
             .unwrap_or_default(),
@@ -178,7 +178,7 @@ pub fn print_json(value: &Value) -> CliResult {
 /// be opened is described alone, with the reason).
 pub fn info(args: &InfoArgs) -> CliResult {
     let path = args.file.as_path();
-    let (disk, problem) = open_chain(path)?;
+    let (disk, problem) = open_chain(path, args.force_share)?;
     let info = disk.info();
     if args.json {
         return print_json(&info_json(path, &info, &disk, problem.as_ref()));
@@ -229,7 +229,7 @@ pub fn check(args: &CheckArgs) -> CliResult {
         let repaired = vhdx::check::repair_file(path).in_file(path)?;
         (repaired.after, repaired.actions)
     } else {
-        (vhdx::check::check_file(path).in_file(path)?, Vec::new())
+        (vhdx::check::check_file_with(path, &file_opener(args.force_share)).in_file(path)?, Vec::new())
     };
     let count = report.errors.len();
     if args.json {
@@ -392,7 +392,7 @@ fn hex(n: u64) -> String {
 /// the parent are reported as such (depth 1, not present).
 pub fn map(args: &MapArgs) -> CliResult {
     let path = args.file.as_path();
-    let (disk, problem) = open_chain(path)?;
+    let (disk, problem) = open_chain(path, args.force_share)?;
     if let Some(p) = &problem {
         eprintln!(
             "note: {}: mapping the image alone ({}); ranges from its parents show as depth 1",

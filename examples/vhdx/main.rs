@@ -24,6 +24,12 @@
 //! Every failure exits with status 1 and one line `error: …` on stderr that
 //! names the file concerned. Nothing that depends on the input panics.
 //!
+//! Images are locked while a command uses them (as QEMU locks them, see
+//! `vhdx::io::lock`): a command that writes is refused while any other
+//! process has the image open, one that reads while another writes it. The
+//! read-only commands (info, check, map, read, tree, changes, convert's
+//! source) take `-U` / `--force-share` to look at an image in use anyway.
+//!
 //! Layout: `main.rs` parses the command line and reports failures; each
 //! subcommand lives in its own function in `inspect.rs` (info, check, map),
 //! `data.rs` (create, read, write), `convert.rs`, `diff.rs` (differencing
@@ -173,6 +179,11 @@ pub struct InfoArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Open the image and its parents without locking them, even while
+    /// another process writes to them (like `qemu-img -U`); what is read may
+    /// then be inconsistent.
+    #[arg(short = 'U', long)]
+    pub force_share: bool,
 }
 
 /// Arguments of `vhdx check`.
@@ -188,6 +199,11 @@ pub struct CheckArgs {
     /// changes what the disk presents.
     #[arg(long)]
     pub repair: bool,
+    /// Open the image and its parents without locking them, even while
+    /// another process writes to them (like `qemu-img -U`); what is read may
+    /// then be inconsistent.
+    #[arg(short = 'U', long, conflicts_with = "repair")]
+    pub force_share: bool,
 }
 
 /// Arguments of `vhdx read`.
@@ -201,6 +217,11 @@ pub struct ReadArgs {
     /// Number of bytes to read (bytes, 0x…, or with a suffix).
     #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub length: u64,
+    /// Open the image and its parents without locking them, even while
+    /// another process writes to them (like `qemu-img -U`); what is read may
+    /// then be inconsistent.
+    #[arg(short = 'U', long)]
+    pub force_share: bool,
 }
 
 /// Arguments of `vhdx write`.
@@ -248,6 +269,11 @@ pub struct ConvertArgs {
     /// does by default): faster, but DST may be incomplete after a crash.
     #[arg(long)]
     pub no_sync: bool,
+    /// Read SRC (and its parents) without locking it, even while another
+    /// process writes to it (like `qemu-img convert -U`); the copy may then
+    /// be inconsistent.
+    #[arg(short = 'U', long)]
+    pub force_share: bool,
 }
 
 /// Arguments of `vhdx map`.
@@ -258,6 +284,11 @@ pub struct MapArgs {
     /// Print a JSON array like `qemu-img map --output=json`.
     #[arg(long)]
     pub json: bool,
+    /// Open the image and its parents without locking them, even while
+    /// another process writes to them (like `qemu-img -U`); what is read may
+    /// then be inconsistent.
+    #[arg(short = 'U', long)]
+    pub force_share: bool,
 }
 
 /// Arguments of `vhdx tree`.
@@ -269,6 +300,11 @@ pub struct TreeArgs {
     /// Print one JSON object instead of the drawing.
     #[arg(long)]
     pub json: bool,
+    /// Open the image and its parents without locking them, even while
+    /// another process writes to them (like `qemu-img -U`); what is read may
+    /// then be inconsistent.
+    #[arg(short = 'U', long)]
+    pub force_share: bool,
 }
 
 /// Arguments of `vhdx merge`.
@@ -414,9 +450,18 @@ pub fn emit(text: &str) -> CliResult {
 
 /// Opens an image read-only; a differencing disk is opened on its own
 /// (sectors it does not hold are reported, not read), which is what
-/// `info` and `map` need.
-pub fn open_alone(path: &Path) -> CliResult<vhdx::Disk> {
-    vhdx::OpenOptions::new().without_parent().open(path).in_file(path)
+/// `info` and `map` need. With `force_share` (`-U`) it is not locked.
+pub fn open_alone(path: &Path, force_share: bool) -> CliResult<vhdx::Disk> {
+    vhdx::OpenOptions::new().without_parent().force_share(force_share).open(path).in_file(path)
+}
+
+/// How the read-only commands open files: locked, or not with `-U`.
+pub fn file_opener(force_share: bool) -> vhdx::io::FileOpener {
+    if force_share {
+        vhdx::io::FileOpener::force_share()
+    } else {
+        vhdx::io::FileOpener::default()
+    }
 }
 
 fn run(command: Command) -> CliResult {

@@ -22,6 +22,11 @@ pub struct ChangesArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Open the image and its parents without locking them, even while
+    /// another process writes to them (like `qemu-img -U`); what is read may
+    /// then be inconsistent.
+    #[arg(short = 'U', long)]
+    pub force_share: bool,
 }
 
 /// Arguments of `vhdx merge-siblings`.
@@ -54,7 +59,7 @@ pub struct MergeSiblingsArgs {
 /// its block table and sector bitmaps (its parent is not opened).
 pub fn changes(args: &ChangesArgs) -> CliResult {
     let path = args.file.as_path();
-    let disk = open_alone(path)?;
+    let disk = open_alone(path, args.force_share)?;
     let ranges = disk.change_set().in_file(path)?;
     let sector = disk.logical_sector_size() as u64;
     let total: u64 = ranges.iter().map(|r| r.1).sum();

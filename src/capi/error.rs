@@ -32,6 +32,12 @@ pub const VHDX_ERR_PARENT_MISMATCH: i32 = -8;
 /// Refused to protect other images or data (for example a merge that would
 /// break sibling differencing disks); nothing was changed.
 pub const VHDX_ERR_REFUSED: i32 = -9;
+/// The image is in use: another process (or another handle in this one)
+/// holds a lock on it that the open conflicts with. A writer excludes every
+/// other reader and writer; readers share with readers (on Linux with the
+/// same locks as QEMU). Nothing was read or changed; the message names the
+/// file. A read-only open with `force_share` set inspects it anyway.
+pub const VHDX_ERR_BUSY: i32 = -10;
 /// An internal error (a bug in libvhdx) was caught before it could reach C.
 /// A disk handle in use when this happened should be closed.
 pub const VHDX_ERR_PANIC: i32 = -99;
@@ -48,6 +54,7 @@ pub(crate) fn status_of(kind: ErrorKind) -> i32 {
         ErrorKind::ParentNotFound => VHDX_ERR_PARENT_NOT_FOUND,
         ErrorKind::ParentMismatch => VHDX_ERR_PARENT_MISMATCH,
         ErrorKind::Refused => VHDX_ERR_REFUSED,
+        ErrorKind::Busy => VHDX_ERR_BUSY,
     }
 }
 
@@ -219,6 +226,7 @@ mod tests {
             ErrorKind::ParentNotFound,
             ErrorKind::ParentMismatch,
             ErrorKind::Refused,
+            ErrorKind::Busy,
         ];
         let mut codes: Vec<i32> = kinds.iter().map(|&k| status_of(k)).collect();
         assert!(codes.iter().all(|&c| c < 0 && c != VHDX_ERR_PANIC));

@@ -263,7 +263,7 @@ pub unsafe extern "C" fn vhdx_convert(
             block_size: nonzero(o.block_size),
             logical_sector_size: nonzero(o.logical_sector_size),
             physical_sector_size: nonzero(o.physical_sector_size),
-            sync: true,
+            ..ConvertOptions::default()
         };
         let r = crate::ops::convert::convert(&src, &dst, &opts)?;
         if !report.is_null() {

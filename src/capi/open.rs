@@ -46,6 +46,12 @@ pub struct VhdxOpenOptions {
     pub parent_search_dirs: *const *const c_char,
     /// The number of entries of `parent_search_dirs`.
     pub parent_search_dir_count: usize,
+    /// Open read-only without locking the image and its parents, whatever
+    /// other processes hold (like `qemu-img -U`): to inspect an image that is
+    /// open for writing elsewhere, knowing that what is read may be
+    /// inconsistent. Without it such an open fails with VHDX_ERR_BUSY. With
+    /// `writable` it is refused (VHDX_ERR_INVALID_ARGUMENT).
+    pub force_share: bool,
 }
 
 impl Default for VhdxOpenOptions {
@@ -58,6 +64,7 @@ impl Default for VhdxOpenOptions {
             resolve_user: core::ptr::null_mut(),
             parent_search_dirs: core::ptr::null(),
             parent_search_dir_count: 0,
+            force_share: false,
         }
     }
 }
@@ -109,13 +116,13 @@ pub(crate) unsafe fn open_options(function: &str, options: *const VhdxOpenOption
             "{function}: set at most one of without_parent, parent, resolve_parent and parent_search_dirs"
         )));
     }
-    let mut options = OpenOptions::new().writable(o.writable);
+    let mut options = OpenOptions::new().writable(o.writable).force_share(o.force_share);
     if o.without_parent {
         options = options.without_parent();
     } else if let Some(p) = parent {
         options = options.parent(p);
     } else if let Some(f) = o.resolve_parent {
-        options = options.resolver(Box::new(CallbackResolver::new(f, o.resolve_user)));
+        options = options.resolver(Box::new(CallbackResolver::new(f, o.resolve_user, o.force_share)));
     } else if o.parent_search_dir_count > 0 {
         // SAFETY: the caller promises `parent_search_dir_count` strings.
         let dirs =

@@ -111,11 +111,12 @@ fn policy(function: &str, code: i32) -> FfiResult<SiblingPolicy> {
 ///
 /// Afterwards the target holds the merged data; the merged images are empty
 /// and linked to the target, so the child still presents the same bytes.
-/// None of the images may be open elsewhere during the merge.
+/// Every image the merge changes is locked from start to end: one open
+/// elsewhere (another process, or a handle of yours) refuses the merge with
+/// VHDX_ERR_BUSY before anything changes.
 ///
 /// Ownership: nothing changes hands (the library opens and closes the files).
-/// Thread safety: safe from any thread (not concurrently with other users of
-/// the same files).
+/// Thread safety: safe from any thread (the files are locked, see above).
 ///
 /// # Safety
 /// `child_path` is a NUL-terminated string.
@@ -207,7 +208,8 @@ unsafe fn merge_impl(
 /// when the child is not a differencing disk or the sizes differ.
 ///
 /// Ownership: nothing changes hands.
-/// Thread safety: safe from any thread (the child must not be open elsewhere).
+/// Thread safety: safe from any thread (the child open elsewhere:
+/// VHDX_ERR_BUSY).
 ///
 /// # Safety
 /// `child_path` and `parent_path` are NUL-terminated strings.
@@ -281,7 +283,7 @@ pub unsafe extern "C" fn vhdx_check(path: *const c_char, report: *mut c_char, re
 /// bytes and NUL-terminated.
 ///
 /// Ownership: `report` is the caller's. Thread safety: safe from any thread
-/// (the image must not be open elsewhere).
+/// (the image open elsewhere: VHDX_ERR_BUSY).
 ///
 /// # Safety
 /// `path` is a NUL-terminated string; `report` is NULL or points to

@@ -65,14 +65,17 @@ const PATH_CAP: usize = 4096;
 pub(crate) struct CallbackResolver {
     f: unsafe extern "C" fn(*mut c_void, *const VhdxParentQuery, *mut c_char, usize) -> i32,
     user: *mut c_void,
+    /// Open the parents without locks (VhdxOpenOptions.force_share).
+    force_share: bool,
 }
 
 impl CallbackResolver {
     pub(crate) fn new(
         f: unsafe extern "C" fn(*mut c_void, *const VhdxParentQuery, *mut c_char, usize) -> i32,
         user: *mut c_void,
+        force_share: bool,
     ) -> Self {
-        CallbackResolver { f, user }
+        CallbackResolver { f, user, force_share }
     }
 }
 
@@ -145,7 +148,8 @@ impl ParentResolver for CallbackResolver {
                 .map_err(|_| Error::invalid("the resolver callback returned a path that is not UTF-8"))?,
         );
         let name = path.display().to_string();
-        let disk = OpenOptions::new().resolver_at_depth(Box::new(*self), depth).open(&path)?;
+        let disk =
+            OpenOptions::new().force_share(self.force_share).resolver_at_depth(Box::new(*self), depth).open(&path)?;
         check_linkage(loc, &disk, &name)?;
         Ok((disk, name))
     }

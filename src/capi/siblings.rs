@@ -210,10 +210,11 @@ fn report_of(r: &SiblingMergeReport) -> VhdxSiblingMergeReport {
 /// differencing disk of the parent, a duplicate, more than 64 children, a
 /// `prefer` that is not a child, bad pointers), VHDX_ERR_PARENT_MISMATCH (a
 /// child's link to the parent is broken), or the error of the image that
-/// failed, named in the message. None of the images may be open elsewhere.
+/// failed, named in the message. Every image it changes is locked from the
+/// plan to the end: one open elsewhere refuses it with VHDX_ERR_BUSY.
 ///
 /// Ownership: every argument is the caller's. Thread safety: safe from any
-/// thread (not concurrently with other users of the same files).
+/// thread (the files are locked, see above).
 ///
 /// # Safety
 /// `parent_path` is a NUL-terminated string; `children` points to

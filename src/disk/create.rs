@@ -181,7 +181,7 @@ pub(crate) fn create(
 pub(crate) fn create_file(path: &std::path::Path, options: &CreateOptions) -> Result<Disk> {
     options.validate().map_err(|e| e.in_file(path.display()))?;
     let storage = crate::io::FileStorage::create_new(path)
-        .map_err(|source| Error::Open { op: "create", source }.in_file(path.display()))?;
+        .map_err(|source| Error::opening("create", source, true).in_file(path.display()))?;
     create(Box::new(storage), options, None).map_err(|e| {
         let _ = std::fs::remove_file(path);
         e.in_file(path.display())
@@ -234,7 +234,7 @@ pub(crate) fn create_differencing_file(
     let locator = crate::chain::locator_for(child, parent, &parent_disk.data_write_guid())
         .map_err(|e| e.in_file(child.display()))?;
     let storage = crate::io::FileStorage::create_new(child)
-        .map_err(|source| Error::Open { op: "create", source }.in_file(child.display()))?;
+        .map_err(|source| Error::opening("create", source, true).in_file(child.display()))?;
     create_differencing(Box::new(storage), parent_disk, locator, block_size, None, Some(format!("{}", child.display())))
         .map_err(|e| {
             let _ = std::fs::remove_file(child);

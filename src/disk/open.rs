@@ -159,6 +159,13 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
                 let (d, name) = crate::chain::default_open_parent(path.as_deref(), loc)?;
                 (Box::new(d), name)
             }
+            // `OpenOptions::open_storage` makes it a resolver; kept for completeness.
+            #[cfg(feature = "std")]
+            ParentChoice::Confined(dirs) => {
+                use crate::chain::ParentResolver;
+                let (d, name) = crate::chain::FsResolver::confined_to(dirs).open_parent(path.as_deref(), loc, 1)?;
+                (Box::new(d), name)
+            }
             ParentChoice::None => {
                 return finish(
                     storage,

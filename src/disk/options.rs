@@ -30,6 +30,9 @@ pub(crate) enum ParentChoice {
     Resolve,
     /// Find it with this resolver; the parent is at this depth from the leaf.
     Resolver(crate::chain::BoxedResolver, usize),
+    /// Find it with the filesystem resolver, opening files only inside these directories.
+    #[cfg(feature = "std")]
+    Confined(alloc::vec::Vec<std::path::PathBuf>),
     /// Use this disk, after checking its DataWriteGuid against the linkage.
     Disk(Box<crate::Disk>),
     /// Read sectors the child does not hold as zeros (child-only forensic view).
@@ -50,6 +53,8 @@ pub struct OpenOptions {
     pub(crate) path: Option<alloc::string::String>,
     #[cfg(feature = "std")]
     pub(crate) opener: Option<crate::io::FileOpener>,
+    #[cfg(feature = "std")]
+    pub(crate) force_share: bool,
 }
 
 impl Default for OpenOptions {
@@ -68,14 +73,40 @@ impl OpenOptions {
             path: None,
             #[cfg(feature = "std")]
             opener: None,
+            #[cfg(feature = "std")]
+            force_share: false,
         }
     }
 
     /// Open files by path through `opener` instead of the filesystem: the
-    /// image itself and, with the default resolver, its parents.
+    /// image itself and, with the filesystem resolver (the default, or
+    /// [`parent_search_dirs`](Self::parent_search_dirs)), its parents.
     #[cfg(feature = "std")]
     pub fn file_opener(mut self, opener: crate::io::FileOpener) -> Self {
         self.opener = Some(opener);
+        self
+    }
+
+    /// Open a read-only image, and its parents, without locking them and
+    /// whatever others hold, like `qemu-img -U` (force-share): to inspect an
+    /// image another process is writing, knowing that what is read may be
+    /// inconsistent while it changes. Without it, opening an image that is
+    /// open for writing elsewhere fails with [`Error::Busy`].
+    ///
+    /// A writable open with `force_share(true)` is refused
+    /// ([`Error::InvalidArgument`]): nothing may write behind a lock holder's
+    /// back. It applies to files opened by the filesystem; a
+    /// [`file_opener`](Self::file_opener) opens files its own way.
+    ///
+    /// ```no_run
+    /// # fn main() -> vhdx::Result<()> {
+    /// let disk = vhdx::OpenOptions::new().force_share(true).open("in-use.vhdx")?;
+    /// println!("{} bytes", disk.virtual_size());
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "std")]
+    pub fn force_share(mut self, force_share: bool) -> Self {
+        self.force_share = force_share;
         self
     }
 
@@ -114,8 +145,9 @@ impl OpenOptions {
     /// Resolve parents through the locator, but open only files inside
     /// `dirs` (for images from untrusted sources).
     #[cfg(feature = "std")]
-    pub fn parent_search_dirs(self, dirs: impl IntoIterator<Item = std::path::PathBuf>) -> Self {
-        self.resolver(alloc::boxed::Box::new(crate::chain::FsResolver::confined_to(dirs)))
+    pub fn parent_search_dirs(mut self, dirs: impl IntoIterator<Item = std::path::PathBuf>) -> Self {
+        self.parent = ParentChoice::Confined(dirs.into_iter().collect());
+        self
     }
 
     /// Open a differencing disk on its own: sectors it does not hold read as
@@ -128,7 +160,17 @@ impl OpenOptions {
     }
 
     /// Opens an image on any storage.
-    pub fn open_storage(self, storage: Box<dyn crate::io::Storage>) -> Result<crate::Disk> {
+    #[cfg_attr(not(feature = "std"), allow(unused_mut))]
+    pub fn open_storage(mut self, storage: Box<dyn crate::io::Storage>) -> Result<crate::Disk> {
+        #[cfg(feature = "std")]
+        {
+            if self.force_share && self.writable {
+                return Err(Self::force_share_writable());
+            }
+            if matches!(self.parent, ParentChoice::Resolve | ParentChoice::Confined(_)) {
+                self.parent = self.fs_resolver(None);
+            }
+        }
         crate::disk::open::open(storage, self)
     }
 
@@ -136,21 +178,48 @@ impl OpenOptions {
     #[cfg(feature = "std")]
     pub fn open(mut self, path: impl AsRef<std::path::Path>) -> Result<crate::Disk> {
         let path = path.as_ref();
+        if self.force_share && self.writable {
+            return Err(Self::force_share_writable().in_file(path.display()));
+        }
         self.path = Some(alloc::format!("{}", path.display()));
-        if matches!(self.parent, ParentChoice::Resolve) {
-            let mut resolver = crate::chain::FsResolver::new().with_leaf(path);
-            if let Some(opener) = &self.opener {
-                resolver = resolver.with_opener(opener.clone());
-            }
-            self.parent = ParentChoice::Resolver(Box::new(resolver), 0);
+        if matches!(self.parent, ParentChoice::Resolve | ParentChoice::Confined(_)) {
+            self.parent = self.fs_resolver(Some(path));
         }
         let storage = self
-            .opener
-            .clone()
-            .unwrap_or_default()
+            .file_opener_in_use()
             .open(path, self.writable)
-            .map_err(|source| Error::Open { op: "open", source }.in_file(path.display()))?;
+            .map_err(|source| Error::opening("open", source, self.writable).in_file(path.display()))?;
         self.open_storage(storage).map_err(|e| e.in_file(path.display()))
+    }
+
+    #[cfg(feature = "std")]
+    fn force_share_writable() -> Error {
+        Error::invalid("force-share is only for read-only opens: a writer must hold the lock")
+    }
+
+    /// The opener files are opened with: the caller's, else the filesystem
+    /// (without locks for force-share).
+    #[cfg(feature = "std")]
+    fn file_opener_in_use(&self) -> crate::io::FileOpener {
+        match &self.opener {
+            Some(opener) => opener.clone(),
+            None if self.force_share => crate::io::FileOpener::force_share(),
+            None => crate::io::FileOpener::default(),
+        }
+    }
+
+    /// The filesystem resolver for `Resolve` or `Confined`, opening files as
+    /// this open does, with the leaf at `leaf` (for loop detection).
+    #[cfg(feature = "std")]
+    fn fs_resolver(&mut self, leaf: Option<&std::path::Path>) -> ParentChoice {
+        let mut resolver = match core::mem::replace(&mut self.parent, ParentChoice::None) {
+            ParentChoice::Confined(dirs) => crate::chain::FsResolver::confined_to(dirs),
+            _ => crate::chain::FsResolver::new(),
+        };
+        if let Some(leaf) = leaf {
+            resolver = resolver.with_leaf(leaf);
+        }
+        ParentChoice::Resolver(Box::new(resolver.with_opener(self.file_opener_in_use())), 0)
     }
 }
 

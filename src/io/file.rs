@@ -1,10 +1,14 @@
 //! [`Storage`] over `std::fs::File` with the platform's positioned I/O
 //! (`pread`/`pwrite` on Unix, `ReadFile`/`WriteFile` with an offset on
 //! Windows), so concurrent reads need no lock and no seek.
+//!
+//! Files opened by path are regular files only, opened without blocking,
+//! and locked against other processes (see [`super::lock`]).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::Path;
 
+use super::lock::{self, Mode};
 use super::Storage;
 use crate::error::IoError;
 
@@ -15,6 +19,10 @@ use crate::error::IoError;
 /// sibling discovery — take one, so a test can put every file of a tree on
 /// fault-injecting storage, and a tool can open files its own way (through
 /// a sandbox broker, say) while paths keep naming them.
+///
+/// An opener that finds a file in use returns an error of kind
+/// [`std::io::ErrorKind::ResourceBusy`]; opening a disk turns it into
+/// [`crate::Error::Busy`].
 #[derive(Clone)]
 pub struct FileOpener(alloc::sync::Arc<OpenFn>);
 
@@ -28,6 +36,22 @@ impl FileOpener {
         FileOpener(alloc::sync::Arc::new(f))
     }
 
+    /// The filesystem without locks, read-only ([`FileStorage::open_force_share`]):
+    /// what [`crate::OpenOptions::force_share`] opens an image and its parents
+    /// with. Asked to open a file for writing, it fails
+    /// ([`std::io::ErrorKind::InvalidInput`]).
+    pub fn force_share() -> Self {
+        FileOpener::new(|path, writable| {
+            if writable {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a force-share open is read-only and cannot write",
+                ));
+            }
+            Ok(alloc::boxed::Box::new(FileStorage::open_force_share(path)?))
+        })
+    }
+
     /// Opens `path`, for writing too when `writable`.
     pub fn open(&self, path: &Path, writable: bool) -> std::io::Result<alloc::boxed::Box<dyn Storage>> {
         (self.0)(path, writable)
@@ -35,7 +59,7 @@ impl FileOpener {
 }
 
 impl Default for FileOpener {
-    /// The filesystem ([`FileStorage::open`]).
+    /// The filesystem ([`FileStorage::open`]: locked, regular files only).
     fn default() -> Self {
         FileOpener::new(|path, writable| Ok(alloc::boxed::Box::new(FileStorage::open(path, writable)?)))
     }
@@ -51,22 +75,50 @@ impl core::fmt::Debug for FileOpener {
 #[derive(Debug)]
 pub struct FileStorage {
     file: File,
+    /// Whether this storage took the file's lock (and releases it when dropped).
+    locked: bool,
+}
+
+impl Drop for FileStorage {
+    fn drop(&mut self) {
+        if self.locked {
+            lock::unlock(&self.file);
+        }
+    }
 }
 
 impl FileStorage {
-    /// Wraps an open file.
+    /// Wraps an open file as it is: no lock is taken, and none released.
     pub fn new(file: File) -> Self {
-        FileStorage { file }
+        FileStorage { file, locked: false }
     }
 
-    /// Opens `path` for reading, or for reading and writing.
+    /// Opens `path` for reading, or for reading and writing, and locks it
+    /// against other processes: shared for reading, exclusive for writing
+    /// (on Linux with the byte-range locks QEMU uses, so QEMU and this crate
+    /// respect each other's; see the [`lock`](super::lock) module). Fails
+    /// at once, without blocking, when `path` is not a regular file (a FIFO,
+    /// a socket, a device, a directory: [`std::io::ErrorKind::InvalidInput`]),
+    /// and when the file is in use in a conflicting way, by another process
+    /// or another handle of this one ([`std::io::ErrorKind::ResourceBusy`]).
+    /// The lock lasts until the file is closed.
     pub fn open(path: &Path, writable: bool) -> std::io::Result<Self> {
-        Ok(FileStorage { file: OpenOptions::new().read(true).write(writable).open(path)? })
+        Ok(FileStorage { file: lock::open(path, Mode { writable, create_new: false, lock: true })?, locked: true })
     }
 
-    /// Creates `path`, failing if it exists.
+    /// Opens the regular file at `path` read-only without a lock and whatever
+    /// others hold (like `qemu-img -U`), to inspect an image in use. What is
+    /// read may be inconsistent while a writer changes the file. (On Windows
+    /// a writer's share mode still refuses it.)
+    pub fn open_force_share(path: &Path) -> std::io::Result<Self> {
+        let file = lock::open(path, Mode { writable: false, create_new: false, lock: false })?;
+        Ok(FileStorage { file, locked: false })
+    }
+
+    /// Creates `path`, failing if it exists, locked for writing.
     pub fn create_new(path: &Path) -> std::io::Result<Self> {
-        Ok(FileStorage { file: OpenOptions::new().read(true).write(true).create_new(true).open(path)? })
+        let file = lock::open(path, Mode { writable: true, create_new: true, lock: true })?;
+        Ok(FileStorage { file, locked: true })
     }
 
     /// The file.

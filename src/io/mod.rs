@@ -16,6 +16,12 @@ mod file;
 #[cfg(feature = "std")]
 pub use file::{FileOpener, FileStorage};
 #[cfg(feature = "std")]
+pub mod lock;
+#[cfg(feature = "std")]
+mod lockset;
+#[cfg(feature = "std")]
+pub use lockset::LockSet;
+#[cfg(feature = "std")]
 pub mod fault;
 #[cfg(feature = "std")]
 pub use fault::{CrashState, FaultClock, FaultStorage, PendingOp, TORN_SECTOR_SIZE};

@@ -214,6 +214,11 @@ pub struct ConvertOptions {
     /// mode (`-t unsafe`): faster, but a crash before the kernel writes the
     /// file back can leave it incomplete or, for VHDX, inconsistent.
     pub sync: bool,
+    /// Read the source without locking it, whatever others hold (like
+    /// `qemu-img convert -U`): a source open for writing elsewhere is
+    /// otherwise refused ([`Error::Busy`]); with this its copy may be
+    /// inconsistent.
+    pub force_share: bool,
 }
 
 impl Default for ConvertOptions {
@@ -226,6 +231,7 @@ impl Default for ConvertOptions {
             logical_sector_size: None,
             physical_sector_size: None,
             sync: true,
+            force_share: false,
         }
     }
 }
@@ -297,9 +303,15 @@ pub fn convert_with_progress(
         Raw(FileStorage, u64),
     }
     let source = match in_format {
-        ImageFormat::Vhdx => Source::Vhdx(alloc::boxed::Box::new(Disk::open(src)?)),
+        ImageFormat::Vhdx => {
+            Source::Vhdx(alloc::boxed::Box::new(crate::OpenOptions::new().force_share(options.force_share).open(src)?))
+        }
         ImageFormat::Raw => {
-            let file = FileStorage::open(src, false).map_err(io("opening the raw image")).map_err(in_file)?;
+            // Only a regular file (see `FileStorage::open`), locked like an image.
+            let file =
+                if options.force_share { FileStorage::open_force_share(src) } else { FileStorage::open(src, false) }
+                    .map_err(|source| Error::opening("open", source, false))
+                    .map_err(in_file)?;
             let len = file.len().map_err(io("sizing the raw image")).map_err(in_file)?;
             Source::Raw(file, len)
         }

@@ -30,7 +30,7 @@ use super::ranges::{self, Ranges};
 use crate::chain::{locator_for, FsResolver};
 use crate::error::{Error, Result};
 use crate::format::locator::{braced_guid, PARENT_LINKAGE, PARENT_LINKAGE2};
-use crate::io::FileOpener;
+use crate::io::{FileOpener, LockSet};
 use crate::{Disk, Guid, OpenOptions};
 
 /// What to do about other children of the images a merge changes.
@@ -58,7 +58,9 @@ pub struct MergeOptions {
     /// [`OpenOptions::parent_search_dirs`]): for images from untrusted sources.
     pub confine_to: Option<Vec<PathBuf>>,
     /// How files are opened (the filesystem when `None`); directories are
-    /// still listed on the filesystem to find siblings.
+    /// still listed on the filesystem to find siblings. With the filesystem
+    /// the merge locks every image it changes from start to end (see
+    /// [`LockSet`]); an opener of your own opens, and locks, as it sees fit.
     pub file_opener: Option<FileOpener>,
 }
 
@@ -181,7 +183,7 @@ pub fn children_of(parent: &Path, guid: Guid, dirs: &[PathBuf], exclude: &[PathB
 }
 
 /// [`children_of`], opening the candidates through `opener`.
-fn children_through(
+pub(crate) fn children_through(
     opener: &FileOpener,
     parent: &Path,
     guid: Guid,
@@ -192,14 +194,14 @@ fn children_through(
     let mut out = Vec::new();
     let mut seen = Vec::new();
     for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else {
+        // Regular files only: a FIFO named like an image must not block the scan.
+        let Ok(mut files) = super::tree::image_files(dir) else {
             continue;
         };
-        let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         files.sort();
         for f in files {
             let c = canonical(&f);
-            if !is_image_name(&f) || exclude.contains(&c) || seen.contains(&c) || c == parent_c {
+            if exclude.contains(&c) || seen.contains(&c) || c == parent_c {
                 continue;
             }
             seen.push(c);
@@ -220,7 +222,31 @@ fn children_through(
     out
 }
 
+/// Locks, exclusively, the images a merge of `child` to `depth` levels up
+/// changes — the child and its ancestors up to the target — and returns
+/// options that open files through those locks (see [`LockSet`]), with the
+/// set, to which the merge adds the siblings it writes to. The locks last
+/// as long as the options and the set. With a caller's
+/// [`MergeOptions::file_opener`] nothing is locked: it opens files its own way.
+fn lock_chain(child: &Path, options: &MergeOptions, depth: usize) -> Result<(MergeOptions, Option<LockSet>)> {
+    if options.file_opener.is_some() {
+        return Ok((options.clone(), None));
+    }
+    // The chain's files, found with shared locks released before the exclusive ones are taken.
+    let paths = options.opener().open(child)?.chain_paths();
+    let locks = LockSet::new();
+    for p in paths.iter().take(depth + 1) {
+        locks.lock(Path::new(p), true)?;
+    }
+    let locked = MergeOptions { file_opener: Some(locks.opener()), ..options.clone() };
+    Ok((locked, Some(locks)))
+}
+
 /// Merges `child` into its ancestor `options.depth` levels up.
+///
+/// The child, the images up to the target and the siblings it preserves
+/// are locked from start to end: while another process (or handle) has one
+/// open, the merge is refused ([`Error::Busy`]) before anything changes.
 ///
 /// ```no_run
 /// use vhdx::ops::merge::{merge, MergeOptions, SiblingPolicy};
@@ -240,6 +266,8 @@ pub fn merge_with_progress(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<MergeReport> {
     let depth = options.depth.max(1);
+    // Nobody else opens the images the merge changes until it returns.
+    let (options, locks) = &lock_chain(child, options, depth)?;
     // The chain, leaf first, with each level's DataWriteGuid and change set.
     let leaf = options.opener().open(child)?;
     let paths: Vec<PathBuf> = leaf.chain_paths().into_iter().map(PathBuf::from).collect();
@@ -339,6 +367,11 @@ pub fn merge_with_progress(
 
     // 1. Siblings receive what they would lose, before anything else changes.
     if options.siblings == SiblingPolicy::Preserve {
+        if let Some(locks) = locks {
+            for (s, _) in &siblings {
+                locks.lock(&s.path, true)?;
+            }
+        }
         for (s, k) in &mut siblings {
             let mut sib = options.opener().writable(true).open(&s.path)?;
             let own = sib.change_set()?;
@@ -401,11 +434,19 @@ pub fn merge_with_progress(
 /// parent's DataWriteGuid differs from the child's linkage unless
 /// `ignore_id_mismatch`; then the child's content may change, so its own
 /// DataWriteGuid changes too. A parent that is `child` itself or one of its
-/// descendants is always refused ([`Error::ParentLoop`]).
+/// descendants is always refused ([`Error::ParentLoop`]). The child is locked
+/// from start to end ([`Error::Busy`] while it is open elsewhere), the
+/// parent's chain shared.
 pub fn set_parent(child: &Path, parent: &Path, ignore_id_mismatch: bool) -> Result<()> {
+    // Before the locks: the walk up the parent's chain opens images read-only,
+    // the child among them when there is a loop.
     refuse_loop(child, parent)?;
-    let p = Disk::open(parent)?;
-    let mut c = OpenOptions::new().writable(true).without_parent().open(child)?;
+    // The child stays locked from before the parent's chain is opened (which
+    // may pass through the child, through the lock) until it is re-linked.
+    let locks = LockSet::new();
+    locks.lock(child, true)?;
+    let p = OpenOptions::new().file_opener(locks.opener()).open(parent)?;
+    let mut c = OpenOptions::new().writable(true).without_parent().file_opener(locks.opener()).open(child)?;
     let loc = c
         .parent_locator()
         .cloned()

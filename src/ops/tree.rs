@@ -7,6 +7,7 @@ use std::vec::Vec;
 
 use super::merge::is_image_name;
 use crate::chain::FsResolver;
+use crate::io::FileOpener;
 use crate::{DiskType, Guid, OpenOptions};
 
 /// The state of an image's link to its parent.
@@ -80,7 +81,14 @@ fn canonical(p: &Path) -> PathBuf {
 
 /// Examines one image and its link (without opening the rest of the chain).
 pub fn examine(path: &Path) -> Node {
-    let d = match OpenOptions::new().without_parent().open(path) {
+    examine_with(path, &FileOpener::default())
+}
+
+/// [`examine`], opening files through `opener` ([`FileOpener::force_share`]
+/// examines images in use).
+pub fn examine_with(path: &Path, opener: &FileOpener) -> Node {
+    let alone = || OpenOptions::new().without_parent().file_opener(opener.clone());
+    let d = match alone().open(path) {
         Ok(d) => d,
         Err(e) => {
             return Node {
@@ -108,7 +116,7 @@ pub fn examine(path: &Path) -> Node {
         if !c.exists() {
             continue;
         }
-        match OpenOptions::new().without_parent().open(c) {
+        match alone().open(c) {
             Ok(p) => {
                 let found = p.data_write_guid();
                 if Some(found) == loc.parent_linkage() || Some(found) == loc.parent_linkage2() {
@@ -139,6 +147,11 @@ pub fn examine(path: &Path) -> Node {
 /// a parent is an image already in the chain, the image linking to it is
 /// the last, marked [`LinkStatus::Loop`].
 pub fn chain(path: &Path) -> Vec<Node> {
+    chain_with(path, &FileOpener::default())
+}
+
+/// [`chain`], opening files through `opener`.
+pub fn chain_with(path: &Path, opener: &FileOpener) -> Vec<Node> {
     let mut out: Vec<Node> = Vec::new();
     let mut seen: Vec<PathBuf> = Vec::new();
     let mut next = Some(path.to_path_buf());
@@ -147,7 +160,7 @@ pub fn chain(path: &Path) -> Vec<Node> {
             break;
         }
         seen.push(canonical(&p));
-        let mut node = examine(&p);
+        let mut node = examine_with(&p, opener);
         if node.status == LinkStatus::Ok {
             let parent = node.parent.clone().expect("a linked node names its parent");
             if seen.contains(&canonical(&parent)) {
@@ -181,12 +194,28 @@ pub fn ancestors(path: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Every image in `dir` (not recursive), examined, sorted by path.
+/// Every image in `dir` (not recursive), examined, sorted by path. Only
+/// regular files with an image's name are examined: FIFOs, sockets,
+/// devices and directories are skipped, whatever their name.
 pub fn scan_dir(dir: &Path) -> std::io::Result<Vec<Node>> {
-    let mut files: Vec<PathBuf> =
-        std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_image_name(p)).collect();
+    scan_dir_with(dir, &FileOpener::default())
+}
+
+/// [`scan_dir`], opening files through `opener`.
+pub fn scan_dir_with(dir: &Path, opener: &FileOpener) -> std::io::Result<Vec<Node>> {
+    let mut files: Vec<PathBuf> = image_files(dir)?;
     files.sort();
-    Ok(files.iter().map(|f| examine(f)).collect())
+    Ok(files.iter().map(|f| examine_with(f, opener)).collect())
+}
+
+/// The regular files in `dir` with an image's name (`.vhdx`, `.avhdx`),
+/// symbolic links followed; in the order listed.
+pub(crate) fn image_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    Ok(std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        // `metadata` follows links and never blocks, unlike opening a FIFO.
+        .filter(|p| is_image_name(p) && std::fs::metadata(p).is_ok_and(|m| m.is_file()))
+        .collect())
 }
 
 /// The indices of `nodes` whose parent is `nodes[i]`.

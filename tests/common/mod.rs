@@ -425,8 +425,17 @@ pub fn qemu_io(image: &Path, cmds: &[String]) -> String {
 /// `qemu-img check -f vhdx` must pass and report no errors, no leaks and no
 /// corruptions.
 pub fn qemu_check_clean(image: &Path) {
+    qemu_check_clean_with(image, &[]);
+}
+
+/// [`qemu_check_clean`] with more `qemu-img check` options (`-U` to check
+/// an image open for writing elsewhere).
+pub fn qemu_check_clean_with(image: &Path, options: &[&str]) {
     let img = image.to_str().unwrap();
-    let out = run("qemu-img", &["check", "-f", "vhdx", "--output=json", img]);
+    let mut args = vec!["check", "-f", "vhdx", "--output=json"];
+    args.extend_from_slice(options);
+    args.push(img);
+    let out = run("qemu-img", &args);
     assert!(out.status.success(), "{}", describe("qemu-img", &["check", "-f", "vhdx", img], &out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("qemu-img check --output=json gives JSON");
     for key in ["corruptions", "leaks", "check-errors", "corruptions-fixed", "leaks-fixed"] {

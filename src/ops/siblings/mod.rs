@@ -97,9 +97,10 @@ use std::vec::Vec;
 
 pub use plan::plan_image_set;
 
-use super::merge::{canonical, children_of, directory_of, Sibling};
+use super::merge::{canonical, children_through, directory_of, Sibling};
 use super::ranges::Ranges;
 use crate::error::{Error, Result};
+use crate::io::LockSet;
 use crate::{Disk, Guid, GuidSource, OpenOptions};
 
 /// Options of [`merge_siblings`].
@@ -200,6 +201,12 @@ pub type OpenFn<'a> = Box<dyn Fn(OpenOptions) -> Result<Disk> + 'a>;
 /// `OpenOptions::without_parent`; it may add a GUID source. The parent of
 /// the set is opened with plain options, so its own parent, if it has one,
 /// is resolved as `open` sees fit.
+///
+/// For files, open them through the [`FileOpener`](crate::io::FileOpener) of
+/// a [`LockSet`] holding every image of the set, as [`merge_siblings`] does:
+/// then nobody else changes them between the plan and its execution, and the
+/// operation's own opens of one file, read-only and writable, do not refuse
+/// each other.
 pub struct Image<'a> {
     /// The name of the image (its path, for files).
     pub path: PathBuf,
@@ -268,7 +275,14 @@ const CHUNK: u64 = 1 << 20;
 /// whose locator leads to `parent` and whose linkage matches it. Outsiders
 /// and descendants are looked for among the `.vhdx`/`.avhdx` files in the
 /// directories of the parent and of each child, and in
-/// `options.search_dirs`. `options.dry_run` plays no part here.
+/// `options.search_dirs`.
+///
+/// The parent, the children, the outsiders and the descendants stay locked
+/// until the plan is dropped (after [`execute`](SiblingMergePlan::execute)):
+/// exclusively, or shared with other readers when `options.dry_run` (such a
+/// plan only reads; executing it fails where it would write). While another
+/// process or handle has one open in a conflicting way, planning fails with
+/// [`Error::Busy`].
 pub fn plan_merge_siblings(
     parent: &Path,
     children: &[PathBuf],
@@ -293,10 +307,22 @@ pub fn plan_merge_siblings(
             Error::invalid(format!("the preferred child {} is not one of the children merged", p.display()))
         })?),
     };
+    // The parent and the children stay locked until the plan is dropped, its
+    // own opens going through the locks: exclusive unless in a dry run.
+    let locks = LockSet::new();
+    let writable = !options.dry_run;
+    for p in core::iter::once(parent).chain(children.iter().map(PathBuf::as_path)) {
+        locks.lock(p, writable)?;
+    }
+    let opener = locks.opener();
     let confine = options.confine_to.clone();
-    let resolving = move |o: OpenOptions| match &confine {
-        Some(dirs) => o.parent_search_dirs(dirs.iter().cloned()),
-        None => o,
+    let files = opener.clone();
+    let resolving = move |o: OpenOptions| {
+        let o = o.file_opener(files.clone());
+        match &confine {
+            Some(dirs) => o.parent_search_dirs(dirs.iter().cloned()),
+            None => o,
+        }
     };
 
     let parent_guid = resolving(OpenOptions::new()).open(parent).map_err(|e| e.in_file(parent.display()))?;
@@ -319,17 +345,24 @@ pub fn plan_merge_siblings(
     dirs.extend(options.search_dirs.iter().cloned());
     let file = |p: PathBuf| {
         let path = p.clone();
-        Image::new(p, move |o: OpenOptions| o.open(&path))
+        let opener = opener.clone();
+        Image::new(p, move |o: OpenOptions| o.file_opener(opener.clone()).open(&path))
     };
-    let outsiders: Vec<Image<'static>> =
-        children_of(parent, parent_guid, &dirs, &canon).into_iter().map(file).collect();
+    let outsiders: Vec<PathBuf> = children_through(&opener, parent, parent_guid, &dirs, &canon);
     let mut exclude = canon.clone();
     exclude.push(parent_c);
     let mut descendants = Vec::new();
     for (i, c) in children.iter().enumerate() {
-        let guid = OpenOptions::new().without_parent().open(c).map_err(|e| e.in_file(c.display()))?.data_write_guid();
-        descendants.extend(children_of(c, guid, &dirs, &exclude).into_iter().map(|d| (i, file(d))));
+        let alone = OpenOptions::new().without_parent().file_opener(opener.clone());
+        let guid = alone.open(c).map_err(|e| e.in_file(c.display()))?.data_write_guid();
+        descendants.extend(children_through(&opener, c, guid, &dirs, &exclude).into_iter().map(|d| (i, d)));
     }
+    // What the merge writes to besides: outsiders and descendants.
+    for p in outsiders.iter().chain(descendants.iter().map(|(_, d)| d)) {
+        locks.lock(p, writable)?;
+    }
+    let outsiders: Vec<Image<'static>> = outsiders.into_iter().map(file).collect();
+    let descendants = descendants.into_iter().map(|(i, d)| (i, file(d))).collect();
     let parent_path = parent.to_path_buf();
     let set = ImageSet {
         parent: Image::new(parent, move |o: OpenOptions| resolving(o).open(&parent_path)),
