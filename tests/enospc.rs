@@ -272,10 +272,11 @@ fn a_new_sector_bitmap_block_is_allocated() {
 #[test]
 fn a_discard_on_a_full_filesystem_changes_nothing() {
     let mut s = Subject::differencing(false);
-    let old = s.model.clone();
+    let (old, len) = (s.model.clone(), s.handle.volatile().len());
     s.handle.fill_after(Some(0));
     let e = s.disk.discard(10 * MIB + 4096, 3 * MIB).unwrap_err();
     assert!(e.to_string().contains("no space"), "{e}");
+    assert_eq!(s.handle.volatile().len(), len, "the space taken for the discard was not given back");
     assert_presents(&s.disk, &old, None, "after the failed discard");
     s.disk.flush().unwrap();
     assert_presents(&s.reopen(), &old, None, "reopened");
