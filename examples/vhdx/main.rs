@@ -240,7 +240,8 @@ pub struct ConvertArgs {
     /// Physical sector size of a VHDX DST [default: the source's; 4096 for raw].
     #[arg(long)]
     pub physical_sector_size: Option<u32>,
-    /// Replace DST if it exists.
+    /// Replace DST if it exists (only once the new image is complete; an
+    /// image of SRC's chain is never replaced).
     #[arg(long)]
     pub force: bool,
     /// Skip flushing DST to stable storage at the end (as `qemu-img convert`

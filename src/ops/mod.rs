@@ -10,6 +10,8 @@ pub mod compact;
 #[cfg(feature = "std")]
 pub mod merge;
 #[cfg(feature = "std")]
+pub(crate) mod replace;
+#[cfg(feature = "std")]
 pub mod siblings;
 #[cfg(feature = "std")]
 pub mod tree;
