@@ -110,6 +110,14 @@ pub struct ResizeArgs {
     /// Shrink even when the removed range holds data, which is discarded.
     #[arg(long)]
     pub allow_shrink: bool,
+    /// Resize even though differencing disks made from the image then no
+    /// longer open (their parent's DataWriteGuid changes).
+    #[arg(long)]
+    pub force: bool,
+    /// Look for such children in this directory too (besides the image's
+    /// own); repeatable.
+    #[arg(long = "search-dir", value_name = "DIR")]
+    pub search_dirs: Vec<PathBuf>,
 }
 
 /// Arguments of `vhdx discard`.
