@@ -36,6 +36,15 @@
 //!
 //! The DataWriteGuid changes (a resize is a change readers see), so
 //! children of a resized disk no longer accept it as their parent.
+//!
+//! # Space
+//!
+//! What may need new space on disk comes before anything else changes:
+//! first the zeros in the tail of the old last block (invisible), then the
+//! space of a larger BAT region (`allocate`) and of a fixed disk's new
+//! blocks. When the filesystem cannot give it, the file is cut back and the
+//! image is as it was, byte for byte (but for that tail). Every later step
+//! only changes metadata, whose space is allocated before it is logged.
 
 use alloc::vec::Vec;
 
@@ -58,8 +67,10 @@ impl Disk {
     /// refused with [`Error::Refused`] when the removed range holds non-zero
     /// data, unless `allow_shrink`, which discards it. Every metadata change
     /// goes through the log and the operation ends flushed: a crash leaves
-    /// the old size or the new one, never a mixture. The DataWriteGuid
-    /// changes, so children of this disk no longer link to it. A
+    /// the old size or the new one, never a mixture; a grow that cannot get
+    /// the space of its larger BAT region changes nothing. The DataWriteGuid
+    /// changes, so children of this disk no longer link to it
+    /// ([`crate::ops::resize::resize`] refuses when it finds any). A
     /// differencing disk must be open with its parent; it may grow past its
     /// parent's size (that part reads as zeros).
     ///

@@ -145,12 +145,15 @@ impl Storage for FileStorage {
             return Ok(());
         }
         #[cfg(any(target_os = "linux", target_os = "android"))]
-        match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), offset, len) {
-            Ok(()) => return Ok(()),
-            // A filesystem without fallocate (some network and FUSE ones):
-            // rewrite the bytes instead.
-            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {}
-            Err(e) => return Err(e.into()),
+        loop {
+            match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), offset, len) {
+                Ok(()) => return Ok(()),
+                Err(e) if e == rustix::io::Errno::INTR => {}
+                // A filesystem without fallocate (some network and FUSE
+                // ones): rewrite the bytes instead.
+                Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => break,
+                Err(e) => return Err(e.into()),
+            }
         }
         rewrite_in_place(&self.file, offset, len)
     }
