@@ -295,6 +295,11 @@ typedef struct VhdxConvertOptions {
      * For a VHDX output: 512 or 4096; 0 for the source's (4096 for raw).
      */
     uint32_t physical_sector_size;
+    /**
+     * Replace `dst_path` if it exists (false: refuse). It is replaced only
+     * once the new image is complete and durable.
+     */
+    bool overwrite;
 } VhdxConvertOptions;
 
 /**
@@ -1025,7 +1030,8 @@ int32_t vhdx_compact(struct VhdxDisk *disk, struct VhdxCompactReport *report);
 
 /**
  * Sets `*options` to the defaults: formats from the file names, a dynamic
- * VHDX output with the default block size and the source's sector sizes.
+ * VHDX output with the default block size and the source's sector sizes,
+ * an existing output refused.
  * Returns VHDX_OK, or VHDX_ERR_INVALID_ARGUMENT when `options` is NULL.
  *
  * Ownership: `options` is the caller's. Thread safety: safe from any thread.
@@ -1036,18 +1042,25 @@ int32_t vhdx_compact(struct VhdxDisk *disk, struct VhdxCompactReport *report);
 int32_t vhdx_convert_options_init(struct VhdxConvertOptions *options);
 
 /**
- * Converts the image at `src_path` into a new image at `dst_path`, which
- * must not exist: fixed ↔ dynamic VHDX, a differencing chain flattened into
- * a standalone image (read through its parents), raw ↔ VHDX. Only non-zero
- * data is written: a dynamic output allocates no block for zeros, and a raw
- * output is a sparse file. `options` NULL means the defaults of
- * vhdx_convert_options_init. When `report` is not NULL it receives what was
- * done (on success only). On failure no output file is left behind.
+ * Converts the image at `src_path` into an image at `dst_path`: fixed ↔
+ * dynamic VHDX, a differencing chain flattened into a standalone image
+ * (read through its parents), raw ↔ VHDX. Only non-zero data is written: a
+ * dynamic output allocates no block for zeros, and a raw output is a sparse
+ * file. `options` NULL means the defaults of vhdx_convert_options_init.
+ * When `report` is not NULL it receives what was done (on success only).
  *
- * Returns VHDX_OK, VHDX_ERR_INVALID_ARGUMENT (bad options, VHDX options for
- * a raw output, a raw source whose size is not whole sectors), VHDX_ERR_IO
- * (among others: `dst_path` exists), or the error of the source, naming the
- * file.
+ * The output is written to a hidden temporary file beside `dst_path`
+ * (`.NAME.vhdx-tmp-…`) and renamed into place once complete and durable:
+ * on failure, or if the process dies, `dst_path` is as it was (absent, or
+ * the old file), and a later convert to it removes the temporary file. An
+ * existing `dst_path` is refused unless `options->overwrite`; an image of
+ * the source's chain (the source, or any ancestor, also through another
+ * name of the same file) is refused always.
+ *
+ * Returns VHDX_OK, VHDX_ERR_REFUSED (`dst_path` exists and may not be
+ * replaced; nothing was written), VHDX_ERR_INVALID_ARGUMENT (bad options,
+ * VHDX options for a raw output, a raw source whose size is not whole
+ * sectors), VHDX_ERR_IO, or the error of the source, naming the file.
  *
  * Ownership: `options` and `report` are the caller's.
  * Thread safety: safe from any thread (not concurrently with writers of the

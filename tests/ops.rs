@@ -740,7 +740,7 @@ fn convert_between_kinds() {
     verify(&p("nosync.vhdx"), &model);
     // Refusals: an existing output, VHDX options for raw output.
     let e = convert(&p("flat.img"), &p("back.vhdx"), &ConvertOptions::default()).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Io);
+    assert_eq!(e.kind(), ErrorKind::Refused);
     assert!(Disk::open(p("back.vhdx")).is_ok(), "an existing output is left alone");
     assert!(convert(&p("dyn.vhdx"), &p("x.raw"), &fixed).is_err());
     assert!(!p("x.raw").exists());

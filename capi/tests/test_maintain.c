@@ -119,8 +119,16 @@ int main(int argc, char **argv) {
     read_expect_zero(d, MIB, 3 * MIB);
     vhdx_close(d);
 
-    /* Refusals: an existing output, bad options, a fixed disk to compact. */
-    CHECK_ERR(vhdx_convert(path, fixed, NULL, NULL), VHDX_ERR_IO, "c_converted_fixed.vhdx");
+    /* Refusals: an existing output, the source itself, bad options, a fixed
+       disk to compact. */
+    CHECK_ERR(vhdx_convert(path, fixed, NULL, NULL), VHDX_ERR_REFUSED, "c_converted_fixed.vhdx");
+    CHECK_OK(vhdx_convert_options_init(&options));
+    options.overwrite = true;
+    CHECK_ERR(vhdx_convert(path, path, &options, NULL), VHDX_ERR_REFUSED, "source image itself");
+    CHECK(file_size(path) > 0);
+    /* Replacing an existing output: the raw image becomes the dynamic one's. */
+    CHECK_OK(vhdx_convert(path, raw, &options, &converted));
+    CHECK(file_size(raw) == 24 * MIB);
     options.output_format = 7;
     path_in(tiny, dir, "never.vhdx");
     CHECK_ERR(vhdx_convert(path, tiny, &options, NULL), VHDX_ERR_INVALID_ARGUMENT, "output_format");

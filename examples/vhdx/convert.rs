@@ -10,7 +10,7 @@ use vhdx::ops::convert::{ConvertOptions, ImageFormat};
 
 use crate::data::block_size_arg;
 use crate::size::human;
-use crate::{io_failure, CliResult, ConvertArgs, Failure, Format, InFile, TypeArg};
+use crate::{CliResult, ConvertArgs, Failure, Format, InFile, TypeArg};
 
 impl From<Format> for ImageFormat {
     fn from(f: Format) -> Self {
@@ -32,25 +32,6 @@ pub fn progress_bar(total: u64) -> ProgressBar {
         bar.set_style(style.progress_chars("=> "));
     }
     bar
-}
-
-/// Refuses to write over an existing DST unless `--force`, and over SRC ever.
-fn make_room(args: &ConvertArgs) -> CliResult {
-    let (src, dst) = (args.src.as_path(), args.dst.as_path());
-    if std::fs::symlink_metadata(dst).is_err() {
-        return Ok(());
-    }
-    if !args.force {
-        return Err(Failure(format!("{}: already exists (use --force to replace it)", dst.display())));
-    }
-    let same = match (std::fs::canonicalize(src), std::fs::canonicalize(dst)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same {
-        return Err(Failure(format!("{}: is the source image itself; refusing to replace it", dst.display())));
-    }
-    std::fs::remove_file(dst).map_err(io_failure(dst, "removing the existing file"))
 }
 
 /// `vhdx convert SRC DST [--input-format …] [--output-format …] [--type …] …`.
@@ -77,21 +58,22 @@ pub fn convert(args: &ConvertArgs) -> CliResult {
         physical_sector_size: args.physical_sector_size,
         sync: !args.no_sync,
         force_share: args.force_share,
+        overwrite: args.force,
     };
-    // The source must open before an existing DST is removed.
-    if in_format == ImageFormat::Vhdx {
-        drop(vhdx::OpenOptions::new().force_share(args.force_share).open(src_path).in_file(src_path)?);
-    } else {
-        std::fs::metadata(src_path).map_err(io_failure(src_path, "opening the raw image"))?;
-    }
-    make_room(args)?;
+    // An existing DST (without --force) and an image of SRC's chain (ever)
+    // are refused before any work; DST is replaced only by a complete image.
     let bar = progress_bar(0);
     let report = vhdx::ops::convert::convert_with_progress(src_path, dst_path, &options, &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     });
     bar.finish_and_clear();
-    let report = report.in_file(dst_path)?;
+    let report = match report {
+        Err(e) if e.kind() == vhdx::ErrorKind::Refused && e.to_string().contains("already exists") => {
+            return Err(Failure(format!("{}: already exists (use --force to replace it)", dst_path.display())))
+        }
+        r => r.in_file(dst_path)?,
+    };
     outln!(
         "Converted {} ({}, {}) to {} ({}): {} of non-zero data written",
         src_path.display(),

@@ -117,6 +117,14 @@ pub struct ResizeArgs {
     /// Shrink even when the removed range holds data, which is discarded.
     #[arg(long)]
     pub allow_shrink: bool,
+    /// Resize even though differencing disks made from the image then no
+    /// longer open (their parent's DataWriteGuid changes).
+    #[arg(long)]
+    pub force: bool,
+    /// Look for such children in this directory too (besides the image's
+    /// own); repeatable.
+    #[arg(long = "search-dir", value_name = "DIR")]
+    pub search_dirs: Vec<PathBuf>,
 }
 
 /// Arguments of `vhdx discard`.
@@ -262,7 +270,8 @@ pub struct ConvertArgs {
     /// Physical sector size of a VHDX DST [default: the source's; 4096 for raw].
     #[arg(long)]
     pub physical_sector_size: Option<u32>,
-    /// Replace DST if it exists.
+    /// Replace DST if it exists (only once the new image is complete; an
+    /// image of SRC's chain is never replaced).
     #[arg(long)]
     pub force: bool,
     /// Skip flushing DST to stable storage at the end (as `qemu-img convert`

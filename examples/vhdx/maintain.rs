@@ -6,29 +6,38 @@ use serde_json::json;
 use crate::convert::progress_bar;
 use crate::inspect::print_json;
 use crate::size::{human, human_exact};
+use vhdx::ops::resize::ResizeOptions;
+
 use crate::{CliResult, CompactArgs, DiscardArgs, Failure, InFile, ResizeArgs};
 
-/// `vhdx resize FILE --size SIZE [--allow-shrink]`.
+/// `vhdx resize FILE --size SIZE [--allow-shrink] [--force] [--search-dir DIR]…`.
 pub fn resize(args: &ResizeArgs) -> CliResult {
     let path = args.file.as_path();
-    let mut disk = vhdx::Disk::open_writable(path).in_file(path)?;
-    let old = disk.virtual_size();
-    let old_bat = disk.regions().bat();
-    match disk.resize(args.size, args.allow_shrink) {
+    let options = ResizeOptions {
+        allow_shrink: args.allow_shrink,
+        break_children: args.force,
+        search_dirs: args.search_dirs.clone(),
+    };
+    let report = match vhdx::ops::resize::resize(path, args.size, &options) {
+        Err(e) if e.kind() == vhdx::ErrorKind::Refused && e.to_string().contains("would no longer open") => {
+            return Err(Failure(format!("{e} (--force resizes anyway, breaking them)")));
+        }
         Err(e) if e.kind() == vhdx::ErrorKind::Refused => {
             return Err(Failure(format!("{}; --allow-shrink discards them", e.in_file(path.display()))));
         }
         r => r.in_file(path)?,
+    };
+    outln!(
+        "Resized {}: virtual size {} -> {}",
+        path.display(),
+        human_exact(report.old_size),
+        human_exact(report.new_size)
+    )?;
+    if let Some((offset, length)) = report.bat_moved_to {
+        outln!("The block allocation table moved to a larger region ({} at file offset {offset:#x}).", human(length))?;
     }
-    let new_bat = disk.regions().bat();
-    disk.close().in_file(path)?;
-    outln!("Resized {}: virtual size {} -> {}", path.display(), human_exact(old), human_exact(args.size))?;
-    if new_bat != old_bat {
-        outln!(
-            "The block allocation table moved to a larger region ({} at file offset {:#x}).",
-            human(new_bat.length as u64),
-            new_bat.file_offset
-        )?;
+    for child in &report.children_broken {
+        outln!("{} no longer opens: its parent changed (--force).", child.display())?;
     }
     Ok(())
 }

@@ -155,6 +155,9 @@ pub struct VhdxConvertOptions {
     pub logical_sector_size: u32,
     /// For a VHDX output: 512 or 4096; 0 for the source's (4096 for raw).
     pub physical_sector_size: u32,
+    /// Replace `dst_path` if it exists (false: refuse). It is replaced only
+    /// once the new image is complete and durable.
+    pub overwrite: bool,
 }
 
 impl Default for VhdxConvertOptions {
@@ -166,6 +169,7 @@ impl Default for VhdxConvertOptions {
             block_size: 0,
             logical_sector_size: 0,
             physical_sector_size: 0,
+            overwrite: false,
         }
     }
 }
@@ -181,7 +185,8 @@ pub struct VhdxConvertReport {
 }
 
 /// Sets `*options` to the defaults: formats from the file names, a dynamic
-/// VHDX output with the default block size and the source's sector sizes.
+/// VHDX output with the default block size and the source's sector sizes,
+/// an existing output refused.
 /// Returns VHDX_OK, or VHDX_ERR_INVALID_ARGUMENT when `options` is NULL.
 ///
 /// Ownership: `options` is the caller's. Thread safety: safe from any thread.
@@ -211,18 +216,25 @@ fn format_arg(function: &str, what: &str, code: i32) -> FfiResult<Option<ImageFo
     }
 }
 
-/// Converts the image at `src_path` into a new image at `dst_path`, which
-/// must not exist: fixed ↔ dynamic VHDX, a differencing chain flattened into
-/// a standalone image (read through its parents), raw ↔ VHDX. Only non-zero
-/// data is written: a dynamic output allocates no block for zeros, and a raw
-/// output is a sparse file. `options` NULL means the defaults of
-/// vhdx_convert_options_init. When `report` is not NULL it receives what was
-/// done (on success only). On failure no output file is left behind.
+/// Converts the image at `src_path` into an image at `dst_path`: fixed ↔
+/// dynamic VHDX, a differencing chain flattened into a standalone image
+/// (read through its parents), raw ↔ VHDX. Only non-zero data is written: a
+/// dynamic output allocates no block for zeros, and a raw output is a sparse
+/// file. `options` NULL means the defaults of vhdx_convert_options_init.
+/// When `report` is not NULL it receives what was done (on success only).
 ///
-/// Returns VHDX_OK, VHDX_ERR_INVALID_ARGUMENT (bad options, VHDX options for
-/// a raw output, a raw source whose size is not whole sectors), VHDX_ERR_IO
-/// (among others: `dst_path` exists), or the error of the source, naming the
-/// file.
+/// The output is written to a hidden temporary file beside `dst_path`
+/// (`.NAME.vhdx-tmp-…`) and renamed into place once complete and durable:
+/// on failure, or if the process dies, `dst_path` is as it was (absent, or
+/// the old file), and a later convert to it removes the temporary file. An
+/// existing `dst_path` is refused unless `options->overwrite`; an image of
+/// the source's chain (the source, or any ancestor, also through another
+/// name of the same file) is refused always.
+///
+/// Returns VHDX_OK, VHDX_ERR_REFUSED (`dst_path` exists and may not be
+/// replaced; nothing was written), VHDX_ERR_INVALID_ARGUMENT (bad options,
+/// VHDX options for a raw output, a raw source whose size is not whole
+/// sectors), VHDX_ERR_IO, or the error of the source, naming the file.
 ///
 /// Ownership: `options` and `report` are the caller's.
 /// Thread safety: safe from any thread (not concurrently with writers of the
@@ -263,6 +275,7 @@ pub unsafe extern "C" fn vhdx_convert(
             block_size: nonzero(o.block_size),
             logical_sector_size: nonzero(o.logical_sector_size),
             physical_sector_size: nonzero(o.physical_sector_size),
+            overwrite: o.overwrite,
             ..ConvertOptions::default()
         };
         let r = crate::ops::convert::convert(&src, &dst, &opts)?;

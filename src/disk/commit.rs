@@ -87,6 +87,7 @@ impl Disk {
             let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
             pages.push((self.bat_offset + page * 4096, bytes));
         }
+        self.allocate_pages(&pages)?;
         let flushed = self.file_len / MIB * MIB;
         let last = round_up_mib(self.file_len);
         let log_guid = pending_header.as_ref().map_or(self.header.log_guid, |h| h.log_guid);
@@ -111,6 +112,36 @@ impl Disk {
         self.dirty_bat_pages.clear();
         self.dirty_pages.clear();
         self.bitmap_cache.reset(&self.geometry);
+        Ok(())
+    }
+
+    /// Backs every page a commit will apply in place with real space (a page
+    /// of a sparse BAT region may be a hole), before the log entry naming it
+    /// is written: a full filesystem then fails the commit with nothing
+    /// logged, never between logging and applying.
+    fn allocate_pages(&mut self, pages: &[(u64, Vec<u8>)]) -> Result<()> {
+        let mut offsets: Vec<u64> = pages.iter().map(|(at, _)| *at).collect();
+        offsets.sort_unstable();
+        let mut i = 0;
+        while i < offsets.len() {
+            let start = offsets[i];
+            let mut end = start + 4096;
+            i += 1;
+            while i < offsets.len() && offsets[i] <= end {
+                end = end.max(offsets[i] + 4096);
+                i += 1;
+            }
+            // A page past the end (of a region the log extends the file for)
+            // needs no space now: the file is extended with zeros first.
+            let end = end.min(self.file_len);
+            if end > start {
+                self.storage.allocate(start, end - start).map_err(|source| Error::Io {
+                    op: "allocating space for metadata",
+                    offset: start,
+                    source,
+                })?;
+            }
+        }
         Ok(())
     }
 

@@ -86,6 +86,11 @@ pub(crate) fn write_new_image(
         layout.payload_offset
     };
     storage.set_len(file_len).map_err(io("sizing the new file", file_len))?;
+    // The log gets real space now, so metadata updates never need new space
+    // (set_len leaves a hole).
+    storage
+        .allocate(layout.log_offset, layout.log_length as u64)
+        .map_err(io("allocating the log", layout.log_offset))?;
 
     let regions = RegionTable {
         entries: alloc::vec![

@@ -65,13 +65,14 @@ impl Disk {
             let whole_block = n == bs;
             let entry = self.payload_entry(block);
             let state = PayloadState::from_entry(entry);
+            // A partially present block written whole becomes fully present
+            // once its data is written.
+            let mut becomes_full = false;
             let (base, mark) = match state {
                 Some(PayloadState::FullyPresent) => (entry_offset(entry), false),
                 Some(PayloadState::PartiallyPresent) if whole_block => {
-                    let base = entry_offset(entry);
-                    let index = self.geometry.payload_index(block);
-                    self.set_bat_entry(index, make_entry(PayloadState::FullyPresent.bits(), base));
-                    (base, false)
+                    becomes_full = true;
+                    (entry_offset(entry), false)
                 }
                 Some(PayloadState::PartiallyPresent) => (entry_offset(entry), true),
                 Some(PayloadState::NotPresent) if !whole_block => {
@@ -90,12 +91,19 @@ impl Disk {
             if mark {
                 self.set_bitmap_bits(block, in_block / ss, n / ss)?;
             }
+            if becomes_full {
+                let index = self.geometry.payload_index(block);
+                self.set_bat_entry(index, make_entry(PayloadState::FullyPresent.bits(), base));
+            }
             pos += n;
         }
         Ok(())
     }
 
-    /// Makes sure chunk `chunk` has a sector bitmap block; returns its offset.
+    /// Makes sure chunk `chunk` has a sector bitmap block; returns its
+    /// offset. A new block is backed by real space at once (not left a hole
+    /// of the file), so that applying its pages from the log later never
+    /// needs space.
     pub(crate) fn ensure_sector_bitmap(&mut self, chunk: u64) -> Result<u64> {
         let index = self.geometry.sector_bitmap_index(chunk);
         let entry = self.bat[index];
@@ -103,6 +111,11 @@ impl Disk {
             return Ok(entry_offset(entry));
         }
         let at = self.grow_for(MIB)?;
+        self.storage.allocate(at, MIB).map_err(|source| Error::Io {
+            op: "allocating a sector bitmap block",
+            offset: at,
+            source,
+        })?;
         self.set_bat_entry(index, make_entry(SB_PRESENT, at));
         Ok(at)
     }
@@ -125,12 +138,14 @@ impl Disk {
         while s < last {
             let byte_at = base + s / 8;
             let page_at = byte_at / PAGE * PAGE;
-            let page = self.metadata_page_mut(page_at)?;
+            self.metadata_page_mut(page_at)?;
+            let page = self.dirty_pages.get_mut(&page_at).expect("loaded above");
             // Set every bit of this page's bytes that falls in [s, last).
             let page_end_sector = (page_at + PAGE - base) * 8;
             let stop = last.min(page_end_sector);
             while s < stop {
                 let i = (base + s / 8 - page_at) as usize;
+                let old = page[i];
                 if s % 8 == 0 && stop - s >= 8 {
                     page[i] = if present { 0xFF } else { 0 };
                     s += 8;
@@ -141,6 +156,9 @@ impl Disk {
                         page[i] &= !(1 << (s % 8));
                     }
                     s += 1;
+                }
+                if page[i] != old {
+                    self.undo.byte(page_at + i as u64, old);
                 }
             }
         }
@@ -153,6 +171,7 @@ impl Disk {
             let mut page = alloc::vec![0u8; PAGE as usize];
             self.read_file(&mut page, page_at, "reading a sector bitmap")?;
             self.dirty_pages.insert(page_at, page);
+            self.undo.page_loaded(page_at);
         }
         Ok(self.dirty_pages.get_mut(&page_at).expect("inserted above"))
     }

@@ -93,7 +93,9 @@ impl Disk {
         if self.params.has_parent && self.parent.is_none() {
             return Err(Error::invalid("a differencing disk opened without its parent cannot discard ranges"));
         }
-        self.zero_range(offset, len)
+        // A discard that fails partway takes back its metadata changes, as
+        // a failed write does.
+        self.undoable(|d| d.zero_range(offset, len))
     }
 
     /// Makes `[offset, offset + len)` (inside the in-memory virtual size)

@@ -25,6 +25,7 @@ mod options;
 mod relink;
 mod resize;
 mod rw;
+mod undo;
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -83,6 +84,8 @@ pub struct Disk {
     dirty_pages: BTreeMap<u64, Vec<u8>>,
     /// Committed sector bitmaps, shared by readers.
     bitmap_cache: cache::BitmapCache,
+    /// What a write that fails partway takes back.
+    undo: undo::Undo,
     /// Present once this session has set a LogGuid and may write the log.
     log: Option<LogWriter>,
     file_guid_changed: bool,

@@ -51,6 +51,15 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
     if header.log_length > 0 && header.log_offset + header.log_length as u64 > len {
         return Err(Error::corrupt("header", HEADER_OFFSETS[header_slot], "the log runs past the end of the file"));
     }
+    if writable && header.log_length > 0 {
+        // Another tool may have left the log a hole of the file (QEMU does):
+        // back it with real space, so metadata updates never need new space.
+        storage.allocate(header.log_offset, header.log_length as u64).map_err(|source| Error::Io {
+            op: "allocating the log",
+            offset: header.log_offset,
+            source,
+        })?;
+    }
 
     let mut file_guid_changed = false;
     let mut replayed_log = false;
@@ -265,6 +274,7 @@ fn finish(
         dirty_bat_pages: BTreeSet::new(),
         dirty_pages: BTreeMap::new(),
         bitmap_cache: super::cache::BitmapCache::for_geometry(&geometry),
+        undo: Default::default(),
         log: None,
         file_guid_changed,
         data_guid_changed: false,

@@ -36,6 +36,15 @@
 //!
 //! The DataWriteGuid changes (a resize is a change readers see), so
 //! children of a resized disk no longer accept it as their parent.
+//!
+//! # Space
+//!
+//! What may need new space on disk comes before anything else changes:
+//! first the zeros in the tail of the old last block (invisible), then the
+//! space of a larger BAT region (`allocate`) and of a fixed disk's new
+//! blocks. When the filesystem cannot give it, the file is cut back and the
+//! image is as it was, byte for byte (but for that tail). Every later step
+//! only changes metadata, whose space is allocated before it is logged.
 
 use alloc::vec::Vec;
 
@@ -58,8 +67,10 @@ impl Disk {
     /// refused with [`Error::Refused`] when the removed range holds non-zero
     /// data, unless `allow_shrink`, which discards it. Every metadata change
     /// goes through the log and the operation ends flushed: a crash leaves
-    /// the old size or the new one, never a mixture. The DataWriteGuid
-    /// changes, so children of this disk no longer link to it. A
+    /// the old size or the new one, never a mixture; a grow that cannot get
+    /// the space of its larger BAT region changes nothing. The DataWriteGuid
+    /// changes, so children of this disk no longer link to it
+    /// ([`crate::ops::resize::resize`] refuses when it finds any). A
     /// differencing disk must be open with its parent; it may grow past its
     /// parent's size (that part reads as zeros).
     ///
@@ -120,15 +131,64 @@ impl Disk {
     fn grow(&mut self, new_size: u64, g: BatGeometry) -> Result<()> {
         let old_size = self.params.virtual_size;
         let old = self.geometry;
+        let bs = self.params.block_size as u64;
+        // What may need space comes first. The tail of the old last block,
+        // past the old size, must read as zeros; nobody sees it yet.
+        let tail_end = old_size.div_ceil(bs).saturating_mul(bs).min(new_size);
+        if tail_end > old_size {
+            self.params.virtual_size = new_size;
+            let zeroed = self.undoable(|d| d.zero_range(old_size, tail_end - old_size));
+            self.params.virtual_size = old_size;
+            zeroed?;
+            self.commit_metadata()?;
+        }
+        // Then the space of a larger BAT region, and of a fixed disk's new
+        // blocks, taken before anything else changes: if it is not there,
+        // the file is cut back and the image is as it was, byte for byte.
         let region = self.regions.bat();
-        if g.table_bytes() > region.length as u64 {
-            let new_len = round_up_mib(g.table_bytes());
-            if new_len > u32::MAX as u64 - (MIB - 1) {
-                return Err(Error::invalid("the BAT would exceed the largest region"));
+        let relocate = g.table_bytes() > region.length as u64;
+        let new_len = round_up_mib(g.table_bytes());
+        if relocate && new_len > u32::MAX as u64 - (MIB - 1) {
+            return Err(Error::invalid("the BAT would exceed the largest region"));
+        }
+        let (len_before, floor_before) = (self.file_len, self.alloc_floor);
+        let mut fixed_blocks = None;
+        let reserved = (|| {
+            let mut at = None;
+            if relocate {
+                let a = self.grow_for(new_len)?;
+                self.storage.allocate(a, new_len).map_err(|source| Error::Io {
+                    op: "allocating the larger BAT region",
+                    offset: a,
+                    source,
+                })?;
+                at = Some(a);
             }
-            self.begin_data_change()?;
-            let at = self.grow_for(new_len)?;
-            self.write_bat_copy(at, new_len)?;
+            if self.params.leave_block_allocated {
+                let missing = g.payload_blocks - old.payload_blocks;
+                if missing > 0 {
+                    fixed_blocks = Some(self.grow_for(missing * bs)?);
+                }
+            }
+            // The new region holds zeros past the old entries already (new
+            // space); only the entries need writing.
+            if let Some(a) = at {
+                self.begin_data_change()?;
+                self.write_bat_copy(a, round_up_mib(old.table_bytes()).min(new_len))?;
+            }
+            Ok(at)
+        })();
+        let at = match reserved {
+            Ok(at) => at,
+            Err(e) => {
+                if self.file_len != len_before && self.storage.set_len(len_before).is_ok() {
+                    self.file_len = len_before;
+                    self.alloc_floor = floor_before;
+                }
+                return Err(e);
+            }
+        };
+        if let Some(at) = at {
             self.switch_region(BAT_REGION, at, new_len as u32)?;
             self.bat.truncate(old.entry_count as usize);
             let entries = (g.entry_count.div_ceil(512) * 512) as usize;
@@ -142,10 +202,11 @@ impl Disk {
                 }
             }
         }
-        // The new range, still past the committed size: zeros.
+        // The rest of the new range, still past the committed size: zeros.
         self.geometry = g;
         self.params.virtual_size = new_size;
-        let prepared = self.prepare_grown_range(old_size, old.payload_blocks).and_then(|()| self.commit_metadata());
+        let prepared =
+            self.prepare_grown_range(tail_end, old.payload_blocks, fixed_blocks).and_then(|()| self.commit_metadata());
         if let Err(e) = prepared {
             self.geometry = old;
             self.params.virtual_size = old_size;
@@ -155,27 +216,19 @@ impl Disk {
         self.flush()
     }
 
-    /// Makes `[old_size, virtual_size)` read as zeros (see the module docs).
-    fn prepare_grown_range(&mut self, old_size: u64, old_payload_blocks: u64) -> Result<()> {
+    /// Makes `[from, virtual_size)`, whole blocks past the old last one,
+    /// read as zeros (see the module docs): BAT entries only, no new space.
+    /// A fixed disk's new blocks go at `fixed_blocks`, reserved before.
+    fn prepare_grown_range(&mut self, from: u64, old_payload_blocks: u64, fixed_blocks: Option<u64>) -> Result<()> {
         let bs = self.params.block_size as u64;
         let new_size = self.params.virtual_size;
         if self.params.has_parent {
-            return self.zero_range(old_size, new_size - old_size);
+            return if new_size > from { self.zero_range(from, new_size - from) } else { Ok(()) };
         }
-        let tail_end = old_size.div_ceil(bs).saturating_mul(bs).min(new_size);
-        if tail_end > old_size {
-            self.zero_range(old_size, tail_end - old_size)?;
-        }
-        if self.params.leave_block_allocated {
-            let missing: Vec<u64> = (old_payload_blocks..self.geometry.payload_blocks)
-                .filter(|&b| self.payload_state(b) != Some(PayloadState::FullyPresent))
-                .collect();
-            if !missing.is_empty() {
-                let at = self.grow_for(missing.len() as u64 * bs)?;
-                for (i, &b) in missing.iter().enumerate() {
-                    let index = self.geometry.payload_index(b);
-                    self.set_bat_entry(index, make_entry(PayloadState::FullyPresent.bits(), at + i as u64 * bs));
-                }
+        if let Some(at) = fixed_blocks {
+            for (i, b) in (old_payload_blocks..self.geometry.payload_blocks).enumerate() {
+                let index = self.geometry.payload_index(b);
+                self.set_bat_entry(index, make_entry(PayloadState::FullyPresent.bits(), at + i as u64 * bs));
             }
         }
         Ok(())
@@ -258,8 +311,9 @@ impl Disk {
         Ok(())
     }
 
-    /// Writes the BAT's entries (zeros past the entry count) as a region of
-    /// `len` bytes at `at`, and flushes. The region is not referenced yet.
+    /// Writes the BAT's entries (zeros past the entry count) as the first
+    /// `len` bytes of a region at `at`, and flushes. The region is not
+    /// referenced yet.
     pub(crate) fn write_bat_copy(&mut self, at: u64, len: u64) -> Result<()> {
         let count = self.geometry.entry_count as usize;
         let mut chunk = alloc::vec![0u8; MIB as usize];

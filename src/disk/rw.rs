@@ -433,6 +433,12 @@ impl Disk {
     /// Writes `buf` to the virtual disk at `offset`. Any offset and length
     /// within the disk are allowed; new blocks are allocated as needed. The
     /// data is durable after the next [`Disk::flush`].
+    ///
+    /// A write that fails (the filesystem full, an I/O error) takes back the
+    /// blocks it allocated and the sector bitmap bits it set, and gives their
+    /// space back: reads then see what they saw before, except that bytes it
+    /// wrote over data already stored may hold the new data (as with any
+    /// file). The disk stays usable.
     pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         if !self.writable {
             return Err(Error::ReadOnly);
@@ -445,8 +451,13 @@ impl Disk {
             if self.parent.is_none() {
                 return Err(Error::invalid("a differencing disk opened without its parent cannot take data writes"));
             }
-            return self.write_differencing(buf, offset);
+            return self.undoable(|d| d.write_differencing(buf, offset));
         }
+        self.undoable(|d| d.write_dynamic(buf, offset))
+    }
+
+    /// [`Disk::write_at`] into a fixed or dynamic disk.
+    fn write_dynamic(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.begin_data_change()?;
         let bs = self.params.block_size as u64;
         let mut pos = offset;
@@ -514,8 +525,9 @@ impl Disk {
     }
 
     pub(crate) fn set_bat_entry(&mut self, index: usize, entry: u64) {
+        let newly_dirty = self.dirty_bat_pages.insert(index as u64 / 512);
+        self.undo.bat_entry(index, self.bat[index], newly_dirty);
         self.bat[index] = entry;
-        self.dirty_bat_pages.insert(index as u64 / 512);
     }
 
     /// The allocation map: coalesced runs over the whole virtual disk.

@@ -46,6 +46,13 @@
 //! image and pending operations, because each file's flush is its own
 //! barrier.
 //!
+//! Space can run out too ([`FaultStorage::fill_after`]): the storage tracks
+//! which 4 KiB pages of the file hold space, as a sparse file does (written
+//! or [`allocate`](Storage::allocate)d pages do; `set_len` extends with
+//! holes), and once the filesystem is full every write or `allocate` that
+//! needs a page it does not hold fails with ENOSPC, without a crash: reads,
+//! flushes, writes into held pages and truncation go on working.
+//!
 //! ```
 //! use vhdx::io::{CrashState, FaultStorage};
 //! use vhdx::Storage;
@@ -71,6 +78,9 @@ use crate::error::IoError;
 /// The sector size in which writes tear: 512 bytes, the smallest sector a
 /// disk writes atomically.
 pub const TORN_SECTOR_SIZE: u64 = 512;
+
+/// The granularity of [`FaultStorage`]'s space accounting: a filesystem block.
+pub const SPACE_PAGE: u64 = 4096;
 
 /// A mutating operation that completed but was not yet flushed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,6 +221,10 @@ struct FaultState {
     durable: Vec<u8>,
     volatile: Vec<u8>,
     pending: Vec<PendingOp>,
+    /// Per [`SPACE_PAGE`] of `volatile`, whether it holds space.
+    allocated: Vec<bool>,
+    /// The clock's operation count from which the filesystem is full.
+    full_after: Option<u64>,
 }
 
 impl FaultState {
@@ -218,10 +232,42 @@ impl FaultState {
         let mut c = clock.lock();
         c.check()?;
         op.apply(&mut self.volatile);
+        match &op {
+            PendingOp::Write { offset, bytes } => self.mark(*offset, bytes.len() as u64),
+            PendingOp::SetLen(len) => self.allocated.resize(len.div_ceil(SPACE_PAGE) as usize, false),
+        }
         self.pending.push(op);
         c.mutating_ops += 1;
         Ok(())
     }
+
+    fn mark(&mut self, offset: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let (first, last) = (offset / SPACE_PAGE, (offset + len - 1) / SPACE_PAGE);
+        if self.allocated.len() <= last as usize {
+            self.allocated.resize(last as usize + 1, false);
+        }
+        self.allocated[first as usize..=last as usize].fill(true);
+    }
+
+    /// Where `[offset, offset + len)` first needs a page the file does not
+    /// hold, when the filesystem is full (`None`: the range fits).
+    fn first_needed(&self, clock: &FaultClock, offset: u64, len: u64) -> Option<u64> {
+        let full = self.full_after.is_some_and(|n| clock.mutating_ops() >= n);
+        if !full || len == 0 {
+            return None;
+        }
+        let (first, last) = (offset / SPACE_PAGE, (offset + len - 1) / SPACE_PAGE);
+        (first..=last)
+            .find(|&p| !self.allocated.get(p as usize).copied().unwrap_or(false))
+            .map(|p| (p * SPACE_PAGE).max(offset))
+    }
+}
+
+fn no_space() -> IoError {
+    std::io::Error::new(std::io::ErrorKind::StorageFull, "simulated full filesystem: no space left on device")
 }
 
 fn write_into(image: &mut Vec<u8>, buf: &[u8], offset: u64) {
@@ -255,7 +301,9 @@ impl FaultStorage {
     /// Storage holding `data`, already durable, whose operations count on
     /// (and whose crash comes from) `clock`, shared with other storages.
     pub fn on_clock(data: Vec<u8>, clock: &FaultClock) -> Self {
-        let state = FaultState { durable: data.clone(), volatile: data, pending: Vec::new() };
+        let allocated = alloc::vec![true; (data.len() as u64).div_ceil(SPACE_PAGE) as usize];
+        let state =
+            FaultState { durable: data.clone(), volatile: data, pending: Vec::new(), allocated, full_after: None };
         FaultStorage { state: Arc::new(Mutex::new(state)), clock: clock.clone() }
     }
 
@@ -296,6 +344,33 @@ impl FaultStorage {
     /// Flushes completed so far, on every storage of this one's clock.
     pub fn flushes(&self) -> u64 {
         self.clock.flushes()
+    }
+
+    /// Fills the filesystem once `n` mutating operations (counted on this
+    /// storage's clock) have completed; `None` frees space again. While it
+    /// is full, a write or [`allocate`](Storage::allocate) needing a page
+    /// this file does not hold fails with ENOSPC
+    /// (`std::io::ErrorKind::StorageFull`) — a write first stores the bytes
+    /// that come before that page, as a short `pwrite` does — and all else
+    /// works. `n` at or below the current count fills it at once.
+    pub fn fill_after(&self, n: Option<u64>) {
+        self.lock().full_after = n;
+    }
+
+    /// Bytes of the file that hold space: whole [`SPACE_PAGE`]s written or
+    /// allocated (all of the initial data counts).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.lock().allocated.iter().filter(|&&a| a).count() as u64 * SPACE_PAGE
+    }
+
+    /// Whether every page of `[offset, offset + len)` holds space.
+    pub fn is_allocated(&self, offset: u64, len: u64) -> bool {
+        if len == 0 {
+            return true;
+        }
+        let s = self.lock();
+        (offset / SPACE_PAGE..=(offset + len - 1) / SPACE_PAGE)
+            .all(|p| s.allocated.get(p as usize).copied().unwrap_or(false))
     }
 
     /// The operations completed since the last flush, in issue order.
@@ -355,6 +430,14 @@ impl Storage for FaultStorage {
         if usize::try_from(offset).ok().and_then(|o| o.checked_add(buf.len())).is_none() {
             return Err(crate::error::io_unexpected_eof());
         }
+        if let Some(stop) = s.first_needed(&self.clock, offset, buf.len() as u64) {
+            self.clock.lock().check()?;
+            let fits = (stop - offset) as usize;
+            if fits > 0 {
+                s.mutate(&self.clock, PendingOp::Write { offset, bytes: buf[..fits].to_vec() })?;
+            }
+            return Err(no_space());
+        }
         s.mutate(&self.clock, PendingOp::Write { offset, bytes: buf.to_vec() })
     }
 
@@ -382,6 +465,23 @@ impl Storage for FaultStorage {
             return Err(crate::error::io_unexpected_eof());
         }
         s.mutate(&self.clock, PendingOp::SetLen(len))
+    }
+
+    /// Marks the pages as holding space (content and length unchanged; not
+    /// a mutating operation, so crash points do not move), or fails with
+    /// ENOSPC, changing nothing, when the filesystem is full.
+    fn allocate(&mut self, offset: u64, len: u64) -> Result<(), IoError> {
+        let mut s = self.lock();
+        self.clock.lock().check()?;
+        let end = offset.checked_add(len).ok_or_else(crate::error::io_unexpected_eof)?;
+        if end > s.volatile.len() as u64 {
+            return Err(crate::error::io_unexpected_eof());
+        }
+        if s.first_needed(&self.clock, offset, len).is_some() {
+            return Err(no_space());
+        }
+        s.mark(offset, len);
+        Ok(())
     }
 }
 
@@ -448,6 +548,33 @@ mod tests {
         assert_eq!(a.crash_image(&CrashState::DurableOnly), b"a");
         assert_eq!(b.crash_image(&CrashState::DurableOnly), b"");
         assert_eq!(b.crash_image(&CrashState::AllPending), b"bc");
+    }
+
+    #[test]
+    fn a_full_filesystem_refuses_new_space_only() {
+        let h = FaultStorage::new();
+        let mut s = h.clone();
+        s.write_all_at(&[1u8; 100], 0).unwrap();
+        s.set_len(5 * SPACE_PAGE).unwrap(); // a hole: pages 1..5
+        assert_eq!(h.allocated_bytes(), SPACE_PAGE);
+        s.allocate(2 * SPACE_PAGE, 10).unwrap();
+        assert!(h.is_allocated(2 * SPACE_PAGE, SPACE_PAGE) && !h.is_allocated(SPACE_PAGE, 1));
+        h.fill_after(Some(0));
+        // Into held pages: fine. Across a hole: the part before it lands.
+        s.write_all_at(&[2u8; 10], 4000).unwrap();
+        let e = s.write_all_at(&[3u8; 200], 4000).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!(&h.volatile()[4000..4096], &[3u8; 96][..]);
+        assert_eq!(h.volatile()[4096], 0);
+        assert!(s.allocate(3 * SPACE_PAGE, 1).is_err());
+        assert!(s.allocate(0, 10).is_ok());
+        // Truncation frees; a flush and reads still work; not a crash.
+        s.set_len(SPACE_PAGE).unwrap();
+        s.flush().unwrap();
+        assert!(!h.crashed());
+        h.fill_after(None);
+        s.write_all_at(&[4u8; 10], 3 * SPACE_PAGE).unwrap();
+        assert_eq!(h.allocated_bytes(), 2 * SPACE_PAGE);
     }
 
     #[test]

@@ -191,4 +191,38 @@ impl Storage for FileStorage {
     fn set_len(&mut self, len: u64) -> Result<(), IoError> {
         self.file.set_len(len)
     }
+
+    fn allocate(&mut self, offset: u64, len: u64) -> Result<(), IoError> {
+        if len == 0 {
+            return Ok(());
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        loop {
+            match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), offset, len) {
+                Ok(()) => return Ok(()),
+                Err(e) if e == rustix::io::Errno::INTR => {}
+                // A filesystem without fallocate (some network and FUSE
+                // ones): rewrite the bytes instead.
+                Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        rewrite_in_place(&self.file, offset, len)
+    }
+}
+
+/// Allocates `[offset, offset + len)` of `file` without `fallocate`: each
+/// byte is read and written back unchanged, which fills any hole (a crash
+/// midway leaves the same bytes).
+fn rewrite_in_place(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = alloc::vec![0u8; CHUNK.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(CHUNK) as usize;
+        read_at(file, &mut buf[..n], offset + done)?;
+        write_at(file, &buf[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
 }

@@ -6,6 +6,13 @@
 //! written before it is on stable storage when it returns), and the length.
 //! It is object-safe so a parent can be a `Box<dyn Storage>` and a C callback
 //! table can implement it.
+//!
+//! Files may be sparse: a range extended by `set_len` may hold no space yet,
+//! so a later write into it can fail for lack of space (ENOSPC).
+//! [`Storage::allocate`] reserves real space where that must not happen: the
+//! log, and every place a log entry's pages are applied to, are allocated
+//! before the entry is written, so a full disk fails a metadata update before
+//! anything is logged rather than halfway through applying it.
 
 use alloc::vec::Vec;
 
@@ -24,7 +31,7 @@ pub use lockset::LockSet;
 #[cfg(feature = "std")]
 pub mod fault;
 #[cfg(feature = "std")]
-pub use fault::{CrashState, FaultClock, FaultStorage, PendingOp, TORN_SECTOR_SIZE};
+pub use fault::{CrashState, FaultClock, FaultStorage, PendingOp, SPACE_PAGE, TORN_SECTOR_SIZE};
 
 /// Positioned, durable I/O on one backing file.
 pub trait Storage: Send + Sync {
@@ -42,6 +49,19 @@ pub trait Storage: Send + Sync {
     }
     /// Truncates or extends (with zeros) to `len` bytes.
     fn set_len(&mut self, len: u64) -> Result<(), IoError>;
+    /// Backs `[offset, offset + len)`, which lies inside the storage, with
+    /// real space, so that later writes inside the range cannot fail for
+    /// lack of space. The bytes do not change. Fails (typically with
+    /// ENOSPC) when the space is not there, having changed nothing the
+    /// caller can see.
+    ///
+    /// The default does nothing: right for storage without holes (memory,
+    /// a C caller's callbacks). [`FileStorage`] uses `fallocate` on Linux
+    /// and elsewhere rewrites the bytes in place.
+    fn allocate(&mut self, offset: u64, len: u64) -> Result<(), IoError> {
+        let _ = (offset, len);
+        Ok(())
+    }
 }
 
 impl<S: Storage + ?Sized> Storage for alloc::boxed::Box<S> {
@@ -59,6 +79,9 @@ impl<S: Storage + ?Sized> Storage for alloc::boxed::Box<S> {
     }
     fn set_len(&mut self, len: u64) -> Result<(), IoError> {
         (**self).set_len(len)
+    }
+    fn allocate(&mut self, offset: u64, len: u64) -> Result<(), IoError> {
+        (**self).allocate(offset, len)
     }
 }
 

@@ -10,8 +10,16 @@
 //! sparse file (its zero ranges are holes, never written zeros).
 //!
 //! [`copy_nonzero`] is the core (any [`Disk`] to any [`Disk`], no `std`
-//! needed); [`convert`] works on paths (std only). A differencing source is
+//! needed); `convert` works on paths (std only). A differencing source is
 //! read through its whole chain, so the output has no parent.
+//!
+//! `convert` writes a temporary file beside the destination and renames it
+//! into place only once it is complete (and durable, unless
+//! [`ConvertOptions::sync`] is off): a convert that fails or is killed
+//! leaves the destination as it was, absent or the old file, and at most a
+//! hidden temporary file `.NAME.vhdx-tmp-…` that the next convert to the
+//! same destination removes. It never writes over an image of the source's
+//! chain (the source or any ancestor, by path or by file identity).
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -171,29 +179,6 @@ impl ImageFormat {
     }
 }
 
-/// A file whose flushes do nothing: the output of an unsynced convert.
-#[cfg(feature = "std")]
-struct NoSync(crate::io::FileStorage);
-
-#[cfg(feature = "std")]
-impl crate::io::Storage for NoSync {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> core::result::Result<(), crate::error::IoError> {
-        self.0.read_exact_at(buf, offset)
-    }
-    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> core::result::Result<(), crate::error::IoError> {
-        self.0.write_all_at(buf, offset)
-    }
-    fn flush(&mut self) -> core::result::Result<(), crate::error::IoError> {
-        Ok(())
-    }
-    fn len(&self) -> core::result::Result<u64, crate::error::IoError> {
-        self.0.len()
-    }
-    fn set_len(&mut self, len: u64) -> core::result::Result<(), crate::error::IoError> {
-        self.0.set_len(len)
-    }
-}
-
 /// Options of [`convert`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConvertOptions {
@@ -209,16 +194,22 @@ pub struct ConvertOptions {
     pub logical_sector_size: Option<u32>,
     /// Physical sector size of a VHDX output (default: the source's; 4096 for raw).
     pub physical_sector_size: Option<u32>,
-    /// Make the output durable before returning (default). `false` skips
-    /// every flush of the output, like `qemu-img convert`'s default cache
-    /// mode (`-t unsafe`): faster, but a crash before the kernel writes the
-    /// file back can leave it incomplete or, for VHDX, inconsistent.
+    /// Make the output durable before it takes the destination's name
+    /// (default). `false` skips every flush of the output, like `qemu-img
+    /// convert`'s default cache mode (`-t unsafe`): faster, and a killed
+    /// process still leaves the destination as it was or complete, but a
+    /// power cut soon after may leave the destination's name over an
+    /// incomplete file (the rename may reach the disk before the data).
     pub sync: bool,
     /// Read the source without locking it, whatever others hold (like
     /// `qemu-img convert -U`): a source open for writing elsewhere is
     /// otherwise refused ([`Error::Busy`]); with this its copy may be
     /// inconsistent.
     pub force_share: bool,
+    /// Replace the destination if it exists (default: refuse). It is
+    /// replaced only once the new image is complete; an image of the
+    /// source's chain is refused either way.
+    pub overwrite: bool,
 }
 
 impl Default for ConvertOptions {
@@ -232,6 +223,7 @@ impl Default for ConvertOptions {
             physical_sector_size: None,
             sync: true,
             force_share: false,
+            overwrite: false,
         }
     }
 }
@@ -253,159 +245,10 @@ pub struct ConvertReport {
     pub output_kind: String,
 }
 
-/// Converts the image at `src` into a new image at `dst` (which must not
-/// exist), as `options` say; see the module docs. On failure `dst` is
-/// removed.
-///
-/// ```no_run
-/// use vhdx::ops::convert::{convert, ConvertOptions};
-/// use vhdx::DiskType;
-/// // A flattened, fixed copy of a differencing chain:
-/// let options = ConvertOptions { disk_type: DiskType::Fixed, ..Default::default() };
-/// convert("child.vhdx".as_ref(), "standalone.vhdx".as_ref(), &options)?;
-/// // And a sparse raw image of it:
-/// convert("standalone.vhdx".as_ref(), "disk.raw".as_ref(), &ConvertOptions::default())?;
-/// # Ok::<(), vhdx::Error>(())
-/// ```
 #[cfg(feature = "std")]
-pub fn convert(src: &std::path::Path, dst: &std::path::Path, options: &ConvertOptions) -> Result<ConvertReport> {
-    convert_with_progress(src, dst, options, &mut |_, _| {})
-}
-
-/// [`convert`], calling `progress(done, total)` in virtual bytes.
+mod files;
 #[cfg(feature = "std")]
-pub fn convert_with_progress(
-    src: &std::path::Path,
-    dst: &std::path::Path,
-    options: &ConvertOptions,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<ConvertReport> {
-    use crate::io::{FileStorage, Storage};
-
-    let in_format = options.input_format.unwrap_or_else(|| ImageFormat::from_path(src));
-    let out_format = options.output_format.unwrap_or_else(|| ImageFormat::from_path(dst));
-    let in_file = |e: Error| e.in_file(src.display());
-    let io = |op: &'static str| move |source| Error::Io { op, offset: 0, source };
-    if out_format == ImageFormat::Raw
-        && (options.disk_type != crate::DiskType::Dynamic
-            || options.block_size.is_some()
-            || options.logical_sector_size.is_some()
-            || options.physical_sector_size.is_some())
-    {
-        return Err(Error::invalid("the type, block size and sector sizes apply only to a VHDX output"));
-    }
-    if options.disk_type == crate::DiskType::Differencing {
-        return Err(Error::invalid("convert makes fixed or dynamic images (a differencing source is flattened)"));
-    }
-
-    enum Source {
-        Vhdx(alloc::boxed::Box<Disk>),
-        Raw(FileStorage, u64),
-    }
-    let source = match in_format {
-        ImageFormat::Vhdx => {
-            Source::Vhdx(alloc::boxed::Box::new(crate::OpenOptions::new().force_share(options.force_share).open(src)?))
-        }
-        ImageFormat::Raw => {
-            // Only a regular file (see `FileStorage::open`), locked like an image.
-            let file =
-                if options.force_share { FileStorage::open_force_share(src) } else { FileStorage::open(src, false) }
-                    .map_err(|source| Error::opening("open", source, false))
-                    .map_err(in_file)?;
-            let len = file.len().map_err(io("sizing the raw image")).map_err(in_file)?;
-            Source::Raw(file, len)
-        }
-    };
-    let (size, runs, lss, pss) = match &source {
-        Source::Vhdx(d) => (
-            d.virtual_size(),
-            nonzero_candidates(d).map_err(in_file)?,
-            d.logical_sector_size(),
-            d.physical_sector_size(),
-        ),
-        Source::Raw(_, len) => (*len, alloc::vec![(0, *len)], 512, 4096),
-    };
-    let mut read = |buf: &mut [u8], at: u64| -> Result<()> {
-        match &source {
-            Source::Vhdx(d) => d.read_at(buf, at),
-            Source::Raw(f, _) => {
-                f.read_exact_at(buf, at).map_err(|source| Error::Io { op: "reading the raw image", offset: at, source })
-            }
-        }
-        .map_err(in_file)
-    };
-
-    let out_file = |e: Error| e.in_file(dst.display());
-    let mut created = false;
-    let result = match out_format {
-        ImageFormat::Raw => (|| {
-            let mut file = FileStorage::create_new(dst).map_err(io("creating the file"))?;
-            created = true;
-            file.set_len(size).map_err(|source| Error::Io { op: "sizing the file", offset: size, source })?;
-            let written = copy_runs(
-                size,
-                &runs,
-                &mut read,
-                &mut |buf, at| {
-                    file.write_all_at(buf, at).map_err(|source| Error::Io {
-                        op: "writing the raw image",
-                        offset: at,
-                        source,
-                    })
-                },
-                progress,
-            )?;
-            if options.sync {
-                file.flush().map_err(io("flushing"))?;
-            }
-            Ok((written, None, String::from("raw")))
-        })(),
-        ImageFormat::Vhdx => (|| {
-            let mut create = crate::CreateOptions::dynamic(size)
-                .logical_sector_size(options.logical_sector_size.unwrap_or(lss))
-                .physical_sector_size(options.physical_sector_size.unwrap_or(pss));
-            create.disk_type = options.disk_type;
-            if let Some(bs) = options.block_size {
-                create = create.block_size(bs);
-            }
-            if size % create.logical_sector_size as u64 != 0 {
-                return Err(Error::invalid(alloc::format!(
-                    "the source's size ({size} bytes) is not a multiple of the {}-byte logical sector size",
-                    create.logical_sector_size
-                ))
-                .in_file(src.display()));
-            }
-            create.validate()?;
-            let file = FileStorage::create_new(dst).map_err(io("creating the file"))?;
-            created = true;
-            let storage: alloc::boxed::Box<dyn Storage> =
-                if options.sync { alloc::boxed::Box::new(file) } else { alloc::boxed::Box::new(NoSync(file)) };
-            let mut disk = Disk::create_on(storage, &create, None)?;
-            let kind = alloc::format!("vhdx, {}", disk.disk_type());
-            let written = copy_runs(size, &runs, &mut read, &mut |buf, at| disk.write_at(buf, at), progress)?;
-            disk.close()?;
-            Ok((written, Some(create.disk_type), kind))
-        })(),
-    };
-    match result {
-        Ok((bytes_written, output_type, output_kind)) => Ok(ConvertReport {
-            input_format: in_format,
-            output_format: out_format,
-            output_type,
-            virtual_size: size,
-            bytes_written,
-            output_kind,
-        }),
-        Err(e) => {
-            // Do not leave a half-written image behind (a file that was
-            // there before stays: creating refused it).
-            if created {
-                let _ = std::fs::remove_file(dst);
-            }
-            Err(out_file(e))
-        }
-    }
-}
+pub use files::{convert, convert_with_progress};
 
 #[cfg(test)]
 mod tests {

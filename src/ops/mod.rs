@@ -1,6 +1,6 @@
 //! Whole-image operations built on [`crate::Disk`]: merging differencing
 //! disks (one into an ancestor, or several siblings into their parent),
-//! finding trees of them, re-linking, compacting, converting.
+//! finding trees of them, re-linking, compacting, converting, resizing.
 
 pub mod convert;
 pub mod ranges;
@@ -9,6 +9,10 @@ pub mod ranges;
 pub mod compact;
 #[cfg(feature = "std")]
 pub mod merge;
+#[cfg(feature = "std")]
+pub(crate) mod replace;
+#[cfg(feature = "std")]
+pub mod resize;
 #[cfg(feature = "std")]
 pub mod siblings;
 #[cfg(feature = "std")]

@@ -1,0 +1,113 @@
+//! Taking back a change that failed partway.
+//!
+//! A write or a discard changes metadata in memory as it goes — BAT entries
+//! of new blocks, sector bitmap bits, the file's length — and writes data
+//! between those changes. When one of its storage operations fails (the
+//! filesystem full, an I/O error), [`Disk::undoable`] restores every one of
+//! them: no BAT entry points at space whose data was never written (in a
+//! differencing disk that would hide the parent's data behind zeros), no
+//! bitmap bit claims a sector that was not written, and the space taken for
+//! new blocks is given back (the file is cut to its length before the call).
+//! What remains of the failed call is at most the bytes it wrote over data
+//! that was already there, as with a failed write to any file.
+//!
+//! Recording costs a few stores per call, and one entry per metadata change:
+//! nothing on the common path of a write into a block already allocated.
+
+use alloc::vec::Vec;
+
+use super::Disk;
+use crate::error::Result;
+
+/// What a failed change must take back; see the [module docs](self).
+#[derive(Debug, Default)]
+pub(crate) struct Undo {
+    /// Whether a change is being recorded.
+    active: bool,
+    file_len: u64,
+    alloc_floor: u64,
+    /// BAT entries changed: index, previous entry, whether the change made
+    /// its page dirty.
+    bat: Vec<(usize, u64, bool)>,
+    /// Bytes of uncommitted metadata pages changed: file offset, previous value.
+    bytes: Vec<(u64, u8)>,
+    /// Metadata pages this change loaded for changing.
+    new_pages: Vec<u64>,
+}
+
+impl Undo {
+    /// Records that BAT entry `index`, which held `old`, changes.
+    pub(crate) fn bat_entry(&mut self, index: usize, old: u64, page_newly_dirty: bool) {
+        if self.active {
+            self.bat.push((index, old, page_newly_dirty));
+        }
+    }
+
+    /// Records that the metadata byte at file offset `at`, which held `old`, changes.
+    pub(crate) fn byte(&mut self, at: u64, old: u8) {
+        if self.active {
+            self.bytes.push((at, old));
+        }
+    }
+
+    /// Records that the metadata page at `page_at` was loaded to be changed.
+    pub(crate) fn page_loaded(&mut self, page_at: u64) {
+        if self.active {
+            self.new_pages.push(page_at);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.active = false;
+        self.bat.clear();
+        self.bytes.clear();
+        self.new_pages.clear();
+    }
+}
+
+impl Disk {
+    /// Runs `f`; if it fails, takes back the metadata changes it made and
+    /// the space it took (see the [module docs](self)). A call inside
+    /// another joins it: the outermost one undoes everything.
+    pub(crate) fn undoable<T>(&mut self, f: impl FnOnce(&mut Disk) -> Result<T>) -> Result<T> {
+        if self.undo.active {
+            return f(self);
+        }
+        self.undo.active = true;
+        self.undo.file_len = self.file_len;
+        self.undo.alloc_floor = self.alloc_floor;
+        let result = f(self);
+        if result.is_err() {
+            self.roll_back();
+        }
+        self.undo.clear();
+        result
+    }
+
+    fn roll_back(&mut self) {
+        let u = core::mem::take(&mut self.undo);
+        for &(at, old) in u.bytes.iter().rev() {
+            let page_at = at & !4095;
+            if let Some(page) = self.dirty_pages.get_mut(&page_at) {
+                page[(at - page_at) as usize] = old;
+            }
+        }
+        for page_at in &u.new_pages {
+            self.dirty_pages.remove(page_at);
+        }
+        for &(index, old, newly_dirty) in u.bat.iter().rev() {
+            self.bat[index] = old;
+            if newly_dirty {
+                self.dirty_bat_pages.remove(&(index as u64 / 512));
+            }
+        }
+        // Space for new blocks: cut the file back. Should the storage refuse,
+        // the new space stays past the allocation floor, unused, so no later
+        // block is placed over what the failed call left in it.
+        if self.file_len != u.file_len && self.storage.set_len(u.file_len).is_ok() {
+            self.file_len = u.file_len;
+            self.alloc_floor = u.alloc_floor;
+        }
+        self.undo = u;
+    }
+}

@@ -1,0 +1,257 @@
+//! [`convert`] on paths: the source opened (through its chain), the
+//! destination checked, the output written to a temporary file beside the
+//! destination and renamed into place when complete (see
+//! [`crate::ops::replace`]).
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use std::path::{Path, PathBuf};
+
+use super::{copy_runs, nonzero_candidates, ConvertOptions, ConvertReport, ImageFormat};
+use crate::error::{Error, Result};
+use crate::io::{FileStorage, Storage};
+use crate::ops::replace::Replacement;
+use crate::Disk;
+
+/// A file whose flushes do nothing: the output of an unsynced convert.
+struct NoSync(FileStorage);
+
+impl Storage for NoSync {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> core::result::Result<(), crate::error::IoError> {
+        self.0.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> core::result::Result<(), crate::error::IoError> {
+        self.0.write_all_at(buf, offset)
+    }
+    fn flush(&mut self) -> core::result::Result<(), crate::error::IoError> {
+        Ok(())
+    }
+    fn len(&self) -> core::result::Result<u64, crate::error::IoError> {
+        self.0.len()
+    }
+    fn set_len(&mut self, len: u64) -> core::result::Result<(), crate::error::IoError> {
+        self.0.set_len(len)
+    }
+    fn allocate(&mut self, offset: u64, len: u64) -> core::result::Result<(), crate::error::IoError> {
+        self.0.allocate(offset, len)
+    }
+}
+
+/// Whether two files are one: the same device and inode (a hard link, a
+/// path through a symbolic link) on Unix; elsewhere canonical paths decide.
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        a.dev() == b.dev() && a.ino() == b.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (a, b);
+        false
+    }
+}
+
+/// Refuses `dst` when it is one of the files of `chain` (the source and its
+/// ancestors), by canonical path or by file identity.
+fn refuse_chain_member(dst: &Path, chain: &[PathBuf]) -> Result<()> {
+    let (Ok(dst_meta), Ok(dst_canon)) = (std::fs::metadata(dst), dst.canonicalize()) else {
+        return Ok(());
+    };
+    for (level, image) in chain.iter().enumerate() {
+        let same = image.canonicalize().is_ok_and(|c| c == dst_canon)
+            || std::fs::metadata(image).is_ok_and(|m| same_file(&m, &dst_meta));
+        if same {
+            let what = match level {
+                0 => String::from("the source image itself"),
+                1 => alloc::format!("the parent of the source ({})", image.display()),
+                n => alloc::format!("an ancestor of the source, {n} levels up ({})", image.display()),
+            };
+            return Err(Error::Refused(alloc::format!(
+                "this is {what}; the source is read through it, so it cannot be replaced (write elsewhere)"
+            ))
+            .in_file(dst.display()));
+        }
+    }
+    Ok(())
+}
+
+/// Where the output goes: `dst`, or the file a symbolic link `dst` names;
+/// refused when it exists and may not be replaced.
+fn destination(dst: &Path, chain: &[PathBuf], overwrite: bool) -> Result<PathBuf> {
+    let Ok(link) = std::fs::symlink_metadata(dst) else {
+        return Ok(dst.to_path_buf());
+    };
+    refuse_chain_member(dst, chain)?;
+    if !overwrite {
+        return Err(Error::Refused(String::from(
+            "the file already exists; nothing was written (set `overwrite` to replace it)",
+        ))
+        .in_file(dst.display()));
+    }
+    // Replace the file a link points to, not the link.
+    let target = if link.file_type().is_symlink() { dst.canonicalize().unwrap_or(dst.into()) } else { dst.into() };
+    match std::fs::symlink_metadata(&target) {
+        Ok(m) if !m.is_file() => {
+            Err(Error::Refused(String::from("not a regular file; refusing to replace it")).in_file(dst.display()))
+        }
+        _ => Ok(target),
+    }
+}
+
+/// Converts the image at `src` into an image at `dst`, as `options` say;
+/// see the [module docs](super). An existing `dst` is refused unless
+/// [`ConvertOptions::overwrite`], and an image of the source's chain
+/// always ([`Error::Refused`] either way, before any work). The output is
+/// written to a temporary file beside `dst` and takes its name only once
+/// complete: when this fails, or the process is killed, `dst` is as it was.
+///
+/// ```no_run
+/// use vhdx::ops::convert::{convert, ConvertOptions};
+/// use vhdx::DiskType;
+/// // A flattened, fixed copy of a differencing chain:
+/// let options = ConvertOptions { disk_type: DiskType::Fixed, ..Default::default() };
+/// convert("child.vhdx".as_ref(), "standalone.vhdx".as_ref(), &options)?;
+/// // And a sparse raw image of it, replacing an older one:
+/// let options = ConvertOptions { overwrite: true, ..Default::default() };
+/// convert("standalone.vhdx".as_ref(), "disk.raw".as_ref(), &options)?;
+/// # Ok::<(), vhdx::Error>(())
+/// ```
+pub fn convert(src: &Path, dst: &Path, options: &ConvertOptions) -> Result<ConvertReport> {
+    convert_with_progress(src, dst, options, &mut |_, _| {})
+}
+
+/// [`convert`], calling `progress(done, total)` in virtual bytes.
+pub fn convert_with_progress(
+    src: &Path,
+    dst: &Path,
+    options: &ConvertOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ConvertReport> {
+    let in_format = options.input_format.unwrap_or_else(|| ImageFormat::from_path(src));
+    let out_format = options.output_format.unwrap_or_else(|| ImageFormat::from_path(dst));
+    let in_file = |e: Error| e.in_file(src.display());
+    let out_file = |e: Error| e.in_file(dst.display());
+    let io = |op: &'static str| move |source| Error::Io { op, offset: 0, source };
+    if out_format == ImageFormat::Raw
+        && (options.disk_type != crate::DiskType::Dynamic
+            || options.block_size.is_some()
+            || options.logical_sector_size.is_some()
+            || options.physical_sector_size.is_some())
+    {
+        return Err(Error::invalid("the type, block size and sector sizes apply only to a VHDX output"));
+    }
+    if options.disk_type == crate::DiskType::Differencing {
+        return Err(Error::invalid("convert makes fixed or dynamic images (a differencing source is flattened)"));
+    }
+
+    enum Source {
+        Vhdx(alloc::boxed::Box<Disk>),
+        Raw(FileStorage, u64),
+    }
+    let source = match in_format {
+        ImageFormat::Vhdx => {
+            Source::Vhdx(alloc::boxed::Box::new(crate::OpenOptions::new().force_share(options.force_share).open(src)?))
+        }
+        ImageFormat::Raw => {
+            // Only a regular file (see `FileStorage::open`), locked like an image.
+            let file =
+                if options.force_share { FileStorage::open_force_share(src) } else { FileStorage::open(src, false) }
+                    .map_err(|source| Error::opening("open", source, false))
+                    .map_err(in_file)?;
+            let len = file.len().map_err(io("sizing the raw image")).map_err(in_file)?;
+            Source::Raw(file, len)
+        }
+    };
+    let chain: Vec<PathBuf> = match &source {
+        Source::Vhdx(d) => {
+            let mut paths: Vec<PathBuf> = d.chain_paths().into_iter().map(PathBuf::from).collect();
+            paths[0] = src.to_path_buf();
+            paths
+        }
+        Source::Raw(..) => alloc::vec![src.to_path_buf()],
+    };
+    let target = destination(dst, &chain, options.overwrite)?;
+    let (size, runs, lss, pss) = match &source {
+        Source::Vhdx(d) => (
+            d.virtual_size(),
+            nonzero_candidates(d).map_err(in_file)?,
+            d.logical_sector_size(),
+            d.physical_sector_size(),
+        ),
+        Source::Raw(_, len) => (*len, alloc::vec![(0, *len)], 512, 4096),
+    };
+    let mut read = |buf: &mut [u8], at: u64| -> Result<()> {
+        match &source {
+            Source::Vhdx(d) => d.read_at(buf, at),
+            Source::Raw(f, _) => {
+                f.read_exact_at(buf, at).map_err(|source| Error::Io { op: "reading the raw image", offset: at, source })
+            }
+        }
+        .map_err(in_file)
+    };
+    let mut create = crate::CreateOptions::dynamic(size)
+        .logical_sector_size(options.logical_sector_size.unwrap_or(lss))
+        .physical_sector_size(options.physical_sector_size.unwrap_or(pss));
+    if out_format == ImageFormat::Vhdx {
+        create.disk_type = options.disk_type;
+        if let Some(bs) = options.block_size {
+            create = create.block_size(bs);
+        }
+        if size % create.logical_sector_size as u64 != 0 {
+            return Err(Error::invalid(alloc::format!(
+                "the source's size ({size} bytes) is not a multiple of the {}-byte logical sector size",
+                create.logical_sector_size
+            ))
+            .in_file(src.display()));
+        }
+        create.validate().map_err(out_file)?;
+    }
+
+    // Everything is checked: write the new image beside the destination.
+    let temp = Replacement::create(&target).map_err(io("creating a temporary file beside it")).map_err(out_file)?;
+    let file = temp.file().try_clone().map_err(io("opening the temporary file")).map_err(out_file)?;
+    let mut storage: alloc::boxed::Box<dyn Storage> = if options.sync {
+        alloc::boxed::Box::new(FileStorage::new(file))
+    } else {
+        alloc::boxed::Box::new(NoSync(FileStorage::new(file)))
+    };
+    let written = match out_format {
+        ImageFormat::Raw => (|| {
+            storage.set_len(size).map_err(|source| Error::Io { op: "sizing the file", offset: size, source })?;
+            let written = copy_runs(
+                size,
+                &runs,
+                &mut read,
+                &mut |buf, at| {
+                    storage.write_all_at(buf, at).map_err(|source| Error::Io {
+                        op: "writing the raw image",
+                        offset: at,
+                        source,
+                    })
+                },
+                progress,
+            )?;
+            storage.flush().map_err(io("flushing"))?;
+            Ok((written, None, String::from("raw")))
+        })(),
+        ImageFormat::Vhdx => (|| {
+            let mut disk = Disk::create_on(storage, &create, None)?;
+            let kind = alloc::format!("vhdx, {}", disk.disk_type());
+            let written = copy_runs(size, &runs, &mut read, &mut |buf, at| disk.write_at(buf, at), progress)?;
+            disk.close()?;
+            Ok((written, Some(create.disk_type), kind))
+        })(),
+    };
+    // On failure, dropping `temp` removes the temporary file.
+    let (bytes_written, output_type, output_kind) = written.map_err(out_file)?;
+    temp.commit(options.sync).map_err(io("renaming the finished image into place")).map_err(out_file)?;
+    Ok(ConvertReport {
+        input_format: in_format,
+        output_format: out_format,
+        output_type,
+        virtual_size: size,
+        bytes_written,
+        output_kind,
+    })
+}

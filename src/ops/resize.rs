@@ -1,0 +1,85 @@
+//! Resizing an image file by path (see [`crate::Disk::resize`] for what it
+//! does to an open disk), minding the differencing disks made from it.
+//!
+//! A resize changes what the image presents, so its DataWriteGuid changes
+//! and its children — which link to the old one — no longer open. Unless
+//! told to break them, [`resize`] looks for children in the image's
+//! directory (and any directories given), as a merge looks for siblings,
+//! and refuses, naming them, before anything changes. A differencing
+//! disk's own resize is no different: what matters is who depends on it.
+
+use alloc::string::{String, ToString};
+use std::path::{Path, PathBuf};
+use std::vec::Vec;
+
+use super::merge::{children_of, directory_of};
+use crate::error::{Error, Result};
+use crate::Disk;
+
+/// Options of [`resize`].
+#[derive(Debug, Clone, Default)]
+pub struct ResizeOptions {
+    /// Shrink even when the removed range holds data (which is discarded).
+    pub allow_shrink: bool,
+    /// Resize even though children of the image then no longer open.
+    pub break_children: bool,
+    /// More directories to search for children (besides the image's own).
+    pub search_dirs: Vec<PathBuf>,
+}
+
+/// What [`resize`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResizeReport {
+    /// The virtual size before.
+    pub old_size: u64,
+    /// The virtual size after.
+    pub new_size: u64,
+    /// Where the BAT moved to, when it needed a larger region: (file offset, length).
+    pub bat_moved_to: Option<(u64, u64)>,
+    /// The children found, which no longer open (with `break_children`).
+    pub children_broken: Vec<PathBuf>,
+}
+
+/// Changes the virtual size of the image at `path` to `new_size` bytes.
+/// Refused ([`Error::Refused`], nothing changed) when differencing disks in
+/// its directory (or `options.search_dirs`) are made from it, unless
+/// `options.break_children`; and, as [`Disk::resize`] refuses it, a shrink
+/// that would discard data unless `options.allow_shrink`. Crash-safe
+/// through the log: an interrupted resize leaves the old size or the new
+/// one, and running it again finishes it.
+///
+/// ```no_run
+/// use vhdx::ops::resize::{resize, ResizeOptions};
+/// let report = resize("disk.vhdx".as_ref(), 20 << 30, &ResizeOptions::default())?;
+/// println!("{} -> {} bytes", report.old_size, report.new_size);
+/// # Ok::<(), vhdx::Error>(())
+/// ```
+pub fn resize(path: &Path, new_size: u64, options: &ResizeOptions) -> Result<ResizeReport> {
+    let in_file = |e: Error| e.in_file(path.display());
+    let mut disk = Disk::open_writable(path)?;
+    let old_size = disk.virtual_size();
+    let old_bat = disk.regions().bat();
+    let mut children = Vec::new();
+    if new_size != old_size {
+        let mut dirs = std::vec![directory_of(path)];
+        dirs.extend(options.search_dirs.iter().cloned());
+        children = children_of(path, disk.data_write_guid(), &dirs, &[]);
+        if !children.is_empty() && !options.break_children {
+            let names: Vec<String> = children.iter().map(|c| c.display().to_string()).collect();
+            return Err(in_file(Error::Refused(std::format!(
+                "differencing disks are made from this image and would no longer open after a resize (their \
+                 parent's DataWriteGuid changes): {}; nothing was changed",
+                names.join(", ")
+            ))));
+        }
+    }
+    disk.resize(new_size, options.allow_shrink).map_err(in_file)?;
+    let new_bat = disk.regions().bat();
+    disk.close().map_err(in_file)?;
+    Ok(ResizeReport {
+        old_size,
+        new_size,
+        bat_moved_to: (new_bat != old_bat).then_some((new_bat.file_offset, new_bat.length as u64)),
+        children_broken: children,
+    })
+}
