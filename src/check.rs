@@ -95,6 +95,8 @@ pub fn check_storage(storage: Box<dyn Storage>) -> Result<CheckReport> {
         }
     };
     check_bat(&disk, &mut report);
+    #[cfg(feature = "std")]
+    report.notes.extend(crate::ops::merge::recover::image_notes(&disk));
     Ok(report)
 }
 
@@ -138,12 +140,17 @@ fn check_bat(disk: &Disk, report: &mut CheckReport) {
     }
 }
 
-/// Checks the image at `path`; the errors name the file.
+/// Checks the image at `path`; the errors name the file. Notes also say
+/// how far an unfinished operation the image takes part in got (whether the
+/// parent its `parent_linkage2` names took that DataWriteGuid; whether the
+/// target of a merge it records changed).
 #[cfg(feature = "std")]
 pub fn check_file(path: &std::path::Path) -> Result<CheckReport> {
     let storage = crate::io::FileStorage::open(path, false)
         .map_err(|source| Error::Io { op: "opening the file", offset: 0, source }.in_file(path.display()))?;
-    check_storage(Box::new(storage)).map_err(|e| e.in_file(path.display()))
+    let mut report = check_storage(Box::new(storage)).map_err(|e| e.in_file(path.display()))?;
+    report.notes.extend(crate::ops::merge::recover::file_notes(path));
+    Ok(report)
 }
 
 /// What [`repair_storage`] did, and what a check finds afterwards.
@@ -204,10 +211,21 @@ pub fn repair_storage(storage: Box<dyn Storage>) -> Result<RepairReport> {
     Ok(RepairReport { actions, after })
 }
 
-/// Repairs the image at `path` in place (see [`repair_storage`]).
+/// Repairs the image at `path` in place (see [`repair_storage`]); then, as
+/// only a path allows, ends what an interrupted operation left: an
+/// unfinished merge the image records is rolled back (while its target is
+/// unchanged) or finished ([`crate::ops::merge::recover_merge`]), and an
+/// image whose parent took the DataWriteGuid its `parent_linkage2`
+/// announced is linked to that GUID only.
 #[cfg(feature = "std")]
 pub fn repair_file(path: &std::path::Path) -> Result<RepairReport> {
     let storage = crate::io::FileStorage::open(path, true)
         .map_err(|source| Error::Io { op: "opening the file", offset: 0, source }.in_file(path.display()))?;
-    repair_storage(Box::new(storage)).map_err(|e| e.in_file(path.display()))
+    let mut report = repair_storage(Box::new(storage)).map_err(|e| e.in_file(path.display()))?;
+    let more = crate::ops::merge::recover::repair_file(path)?;
+    if !more.is_empty() {
+        report.actions.extend(more);
+        report.after = check_file(path)?;
+    }
+    Ok(report)
 }
