@@ -24,6 +24,10 @@
 //!   exactly the merge's result, no `parent_linkage2` and no unfinished
 //!   record; and one more run finds it done and changes no byte.
 //!
+//! At one crash point per tree (every eighth in the long mode) the re-run
+//! that finishes is itself crashed after each of its operations, and those
+//! states are checked and finished the same way.
+//!
 //! `VHDX_MERGE_CRASH_LONG=1` adds more crash states per point (prefixes,
 //! tears, reordered subsets) and 4096-byte sectors.
 
@@ -411,6 +415,83 @@ fn combinations(
     out
 }
 
+/// Runs the merge on `files` with a crash after `k` of its `ops`
+/// operations, and checks every crash state; each is then finished (or,
+/// with `nested`, the first one's re-run is crashed at each of its
+/// operations in turn, and those states finished). Returns the states tried.
+#[allow(clippy::too_many_arguments)]
+fn crash_at(
+    tree: &Tree,
+    files: &BTreeMap<&'static str, Vec<u8>>,
+    k: u64,
+    ops: u64,
+    budget: Budget,
+    long: bool,
+    nested: bool,
+    context: &str,
+    fail: &dyn Fn(String),
+) -> u64 {
+    let clock = FaultClock::new();
+    clock.crash_after(k);
+    let s = session(tree, files, &clock);
+    let result = merge(&tree.path("child"), &tree.options(&s.opener));
+    if k < ops && result.is_ok() {
+        fail(format!("{context}crash after {k}: the merge reported success"));
+        return 0;
+    }
+    let mut tried = 0;
+    let mut recovered: BTreeMap<(&str, Option<String>), Recovered> = BTreeMap::new();
+    for (what, states) in combinations(&s, tree.sector as u64, k, budget) {
+        tried += 1;
+        let mut images = BTreeMap::new();
+        let mut failed = None;
+        for (&n, st) in &s.storages {
+            // A file without unflushed writes is the same in every state: recovered once.
+            let key = (n, if st.pending().is_empty() { None } else { Some(format!("{:?}", states[n])) });
+            let recovered =
+                recovered.entry(key).or_insert_with(|| recover(n, st.crash_image(&states[n])).map(Arc::new));
+            match recovered {
+                Ok(b) => {
+                    images.insert(n, b.clone());
+                }
+                Err(e) => failed = Some(e.clone()),
+            }
+        }
+        let what = format!("{context}crash after {k}, {what}");
+        if let Some(e) = failed {
+            fail(format!("{what}: {e}"));
+            continue;
+        }
+        if let Err(e) = verify_interrupted(tree, &plain(tree, &images)) {
+            fail(format!("{what}: {e}"));
+            continue;
+        }
+        if nested && tried == 1 {
+            let files: BTreeMap<&'static str, Vec<u8>> = images.iter().map(|(&n, b)| (n, b.to_vec())).collect();
+            let clock = FaultClock::new();
+            let probe = session(tree, &files, &clock);
+            if let Err(e) = merge(&tree.path("child"), &tree.options(&probe.opener)) {
+                fail(format!("{what}: the re-run failed: {e}"));
+                continue;
+            }
+            let rerun_ops = clock.mutating_ops();
+            let context = format!("{what}; in the re-run, ");
+            for j in 0..rerun_ops {
+                let small = Budget { prefixes: 0, tears: 0, subsets: None };
+                tried += crash_at(tree, &files, j, rerun_ops, small, long, false, &context, fail);
+            }
+            continue;
+        }
+        let repair = (k + tried) % 2 == 1;
+        let again = long || (k + tried) % 3 == 0;
+        if let Err(e) = finish(tree, &images, repair, again) {
+            let how = if repair { "recover_merge, then the merge" } else { "the merge again" };
+            fail(format!("{what}, finished by {how}: {e}"));
+        }
+    }
+    tried
+}
+
 pub struct Outcome {
     pub points: u64,
     pub states: u64,
@@ -435,50 +516,10 @@ pub fn crash_and_finish(tree: &Tree, threads: usize, long: bool) -> Outcome {
         Budget { prefixes: 0, tears: 0, subsets: None }
     };
     let (states, failures) = for_each_crash_point(0..=ops, threads, |k, fail| {
-        let clock = FaultClock::new();
-        clock.crash_after(k);
-        let s = session(tree, &tree.files, &clock);
-        let result = merge(&tree.path("child"), &tree.options(&s.opener));
-        if k < ops && result.is_ok() {
-            fail(format!("crash after {k}: the merge reported success"));
-            return 0;
-        }
-        let mut tried = 0;
-        let mut recovered: BTreeMap<(&str, Option<String>), Recovered> = BTreeMap::new();
-        for (what, states) in combinations(&s, tree.sector as u64, k, budget) {
-            tried += 1;
-            let mut images = BTreeMap::new();
-            let mut failed = None;
-            for (&n, st) in &s.storages {
-                // A file without unflushed writes is the same in every state: recovered once.
-                let key = (n, if st.pending().is_empty() { None } else { Some(format!("{:?}", states[n])) });
-                let recovered =
-                    recovered.entry(key).or_insert_with(|| recover(n, st.crash_image(&states[n])).map(Arc::new));
-                match recovered {
-                    Ok(b) => {
-                        images.insert(n, b.clone());
-                    }
-                    Err(e) => failed = Some(e.clone()),
-                }
-            }
-            let what = format!("crash after {k}, {what}");
-            if let Some(e) = failed {
-                fail(format!("{what}: {e}"));
-                continue;
-            }
-            let interrupted = plain(tree, &images);
-            if let Err(e) = verify_interrupted(tree, &interrupted) {
-                fail(format!("{what}: {e}"));
-                continue;
-            }
-            let repair = (k + tried) % 2 == 1;
-            let again = long || (k + tried) % 3 == 0;
-            if let Err(e) = finish(tree, &images, repair, again) {
-                let how = if repair { "recover_merge, then the merge" } else { "the merge again" };
-                fail(format!("{what}, finished by {how}: {e}"));
-            }
-        }
-        tried
+        // At some points the re-run that finishes is crashed in turn, at each
+        // of its own operations.
+        let nested = if long { k % 8 == 4 } else { k == ops / 2 };
+        crash_at(tree, &tree.files, k, ops, budget, long, nested, "", fail)
     });
     Outcome { points: ops + 1, states, failures }
 }

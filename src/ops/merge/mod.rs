@@ -39,8 +39,11 @@
 //!    `Ck` gets `parent_linkage2` = `C(k+1)`'s next (metadata only); each
 //!    preserved sibling receives its parent's current data for every sector
 //!    that changes under it and that it does not hold, and `parent_linkage2`
-//!    = its parent's next. *Interrupted:* every image presents exactly what
-//!    it did (what was copied equals what it hid).
+//!    = its parent's next. Then the intermediates take their new GUIDs,
+//!    their content still unchanged, so that from here on a `Force` sibling
+//!    of an intermediate is refused rather than shown the target's changes
+//!    through a parent that looks unchanged. *Interrupted:* every image
+//!    presents exactly what it did (what was copied equals what it hid).
 //! 3. **Target**: takes its announced DataWriteGuid and receives `C0`'s view
 //!    of the union, read from `C0..C(N-1)` each opened alone; closed; then
 //!    the record says so. *Interrupted:* the target presents, sector by
@@ -79,8 +82,9 @@
 //! GUID it did not). `vhdx check` names an unfinished merge (the record, and
 //! any `parent_linkage2`); `vhdx check --repair` on the child
 //! ([`recover_merge`]) rolls it back while the target is unchanged (the
-//! announcements and the record are removed; what was copied into siblings
-//! stays, it is their parent's bytes) and finishes it otherwise.
+//! intermediates take their old GUIDs back, the announcements and the
+//! record are removed; what was copied into siblings stays, it is their
+//! parent's bytes) and finishes it otherwise.
 //!
 //! ## The record
 //!
