@@ -235,7 +235,7 @@ pub(crate) fn image_notes(d: &Disk) -> Vec<String> {
             r.describe()
         )),
         Ok(_) => {}
-        Err(e) => notes.push(format!("this image holds a merge record that cannot be read: {e}")),
+        Err(e) => notes.push(format!("its merge record (an unfinished merge may have left it) cannot be read: {e}")),
     }
     if let Some(g) = d.parent_locator().and_then(|l| l.parent_linkage2()) {
         notes.push(format!(
