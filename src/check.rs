@@ -95,6 +95,8 @@ pub fn check_storage(storage: Box<dyn Storage>) -> Result<CheckReport> {
         }
     };
     check_bat(&disk, &mut report);
+    #[cfg(feature = "std")]
+    report.notes.extend(crate::ops::merge::recover::image_notes(&disk));
     Ok(report)
 }
 
@@ -140,21 +142,25 @@ fn check_bat(disk: &Disk, report: &mut CheckReport) {
 
 /// Checks the image at `path`; the errors name the file. It is opened with a
 /// shared lock: an image open for writing elsewhere is refused
-/// ([`Error::Busy`]).
+/// ([`Error::Busy`]). Notes also say how far an unfinished operation the
+/// image takes part in got (whether the parent its `parent_linkage2` names
+/// took that DataWriteGuid; whether the target of a merge it records
+/// changed).
 #[cfg(feature = "std")]
 pub fn check_file(path: &std::path::Path) -> Result<CheckReport> {
     check_file_with(path, &crate::io::FileOpener::default())
 }
 
-/// [`check_file`], opening the file through `opener`
+/// [`check_file`], opening files through `opener`
 /// ([`FileOpener::force_share`](crate::io::FileOpener::force_share) checks an
 /// image in use, like `qemu-img check -U`).
 #[cfg(feature = "std")]
 pub fn check_file_with(path: &std::path::Path, opener: &crate::io::FileOpener) -> Result<CheckReport> {
-    let storage = opener
-        .open(path, false)
-        .map_err(|source| Error::opening("open", source, false).in_file(path.display()))?;
-    check_storage(storage).map_err(|e| e.in_file(path.display()))
+    let storage =
+        opener.open(path, false).map_err(|source| Error::opening("open", source, false).in_file(path.display()))?;
+    let mut report = check_storage(storage).map_err(|e| e.in_file(path.display()))?;
+    report.notes.extend(crate::ops::merge::recover::file_notes(path, opener));
+    Ok(report)
 }
 
 /// What [`repair_storage`] did, and what a check finds afterwards.
@@ -215,10 +221,21 @@ pub fn repair_storage(storage: Box<dyn Storage>) -> Result<RepairReport> {
     Ok(RepairReport { actions, after })
 }
 
-/// Repairs the image at `path` in place (see [`repair_storage`]).
+/// Repairs the image at `path` in place (see [`repair_storage`]); then, as
+/// only a path allows, ends what an interrupted operation left: an
+/// unfinished merge the image records is rolled back (while its target is
+/// unchanged) or finished ([`crate::ops::merge::recover_merge`]), and an
+/// image whose parent took the DataWriteGuid its `parent_linkage2`
+/// announced is linked to that GUID only.
 #[cfg(feature = "std")]
 pub fn repair_file(path: &std::path::Path) -> Result<RepairReport> {
     let storage = crate::io::FileStorage::open(path, true)
         .map_err(|source| Error::opening("open", source, true).in_file(path.display()))?;
-    repair_storage(Box::new(storage)).map_err(|e| e.in_file(path.display()))
+    let mut report = repair_storage(Box::new(storage)).map_err(|e| e.in_file(path.display()))?;
+    let more = crate::ops::merge::recover::repair_file(path)?;
+    if !more.is_empty() {
+        report.actions.extend(more);
+        report.after = check_file(path)?;
+    }
+    Ok(report)
 }

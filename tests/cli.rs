@@ -626,3 +626,124 @@ fn merge_siblings_refuses_conflicts_listing_them_and_prefer_decides() {
         assert_eq!(view(d, name), merged, "{name}");
     }
 }
+
+/// Runs `vhdx merge a.vhdx --preserve-siblings` through the library on files
+/// that fail every operation after `limit` writes (a process killed there),
+/// in `dir`; returns whether the merge failed.
+fn merge_killed_after(dir: &Path, limit: u64) -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use vhdx::{FileStorage, IoError, Storage};
+    struct Killable(FileStorage, Arc<AtomicU64>, u64);
+    impl Killable {
+        fn alive(&self, mutating: bool) -> Result<(), IoError> {
+            let n = if mutating { self.1.fetch_add(1, Ordering::SeqCst) + 1 } else { self.1.load(Ordering::SeqCst) };
+            if n > self.2 {
+                return Err(std::io::Error::other("killed"));
+            }
+            Ok(())
+        }
+    }
+    impl Storage for Killable {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
+            self.alive(false)?;
+            self.0.read_exact_at(buf, offset)
+        }
+        fn write_all_at(&mut self, buf: &[u8], offset: u64) -> Result<(), IoError> {
+            self.alive(true)?;
+            self.0.write_all_at(buf, offset)
+        }
+        fn flush(&mut self) -> Result<(), IoError> {
+            self.alive(false)?;
+            self.0.flush()
+        }
+        fn len(&self) -> Result<u64, IoError> {
+            self.alive(false)?;
+            self.0.len()
+        }
+        fn set_len(&mut self, len: u64) -> Result<(), IoError> {
+            self.alive(true)?;
+            self.0.set_len(len)
+        }
+    }
+    let ops = Arc::new(AtomicU64::new(0));
+    let opener = vhdx::io::FileOpener::new(move |path: &Path, writable| {
+        let file = FileStorage::open(path, writable)?;
+        Ok(Box::new(Killable(file, ops.clone(), limit)) as Box<dyn Storage>)
+    });
+    let options = vhdx::ops::merge::MergeOptions {
+        depth: 1,
+        siblings: vhdx::ops::merge::SiblingPolicy::Preserve,
+        file_opener: Some(opener),
+        ..Default::default()
+    };
+    vhdx::ops::merge::merge(&dir.join("a.vhdx"), &options).is_err()
+}
+
+/// A tree of `base_and_two_children` whose merge of `a.vhdx` was killed
+/// after the target took (`late`) or before it took its new DataWriteGuid.
+fn interrupted_tree(late: bool) -> (tempfile::TempDir, [Vec<u8>; 3]) {
+    for limit in 1.. {
+        let (tmp, models) = base_and_two_children();
+        assert!(merge_killed_after(tmp.path(), limit), "the merge finished within {limit} writes");
+        let m = vhdx::ops::merge::interrupted_merge(&tmp.path().join("a.vhdx"), &Default::default()).unwrap();
+        if m.is_some_and(|m| m.target_changed == late) {
+            return (tmp, models);
+        }
+    }
+    unreachable!()
+}
+
+#[test]
+fn an_interrupted_merge_is_named_by_check_and_finished_by_running_it_again() {
+    let (tmp, [base, a, b]) = interrupted_tree(true);
+    let d = tmp.path();
+    let text = String::from_utf8(ok(d, &["check", "a.vhdx"])).unwrap();
+    assert!(text.contains("unfinished merge") && text.contains("base.vhdx"), "{text}");
+    assert!(text.contains("can only be finished"), "{text}");
+    let text = String::from_utf8(ok(d, &["check", "b.vhdx"])).unwrap();
+    assert!(text.contains("parent_linkage2") && text.contains("has taken"), "{text}");
+    assert_eq!(view(d, "a.vhdx"), a, "the child presents what it did");
+    assert_eq!(view(d, "b.vhdx"), b, "the sibling presents what it did");
+
+    // Another policy is refused, changing nothing; the same command finishes it.
+    let before = files(d);
+    fails(d, &["merge", "a.vhdx", "--force"], &["a.vhdx", "unfinished", "--preserve-siblings"]);
+    assert_eq!(files(d), before);
+    let report = json(d, &["merge", "a.vhdx", "--preserve-siblings", "--json"]);
+    assert_eq!(report["run"], "resumed", "{report}");
+    assert_eq!(report["siblings"][0]["status"], "ok", "{report}");
+    assert_eq!(view(d, "base.vhdx"), a, "the target holds the child's view");
+    assert_eq!(view(d, "a.vhdx"), a);
+    assert_eq!(view(d, "b.vhdx"), b);
+    let text = String::from_utf8(ok(d, &["check", "a.vhdx"])).unwrap();
+    assert!(!text.contains("unfinished"), "{text}");
+    let before = files(d);
+    let text = String::from_utf8(ok(d, &["merge", "a.vhdx", "--preserve-siblings"])).unwrap();
+    assert!(text.contains("already finished"), "{text}");
+    assert_eq!(files(d), before, "a run of a finished merge changes nothing");
+    drop(base);
+}
+
+#[test]
+fn check_repair_rolls_back_a_merge_killed_before_its_target_changed() {
+    let (tmp, [base, a, b]) = interrupted_tree(false);
+    let d = tmp.path();
+    let text = String::from_utf8(ok(d, &["check", "a.vhdx"])).unwrap();
+    assert!(text.contains("unfinished merge") && text.contains("rolls the merge back"), "{text}");
+    let report = json(d, &["check", "a.vhdx", "--repair", "--json"]);
+    let repairs = report["repairs"].to_string();
+    assert!(repairs.contains("rolled back"), "{report}");
+    assert_eq!(view(d, "base.vhdx"), base);
+    assert_eq!(view(d, "a.vhdx"), a);
+    assert_eq!(view(d, "b.vhdx"), b);
+    for name in ["a.vhdx", "b.vhdx"] {
+        let text = String::from_utf8(ok(d, &["check", name])).unwrap();
+        assert!(!text.contains("unfinished") && !text.contains("parent_linkage2"), "{name}: {text}");
+    }
+    // The merge can then be run afresh.
+    let report = json(d, &["merge", "a.vhdx", "--preserve-siblings", "--json"]);
+    assert_eq!(report["run"], "started");
+    assert_eq!(view(d, "base.vhdx"), a);
+    assert_eq!(view(d, "b.vhdx"), b);
+}

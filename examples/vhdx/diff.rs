@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use vhdx::ops::merge::{MergeOptions, MergeReport, SiblingPolicy};
+use vhdx::ops::merge::{MergeOptions, MergeReport, MergeRun, SiblingPolicy};
 use vhdx::ops::tree::{self, LinkStatus, Node};
 
 use crate::inspect::print_json;
@@ -304,6 +304,11 @@ fn merge_json(child: &Path, depth: u64, report: &MergeReport, statuses: &[LinkSt
             "status": status.label(),
         })).collect::<Vec<_>>(),
         "siblings_broken": statuses.iter().any(|s| *s != LinkStatus::Ok),
+        "run": match report.run {
+            MergeRun::Started => "started",
+            MergeRun::Resumed => "resumed",
+            MergeRun::AlreadyDone => "already-done",
+        },
     })
 }
 
@@ -340,6 +345,18 @@ pub fn merge(args: &MergeArgs) -> CliResult {
     }
     let target = report.target.display();
     let merged: Vec<String> = report.merged.iter().map(|p| p.display().to_string()).collect();
+    match report.run {
+        MergeRun::AlreadyDone => {
+            outln!(
+                "The merge of {} into {target} had already finished (an earlier run was interrupted after its last \
+                 change); nothing was changed.",
+                merged.join(" and ")
+            )?;
+            return Ok(());
+        }
+        MergeRun::Resumed => outln!("An earlier run of this merge was interrupted; this run finished it.")?,
+        MergeRun::Started => {}
+    }
     outln!(
         "Merged {} into {target}: {} written into {target}.",
         merged.join(" and "),

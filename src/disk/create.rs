@@ -112,7 +112,7 @@ pub(crate) fn write_new_image(
     for at in REGION_TABLE_OFFSETS {
         storage.write_all_at(&table, at).map_err(io("writing a region table", at))?;
     }
-    let meta = build_region(params, locator, layout.metadata_length as usize)?;
+    let meta = build_region(params, locator, &[], layout.metadata_length as usize)?;
     storage
         .write_all_at(&meta, layout.metadata_offset)
         .map_err(io("writing the metadata region", layout.metadata_offset))?;

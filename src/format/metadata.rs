@@ -320,9 +320,44 @@ pub fn parse_items(
     ))
 }
 
+/// An item a rewrite of the region carries over as it is: a user item, or a
+/// system item this implementation does not know (and need not: it is not
+/// required).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraItem {
+    /// What the item is.
+    pub item_id: Guid,
+    /// Its flags (IsUser, IsVirtualDisk, IsRequired).
+    pub flags: MetadataFlags,
+    /// Its bytes.
+    pub data: Vec<u8>,
+}
+
+/// The items of a parsed table that [`build_region`] does not rebuild from
+/// [`DiskParameters`]: user items and unknown system items, each read with
+/// `read(entry)`.
+pub fn extra_items(
+    entries: &[MetadataEntry],
+    mut read: impl FnMut(&MetadataEntry) -> Result<Vec<u8>>,
+) -> Result<Vec<ExtraItem>> {
+    let mut out = Vec::new();
+    for e in entries {
+        if e.flags.contains(MetadataFlags::IS_USER) || !is_known_item(e.item_id) {
+            out.push(ExtraItem { item_id: e.item_id, flags: e.flags, data: read(e)? });
+        }
+    }
+    Ok(out)
+}
+
 /// Builds a complete metadata region (table and items) of `region_length`
-/// bytes for `params` and, for a differencing disk, its parent locator.
-pub fn build_region(params: &DiskParameters, locator: Option<&ParentLocator>, region_length: usize) -> Result<Vec<u8>> {
+/// bytes for `params`, for a differencing disk its parent locator, and the
+/// `extras` after them (see [`extra_items`]).
+pub fn build_region(
+    params: &DiskParameters,
+    locator: Option<&ParentLocator>,
+    extras: &[ExtraItem],
+    region_length: usize,
+) -> Result<Vec<u8>> {
     let mut flags = FileParameterFlags::empty();
     if params.leave_block_allocated {
         flags |= FileParameterFlags::LEAVE_BLOCK_ALLOCATED;
@@ -341,6 +376,15 @@ pub fn build_region(params: &DiskParameters, locator: Option<&ParentLocator>, re
     ];
     if let Some(loc) = locator {
         items.push((guid::PARENT_LOCATOR, MetadataFlags::IS_REQUIRED, loc.to_bytes()?));
+    }
+    for x in extras {
+        if x.data.len() > MAX_ITEM_LENGTH as usize {
+            return Err(Error::invalid("a metadata item is longer than 1 MiB"));
+        }
+        items.push((x.item_id, x.flags, x.data.clone()));
+    }
+    if items.len() > MAX_METADATA_ENTRIES as usize || items.len() * 32 + 32 > METADATA_TABLE_SIZE {
+        return Err(Error::invalid("too many metadata items for the metadata table"));
     }
     let mut region = alloc::vec![0u8; region_length];
     let head = RawMetadataTableHeader {
@@ -395,7 +439,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let p = params();
-        let region = build_region(&p, None, MIB as usize).unwrap();
+        let region = build_region(&p, None, &[], MIB as usize).unwrap();
         assert_eq!(parse_region(&region).unwrap(), (p, None));
     }
 
@@ -408,14 +452,27 @@ mod tests {
             DiskParameters { virtual_size: 1000, ..params() },
             DiskParameters { virtual_size: 0, ..params() },
         ] {
-            let region = build_region(&bad, None, MIB as usize).unwrap();
+            let region = build_region(&bad, None, &[], MIB as usize).unwrap();
             assert!(parse_region(&region).is_err(), "{bad:?}");
         }
     }
 
     #[test]
+    fn extra_items_round_trip() {
+        let extras = alloc::vec![
+            ExtraItem { item_id: Guid::from_u128(5), flags: MetadataFlags::IS_USER, data: alloc::vec![1, 2, 3] },
+            ExtraItem { item_id: Guid::from_u128(6), flags: MetadataFlags::empty(), data: alloc::vec![4; 9] },
+        ];
+        let region = build_region(&params(), None, &extras, MIB as usize).unwrap();
+        assert_eq!(parse_region(&region).unwrap(), (params(), None));
+        let entries = parse_table(&region, 0, region.len() as u32).unwrap();
+        let read = |e: &MetadataEntry| Ok(region[e.offset as usize..(e.offset + e.length) as usize].to_vec());
+        assert_eq!(extra_items(&entries, read).unwrap(), extras);
+    }
+
+    #[test]
     fn refuses_unknown_required_item() {
-        let mut region = build_region(&params(), None, MIB as usize).unwrap();
+        let mut region = build_region(&params(), None, &[], MIB as usize).unwrap();
         // Turn the file parameters entry's GUID into an unknown one, keeping IsRequired.
         region[32] ^= 0xFF;
         assert!(matches!(parse_region(&region), Err(Error::Unsupported { .. })));

@@ -8,6 +8,8 @@ pub mod ranges;
 #[cfg(feature = "std")]
 pub mod compact;
 #[cfg(feature = "std")]
+pub(crate) mod link;
+#[cfg(feature = "std")]
 pub mod merge;
 #[cfg(feature = "std")]
 pub(crate) mod replace;

@@ -6,24 +6,10 @@ use std::format;
 use std::path::Path;
 use std::vec::Vec;
 
-use super::{Conflict, Image, ImageSet, SiblingMergePlan, SiblingMergeReport, CHUNK};
+use super::{Conflict, Image, ImageSet, SiblingMergePlan, SiblingMergeReport};
 use crate::error::{Error, Result};
-use crate::format::locator::{braced_guid, ParentLocator, PARENT_LINKAGE, PARENT_LINKAGE2};
-use crate::ops::merge::copy_from_parent;
-use crate::ops::ranges::Ranges;
+use crate::ops::link::{announce, copy_runs, linked, settle};
 use crate::{Disk, Guid, OpenOptions};
-
-/// `loc` with `parent_linkage` = `linkage` and `parent_linkage2` = `next`
-/// (removed when `None`).
-fn linked(loc: Option<&ParentLocator>, linkage: Guid, next: Option<Guid>) -> Result<ParentLocator> {
-    let mut loc = loc.cloned().ok_or_else(|| Error::invalid("not a differencing disk"))?;
-    loc.set(PARENT_LINKAGE, braced_guid(&linkage));
-    match next {
-        Some(g) => loc.set(PARENT_LINKAGE2, braced_guid(&g)),
-        None => loc.remove(PARENT_LINKAGE2),
-    }
-    Ok(loc)
-}
 
 /// The most conflicting ranges an error message lists (the report lists all).
 const LISTED: usize = 1000;
@@ -99,7 +85,8 @@ impl<'a> SiblingMergePlan<'a> {
         for (o, plan) in self.set.outsiders.iter().zip(&self.outsiders) {
             let d = ImageSet::open_dependent(o, self.set.open_parent(false)?, true)?;
             self.expect(&d, plan.guid, &o.path)?;
-            prepare(d, &plan.needed, self.parent_guid, parent_next).map_err(|e| e.in_file(o.path.display()))?;
+            announce(d, &plan.needed, self.parent_guid, parent_next, &mut |_| {})
+                .map_err(|e| e.in_file(o.path.display()))?;
         }
         for i in 0..n {
             let mut d = self.set.open_child_alone(i, true)?;
@@ -113,7 +100,8 @@ impl<'a> SiblingMergePlan<'a> {
             let Some(next) = child_next[*i] else { continue };
             let d = ImageSet::open_dependent(image, self.set.open_child(*i)?, true)?;
             self.expect(&d, plan.guid, &image.path)?;
-            prepare(d, &plan.needed, self.child_guids[*i], next).map_err(|e| e.in_file(image.path.display()))?;
+            announce(d, &plan.needed, self.child_guids[*i], next, &mut |_| {})
+                .map_err(|e| e.in_file(image.path.display()))?;
         }
 
         // 3. The parent takes the announced DataWriteGuid and the data.
@@ -123,18 +111,7 @@ impl<'a> SiblingMergePlan<'a> {
             self.expect(&p, self.parent_guid, &self.report.parent)?;
             p.plan_data_write_guid(parent_next).map_err(|e| e.in_file(&parent_path))?;
             let sources: Vec<Disk> = (0..n).map(|i| self.set.open_child_alone(i, false)).collect::<Result<_>>()?;
-            let mut buf = std::vec![0u8; CHUNK as usize];
-            for &(start, len, c) in &self.runs {
-                let mut at = start;
-                while at < start + len {
-                    let m = CHUNK.min(start + len - at) as usize;
-                    sources[c]
-                        .read_at(&mut buf[..m], at)
-                        .map_err(|e| e.in_file(self.set.children[c].path.display()))?;
-                    p.write_at(&buf[..m], at).map_err(|e| e.in_file(&parent_path))?;
-                    at += m as u64;
-                }
-            }
+            copy_runs(&sources, &self.runs, &mut p, &mut |_| {}).map_err(|e| e.in_file(&parent_path))?;
             drop(sources);
             if p.data_write_guid() != parent_next {
                 return Err(Error::invalid("the parent did not take the announced DataWriteGuid").in_file(&parent_path));
@@ -150,8 +127,8 @@ impl<'a> SiblingMergePlan<'a> {
             let mut d = self.set.open_child_alone(i, true)?;
             let loc = linked(d.parent_locator(), parent_next, None).map_err(|e| e.in_file(path.display()))?;
             let emptied = match child_next[i] {
-                Some(g) => d.plan_data_write_guid(g).and_then(|()| d.empty_and_relink(loc, true)),
-                None => d.empty_and_relink(loc, false),
+                Some(g) => d.plan_data_write_guid(g).and_then(|()| d.empty_and_relink(Some(loc), true)),
+                None => d.empty_and_relink(Some(loc), false),
             };
             emptied.and_then(|()| d.close()).map_err(|e| e.in_file(path.display()))?;
         }
@@ -218,23 +195,8 @@ impl<'a> SiblingMergePlan<'a> {
     }
 }
 
-/// Step 2 for a dependent: copies `needed` from its parent's current view,
-/// announces `next` in `parent_linkage2` (and names `current` in
-/// `parent_linkage`), and closes, so all of it is durable. What it presents
-/// does not change, nor its DataWriteGuid.
-fn prepare(mut d: Disk, needed: &Ranges, current: Guid, next: Guid) -> Result<()> {
-    let loc = linked(d.parent_locator(), current, Some(next))?;
-    d.keep_data_write_guid()?;
-    if !needed.is_empty() {
-        copy_from_parent(&mut d, needed, &mut |_| {})?;
-    }
-    d.set_parent_locator(loc)?;
-    d.close()
-}
-
 /// Step 5: `parent_linkage` = `guid`, no `parent_linkage2`; metadata only.
 fn relink_alone(image: &Image<'_>, guid: Guid) -> Result<()> {
-    let mut d = image.open_with(OpenOptions::new().writable(true).without_parent())?;
-    let loc = linked(d.parent_locator(), guid, None).map_err(|e| e.in_file(image.path.display()))?;
-    d.relink(loc, false).and_then(|()| d.close()).map_err(|e| e.in_file(image.path.display()))
+    let d = image.open_with(OpenOptions::new().writable(true).without_parent())?;
+    settle(d, guid).map_err(|e| e.in_file(image.path.display()))
 }

@@ -348,14 +348,14 @@ pub fn plan_merge_siblings(
         let opener = opener.clone();
         Image::new(p, move |o: OpenOptions| o.file_opener(opener.clone()).open(&path))
     };
-    let outsiders: Vec<PathBuf> = children_through(&opener, parent, parent_guid, &dirs, &canon);
+    let outsiders: Vec<PathBuf> = children_through(&opener, parent, &[parent_guid], &dirs, &canon);
     let mut exclude = canon.clone();
     exclude.push(parent_c);
     let mut descendants = Vec::new();
     for (i, c) in children.iter().enumerate() {
         let alone = OpenOptions::new().without_parent().file_opener(opener.clone());
         let guid = alone.open(c).map_err(|e| e.in_file(c.display()))?.data_write_guid();
-        descendants.extend(children_through(&opener, c, guid, &dirs, &exclude).into_iter().map(|d| (i, d)));
+        descendants.extend(children_through(&opener, c, &[guid], &dirs, &exclude).into_iter().map(|d| (i, d)));
     }
     // What the merge writes to besides: outsiders and descendants.
     for p in outsiders.iter().chain(descendants.iter().map(|(_, d)| d)) {

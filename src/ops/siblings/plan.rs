@@ -85,6 +85,18 @@ impl<'a> ImageSet<'a> {
     }
 }
 
+/// Refuses when `d` (at `path`) records an unfinished merge.
+fn refuse_unfinished(d: &Disk, path: &std::path::Path) -> Result<()> {
+    match crate::ops::merge::recover::unfinished(d) {
+        Some(what) => Err(Error::Refused(format!(
+            "it holds the record of an unfinished {what}: finish that merge first (run it again, or `vhdx check --repair` on \
+             this image); nothing was changed"
+        ))
+        .in_file(path.display())),
+        None => Ok(()),
+    }
+}
+
 /// Whether `d`'s `parent_linkage` is `guid`.
 fn links_to(d: &Disk, guid: Guid) -> bool {
     d.parent_locator().and_then(|l| l.parent_linkage()) == Some(guid)
@@ -105,8 +117,14 @@ pub fn plan_image_set(set: ImageSet<'_>, prefer: Option<usize>) -> Result<Siblin
     }
     let (parent_guid, size, sector) = {
         let p = set.open_parent(false)?;
+        refuse_unfinished(&p, &set.parent.path)?;
         (p.data_write_guid(), p.virtual_size(), p.logical_sector_size() as u64)
     };
+    // No image of the set may be half-way through a merge of its own.
+    let dependents = set.outsiders.iter().chain(set.descendants.iter().map(|(_, d)| d));
+    for image in set.children.iter().chain(dependents) {
+        refuse_unfinished(&image.open_with(OpenOptions::new().without_parent())?, &image.path)?;
+    }
 
     // The children, each opened on the parent (which checks its link).
     let mut kids = Vec::with_capacity(n);
