@@ -196,15 +196,19 @@ impl Storage for FileStorage {
         if len == 0 {
             return Ok(());
         }
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        loop {
-            match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), offset, len) {
-                Ok(()) => return Ok(()),
-                Err(e) if e == rustix::io::Errno::INTR => {}
-                // A filesystem without fallocate (some network and FUSE
-                // ones): rewrite the bytes instead.
-                Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => break,
-                Err(e) => return Err(e.into()),
+        #[cfg(target_os = "linux")]
+        if let (Ok(at), Ok(n)) = (nix::libc::off_t::try_from(offset), nix::libc::off_t::try_from(len)) {
+            use nix::errno::Errno;
+            use nix::fcntl::{fallocate, FallocateFlags};
+            loop {
+                match fallocate(&self.file, FallocateFlags::empty(), at, n) {
+                    Ok(()) => return Ok(()),
+                    Err(Errno::EINTR) => {}
+                    // A filesystem without fallocate (some network and FUSE
+                    // ones): rewrite the bytes instead.
+                    Err(Errno::EOPNOTSUPP | Errno::ENOSYS) => break,
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         rewrite_in_place(&self.file, offset, len)

@@ -7,23 +7,23 @@
 //!
 //! The temporary file is `.NAME.vhdx-tmp-RANDOM` in the destination's
 //! directory (hidden on Unix; NAME is the destination's file name, so a
-//! leftover says what it was for). On Unix it holds an exclusive `flock`
-//! while it is written: a leftover whose lock can be taken belongs to a
-//! process that is gone and is removed, one still locked belongs to a
-//! replacement in progress and is left alone. On Windows it is opened
-//! without delete sharing, so a leftover can be deleted only once its
-//! writer has closed it.
+//! leftover says what it was for). It is created and held with the writer's
+//! lock images get (see [`crate::io::lock`]: QEMU's byte-range locks on
+//! Linux, `flock` on other Unix systems, no sharing on Windows): a leftover
+//! whose lock can be taken belongs to a process that is gone and is removed,
+//! one still locked belongs to a replacement in progress and is left alone.
 //!
 //! The rename replaces the destination atomically (POSIX `rename`; on
 //! Windows `MoveFileEx` with replacement), and on Unix the directory is
 //! flushed after it, so the new name is durable too.
 
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use super::merge::directory_of;
+use crate::io::lock::{self, Mode};
 
 /// What every temporary file's name holds after the destination's name.
 const MARK: &str = ".vhdx-tmp-";
@@ -48,15 +48,9 @@ fn prefix_of(dst: &Path) -> io::Result<OsString> {
     Ok(prefix)
 }
 
-/// Takes the writer's lock on `file` without waiting; `false` when another
-/// open file holds it.
-#[cfg(unix)]
-fn try_lock(file: &File) -> io::Result<bool> {
-    match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(true),
-        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+/// How the temporary file is opened: for writing, with the writer's lock.
+fn mode(create_new: bool) -> Mode {
+    Mode { writable: true, create_new, lock: true }
 }
 
 impl Replacement {
@@ -70,26 +64,12 @@ impl Replacement {
             let mut name = prefix.clone();
             name.push(alloc::format!("{:016x}", uuid::Uuid::new_v4().as_u64_pair().0));
             let path = dir.join(name);
-            let mut options = OpenOptions::new();
-            options.read(true).write(true).create_new(true);
-            #[cfg(windows)]
-            {
-                use std::os::windows::fs::OpenOptionsExt;
-                // FILE_SHARE_READ | FILE_SHARE_WRITE: no FILE_SHARE_DELETE.
-                options.share_mode(1 | 2);
-            }
-            let file = match options.open(&path) {
+            let file = match lock::open(&path, mode(true)) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
             };
-            let replacement = Replacement { path, dst: dst.to_path_buf(), file: Some(file) };
-            #[cfg(unix)]
-            if !try_lock(replacement.file())? {
-                // Nobody else can hold a lock on a file created just now.
-                return Err(io::Error::other("the new temporary file is locked"));
-            }
-            return Ok(replacement);
+            return Ok(Replacement { path, dst: dst.to_path_buf(), file: Some(file) });
         }
     }
 
@@ -112,8 +92,9 @@ impl Replacement {
         if let Ok(old) = std::fs::metadata(&self.dst) {
             file.set_permissions(old.permissions())?;
         }
-        // Windows renames only a file no handle holds without delete sharing.
-        #[cfg(not(unix))]
+        // Windows renames only a file no handle holds without delete sharing;
+        // elsewhere the lock goes before the descriptor closes (see `lock::unlock`).
+        lock::unlock(&file);
         drop(file);
         std::fs::rename(&self.path, &self.dst)?;
         // The temporary name is gone; nothing is left to remove.
@@ -134,6 +115,9 @@ impl Replacement {
 
 impl Drop for Replacement {
     fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            lock::unlock(&file);
+        }
         if !self.path.as_os_str().is_empty() {
             let _ = std::fs::remove_file(&self.path);
         }
@@ -157,18 +141,10 @@ fn sweep(dir: &Path, prefix: &OsString) {
             continue;
         }
         let path = entry.path();
-        #[cfg(unix)]
-        {
-            let Ok(file) = File::open(&path) else {
-                continue;
-            };
-            if try_lock(&file).unwrap_or(false) {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            // Refused while its writer has it open.
+        // The writer's lock is taken only when nobody holds the file.
+        if let Ok(file) = lock::open(&path, mode(false)) {
+            lock::unlock(&file);
+            drop(file);
             let _ = std::fs::remove_file(&path);
         }
     }
