@@ -46,6 +46,14 @@
 //! image and pending operations, because each file's flush is its own
 //! barrier.
 //!
+//! A full filesystem is the other failure a long operation meets, and it
+//! does not stop the process: [`FaultClock::no_space_after`] makes one
+//! mutating operation fail with [`std::io::ErrorKind::StorageFull`]
+//! (`ENOSPC`) and, if asked, every later one that would make a file longer,
+//! while everything else goes on working. The failed operation changes
+//! nothing; what the files hold afterwards is their volatile image, as for a
+//! process that goes on running.
+//!
 //! ```
 //! use vhdx::io::{CrashState, FaultStorage};
 //! use vhdx::Storage;
@@ -151,6 +159,12 @@ struct ClockState {
     flushes: u64,
     crash_after: Option<u64>,
     crashed: bool,
+    /// The operation (by count of those completed before it) that fails
+    /// with `ENOSPC`, and whether growth stays refused after it.
+    no_space_after: Option<(u64, bool)>,
+    /// The injected `ENOSPC` happened.
+    out_of_space: bool,
+    no_space_failures: u64,
 }
 
 impl ClockState {
@@ -161,6 +175,27 @@ impl ClockState {
         }
         if self.crashed {
             return Err(std::io::Error::other("simulated crash: the storage is gone"));
+        }
+        Ok(())
+    }
+
+    /// Fails a mutating operation (one that makes its file longer when
+    /// `grows`) with `ENOSPC` when the injected failure says so.
+    fn check_space(&mut self, grows: bool) -> Result<(), IoError> {
+        let refused = match self.no_space_after {
+            Some((n, _)) if !self.out_of_space && self.mutating_ops >= n => {
+                self.out_of_space = true;
+                true
+            }
+            Some((_, growth_refused)) => self.out_of_space && growth_refused && grows,
+            None => false,
+        };
+        if refused {
+            self.no_space_failures += 1;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "simulated ENOSPC: no space left on the device",
+            ));
         }
         Ok(())
     }
@@ -204,6 +239,39 @@ impl FaultClock {
     pub fn flushes(&self) -> u64 {
         self.lock().flushes
     }
+
+    /// Runs out of space once `n` mutating operations (counted over every
+    /// storage on this clock) have completed: the next write or `set_len`
+    /// fails with [`std::io::ErrorKind::StorageFull`] and changes nothing.
+    /// Nothing crashes: reads, flushes and later operations work — except,
+    /// when `growth_stays_refused`, every later write or `set_len` that would
+    /// make its file longer, which fails the same way (the filesystem stays
+    /// full; writes inside a file's current length still succeed).
+    ///
+    /// ```
+    /// use vhdx::io::FaultStorage;
+    /// use vhdx::Storage;
+    /// let mut s = FaultStorage::from_vec(vec![0u8; 8]);
+    /// s.clock().no_space_after(1, true);
+    /// s.write_all_at(b"ok", 0).unwrap();
+    /// let e = s.write_all_at(b"lost", 2).unwrap_err();
+    /// assert_eq!(e.kind(), std::io::ErrorKind::StorageFull);
+    /// s.write_all_at(b"in place", 0).unwrap(); // no growth: fine
+    /// assert!(s.write_all_at(b"longer", 8).is_err()); // growth: still full
+    /// s.flush().unwrap();
+    /// assert_eq!(s.volatile(), b"in place");
+    /// ```
+    pub fn no_space_after(&self, n: u64, growth_stays_refused: bool) {
+        let mut c = self.lock();
+        c.no_space_after = Some((n, growth_stays_refused));
+        c.out_of_space = false;
+    }
+
+    /// Operations refused with `ENOSPC` so far (see
+    /// [`FaultClock::no_space_after`]).
+    pub fn no_space_failures(&self) -> u64 {
+        self.lock().no_space_failures
+    }
 }
 
 #[derive(Debug, Default)]
@@ -217,6 +285,11 @@ impl FaultState {
     fn mutate(&mut self, clock: &FaultClock, op: PendingOp) -> Result<(), IoError> {
         let mut c = clock.lock();
         c.check()?;
+        let end = match &op {
+            PendingOp::Write { offset, bytes } => *offset as usize + bytes.len(),
+            PendingOp::SetLen(len) => *len as usize,
+        };
+        c.check_space(end > self.volatile.len())?;
         op.apply(&mut self.volatile);
         self.pending.push(op);
         c.mutating_ops += 1;
@@ -448,6 +521,32 @@ mod tests {
         assert_eq!(a.crash_image(&CrashState::DurableOnly), b"a");
         assert_eq!(b.crash_image(&CrashState::DurableOnly), b"");
         assert_eq!(b.crash_image(&CrashState::AllPending), b"bc");
+    }
+
+    #[test]
+    fn no_space_fails_one_operation_and_then_growth_only() {
+        let clock = FaultClock::new();
+        let (mut a, mut b) =
+            (FaultStorage::on_clock(alloc::vec![0u8; 4], &clock), FaultStorage::on_clock(Vec::new(), &clock));
+        clock.no_space_after(1, false);
+        a.write_all_at(b"ab", 0).unwrap();
+        // The second operation fails and changes nothing, on whichever file.
+        assert_eq!(b.set_len(512).unwrap_err().kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!(b.volatile(), b"");
+        assert!(b.pending().is_empty());
+        // Once: later growth works, and nothing crashed.
+        b.write_all_at(b"x", 10).unwrap();
+        a.flush().unwrap();
+        assert!(!clock.crashed());
+        assert_eq!((clock.mutating_ops(), clock.no_space_failures()), (2, 1));
+
+        clock.no_space_after(2, true);
+        assert_eq!(a.write_all_at(b"long", 2).unwrap_err().kind(), std::io::ErrorKind::StorageFull);
+        a.write_all_at(b"cd", 2).unwrap();
+        assert!(a.set_len(5).is_err() && a.write_all_at(b"e", 4).is_err());
+        a.set_len(3).unwrap();
+        assert_eq!(a.volatile(), b"abc");
+        assert_eq!(clock.no_space_failures(), 4);
     }
 
     #[test]
