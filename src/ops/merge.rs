@@ -402,8 +402,14 @@ pub fn merge_with_progress(
 /// `ignore_id_mismatch`; then the child's content may change, so its own
 /// DataWriteGuid changes too.
 pub fn set_parent(child: &Path, parent: &Path, ignore_id_mismatch: bool) -> Result<()> {
-    let p = Disk::open(parent)?;
-    let mut c = OpenOptions::new().writable(true).without_parent().open(child)?;
+    set_parent_through(&FileOpener::default(), child, parent, ignore_id_mismatch)
+}
+
+/// [`set_parent`], opening the files (the parent and its own chain too)
+/// through `opener`.
+pub fn set_parent_through(opener: &FileOpener, child: &Path, parent: &Path, ignore_id_mismatch: bool) -> Result<()> {
+    let p = OpenOptions::new().file_opener(opener.clone()).open(parent)?;
+    let mut c = OpenOptions::new().writable(true).without_parent().file_opener(opener.clone()).open(child)?;
     let loc = c
         .parent_locator()
         .cloned()
