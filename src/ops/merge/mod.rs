@@ -95,6 +95,9 @@
 //! the child's log with the same atomicity as the child's locator, and on
 //! whatever storage the child is opened from ([`MergeOptions::file_opener`]):
 //! a crash test's simulated power cut treats it exactly like the images.
+//! It names the images by paths relative to the child's directory, so that
+//! a tree moved or copied as a whole takes it along: finishing or rolling
+//! back a copy changes the copy's images, never the original's.
 //! It is checked against the images before it steers anything: each image
 //! it names must be where the locators lead and hold its old or announced
 //! DataWriteGuid. The record of a finished merge stays (marked done) so that
