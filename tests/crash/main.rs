@@ -57,7 +57,6 @@
 //! `VHDX_CRASH_SOAK=<seeds> cargo test --release --test crash -- --ignored --nocapture`
 //! (5 seeds by default).
 
-mod merge_rerun;
 mod siblings;
 mod support;
 mod trees;
@@ -238,42 +237,6 @@ fn standard_workloads() -> Vec<Workload> {
 #[test]
 fn crash_at_every_point_loses_nothing_flushed() {
     run_all(&standard_workloads(), 24);
-}
-
-/// `merge` at depth 1 and 2, `--preserve-siblings` and `--force`, crashed
-/// after each of its operations, then finished by a re-run or by
-/// `recover_merge`; every image of the tree compared with models built from
-/// its writes ([`merge_rerun`]). `VHDX_MERGE_CRASH_LONG=1`: more crash states
-/// per point, and 4096-byte sectors too.
-#[test]
-fn merge_crashed_anywhere_is_finished_by_a_rerun() {
-    use vhdx::ops::merge::SiblingPolicy;
-    let long = std::env::var("VHDX_MERGE_CRASH_LONG").is_ok_and(|v| !v.is_empty() && v != "0");
-    let sectors: &[u32] = if long { &[512, 4096] } else { &[512] };
-    let mut failures = Vec::new();
-    for &sector in sectors {
-        for depth in [1, 2] {
-            for policy in [SiblingPolicy::Preserve, SiblingPolicy::Force] {
-                let tree = merge_rerun::build(depth, policy, sector);
-                let started = Instant::now();
-                let o = merge_rerun::crash_and_finish(&tree, threads(), long);
-                println!(
-                    "{:<52} {:>4} crash points, {:>5} crash states, {} failures, {:.1?}",
-                    tree.label(),
-                    o.points,
-                    o.states,
-                    o.failures.len(),
-                    started.elapsed()
-                );
-                assert!(o.points > 40, "{}: only {} crash points", tree.label(), o.points);
-                failures.extend(o.failures.into_iter().map(|f| format!("{}: {f}", tree.label())));
-            }
-        }
-    }
-    for f in failures.iter().take(30) {
-        println!("FAIL {f}");
-    }
-    assert!(failures.is_empty(), "{} crash states failed; first: {}", failures.len(), failures[0]);
 }
 
 /// Runs the sibling-merge crash points for each sector size.

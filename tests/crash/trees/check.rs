@@ -91,6 +91,16 @@ impl<'a> Files<'a> {
         Files { tree, root: root.to_path_buf(), bytes, versions }
     }
 
+    /// Read-only access to the files by path.
+    pub fn reader(&self) -> FileOpener {
+        self.opener(Arc::new(Mutex::new(BTreeSet::new())))
+    }
+
+    /// The member in `slot`, opened alone.
+    pub fn alone(&self, slot: usize) -> vhdx::Result<vhdx::Disk> {
+        OpenOptions::new().without_parent().open_storage(Box::new(Shared(self.bytes[slot].clone())))
+    }
+
     /// Read-only access to the files by path; the members opened are added
     /// to `log`. A copy of the tree elsewhere is served under the tree's own
     /// paths too: the locators' absolute paths name those.

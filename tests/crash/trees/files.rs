@@ -20,23 +20,30 @@ fn read_from(bytes: &[u8], buf: &mut [u8], offset: u64) -> Result<(), IoError> {
     Ok(())
 }
 
-/// A writable storage over bytes the test keeps a handle to, so it takes
-/// the result back without a copy.
+/// A writable storage over bytes the test keeps a handle to, shared until
+/// first written (a file the operation only reads is never copied), so a
+/// snapshot of it costs nothing.
 #[derive(Clone, Default)]
-pub struct VecStorage(Arc<Mutex<Vec<u8>>>);
+pub struct VecStorage(Arc<Mutex<Arc<Vec<u8>>>>);
 
 impl VecStorage {
-    pub fn new(bytes: Vec<u8>) -> VecStorage {
+    pub fn new(bytes: Arc<Vec<u8>>) -> VecStorage {
         VecStorage(Arc::new(Mutex::new(bytes)))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<Vec<u8>>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes the bytes out (the storage is left empty).
     pub fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.lock())
+        let bytes = std::mem::take(&mut *self.lock());
+        Arc::try_unwrap(bytes).unwrap_or_else(|b| b.to_vec())
+    }
+
+    /// The bytes as they are now.
+    pub fn bytes(&self) -> Arc<Vec<u8>> {
+        self.lock().clone()
     }
 }
 
@@ -46,6 +53,7 @@ impl Storage for VecStorage {
     }
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> Result<(), IoError> {
         let mut v = self.lock();
+        let v = Arc::make_mut(&mut v);
         let start = usize::try_from(offset).map_err(|_| eof())?;
         let end = start.checked_add(buf.len()).ok_or_else(eof)?;
         if end > v.len() {
@@ -61,7 +69,8 @@ impl Storage for VecStorage {
         Ok(self.lock().len() as u64)
     }
     fn set_len(&mut self, len: u64) -> Result<(), IoError> {
-        self.lock().resize(usize::try_from(len).map_err(|_| eof())?, 0);
+        let len = usize::try_from(len).map_err(|_| eof())?;
+        Arc::make_mut(&mut self.lock()).resize(len, 0);
         Ok(())
     }
 }
@@ -113,7 +122,7 @@ pub fn opener_of<S: Storage + Clone + 'static>(
 /// Opens `bytes` writable on their own, which replays a dirty log in place,
 /// and returns the file as the open and a close left it.
 pub fn recover(name: &str, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
-    let storage = VecStorage::new(bytes);
+    let storage = VecStorage::new(Arc::new(bytes));
     let disk = OpenOptions::new()
         .writable(true)
         .without_parent()

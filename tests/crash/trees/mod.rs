@@ -1,27 +1,30 @@
 //! Operations on whole trees of differencing disks, interrupted at every
-//! storage operation, with every image's content checked against models.
+//! storage operation, with every image's content checked against models:
+//! the crash suite's one harness for multi-file operations.
 //!
 //! The tree ([`model`]): `base` (dynamic) → `child` → `grandchild`;
 //! `base` → `sib` → `sibchild`; `base` → `empty`; and, for the depth-2
-//! merge, `base` → `mid` → `leaf` with `mid` → `midsib`. Set-parent adds a
-//! byte copy of the base in another directory and `other.vhdx`, a parent
-//! with another DataWriteGuid and other content. The trees are made as real
-//! files (512-byte sectors, and 4096-byte ones in some workloads; locators
-//! with relative paths only, so a copy of a tree refers to itself), which
-//! stay read-only: the tests work on copies in memory; the test keeps a model of what each image presents — its parent's model overlaid
+//! merge, `base` → `mid` → `leaf` → `leafkid` with `mid` → `midsib` →
+//! `midsibkid`. Set-parent adds a byte copy of the base in another
+//! directory and `other.vhdx`, a parent with another DataWriteGuid and
+//! other content. The trees are made as real files (512-byte sectors, and
+//! 4096-byte ones in some workloads; locators with relative paths only, so a
+//! copy of a tree refers to itself), which the tests never write to (they
+//! check that they did not): the tests work on copies in memory. The test
+//! keeps a model of what each image presents — its parent's model overlaid
 //! with its own writes — and of which sectors each holds. The expected
 //! content always comes from those models, never from the library's reads.
 //!
-//! Each operation ([`ops`]) — `merge` at depth 1 (`--preserve-siblings`,
-//! `--force`, and the default refusal, which must change nothing) and at
-//! depth 2, `set-parent` onto a copied parent and with
+//! Each operation ([`ops`]) — `merge` at depth 1 and 2 with
+//! `--preserve-siblings` and `--force` (and the default refusal, which must
+//! change nothing), `set-parent` onto a copied parent and with
 //! `--ignore-id-mismatch`, `compact` of a parent and of a child that has
 //! children, `resize` of a leaf (grow, and shrink over zeros) — runs with
 //! every file on a [`FaultStorage`](vhdx::io::FaultStorage) sharing one
 //! [`FaultClock`](vhdx::io::FaultClock), opened by path through a
 //! [`FileOpener`](vhdx::io::FileOpener). It is cut after each of its
 //! storage operations `k` (every later operation on every file fails); then
-//! the crash states ([`run`]): every file whole, every file's unflushed
+//! the crash states ([`cuts`]): every file whole, every file's unflushed
 //! writes lost, each file with unflushed writes lost / whole / in-order
 //! prefixes / torn at a logical sector / reordered subsets (the others
 //! whole), and random mixes. In each state every file is reopened writable
@@ -37,24 +40,35 @@
 //!   before — except the images the operation changes: a merge's target and
 //!   intermediates present each sector old or merged; a resized leaf its old
 //!   content at the old or the new size; the image re-linked by set-parent
-//!   with `--ignore-id-mismatch` wholly its old or its new content;
-//! - the operation, run again on the recovered files (on the states
-//!   "everything" and "nothing" of every crash point, and one in
-//!   `rerun_every` of the others; a state that broke the contract too),
-//!   succeeds — or refuses, but only when the operation had completed —
-//!   and then every image presents
-//!   the operation's result from the models: after a merge the target presents
-//!   its old content overlaid with C0's view on the union of the sectors
-//!   C0..C(N-1) hold, C0..C(N-1) present that, hold no block and are
-//!   linked to an image further up the chain, preserved
-//!   siblings present their old content and name their parent's new
-//!   DataWriteGuid with no `parent_linkage2` left; set-parent leaves the child
-//!   linked to the new parent; compact leaves every image as it was and the
-//!   file smaller; resize the leaf at its new size;
-//! - at a few crash points one state gets, instead, `check --repair`
-//!   (`vhdx::check::repair_file`) of every file written out as real files,
-//!   the checks above, the operation re-run on the real files, and its
-//!   result.
+//!   with `--ignore-id-mismatch` wholly its old or its new content.
+//!
+//! Then ([`finish`]) the states "everything" and "nothing" of every crash
+//! point, and one in `rerun_every` of the others (a state that broke the
+//! contract too), are finished by running the operation again on the
+//! recovered files — for a merge, every other time after `recover_merge`
+//! (what `check --repair` runs), which must leave every image exactly as
+//! before the merge began, linked, or exactly the merge's result. The
+//! re-run must succeed (an operation other than a merge may refuse, only
+//! when it had completed), and then every image presents the operation's
+//! result from the models: after a merge the target presents its old
+//! content overlaid with C0's view on the union of the sectors C0..C(N-1)
+//! hold, C0..C(N-1) present that, hold no block and are linked to an image
+//! further up the chain, preserved siblings present their old content and
+//! name their parent's new DataWriteGuid, no image keeps a
+//! `parent_linkage2` and the child records no unfinished merge; set-parent
+//! leaves the child linked to the new parent; compact leaves every image as
+//! it was and the file smaller; resize the leaf at its new size. The states
+//! "everything" and "nothing" are then run once more: a merge must find
+//! itself done and change no byte, another operation keep its result.
+//!
+//! At `nested_points` crash points the re-run of the state "everything" is
+//! itself cut after each of its storage operations, and those crash states
+//! (everything, nothing, each file whole or lost) are checked and finished
+//! the same way. At `repair_points` crash points one state gets `check
+//! --repair` (`vhdx::check::repair_file`) of every file written out as real
+//! files in a directory of their own — a merge must then be exactly rolled
+//! back or finished, another operation meet the contract of the crash
+//! states — then the operation re-run on the real files, and its result.
 //!
 //! A state that breaks the contract is reported with every violation, and
 //! the violations are counted by kind, so the output says which images fail
@@ -67,16 +81,22 @@
 //! `StorageFull`, a write storing what fits) — for good, or freed again at
 //! the first refusal — while the process goes on: when a write was refused
 //! the operation must report an error, the files as left must recover and
-//! meet the contract, and a re-run with space must complete.
+//! meet the contract, and finishing them with space (as above) must
+//! complete the operation. (Set-parent, compact and the resizes here need no
+//! new space: their runs find nothing refused.)
 //!
 //! `cargo test --release --test crash trees -- --nocapture` prints the
-//! figures (storage operations, crash points, crash states, states with
-//! every image verified, re-runs, repairs, ENOSPC points). By default crash
-//! states, re-runs, repairs and ENOSPC points are sampled (about three
-//! minutes on two cores for all of them); `VHDX_CRASH_FULL=1` checks more
-//! states per point, re-runs every state, repairs one state at every crash
-//! point, tries `ENOSPC` at every operation, and adds the 4096-byte-sector
-//! variants. `VHDX_CRASH_ONLY=<text>` keeps the workloads whose name
+//! figures per workload and per test: storage operations, crash points,
+//! crash states, states with every image verified, states finished by a
+//! re-run (after `recover_merge`, then run once more), crash points and
+//! states of the re-runs crashed, `check --repair` runs, `ENOSPC` runs (and
+//! those in which a write was refused, and verified), and the time spent on
+//! each part. By default crash states, re-runs, repairs and `ENOSPC` points
+//! are sampled ([`coverage`]). `VHDX_CRASH_FULL=1` checks more states per
+//! point, finishes every state (and runs each once more), repairs one state
+//! at every crash point, crashes the re-runs at 12 points, tries `ENOSPC` at
+//! every operation, and adds the 4096-byte-sector variants of every
+//! workload. `VHDX_CRASH_ONLY=<text>` keeps the workloads whose name
 //! contains the text.
 //!
 //! [`cli`] is the process-level counterpart: the real `vhdx merge
@@ -85,7 +105,9 @@
 
 mod check;
 mod cli;
+mod cuts;
 mod files;
+mod finish;
 mod model;
 mod ops;
 mod run;
@@ -104,6 +126,8 @@ fn full() -> bool {
     std::env::var("VHDX_CRASH_FULL").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
+/// How much of the crash space the run covers: sampled by default, more
+/// with `VHDX_CRASH_FULL=1`.
 fn coverage() -> Coverage {
     if full() {
         Coverage {
@@ -111,14 +135,16 @@ fn coverage() -> Coverage {
             mixes: 16,
             rerun_every: 1,
             repair_points: u64::MAX,
+            nested_points: 12,
             enospc_points: u64::MAX,
         }
     } else {
         Coverage {
             per_file: Budget { prefixes: 3, tears: 2, subsets: Some(2) },
             mixes: 3,
-            rerun_every: 6,
-            repair_points: 4,
+            rerun_every: 4,
+            repair_points: 6,
+            nested_points: 1,
             enospc_points: 12,
         }
     }
@@ -141,38 +167,14 @@ fn crash_all(workloads: Vec<Workload>) {
         let started = Instant::now();
         let o = run::crash_everywhere(w, threads(), &c);
         let f = o.figures;
-        println!(
-            "{:<66} {:>3} ops, {:>5} states ({} all verified), {} re-runs, {} repairs, {} ENOSPC ({} verified): \
-             {} failing, {:.1?}",
-            w.name,
-            f.storage_ops,
-            f.states,
-            f.verified,
-            f.reruns,
-            f.repairs,
-            f.enospc_points,
-            f.enospc_verified,
-            o.failures.states.len(),
-            started.elapsed()
-        );
+        println!("{}: {}; {} failing, {:.1?}", w.name, f, o.failures.states.len(), started.elapsed());
         total += f;
         failures.states.extend(o.failures.states);
         for (k, n) in o.failures.kinds {
             *failures.kinds.entry(k).or_default() += n;
         }
     }
-    println!(
-        "trees total: {} workloads, {} crash points, {} crash states, {} with every image verified, {} re-runs, \
-         {} repairs, {} ENOSPC points ({} verified)",
-        workloads.len(),
-        total.points,
-        total.states,
-        total.verified,
-        total.reruns,
-        total.repairs,
-        total.enospc_points,
-        total.enospc_verified
-    );
+    println!("trees total, {} workloads: {total}", workloads.len());
     if failures.states.is_empty() {
         return;
     }
@@ -209,11 +211,18 @@ fn merge_depth_1_crash_states() {
     crash_all(w);
 }
 
-/// `merge leaf --depth 2` over `base → mid → leaf`, with siblings of `mid`
-/// (and their children) and of `leaf`, preserved.
+/// `merge leaf --depth 2` over `base → mid → leaf` (with a child of its
+/// own), with siblings of `base` and of `mid` (and their children),
+/// `--preserve-siblings` and `--force`.
 #[test]
 fn merge_depth_2_crash_states() {
-    crash_all(sectors().into_iter().map(|s| merge_workload(s, &WHOLE, LEAF, 2, SiblingPolicy::Preserve)).collect());
+    let mut w = Vec::new();
+    for s in sectors() {
+        for policy in [SiblingPolicy::Preserve, SiblingPolicy::Force] {
+            w.push(merge_workload(s, &WHOLE, LEAF, 2, policy));
+        }
+    }
+    crash_all(w);
 }
 
 /// set-parent, compact and resize on tree members.

@@ -29,6 +29,10 @@ pub const COPY: usize = 9;
 /// A dynamic disk presenting the base's content changed in two places,
 /// with a DataWriteGuid of its own: a parent the children were not made from.
 pub const OTHER: usize = 10;
+/// Below `leaf` (C0 of the depth-2 merge), and below `midsib` (a sibling of
+/// its intermediate).
+pub const LEAFKID: usize = 11;
+pub const MIDSIBKID: usize = 12;
 
 /// One write: offset, length, and the seed of its bytes (0: zeros).
 type W = (u64, usize, u64);
@@ -47,18 +51,25 @@ pub struct ImageSpec {
 const M: u64 = MIB;
 
 /// The whole tree: `base` → `child` → `grandchild`; `base` → `sib` →
-/// `sibchild`; `base` → `empty`; `base` → `mid` → `leaf`, `mid` → `midsib`;
-/// and the two stand-alone parents of set-parent, `moved/base.vhdx` and
-/// `other.vhdx`. The writes overlap their ancestors' and their siblings',
-/// cross block boundaries, start and end inside sectors, and leave the last
-/// MiB of `sibchild`'s view zero (the shrink takes it off).
-pub const IMAGES: [ImageSpec; 11] = [
+/// `sibchild`; `base` → `empty`; `base` → `mid` → `leaf` → `leafkid`,
+/// `mid` → `midsib` → `midsibkid`; and the two stand-alone parents of
+/// set-parent, `moved/base.vhdx` and `other.vhdx`. The writes overlap their
+/// ancestors' and their siblings', cross block boundaries, start and end
+/// inside sectors, and leave the last MiB of `sibchild`'s view zero (the
+/// shrink takes it off). The base holds no block 3, which the merges'
+/// targets then allocate (a full filesystem can refuse it).
+pub const IMAGES: [ImageSpec; 13] = [
     ImageSpec {
         name: "base.vhdx",
         parent: None,
         block_mib: 1,
         // The zeros allocate a block that holds nothing: compaction gives it back.
-        writes: &[(0, 300_000, 1), (2 * M - 700, 300_000, 2), (3 * M + 4096, 100_000, 3), (4 * M + 12_345, 50_000, 0)],
+        writes: &[
+            (0, 300_000, 1),
+            (2 * M - 700, 300_000, 2),
+            (2 * M + 600_000, 100_000, 3),
+            (4 * M + 12_345, 50_000, 0),
+        ],
     },
     ImageSpec {
         name: "child.vhdx",
@@ -111,6 +122,18 @@ pub const IMAGES: [ImageSpec; 11] = [
         block_mib: 1,
         // Laid over a copy of the base's view; the second lies inside sib's own sectors.
         writes: &[(M - 300, 5000, 81), (2 * M + 45_000, 2000, 82)],
+    },
+    ImageSpec {
+        name: "leafkid.vhdx",
+        parent: Some(LEAF),
+        block_mib: 1,
+        writes: &[(2 * M + 61_000, 1000, 91), (4 * M + 3, 700, 92)],
+    },
+    ImageSpec {
+        name: "midsibkid.vhdx",
+        parent: Some(MIDSIB),
+        block_mib: 1,
+        writes: &[(3 * M - 1000, 300, 101), (10_400, 500, 102)],
     },
 ];
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use vhdx::io::FileOpener;
-use vhdx::ops::merge::{merge, set_parent_through, MergeOptions, SiblingPolicy};
+use vhdx::ops::merge::{interrupted_merge, merge, set_parent_through, MergeOptions, MergeRun, SiblingPolicy};
 use vhdx::OpenOptions;
 
 use super::check::{Content, Expect, Files};
@@ -37,45 +37,82 @@ pub struct Workload {
     pub during: BTreeMap<usize, Expect>,
     /// Every member once the operation completed (run whole, or re-run).
     pub after: BTreeMap<usize, Expect>,
+    /// A merge: every member once the merge was rolled back (`check
+    /// --repair` before its target changed) — as before it began, linked.
+    pub rolled_back: Option<BTreeMap<usize, Expect>>,
 }
 
 impl Workload {
+    /// The merge's options, opening files through `opener`.
+    pub fn merge_options(&self, opener: Option<FileOpener>) -> Option<MergeOptions> {
+        match self.op {
+            Op::Merge { depth, policy, .. } => {
+                Some(MergeOptions { depth, siblings: policy, file_opener: opener, ..Default::default() })
+            }
+            _ => None,
+        }
+    }
+
+    /// The image the operation is run on.
+    pub fn subject(&self) -> usize {
+        match self.op {
+            Op::Merge { child, .. } | Op::SetParent { child, .. } => child,
+            Op::Compact(image) | Op::Resize { image, .. } => image,
+        }
+    }
+
     /// Runs the operation on the tree at `root`, through `opener` (the
-    /// filesystem when `None`).
-    pub fn run(&self, root: &Path, opener: Option<FileOpener>) -> vhdx::Result<()> {
+    /// filesystem when `None`); a merge says how its run went.
+    pub fn run(&self, root: &Path, opener: Option<FileOpener>) -> vhdx::Result<Option<MergeRun>> {
         let path = |i: usize| root.join(IMAGES[i].name);
         let files = |o: OpenOptions| match &opener {
             Some(f) => o.file_opener(f.clone()),
             None => o,
         };
         match self.op {
-            Op::Merge { child, depth, policy } => {
-                let options =
-                    MergeOptions { depth, siblings: policy, file_opener: opener.clone(), ..Default::default() };
-                merge(&path(child), &options).map(|_| ())
+            Op::Merge { child, .. } => {
+                let options = self.merge_options(opener.clone()).expect("a merge");
+                merge(&path(child), &options).map(|r| Some(r.run))
             }
             Op::SetParent { child, parent, ignore_id_mismatch } => {
                 set_parent_through(&opener.clone().unwrap_or_default(), &path(child), &path(parent), ignore_id_mismatch)
+                    .map(|_| None)
             }
             Op::Compact(i) => {
                 let mut d = files(OpenOptions::new().writable(true)).open(path(i))?;
                 d.compact()?;
-                d.close()
+                d.close().map(|_| None)
             }
             Op::Resize { image, size } => {
                 let mut d = files(OpenOptions::new().writable(true)).open(path(image))?;
                 d.resize(size, false)?;
-                d.close()
+                d.close().map(|_| None)
             }
         }
     }
 
-    /// Checks beyond each image's content once the operation completed.
+    /// Checks beyond each image's content once the operation completed (or
+    /// a merge was rolled back): a compacted file is smaller; after a merge
+    /// no image announces a parent's next DataWriteGuid and the child
+    /// records no unfinished merge.
     pub fn check_result(&self, files: &Files<'_>) -> Result<(), String> {
         if let Op::Compact(i) = self.op {
             let (before, after) = (self.tree.files[self.tree.slot(i)].len(), files.bytes[self.tree.slot(i)].len());
             if after >= before {
                 return Err(format!("{}: the compacted file is {after} bytes, it was {before}", IMAGES[i].name));
+            }
+        }
+        if let Some(options) = self.merge_options(Some(files.reader())) {
+            for (slot, &i) in self.tree.members.iter().enumerate() {
+                if let Some(g) = files.alone(slot).ok().and_then(|d| d.parent_locator()?.parent_linkage2()) {
+                    return Err(format!("{}: parent_linkage2 is left in its locator — {g}", IMAGES[i].name));
+                }
+            }
+            let child = files.root.join(IMAGES[self.subject()].name);
+            match interrupted_merge(&child, &options) {
+                Ok(None) => {}
+                Ok(Some(m)) => return Err(format!("the child still records an unfinished merge — {m}")),
+                Err(e) => return Err(format!("the child's merge record cannot be read — {e}")),
             }
         }
         Ok(())
@@ -84,7 +121,7 @@ impl Workload {
 
 /// The members of the small tree (no `mid`), and of the whole one.
 pub const SMALL: [usize; 6] = [BASE, CHILD, GRANDCHILD, SIB, SIBCHILD, EMPTY];
-pub const WHOLE: [usize; 9] = [BASE, CHILD, GRANDCHILD, SIB, SIBCHILD, EMPTY, MID, LEAF, MIDSIB];
+pub const WHOLE: [usize; 11] = [BASE, CHILD, GRANDCHILD, SIB, SIBCHILD, EMPTY, MID, LEAF, MIDSIB, LEAFKID, MIDSIBKID];
 
 fn unchanged(model: &Model, members: &[usize]) -> BTreeMap<usize, Expect> {
     members.iter().map(|&i| (i, Expect::same(&model.views[i]))).collect()
@@ -144,6 +181,19 @@ pub fn merge_workload(sector: u64, members: &[usize], child: usize, depth: usize
             after.insert(c, Expect::same(&merged).empty().linked().parent_among(&chain[k + 1..]));
         }
     }
+    let rolled_back = members
+        .iter()
+        .map(|&i| {
+            (
+                i,
+                if IMAGES[i].parent.is_some() {
+                    Expect::same(&model.views[i]).linked()
+                } else {
+                    Expect::same(&model.views[i])
+                },
+            )
+        })
+        .collect();
     let changed = &chain[1..];
     for &i in members {
         if chain.contains(&i) {
@@ -164,6 +214,10 @@ pub fn merge_workload(sector: u64, members: &[usize], child: usize, depth: usize
             SiblingPolicy::Preserve if is_sibling => {
                 after.insert(i, Expect::same(&model.views[i]).linked().parent(hung_off));
             }
+            // Below a preserved sibling, which keeps its own DataWriteGuid.
+            SiblingPolicy::Preserve => {
+                after.insert(i, Expect::same(&model.views[i]).linked());
+            }
             SiblingPolicy::Force => {
                 during.insert(i, Expect::same(&model.views[i]).may_break(hung_off));
                 after.insert(i, Expect::same(&model.views[i]).may_break(hung_off));
@@ -178,7 +232,15 @@ pub fn merge_workload(sector: u64, members: &[usize], child: usize, depth: usize
         label(policy),
         members.len()
     );
-    Workload { name, model, tree, op: Op::Merge { child, depth, policy }, during, after }
+    Workload {
+        name,
+        model,
+        tree,
+        op: Op::Merge { child, depth, policy },
+        during,
+        after,
+        rolled_back: Some(rolled_back),
+    }
 }
 
 /// `set-parent CHILD COPY`: the child now names `moved/base.vhdx`, a byte
@@ -199,6 +261,7 @@ pub fn set_parent_to_copy(sector: u64) -> Workload {
         op: Op::SetParent { child: CHILD, parent: COPY, ignore_id_mismatch: false },
         during,
         after,
+        rolled_back: None,
     }
 }
 
@@ -228,6 +291,7 @@ pub fn set_parent_ignoring_id(sector: u64) -> Workload {
         op: Op::SetParent { child: SIB, parent: OTHER, ignore_id_mismatch: true },
         during,
         after,
+        rolled_back: None,
     }
 }
 
@@ -244,7 +308,7 @@ pub fn compact_workload(sector: u64, image: usize) -> Workload {
         }
     }
     let name = format!("compact {} ({} files, {sector}-byte sectors)", IMAGES[image].name, SMALL.len());
-    Workload { name, model, tree, op: Op::Compact(image), during, after }
+    Workload { name, model, tree, op: Op::Compact(image), during, after, rolled_back: None }
 }
 
 /// `resize LEAF --size SIZE`: the leaf presents its old content cut or
@@ -263,7 +327,7 @@ pub fn resize_workload(sector: u64, image: usize, size: u64) -> Workload {
     let verb = if size > SIZE { "grow" } else { "shrink" };
     let name =
         format!("resize {} ({verb} to {size}; {} files, {sector}-byte sectors)", IMAGES[image].name, SMALL.len());
-    Workload { name, model, tree, op: Op::Resize { image, size }, during, after }
+    Workload { name, model, tree, op: Op::Resize { image, size }, during, after, rolled_back: None }
 }
 
 /// The growth and the shrink of the resize workloads.

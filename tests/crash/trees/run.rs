@@ -1,6 +1,6 @@
 //! Running an operation on a tree with a power cut, or `ENOSPC`, after each
-//! of its storage operations, and checking every crash state, a re-run, and
-//! `check --repair`.
+//! of its storage operations, and checking every crash state and how it is
+//! finished ([`finish`](super::finish)); the re-run itself crashed too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -9,11 +9,13 @@ use std::sync::{Arc, Mutex};
 
 use vhdx::io::{CrashState, FaultClock, FaultStorage, FileOpener, PendingOp};
 
-use super::check::{check_files, Expect, Files, Memo};
-use super::files::{opener_of, recover, SpaceWatch, VecStorage};
-use super::model::{read_tree, write_tree, IMAGES};
+use super::check::{Files, Memo};
+use super::cuts::{cuts, describe, Cut, FileCut, Initial};
+use super::files::{opener_of, SpaceWatch};
+use super::finish::{finish, repair_then_rerun, verify, How};
+use super::model::IMAGES;
 use super::ops::Workload;
-use crate::support::{crash_states, for_each_crash_point, spread, Budget, Rng};
+use crate::support::{for_each_crash_point, spread, Budget};
 use crate::verify::panic_text;
 
 /// How much of the crash space a run covers.
@@ -23,12 +25,16 @@ pub struct Coverage {
     pub per_file: Budget,
     /// Crash states mixing every file's states at random.
     pub mixes: usize,
-    /// Re-run the operation on one crash state in this many (1: all; the
-    /// states "everything" and "nothing" of every crash point always).
+    /// Finish the operation on one crash state in this many (1: all; the
+    /// states "everything" and "nothing" of every crash point always, and
+    /// then run it once more).
     pub rerun_every: u64,
     /// Crash points at which one state gets `check --repair` on real files.
     pub repair_points: u64,
-    /// `ENOSPC` points tried (each once, then with growth refused for good).
+    /// Crash points at which the re-run of the state "everything" is itself
+    /// crashed after each of its storage operations.
+    pub nested_points: u64,
+    /// `ENOSPC` points tried (each for good, and freed at the first refusal).
     pub enospc_points: u64,
 }
 
@@ -40,10 +46,24 @@ pub struct Figures {
     pub states: u64,
     /// States in which every image of the tree was checked and met the contract.
     pub verified: u64,
+    /// Crash states finished by running the operation again.
     pub reruns: u64,
+    /// Of those, merges first ended by `recover_merge`.
+    pub recovered: u64,
+    /// Finished states then run once more.
+    pub again: u64,
+    /// Crash points of re-runs (the re-run crashed), and their crash states.
+    pub nested_points: u64,
+    pub nested_states: u64,
+    /// States repaired by `check --repair` on real files.
     pub repairs: u64,
-    pub enospc_points: u64,
+    /// `ENOSPC`: runs tried, runs in which a write was refused, and those
+    /// of these that met the contract.
+    pub enospc_tried: u64,
+    pub enospc_refused: u64,
     pub enospc_verified: u64,
+    /// Time spent on the crash points, on the re-runs crashed, on `ENOSPC`.
+    pub times: [std::time::Duration; 3],
 }
 
 impl std::ops::AddAssign for Figures {
@@ -53,10 +73,61 @@ impl std::ops::AddAssign for Figures {
         self.states += o.states;
         self.verified += o.verified;
         self.reruns += o.reruns;
+        self.recovered += o.recovered;
+        self.again += o.again;
+        self.nested_points += o.nested_points;
+        self.nested_states += o.nested_states;
         self.repairs += o.repairs;
-        self.enospc_points += o.enospc_points;
+        self.enospc_tried += o.enospc_tried;
+        self.enospc_refused += o.enospc_refused;
         self.enospc_verified += o.enospc_verified;
+        for (t, o) in self.times.iter_mut().zip(o.times) {
+            *t += o;
+        }
     }
+}
+
+impl std::fmt::Display for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} storage ops, {} crash points, {} crash states ({} with every image verified); {} finished by a \
+             re-run ({} after recover_merge, {} then run once more); re-runs crashed at {} points, {} states; \
+             {} check --repair; ENOSPC: {} runs, {} refused a write, {} verified ({:.0?} + {:.0?} + {:.0?})",
+            self.storage_ops,
+            self.points,
+            self.states,
+            self.verified,
+            self.reruns,
+            self.recovered,
+            self.again,
+            self.nested_points,
+            self.nested_states,
+            self.repairs,
+            self.enospc_tried,
+            self.enospc_refused,
+            self.enospc_verified,
+            self.times[0],
+            self.times[1],
+            self.times[2]
+        )
+    }
+}
+
+/// The figures, counted from several threads.
+#[derive(Default)]
+struct Counters {
+    verified: AtomicU64,
+    reruns: AtomicU64,
+    recovered: AtomicU64,
+    again: AtomicU64,
+    nested_points: AtomicU64,
+    nested_states: AtomicU64,
+    repairs: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
 }
 
 /// The failures of a run: each state's, and how often each kind of
@@ -85,272 +156,81 @@ impl Sink {
     }
 }
 
-/// The tree's files on fault-injecting storage sharing `clock` (and its
+/// The tree's `files` on fault-injecting storage sharing `clock` (and its
 /// filesystem), watched for `ENOSPC` by `space`, and an opener serving them
 /// by path.
-fn session(w: &Workload, clock: &FaultClock, space: &SpaceWatch) -> (Vec<FaultStorage>, FileOpener) {
-    let storages: Vec<FaultStorage> = w.tree.files.iter().map(|b| FaultStorage::on_clock(b.to_vec(), clock)).collect();
+fn session(
+    w: &Workload,
+    files: &[Arc<Vec<u8>>],
+    clock: &FaultClock,
+    space: &SpaceWatch,
+) -> (Vec<FaultStorage>, FileOpener) {
+    let storages: Vec<FaultStorage> = files.iter().map(|b| FaultStorage::on_clock(b.to_vec(), clock)).collect();
     let paths = w.tree.members.iter().map(|&i| w.tree.path(i));
     let watched: Vec<_> = storages.iter().map(|s| space.watch(s.clone())).collect();
     (storages, opener_of(paths.zip(watched).collect(), |_| {}))
 }
 
-/// Runs the operation on the tree's files under `clock`.
-fn run_faulty(
-    w: &Workload,
-    clock: &FaultClock,
-    space: &SpaceWatch,
-) -> Result<(vhdx::Result<()>, Vec<FaultStorage>), String> {
-    let (storages, opener) = session(w, clock, space);
+/// The operation's result, and the storages it left.
+type Faulty = (vhdx::Result<()>, Vec<FaultStorage>);
+
+/// Runs the operation on `files` under `clock`.
+fn run_faulty(w: &Workload, files: &[Arc<Vec<u8>>], clock: &FaultClock, space: &SpaceWatch) -> Result<Faulty, String> {
+    let (storages, opener) = session(w, files, clock, space);
     let r = catch_unwind(AssertUnwindSafe(|| w.run(&w.tree.root, Some(opener))))
         .map_err(|p| format!("the operation panics — {}", panic_text(p)))?;
-    Ok((r, storages))
+    Ok((r.map(|_| ()), storages))
 }
 
-/// Checks `files` against `want`, and against the operation's result
-/// checks when `result`.
-fn verify(
-    w: &Workload,
-    files: &Files<'_>,
-    want: &BTreeMap<usize, Expect>,
-    result: bool,
-    memo: Option<&mut Memo>,
-) -> Vec<String> {
-    let r = catch_unwind(AssertUnwindSafe(|| {
-        let mut v = check_files(files, want, w.model.sector as usize, memo);
-        if result {
-            v.extend(w.check_result(files).err());
-        }
-        v
-    }));
-    r.unwrap_or_else(|p| vec![format!("the check panics — {}", panic_text(p))])
+/// One run of the crash points of `w` started on `start`: the top level
+/// (the operation on the tree as made), or a re-run crashed in its turn.
+struct Level<'a> {
+    w: &'a Workload,
+    c: &'a Coverage,
+    sink: &'a Sink,
+    n: &'a Counters,
+    start: &'a [Arc<Vec<u8>>],
+    initial: Vec<Initial>,
+    ops: u64,
+    /// Where this level began (the crash state whose re-run this is), or
+    /// empty at the top.
+    context: String,
+    repair_at: BTreeSet<u64>,
 }
 
-/// Runs the operation again, without a fault, on `bytes` (recovered files)
-/// and checks its result.
-///
-/// A re-run that refuses is accepted only when the operation had already
-/// completed: every file presents its result (nothing is left to finish).
-fn rerun(w: &Workload, bytes: &[Arc<Vec<u8>>]) -> Vec<String> {
-    let storages: Vec<VecStorage> = bytes.iter().map(|b| VecStorage::new(b.to_vec())).collect();
-    let paths = w.tree.members.iter().map(|&i| w.tree.path(i));
-    let opener = opener_of(paths.zip(storages.iter().cloned()).collect(), |_| {});
-    match catch_unwind(AssertUnwindSafe(|| w.run(&w.tree.root, Some(opener)))) {
-        Err(p) => return vec![format!("the re-run panics — {}", panic_text(p))],
-        Ok(Err(e)) => {
-            let complete = verify(w, &Files::new(&w.tree, &w.tree.root, bytes.to_vec()), &w.after, true, None);
-            if complete.is_empty() {
-                return Vec::new();
-            }
-            return vec![format!("the re-run fails ({:?}) — {e}", e.kind())];
-        }
-        Ok(Ok(())) => {}
+impl Level<'_> {
+    fn nested(&self) -> bool {
+        !self.context.is_empty()
     }
-    let done = storages.iter().map(|s| Arc::new(s.take())).collect();
-    let v = verify(w, &Files::new(&w.tree, &w.tree.root, done), &w.after, true, None);
-    v.into_iter().map(|v| format!("after the re-run: {v}")).collect()
-}
 
-/// `check --repair` (`vhdx::check::repair_file`) on every file of the crash
-/// state, written out as real files; then the contract of the crash states;
-/// then the operation re-run on the real files, and its result.
-fn repair_then_rerun(w: &Workload, raw: &[Arc<Vec<u8>>]) -> Vec<String> {
-    let (_dir, root) = write_tree(&w.tree, raw);
-    for &i in &w.tree.members {
-        let name = IMAGES[i].name;
-        match vhdx::check::repair_file(&root.join(name)) {
-            Err(e) => return vec![format!("{name}: check --repair fails ({:?}) — {e}", e.kind())],
-            Ok(r) if !r.after.is_clean() => {
-                return vec![format!("{name}: check --repair leaves errors — {:?}", r.after.errors)];
-            }
-            Ok(_) => {}
-        }
-    }
-    let v = verify(w, &Files::new(&w.tree, &root, read_tree(&w.tree, &root)), &w.during, false, None);
-    if !v.is_empty() {
-        return v.into_iter().map(|v| format!("after check --repair: {v}")).collect();
-    }
-    match catch_unwind(AssertUnwindSafe(|| w.run(&root, None))) {
-        Err(p) => return vec![format!("the re-run after check --repair panics — {}", panic_text(p))],
-        Ok(Err(e)) => {
-            let complete = verify(w, &Files::new(&w.tree, &root, read_tree(&w.tree, &root)), &w.after, true, None);
-            if !complete.is_empty() {
-                return vec![format!("the re-run after check --repair fails ({:?}) — {e}", e.kind())];
-            }
-        }
-        Ok(Ok(())) => {}
-    }
-    let v = verify(w, &Files::new(&w.tree, &root, read_tree(&w.tree, &root)), &w.after, true, None);
-    v.into_iter().map(|v| format!("after check --repair and the re-run: {v}")).collect()
-}
-
-/// Which crash state each file is left in.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-enum Cut {
-    Whole,
-    Lost,
-    /// The n-th of the file's other crash states.
-    State(usize),
-}
-
-/// One file in one crash state, recovered.
-#[derive(Clone)]
-struct FileCut {
-    recovered: Result<Arc<Vec<u8>>, String>,
-    /// Names these bytes for the memo (`None`: not remembered).
-    version: Option<u64>,
-}
-
-/// A file before the operation: as made, and recovered.
-struct Initial {
-    raw: Arc<Vec<u8>>,
-    cut: FileCut,
-}
-
-impl FileCut {
-    fn new(name: &str, raw: Vec<u8>, initial: &Initial, version: Option<u64>) -> FileCut {
-        // An untouched file recovers as it did before the operation.
-        if raw == *initial.raw {
-            return initial.cut.clone();
-        }
-        FileCut { recovered: recover(name, raw).map(Arc::new), version }
-    }
-}
-
-/// The crash states checked at one crash point (writes tear at `unit`
-/// bytes, the images' logical sector: the unit the contract is about, as no
-/// format can keep a sector old or new if the storage tears inside it):
-/// everything, nothing, each
-/// file with unflushed operations whole with the others lost, lost with the
-/// others whole, and in each of its other states with the others whole; and
-/// random mixes of every file's states.
-fn cuts(pending: &[Vec<PendingOp>], unit: u64, k: u64, c: &Coverage) -> (Vec<Vec<Cut>>, Vec<Vec<CrashState>>) {
-    let n = pending.len();
-    let states: Vec<Vec<CrashState>> = pending
-        .iter()
-        .map(|p| {
-            let all = crash_states(p, unit, k, c.per_file);
-            all.into_iter().filter(|x| !matches!(x, CrashState::AllPending | CrashState::DurableOnly)).collect()
-        })
-        .collect();
-    let with_pending: Vec<usize> = (0..n).filter(|&i| !pending[i].is_empty()).collect();
-    let mut seen: BTreeSet<Vec<Cut>> = BTreeSet::new();
-    let mut order = Vec::new();
-    let mut push = |v: Vec<Cut>| {
-        if seen.insert(v.clone()) {
-            order.push(v);
-        }
-    };
-    push(vec![Cut::Whole; n]);
-    if !with_pending.is_empty() {
-        push(vec![Cut::Lost; n]);
-    }
-    for &f in &with_pending {
-        let mut v = vec![Cut::Lost; n];
-        v[f] = Cut::Whole;
-        push(v);
-        let mut v = vec![Cut::Whole; n];
-        v[f] = Cut::Lost;
-        push(v);
-        for j in 0..states[f].len() {
-            let mut v = vec![Cut::Whole; n];
-            v[f] = Cut::State(j);
-            push(v);
-        }
-    }
-    if with_pending.len() > 1 {
-        let mut rng = Rng::new(k.wrapping_mul(7919).wrapping_add(13));
-        for _ in 0..c.mixes {
-            let v = (0..n)
-                .map(|f| match pending[f].is_empty() {
-                    true => Cut::Whole,
-                    false => match rng.next() % (2 + states[f].len() as u64) {
-                        0 => Cut::Whole,
-                        1 => Cut::Lost,
-                        j => Cut::State((j - 2) as usize),
-                    },
-                })
-                .collect();
-            push(v);
-        }
-    }
-    (order, states)
-}
-
-fn describe(w: &Workload, cut: &[Cut], states: &[Vec<CrashState>]) -> String {
-    if cut.iter().all(|c| *c == Cut::Whole) {
-        return String::from("every file whole");
-    }
-    if cut.iter().all(|c| *c == Cut::Lost) {
-        return String::from("every file's unflushed writes lost");
-    }
-    let parts: Vec<String> = cut
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| **c != Cut::Whole)
-        .map(|(slot, c)| {
-            let name = IMAGES[w.tree.members[slot]].name;
-            match c {
-                Cut::State(j) => format!("{name} {:?}", states[slot][*j]),
-                _ => format!("{name} {c:?}"),
-            }
-        })
-        .collect();
-    format!("{}, the others whole", parts.join(", "))
-}
-
-/// Everything a run of a workload found.
-pub struct Outcome {
-    pub figures: Figures,
-    pub failures: Failures,
-}
-
-/// Crashes `w` after each of its storage operations and checks every crash
-/// state chosen by `c`; then the same with `ENOSPC`.
-pub fn crash_everywhere(w: &Workload, threads: usize, c: &Coverage) -> Outcome {
-    let sink = Sink(Mutex::new(Failures::default()));
-    let clock = FaultClock::new();
-    let (r, storages) = run_faulty(w, &clock, &SpaceWatch::default()).unwrap_or_else(|e| panic!("{}: {e}", w.name));
-    let ops = clock.mutating_ops();
-    match r {
-        Err(e) => sink.fail(w, "without a fault", &[format!("the operation fails ({:?}) — {e}", e.kind())]),
-        Ok(()) => {
-            let done: Vec<Arc<Vec<u8>>> = storages.iter().map(|s| Arc::new(s.volatile())).collect();
-            let v = verify(w, &Files::new(&w.tree, &w.tree.root, done), &w.after, true, None);
-            if !v.is_empty() {
-                sink.fail(w, "without a fault", &v);
-            }
-        }
-    }
-    let initial: Vec<Initial> = (w.tree.files.iter().enumerate())
-        .map(|(slot, b)| Initial {
-            raw: b.clone(),
-            cut: FileCut {
-                recovered: recover(IMAGES[w.tree.members[slot]].name, b.to_vec()).map(Arc::new),
-                version: Some(slot as u64 * 3),
-            },
-        })
-        .collect();
-    let counters: [AtomicU64; 3] = Default::default();
-    let repair_at: BTreeSet<u64> = spread(ops + 1, c.repair_points).into_iter().collect();
-    let (states, _) = for_each_crash_point(0..=ops, threads, |k, _| {
-        let at = |what: &str| format!("crash after {k} of {ops}: {what}");
+    /// Crashes the operation after `k` of its storage operations and
+    /// checks every crash state chosen by the coverage, finishing some;
+    /// returns the states checked and the state "every file whole",
+    /// recovered.
+    fn crash_at(&self, k: u64) -> (u64, Option<Vec<Arc<Vec<u8>>>>) {
+        let (w, c) = (self.w, self.c);
+        let at = |what: &str| format!("{}crash after {k} of {}: {what}", self.context, self.ops);
         let clock = FaultClock::new();
         clock.crash_after(k);
-        let (result, storages) = match run_faulty(w, &clock, &SpaceWatch::default()) {
+        let (result, storages) = match run_faulty(w, self.start, &clock, &SpaceWatch::default()) {
             Ok(x) => x,
             Err(e) => {
-                sink.fail(w, &at("running"), &[e]);
-                return 0;
+                self.sink.fail(w, &at("running"), &[e]);
+                return (0, None);
             }
         };
         if result.is_ok() && clock.crashed() {
-            sink.fail(w, &at("the result"), &[String::from("reports success although the storage failed under it")]);
+            let e = String::from("reports success although the storage failed under it");
+            self.sink.fail(w, &at("the result"), &[e]);
         }
         let pending: Vec<Vec<PendingOp>> = storages.iter().map(|s| s.pending()).collect();
-        let (cuts, states) = cuts(&pending, w.model.sector, k, c);
+        // A re-run crashed: every state finished, no more than nothing,
+        // everything and each file whole or lost.
+        let small = Coverage { per_file: Budget { prefixes: 0, tears: 0, subsets: None }, mixes: 0, ..*c };
+        let (cuts, states) = cuts(&pending, w.model.sector, k, if self.nested() { &small } else { c });
         let mut cache: BTreeMap<(usize, Cut), Arc<FileCut>> = BTreeMap::new();
         let mut memo = Memo::default();
+        let mut whole = None;
         for (n, cut) in cuts.iter().enumerate() {
             // Without unflushed writes, every state of a file is its durable image.
             let cut: Vec<Cut> = cut
@@ -369,17 +249,15 @@ pub fn crash_everywhere(w: &Workload, threads: usize, c: &Coverage) -> Outcome {
             let files: Vec<Arc<FileCut>> = (cut.iter().enumerate())
                 .map(|(slot, &which)| {
                     let make = |version| {
-                        Arc::new(FileCut::new(IMAGES[w.tree.members[slot]].name, raw(slot), &initial[slot], version))
+                        let name = IMAGES[w.tree.members[slot]].name;
+                        Arc::new(FileCut::new(name, raw(slot), &self.initial[slot], version))
                     };
-                    match which {
-                        Cut::State(_) => make(None),
-                        Cut::Whole => {
-                            cache.entry((slot, which)).or_insert_with(|| make(Some(slot as u64 * 3 + 1))).clone()
-                        }
-                        Cut::Lost => {
-                            cache.entry((slot, which)).or_insert_with(|| make(Some(slot as u64 * 3 + 2))).clone()
-                        }
-                    }
+                    let version = match which {
+                        Cut::State(_) => return make(None),
+                        Cut::Whole => slot as u64 * 3 + 1,
+                        Cut::Lost => slot as u64 * 3 + 2,
+                    };
+                    cache.entry((slot, which)).or_insert_with(|| make(Some(version))).clone()
                 })
                 .collect();
             let what = describe(w, &cut, &states);
@@ -387,48 +265,152 @@ pub fn crash_everywhere(w: &Workload, threads: usize, c: &Coverage) -> Outcome {
             let recovered = match recovered {
                 Ok(r) => r,
                 Err(e) => {
-                    sink.fail(w, &at(&what), &[e]);
+                    self.sink.fail(w, &at(&what), &[e]);
                     continue;
                 }
             };
             let mut state = Files::new(&w.tree, &w.tree.root, recovered);
             state.versions = files.iter().map(|f| f.version).collect();
-            // A state that breaks the contract is still re-run: whether the
-            // re-run repairs it is worth knowing.
+            // A state that breaks the contract is still finished: whether
+            // that repairs it is worth knowing.
             let mut v = verify(w, &state, &w.during, false, Some(&mut memo));
-            if v.is_empty() {
-                counters[0].fetch_add(1, Ordering::Relaxed);
+            if v.is_empty() && !self.nested() {
+                add(&self.n.verified, 1);
             }
-            if n < 2 || (k + n as u64) % c.rerun_every == 0 {
-                counters[1].fetch_add(1, Ordering::Relaxed);
-                v.extend(rerun(w, &state.bytes));
+            if self.nested() || n < 2 || (k + n as u64) % c.rerun_every == 0 {
+                let how = How {
+                    recover_first: w.rolled_back.is_some() && (k + n as u64) % 2 == 1,
+                    again: n < 2 || c.rerun_every == 1,
+                };
+                add(&self.n.reruns, 1);
+                add(&self.n.recovered, how.recover_first as u64);
+                add(&self.n.again, how.again as u64);
+                v.extend(finish(w, &state.bytes, how));
             }
             if !v.is_empty() {
-                sink.fail(w, &at(&what), &v);
+                self.sink.fail(w, &at(&what), &v);
             }
-            if n == cuts.len() / 2 && repair_at.contains(&k) {
-                counters[2].fetch_add(1, Ordering::Relaxed);
+            if n == cuts.len() / 2 && self.repair_at.contains(&k) {
+                add(&self.n.repairs, 1);
                 let raw: Vec<Arc<Vec<u8>>> = (0..cut.len()).map(|slot| Arc::new(raw(slot))).collect();
                 let v = repair_then_rerun(w, &raw);
                 if !v.is_empty() {
-                    sink.fail(w, &at(&what), &v);
+                    self.sink.fail(w, &at(&what), &v);
                 }
             }
+            if n == 0 {
+                whole = Some(state.bytes);
+            }
         }
-        cuts.len() as u64
+        (cuts.len() as u64, whole)
+    }
+}
+
+/// Everything a run of a workload found.
+pub struct Outcome {
+    pub figures: Figures,
+    pub failures: Failures,
+}
+
+/// Crashes `w` after each of its storage operations and checks every crash
+/// state chosen by `c`; at `c.nested_points` of them crashes the re-run of
+/// the state "everything" after each of its operations; then the same with
+/// `ENOSPC`.
+pub fn crash_everywhere(w: &Workload, threads: usize, c: &Coverage) -> Outcome {
+    let sink = Sink(Mutex::new(Failures::default()));
+    let counters = Counters::default();
+    let clock = FaultClock::new();
+    let (r, storages) =
+        run_faulty(w, &w.tree.files, &clock, &SpaceWatch::default()).unwrap_or_else(|e| panic!("{}: {e}", w.name));
+    let ops = clock.mutating_ops();
+    match r {
+        Err(e) => sink.fail(w, "without a fault", &[format!("the operation fails ({:?}) — {e}", e.kind())]),
+        Ok(()) => {
+            let done: Vec<Arc<Vec<u8>>> = storages.iter().map(|s| Arc::new(s.volatile())).collect();
+            let v = verify(w, &Files::new(&w.tree, &w.tree.root, done), &w.after, true, None);
+            if !v.is_empty() {
+                sink.fail(w, "without a fault", &v);
+            }
+        }
+    }
+    let top = Level {
+        w,
+        c,
+        sink: &sink,
+        n: &counters,
+        start: &w.tree.files,
+        initial: Initial::all(w, &w.tree.files, false),
+        ops,
+        context: String::new(),
+        repair_at: spread(ops + 1, c.repair_points).into_iter().collect(),
+    };
+    // The re-run crashed: in the middle of the operation, or at points
+    // spread over it.
+    let nest_at = match c.nested_points {
+        0 => Vec::new(),
+        1 => vec![ops / 2],
+        n => spread(ops + 1, n),
+    };
+    let mut times = [std::time::Instant::now(); 4];
+    let wholes = Mutex::new(BTreeMap::new());
+    let (states, _) = for_each_crash_point(0..=ops, threads, |k, _| {
+        let (states, whole) = top.crash_at(k);
+        if let (true, Some(whole)) = (nest_at.contains(&k), whole) {
+            wholes.lock().unwrap().insert(k, whole);
+        }
+        states
     });
+    times[1] = std::time::Instant::now();
+    for (k, start) in wholes.into_inner().unwrap() {
+        let what = format!("crash after {k} of {ops}, every file whole, re-run: ");
+        let probe = FaultClock::new();
+        match run_faulty(w, &start, &probe, &SpaceWatch::default()) {
+            Ok((Ok(()), _)) => {}
+            Ok((Err(e), _)) => sink.fail(w, &what, &[format!("the re-run fails ({:?}) — {e}", e.kind())]),
+            Err(e) => sink.fail(w, &what, &[e]),
+        }
+        let rerun_ops = probe.mutating_ops();
+        if rerun_ops == 0 {
+            continue;
+        }
+        let nested = Level {
+            start: &start,
+            initial: Initial::all(w, &start, true),
+            ops: rerun_ops,
+            context: what,
+            repair_at: BTreeSet::new(),
+            ..top
+        };
+        let (s, _) = for_each_crash_point(0..=rerun_ops - 1, threads, |j, _| nested.crash_at(j).0);
+        add(&counters.nested_points, rerun_ops);
+        add(&counters.nested_states, s);
+    }
+
+    times[2] = std::time::Instant::now();
     let mut figures = Figures {
         storage_ops: ops,
         points: ops + 1,
         states,
-        verified: counters[0].load(Ordering::Relaxed),
-        reruns: counters[1].load(Ordering::Relaxed),
-        repairs: counters[2].load(Ordering::Relaxed),
+        verified: counters.verified.load(Ordering::Relaxed),
+        reruns: counters.reruns.load(Ordering::Relaxed),
+        recovered: counters.recovered.load(Ordering::Relaxed),
+        again: counters.again.load(Ordering::Relaxed),
+        nested_points: counters.nested_points.load(Ordering::Relaxed),
+        nested_states: counters.nested_states.load(Ordering::Relaxed),
+        repairs: counters.repairs.load(Ordering::Relaxed),
         ..Figures::default()
     };
-    let (tried, verified) = no_space_everywhere(w, ops, threads, c, &initial, &sink);
-    figures.enospc_points = tried;
-    figures.enospc_verified = verified;
+    (figures.enospc_tried, figures.enospc_refused, figures.enospc_verified) =
+        no_space_everywhere(w, ops, threads, c, &top.initial, &sink);
+    times[3] = std::time::Instant::now();
+    figures.times = [times[1] - times[0], times[2] - times[1], times[3] - times[2]];
+    // Nothing may have written to the tree as made, which stays on disk for
+    // path resolution (a record or a locator naming it would lead there).
+    for (slot, &i) in w.tree.members.iter().enumerate() {
+        if std::fs::read(w.tree.path(i)).ok().as_deref() != Some(&w.tree.files[slot][..]) {
+            sink.fail(w, "the tree as made", &[format!("{}: written to during the test", IMAGES[i].name)]);
+        }
+    }
     let mut failures = sink.0.into_inner().unwrap_or_else(|e| e.into_inner());
     failures.states.sort();
     Outcome { figures, failures }
@@ -439,7 +421,8 @@ pub fn crash_everywhere(w: &Workload, threads: usize, c: &Coverage) -> Outcome {
 /// refused (space freed at once by someone else): when a write is refused,
 /// the operation must fail, every file (as the still-running process left
 /// it) recover and meet the contract, and a re-run with space complete it.
-/// Returns the points at which a write was refused, and those verified.
+/// Returns the runs tried, those in which a write was refused, and those of
+/// these verified.
 fn no_space_everywhere(
     w: &Workload,
     ops: u64,
@@ -447,19 +430,22 @@ fn no_space_everywhere(
     c: &Coverage,
     initial: &[Initial],
     sink: &Sink,
-) -> (u64, u64) {
+) -> (u64, u64, u64) {
     let points = spread(ops, c.enospc_points);
-    let verified = AtomicU64::new(0);
-    let last = (points.len() as u64 * 2).saturating_sub(1);
-    let (tried, _) = for_each_crash_point(0..=last, threads, |n, _| {
-        let Some(&k) = points.get((n / 2) as usize) else { return 0 };
+    if points.is_empty() {
+        return (0, 0, 0);
+    }
+    let (refused, verified) = (AtomicU64::new(0), AtomicU64::new(0));
+    let runs = points.len() as u64 * 2;
+    for_each_crash_point(0..=runs.saturating_sub(1), threads, |n, _| {
+        let k = points[(n / 2) as usize];
         let sticky = n % 2 == 1;
         let mode = if sticky { "for good" } else { "until the first refusal" };
         let at = format!("the filesystem full after operation {k} of {ops} ({mode})");
         let clock = FaultClock::new();
         clock.fill_after(Some(k));
         let space = SpaceWatch::new(!sticky);
-        let (result, storages) = match run_faulty(w, &clock, &space) {
+        let (result, storages) = match run_faulty(w, &w.tree.files, &clock, &space) {
             Ok(x) => x,
             Err(e) => {
                 sink.fail(w, &at, &[e]);
@@ -467,13 +453,14 @@ fn no_space_everywhere(
             }
         };
         match (&result, space.refusals()) {
-            (Ok(()), 0) => return 0,
+            (Ok(()), 0) => return 1,
             (Ok(()), _) => {
                 sink.fail(w, &at, &[String::from("reports success although a write failed with ENOSPC")]);
             }
             (Err(e), 0) => sink.fail(w, &at, &[format!("fails without the fault — {e}")]),
             (Err(_), _) => {}
         }
+        add(&refused, 1);
         let mut recovered = Vec::new();
         for (slot, s) in storages.iter().enumerate() {
             match FileCut::new(IMAGES[w.tree.members[slot]].name, s.volatile(), &initial[slot], None).recovered {
@@ -485,13 +472,14 @@ fn no_space_everywhere(
             }
         }
         let mut v = verify(w, &Files::new(&w.tree, &w.tree.root, recovered.clone()), &w.during, false, None);
-        v.extend(rerun(w, &recovered));
+        let how = How { recover_first: w.rolled_back.is_some() && sticky, again: true };
+        v.extend(finish(w, &recovered, how));
         if v.is_empty() {
-            verified.fetch_add(1, Ordering::Relaxed);
+            add(&verified, 1);
         } else {
             sink.fail(w, &at, &v);
         }
         1
     });
-    (tried, verified.into_inner())
+    (runs, refused.into_inner(), verified.into_inner())
 }
