@@ -447,8 +447,18 @@ pub fn set_parent(child: &Path, parent: &Path, ignore_id_mismatch: bool) -> Resu
 /// [`set_parent`], opening every file (the child, the parent and the
 /// parent's own chain, also to look for a loop) through `opener`, which
 /// locks as it sees fit: for images on storage of the caller's own, such as
-/// a crash test's [`FaultStorage`](crate::io::FaultStorage)s. The locator
+/// a crash test's [`FaultStorage`](crate::io::FaultStorage)s, or files an
+/// operation of the caller's already holds in a [`LockSet`]. The locator
 /// still names `parent`'s path on the filesystem.
+///
+/// ```no_run
+/// use vhdx::io::LockSet;
+/// use vhdx::ops::merge::set_parent_through;
+/// let locks = LockSet::new();
+/// locks.lock("child.vhdx".as_ref(), true)?; // held for a longer operation
+/// set_parent_through(&locks.opener(), "child.vhdx".as_ref(), "moved/base.vhdx".as_ref(), false)?;
+/// # Ok::<(), vhdx::Error>(())
+/// ```
 pub fn set_parent_through(opener: &FileOpener, child: &Path, parent: &Path, ignore_id_mismatch: bool) -> Result<()> {
     refuse_loop(child, parent, opener)?;
     link_to_parent(opener, child, parent, ignore_id_mismatch)
