@@ -8,8 +8,7 @@
 //! limit, so a hang fails the test.
 //!
 //! And `vhdx resize` of an image that has children must not break them
-//! silently: it refuses (changing nothing), or they keep presenting what
-//! they did.
+//! silently: it refuses, naming them and changing nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -165,34 +164,40 @@ fn merge_killed_with_sigkill_recovers_and_completes() {
 }
 
 /// Resizing a parent changes its DataWriteGuid; its children, which name
-/// the old one, would then be refused. The tool must refuse to do that (and
-/// change nothing), or keep the children presenting what they did.
+/// the old one, would then be refused. The tool must refuse to do that,
+/// naming them and changing nothing (`--force` is what breaks them).
 #[test]
 fn resizing_a_parent_does_not_silently_break_its_children() {
     let model = Model::new(512);
     let tree = build(&model, &SMALL);
     let (_d, root) = write_tree(&tree, &tree.files);
     let grown = SIZE + (1 << 20);
-    let child = Command::new(bin())
+    let mut child = Command::new(bin())
         .current_dir(&root)
         .args(["resize", "base.vhdx", "--size", &grown.to_string()])
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting vhdx resize");
+    let mut stderr = child.stderr.take().expect("piped");
     let status = wait_bounded(child, "vhdx resize base.vhdx");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
     let after = read_tree(&tree, &root);
-    if !status.success() {
-        for (slot, &i) in tree.members.iter().enumerate() {
-            assert!(after[slot] == tree.files[slot], "the refused resize changed {}", IMAGES[i].name);
-        }
-        return;
+    if status.success() {
+        // Had it resized, the children would have to present what they did.
+        let mut base = model.views[BASE].to_vec();
+        base.resize(grown as usize, 0);
+        let mut want: std::collections::BTreeMap<usize, Expect> =
+            SMALL.iter().map(|&i| (i, Expect::same(&model.views[i]))).collect();
+        want.insert(BASE, Expect::new(Content::Same(Arc::new(base))));
+        let failures = check_files(&Files::new(&tree, &root, after), &want, 512, None);
+        panic!("vhdx resize base.vhdx did not refuse; the tree after it: {failures:#?}");
     }
-    let mut base = model.views[BASE].to_vec();
-    base.resize(grown as usize, 0);
-    let mut want: std::collections::BTreeMap<usize, Expect> =
-        SMALL.iter().map(|&i| (i, Expect::same(&model.views[i]))).collect();
-    want.insert(BASE, Expect::new(Content::Same(Arc::new(base))));
-    let failures = check_files(&Files::new(&tree, &root, after), &want, 512, None);
-    assert!(failures.is_empty(), "vhdx resize base.vhdx succeeded and broke the tree: {failures:#?}");
+    for (slot, &i) in tree.members.iter().enumerate() {
+        assert!(after[slot] == tree.files[slot], "the refused resize changed {}", IMAGES[i].name);
+    }
+    for name in ["child.vhdx", "sib.vhdx", "empty.vhdx", "--force"] {
+        assert!(text.contains(name), "the refusal does not name {name}: {text}");
+    }
 }
