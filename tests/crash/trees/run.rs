@@ -52,7 +52,8 @@ pub struct Figures {
     pub recovered: u64,
     /// Finished states then run once more.
     pub again: u64,
-    /// Crash points of re-runs (the re-run crashed), and their crash states.
+    /// Crash points of re-runs (the re-run crashed), and their crash states
+    /// (each finished by a re-run, counted here only).
     pub nested_points: u64,
     pub nested_states: u64,
     /// States repaired by `check --repair` on real files.
@@ -92,7 +93,7 @@ impl std::fmt::Display for Figures {
         write!(
             f,
             "{} storage ops, {} crash points, {} crash states ({} with every image verified); {} finished by a \
-             re-run ({} after recover_merge, {} then run once more); re-runs crashed at {} points, {} states; \
+             re-run ({} after recover_merge, {} then run once more); re-runs crashed at {} points, {} states (each finished); \
              {} check --repair; ENOSPC: {} runs, {} refused a write, {} verified ({:.0?} + {:.0?} + {:.0?})",
             self.storage_ops,
             self.points,
@@ -282,9 +283,11 @@ impl Level<'_> {
                     recover_first: w.rolled_back.is_some() && (k + n as u64) % 2 == 1,
                     again: n < 2 || c.rerun_every == 1,
                 };
-                add(&self.n.reruns, 1);
-                add(&self.n.recovered, how.recover_first as u64);
-                add(&self.n.again, how.again as u64);
+                if !self.nested() {
+                    add(&self.n.reruns, 1);
+                    add(&self.n.recovered, how.recover_first as u64);
+                    add(&self.n.again, how.again as u64);
+                }
                 v.extend(finish(w, &state.bytes, how));
             }
             if !v.is_empty() {
