@@ -232,6 +232,9 @@ impl Level<'_> {
         let mut cache: BTreeMap<(usize, Cut), Arc<FileCut>> = BTreeMap::new();
         let mut memo = Memo::default();
         let mut whole = None;
+        // States finished at this point so far: every other one (changing
+        // from point to point) gets `recover_merge` first.
+        let mut finished = k;
         for (n, cut) in cuts.iter().enumerate() {
             // Without unflushed writes, every state of a file is its durable image.
             let cut: Vec<Cut> = cut
@@ -279,8 +282,9 @@ impl Level<'_> {
                 add(&self.n.verified, 1);
             }
             if self.nested() || n < 2 || (k + n as u64) % c.rerun_every == 0 {
+                finished += 1;
                 let how = How {
-                    recover_first: w.rolled_back.is_some() && (k + n as u64) % 2 == 1,
+                    recover_first: w.rolled_back.is_some() && finished % 2 == 0,
                     again: n < 2 || c.rerun_every == 1,
                 };
                 if !self.nested() {
