@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vhdx::ops::merge::{merge, set_parent, MergeOptions, SiblingPolicy};
+use vhdx::ops::merge::{merge, set_parent, set_parent_through, MergeOptions, SiblingPolicy};
 use vhdx::{CreateOptions, Disk, ErrorKind};
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -199,6 +199,31 @@ fn set_parent_follows_a_moved_parent_and_refuses_a_stranger() {
     let now = view(&t.p("a.vhdx"));
     assert_eq!(&now[..4096], &va[..4096], "the child's own sectors stay");
     assert!(now[4096..].iter().all(|&b| b == 0), "the rest now comes from the empty stranger");
+}
+
+/// `set_parent_through` opens every file through the caller's opener: here
+/// a lock set that holds the child for a longer operation, which `set_parent`
+/// (taking its own lock) is refused; the loop check goes through it too.
+#[test]
+fn set_parent_through_opens_through_the_callers_opener() {
+    let t = Tree::new(512);
+    t.child("a.vhdx", "base.vhdx", &[(0, 4096, 91)]);
+    t.child("g.vhdx", "a.vhdx", &[(8192, 512, 92)]);
+    let va = view(&t.p("a.vhdx"));
+    std::fs::copy(t.p("base.vhdx"), t.p("copy.vhdx")).unwrap();
+    let locks = vhdx::io::LockSet::new();
+    locks.lock(&t.p("a.vhdx"), true).unwrap();
+    let err = set_parent(&t.p("a.vhdx"), &t.p("copy.vhdx"), false).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
+    let before = t.files();
+    let err = set_parent_through(&locks.opener(), &t.p("a.vhdx"), &t.p("g.vhdx"), true).unwrap_err();
+    assert!(matches!(err, vhdx::Error::ParentLoop { .. }), "{err}");
+    assert_eq!(t.files(), before, "the refused set-parent changed a file");
+    set_parent_through(&locks.opener(), &t.p("a.vhdx"), &t.p("copy.vhdx"), false).unwrap();
+    drop(locks);
+    let a = Disk::open(t.p("a.vhdx")).unwrap();
+    assert!(a.parent().and_then(|p| p.path()).is_some_and(|p| p.ends_with("copy.vhdx")));
+    assert_eq!(view(&t.p("a.vhdx")), va);
 }
 
 #[test]

@@ -423,3 +423,74 @@ fn while_a_merge_is_unfinished_other_merges_of_its_images_are_refused() {
     merge(&t.p("child"), &t.options(policy)).unwrap();
     t.check_views(&t.after, "finished");
 }
+
+impl Tree {
+    /// The tree's files copied into a directory of their own, with the same models.
+    fn copy(&self) -> Tree {
+        let dir = scratch();
+        let root = dir.path().canonicalize().unwrap();
+        for n in &self.names {
+            std::fs::copy(self.p(n), root.join(format!("{n}.vhdx"))).unwrap();
+        }
+        Tree {
+            _dir: dir,
+            root,
+            depth: self.depth,
+            names: self.names.clone(),
+            before: self.before.clone(),
+            after: self.after.clone(),
+            changed: self.changed.clone(),
+        }
+    }
+}
+
+/// Regression: the merge record named the images by absolute path, so a
+/// tree copied elsewhere (a backup, a VM's folder copied) with an interrupted
+/// merge was repaired by working on the images it was copied from: `check
+/// --repair` of the copy rolled back or finished the original's merge —
+/// writing into files it was not given — and left the copy's siblings
+/// announcing a GUID and its child linked to a GUID its parent no longer
+/// had; a tree moved as a whole could not be finished at all. The record's
+/// paths are now relative to the child's directory.
+#[test]
+fn an_interrupted_merge_copied_or_moved_with_its_tree_ends_there() {
+    let policy = SiblingPolicy::Preserve;
+    let ops = operations(2, policy);
+    let (mut rolled_back, mut finished) = (0, 0);
+    for k in spread(ops, 10).into_iter().skip(1) {
+        let original = killed(2, policy, k);
+        let when = format!("killed after {k} of {ops}");
+        let files = original.files();
+        // Copied: check --repair of the copy, then the merge in the copy.
+        let copy = original.copy();
+        let repair = vhdx::check::repair_file(&copy.p("child")).unwrap_or_else(|e| panic!("{when}: repair: {e}"));
+        let actions = repair.actions.join("\n");
+        assert!(repair.after.is_clean(), "{when}: {:?}", repair.after);
+        if actions.contains("rolled back") {
+            rolled_back += 1;
+            copy.check_views(&copy.before, &format!("{when}, the copy rolled back"));
+        } else if actions.contains("finished") {
+            finished += 1;
+        }
+        merge(&copy.p("child"), &copy.options(policy)).unwrap_or_else(|e| panic!("{when}: merging the copy: {e}"));
+        copy.check_views(&copy.after, &format!("{when}, the copy"));
+        assert!(original.files() == files, "{when}: repairing and merging the copy changed the original");
+        // Moved: the original's directory renamed, then the merge run again there.
+        let moved = copy_into_a_new_name(&original);
+        merge(&moved.p("child"), &moved.options(policy)).unwrap_or_else(|e| panic!("{when}: the moved tree: {e}"));
+        moved.check_views(&moved.after, &format!("{when}, the moved tree"));
+    }
+    assert!(rolled_back > 0 && finished > 0, "{rolled_back} rolled back, {finished} finished");
+}
+
+/// `t` moved to another directory: its files are no longer where they were.
+fn copy_into_a_new_name(t: &Tree) -> Tree {
+    let copy = t.copy();
+    let dir = scratch();
+    let root = dir.path().canonicalize().unwrap().join("moved");
+    std::fs::rename(&copy.root, &root).unwrap();
+    for n in &t.names {
+        std::fs::remove_file(t.p(n)).unwrap();
+    }
+    Tree { _dir: dir, root, ..copy }
+}

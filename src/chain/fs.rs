@@ -259,7 +259,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 }
 
 /// Removes `.` and `..` components lexically.
-fn normalize(p: &Path) -> PathBuf {
+pub(crate) fn normalize(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {
@@ -274,7 +274,7 @@ fn normalize(p: &Path) -> PathBuf {
 }
 
 /// `target` relative to the directory `from` (both absolute, normalized).
-fn relative(from: &Path, target: &Path) -> PathBuf {
+pub(crate) fn relative(from: &Path, target: &Path) -> PathBuf {
     let f: Vec<_> = from.components().collect();
     let t: Vec<_> = target.components().collect();
     let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();

@@ -31,6 +31,8 @@ mod fs;
 
 #[cfg(feature = "std")]
 pub use fs::{locator_for, looked_for, resolve_relative, windows_paths, FsResolver};
+#[cfg(feature = "std")]
+pub(crate) use fs::{normalize, relative};
 
 use alloc::boxed::Box;
 use alloc::string::String;

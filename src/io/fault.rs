@@ -46,12 +46,14 @@
 //! image and pending operations, because each file's flush is its own
 //! barrier.
 //!
-//! Space can run out too ([`FaultStorage::fill_after`]): the storage tracks
-//! which 4 KiB pages of the file hold space, as a sparse file does (written
+//! Space can run out too ([`FaultClock::fill_after`]): each storage tracks
+//! which 4 KiB pages of its file hold space, as a sparse file does (written
 //! or [`allocate`](Storage::allocate)d pages do; `set_len` extends with
 //! holes), and once the filesystem is full every write or `allocate` that
-//! needs a page it does not hold fails with ENOSPC, without a crash: reads,
-//! flushes, writes into held pages and truncation go on working.
+//! needs a page its file does not hold fails with ENOSPC, without a crash:
+//! reads, flushes, writes into held pages and truncation go on working. The
+//! storages of one clock share one filesystem: it fills for all of them at
+//! once, as for the files of a tree on one disk.
 //!
 //! ```
 //! use vhdx::io::{CrashState, FaultStorage};
@@ -161,6 +163,8 @@ struct ClockState {
     flushes: u64,
     crash_after: Option<u64>,
     crashed: bool,
+    /// The operation count from which the filesystem is full.
+    full_after: Option<u64>,
 }
 
 impl ClockState {
@@ -214,6 +218,37 @@ impl FaultClock {
     pub fn flushes(&self) -> u64 {
         self.lock().flushes
     }
+
+    /// Fills the filesystem that this clock's storages share once `n`
+    /// mutating operations (counted over all of them) have completed;
+    /// `None` frees space again. While it is full, a write or
+    /// [`allocate`](Storage::allocate) needing a page its file does not hold
+    /// fails with ENOSPC (`std::io::ErrorKind::StorageFull`) — a write
+    /// first stores the bytes that come before that page, as a short
+    /// `pwrite` does — and all else works. `n` at or below the current count
+    /// fills it at once.
+    ///
+    /// ```
+    /// use vhdx::io::{FaultClock, FaultStorage};
+    /// use vhdx::Storage;
+    /// let clock = FaultClock::new();
+    /// let (mut a, mut b) = (FaultStorage::on_clock(vec![0; 8], &clock), FaultStorage::on_clock(vec![], &clock));
+    /// clock.fill_after(Some(1));
+    /// a.write_all_at(b"ok", 0).unwrap(); // operation 1: space left
+    /// assert_eq!(b.write_all_at(b"x", 0).unwrap_err().kind(), std::io::ErrorKind::StorageFull);
+    /// a.write_all_at(b"in place", 0).unwrap(); // pages it holds: fine
+    /// clock.fill_after(None);
+    /// b.write_all_at(b"x", 0).unwrap();
+    /// ```
+    pub fn fill_after(&self, n: Option<u64>) {
+        self.lock().full_after = n;
+    }
+
+    /// Whether the filesystem is full now.
+    fn full(&self) -> bool {
+        let c = self.lock();
+        c.full_after.is_some_and(|n| c.mutating_ops >= n)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -223,8 +258,6 @@ struct FaultState {
     pending: Vec<PendingOp>,
     /// Per [`SPACE_PAGE`] of `volatile`, whether it holds space.
     allocated: Vec<bool>,
-    /// The clock's operation count from which the filesystem is full.
-    full_after: Option<u64>,
 }
 
 impl FaultState {
@@ -255,8 +288,7 @@ impl FaultState {
     /// Where `[offset, offset + len)` first needs a page the file does not
     /// hold, when the filesystem is full (`None`: the range fits).
     fn first_needed(&self, clock: &FaultClock, offset: u64, len: u64) -> Option<u64> {
-        let full = self.full_after.is_some_and(|n| clock.mutating_ops() >= n);
-        if !full || len == 0 {
+        if len == 0 || !clock.full() {
             return None;
         }
         let (first, last) = (offset / SPACE_PAGE, (offset + len - 1) / SPACE_PAGE);
@@ -302,8 +334,7 @@ impl FaultStorage {
     /// (and whose crash comes from) `clock`, shared with other storages.
     pub fn on_clock(data: Vec<u8>, clock: &FaultClock) -> Self {
         let allocated = alloc::vec![true; (data.len() as u64).div_ceil(SPACE_PAGE) as usize];
-        let state =
-            FaultState { durable: data.clone(), volatile: data, pending: Vec::new(), allocated, full_after: None };
+        let state = FaultState { durable: data.clone(), volatile: data, pending: Vec::new(), allocated };
         FaultStorage { state: Arc::new(Mutex::new(state)), clock: clock.clone() }
     }
 
@@ -346,15 +377,10 @@ impl FaultStorage {
         self.clock.flushes()
     }
 
-    /// Fills the filesystem once `n` mutating operations (counted on this
-    /// storage's clock) have completed; `None` frees space again. While it
-    /// is full, a write or [`allocate`](Storage::allocate) needing a page
-    /// this file does not hold fails with ENOSPC
-    /// (`std::io::ErrorKind::StorageFull`) — a write first stores the bytes
-    /// that come before that page, as a short `pwrite` does — and all else
-    /// works. `n` at or below the current count fills it at once.
+    /// Fills the filesystem of this storage's clock, which every storage
+    /// on the clock shares: [`FaultClock::fill_after`].
     pub fn fill_after(&self, n: Option<u64>) {
-        self.lock().full_after = n;
+        self.clock.fill_after(n);
     }
 
     /// Bytes of the file that hold space: whole [`SPACE_PAGE`]s written or
@@ -575,6 +601,25 @@ mod tests {
         h.fill_after(None);
         s.write_all_at(&[4u8; 10], 3 * SPACE_PAGE).unwrap();
         assert_eq!(h.allocated_bytes(), 2 * SPACE_PAGE);
+    }
+
+    #[test]
+    fn the_storages_of_a_clock_share_one_filesystem() {
+        let clock = FaultClock::new();
+        let (mut a, mut b) = (FaultStorage::on_clock(Vec::new(), &clock), FaultStorage::on_clock(Vec::new(), &clock));
+        a.write_all_at(b"a", 0).unwrap();
+        // Filled through one storage, after the next operation on any of them.
+        b.fill_after(Some(2));
+        b.write_all_at(b"b", 0).unwrap();
+        assert_eq!(a.write_all_at(b"x", SPACE_PAGE).unwrap_err().kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!(
+            b.set_len(3 * SPACE_PAGE).map(|_| b.allocate(SPACE_PAGE, 1)).unwrap().unwrap_err().kind(),
+            std::io::ErrorKind::StorageFull
+        );
+        a.write_all_at(b"in place", 8).unwrap();
+        clock.fill_after(None);
+        b.allocate(SPACE_PAGE, 1).unwrap();
+        assert!(!clock.crashed());
     }
 
     #[test]

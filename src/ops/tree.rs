@@ -179,16 +179,21 @@ pub fn chain_with(path: &Path, opener: &FileOpener) -> Vec<Node> {
 /// are found, at most [`crate::chain::MAX_CHAIN_DEPTH`] links, stopping
 /// before a file met twice). `path` itself is not included.
 pub fn ancestors(path: &Path) -> Vec<PathBuf> {
+    ancestors_with(path, &FileOpener::default())
+}
+
+/// [`ancestors`], opening files through `opener`.
+pub fn ancestors_with(path: &Path, opener: &FileOpener) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
     let mut seen = alloc::vec![canonical(path)];
-    let mut at = examine(path).parent;
+    let mut at = examine_with(path, opener).parent;
     while let Some(p) = at.take() {
         let c = canonical(&p);
         if seen.contains(&c) || out.len() > crate::chain::MAX_CHAIN_DEPTH {
             break;
         }
         seen.push(c);
-        at = examine(&p).parent;
+        at = examine_with(&p, opener).parent;
         out.push(p);
     }
     out

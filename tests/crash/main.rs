@@ -41,9 +41,11 @@
 //! (ix) a compaction that releases, moves and truncates; (x) a sibling merge
 //! (`ops::siblings`) over six files on one power switch, whose crash states
 //! are checked for links that hold, views that are old or new sector by
-//! sector, and a re-run that completes the merge ([`siblings`]). A merge with `--preserve-siblings`, which changes
-//! four files, is crashed at each of its operations in [`tree`], all files
-//! on one fault clock.
+//! sector, and a re-run that completes the merge ([`siblings`]).
+//! Merges, set-parent, compact and resize on whole trees of differencing
+//! disks are crashed (and run out of space) at each of their operations, all
+//! files on one fault clock, every image of the tree checked against models,
+//! in [`trees`], which also kills the real `vhdx merge` with SIGKILL.
 //!
 //! `VHDX_CRASH_ONLY=<text>` runs only the workloads whose name contains
 //! the text.
@@ -55,10 +57,9 @@
 //! `VHDX_CRASH_SOAK=<seeds> cargo test --release --test crash -- --ignored --nocapture`
 //! (5 seeds by default).
 
-mod merge_rerun;
 mod siblings;
 mod support;
-mod tree;
+mod trees;
 mod verify;
 mod workloads;
 
@@ -236,67 +237,6 @@ fn standard_workloads() -> Vec<Workload> {
 #[test]
 fn crash_at_every_point_loses_nothing_flushed() {
     run_all(&standard_workloads(), 24);
-}
-
-#[test]
-fn crash_during_a_merge_that_preserves_siblings() {
-    let started = Instant::now();
-    let o = tree::crash_the_merge(threads());
-    println!(
-        "{:<44} {:>4} crash points, {:>5} crash states, {} failures, {:.1?}",
-        "merge --preserve-siblings (4 files)",
-        o.points,
-        o.states,
-        o.failures.len(),
-        started.elapsed()
-    );
-    for f in o.failures.iter().take(20) {
-        println!("FAIL {f}");
-    }
-    assert!(
-        o.failures.is_empty(),
-        "{} of {} crash states failed; first: {}",
-        o.failures.len(),
-        o.states,
-        o.failures[0]
-    );
-    assert!(o.points > 20, "the merge had only {} crash points", o.points);
-}
-
-/// `merge` at depth 1 and 2, `--preserve-siblings` and `--force`, crashed
-/// after each of its operations, then finished by a re-run or by
-/// `recover_merge`; every image of the tree compared with models built from
-/// its writes ([`merge_rerun`]). `VHDX_MERGE_CRASH_LONG=1`: more crash states
-/// per point, and 4096-byte sectors too.
-#[test]
-fn merge_crashed_anywhere_is_finished_by_a_rerun() {
-    use vhdx::ops::merge::SiblingPolicy;
-    let long = std::env::var("VHDX_MERGE_CRASH_LONG").is_ok_and(|v| !v.is_empty() && v != "0");
-    let sectors: &[u32] = if long { &[512, 4096] } else { &[512] };
-    let mut failures = Vec::new();
-    for &sector in sectors {
-        for depth in [1, 2] {
-            for policy in [SiblingPolicy::Preserve, SiblingPolicy::Force] {
-                let tree = merge_rerun::build(depth, policy, sector);
-                let started = Instant::now();
-                let o = merge_rerun::crash_and_finish(&tree, threads(), long);
-                println!(
-                    "{:<52} {:>4} crash points, {:>5} crash states, {} failures, {:.1?}",
-                    tree.label(),
-                    o.points,
-                    o.states,
-                    o.failures.len(),
-                    started.elapsed()
-                );
-                assert!(o.points > 40, "{}: only {} crash points", tree.label(), o.points);
-                failures.extend(o.failures.into_iter().map(|f| format!("{}: {f}", tree.label())));
-            }
-        }
-    }
-    for f in failures.iter().take(30) {
-        println!("FAIL {f}");
-    }
-    assert!(failures.is_empty(), "{} crash states failed; first: {}", failures.len(), failures[0]);
 }
 
 /// Runs the sibling-merge crash points for each sector size.

@@ -41,7 +41,7 @@ pub(super) fn write_record(
     record: &Record,
     locator: impl FnOnce(&Disk) -> Result<Option<ParentLocator>>,
 ) -> Result<()> {
-    let bytes = record.encode()?;
+    let bytes = record.encode(child)?;
     let d = alone(options, child, true)?;
     closing(d, |d| {
         let loc = locator(d)?;

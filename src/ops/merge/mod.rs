@@ -95,6 +95,9 @@
 //! the child's log with the same atomicity as the child's locator, and on
 //! whatever storage the child is opened from ([`MergeOptions::file_opener`]):
 //! a crash test's simulated power cut treats it exactly like the images.
+//! It names the images by paths relative to the child's directory, so that
+//! a tree moved or copied as a whole takes it along: finishing or rolling
+//! back a copy changes the copy's images, never the original's.
 //! It is checked against the images before it steers anything: each image
 //! it names must be where the locators lead and hold its old or announced
 //! DataWriteGuid. The record of a finished merge stays (marked done) so that
@@ -433,13 +436,39 @@ fn resume(
 pub fn set_parent(child: &Path, parent: &Path, ignore_id_mismatch: bool) -> Result<()> {
     // Before the locks: the walk up the parent's chain opens images read-only,
     // the child among them when there is a loop.
-    refuse_loop(child, parent)?;
+    refuse_loop(child, parent, &FileOpener::default())?;
     // The child stays locked from before the parent's chain is opened (which
     // may pass through the child, through the lock) until it is re-linked.
     let locks = LockSet::new();
     locks.lock(child, true)?;
-    let p = OpenOptions::new().file_opener(locks.opener()).open(parent)?;
-    let mut c = OpenOptions::new().writable(true).without_parent().file_opener(locks.opener()).open(child)?;
+    link_to_parent(&locks.opener(), child, parent, ignore_id_mismatch)
+}
+
+/// [`set_parent`], opening every file (the child, the parent and the
+/// parent's own chain, also to look for a loop) through `opener`, which
+/// locks as it sees fit: for images on storage of the caller's own, such as
+/// a crash test's [`FaultStorage`](crate::io::FaultStorage)s, or files an
+/// operation of the caller's already holds in a [`LockSet`]. The locator
+/// still names `parent`'s path on the filesystem.
+///
+/// ```no_run
+/// use vhdx::io::LockSet;
+/// use vhdx::ops::merge::set_parent_through;
+/// let locks = LockSet::new();
+/// locks.lock("child.vhdx".as_ref(), true)?; // held for a longer operation
+/// set_parent_through(&locks.opener(), "child.vhdx".as_ref(), "moved/base.vhdx".as_ref(), false)?;
+/// # Ok::<(), vhdx::Error>(())
+/// ```
+pub fn set_parent_through(opener: &FileOpener, child: &Path, parent: &Path, ignore_id_mismatch: bool) -> Result<()> {
+    refuse_loop(child, parent, opener)?;
+    link_to_parent(opener, child, parent, ignore_id_mismatch)
+}
+
+/// The body of [`set_parent`], after the loop check, with files opened
+/// through `opener`.
+fn link_to_parent(opener: &FileOpener, child: &Path, parent: &Path, ignore_id_mismatch: bool) -> Result<()> {
+    let p = OpenOptions::new().file_opener(opener.clone()).open(parent)?;
+    let mut c = OpenOptions::new().writable(true).without_parent().file_opener(opener.clone()).open(child)?;
     let loc = c
         .parent_locator()
         .cloned()
@@ -470,13 +499,13 @@ pub fn set_parent(child: &Path, parent: &Path, ignore_id_mismatch: bool) -> Resu
 /// links (followed to the files they name, matching or not) lead to `child`.
 /// Checked before anything is opened for writing; a child that is not a
 /// differencing disk is left to the caller's own refusal.
-fn refuse_loop(child: &Path, parent: &Path) -> Result<()> {
-    if super::tree::examine(child).status == super::tree::LinkStatus::Root {
+fn refuse_loop(child: &Path, parent: &Path, opener: &FileOpener) -> Result<()> {
+    if super::tree::examine_with(child, opener).status == super::tree::LinkStatus::Root {
         return Ok(());
     }
     let me = canonical(child);
     let itself = canonical(parent) == me;
-    if itself || super::tree::ancestors(parent).iter().any(|a| canonical(a) == me) {
+    if itself || super::tree::ancestors_with(parent, opener).iter().any(|a| canonical(a) == me) {
         return Err(Error::ParentLoop {
             child: child.display().to_string(),
             parent: parent.display().to_string(),

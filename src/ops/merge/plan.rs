@@ -220,7 +220,7 @@ pub(super) fn from_images(child: &Path, options: &MergeOptions, reuse: Option<&R
         siblings: siblings.iter().map(|(s, k)| (*k, canonical(&s.path))).collect(),
     };
     // Refused now, rather than once something changed, if it cannot be written.
-    record.encode().map_err(|e| e.in_file(child.display()))?;
+    record.encode(child).map_err(|e| e.in_file(child.display()))?;
     Ok(Plan { paths, old, next, siblings, policy: options.siblings, below, record })
 }
 

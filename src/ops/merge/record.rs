@@ -14,8 +14,12 @@
 //! sibling <k> <path>                                     (a child of Ck not in the chain)
 //! ```
 //!
-//! Paths are absolute; bytes outside printable ASCII, and `%`, are written
-//! `%XX`. The record lives in the child's metadata region, so it is written
+//! Paths are relative to the child's directory (`..` where needed), as a
+//! locator's `relative_path` is, so that a tree moved or copied as a whole
+//! takes its record along: a re-run or `check --repair` of the copy works on
+//! the copy's images, never on those it was copied from. A path with no
+//! relative form (another drive) is absolute; absolute paths are read too.
+//! Bytes outside printable ASCII, and `%`, are written `%XX`. The record lives in the child's metadata region, so it is written
 //! and removed through the child's log like any metadata, on whatever
 //! storage the child is opened from, and a power cut leaves it exactly as
 //! consistent with the child as the child's own locator.
@@ -25,7 +29,8 @@ use std::format;
 use std::path::{Path, PathBuf};
 use std::vec::Vec;
 
-use super::SiblingPolicy;
+use super::{canonical, directory_of, SiblingPolicy};
+use crate::chain::{normalize, relative};
 use crate::error::{Error, Result};
 use crate::{Disk, Guid};
 
@@ -85,7 +90,11 @@ impl Record {
         self.phase != Phase::Done
     }
 
-    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
+    /// The record of a merge of `child`, its paths written relative to the
+    /// child's directory.
+    pub(crate) fn encode(&self, child: &Path) -> Result<Vec<u8>> {
+        let base = base_of(child);
+        let encode_path = |p: &Path| encode_path(&relative(&base, &canonical(p)));
         let mut s = String::new();
         s.push_str(MAGIC);
         s.push('\n');
@@ -110,7 +119,15 @@ impl Record {
         Ok(s.into_bytes())
     }
 
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Record> {
+    /// The record read from `bytes`, its relative paths resolved against
+    /// `base` (the child's directory; left relative when `None`).
+    pub(crate) fn decode(bytes: &[u8], base: Option<&Path>) -> Result<Record> {
+        let decode_path = |text: &str| {
+            decode_path(text).map(|p| match base {
+                Some(base) if !p.is_absolute() => normalize(&base.join(p)),
+                _ => p,
+            })
+        };
         let bad = |what: &str| Error::corrupt("merge record", 0, format!("{what} (is it from a newer version?)"));
         let text = core::str::from_utf8(bytes).map_err(|_| bad("not UTF-8 text"))?;
         let mut lines = text.lines();
@@ -168,10 +185,13 @@ impl Record {
         Ok(Record { phase, policy, child_guid, levels, siblings })
     }
 
-    /// The record in `disk`, if it has one.
+    /// The record in `disk`, if it has one, its paths resolved against the
+    /// directory of the path `disk` was opened by (left relative for a disk
+    /// opened from storage without a path).
     pub(crate) fn read(disk: &Disk) -> Result<Option<Record>> {
+        let base = disk.path().map(|p| base_of(Path::new(p)));
         match disk.user_item(ITEM)? {
-            Some(bytes) => Record::decode(&bytes).map(Some),
+            Some(bytes) => Record::decode(&bytes, base.as_deref()).map(Some),
             None => Ok(None),
         }
     }
@@ -197,6 +217,11 @@ impl Record {
             self.siblings.len()
         )
     }
+}
+
+/// The directory the record's paths are relative to: the child's, canonical.
+fn base_of(child: &Path) -> PathBuf {
+    canonical(&directory_of(child))
 }
 
 pub(crate) fn policy_name(p: SiblingPolicy) -> &'static str {
@@ -267,6 +292,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(unix)]
     fn round_trip_and_refusals() {
         let r = Record {
             phase: Phase::Copied,
@@ -278,9 +304,21 @@ mod tests {
             ],
             siblings: std::vec![(2, PathBuf::from("/t/s.vhdx"))],
         };
-        let bytes = r.encode().unwrap();
+        let bytes = r.encode(Path::new("/t/child.vhdx")).unwrap();
         assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 7, "the newline in a path is escaped");
-        assert_eq!(Record::decode(&bytes).unwrap(), r);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains(" ../a b/mid%25.vhdx\n") && text.contains(" ./s.vhdx\n"), "relative to /t: {text}");
+        assert_eq!(Record::decode(&bytes, Some(Path::new("/t"))).unwrap(), r);
+        // Resolved against where the child is now: a tree moved as a whole.
+        let moved = Record::decode(&bytes, Some(Path::new("/u/v"))).unwrap();
+        assert_eq!(moved.levels[0].path, Path::new("/u/a b/mid%.vhdx"));
+        assert_eq!(moved.siblings[0].1, Path::new("/u/v/s.vhdx"));
+        // Absolute paths are read as they are.
+        let old = text.replace(" ./s.vhdx", " /t/s.vhdx");
+        assert_eq!(
+            Record::decode(old.as_bytes(), Some(Path::new("/u"))).unwrap().siblings[0].1,
+            Path::new("/t/s.vhdx")
+        );
         for bad in [
             &b"vhdx-merge-record 2\n"[..],
             b"vhdx-merge-record 1\nphase prepared\npolicy force\n",
@@ -288,10 +326,11 @@ mod tests {
             b"vhdx-merge-record 1\nphase done\npolicy force\nchild 00000000-0000-0000-0000-000000000001\n",
             b"\xff\xfe",
         ] {
-            assert!(Record::decode(bad).is_err(), "{bad:?}");
+            assert!(Record::decode(bad, None).is_err(), "{bad:?}");
         }
         let mut sib = r.clone();
         sib.siblings.push((3, PathBuf::from("/x.vhdx")));
-        assert!(Record::decode(&sib.encode().unwrap()).is_err(), "a sibling of a level that does not exist");
+        let bytes = sib.encode(Path::new("/t/child.vhdx")).unwrap();
+        assert!(Record::decode(&bytes, None).is_err(), "a sibling of a level that does not exist");
     }
 }
