@@ -4,6 +4,7 @@
 //! wrong and, where there is one, what to do.
 
 mod cli_support;
+mod tool;
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

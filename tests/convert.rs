@@ -18,6 +18,7 @@
 //!   own model, and QEMU's reading of the output when QEMU is installed).
 
 mod common;
+mod tool;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -20,6 +20,7 @@
 //!   open — also of an image `qemu-img create` made with a sparse log.
 
 mod common;
+mod tool;
 
 use std::io::ErrorKind as IoKind;
 

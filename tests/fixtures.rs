@@ -8,6 +8,7 @@
 //! own replay (`qemu-img check -r all` then `qemu-img convert -O raw`).
 
 mod common;
+mod tool;
 
 use std::path::Path;
 

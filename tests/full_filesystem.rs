@@ -15,6 +15,7 @@
 //!   holds none) from the piece that failed on, and `check` is clean.
 
 mod common;
+mod tool;
 
 use std::path::Path;
 use std::process::{Command, Output};

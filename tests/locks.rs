@@ -11,6 +11,7 @@
 //! itself.
 
 mod locks_support;
+mod tool;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -10,6 +10,7 @@
 //! before and after a refused operation, and the kernel's `/proc/locks`.
 
 mod locks_support;
+mod tool;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

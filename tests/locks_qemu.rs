@@ -7,6 +7,7 @@
 //! skips a test after a note, under `CI=true` it fails it.
 
 mod locks_support;
+mod tool;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

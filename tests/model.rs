@@ -17,6 +17,7 @@
 //! 32) and `VHDX_PROPTEST_SEED` the seed (default fixed, so runs repeat).
 
 mod common;
+mod tool;
 
 use std::collections::BTreeSet;
 

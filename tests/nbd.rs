@@ -9,6 +9,7 @@
 mod cli_support;
 mod common;
 mod nbd_support;
+mod tool;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@
 
 mod common;
 mod nbd_support;
+mod tool;
 
 use std::time::{Duration, Instant};
 

@@ -7,6 +7,7 @@
 mod cli_support;
 mod common;
 mod nbd_support;
+mod tool;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -9,6 +9,7 @@
 //! differencing VHDX support.
 
 mod common;
+mod tool;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

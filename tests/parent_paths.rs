@@ -7,6 +7,7 @@
 
 mod cli_support;
 mod common;
+mod tool;
 
 use std::path::Path;
 

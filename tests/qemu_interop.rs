@@ -12,6 +12,7 @@
 //! skipped with a note, or fail under `CI=true`.
 
 mod common;
+mod tool;
 
 use std::collections::BTreeSet;
 use std::path::Path;

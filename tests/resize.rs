@@ -5,6 +5,7 @@
 //! point finishes when run again.
 
 mod common;
+mod tool;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -9,33 +9,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use serde_json::Value;
 
 /// The built `vhdx` example.
 pub fn bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test's own path");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf();
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(name) => name,
-        }
-        .to_string();
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "--quiet", "--example", "vhdx", "--profile"]);
-        cargo.arg(&profile);
-        if let Some(target_dir) = profile_dir.parent().filter(|d| d.join("CACHEDIR.TAG").exists()) {
-            cargo.arg("--target-dir").arg(target_dir);
-        }
-        let status = cargo.status().expect("running cargo build --example vhdx");
-        assert!(status.success(), "cargo build --example vhdx --profile {profile} failed");
-        let bin = profile_dir.join("examples").join(format!("vhdx{}", std::env::consts::EXE_SUFFIX));
-        assert!(bin.exists(), "{} was not built", bin.display());
-        bin
-    })
+    crate::tool::vhdx()
 }
 
 /// Runs `vhdx ARGS…` in `dir`.

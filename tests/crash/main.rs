@@ -59,6 +59,8 @@
 
 mod siblings;
 mod support;
+#[path = "../tool/mod.rs"]
+mod tool;
 mod trees;
 mod verify;
 mod workloads;

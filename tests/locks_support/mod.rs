@@ -12,27 +12,9 @@ use std::time::{Duration, Instant};
 /// How long any command or library call of these tests may take.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-/// The built `vhdx` example (built once, with the test's own profile and
-/// target directory, as tests/cli.rs does).
+/// The built `vhdx` example (see `tests/tool`).
 pub fn cli_bin() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev".to_string(),
-            Some(name) => name.to_string(),
-        };
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "--quiet", "--example", "vhdx", "--profile"]);
-        cargo.arg(&profile);
-        if let Some(target_dir) = profile_dir.parent().filter(|d| d.join("CACHEDIR.TAG").exists()) {
-            cargo.arg("--target-dir").arg(target_dir);
-        }
-        assert!(cargo.status().unwrap().success(), "cargo build --example vhdx failed");
-        profile_dir.join("examples").join(format!("vhdx{}", std::env::consts::EXE_SUFFIX))
-    })
-    .clone()
+    crate::tool::vhdx().to_path_buf()
 }
 
 /// Runs `cmd` to its end, killing it and failing the test if it takes

@@ -10,9 +10,9 @@
 //! And `vhdx resize` of an image that has children must not break them
 //! silently: it refuses, naming them and changing nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vhdx::ops::merge::SiblingPolicy;
@@ -27,30 +27,9 @@ use crate::support::Rng;
 /// How long one command may take before the test calls it a hang.
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// The `vhdx` example, built with the profile the test runs under (as
-/// `tests/cli.rs` does: cargo has no `CARGO_BIN_EXE_` for examples).
+/// The built `vhdx` example (see `tests/tool`).
 fn bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test's own path");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf();
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(name) => name,
-        }
-        .to_string();
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "--quiet", "--example", "vhdx", "--profile"]);
-        cargo.arg(&profile);
-        if let Some(target_dir) = profile_dir.parent().filter(|d| d.join("CACHEDIR.TAG").exists()) {
-            cargo.arg("--target-dir").arg(target_dir);
-        }
-        let status = cargo.status().expect("running cargo build --example vhdx");
-        assert!(status.success(), "cargo build --example vhdx --profile {profile} failed");
-        let bin = profile_dir.join("examples").join(format!("vhdx{}", std::env::consts::EXE_SUFFIX));
-        assert!(bin.exists(), "{} was not built", bin.display());
-        bin
-    })
+    crate::tool::vhdx()
 }
 
 fn spawn_merge(root: &Path) -> Child {
