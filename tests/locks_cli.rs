@@ -9,12 +9,14 @@
 //! The oracles: a byte model of the successful writes, SHA-256 of every file
 //! before and after a refused operation, and the kernel's `/proc/locks`.
 
+mod common;
 mod locks_support;
 mod tool;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::pattern;
 use locks_support::{cli_bin, run_within, stderr, vhdx, Holder};
 use sha2::{Digest, Sha256};
 
@@ -26,19 +28,6 @@ fn s(p: &Path) -> &str {
 
 fn sha(path: &Path) -> Vec<u8> {
     Sha256::digest(std::fs::read(path).unwrap()).to_vec()
-}
-
-/// Deterministic bytes.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// `vhdx ARGS…`, which must succeed.
