@@ -32,6 +32,18 @@ fn write_both(d: &mut Disk, model: &mut [u8], off: u64, data: &[u8]) {
     model[off as usize..off as usize + data.len()].copy_from_slice(data);
 }
 
+/// What level `level` (1 and up) of a chain writes: unaligned, sub-sector,
+/// block-crossing and chunk-local writes, as (offset, bytes).
+fn child_writes(level: usize) -> Vec<(u64, Vec<u8>)> {
+    let l = level as u64;
+    vec![
+        (12_345 * l, pattern(10 + l, 5000)),
+        ((1 << 20) - 3 + l, pattern(20 + l, 7)),
+        ((2 << 20) * l + 511, pattern(30 + l, (1 << 20) + 1000)),
+        (0, pattern(40 + l, 1)),
+    ]
+}
+
 /// Builds base + `levels` children in `dir`, each level written with
 /// unaligned writes; returns the paths (base first) and the model of every level.
 fn build_chain(dir: &Path, levels: usize, sector: u32, size: u64, block_sizes: &[u32]) -> (Vec<PathBuf>, Vec<Vec<u8>>) {
@@ -50,12 +62,9 @@ fn build_chain(dir: &Path, levels: usize, sector: u32, size: u64, block_sizes: &
         let bs = block_sizes[level % block_sizes.len()];
         let mut c = Disk::create_differencing(&child, paths.last().unwrap(), Some(bs)).unwrap();
         assert_eq!(read_all(&c), model, "a new child reads as its parent");
-        let l = level as u64;
-        // Unaligned, sub-sector, block-crossing and chunk-local writes.
-        write_both(&mut c, &mut model, 12_345 * l, &pattern(10 + l, 5000));
-        write_both(&mut c, &mut model, (1 << 20) - 3 + l, &pattern(20 + l, 7));
-        write_both(&mut c, &mut model, (2 << 20) * l + 511, &pattern(30 + l, (1 << 20) + 1000));
-        write_both(&mut c, &mut model, 0, &pattern(40 + l, 1));
+        for (off, data) in child_writes(level) {
+            write_both(&mut c, &mut model, off, &data);
+        }
         assert_eq!(read_all(&c), model, "level {level} before close");
         c.close().unwrap();
         paths.push(child);
@@ -88,12 +97,22 @@ fn explicit_parent_reads_like_resolved_chain() {
     let mid = OpenOptions::new().parent(base).open(&paths[1]).unwrap();
     let leaf = OpenOptions::new().parent(mid).open(&paths[2]).unwrap();
     assert_eq!(read_all(&leaf), models[2]);
+    // The child alone holds exactly the logical sectors its own writes
+    // touched (a partial sector is completed from the chain below when
+    // written), each as the chain shows it; every other byte reads as zero.
     let alone = OpenOptions::new().without_parent().open(&paths[2]).unwrap();
-    let mut expect_zero_where_absent = read_all(&alone);
-    // The child alone holds only its own sectors; whatever it holds equals the chain.
-    for (i, (a, b)) in expect_zero_where_absent.iter_mut().zip(&models[2]).enumerate() {
-        assert!(*a == 0 || *a == *b, "byte {i}");
+    let mut expected = vec![0u8; models[2].len()];
+    for (off, data) in child_writes(2) {
+        let first = off / 512 * 512;
+        let end = (off + data.len() as u64).div_ceil(512) * 512;
+        expected[first as usize..end as usize].copy_from_slice(&models[2][first as usize..end as usize]);
     }
+    // Distinctive: the level-2 writes are not zeros, and differ from the parent's view.
+    assert!(expected.iter().filter(|&&b| b != 0).count() > 1 << 20);
+    assert_ne!(models[1], models[2]);
+    let got = read_all(&alone);
+    let first_diff = got.iter().zip(&expected).position(|(a, b)| a != b);
+    assert!(first_diff.is_none(), "the child alone differs from its own writes first at byte {first_diff:?}");
 }
 
 #[test]

@@ -14,6 +14,7 @@
 
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <stdint.h>
 #include <stdio.h>
@@ -128,6 +129,29 @@ static inline void copy_file(const char *from, const char *to) {
 static inline void make_dir(const char *path) {
     if (mkdir(path, 0755) != 0) {
         fprintf(stderr, "cannot create the directory %s\n", path);
+        exit(1);
+    }
+}
+
+/* Raw reference files: what a test wrote, kept by the test itself beside the
+ * image (NAME.expected.raw), so run-tests.sh can compare what tools read
+ * out of the image with what went in, not with another read through the
+ * same library. */
+
+/* Creates `path` as `size` bytes of zeros (a sparse file). */
+static inline void raw_create(const char *path, uint64_t size) {
+    FILE *f = fopen(path, "wb");
+    if (f == NULL || fclose(f) != 0 || truncate(path, (off_t)size) != 0) {
+        fprintf(stderr, "cannot create the raw reference %s\n", path);
+        exit(1);
+    }
+}
+
+/* Writes `len` bytes at `offset` of the raw reference `path`. */
+static inline void raw_put(const char *path, uint64_t offset, const uint8_t *buf, size_t len) {
+    FILE *f = fopen(path, "r+b");
+    if (f == NULL || fseeko(f, (off_t)offset, SEEK_SET) != 0 || fwrite(buf, 1, len, f) != len || fclose(f) != 0) {
+        fprintf(stderr, "cannot write the raw reference %s\n", path);
         exit(1);
     }
 }

@@ -4,7 +4,8 @@
  *
  * Leaves WORK_DIR/c_dynamic.vhdx and c_fixed512.vhdx behind for
  * run-tests.sh to cross-check with qemu-img (check, and convert against
- * vhdx2raw).
+ * vhdx2raw), each with NAME.expected.raw: the bytes this test wrote there,
+ * built from its own patterns, not read back through the library.
  */
 #include "common.h"
 
@@ -16,12 +17,14 @@ struct piece {
     unsigned seed;
 };
 
-static void write_pieces(VhdxDisk *d, const struct piece *p, size_t n) {
+/* Writes the pieces to `d`, and to the raw reference `raw` unless NULL. */
+static void write_pieces(VhdxDisk *d, const char *raw, const struct piece *p, size_t n) {
     size_t i;
     for (i = 0; i < n; i++) {
         uint8_t *buf = (uint8_t *)xmalloc(p[i].len);
         fill_pattern(buf, p[i].len, p[i].offset, p[i].seed);
         CHECK_OK(vhdx_write_at(d, p[i].offset, buf, p[i].len));
+        if (raw != NULL) raw_put(raw, p[i].offset, buf, p[i].len);
         free(buf);
     }
 }
@@ -37,7 +40,7 @@ static void verify_pieces(VhdxDisk *d, const struct piece *p, size_t n) {
 }
 
 static void test_dynamic(const char *dir) {
-    char path[4096];
+    char path[4096], raw[4096];
     VhdxDisk *d = NULL;
     VhdxInfo info;
     uint8_t *buf;
@@ -53,6 +56,8 @@ static void test_dynamic(const char *dir) {
     const size_t n = sizeof pieces / sizeof pieces[0];
 
     path_in(path, dir, "c_dynamic.vhdx");
+    path_in(raw, dir, "c_dynamic.expected.raw");
+    raw_create(raw, size);
     CHECK_OK(vhdx_create_dynamic(path, size, MIB, 512, &d));
     CHECK(d != NULL);
     CHECK(vhdx_virtual_size(d) == size);
@@ -74,7 +79,7 @@ static void test_dynamic(const char *dir) {
     CHECK_OK(vhdx_read_at(d, 0, buf, 2 * MIB));
     CHECK(all_zero(buf, 2 * MIB));
 
-    write_pieces(d, pieces, n);
+    write_pieces(d, raw, pieces, n);
     verify_pieces(d, pieces, n);
     /* Bytes around a piece stay zero. */
     CHECK_OK(vhdx_read_at(d, 12345 - 100, buf, 100));
@@ -118,7 +123,7 @@ static void test_dynamic(const char *dir) {
     CHECK_OK(vhdx_open(path, true, &d));
     {
         const struct piece over[] = {{12345 + 50000, 777, 9}};
-        write_pieces(d, over, 1);
+        write_pieces(d, raw, over, 1);
         vhdx_close(d);
         CHECK_OK(vhdx_open(path, false, &d));
         verify_pieces(d, over, 1);
@@ -130,7 +135,7 @@ static void test_dynamic(const char *dir) {
 }
 
 static void test_fixed(const char *dir) {
-    char path[4096];
+    char path[4096], raw[4096];
     VhdxDisk *d = NULL;
     VhdxInfo info;
     const uint64_t size = 8 * MIB;
@@ -146,7 +151,7 @@ static void test_fixed(const char *dir) {
     CHECK(info.logical_sector_size == 4096);
     CHECK(info.allocated_blocks == info.total_blocks);
     CHECK(info.file_size >= size);
-    write_pieces(d, pieces, 3);
+    write_pieces(d, NULL, pieces, 3);
     verify_pieces(d, pieces, 3);
     vhdx_close(d);
     CHECK_OK(vhdx_open(path, false, &d));
@@ -157,8 +162,10 @@ static void test_fixed(const char *dir) {
     /* A fixed disk with 512-byte sectors (QEMU reads only those), for
      * run-tests.sh to check with qemu-img. */
     path_in(path, dir, "c_fixed512.vhdx");
+    path_in(raw, dir, "c_fixed512.expected.raw");
+    raw_create(raw, size);
     CHECK_OK(vhdx_create_fixed(path, size, MIB, 512, &d));
-    write_pieces(d, pieces, 3);
+    write_pieces(d, raw, pieces, 3);
     vhdx_close(d);
 
     /* Defaults for a dynamic disk: 32 MiB blocks, 512-byte sectors. */

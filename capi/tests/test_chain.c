@@ -5,7 +5,8 @@
  * handle, and confined search directories.
  *
  * Leaves WORK_DIR/chain_leaf.vhdx (a three-image chain) for run-tests.sh to
- * flatten with vhdx2raw and compare with the Rust library's own read.
+ * flatten with vhdx2raw, and chain_leaf.expected.raw beside it: this test's
+ * in-memory model of the chain, built from what it wrote.
  */
 #include "common.h"
 
@@ -298,9 +299,9 @@ static void test_finding_parents(const char *dir) {
     free(model);
 }
 
-/* A three-image chain left for run-tests.sh. */
+/* A three-image chain left for run-tests.sh, with its model as a raw file. */
 static void leave_chain(const char *dir) {
-    char base[4096], mid[4096], leaf[4096];
+    char base[4096], mid[4096], leaf[4096], raw[4096];
     uint8_t *model = model_new();
     VhdxDisk *d = NULL;
     path_in(base, dir, "chain_base.vhdx");
@@ -315,6 +316,9 @@ static void leave_chain(const char *dir) {
     write_model(d, model, 7 * MIB + 3, 10, 14);
     vhdx_close(d);
     verify_file(leaf, model);
+    path_in(raw, dir, "chain_leaf.expected.raw");
+    raw_create(raw, SIZE);
+    raw_put(raw, 0, model, SIZE);
     free(model);
 }
 

@@ -187,9 +187,20 @@ pub(crate) fn create_file(path: &std::path::Path, options: &CreateOptions) -> Re
     options.validate().map_err(|e| e.in_file(path.display()))?;
     let storage = crate::io::FileStorage::create_new(path)
         .map_err(|source| Error::opening("create", source, true).in_file(path.display()))?;
-    create(Box::new(storage), options, None).map_err(|e| {
+    let disk = create(Box::new(storage), options, None).map_err(|e| {
         let _ = std::fs::remove_file(path);
         e.in_file(path.display())
+    })?;
+    sync_name(path)?;
+    Ok(disk)
+}
+
+/// After a new image is complete and flushed: makes its name durable too
+/// (the directory is flushed), so a power cut cannot lose a created image.
+#[cfg(feature = "std")]
+fn sync_name(path: &std::path::Path) -> Result<()> {
+    crate::io::sync_directory_of(path).map_err(|source| {
+        Error::Io { op: "flushing the directory of the new image", offset: 0, source }.in_file(path.display())
     })
 }
 
@@ -240,9 +251,18 @@ pub(crate) fn create_differencing_file(
         .map_err(|e| e.in_file(child.display()))?;
     let storage = crate::io::FileStorage::create_new(child)
         .map_err(|source| Error::opening("create", source, true).in_file(child.display()))?;
-    create_differencing(Box::new(storage), parent_disk, locator, block_size, None, Some(format!("{}", child.display())))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(child);
-            e.in_file(child.display())
-        })
+    let disk = create_differencing(
+        Box::new(storage),
+        parent_disk,
+        locator,
+        block_size,
+        None,
+        Some(format!("{}", child.display())),
+    )
+    .map_err(|e| {
+        let _ = std::fs::remove_file(child);
+        e.in_file(child.display())
+    })?;
+    sync_name(child)?;
+    Ok(disk)
 }

@@ -127,6 +127,27 @@ impl FileStorage {
     }
 }
 
+/// Makes the entry of `path` in its directory durable: on Unix the
+/// directory holding it (`.` for a bare name) is opened and fsynced, so a
+/// power cut after a file was created or renamed cannot lose its name. (On
+/// Windows NTFS journals names itself and a directory cannot be opened like
+/// a file: nothing to do.)
+pub(crate) fn sync_directory_of(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
+}
+
 #[cfg(unix)]
 fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
     std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)

@@ -21,6 +21,8 @@ use crate::error::{io_unexpected_eof, IoError};
 #[cfg(feature = "std")]
 mod file;
 #[cfg(feature = "std")]
+pub(crate) use file::sync_directory_of;
+#[cfg(feature = "std")]
 pub use file::{FileOpener, FileStorage};
 #[cfg(feature = "std")]
 pub mod lock;

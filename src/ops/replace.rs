@@ -99,9 +99,8 @@ impl Replacement {
         std::fs::rename(&self.path, &self.dst)?;
         // The temporary name is gone; nothing is left to remove.
         self.path = PathBuf::new();
-        #[cfg(unix)]
         if sync {
-            File::open(directory_of(&self.dst))?.sync_all()?;
+            crate::io::sync_directory_of(&self.dst)?;
         }
         Ok(())
     }
