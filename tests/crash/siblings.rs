@@ -15,7 +15,8 @@
 //!    thanks to `parent_linkage2`;
 //! 3. present, sector by sector, their content before or after the merge;
 //!    the outsider and a's child exactly their content before (which is also
-//!    their content after);
+//!    their content after) — both computed from byte models of the writes
+//!    that made the images, never from the library's reads;
 //! 4. at the states "everything" and "nothing" of each crash point: let the
 //!    same merge run again to its end, after which every image presents
 //!    exactly its content after the merge and the children are empty.

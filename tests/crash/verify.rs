@@ -1,5 +1,6 @@
 //! Verifying a crash image: it opens (replaying the log), presents every
-//! flushed byte and each unflushed sector wholly old or new, and passes
+//! flushed byte and each unflushed sector wholly old or new (every byte of
+//! the virtual disk compared, whatever its map says), and passes
 //! `check`; deeper, its read-only view agrees, it survives a crash of its
 //! own recovery, and it takes new writes.
 
