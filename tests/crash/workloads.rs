@@ -11,6 +11,24 @@ use crate::support::{guids, open_ro, open_shared, pattern, read_all, Recorder, W
 
 pub type Step = (u64, usize, u64);
 
+/// A reference image (the content before a workload, which the checks
+/// compare against) presents exactly the byte model of the writes that made
+/// it: zeros of `size` bytes with `writes` laid over. Checked once, so that
+/// a read path wrong the same way for the reference and for the image under
+/// test cannot pass for correct.
+pub fn assert_presents_model(image: &[u8], size: u64, writes: &[(u64, Vec<u8>)], what: &str) {
+    let mut model = vec![0u8; size as usize];
+    for (at, data) in writes {
+        model[*at as usize..*at as usize + data.len()].copy_from_slice(data);
+    }
+    let d = open_ro(image);
+    let mut got = vec![0u8; size as usize];
+    d.read_at(&mut got, 0).unwrap();
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != model[i]) {
+        panic!("{what}: the reference reads {:#04x} at {i:#x}, its model {:#04x}", got[i], model[i]);
+    }
+}
+
 /// Writes `(offset, len, seed)` with a flush after each group.
 pub fn write_groups(disk: &mut Disk, rec: &mut Recorder, groups: &[&[Step]]) -> vhdx::Result<()> {
     for group in groups {
@@ -105,12 +123,17 @@ pub fn fixed(size: u64, seed: u64) -> Workload {
 pub fn parent_image(sector: u32, size: u64, seed: u64) -> Vec<u8> {
     let opts = CreateOptions::dynamic(size).block_size(MIB as u32).logical_sector_size(sector);
     let mut d = Disk::create_on(Box::new(MemStorage::new()), &opts, Some(guids(seed))).unwrap();
-    for (i, &(at, len)) in
-        [(0, 2 * MIB), (3 * MIB + 4096, 100 << 10), (6 * MIB, MIB), (size - MIB, MIB)].iter().enumerate()
-    {
-        d.write_at(&pattern(seed + 100 + i as u64, len as usize), at).unwrap();
+    let writes: Vec<(u64, Vec<u8>)> = [(0, 2 * MIB), (3 * MIB + 4096, 100 << 10), (6 * MIB, MIB), (size - MIB, MIB)]
+        .iter()
+        .enumerate()
+        .map(|(i, &(at, len))| (at, pattern(seed + 100 + i as u64, len as usize)))
+        .collect();
+    for (at, data) in &writes {
+        d.write_at(data, *at).unwrap();
     }
-    read_all(&*d.into_storage().unwrap())
+    let image = read_all(&*d.into_storage().unwrap());
+    assert_presents_model(&image, size, &writes, "the parent of a differencing workload");
+    image
 }
 
 /// (iii) A differencing disk over an in-memory parent: sub-sector writes
@@ -200,8 +223,10 @@ pub fn log_wrap(rounds: u64, seed: u64) -> Workload {
 pub fn repair(seed: u64) -> Workload {
     let opts = CreateOptions::dynamic(16 * MIB).block_size(MIB as u32);
     let mut d = Disk::create_on(Box::new(MemStorage::new()), &opts, Some(guids(seed))).unwrap();
-    d.write_at(&pattern(seed + 1, 3 * MIB as usize), MIB / 2).unwrap();
-    d.write_at(&pattern(seed + 2, 4096), 9 * MIB).unwrap();
+    let writes = [(MIB / 2, pattern(seed + 1, 3 * MIB as usize)), (9 * MIB, pattern(seed + 2, 4096))];
+    for (at, data) in &writes {
+        d.write_at(data, *at).unwrap();
+    }
     let mut image = read_all(&*d.into_storage().unwrap());
     image[(64 << 10) + 1000] ^= 1; // header 1: checksum mismatch
     image[(256 << 10) + 5000] ^= 1; // region table copy 2: checksum mismatch
@@ -214,6 +239,7 @@ pub fn repair(seed: u64) -> Workload {
         assert!(report.after.is_clean(), "repair left {:?}", report.after.errors);
         Ok(())
     };
+    assert_presents_model(&image, 16 * MIB, &writes, "the damaged image before its repair");
     let reference = Some(open_ro(&image));
     Workload {
         name: String::from("check --repair of a damaged image"),

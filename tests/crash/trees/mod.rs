@@ -99,6 +99,16 @@
 //! workload. `VHDX_CRASH_ONLY=<text>` keeps the workloads whose name
 //! contains the text.
 //!
+//! Teeth (issue 13, each break tried on the merge `child --preserve-siblings`
+//! workload or the set-parent ones, then restored): a merge that leaves the
+//! last 512 bytes of each chunk it copies old — every base sector still "old
+//! or merged", so the crash states accept it — fails the exact checks after
+//! each re-run and after `recover_merge`; a re-run that skips the copy when
+//! it resumes an interrupted merge fails only states finished by a re-run or
+//! `recover_merge` (188); a `set_parent_through` that returns without
+//! relinking fails "has the wrong parent" and, with `--ignore-id-mismatch`,
+//! "presents other bytes than expected".
+//!
 //! [`cli`] is the process-level counterpart: the real `vhdx merge
 //! --preserve-siblings` on real files, killed with SIGKILL after a delay;
 //! and `vhdx resize` of a parent, which must not break its children.
