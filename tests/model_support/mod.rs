@@ -85,10 +85,13 @@ impl Tap {
     /// operations since the last flush among them persist as a random
     /// scattered state ([`scattered`]), and that state.
     pub fn scattered_after(&self, k: usize, unit: u64, seed: u64) -> (Vec<u8>, CrashState) {
-        let ops = self.ops.lock().unwrap()[..k].to_vec();
-        let from = ops.iter().rposition(|op| matches!(op, Op::Flush)).map_or(0, |f| f + 1);
+        let (from, ops) = {
+            let all = self.ops.lock().unwrap();
+            let from = all[..k].iter().rposition(|op| matches!(op, Op::Flush)).map_or(0, |f| f + 1);
+            (from, all[from..k].to_vec())
+        };
         let mut fs = FaultStorage::from_vec(self.image_after(from));
-        for op in &ops[from..] {
+        for op in &ops {
             match op {
                 Op::Write(at, data) => fs.write_all_at(data, *at).unwrap(),
                 Op::SetLen(len) => fs.set_len(*len).unwrap(),
