@@ -231,10 +231,10 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// Scattered states at random per crash point: a third of the random
+    /// Scattered states at random per crash point: a quarter of the random
     /// subsets, at least 2 (none without subsets).
     pub fn scattered(&self) -> usize {
-        self.subsets.map_or(0, |n| (n / 3).max(2))
+        self.subsets.map_or(0, |n| (n / 4).max(2))
     }
 }
 
@@ -292,7 +292,7 @@ pub fn crash_states(pending: &[PendingOp], unit: u64, k: u64, budget: Budget) ->
         }
     }
     if budget.subsets.is_some() {
-        out.extend(scattered(pending, unit, k, budget.tears, budget.scattered()));
+        out.extend(scattered(pending, unit, k, budget.tears.div_ceil(2), budget.scattered()));
     }
     out
 }
