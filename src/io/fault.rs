@@ -28,7 +28,11 @@
 //!   and of the last one only its first 512-byte sectors (a write torn by the
 //!   power cut; sectors themselves are atomic, as the format assumes);
 //! - [`CrashState::Subset`]: any subset, as a disk cache that reorders
-//!   writes between barriers may leave.
+//!   writes between barriers may leave;
+//! - [`CrashState::Scattered`]: any subset, each operation whole, lost, or
+//!   any of its aligned pieces (512 bytes inside a 4096-byte physical
+//!   sector of a 512e disk, 4096 on a 4Kn one): reordering and tears at
+//!   once. What a piece holds is in the [`state`] module.
 //!
 //! Operations separated by a flush are never reordered across it: that is
 //! exactly the promise a durability barrier makes.
@@ -77,85 +81,15 @@ use std::sync::{Mutex, MutexGuard};
 use super::Storage;
 use crate::error::IoError;
 
+pub mod state;
+pub use state::{CrashState, PendingOp, Persisted};
+
 /// The sector size in which writes tear: 512 bytes, the smallest sector a
 /// disk writes atomically.
 pub const TORN_SECTOR_SIZE: u64 = 512;
 
 /// The granularity of [`FaultStorage`]'s space accounting: a filesystem block.
 pub const SPACE_PAGE: u64 = 4096;
-
-/// A mutating operation that completed but was not yet flushed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PendingOp {
-    /// `bytes` written at `offset`.
-    Write {
-        /// File offset of the first byte.
-        offset: u64,
-        /// The bytes written.
-        bytes: Vec<u8>,
-    },
-    /// The file truncated or extended (with zeros) to this length.
-    SetLen(u64),
-}
-
-impl PendingOp {
-    /// How many [`TORN_SECTOR_SIZE`] sectors (aligned to the file) the
-    /// operation touches: the points at which it can tear. A `set_len` is
-    /// one atomic step.
-    pub fn sectors(&self) -> u64 {
-        match self {
-            PendingOp::Write { offset, bytes } if !bytes.is_empty() => {
-                let first = offset / TORN_SECTOR_SIZE;
-                let last = (offset + bytes.len() as u64 - 1) / TORN_SECTOR_SIZE;
-                last - first + 1
-            }
-            PendingOp::Write { .. } => 0,
-            PendingOp::SetLen(_) => 1,
-        }
-    }
-
-    /// Applies the first `sectors` sectors of the operation to `image`
-    /// (all of it when `sectors` is at least [`PendingOp::sectors`]).
-    fn apply_prefix(&self, image: &mut Vec<u8>, sectors: u64) {
-        match self {
-            PendingOp::Write { offset, bytes } => {
-                let end = offset + bytes.len() as u64;
-                let cut = ((offset / TORN_SECTOR_SIZE).saturating_add(sectors)).saturating_mul(TORN_SECTOR_SIZE);
-                let n = (end.min(cut).saturating_sub(*offset)) as usize;
-                write_into(image, &bytes[..n], *offset);
-            }
-            PendingOp::SetLen(len) => {
-                if sectors > 0 {
-                    image.resize(*len as usize, 0);
-                }
-            }
-        }
-    }
-
-    fn apply(&self, image: &mut Vec<u8>) {
-        self.apply_prefix(image, u64::MAX);
-    }
-}
-
-/// Which of the unflushed operations a crash left on the media.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CrashState {
-    /// All of them, in order: nothing lost.
-    AllPending,
-    /// None: every operation since the last flush lost.
-    DurableOnly,
-    /// The first `applied` in order, then the first `sectors` sectors of the
-    /// next one (none when there is no next one).
-    Torn {
-        /// Unflushed operations applied whole.
-        applied: usize,
-        /// Sectors of the following operation applied.
-        sectors: u64,
-    },
-    /// Exactly those whose flag is set (missing flags count as unset),
-    /// applied in issue order: a cache that reorders between barriers.
-    Subset(Vec<bool>),
-}
 
 #[derive(Debug, Default)]
 struct ClockState {
@@ -302,15 +236,6 @@ fn no_space() -> IoError {
     std::io::Error::new(std::io::ErrorKind::StorageFull, "simulated full filesystem: no space left on device")
 }
 
-fn write_into(image: &mut Vec<u8>, buf: &[u8], offset: u64) {
-    let start = offset as usize;
-    let end = start + buf.len();
-    if end > image.len() {
-        image.resize(end, 0);
-    }
-    image[start..end].copy_from_slice(buf);
-}
-
 /// Storage in memory that keeps the durable and the volatile image apart and
 /// can simulate a crash; see the [module documentation](self).
 #[derive(Debug, Clone, Default)]
@@ -418,25 +343,7 @@ impl FaultStorage {
     /// unflushed operations applied.
     pub fn crash_image(&self, state: &CrashState) -> Vec<u8> {
         let s = self.lock();
-        let mut image = s.durable.clone();
-        match state {
-            CrashState::AllPending => s.pending.iter().for_each(|op| op.apply(&mut image)),
-            CrashState::DurableOnly => {}
-            CrashState::Torn { applied, sectors } => {
-                s.pending.iter().take(*applied).for_each(|op| op.apply(&mut image));
-                if let Some(op) = s.pending.get(*applied) {
-                    op.apply_prefix(&mut image, *sectors);
-                }
-            }
-            CrashState::Subset(flags) => {
-                for (i, op) in s.pending.iter().enumerate() {
-                    if flags.get(i).copied().unwrap_or(false) {
-                        op.apply(&mut image);
-                    }
-                }
-            }
-        }
-        image
+        state::crash_image(&s.durable, &s.pending, state)
     }
 }
 

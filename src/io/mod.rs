@@ -33,7 +33,7 @@ pub use lockset::LockSet;
 #[cfg(feature = "std")]
 pub mod fault;
 #[cfg(feature = "std")]
-pub use fault::{CrashState, FaultClock, FaultStorage, PendingOp, SPACE_PAGE, TORN_SECTOR_SIZE};
+pub use fault::{CrashState, FaultClock, FaultStorage, PendingOp, Persisted, SPACE_PAGE, TORN_SECTOR_SIZE};
 
 /// Positioned, durable I/O on one backing file.
 pub trait Storage: Send + Sync {

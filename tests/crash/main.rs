@@ -7,8 +7,10 @@
 //! operation fails, so the library unwinds with an error), and the crash
 //! states a power cut could leave are built from what the storage recorded
 //! since the last flush: none of it, all of it, in-order prefixes, torn
-//! writes (a prefix of a write's sectors) and reordered subsets. Each state
-//! is then
+//! writes (a prefix of a write's sectors), reordered subsets, and scattered
+//! states — any subset of the writes, each whole, lost or kept in any of its
+//! sectors (512-byte pieces of a 4096-byte physical sector for 512-byte
+//! sectors, 4096 for 4096-byte sectors). Each state is then
 //!
 //! 1. opened writable (which replays a dirty log in place); this must
 //!    succeed — unless the crash came before the image's creation returned,

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use vhdx::io::{CrashState, FaultStorage, PendingOp, TORN_SECTOR_SIZE};
+use vhdx::io::{CrashState, FaultStorage, PendingOp, Persisted, TORN_SECTOR_SIZE};
 use vhdx::{Disk, Guid, GuidSource, IoError, MemStorage, OpenOptions, Storage};
 
 pub const MIB: u64 = 1 << 20;
@@ -224,13 +224,24 @@ pub struct Budget {
     pub prefixes: u64,
     /// Writes to tear, and tear points in each.
     pub tears: u64,
-    /// Reordered subsets: all of them up to 7 operations, else this many at random.
+    /// Reordered subsets: all of them up to 7 operations, else this many at
+    /// random. `Some` also adds scattered states ([`scattered`]): tears
+    /// inside a physical sector and reordered, torn mixes.
     pub subsets: Option<usize>,
+}
+
+impl Budget {
+    /// Scattered states at random per crash point: a quarter of the random
+    /// subsets, at least 2 (none without subsets).
+    pub fn scattered(&self) -> usize {
+        self.subsets.map_or(0, |n| (n / 4).max(2))
+    }
 }
 
 /// The crash states to build from `pending`: none, all, in-order prefixes,
 /// tears of writes (at `unit` boundaries of the file: the disk's atomic
-/// sector), and reordered subsets, within `budget`.
+/// sector), reordered subsets, and scattered states (reordered and torn at
+/// once, [`scattered`]), within `budget`.
 pub fn crash_states(pending: &[PendingOp], unit: u64, k: u64, budget: Budget) -> Vec<CrashState> {
     let p = pending.len();
     // Untorn states, keyed by which operations they apply.
@@ -279,6 +290,50 @@ pub fn crash_states(pending: &[PendingOp], unit: u64, k: u64, budget: Budget) ->
                 out.push(CrashState::Subset(flags));
             }
         }
+    }
+    if budget.subsets.is_some() {
+        out.extend(scattered(pending, unit, k, budget.tears.div_ceil(2), budget.scattered()));
+    }
+    out
+}
+
+/// States no in-order prefix and no whole-operation subset can give, with
+/// writes cut into pieces of `unit` bytes (the atomic sector: 512 on a 512e
+/// disk, whose 4096-byte physical sectors tear in 512-byte pieces; 4096 on
+/// a 4Kn disk):
+///
+/// - for up to `tears` writes of two pieces or more, the earlier operations
+///   whole and the later ones lost, the write keeping only its odd pieces,
+///   or all but its first: the tail of a physical sector without its head;
+/// - `random` states where each operation, independently, is lost, whole,
+///   or kept in a random choice of its pieces (deterministic in `k`).
+pub fn scattered(pending: &[PendingOp], unit: u64, k: u64, tears: u64, random: usize) -> Vec<CrashState> {
+    let p = pending.len();
+    let mut out = Vec::new();
+    let torn: Vec<usize> = (0..p).filter(|&i| pending[i].pieces(unit) >= 2).collect();
+    for w in spread(torn.len() as u64, tears) {
+        let i = torn[w as usize];
+        let n = pending[i].pieces(unit) as usize;
+        let patterns: [fn(usize) -> bool; 2] = [|j| j % 2 == 1, |j| j > 0];
+        for keep in patterns {
+            let mut ops: Vec<Persisted> = (0..i).map(|_| Persisted::Whole).collect();
+            ops.push(Persisted::Pieces((0..n).map(keep).collect()));
+            out.push(CrashState::Scattered { unit, ops });
+        }
+    }
+    if p == 0 {
+        return out;
+    }
+    let mut rng = Rng::new(k.wrapping_mul(104_729).wrapping_add(p as u64 * 31 + unit));
+    for _ in 0..random {
+        let ops = (pending.iter())
+            .map(|op| match rng.next() % 4 {
+                0 => Persisted::Nothing,
+                1 => Persisted::Whole,
+                _ => Persisted::Pieces((0..op.pieces(unit)).map(|_| rng.next() & 1 == 1).collect()),
+            })
+            .collect();
+        out.push(CrashState::Scattered { unit, ops });
     }
     out
 }

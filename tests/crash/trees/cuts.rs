@@ -69,7 +69,8 @@ impl FileCut {
 /// format can keep a sector old or new if the storage tears inside it):
 /// everything, nothing, each file with unflushed operations whole with the
 /// others lost, lost with the others whole, and in each of its other states
-/// with the others whole; and random mixes of every file's states.
+/// with the others whole; every file with unflushed writes in one of its
+/// partial states at once; and random mixes of every file's states.
 pub fn cuts(pending: &[Vec<PendingOp>], unit: u64, k: u64, c: &Coverage) -> (Vec<Vec<Cut>>, Vec<Vec<CrashState>>) {
     let n = pending.len();
     let states: Vec<Vec<CrashState>> = pending
@@ -105,6 +106,20 @@ pub fn cuts(pending: &[Vec<PendingOp>], unit: u64, k: u64, c: &Coverage) -> (Vec
         }
     }
     if with_pending.len() > 1 {
+        // Every file with unflushed writes in a partial state at once, the
+        // last of each file's states first (the scattered ones: torn and
+        // reordered), so that one power cut leaves several files mixed.
+        let partial: Vec<usize> = with_pending.iter().copied().filter(|&f| !states[f].is_empty()).collect();
+        if partial.len() > 1 {
+            let most = partial.iter().map(|&f| states[f].len()).max().unwrap_or(0);
+            for j in 0..most.min(c.mixes.max(1)) {
+                let mut v = vec![Cut::Whole; n];
+                for &f in &partial {
+                    v[f] = Cut::State(states[f].len() - 1 - j % states[f].len());
+                }
+                push(v);
+            }
+        }
         let mut rng = Rng::new(k.wrapping_mul(7919).wrapping_add(13));
         for _ in 0..c.mixes {
             let v = (0..n)
