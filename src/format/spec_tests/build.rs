@@ -175,3 +175,12 @@ pub fn log_entry(e: &Entry, descs: &[Desc]) -> Vec<u8> {
 pub fn page(seed: u8) -> Vec<u8> {
     (0..4096u32).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed) ^ (i >> 8) as u8).collect()
 }
+
+/// The file offset a `Corrupt` or `Unsupported` error names (the standard:
+/// every such error says where the bad structure is).
+pub fn err_offset<T: core::fmt::Debug>(r: crate::error::Result<T>) -> u64 {
+    match r {
+        Err(crate::error::Error::Corrupt { offset, .. } | crate::error::Error::Unsupported { offset, .. }) => offset,
+        other => panic!("expected a Corrupt or Unsupported error, got {other:?}"),
+    }
+}

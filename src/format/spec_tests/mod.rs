@@ -13,4 +13,5 @@ mod header_region;
 mod locator;
 mod log_entry;
 mod metadata;
+mod offsets;
 mod real_images;
