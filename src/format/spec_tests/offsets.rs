@@ -98,3 +98,17 @@ fn locator_errors_name_their_offset() {
     put(&mut b, 24, &40u32.to_le_bytes()); // the value lies outside the item: the entry's offset
     assert_eq!(err_offset(ParentLocator::parse(&b, 0x30_0000)), 0x30_0000 + 20);
 }
+
+#[test]
+fn bad_signatures_are_shown_escaped() {
+    use alloc::string::ToString;
+    let mut b = header(&head());
+    b[..4].copy_from_slice(b"H\x01\"d");
+    super::build::checksum(&mut b);
+    let msg = HeaderInfo::parse(&b, 0x10000).unwrap_err().to_string();
+    assert!(msg.contains(r#"signature is "H\x01\"d", not "head""#), "{msg}");
+    let mut t = region_table(&[(BAT, 3 * MIB, MIB as u32, 1), (METADATA, 2 * MIB, MIB as u32, 1)]);
+    t[..4].copy_from_slice(b"rEgi");
+    let msg = RegionTable::parse(&t, 0x30000).unwrap_err().to_string();
+    assert!(msg.contains(r#"signature is "rEgi", not "regi""#) && msg.contains("0x30000"), "{msg}");
+}
