@@ -112,3 +112,16 @@ fn bad_signatures_are_shown_escaped() {
     let msg = RegionTable::parse(&t, 0x30000).unwrap_err().to_string();
     assert!(msg.contains(r#"signature is "rEgi", not "regi""#) && msg.contains("0x30000"), "{msg}");
 }
+
+#[test]
+fn parent_locator_errors_name_the_item() {
+    // HasParent, and a locator item at 0x15000 whose type is not VHDX's.
+    let at = 2 * MIB;
+    let mut b = region(512, 1 << 21);
+    put(&mut b, 0x10004, &2u32.to_le_bytes());
+    put(&mut b, 32 + 32 * 5, &guid(0xA8D35F2D_B30B_454D_ABF7_D3D84834AB0C));
+    put(&mut b, 32 + 32 * 5 + 16, &0x15000u32.to_le_bytes());
+    put(&mut b, 32 + 32 * 5 + 20, &20u32.to_le_bytes());
+    put(&mut b, 0x15000, &guid(1));
+    assert_eq!(err_offset(items(&b, at)), at + 0x15000);
+}
