@@ -153,6 +153,8 @@ fn find_active_sequence_rules() {
     let corrupt = |r: crate::error::Result<Option<ActiveSequence>>| matches!(r, Err(Error::Corrupt { .. }));
     assert!(corrupt(find_active_sequence(&f, &header(G, MIB, 0), 4 * MIB)));
     assert!(matches!(find_active_sequence(&f, &header(G, MIB, 1 << 31), 4 * MIB), Err(Error::Unsupported { .. })));
+    // A log of exactly 1 GiB is allowed (this one runs past the end of the file).
+    assert!(corrupt(find_active_sequence(&f, &header(G, MIB, 1 << 30), 4 * MIB)));
     assert!(find_active_sequence(&file_with(&[]), &header(G, 3 * MIB, MIB as u32), 4 * MIB).is_err());
     assert!(corrupt(find_active_sequence(&f, &header(G, 4 * MIB, MIB as u32), 4 * MIB)));
     assert!(corrupt(find_active_sequence(&f, &h, 4 * MIB - 4096))); // log fits, but shorter than FlushedFileOffset

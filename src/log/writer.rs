@@ -210,8 +210,8 @@ mod tests {
     fn pages_per_entry_fit_a_quarter_of_the_log() {
         // A quarter of the log in 4 KiB sectors, minus the descriptor sectors:
         // 1 MiB: 64 sectors, 1 + 63; 4 MiB: 256 sectors, 2 + 254;
-        // 64 KiB: 4 sectors, 1 + 3; 16 KiB: 1 sector, no room for data.
-        for (log, pages) in [(1u64 << 20, 63), (4 << 20, 254), (64 << 10, 3), (16 << 10, 0)] {
+        // 64 KiB: 4 sectors, 1 + 3; 16 KiB: 1 sector, no room for data; 8 KiB, 0: none.
+        for (log, pages) in [(1u64 << 20, 63), (4 << 20, 254), (64 << 10, 3), (16 << 10, 0), (8 << 10, 0), (0, 0)] {
             assert_eq!(LogWriter::new(1 << 20, log).max_pages_per_entry(), pages, "log of {log}");
         }
         let mut storage = MemStorage::from_vec(alloc::vec![0u8; 2 << 20]);
@@ -252,5 +252,20 @@ mod tests {
             .chunks(4096)
             .enumerate()
             .all(|(i, p)| p.iter().all(|&b| b == i as u8 + 1)));
+    }
+
+    #[test]
+    fn an_entry_that_ends_exactly_at_the_end_of_the_log_stays_there() {
+        // 1-page entries are 2 sectors: 128 of them fill the 1 MiB log
+        // exactly; the 128th sits at 0xFE000, the 129th starts over at 0.
+        let g = Guid::from_u128(5);
+        let mut storage = MemStorage::from_vec(alloc::vec![0u8; 4 << 20]);
+        let mut w = LogWriter::new(1 << 20, 1 << 20);
+        for k in 0..129u64 {
+            let page = alloc::vec![((2u64 << 20) + 4096 * (k % 4), alloc::vec![k as u8; 4096])];
+            w.commit(&mut storage, &g, &page, 4 << 20, 4 << 20, &mut |_| Ok(())).unwrap();
+            let pos = (k as usize % 128) * 8192;
+            check_entry(storage.as_slice(), pos, k + 1, &page);
+        }
     }
 }
