@@ -160,6 +160,10 @@ fn table_rules() {
     assert!(parse_table(&b, 0, 65535).is_err());
     assert!(parse_table(&b, 0, 0x14004).is_ok()); // the last item ends at 0x14004
     assert!(parse_table(&b, 0, 0x14003).is_err());
+    // A region of exactly 64 KiB holds an empty table.
+    let mut empty = b[..65536].to_vec();
+    empty[10..12].fill(0);
+    assert_eq!(parse_table(&empty, 0, 65536).unwrap().len(), 0);
     let mut bad = b.clone();
     bad[7] = b'A';
     assert!(parse_table(&bad, 0, 1 << 20).is_err());
