@@ -14,6 +14,8 @@ pub mod locator;
 pub mod log;
 pub mod metadata;
 pub mod region;
+#[cfg(all(test, feature = "std"))]
+pub(crate) mod spec_tests;
 
 /// One mebibyte: the format's alignment unit.
 pub const MIB: u64 = 1 << 20;

@@ -9,6 +9,8 @@
 //! after replay, never a mixture within one entry.
 
 mod replay;
+#[cfg(all(test, feature = "std"))]
+mod spec_tests;
 mod writer;
 
 pub use replay::{find_active_sequence, replay_in_place, ActiveSequence, ReplayOverlay};

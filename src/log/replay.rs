@@ -263,7 +263,11 @@ impl Storage for ReplayOverlay {
             return Err(crate::error::io_unexpected_eof());
         }
         let from_base = self.base_len.saturating_sub(offset).min(buf.len() as u64) as usize;
-        self.base.read_exact_at(&mut buf[..from_base], offset)?;
+        // A read wholly past the base file's end asks the base for nothing:
+        // an empty read at such an offset is an error for some storages.
+        if from_base > 0 {
+            self.base.read_exact_at(&mut buf[..from_base], offset)?;
+        }
         buf[from_base..].fill(0);
         for op in &self.ops {
             let (at, len) = match op {
