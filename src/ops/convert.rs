@@ -277,4 +277,60 @@ mod tests {
         buf[512 + 4096 + 99] = 1;
         assert_eq!(nonzero_spans(&buf, 4096 - 512), alloc::vec![(0, 512), (512 + 4096, 100)]);
     }
+
+    #[test]
+    fn a_grain_is_zero_only_when_every_byte_is() {
+        // Equal non-zero bytes cancel out under XOR and AND; only OR tells.
+        let mut buf = alloc::vec![0u8; 2 * 4096];
+        buf[4096 + 10] = 0x5A;
+        buf[4096 + 11] = 0x5A;
+        assert_eq!(nonzero_spans(&buf, 0), alloc::vec![(4096, 4096)]);
+        buf[10] = 0x01;
+        buf[11] = 0x02;
+        buf[12] = 0x03;
+        assert_eq!(nonzero_spans(&buf, 0), alloc::vec![(0, 2 * 4096)]);
+    }
+
+    #[test]
+    fn candidates_cover_every_write_and_join_neighbours() {
+        use alloc::boxed::Box;
+
+        use crate::format::locator::{braced_guid, ParentLocator, PARENT_LINKAGE, RELATIVE_PATH};
+        use crate::{CreateOptions, Disk, MemStorage};
+
+        const MIB: u64 = 1 << 20;
+        let opts = CreateOptions::dynamic(8 * MIB).block_size(MIB as u32);
+        let mut base = Disk::create_on(Box::new(MemStorage::new()), &opts, None).unwrap();
+        // The writes, (offset, length), parent's then child's.
+        let base_writes = [(MIB, 512), (6 * MIB, 512), (8 * MIB - 512, 512)];
+        let child_writes = [(2 * MIB, MIB), (3 * MIB, 512), (4 * MIB, 512)];
+        for &(at, len) in &base_writes {
+            base.write_at(&alloc::vec![0xB5; len as usize], at).unwrap();
+        }
+        let mut loc = ParentLocator { entries: alloc::vec![] };
+        loc.set(PARENT_LINKAGE, braced_guid(&base.data_write_guid()));
+        loc.set(RELATIVE_PATH, ".\\base.vhdx".into());
+        let mut child =
+            Disk::create_differencing_on(Box::new(MemStorage::new()), base, loc, Some(MIB as u32), None).unwrap();
+        for &(at, len) in &child_writes {
+            child.write_at(&alloc::vec![0xC6; len as usize], at).unwrap();
+        }
+        let runs = nonzero_candidates(&child).unwrap();
+        // Sorted, and neighbours joined: a gap between consecutive runs.
+        for pair in runs.windows(2) {
+            assert!(pair[0].0 + pair[0].1 < pair[1].0, "runs {pair:?} touch or overlap: {runs:?}");
+        }
+        // Every written byte lies in a run.
+        for &(at, len) in base_writes.iter().chain(&child_writes) {
+            assert!(runs.iter().any(|&(s, l)| s <= at && at + len <= s + l), "{at}+{len} not in {runs:?}");
+        }
+        // The rest of the child's block 3 is its parent's, which has no
+        // block there: zero by the format's rules, between two candidates.
+        for &(s, l) in &runs {
+            assert!(s + l <= 3 * MIB + 512 || s >= 4 * MIB, "{runs:?} covers the zeros of block 3");
+        }
+        // The first sector of block 3 and the child's block 2 join the run
+        // that holds the parent's block 1.
+        assert!(runs.iter().any(|&(s, l)| s <= MIB && s + l == 3 * MIB + 512), "{runs:?}");
+    }
 }
