@@ -369,4 +369,122 @@ mod tests {
         assert!(windows_paths(&loc).len() == 1 && FsResolver::candidates(None, &loc) == [PathBuf::from("/tmp/b.vhdx")]);
         assert_eq!(looked_for(&[String::from("a"), String::from("b")], &[]), "a, b");
     }
+
+    /// A base and a child of it in `dir` (which exists), the child's path
+    /// and the locator it carries (as the format stores it: read back from
+    /// the file, not built here).
+    fn base_and_child(dir: &Path) -> (PathBuf, PathBuf, ParentLocator) {
+        let base = dir.join("base.vhdx");
+        let child = dir.join("child.vhdx");
+        drop(Disk::create(&base, &crate::CreateOptions::dynamic(4 << 20)).unwrap());
+        drop(Disk::create_differencing(&child, &base, None).unwrap());
+        let loc = OpenOptions::new().without_parent().open(&child).unwrap().parent_locator().unwrap().clone();
+        (base, child, loc)
+    }
+
+    fn refusal(r: Result<(Disk, String)>) -> String {
+        match r {
+            Ok((_, name)) => panic!("opened {name} where a refusal was expected"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn confinement_admits_inside_and_refuses_outside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (inside, outside) = (tmp.path().join("in"), tmp.path().join("out"));
+        std::fs::create_dir_all(&inside).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let (base, child, loc) = base_and_child(&inside);
+        let name = child.to_str().unwrap();
+        let (_, opened) = FsResolver::confined_to([inside.clone()]).open_parent(Some(name), &loc, 1).unwrap();
+        assert_eq!(Path::new(&opened).canonicalize().unwrap(), base.canonicalize().unwrap());
+        let text = refusal(FsResolver::confined_to([outside.clone()]).open_parent(Some(name), &loc, 1));
+        assert!(text.contains("outside the allowed directories"), "{text}");
+        // Through OpenOptions too: the opener given after the confinement keeps it.
+        let err = OpenOptions::new().parent_search_dirs([outside]).open(&child).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("outside the allowed directories"), "{err}");
+    }
+
+    #[test]
+    fn depth_limit_is_inclusive() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, child, loc) = base_and_child(tmp.path());
+        let name = child.to_str();
+        assert!(FsResolver::new().open_parent(name, &loc, MAX_CHAIN_DEPTH).is_ok());
+        let text = refusal(FsResolver::new().open_parent(name, &loc, MAX_CHAIN_DEPTH + 1));
+        assert!(text.contains("deeper than 64 links"), "{text}");
+    }
+
+    #[test]
+    fn parents_are_opened_through_the_opener_given() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (base, child, loc) = base_and_child(tmp.path());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(PathBuf, bool)>::new()));
+        let log = seen.clone();
+        let opener = crate::io::FileOpener::new(move |p, w| {
+            log.lock().unwrap().push((p.to_path_buf(), w));
+            crate::io::FileOpener::default().open(p, w)
+        });
+        FsResolver::new().with_opener(opener).open_parent(child.to_str(), &loc, 1).unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].0.canonicalize().unwrap(), base.canonicalize().unwrap());
+        assert!(!seen[0].1, "a parent is opened read-only");
+    }
+
+    #[test]
+    fn the_leaf_counts_as_an_ancestor() {
+        // A locator that leads back to the leaf itself, with the leaf's own
+        // DataWriteGuid, so only the loop check can refuse it.
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, child, _) = base_and_child(tmp.path());
+        let guid = OpenOptions::new().without_parent().open(&child).unwrap().data_write_guid();
+        let to_itself = locator_for(&child, &child, &guid).unwrap();
+        let text = refusal(FsResolver::new().with_leaf(&child).open_parent(child.to_str(), &to_itself, 1));
+        assert!(text.contains("loops") && text.contains("child.vhdx"), "{text}");
+    }
+
+    #[test]
+    fn locators_lead_from_the_childs_real_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("a/sub")).unwrap();
+        std::fs::create_dir_all(root.join("real")).unwrap();
+        let base = root.join("base.vhdx");
+        std::fs::write(&base, b"").unwrap();
+        let guid = crate::Guid::from_bytes([0x11; 16]);
+        let loc = locator_for(&root.join("a/sub/child.vhdx"), &base, &guid).unwrap();
+        assert_eq!(loc.get(locator::RELATIVE_PATH), Some(r"..\..\base.vhdx"));
+        assert_eq!(loc.get(locator::ABSOLUTE_WIN32_PATH), Some(base.to_str().unwrap().replace('/', "\\").as_str()));
+        assert_eq!(loc.get(locator::PARENT_LINKAGE), Some("{11111111-1111-1111-1111-111111111111}"));
+        #[cfg(unix)]
+        {
+            // A child in a symlinked directory: `..` is taken from the real one.
+            std::os::unix::fs::symlink(root.join("real"), root.join("a/sub/link")).unwrap();
+            let loc = locator_for(&root.join("a/sub/link/child.vhdx"), &base, &guid).unwrap();
+            assert_eq!(loc.get(locator::RELATIVE_PATH), Some(r"..\base.vhdx"));
+        }
+        // Files that do not exist (yet): the names as given, made absolute.
+        let loc =
+            locator_for(Path::new("/nonexistent-vhdx/x/child.vhdx"), Path::new("/nonexistent-vhdx/b.vhdx"), &guid)
+                .unwrap();
+        assert_eq!(loc.get(locator::RELATIVE_PATH), Some(r"..\b.vhdx"));
+        if !cfg!(windows) {
+            assert_eq!(loc.get(locator::ABSOLUTE_WIN32_PATH), Some(r"\nonexistent-vhdx\b.vhdx"));
+        }
+    }
+
+    #[test]
+    fn only_drive_and_unc_paths_are_foreign() {
+        if cfg!(windows) {
+            return;
+        }
+        for p in [r"C:\VMs\b.vhdx", "c:b.vhdx", r"\\server\share\b.vhdx", r"\\?\C:\b.vhdx"] {
+            assert!(is_foreign(p), "{p}");
+        }
+        for p in ["b.vhdx", r"sub\b.vhdx", r".\b.vhdx", r"\tmp\b.vhdx", "1:x", "C"] {
+            assert!(!is_foreign(p), "{p}");
+        }
+    }
 }
