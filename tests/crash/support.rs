@@ -79,7 +79,8 @@ pub fn open_ro(bytes: &[u8]) -> Disk {
 
 /// A read-only image shared between threads without copying: the parent and
 /// reference images of the checks (the workloads open theirs from a
-/// `MemStorage` of their own).
+/// `MemStorage` of their own), and the tree harness's files.
+#[derive(Clone)]
 pub struct SharedImage(pub Arc<Vec<u8>>);
 
 impl Storage for SharedImage {

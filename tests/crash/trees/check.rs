@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use vhdx::io::FileOpener;
 use vhdx::{ErrorKind, OpenOptions};
 
-use super::files::{key, opener_of, Shared};
+use super::files::{key, opener_of};
 use super::model::{Tree, IMAGES};
+use crate::support::SharedImage;
 
 /// What an image's virtual disk must hold.
 #[derive(Clone)]
@@ -98,7 +99,7 @@ impl<'a> Files<'a> {
 
     /// The member in `slot`, opened alone.
     pub fn alone(&self, slot: usize) -> vhdx::Result<vhdx::Disk> {
-        OpenOptions::new().without_parent().open_storage(Box::new(Shared(self.bytes[slot].clone())))
+        OpenOptions::new().without_parent().open_storage(Box::new(SharedImage(self.bytes[slot].clone())))
     }
 
     /// Read-only access to the files by path; the members opened are added
@@ -108,7 +109,7 @@ impl<'a> Files<'a> {
         let mut storages = Vec::new();
         for root in [&self.root, &self.tree.root] {
             let members = self.tree.members.iter().zip(&self.bytes);
-            storages.extend(members.map(|(&i, b)| (root.join(IMAGES[i].name), Shared(b.clone()))));
+            storages.extend(members.map(|(&i, b)| (root.join(IMAGES[i].name), SharedImage(b.clone()))));
         }
         let n = self.bytes.len();
         opener_of(storages, move |k| {
@@ -131,7 +132,7 @@ type Remembered = (Vec<(usize, u64)>, Result<(), String>);
 
 /// `vhdx::check::check_storage` (what `vhdx check` runs) finds no error.
 pub fn check_clean(name: &str, bytes: &Arc<Vec<u8>>) -> Result<(), String> {
-    let report = vhdx::check::check_storage(Box::new(Shared(bytes.clone())))
+    let report = vhdx::check::check_storage(Box::new(SharedImage(bytes.clone())))
         .map_err(|e| format!("{name}: check fails to run — {e}"))?;
     if report.is_clean() {
         Ok(())
@@ -216,7 +217,7 @@ fn check_image(
                 log.lock().unwrap().insert(slot);
                 let now = OpenOptions::new()
                     .without_parent()
-                    .open_storage(Box::new(Shared(files.bytes[slot].clone())))
+                    .open_storage(Box::new(SharedImage(files.bytes[slot].clone())))
                     .map(|d| d.data_write_guid())
                     .ok();
                 if now != files.tree.guids[j] {

@@ -75,28 +75,6 @@ impl Storage for VecStorage {
     }
 }
 
-/// Read-only bytes shared between threads and opens.
-#[derive(Clone)]
-pub struct Shared(pub Arc<Vec<u8>>);
-
-impl Storage for Shared {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
-        read_from(&self.0, buf, offset)
-    }
-    fn write_all_at(&mut self, _: &[u8], _: u64) -> Result<(), IoError> {
-        Err(IoError::from(std::io::ErrorKind::PermissionDenied))
-    }
-    fn flush(&mut self) -> Result<(), IoError> {
-        Ok(())
-    }
-    fn len(&self) -> Result<u64, IoError> {
-        Ok(self.0.len() as u64)
-    }
-    fn set_len(&mut self, _: u64) -> Result<(), IoError> {
-        Err(IoError::from(std::io::ErrorKind::PermissionDenied))
-    }
-}
-
 /// The path a file opener is asked for, as the key of the tree's files.
 pub fn key(path: &Path) -> PathBuf {
     path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
