@@ -153,6 +153,8 @@ pub(crate) fn search(log: &[u8], log_guid: &Guid) -> Option<ActiveSequence> {
         let head_seq = head.sequence_number;
         let tail = head.tail as usize;
         if let Some(tail_index) = chain.iter().position(|(p, _)| *p == tail) {
+            // Strictly larger: on a tie, which only a hostile log can hold
+            // with two different sequences, the first in ring order stays.
             if best.as_ref().is_none_or(|b| head_seq > b.head().sequence_number) {
                 let head_end = pos as u64;
                 let entries = chain.drain(tail_index..).map(|(_, e)| e).collect();

@@ -119,6 +119,34 @@ fn search_across_the_end_of_the_ring() {
     assert_eq!(search(&log, &g).unwrap().head_end, 0);
 }
 
+#[test]
+fn search_ties_on_the_head_keep_the_first_chain_in_ring_order() {
+    let g = Guid::from_u128(G);
+    let n = 64 * 1024;
+    // A writer's ring after a lap: the active sequence 20, 21 (tail 0) at
+    // the start, the previous lap's 14..=19 after it up to the end. The
+    // scan from 16K runs 14..=21 through the wrap and reaches the same head
+    // and the same tail: either pick gives [20, 21].
+    let mut log = alloc::vec![0u8; n];
+    put(&mut log, 0, &entry(20, 0, &[data(0x30_0000, 20)]));
+    put(&mut log, 8192, &entry(21, 0, &[data(0x30_1000, 21)]));
+    for (i, seq) in (14..=19).enumerate() {
+        let at = 16384 + i * 8192;
+        put(&mut log, at, &entry(seq, at as u32, &[data(0x30_0000, seq as u8)]));
+    }
+    let s = search(&log, &g).unwrap();
+    assert_eq!((seqs(&s), s.head_end), (alloc::vec![20, 21], 16384));
+    // Only a hostile log holds two different sequences with one head
+    // sequence number. The choice is deterministic: the first in ring
+    // order (lowest offset) wins, as a later equal one is not "larger".
+    let mut log = alloc::vec![0u8; n];
+    put(&mut log, 0, &entry(30, 0, &[data(0x30_0000, 1)]));
+    put(&mut log, 32768, &entry(30, 32768, &[data(0x30_0000, 2)]));
+    let s = search(&log, &g).unwrap();
+    assert_eq!(s.head_end, 8192);
+    assert_eq!(s.head().ops, [LogOp::Data { file_offset: 0x30_0000, bytes: page(1) }]);
+}
+
 fn header(log_guid: u128, log_offset: u64, log_length: u32) -> HeaderInfo {
     HeaderInfo {
         sequence_number: 1,
