@@ -1,11 +1,7 @@
-//! The command-line tool (`examples/vhdx`) as outside scripts use it: exit
+//! The command-line tool (`src/bin/vhdx`) as outside scripts use it: exit
 //! status, the one `error: …` line on failure, `--json` output, and the
 //! bytes every view presents (through `vhdx read`) before and after chain
 //! operations, checked against models the test keeps itself.
-//!
-//! Cargo has no `CARGO_BIN_EXE_` for examples, so the test builds the example
-//! once with the profile and target directory it runs from
-//! (`target/<profile>/deps/cli-…` → `target/<profile>/examples/vhdx`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,10 +1,5 @@
-//! Running the command-line tool (`examples/vhdx`) from a test: building it
-//! once, running it in a directory, and judging its exit status and its one
-//! `error: …` line.
-//!
-//! Cargo has no `CARGO_BIN_EXE_` for examples, so the example is built once
-//! with the profile and target directory the test runs from
-//! (`target/<profile>/deps/<test>-…` → `target/<profile>/examples/vhdx`).
+//! Running the command-line tool (`src/bin/vhdx`) from a test: running it
+//! in a directory, and judging its exit status and its one `error: …` line.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -12,7 +7,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-/// The built `vhdx` example.
+/// The built `vhdx` command.
 pub fn bin() -> &'static Path {
     crate::tool::vhdx()
 }

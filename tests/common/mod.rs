@@ -926,7 +926,7 @@ pub type BTreeSetU64 = std::collections::BTreeSet<u64>;
 
 // ---------------------------------------------------------------- the CLI
 
-/// The `vhdx` tool (`examples/vhdx`), built once (see `tests/tool`).
+/// The `vhdx` tool (`src/bin/vhdx`; see `tests/tool`).
 pub fn vhdx_tool() -> &'static Path {
     crate::tool::vhdx()
 }

@@ -1,24 +1,26 @@
 //! `vhdx`: a qemu-img-style command-line tool over the `vhdx` library.
+//! Install it with `cargo install --path . --features cli`, or run it from
+//! the source tree with `cargo run --release --features cli -- COMMAND …`.
 //!
 //! ```text
-//! cargo run --release --example vhdx -- create disk.vhdx --size 10G
-//! cargo run --release --example vhdx -- create child.vhdx --parent disk.vhdx
-//! cargo run --release --example vhdx -- info disk.vhdx [--json]
-//! cargo run --release --example vhdx -- check disk.vhdx [--json]
-//! cargo run --release --example vhdx -- map disk.vhdx [--json]
-//! cargo run --release --example vhdx -- read disk.vhdx --offset 1M --length 4K > out.bin
-//! cargo run --release --example vhdx -- write disk.vhdx --offset 1M --input in.bin
-//! cargo run --release --example vhdx -- convert disk.vhdx disk.raw
-//! cargo run --release --example vhdx -- tree dir/ [--json]
-//! cargo run --release --example vhdx -- merge child.vhdx [--depth N] [--preserve-siblings | --force]
-//! cargo run --release --example vhdx -- set-parent child.vhdx moved/disk.vhdx
-//! cargo run --release --example vhdx -- serve disk.vhdx [--port 10809] [--bind 127.0.0.1] [--read-only] [--once]
+//! vhdx create disk.vhdx --size 10G
+//! vhdx create child.vhdx --parent disk.vhdx
+//! vhdx info disk.vhdx [--json]
+//! vhdx check disk.vhdx [--json]
+//! vhdx map disk.vhdx [--json]
+//! vhdx read disk.vhdx --offset 1M --length 4K > out.bin
+//! vhdx write disk.vhdx --offset 1M --input in.bin
+//! vhdx convert disk.vhdx disk.raw
+//! vhdx tree dir/ [--json]
+//! vhdx merge child.vhdx [--depth N] [--preserve-siblings | --force]
+//! vhdx set-parent child.vhdx moved/disk.vhdx
+//! vhdx serve disk.vhdx [--port 10809] [--bind 127.0.0.1] [--read-only] [--once]
 //!     [--handshake-timeout 10] [--idle-timeout 0] [--max-connections 8] [--max-handshakes 16]
-//! cargo run --release --example vhdx -- resize disk.vhdx --size 20G [--allow-shrink]
-//! cargo run --release --example vhdx -- discard disk.vhdx --offset 1G --length 512M
-//! cargo run --release --example vhdx -- compact disk.vhdx
-//! cargo run --release --example vhdx -- changes child.vhdx [--json]
-//! cargo run --release --example vhdx -- merge-siblings disk.vhdx a.vhdx b.vhdx [--prefer a.vhdx] [--dry-run]
+//! vhdx resize disk.vhdx --size 20G [--allow-shrink]
+//! vhdx discard disk.vhdx --offset 1G --length 512M
+//! vhdx compact disk.vhdx
+//! vhdx changes child.vhdx [--json]
+//! vhdx merge-siblings disk.vhdx a.vhdx b.vhdx [--prefer a.vhdx] [--dry-run]
 //! ```
 //!
 //! Every failure exits with status 1 and one line `error: …` on stderr that
@@ -35,7 +37,7 @@
 //! `data.rs` (create, read, write), `convert.rs`, `diff.rs` (differencing
 //! chains: tree, merge, set-parent), `siblings.rs` (changes,
 //! merge-siblings), `maintain.rs` (resize, discard, compact), `serve.rs`
-//! (NBD); `size.rs` parses and prints byte counts. Unit tests (`cargo test --examples`) cover the size
+//! (NBD); `size.rs` parses and prints byte counts. Unit tests (run by `cargo test`) cover the size
 //! parser and the zero-skipping copy.
 
 /// `println!` for the commands: a failed write to stdout is a [`Failure`]
