@@ -21,8 +21,6 @@ use crate::error::{Error, Result};
 
 /// File offset of the file type identifier.
 pub const FILE_IDENTIFIER_OFFSET: u64 = 0;
-/// Size of the file type identifier structure.
-pub const FILE_IDENTIFIER_SIZE: usize = 64 * 1024;
 /// File offsets of header 1 and header 2.
 pub const HEADER_OFFSETS: [u64; 2] = [64 * 1024, 128 * 1024];
 /// Size of a header, and of the span its checksum covers.

@@ -72,18 +72,15 @@ impl ParentLocator {
             return Err(Error::unsupported(S, file_offset, format!("locator type {ty} is not the VHDX type")));
         }
         let count = head.key_value_count.get() as usize;
-        if 20 + count * 12 > bytes.len() {
-            return Err(Error::corrupt(
-                S,
-                file_offset,
-                format!("{count} entries do not fit the {}-byte item", bytes.len()),
-            ));
-        }
+        let table = bytes
+            .get(20..20 + count * 12)
+            .and_then(|t| <[RawLocatorEntry]>::ref_from_bytes_with_elems(t, count).ok())
+            .ok_or_else(|| {
+                Error::corrupt(S, file_offset, format!("{count} entries do not fit the {}-byte item", bytes.len()))
+            })?;
         let mut entries: Vec<(String, String)> = Vec::with_capacity(count);
-        for i in 0..count {
+        for (i, raw) in table.iter().enumerate() {
             let at = 20 + i * 12;
-            let raw = RawLocatorEntry::read_from_bytes(&bytes[at..at + 12])
-                .map_err(|_| Error::corrupt(S, file_offset + at as u64, "bad entry"))?;
             let text = |off: u32, len: u16, what: &str| -> Result<String> {
                 let (off, len) = (off as usize, len as usize);
                 if len == 0 || len % 2 != 0 || off < 20 || off + len > bytes.len() {

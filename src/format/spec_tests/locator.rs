@@ -101,6 +101,15 @@ fn locator_rules() {
     let vo = u32::from_le_bytes(good[last + 4..last + 8].try_into().unwrap()) as usize;
     assert!(field(last + 10, &((good.len() - vo) as u16).to_le_bytes()).is_ok());
     assert!(field(last + 10, &((good.len() - vo + 2) as u16).to_le_bytes()).is_err());
+    // A count whose entry table runs past the item is refused as such, even
+    // when the entries that do fit point at strings inside the item.
+    let mut long = item(VHDX_TYPE, &[("parent_linkage", LINK)]);
+    let fit = (long.len() - 20) / 12;
+    put(&mut long, 18, &((fit + 1) as u16).to_le_bytes());
+    let msg = alloc::string::ToString::to_string(&p(&long).unwrap_err());
+    assert!(msg.contains(&alloc::format!("{} entries do not fit the {}-byte item", fit + 1, long.len())), "{msg}");
+    put(&mut long, 18, &(fit as u16).to_le_bytes()); // fits: the garbage entries are refused one by one
+    assert!(!alloc::string::ToString::to_string(&p(&long).unwrap_err()).contains("do not fit"));
     // Unpaired surrogate: not UTF-16.
     let mut bad = good.clone();
     let ko = u32::from_le_bytes(good[e..e + 4].try_into().unwrap()) as usize;

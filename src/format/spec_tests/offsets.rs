@@ -97,6 +97,18 @@ fn locator_errors_name_their_offset() {
     assert_eq!(err_offset(ParentLocator::parse(&b, 0x30_0000)), 0x30_0000 + 34);
     put(&mut b, 24, &40u32.to_le_bytes()); // the value lies outside the item: the entry's offset
     assert_eq!(err_offset(ParentLocator::parse(&b, 0x30_0000)), 0x30_0000 + 20);
+    // A key given twice: the second entry's offset.
+    let mut b = alloc::vec![0u8; 44];
+    put(&mut b, 0, &guid(0xB04AEFB7_D19E_4A81_B789_25B8E9445913));
+    put(&mut b, 18, &2u16.to_le_bytes());
+    for at in [20, 32] {
+        put(&mut b, at, &44u32.to_le_bytes()); // both keys "k"
+        put(&mut b, at + 4, &46u32.to_le_bytes()); // both values "v"
+        put(&mut b, at + 8, &2u16.to_le_bytes());
+        put(&mut b, at + 10, &2u16.to_le_bytes());
+    }
+    b.extend_from_slice(&[b'k', 0, b'v', 0]);
+    assert_eq!(err_offset(ParentLocator::parse(&b, 0x30_0000)), 0x30_0000 + 32);
 }
 
 #[test]
