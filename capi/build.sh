@@ -18,7 +18,7 @@ target="${CARGO_TARGET_DIR:-$root/target}"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 
-if ! cargo rustc --release --lib --crate-type cdylib,staticlib -- --print native-static-libs 2>"$log"; then
+if ! cargo rustc --release --lib --features capi --crate-type cdylib,staticlib -- --print native-static-libs 2>"$log"; then
     cat "$log" >&2
     exit 1
 fi

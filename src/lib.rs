@@ -19,7 +19,8 @@
 //! Layers, each calling only downward: [`format`] (bytes and rules, no I/O),
 //! [`io`] (positioned storage), [`log`] (replay and atomic metadata updates),
 //! [`Disk`] (the image). The core is `#![no_std]` with `alloc`; the default
-//! `std` feature adds files, random GUIDs and hardware CRC-32C.
+//! `std` feature adds files, random GUIDs and hardware CRC-32C; the `capi`
+//! feature (off by default) compiles the C ABI of `include/vhdx.h`.
 
 #![no_std]
 #![deny(missing_docs)]
@@ -31,7 +32,7 @@ extern crate alloc;
 extern crate std;
 
 mod block;
-#[cfg(feature = "std")]
+#[cfg(feature = "capi")]
 #[allow(unsafe_code)]
 mod capi;
 pub mod chain;

@@ -42,7 +42,7 @@ static void verify_pieces(VhdxDisk *d, const struct piece *p, size_t n) {
 static void test_dynamic(const char *dir) {
     char path[4096], raw[4096];
     VhdxDisk *d = NULL;
-    VhdxInfo info;
+    VhdxInfo info = {.struct_size = sizeof info};
     uint8_t *buf;
     char text[64];
     const uint64_t size = 64 * MIB;
@@ -137,7 +137,7 @@ static void test_dynamic(const char *dir) {
 static void test_fixed(const char *dir) {
     char path[4096], raw[4096];
     VhdxDisk *d = NULL;
-    VhdxInfo info;
+    VhdxInfo info = {.struct_size = sizeof info};
     const uint64_t size = 8 * MIB;
     const struct piece pieces[] = {{4096, 8192, 5}, {size - 100, 100, 6}, {3 * MIB + 1, 65536, 7}};
 

@@ -34,7 +34,7 @@ static void test_writer_excludes_everyone(const char *dir) {
     CHECK(strstr(vhdx_last_error(), "force-share") != NULL);
 
     /* force_share reads it without a lock... */
-    CHECK_OK(vhdx_open_options_init(&oo));
+    CHECK_OK(vhdx_open_options_init(&oo, sizeof oo));
     oo.force_share = true;
     CHECK_OK(vhdx_open_with(path, &oo, &other));
     CHECK_OK(vhdx_read_at(other, 4096, back, sizeof back));

@@ -62,6 +62,8 @@ static void mem_destroy(void *user) {
 
 static VhdxStorageCallbacks callbacks_for(struct mem *m) {
     VhdxStorageCallbacks cb;
+    memset(&cb, 0, sizeof cb);
+    cb.struct_size = sizeof cb;
     cb.user = m;
     cb.read = mem_read;
     cb.write = mem_write;
@@ -99,7 +101,7 @@ static void test_memory_image(const char *dir) {
     VhdxStorageCallbacks cb;
     VhdxDisk *d = NULL;
     VhdxOpenOptions oo;
-    VhdxInfo info;
+    VhdxInfo info = {.struct_size = sizeof info};
     uint8_t *buf = (uint8_t *)xmalloc(MIB);
     char path[4096], got[64];
 
@@ -137,7 +139,7 @@ static void test_memory_image(const char *dir) {
     CHECK(m.destroyed == 2);
 
     /* Writable, through options. */
-    CHECK_OK(vhdx_open_options_init(&oo));
+    CHECK_OK(vhdx_open_options_init(&oo, sizeof oo));
     oo.writable = true;
     CHECK_OK(vhdx_open_callbacks(&cb, "mem.vhdx", &oo, &d));
     fill_pattern(buf, 4096, 0, 3);
@@ -241,7 +243,7 @@ static void test_chain_in_memory(const char *dir) {
     cbb = callbacks_for(&mb);
     cbc = callbacks_for(&mc);
     CHECK_OK(vhdx_open_callbacks(&cbb, "memory base", NULL, &parent));
-    CHECK_OK(vhdx_open_options_init(&oo));
+    CHECK_OK(vhdx_open_options_init(&oo, sizeof oo));
     oo.parent = parent;
     CHECK_OK(vhdx_open_callbacks(&cbc, "memory child", &oo, &d));
     CHECK(vhdx_disk_type(d) == VHDX_DISK_TYPE_DIFFERENCING);

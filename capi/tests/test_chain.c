@@ -50,7 +50,7 @@ static void make_base(const char *path, uint8_t *model) {
 
 static void guid_of(const char *path, uint8_t guid[16]) {
     VhdxDisk *d = NULL;
-    VhdxInfo info;
+    VhdxInfo info = {.struct_size = sizeof info};
     CHECK_OK(vhdx_open(path, false, &d));
     CHECK_OK(vhdx_info(d, &info));
     memcpy(guid, info.data_write_guid, 16);
@@ -62,9 +62,9 @@ static void test_merge(const char *dir) {
     uint8_t *base_model = model_new(), *child_model, *sib_model;
     uint8_t base_guid[16];
     VhdxDisk *d = NULL;
-    VhdxInfo info;
+    VhdxInfo info = {.struct_size = sizeof info};
     VhdxMergeOptions mo;
-    VhdxMergeReport report;
+    VhdxMergeReport report = {.struct_size = sizeof report};
 
     path_in(base, dir, "m_base.vhdx");
     path_in(child, dir, "m_child.vhdx");
@@ -107,10 +107,11 @@ static void test_merge(const char *dir) {
     verify_file(base, base_model);
 
     /* Preserve: the sibling gets what it would lose, and keeps its view. */
-    CHECK_OK(vhdx_merge_options_init(&mo));
+    CHECK_OK(vhdx_merge_options_init(&mo, sizeof mo));
     CHECK(mo.depth == 1 && mo.siblings == VHDX_SIBLINGS_REFUSE);
     mo.siblings = VHDX_SIBLINGS_PRESERVE;
     memset(&report, 0xFF, sizeof report);
+    report.struct_size = sizeof report;
     CHECK_OK(vhdx_merge_with(child, &mo, &report));
     CHECK(report.bytes_merged >= 300000 + 4096 + 1);
     CHECK(report.images_merged == 1);
@@ -138,7 +139,7 @@ static void test_force_and_depth(const char *dir) {
     uint8_t *model = model_new(), *sib_model = model_new();
     VhdxDisk *d = NULL;
     VhdxMergeOptions mo;
-    VhdxMergeReport report;
+    VhdxMergeReport report = {.struct_size = sizeof report};
 
     path_in(base, dir, "f_base.vhdx");
     path_in(mid, dir, "f_mid.vhdx");
@@ -158,7 +159,7 @@ static void test_force_and_depth(const char *dir) {
 
     /* Two levels at once, siblings forced: the leaf still reads the same.
      * Confined to a directory without the parents, the merge cannot start. */
-    CHECK_OK(vhdx_merge_options_init(&mo));
+    CHECK_OK(vhdx_merge_options_init(&mo, sizeof mo));
     CHECK(mo.confine_dir_count == 0 && mo.confine_dirs == NULL);
     mo.depth = 2;
     mo.siblings = VHDX_SIBLINGS_FORCE;
@@ -197,6 +198,7 @@ static int32_t resolve(void *user, const VhdxParentQuery *q, char *path_buf, siz
     int n;
     s->calls++;
     if (q->depth > s->max_depth) s->max_depth = q->depth;
+    if (q->struct_size < sizeof *q) return -102; /* a library older than this header */
     if (q->parent_linkage == NULL || q->parent_linkage[0] != '{' || strlen(q->parent_linkage) != 38) return -100;
     if (q->relative_path == NULL || q->child_path == NULL || path_cap < 4096) return -101;
     if (s->answer_not_found) return VHDX_ERR_PARENT_NOT_FOUND;
@@ -245,7 +247,7 @@ static void test_finding_parents(const char *dir) {
     /* A resolver callback finds both levels. */
     memset(&state, 0, sizeof state);
     state.dir = dir;
-    CHECK_OK(vhdx_open_options_init(&oo));
+    CHECK_OK(vhdx_open_options_init(&oo, sizeof oo));
     oo.resolve_parent = resolve;
     oo.resolve_user = &state;
     CHECK_OK(vhdx_open_with(leaf, &oo, &d));
@@ -274,7 +276,7 @@ static void test_finding_parents(const char *dir) {
     vhdx_close(d);
 
     /* Search confined to directories: refused outside them, found inside. */
-    CHECK_OK(vhdx_open_options_init(&oo));
+    CHECK_OK(vhdx_open_options_init(&oo, sizeof oo));
     dirs[0] = other_dir;
     oo.parent_search_dirs = dirs;
     oo.parent_search_dir_count = 1;
@@ -287,7 +289,7 @@ static void test_finding_parents(const char *dir) {
 
     /* A parent handle opened by the caller (any vhdx_open* function). */
     CHECK_OK(vhdx_open(moved_mid, false, &parent));
-    CHECK_OK(vhdx_open_options_init(&oo));
+    CHECK_OK(vhdx_open_options_init(&oo, sizeof oo));
     oo.parent = parent;
     CHECK_OK(vhdx_open_with(leaf, &oo, &d));
     verify_model(d, model);

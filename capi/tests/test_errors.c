@@ -15,7 +15,7 @@ static int sentinel_target;
 static void test_null_arguments(const char *dir) {
     char path[4096];
     VhdxDisk *d = SENTINEL;
-    VhdxInfo info;
+    VhdxInfo info = {.struct_size = sizeof info};
     VhdxOpenOptions oo;
     VhdxMergeOptions mo;
     uint8_t buf[16];
@@ -55,9 +55,9 @@ static void test_null_arguments(const char *dir) {
     CHECK_ERR(vhdx_check(NULL, NULL, 0), VHDX_ERR_INVALID_ARGUMENT, "vhdx_check: `path` is NULL");
     CHECK_ERR(vhdx_repair(NULL, NULL, 0), VHDX_ERR_INVALID_ARGUMENT, "vhdx_repair: `path` is NULL");
     CHECK_ERR(vhdx_guid_to_string(NULL, text, sizeof text), VHDX_ERR_INVALID_ARGUMENT, "`guid` is NULL");
-    CHECK_ERR(vhdx_open_options_init(NULL), VHDX_ERR_INVALID_ARGUMENT, "`options` is NULL");
-    CHECK_ERR(vhdx_merge_options_init(NULL), VHDX_ERR_INVALID_ARGUMENT, "`options` is NULL");
-    CHECK_OK(vhdx_open_options_init(&oo));
+    CHECK_ERR(vhdx_open_options_init(NULL, sizeof(VhdxOpenOptions)), VHDX_ERR_INVALID_ARGUMENT, "`options` is NULL");
+    CHECK_ERR(vhdx_merge_options_init(NULL, sizeof(VhdxMergeOptions)), VHDX_ERR_INVALID_ARGUMENT, "`options` is NULL");
+    CHECK_OK(vhdx_open_options_init(&oo, sizeof oo));
     CHECK_ERR(vhdx_open_with(NULL, &oo, &d), VHDX_ERR_INVALID_ARGUMENT, "vhdx_open_with: `path` is NULL");
     CHECK_ERR(vhdx_open_with(path, &oo, NULL), VHDX_ERR_INVALID_ARGUMENT, "`out` is NULL");
     CHECK_ERR(vhdx_open_callbacks(NULL, "x", NULL, &d), VHDX_ERR_INVALID_ARGUMENT, "`storage` is NULL");
@@ -66,7 +66,7 @@ static void test_null_arguments(const char *dir) {
     /* A count with a NULL array. */
     oo.parent_search_dir_count = 2;
     CHECK_ERR(vhdx_open_with(path, &oo, &d), VHDX_ERR_INVALID_ARGUMENT, "`parent_search_dirs` is NULL");
-    CHECK_OK(vhdx_merge_options_init(&mo));
+    CHECK_OK(vhdx_merge_options_init(&mo, sizeof mo));
     mo.search_dir_count = 1;
     CHECK_ERR(vhdx_merge_with(path, &mo, NULL), VHDX_ERR_INVALID_ARGUMENT, "`search_dirs` is NULL");
 
@@ -241,7 +241,7 @@ static void test_parents(const char *dir) {
     path_in(moved, dir, "p_base_moved.vhdx");
 
     /* The child-only view still opens, reads zeros, and takes no writes. */
-    CHECK_OK(vhdx_open_options_init(&oo));
+    CHECK_OK(vhdx_open_options_init(&oo, sizeof oo));
     oo.without_parent = true;
     CHECK_OK(vhdx_open_with(child, &oo, &d));
     CHECK(vhdx_chain_length(d) == 1);
@@ -270,7 +270,7 @@ static void test_parents(const char *dir) {
     CHECK_ERR(vhdx_merge(moved, 1), VHDX_ERR_INVALID_ARGUMENT, "p_base_moved.vhdx");
     {
         VhdxMergeOptions mo;
-        CHECK_OK(vhdx_merge_options_init(&mo));
+        CHECK_OK(vhdx_merge_options_init(&mo, sizeof mo));
         mo.siblings = 7;
         CHECK_ERR(vhdx_merge_with(child, &mo, NULL), VHDX_ERR_INVALID_ARGUMENT, "siblings is 7");
     }
@@ -286,7 +286,7 @@ static void test_option_conflicts(const char *dir) {
     CHECK_OK(vhdx_create_dynamic(base, 4 * MIB, MIB, 512, &parent));
     vhdx_close(parent);
     CHECK_OK(vhdx_open(base, false, &parent));
-    CHECK_OK(vhdx_open_options_init(&oo));
+    CHECK_OK(vhdx_open_options_init(&oo, sizeof oo));
     oo.without_parent = true;
     oo.parent = parent; /* consumed even though the call fails */
     CHECK_ERR(vhdx_open_with(path, &oo, &d), VHDX_ERR_INVALID_ARGUMENT, "at most one of");

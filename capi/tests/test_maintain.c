@@ -42,9 +42,9 @@ int main(int argc, char **argv) {
     const char *dir = work_dir(argc, argv);
     char path[4096], fixed[4096], raw[4096], back[4096], tiny[4096];
     VhdxDisk *d = NULL;
-    VhdxCompactReport compact;
+    VhdxCompactReport compact = {.struct_size = sizeof compact};
     VhdxConvertOptions options;
-    VhdxConvertReport converted;
+    VhdxConvertReport converted = {.struct_size = sizeof converted};
 
     path_in(path, dir, "c_maintained.vhdx");
     CHECK_OK(vhdx_create_dynamic(path, 16 * MIB, MIB, 512, &d));
@@ -99,7 +99,7 @@ int main(int argc, char **argv) {
     path_in(fixed, dir, "c_converted_fixed.vhdx");
     path_in(raw, dir, "c_converted.raw");
     path_in(back, dir, "c_back.vhdx");
-    CHECK_OK(vhdx_convert_options_init(&options));
+    CHECK_OK(vhdx_convert_options_init(&options, sizeof options));
     options.disk_type = VHDX_DISK_TYPE_FIXED;
     options.block_size = 2 * MIB;
     CHECK_OK(vhdx_convert(path, fixed, &options, &converted));
@@ -122,7 +122,7 @@ int main(int argc, char **argv) {
     /* Refusals: an existing output, the source itself, bad options, a fixed
        disk to compact. */
     CHECK_ERR(vhdx_convert(path, fixed, NULL, NULL), VHDX_ERR_REFUSED, "c_converted_fixed.vhdx");
-    CHECK_OK(vhdx_convert_options_init(&options));
+    CHECK_OK(vhdx_convert_options_init(&options, sizeof options));
     options.overwrite = true;
     CHECK_ERR(vhdx_convert(path, path, &options, NULL), VHDX_ERR_REFUSED, "source image itself");
     CHECK(file_size(path) > 0);
@@ -132,7 +132,7 @@ int main(int argc, char **argv) {
     options.output_format = 7;
     path_in(tiny, dir, "never.vhdx");
     CHECK_ERR(vhdx_convert(path, tiny, &options, NULL), VHDX_ERR_INVALID_ARGUMENT, "output_format");
-    CHECK_ERR(vhdx_convert_options_init(NULL), VHDX_ERR_INVALID_ARGUMENT, "options");
+    CHECK_ERR(vhdx_convert_options_init(NULL, sizeof(VhdxConvertOptions)), VHDX_ERR_INVALID_ARGUMENT, "options");
     CHECK_OK(vhdx_open(fixed, true, &d));
     CHECK_ERR(vhdx_compact(d, NULL), VHDX_ERR_INVALID_ARGUMENT, "fixed");
     vhdx_close(d);

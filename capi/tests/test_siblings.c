@@ -104,7 +104,7 @@ static void test_change_set(const char *dir) {
     write_model(child, child_model, 5 * MIB, 4096, 4);            /* sectors 10240..10247 */
 
     /* Opened without its parent: the change set needs only the child. */
-    CHECK_OK(vhdx_open_options_init(&oo));
+    CHECK_OK(vhdx_open_options_init(&oo, sizeof oo));
     oo.without_parent = true;
     CHECK_OK(vhdx_open_with(child, &oo, &d));
     CHECK_OK(vhdx_change_set(d, NULL, 0, &count));
@@ -136,7 +136,7 @@ static void test_disjoint(const char *dir) {
     const char *kids[3], *all[4];
     uint8_t *base_model = model_new(), *m1, *m2, *mo, *merged;
     VhdxSiblingMergeOptions mo_opts;
-    VhdxSiblingMergeReport report;
+    VhdxSiblingMergeReport report = {.struct_size = sizeof report};
     VhdxConflict conflicts[4];
     VhdxDisk *d = NULL;
     struct snapshot snap;
@@ -173,10 +173,11 @@ static void test_disjoint(const char *dir) {
     all[2] = s2;
     all[3] = other;
     take(&snap, all, 4);
-    CHECK_OK(vhdx_sibling_merge_options_init(&mo_opts));
+    CHECK_OK(vhdx_sibling_merge_options_init(&mo_opts, sizeof mo_opts));
     CHECK(mo_opts.prefer == NULL && !mo_opts.dry_run && mo_opts.search_dir_count == 0);
     mo_opts.dry_run = true;
     memset(&report, 0xFF, sizeof report);
+    report.struct_size = sizeof report;
     CHECK_OK(vhdx_merge_siblings(base, kids, 2, &mo_opts, &report, conflicts, 4));
     CHECK(!report.merged);
     CHECK(report.bytes_merged == 8192 + 1024 + 512 + 512);
@@ -213,7 +214,7 @@ static void test_conflict(const char *dir) {
     const char *kids[2], *all[3], *many[65];
     uint8_t *base_model = model_new(), *ma, *mb;
     VhdxSiblingMergeOptions opts;
-    VhdxSiblingMergeReport report;
+    VhdxSiblingMergeReport report = {.struct_size = sizeof report};
     VhdxConflict conflicts[4];
     struct snapshot snap;
     int i;
@@ -237,7 +238,7 @@ static void test_conflict(const char *dir) {
     all[1] = a;
     all[2] = b;
     take(&snap, all, 3);
-    CHECK_OK(vhdx_sibling_merge_options_init(&opts));
+    CHECK_OK(vhdx_sibling_merge_options_init(&opts, sizeof opts));
     memset(conflicts, 0, sizeof conflicts);
     CHECK_ERR(vhdx_merge_siblings(base, kids, 2, &opts, &report, conflicts, 4), VHDX_ERR_REFUSED, "c_base.vhdx");
     CHECK(strstr(vhdx_last_error(), "c_a.vhdx and") != NULL);

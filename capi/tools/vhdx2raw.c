@@ -70,7 +70,7 @@ int main(int argc, char **argv) {
     in = argv[1];
     out_path = argv[2];
 
-    if (vhdx_open_options_init(&options) != VHDX_OK) return fail("options");
+    if (vhdx_open_options_init(&options, sizeof options) != VHDX_OK) return fail("options");
     options.without_parent = child_only;
     if (vhdx_open_with(in, &options, &disk) != VHDX_OK) return fail("cannot open the image");
     size = vhdx_virtual_size(disk);

@@ -7,6 +7,7 @@ use core::ffi::{c_char, c_void};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::error::{Failure, FfiResult, VHDX_ERR_PANIC, VHDX_OK};
+use super::ptr::{bytes_arg, bytes_mut_arg, clear_out, disk_arg, out_struct, set_out, SizedStruct};
 use super::strings::{copy_out, path_arg};
 use crate::{CreateOptions, Disk, DiskType, Error, OpenOptions};
 
@@ -70,39 +71,6 @@ fn poisoned() -> Failure {
         status: VHDX_ERR_PANIC,
         message: String::from("an earlier call failed inside libvhdx while changing this disk; close the handle"),
     }
-}
-
-/// The handle `p`, argument `disk` of `function`.
-///
-/// # Safety
-/// `p` is NULL or a live handle from this library.
-pub(crate) unsafe fn disk_arg<'a>(function: &str, p: *const VhdxDisk) -> FfiResult<&'a VhdxDisk> {
-    // SAFETY: the caller promises NULL or a live handle, which we created with
-    // Box::into_raw and which lives until vhdx_close.
-    unsafe { p.as_ref() }.ok_or_else(|| Failure::null(function, "disk"))
-}
-
-/// Checks the out-parameter `out` of `function` and clears `*out`.
-///
-/// # Safety
-/// `out` is NULL or points to a writable `VhdxDisk *`.
-pub(crate) unsafe fn clear_out(function: &str, out: *mut *mut VhdxDisk) -> FfiResult<()> {
-    if out.is_null() {
-        return Err(Failure::null(function, "out"));
-    }
-    // SAFETY: non-NULL, and the caller promises a writable `VhdxDisk *`.
-    unsafe { out.write(core::ptr::null_mut()) };
-    Ok(())
-}
-
-/// Stores a new handle for `disk` in `*out`.
-///
-/// # Safety
-/// `out` was checked by [`clear_out`].
-pub(crate) unsafe fn set_out(out: *mut *mut VhdxDisk, disk: VhdxDisk) -> FfiResult<i32> {
-    // SAFETY: checked non-NULL and writable by clear_out.
-    unsafe { out.write(disk.into_raw()) };
-    Ok(VHDX_OK)
 }
 
 pub(crate) fn type_code(t: DiskType) -> i32 {
@@ -340,19 +308,13 @@ pub unsafe extern "C" fn vhdx_disk_type(disk: *const VhdxDisk) -> i32 {
 /// # Safety
 /// `disk` is NULL or a live handle; `buf` points to `len` writable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn vhdx_read_at(disk: *mut VhdxDisk, offset: u64, buf: *mut c_void, len: usize) -> i32 {
+pub unsafe extern "C" fn vhdx_read_at(disk: *const VhdxDisk, offset: u64, buf: *mut c_void, len: usize) -> i32 {
     ffi!("vhdx_read_at", {
         // SAFETY: the caller promises NULL or a live handle.
         let d = unsafe { disk_arg("vhdx_read_at", disk)? };
-        let slice: &mut [u8] = if len == 0 {
-            &mut []
-        } else if buf.is_null() {
-            return Err(Failure::null("vhdx_read_at", "buf"));
-        } else {
-            // SAFETY: non-NULL; the caller promises `len` writable bytes that
-            // nothing else touches during the call.
-            unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), len) }
-        };
+        // SAFETY: the caller promises `len` writable bytes at `buf` that
+        // nothing else touches during the call.
+        let slice = unsafe { bytes_mut_arg("vhdx_read_at", "buf", buf.cast::<u8>(), len)? };
         d.read()?.read_at(slice, offset).map_err(|e| d.fail(e))?;
         Ok(VHDX_OK)
     })
@@ -378,15 +340,9 @@ pub unsafe extern "C" fn vhdx_write_at(disk: *mut VhdxDisk, offset: u64, buf: *c
     ffi!("vhdx_write_at", {
         // SAFETY: the caller promises NULL or a live handle.
         let d = unsafe { disk_arg("vhdx_write_at", disk)? };
-        let slice: &[u8] = if len == 0 {
-            &[]
-        } else if buf.is_null() {
-            return Err(Failure::null("vhdx_write_at", "buf"));
-        } else {
-            // SAFETY: non-NULL; the caller promises `len` readable bytes that
-            // stay unchanged during the call.
-            unsafe { core::slice::from_raw_parts(buf.cast::<u8>(), len) }
-        };
+        // SAFETY: the caller promises `len` readable bytes at `buf` that stay
+        // unchanged during the call.
+        let slice = unsafe { bytes_arg("vhdx_write_at", "buf", buf.cast::<u8>(), len)? };
         d.write()?.write_at(slice, offset).map_err(|e| d.fail(e))?;
         Ok(VHDX_OK)
     })
@@ -458,11 +414,16 @@ pub unsafe extern "C" fn vhdx_close(disk: *mut VhdxDisk) {
 }
 
 /// What vhdx_info reports about an open image. GUIDs are 16 bytes in the
-/// on-disk (Windows `GUID`) memory layout; format them with
+/// on-disk (Windows `GUID` memory) layout; format them with
 /// vhdx_guid_to_string.
+///
+/// Set `struct_size` before the call: `VhdxInfo info = { .struct_size =
+/// sizeof info };` (see "Structs and their size" at the top).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VhdxInfo {
+    /// sizeof(VhdxInfo), set by the caller; the library leaves it as it is.
+    pub struct_size: u32,
     /// VHDX_DISK_TYPE_FIXED, VHDX_DISK_TYPE_DYNAMIC or VHDX_DISK_TYPE_DIFFERENCING.
     pub disk_type: i32,
     /// Logical sector size in bytes (512 or 4096).
@@ -499,28 +460,39 @@ pub struct VhdxInfo {
     pub parent_linkage: [u8; 16],
 }
 
-/// Fills `*info` with a summary of the image (see VhdxInfo).
+// SAFETY: repr(C), `struct_size: u32` first, integers, bools and bytes.
+unsafe impl SizedStruct for VhdxInfo {
+    const NAME: &'static str = "VhdxInfo";
+    const OLDEST: usize = core::mem::size_of::<VhdxInfo>();
+}
+
+/// Fills `*info` with a summary of the image (see VhdxInfo): the first
+/// `info->struct_size` bytes, at most sizeof(VhdxInfo).
 ///
-/// Returns VHDX_OK, or VHDX_ERR_INVALID_ARGUMENT when `disk` or `info` is NULL.
+/// Returns VHDX_OK, or VHDX_ERR_INVALID_ARGUMENT when `disk` or `info` is
+/// NULL or `info->struct_size` is smaller than sizeof(VhdxInfo) (then
+/// nothing is written).
 ///
 /// Ownership: `info` is the caller's. Thread safety: may run in parallel with
 /// reads and queries on the same handle.
 ///
 /// # Safety
-/// `disk` is NULL or a live handle; `info` is NULL or points to a writable VhdxInfo.
+/// `disk` is NULL or a live handle; `info` is NULL or points to a writable
+/// VhdxInfo of `info->struct_size` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn vhdx_info(disk: *const VhdxDisk, info: *mut VhdxInfo) -> i32 {
     ffi!("vhdx_info", {
         // SAFETY: the caller promises NULL or a live handle.
         let d = unsafe { disk_arg("vhdx_info", disk)? };
-        if info.is_null() {
-            return Err(Failure::null("vhdx_info", "info"));
-        }
+        // SAFETY: the caller promises NULL or `struct_size` writable bytes.
+        let info =
+            unsafe { out_struct("vhdx_info", "info", info)? }.ok_or_else(|| Failure::null("vhdx_info", "info"))?;
         let guard = d.read()?;
         let i = guard.info();
         let to_disk = crate::format::guid::to_disk;
         let linkage = guard.parent_locator().and_then(|l| l.parent_linkage());
         let value = VhdxInfo {
+            struct_size: 0,
             disk_type: type_code(i.disk_type),
             logical_sector_size: i.logical_sector_size,
             physical_sector_size: i.physical_sector_size,
@@ -538,8 +510,7 @@ pub unsafe extern "C" fn vhdx_info(disk: *const VhdxDisk, info: *mut VhdxInfo) -
             file_write_guid: to_disk(&i.file_write_guid),
             parent_linkage: linkage.map(|g| to_disk(&g)).unwrap_or_default(),
         };
-        // SAFETY: non-NULL, and the caller promises a writable VhdxInfo.
-        unsafe { info.write(value) };
+        info.write(&value);
         Ok(VHDX_OK)
     })
 }

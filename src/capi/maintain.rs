@@ -3,8 +3,11 @@
 
 use core::ffi::c_char;
 
-use super::disk::{disk_arg, VhdxDisk, VHDX_DISK_TYPE_DIFFERENCING, VHDX_DISK_TYPE_DYNAMIC, VHDX_DISK_TYPE_FIXED};
+use core::mem::size_of;
+
+use super::disk::{VhdxDisk, VHDX_DISK_TYPE_DIFFERENCING, VHDX_DISK_TYPE_DYNAMIC, VHDX_DISK_TYPE_FIXED};
 use super::error::{Failure, FfiResult, VHDX_OK};
+use super::ptr::{disk_arg, init_struct, out_struct, read_struct, SizedStruct};
 use super::strings::path_arg;
 use crate::ops::convert::{ConvertOptions, ImageFormat};
 use crate::DiskType;
@@ -70,10 +73,13 @@ pub unsafe extern "C" fn vhdx_discard(disk: *mut VhdxDisk, offset: u64, len: u64
     })
 }
 
-/// What vhdx_compact did.
+/// What vhdx_compact did. Set `struct_size` before the call:
+/// `VhdxCompactReport r = { .struct_size = sizeof r };`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VhdxCompactReport {
+    /// sizeof(VhdxCompactReport), set by the caller; left as it is.
+    pub struct_size: u32,
     /// The file's size before, in bytes.
     pub file_size_before: u64,
     /// The file's size after, in bytes.
@@ -89,6 +95,12 @@ pub struct VhdxCompactReport {
     pub bytes_moved: u64,
 }
 
+// SAFETY: repr(C), `struct_size: u32` first, then integers.
+unsafe impl SizedStruct for VhdxCompactReport {
+    const NAME: &'static str = "VhdxCompactReport";
+    const OLDEST: usize = size_of::<VhdxCompactReport>();
+}
+
 /// Compacts the open, writable `disk` in place: blocks holding only zeros
 /// (and discarded ones) stop being stored, blocks from the end of the file
 /// move into the holes, and the file is truncated. What the disk presents
@@ -98,23 +110,27 @@ pub struct VhdxCompactReport {
 /// NULL it receives what was done (on success only).
 ///
 /// Returns VHDX_OK, VHDX_ERR_INVALID_ARGUMENT for a fixed disk (whose blocks
-/// stay allocated by definition: convert it to dynamic) or a NULL `disk`,
-/// VHDX_ERR_READ_ONLY, or the storage's error.
+/// stay allocated by definition: convert it to dynamic), a NULL `disk` or a
+/// `report->struct_size` too small (then nothing is done), VHDX_ERR_READ_ONLY,
+/// or the storage's error.
 ///
 /// Ownership: `report` is the caller's.
 /// Thread safety: takes the handle's lock exclusively.
 ///
 /// # Safety
 /// `disk` is NULL or a live handle; `report` is NULL or points to a writable
-/// VhdxCompactReport.
+/// VhdxCompactReport of `report->struct_size` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn vhdx_compact(disk: *mut VhdxDisk, report: *mut VhdxCompactReport) -> i32 {
     ffi!("vhdx_compact", {
         // SAFETY: the caller promises NULL or a live handle.
         let d = unsafe { disk_arg("vhdx_compact", disk)? };
+        // SAFETY: the caller promises NULL or `struct_size` writable bytes.
+        let report = unsafe { out_struct("vhdx_compact", "report", report)? };
         let r = d.write()?.compact().map_err(|e| d.fail(e))?;
-        if !report.is_null() {
+        if let Some(report) = report {
             let value = VhdxCompactReport {
+                struct_size: 0,
                 file_size_before: r.file_size_before,
                 file_size_after: r.file_size_after,
                 blocks_released: r.blocks_released,
@@ -122,8 +138,7 @@ pub unsafe extern "C" fn vhdx_compact(disk: *mut VhdxDisk, report: *mut VhdxComp
                 structures_moved: r.structures_moved,
                 bytes_moved: r.bytes_moved,
             };
-            // SAFETY: non-NULL, and the caller promises a writable VhdxCompactReport.
-            unsafe { report.write(value) };
+            report.write(&value);
         }
         Ok(VHDX_OK)
     })
@@ -137,11 +152,14 @@ pub const VHDX_FORMAT_VHDX: i32 = 1;
 /// Raw: the virtual disk's bytes, nothing else (written as a sparse file).
 pub const VHDX_FORMAT_RAW: i32 = 2;
 
-/// Options of vhdx_convert. Initialise with vhdx_convert_options_init
-/// (formats from the names, a dynamic VHDX with the defaults).
+/// Options of vhdx_convert. Initialise with
+/// `vhdx_convert_options_init(&options, sizeof options)` (formats from the
+/// names, a dynamic VHDX with the defaults).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VhdxConvertOptions {
+    /// sizeof(VhdxConvertOptions), set by vhdx_convert_options_init.
+    pub struct_size: u32,
     /// VHDX_FORMAT_AUTO, VHDX_FORMAT_VHDX or VHDX_FORMAT_RAW.
     pub input_format: i32,
     /// VHDX_FORMAT_AUTO, VHDX_FORMAT_VHDX or VHDX_FORMAT_RAW.
@@ -163,6 +181,7 @@ pub struct VhdxConvertOptions {
 impl Default for VhdxConvertOptions {
     fn default() -> Self {
         VhdxConvertOptions {
+            struct_size: size_of::<VhdxConvertOptions>() as u32,
             input_format: VHDX_FORMAT_AUTO,
             output_format: VHDX_FORMAT_AUTO,
             disk_type: VHDX_DISK_TYPE_DYNAMIC,
@@ -174,35 +193,47 @@ impl Default for VhdxConvertOptions {
     }
 }
 
-/// What vhdx_convert did.
+/// What vhdx_convert did. Set `struct_size` before the call:
+/// `VhdxConvertReport r = { .struct_size = sizeof r };`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VhdxConvertReport {
+    /// sizeof(VhdxConvertReport), set by the caller; left as it is.
+    pub struct_size: u32,
     /// The virtual size (a raw source's length), in bytes.
     pub virtual_size: u64,
     /// Non-zero bytes written into the output.
     pub bytes_written: u64,
 }
 
+// SAFETY: repr(C), `struct_size: u32` first, then integers and a bool.
+unsafe impl SizedStruct for VhdxConvertOptions {
+    const NAME: &'static str = "VhdxConvertOptions";
+    const OLDEST: usize = size_of::<VhdxConvertOptions>();
+}
+
+// SAFETY: repr(C), `struct_size: u32` first, then integers.
+unsafe impl SizedStruct for VhdxConvertReport {
+    const NAME: &'static str = "VhdxConvertReport";
+    const OLDEST: usize = size_of::<VhdxConvertReport>();
+}
+
 /// Sets `*options` to the defaults: formats from the file names, a dynamic
 /// VHDX output with the default block size and the source's sector sizes,
-/// an existing output refused.
-/// Returns VHDX_OK, or VHDX_ERR_INVALID_ARGUMENT when `options` is NULL.
+/// an existing output refused; and `struct_size` to `struct_size`, which is
+/// `sizeof *options` as the caller was compiled.
+/// Returns VHDX_OK, or VHDX_ERR_INVALID_ARGUMENT when `options` is NULL or
+/// `struct_size` is not a size of VhdxConvertOptions this library knows
+/// (nothing is written).
 ///
 /// Ownership: `options` is the caller's. Thread safety: safe from any thread.
 ///
 /// # Safety
-/// `options` is NULL or points to a writable VhdxConvertOptions.
+/// `options` is NULL or points to `struct_size` writable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn vhdx_convert_options_init(options: *mut VhdxConvertOptions) -> i32 {
-    ffi!("vhdx_convert_options_init", {
-        if options.is_null() {
-            return Err(Failure::null("vhdx_convert_options_init", "options"));
-        }
-        // SAFETY: non-NULL, and the caller promises a writable VhdxConvertOptions.
-        unsafe { options.write(VhdxConvertOptions::default()) };
-        Ok(VHDX_OK)
-    })
+pub unsafe extern "C" fn vhdx_convert_options_init(options: *mut VhdxConvertOptions, struct_size: usize) -> i32 {
+    // SAFETY: the caller promises `struct_size` writable bytes (or NULL).
+    ffi!("vhdx_convert_options_init", { unsafe { init_struct("vhdx_convert_options_init", options, struct_size) } })
 }
 
 fn format_arg(function: &str, what: &str, code: i32) -> FfiResult<Option<ImageFormat>> {
@@ -233,6 +264,7 @@ fn format_arg(function: &str, what: &str, code: i32) -> FfiResult<Option<ImageFo
 ///
 /// Returns VHDX_OK, VHDX_ERR_REFUSED (`dst_path` exists and may not be
 /// replaced; nothing was written), VHDX_ERR_INVALID_ARGUMENT (bad options,
+/// a `struct_size` of `options` or `report` the library does not accept,
 /// VHDX options for a raw output, a raw source whose size is not whole
 /// sectors), VHDX_ERR_IO, or the error of the source, naming the file.
 ///
@@ -242,8 +274,9 @@ fn format_arg(function: &str, what: &str, code: i32) -> FfiResult<Option<ImageFo
 ///
 /// # Safety
 /// `src_path` and `dst_path` are NUL-terminated strings; `options` is NULL or
-/// points to a valid VhdxConvertOptions; `report` is NULL or points to a
-/// writable VhdxConvertReport.
+/// points to a valid VhdxConvertOptions of `options->struct_size` bytes;
+/// `report` is NULL or points to a writable VhdxConvertReport of
+/// `report->struct_size` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn vhdx_convert(
     src_path: *const c_char,
@@ -258,7 +291,9 @@ pub unsafe extern "C" fn vhdx_convert(
         // SAFETY: the caller's promise on `dst_path`.
         let dst = unsafe { path_arg(F, "dst_path", dst_path)? };
         // SAFETY: the caller promises NULL or a valid struct; it is copied.
-        let o = unsafe { options.as_ref() }.copied().unwrap_or_default();
+        let o = unsafe { read_struct(F, "options", options)? }.unwrap_or_default();
+        // SAFETY: the caller promises NULL or `struct_size` writable bytes.
+        let report = unsafe { out_struct(F, "report", report)? };
         let disk_type = match o.disk_type {
             VHDX_DISK_TYPE_DYNAMIC => DiskType::Dynamic,
             VHDX_DISK_TYPE_FIXED => DiskType::Fixed,
@@ -279,10 +314,12 @@ pub unsafe extern "C" fn vhdx_convert(
             ..ConvertOptions::default()
         };
         let r = crate::ops::convert::convert(&src, &dst, &opts)?;
-        if !report.is_null() {
-            let value = VhdxConvertReport { virtual_size: r.virtual_size, bytes_written: r.bytes_written };
-            // SAFETY: non-NULL, and the caller promises a writable VhdxConvertReport.
-            unsafe { report.write(value) };
+        if let Some(report) = report {
+            report.write(&VhdxConvertReport {
+                struct_size: 0,
+                virtual_size: r.virtual_size,
+                bytes_written: r.bytes_written,
+            });
         }
         Ok(VHDX_OK)
     })

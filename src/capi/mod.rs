@@ -13,7 +13,11 @@
 //!   with a message, never a crash; every failure sets the thread's last
 //!   error message, naming the file where there is one.
 //! - A `VhdxDisk` is a [`crate::Disk`] behind a reader-writer lock, so the
-//!   handle is safe to share between threads as the header documents.
+//!   handle is safe to share between threads as the header documents; the
+//!   functions that only read take `const VhdxDisk *` and the shared lock.
+//! - Raw pointers are checked in `ptr.rs` (handles, buffers, arrays, and
+//!   the caller's structs, whose leading `struct_size` is checked there
+//!   and only there) and `strings.rs` (C strings).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -24,6 +28,7 @@ mod disk;
 mod maintain;
 mod open;
 mod ops;
+mod ptr;
 mod resolver;
 mod siblings;
 mod storage;

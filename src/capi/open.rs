@@ -6,15 +6,17 @@ use alloc::format;
 use alloc::string::ToString;
 use core::ffi::{c_char, c_void};
 
-use super::disk::{clear_out, set_out, VhdxDisk};
-use super::error::{Failure, FfiResult, VHDX_OK};
+use super::disk::VhdxDisk;
+use super::error::{Failure, FfiResult};
+use super::ptr::{clear_out, init_struct, read_struct, set_out, SizedStruct};
 use super::resolver::{CallbackResolver, VhdxResolveParentFn};
 use super::strings::{path_arg, path_list_arg};
 use crate::OpenOptions;
 
 /// How vhdx_open_with and vhdx_open_callbacks open an image. Initialise it
-/// with vhdx_open_options_init (all fields zero/NULL: read-only, parents
-/// found through the locator), then set what you need.
+/// with `vhdx_open_options_init(&options, sizeof options)` (all fields
+/// zero/NULL: read-only, parents found through the locator), then set what
+/// you need.
 ///
 /// At most one of `without_parent`, `parent`, `resolve_parent` and
 /// `parent_search_dirs` may be set (VHDX_ERR_INVALID_ARGUMENT otherwise).
@@ -22,6 +24,8 @@ use crate::OpenOptions;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct VhdxOpenOptions {
+    /// sizeof(VhdxOpenOptions), set by vhdx_open_options_init.
+    pub struct_size: u32,
     /// Open for writing as well as reading. Parents always open read-only.
     pub writable: bool,
     /// Open a differencing disk on its own: sectors it does not hold read as
@@ -32,7 +36,9 @@ pub struct VhdxOpenOptions {
     /// searching, after checking it is the one the child links to (else
     /// VHDX_ERR_PARENT_MISMATCH). Ownership passes to the library whatever
     /// the result: do not use or close this handle after the call (it is
-    /// closed with the child, or at once when the call fails).
+    /// closed with the child, or at once when the call fails). The one
+    /// exception: a `struct_size` the library refuses, when it reads no
+    /// field and takes nothing.
     pub parent: *mut VhdxDisk,
     /// Finds parents by calling this function instead of following the
     /// locator's paths (see VhdxResolveParentFn); called for every level of
@@ -57,6 +63,7 @@ pub struct VhdxOpenOptions {
 impl Default for VhdxOpenOptions {
     fn default() -> Self {
         VhdxOpenOptions {
+            struct_size: core::mem::size_of::<VhdxOpenOptions>() as u32,
             writable: false,
             without_parent: false,
             parent: core::ptr::null_mut(),
@@ -69,24 +76,27 @@ impl Default for VhdxOpenOptions {
     }
 }
 
+// SAFETY: repr(C), `struct_size: u32` first; bools, nullable pointers,
+// an optional function pointer and a count.
+unsafe impl SizedStruct for VhdxOpenOptions {
+    const NAME: &'static str = "VhdxOpenOptions";
+    const OLDEST: usize = core::mem::size_of::<VhdxOpenOptions>();
+}
+
 /// Sets `*options` to the defaults: read-only, parents found through the
-/// locator (every field zero or NULL). Returns VHDX_OK, or
-/// VHDX_ERR_INVALID_ARGUMENT when `options` is NULL.
+/// locator (every field zero or NULL), and `struct_size` to `struct_size`,
+/// which is `sizeof *options` as the caller was compiled. Returns VHDX_OK,
+/// or VHDX_ERR_INVALID_ARGUMENT when `options` is NULL or `struct_size` is
+/// not a size of VhdxOpenOptions this library knows (nothing is written).
 ///
 /// Ownership: `options` is the caller's. Thread safety: safe from any thread.
 ///
 /// # Safety
-/// `options` is NULL or points to a writable VhdxOpenOptions.
+/// `options` is NULL or points to `struct_size` writable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn vhdx_open_options_init(options: *mut VhdxOpenOptions) -> i32 {
-    ffi!("vhdx_open_options_init", {
-        if options.is_null() {
-            return Err(Failure::null("vhdx_open_options_init", "options"));
-        }
-        // SAFETY: non-NULL, and the caller promises a writable VhdxOpenOptions.
-        unsafe { options.write(VhdxOpenOptions::default()) };
-        Ok(VHDX_OK)
-    })
+pub unsafe extern "C" fn vhdx_open_options_init(options: *mut VhdxOpenOptions, struct_size: usize) -> i32 {
+    // SAFETY: the caller promises `struct_size` writable bytes (or NULL).
+    ffi!("vhdx_open_options_init", { unsafe { init_struct("vhdx_open_options_init", options, struct_size) } })
 }
 
 /// The Rust options from C ones.
@@ -96,14 +106,15 @@ pub(crate) struct ParsedOptions {
 }
 
 /// Reads `options` (NULL = defaults), taking ownership of `options->parent`
-/// first, so that it is released on every failure.
+/// first, so that it is released on every later failure (a `struct_size`
+/// refused comes before: then nothing is read or taken).
 ///
 /// # Safety
-/// `options` is NULL or points to a valid VhdxOpenOptions whose `parent` is
-/// NULL or a live handle that the caller gives up.
+/// `options` is NULL or points to a valid VhdxOpenOptions of `struct_size`
+/// bytes whose `parent` is NULL or a live handle that the caller gives up.
 pub(crate) unsafe fn open_options(function: &str, options: *const VhdxOpenOptions) -> FfiResult<ParsedOptions> {
     // SAFETY: the caller promises NULL or a valid struct; it is copied.
-    let o = unsafe { options.as_ref() }.copied().unwrap_or_default();
+    let o = unsafe { read_struct(function, "options", options)? }.unwrap_or_default();
     let parent = if o.parent.is_null() {
         None
     } else {
@@ -141,7 +152,8 @@ pub(crate) unsafe fn open_options(function: &str, options: *const VhdxOpenOption
 /// returns a negative status (see vhdx_open).
 ///
 /// Ownership: the caller owns the new handle (release it with vhdx_close).
-/// The library takes `options->parent` whatever the result.
+/// The library takes `options->parent` whatever the result (but for a
+/// `struct_size` it refuses: see VhdxOpenOptions.parent).
 /// Thread safety: safe from any thread; a resolver callback runs on the
 /// calling thread, during this call only.
 ///

@@ -4,7 +4,10 @@ use alloc::format;
 use alloc::string::String;
 use core::ffi::c_char;
 
+use core::mem::size_of;
+
 use super::error::{Failure, FfiResult, VHDX_OK};
+use super::ptr::{init_struct, out_struct, read_struct, SizedStruct};
 use super::strings::{copy_out, parent_search_args, path_arg};
 use crate::ops::merge::{merge, MergeOptions, SiblingPolicy};
 
@@ -18,11 +21,14 @@ pub const VHDX_SIBLINGS_PRESERVE: i32 = 1;
 /// VHDX_ERR_PARENT_MISMATCH). This is what diskpart does.
 pub const VHDX_SIBLINGS_FORCE: i32 = 2;
 
-/// Options of vhdx_merge_with. Initialise with vhdx_merge_options_init
-/// (depth 1, VHDX_SIBLINGS_REFUSE, no extra or confining directories).
+/// Options of vhdx_merge_with. Initialise with
+/// `vhdx_merge_options_init(&options, sizeof options)` (depth 1,
+/// VHDX_SIBLINGS_REFUSE, no extra or confining directories).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct VhdxMergeOptions {
+    /// sizeof(VhdxMergeOptions), set by vhdx_merge_options_init.
+    pub struct_size: u32,
     /// How many levels up the target is: 1 merges the child into its parent,
     /// 2 into its grandparent (the parent is merged too), ... (0 means 1).
     pub depth: u32,
@@ -46,6 +52,7 @@ pub struct VhdxMergeOptions {
 impl Default for VhdxMergeOptions {
     fn default() -> Self {
         VhdxMergeOptions {
+            struct_size: size_of::<VhdxMergeOptions>() as u32,
             depth: 1,
             siblings: VHDX_SIBLINGS_REFUSE,
             search_dirs: core::ptr::null(),
@@ -56,10 +63,13 @@ impl Default for VhdxMergeOptions {
     }
 }
 
-/// What vhdx_merge_with did.
+/// What vhdx_merge_with did. Set `struct_size` before the call:
+/// `VhdxMergeReport r = { .struct_size = sizeof r };`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VhdxMergeReport {
+    /// sizeof(VhdxMergeReport), set by the caller; left as it is.
+    pub struct_size: u32,
     /// Bytes written into the target.
     pub bytes_merged: u64,
     /// Bytes copied into siblings to preserve them (VHDX_SIBLINGS_PRESERVE).
@@ -72,24 +82,34 @@ pub struct VhdxMergeReport {
     pub siblings_broken: bool,
 }
 
+// SAFETY: repr(C), `struct_size: u32` first; integers, nullable pointers
+// and counts.
+unsafe impl SizedStruct for VhdxMergeOptions {
+    const NAME: &'static str = "VhdxMergeOptions";
+    const OLDEST: usize = size_of::<VhdxMergeOptions>();
+}
+
+// SAFETY: repr(C), `struct_size: u32` first, integers and a bool.
+unsafe impl SizedStruct for VhdxMergeReport {
+    const NAME: &'static str = "VhdxMergeReport";
+    const OLDEST: usize = size_of::<VhdxMergeReport>();
+}
+
 /// Sets `*options` to the defaults: depth 1, VHDX_SIBLINGS_REFUSE, no extra
-/// search directories, parents resolved anywhere. Returns VHDX_OK, or VHDX_ERR_INVALID_ARGUMENT when
-/// `options` is NULL.
+/// search directories, parents resolved anywhere; and `struct_size` to
+/// `struct_size`, which is `sizeof *options` as the caller was compiled.
+/// Returns VHDX_OK, or VHDX_ERR_INVALID_ARGUMENT when `options` is NULL or
+/// `struct_size` is not a size of VhdxMergeOptions this library knows
+/// (nothing is written).
 ///
 /// Ownership: `options` is the caller's. Thread safety: safe from any thread.
 ///
 /// # Safety
-/// `options` is NULL or points to a writable VhdxMergeOptions.
+/// `options` is NULL or points to `struct_size` writable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn vhdx_merge_options_init(options: *mut VhdxMergeOptions) -> i32 {
-    ffi!("vhdx_merge_options_init", {
-        if options.is_null() {
-            return Err(Failure::null("vhdx_merge_options_init", "options"));
-        }
-        // SAFETY: non-NULL, and the caller promises a writable VhdxMergeOptions.
-        unsafe { options.write(VhdxMergeOptions::default()) };
-        Ok(VHDX_OK)
-    })
+pub unsafe extern "C" fn vhdx_merge_options_init(options: *mut VhdxMergeOptions, struct_size: usize) -> i32 {
+    // SAFETY: the caller promises `struct_size` writable bytes (or NULL).
+    ffi!("vhdx_merge_options_init", { unsafe { init_struct("vhdx_merge_options_init", options, struct_size) } })
 }
 
 fn policy(function: &str, code: i32) -> FfiResult<SiblingPolicy> {
@@ -137,7 +157,9 @@ pub unsafe extern "C" fn vhdx_merge(child_path: *const c_char, depth: u32) -> i3
 ///
 /// Returns VHDX_OK, VHDX_ERR_REFUSED (siblings, with VHDX_SIBLINGS_REFUSE),
 /// VHDX_ERR_INVALID_ARGUMENT (not a differencing disk, chain too short, bad
-/// options), or the error of the image that failed, named in the message.
+/// options, a `struct_size` of `options` or `report` the library does not
+/// accept: then nothing is done), or the error of the image that failed,
+/// named in the message.
 ///
 /// Ownership: `options` and `report` are the caller's.
 /// Thread safety: safe from any thread (not concurrently with other users of
@@ -145,8 +167,8 @@ pub unsafe extern "C" fn vhdx_merge(child_path: *const c_char, depth: u32) -> i3
 ///
 /// # Safety
 /// `child_path` is a NUL-terminated string; `options` is NULL or points to a
-/// valid VhdxMergeOptions; `report` is NULL or points to a writable
-/// VhdxMergeReport.
+/// valid VhdxMergeOptions of `options->struct_size` bytes; `report` is NULL
+/// or points to a writable VhdxMergeReport of `report->struct_size` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn vhdx_merge_with(
     child_path: *const c_char,
@@ -172,7 +194,9 @@ unsafe fn merge_impl(
     // SAFETY: the caller's promise on `child_path`.
     let child = unsafe { path_arg(function, "child_path", child_path)? };
     // SAFETY: the caller promises NULL or a valid struct; it is copied.
-    let o = unsafe { options.as_ref() }.copied().unwrap_or_default();
+    let o = unsafe { read_struct(function, "options", options)? }.unwrap_or_default();
+    // SAFETY: the caller promises NULL or `struct_size` writable bytes.
+    let report = unsafe { out_struct(function, "report", report)? };
     // SAFETY: the caller promises the counts of strings in both lists.
     let (search_dirs, confine_to) = unsafe {
         parent_search_args(function, o.search_dirs, o.search_dir_count, o.confine_dirs, o.confine_dir_count)?
@@ -185,16 +209,15 @@ unsafe fn merge_impl(
         file_opener: None,
     };
     let r = merge(&child, &opts)?;
-    if !report.is_null() {
-        let value = VhdxMergeReport {
+    if let Some(report) = report {
+        report.write(&VhdxMergeReport {
+            struct_size: 0,
             bytes_merged: r.bytes_merged,
             bytes_preserved: r.siblings.iter().map(|s| s.bytes_copied).sum(),
             images_merged: u32::try_from(r.merged.len()).unwrap_or(u32::MAX),
             siblings: u32::try_from(r.siblings.len()).unwrap_or(u32::MAX),
             siblings_broken: r.siblings_broken && !r.siblings.is_empty(),
-        };
-        // SAFETY: non-NULL, and the caller promises a writable VhdxMergeReport.
-        unsafe { report.write(value) };
+        });
     }
     Ok(VHDX_OK)
 }

@@ -6,8 +6,8 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::ffi::{c_char, c_void};
-use std::ffi::CString;
 
+use super::strings::{c_text, opt_ptr};
 use crate::chain::{check_linkage, ParentResolver, MAX_CHAIN_DEPTH};
 use crate::error::{Error, Result};
 use crate::format::locator::{self, ParentLocator};
@@ -16,8 +16,14 @@ use crate::{Disk, OpenOptions};
 /// What a resolver callback is asked: which parent a differencing image
 /// needs. Every string is NUL-terminated, or NULL when absent; all belong to
 /// the library and are valid only during the callback.
+///
+/// The library allocates it and sets `struct_size`: a callback built
+/// against a later vhdx.h reads a field added later only when
+/// `query->struct_size` reaches past it.
 #[repr(C)]
 pub struct VhdxParentQuery {
+    /// sizeof(VhdxParentQuery) as this library knows it, set by the library.
+    pub struct_size: u32,
     /// The path (or callback name) of the child whose parent is wanted; NULL
     /// when it has none.
     pub child_path: *const c_char,
@@ -86,14 +92,6 @@ unsafe impl Send for CallbackResolver {}
 // SAFETY: as for Send: never shared between threads.
 unsafe impl Sync for CallbackResolver {}
 
-fn c_text(s: Option<&str>) -> Option<CString> {
-    s.and_then(|s| CString::new(s).ok())
-}
-
-fn ptr(s: &Option<CString>) -> *const c_char {
-    s.as_ref().map_or(core::ptr::null(), |c| c.as_ptr())
-}
-
 impl ParentResolver for CallbackResolver {
     fn open_parent(&mut self, child: Option<&str>, loc: &ParentLocator, depth: usize) -> Result<(Disk, String)> {
         if depth > MAX_CHAIN_DEPTH {
@@ -105,11 +103,12 @@ impl ParentResolver for CallbackResolver {
         let abs = c_text(loc.get(locator::ABSOLUTE_WIN32_PATH));
         let linkage = c_text(loc.get(locator::PARENT_LINKAGE));
         let query = VhdxParentQuery {
-            child_path: ptr(&child_c),
-            relative_path: ptr(&rel),
-            volume_path: ptr(&vol),
-            absolute_win32_path: ptr(&abs),
-            parent_linkage: ptr(&linkage),
+            struct_size: core::mem::size_of::<VhdxParentQuery>() as u32,
+            child_path: opt_ptr(&child_c),
+            relative_path: opt_ptr(&rel),
+            volume_path: opt_ptr(&vol),
+            absolute_win32_path: opt_ptr(&abs),
+            parent_linkage: opt_ptr(&linkage),
             depth: u32::try_from(depth).unwrap_or(u32::MAX),
         };
         let mut buf: Vec<u8> = alloc::vec![0u8; PATH_CAP];

@@ -4,14 +4,20 @@
 use alloc::format;
 use core::ffi::c_char;
 
-use super::disk::{disk_arg, VhdxDisk};
+use core::mem::size_of;
+
+use super::disk::VhdxDisk;
 use super::error::{Failure, VHDX_OK};
+use super::ptr::{array_out_arg, disk_arg, fill_array, init_struct, out_struct, read_struct, SizedStruct};
 use super::strings::{parent_search_args, path_arg, path_list_arg};
 use crate::ops::siblings::{plan_merge_siblings, SiblingMergeOptions, SiblingMergeReport};
 
 /// A range of the virtual disk, in bytes. Ranges from this library always
 /// start and end on a logical sector boundary: divide by the logical sector
 /// size (vhdx_logical_sector_size) for sector numbers.
+///
+/// A plain value in arrays the caller allocates, so it has no
+/// `struct_size`: its layout never changes.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VhdxRange {
@@ -58,14 +64,10 @@ pub unsafe extern "C" fn vhdx_change_set(
         if count.is_null() {
             return Err(Failure::null("vhdx_change_set", "count"));
         }
-        if ranges.is_null() && cap > 0 {
-            return Err(Failure::invalid(format!("vhdx_change_set: `ranges` is NULL but `cap` is {cap}")));
-        }
+        array_out_arg("vhdx_change_set", "ranges", ranges, cap, "cap")?;
         let set = d.read()?.change_set().map_err(|e| d.fail(e))?;
-        for (i, &(offset, length)) in set.iter().take(cap).enumerate() {
-            // SAFETY: i < cap, and the caller promises `cap` writable entries at `ranges`.
-            unsafe { ranges.add(i).write(VhdxRange { offset, length }) };
-        }
+        // SAFETY: checked above; the caller promises `cap` writable entries.
+        unsafe { fill_array(ranges, cap, set.iter().map(|&(offset, length)| VhdxRange { offset, length })) };
         // SAFETY: non-NULL, and the caller promises a writable size_t.
         unsafe { count.write(set.len()) };
         Ok(VHDX_OK)
@@ -73,11 +75,13 @@ pub unsafe extern "C" fn vhdx_change_set(
 }
 
 /// Options of vhdx_merge_siblings. Initialise with
-/// vhdx_sibling_merge_options_init (no preferred child, not a dry run, no
-/// extra or confining directories).
+/// `vhdx_sibling_merge_options_init(&options, sizeof options)` (no
+/// preferred child, not a dry run, no extra or confining directories).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct VhdxSiblingMergeOptions {
+    /// sizeof(VhdxSiblingMergeOptions), set by vhdx_sibling_merge_options_init.
+    pub struct_size: u32,
     /// The child whose bytes win in the conflicts it takes part in: one of
     /// the children's paths (compared as files), or NULL for none, when any
     /// conflict refuses the merge. Read during the call.
@@ -102,6 +106,7 @@ pub struct VhdxSiblingMergeOptions {
 impl Default for VhdxSiblingMergeOptions {
     fn default() -> Self {
         VhdxSiblingMergeOptions {
+            struct_size: size_of::<VhdxSiblingMergeOptions>() as u32,
             prefer: core::ptr::null(),
             dry_run: false,
             search_dirs: core::ptr::null(),
@@ -113,6 +118,9 @@ impl Default for VhdxSiblingMergeOptions {
 }
 
 /// Sectors held by several children whose bytes there are not all equal.
+///
+/// A plain value in arrays the caller allocates, so it has no
+/// `struct_size`: its layout never changes.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VhdxConflict {
@@ -128,9 +136,13 @@ pub struct VhdxConflict {
 }
 
 /// What vhdx_merge_siblings did, or in a dry run or a refusal, would do.
+/// Set `struct_size` before the call:
+/// `VhdxSiblingMergeReport r = { .struct_size = sizeof r };`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VhdxSiblingMergeReport {
+    /// sizeof(VhdxSiblingMergeReport), set by the caller; left as it is.
+    pub struct_size: u32,
     /// Bytes written into the parent: the union of the children's change sets.
     pub bytes_merged: u64,
     /// Bytes copied into the other children of the parent (and children of
@@ -149,28 +161,44 @@ pub struct VhdxSiblingMergeReport {
     pub merged: bool,
 }
 
+// SAFETY: repr(C), `struct_size: u32` first; nullable pointers, a bool and
+// counts.
+unsafe impl SizedStruct for VhdxSiblingMergeOptions {
+    const NAME: &'static str = "VhdxSiblingMergeOptions";
+    const OLDEST: usize = size_of::<VhdxSiblingMergeOptions>();
+}
+
+// SAFETY: repr(C), `struct_size: u32` first, integers and a bool.
+unsafe impl SizedStruct for VhdxSiblingMergeReport {
+    const NAME: &'static str = "VhdxSiblingMergeReport";
+    const OLDEST: usize = size_of::<VhdxSiblingMergeReport>();
+}
+
 /// Sets `*options` to the defaults: no preferred child, not a dry run, no
-/// extra search directories, parents resolved anywhere. Returns VHDX_OK, or
-/// VHDX_ERR_INVALID_ARGUMENT when `options` is NULL.
+/// extra search directories, parents resolved anywhere; and `struct_size`
+/// to `struct_size`, which is `sizeof *options` as the caller was compiled.
+/// Returns VHDX_OK, or VHDX_ERR_INVALID_ARGUMENT when `options` is NULL or
+/// `struct_size` is not a size of VhdxSiblingMergeOptions this library
+/// knows (nothing is written).
 ///
 /// Ownership: `options` is the caller's. Thread safety: safe from any thread.
 ///
 /// # Safety
-/// `options` is NULL or points to a writable VhdxSiblingMergeOptions.
+/// `options` is NULL or points to `struct_size` writable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn vhdx_sibling_merge_options_init(options: *mut VhdxSiblingMergeOptions) -> i32 {
+pub unsafe extern "C" fn vhdx_sibling_merge_options_init(
+    options: *mut VhdxSiblingMergeOptions,
+    struct_size: usize,
+) -> i32 {
     ffi!("vhdx_sibling_merge_options_init", {
-        if options.is_null() {
-            return Err(Failure::null("vhdx_sibling_merge_options_init", "options"));
-        }
-        // SAFETY: non-NULL, and the caller promises a writable VhdxSiblingMergeOptions.
-        unsafe { options.write(VhdxSiblingMergeOptions::default()) };
-        Ok(VHDX_OK)
+        // SAFETY: the caller promises `struct_size` writable bytes (or NULL).
+        unsafe { init_struct("vhdx_sibling_merge_options_init", options, struct_size) }
     })
 }
 
 fn report_of(r: &SiblingMergeReport) -> VhdxSiblingMergeReport {
     VhdxSiblingMergeReport {
+        struct_size: 0,
         bytes_merged: r.bytes_merged,
         bytes_preserved: r.preserved.iter().map(|s| s.bytes_copied).sum(),
         preserved_images: u32::try_from(r.preserved.len()).unwrap_or(u32::MAX),
@@ -208,7 +236,8 @@ fn report_of(r: &SiblingMergeReport) -> VhdxSiblingMergeReport {
 /// Returns VHDX_OK, VHDX_ERR_REFUSED (conflicts, or an image changed while
 /// the merge was planned), VHDX_ERR_INVALID_ARGUMENT (a child that is not a
 /// differencing disk of the parent, a duplicate, more than 64 children, a
-/// `prefer` that is not a child, bad pointers), VHDX_ERR_PARENT_MISMATCH (a
+/// `prefer` that is not a child, bad pointers, a `struct_size` of `options`
+/// or `report` the library does not accept), VHDX_ERR_PARENT_MISMATCH (a
 /// child's link to the parent is broken), or the error of the image that
 /// failed, named in the message. Every image it changes is locked from the
 /// plan to the end: one open elsewhere refuses it with VHDX_ERR_BUSY.
@@ -219,8 +248,9 @@ fn report_of(r: &SiblingMergeReport) -> VhdxSiblingMergeReport {
 /// # Safety
 /// `parent_path` is a NUL-terminated string; `children` points to
 /// `child_count` NUL-terminated strings; `options` is NULL or points to a
-/// valid VhdxSiblingMergeOptions; `report` is NULL or points to a writable
-/// VhdxSiblingMergeReport; `conflicts` is NULL with `conflict_cap == 0` or
+/// valid VhdxSiblingMergeOptions of `options->struct_size` bytes; `report`
+/// is NULL or points to a writable VhdxSiblingMergeReport of
+/// `report->struct_size` bytes; `conflicts` is NULL with `conflict_cap == 0` or
 /// points to `conflict_cap` writable VhdxConflict.
 #[no_mangle]
 pub unsafe extern "C" fn vhdx_merge_siblings(
@@ -241,11 +271,11 @@ pub unsafe extern "C" fn vhdx_merge_siblings(
         }
         // SAFETY: the caller promises `child_count` strings.
         let kids = unsafe { path_list_arg(F, "children", children, child_count)? };
-        if conflicts.is_null() && conflict_cap > 0 {
-            return Err(Failure::invalid(format!("{F}: `conflicts` is NULL but `conflict_cap` is {conflict_cap}")));
-        }
+        array_out_arg(F, "conflicts", conflicts, conflict_cap, "conflict_cap")?;
         // SAFETY: the caller promises NULL or a valid struct; it is copied.
-        let o = unsafe { options.as_ref() }.copied().unwrap_or_default();
+        let o = unsafe { read_struct(F, "options", options)? }.unwrap_or_default();
+        // SAFETY: the caller promises NULL or `struct_size` writable bytes.
+        let report = unsafe { out_struct(F, "report", report)? };
         let prefer = if o.prefer.is_null() {
             None
         } else {
@@ -258,20 +288,18 @@ pub unsafe extern "C" fn vhdx_merge_siblings(
         let opts = SiblingMergeOptions { prefer, dry_run: o.dry_run, search_dirs, confine_to };
         let plan = plan_merge_siblings(&parent, &kids, &opts)?;
         let tell = |r: &SiblingMergeReport| {
-            if !report.is_null() {
-                // SAFETY: non-NULL, and the caller promises a writable VhdxSiblingMergeReport.
-                unsafe { report.write(report_of(r)) };
+            if let Some(report) = &report {
+                report.write(&report_of(r));
             }
-            for (i, c) in r.conflicts.iter().take(conflict_cap).enumerate() {
-                let value = VhdxConflict {
-                    offset: c.offset,
-                    length: c.length,
-                    children: c.children.iter().fold(0u64, |m, &k| m | 1 << k),
-                    winner: c.winner.map_or(-1, |w| w as i32),
-                };
-                // SAFETY: i < conflict_cap, and the caller promises that many writable entries.
-                unsafe { conflicts.add(i).write(value) };
-            }
+            let entries = r.conflicts.iter().map(|c| VhdxConflict {
+                offset: c.offset,
+                length: c.length,
+                children: c.children.iter().fold(0u64, |m, &k| m | 1 << k),
+                winner: c.winner.map_or(-1, |w| w as i32),
+            });
+            // SAFETY: checked by array_out_arg; the caller promises
+            // `conflict_cap` writable entries.
+            unsafe { fill_array(conflicts, conflict_cap, entries) };
         };
         tell(plan.report());
         if o.dry_run {

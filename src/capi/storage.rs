@@ -6,9 +6,10 @@ use alloc::boxed::Box;
 use alloc::format;
 use core::ffi::{c_char, c_void};
 
-use super::disk::{clear_out, create_options, set_out, VhdxDisk};
+use super::disk::{create_options, VhdxDisk};
 use super::error::{Failure, FfiResult};
 use super::open::{open_options, VhdxOpenOptions};
+use super::ptr::{clear_out, read_struct, set_out, SizedStruct};
 use super::strings::opt_text_arg;
 use crate::error::IoError;
 use crate::io::Storage;
@@ -45,9 +46,14 @@ pub type VhdxDestroyFn = Option<unsafe extern "C" fn(user: *mut c_void)>;
 /// and `set_size`. `flush` may be NULL when writes are durable at once (or
 /// durability does not matter, as for memory); `destroy` may be NULL.
 ///
+/// Set `struct_size` to sizeof(VhdxStorageCallbacks):
+/// `VhdxStorageCallbacks cb = { .struct_size = sizeof cb, .user = ..., ... };`.
+///
 /// Lifetime: the library copies this struct; `user` must stay valid until
 /// `destroy` is called, or, without `destroy`, until the handle made on it is
-/// closed (or the call that was given it fails).
+/// closed (or the call that was given it fails). A `struct_size` the library
+/// refuses (VHDX_ERR_INVALID_ARGUMENT) is the one failure where it reads no
+/// field, so `destroy` is not called.
 ///
 /// Threads: the callbacks are called on the thread of whichever vhdx call
 /// needs them. `read` and `size` may run concurrently with each other when
@@ -57,6 +63,8 @@ pub type VhdxDestroyFn = Option<unsafe extern "C" fn(user: *mut c_void)>;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct VhdxStorageCallbacks {
+    /// sizeof(VhdxStorageCallbacks), set by the caller.
+    pub struct_size: u32,
     /// Passed to every callback; owned by the caller.
     pub user: *mut c_void,
     /// Required.
@@ -71,6 +79,28 @@ pub struct VhdxStorageCallbacks {
     pub set_size: VhdxSetSizeFn,
     /// Optional: releases `user`.
     pub destroy: VhdxDestroyFn,
+}
+
+impl Default for VhdxStorageCallbacks {
+    fn default() -> Self {
+        VhdxStorageCallbacks {
+            struct_size: core::mem::size_of::<VhdxStorageCallbacks>() as u32,
+            user: core::ptr::null_mut(),
+            read: None,
+            write: None,
+            flush: None,
+            size: None,
+            set_size: None,
+            destroy: None,
+        }
+    }
+}
+
+// SAFETY: repr(C), `struct_size: u32` first; a pointer and optional
+// function pointers.
+unsafe impl SizedStruct for VhdxStorageCallbacks {
+    const NAME: &'static str = "VhdxStorageCallbacks";
+    const OLDEST: usize = core::mem::size_of::<VhdxStorageCallbacks>();
 }
 
 /// The callbacks as a [`Storage`]; calls `destroy` when dropped.
@@ -168,14 +198,15 @@ impl Drop for CallbackStorage {
 /// and checks it has what `writable` use needs.
 ///
 /// # Safety
-/// `cb` is NULL or points to a readable VhdxStorageCallbacks.
+/// `cb` is NULL or points to a readable VhdxStorageCallbacks of
+/// `struct_size` bytes.
 unsafe fn take_callbacks(
     function: &str,
     cb: *const VhdxStorageCallbacks,
     writable: bool,
 ) -> FfiResult<CallbackStorage> {
     // SAFETY: the caller promises NULL or a readable table; it is copied.
-    let cb = unsafe { cb.as_ref() }.copied().ok_or_else(|| Failure::null(function, "storage"))?;
+    let cb = unsafe { read_struct(function, "storage", cb)? }.ok_or_else(|| Failure::null(function, "storage"))?;
     let storage = CallbackStorage { cb };
     let missing = if cb.read.is_none() {
         Some("read")
@@ -208,13 +239,14 @@ unsafe fn take_callbacks(
 ///
 /// Ownership: the library takes the storage: `storage->destroy` (when set) is
 /// called exactly once, when the handle is closed — or before this function
-/// returns when it fails. It also takes `options->parent` whatever the
+/// returns when it fails (except for a `struct_size` of `storage` refused:
+/// see VhdxStorageCallbacks). It also takes `options->parent` whatever the
 /// result (see VhdxOpenOptions). The caller owns the new handle.
 /// Thread safety: safe from any thread; see VhdxStorageCallbacks for the
 /// threads the callbacks run on.
 ///
 /// # Safety
-/// `storage` points to a valid VhdxStorageCallbacks; `name` is NULL or a
+/// `storage` points to a valid VhdxStorageCallbacks of `struct_size` bytes; `name` is NULL or a
 /// NUL-terminated string; `options` is NULL or points to a valid
 /// VhdxOpenOptions; `out` points to a writable `VhdxDisk *`.
 #[no_mangle]
@@ -250,7 +282,7 @@ pub unsafe extern "C" fn vhdx_open_callbacks(
 /// Creates a fixed or dynamic image on the callback storage `storage`.
 ///
 /// # Safety
-/// `storage` points to a valid VhdxStorageCallbacks; `out` is NULL or points
+/// `storage` points to a valid VhdxStorageCallbacks of `struct_size` bytes; `out` is NULL or points
 /// to a writable `VhdxDisk *`.
 unsafe fn create_on(
     function: &str,
@@ -280,11 +312,12 @@ unsafe fn create_on(
 ///
 /// Ownership: the library takes the storage: `storage->destroy` (when set) is
 /// called exactly once, when the handle is closed — or before this function
-/// returns when it fails. The caller owns the new handle.
+/// returns when it fails (except for a `struct_size` refused: see
+/// VhdxStorageCallbacks). The caller owns the new handle.
 /// Thread safety: safe from any thread.
 ///
 /// # Safety
-/// `storage` points to a valid VhdxStorageCallbacks; `out` points to a
+/// `storage` points to a valid VhdxStorageCallbacks of `struct_size` bytes; `out` points to a
 /// writable `VhdxDisk *`.
 #[no_mangle]
 pub unsafe extern "C" fn vhdx_create_dynamic_callbacks(
@@ -320,7 +353,7 @@ pub unsafe extern "C" fn vhdx_create_dynamic_callbacks(
 /// Thread safety: safe from any thread.
 ///
 /// # Safety
-/// `storage` points to a valid VhdxStorageCallbacks; `out` points to a
+/// `storage` points to a valid VhdxStorageCallbacks of `struct_size` bytes; `out` points to a
 /// writable `VhdxDisk *`.
 #[no_mangle]
 pub unsafe extern "C" fn vhdx_create_fixed_callbacks(

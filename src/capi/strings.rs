@@ -4,7 +4,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::ffi::c_char;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::path::PathBuf;
 
 use super::error::{Failure, FfiResult};
@@ -49,6 +49,17 @@ pub(crate) unsafe fn opt_text_arg(s: *const c_char) -> Option<String> {
     // SAFETY: non-NULL, and the caller promises a NUL-terminated string.
     let c = unsafe { CStr::from_ptr(s) };
     Some(c.to_string_lossy().into_owned())
+}
+
+/// `s` as a C string for C, `None` when absent (or holding a NUL).
+pub(crate) fn c_text(s: Option<&str>) -> Option<CString> {
+    s.and_then(|s| CString::new(s).ok())
+}
+
+/// The pointer C sees for an optional string: NULL when absent. Valid while
+/// `s` lives.
+pub(crate) fn opt_ptr(s: &Option<CString>) -> *const c_char {
+    s.as_ref().map_or(core::ptr::null(), |c| c.as_ptr())
 }
 
 /// Reads `count` paths from the array `list`, argument `arg` of `function`.
