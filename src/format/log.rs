@@ -179,8 +179,10 @@ pub fn parse_entry(bytes: &[u8], log_length: u64, log_guid: &Guid) -> Result<Log
     }
     let count = h.descriptor_count.get() as usize;
     let desc_sectors = descriptor_sectors(count);
-    // Every data descriptor needs a sector of its own: bound the count by the length first.
-    if desc_sectors > bytes.len() / LOG_SECTOR_SIZE || count > bytes.len() / 32 {
+    // The descriptor sectors must fit the entry (so the count is bounded by
+    // the length before anything is sized by it); every data descriptor
+    // also needs a data sector, checked as each is read.
+    if desc_sectors > bytes.len() / LOG_SECTOR_SIZE {
         return Err(EntryFault::Length);
     }
     let mut ops = Vec::with_capacity(count.min(1024));
