@@ -144,22 +144,21 @@ impl ParentLocator {
     /// The on-disk item.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let count = self.entries.len();
-        if count > u16::MAX as usize {
-            return Err(Error::invalid("too many parent locator entries"));
-        }
+        let count16 = u16::try_from(count).map_err(|_| Error::invalid("too many parent locator entries"))?;
         let mut out = alloc::vec![0u8; 20 + 12 * count];
         let head = RawLocatorHeader {
             locator_type: guid::to_disk(&PARENT_LOCATOR_TYPE_VHDX),
             reserved: U16::new(0),
-            key_value_count: U16::new(count as u16),
+            key_value_count: U16::new(count16),
         };
         out[..20].copy_from_slice(head.as_bytes());
         for (i, (k, v)) in self.entries.iter().enumerate() {
             let key: Vec<u8> = k.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
             let value: Vec<u8> = v.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
-            if key.is_empty() || value.is_empty() || key.len() > u16::MAX as usize || value.len() > u16::MAX as usize {
+            let length = |bytes: &[u8]| u16::try_from(bytes.len()).ok().filter(|&n| n > 0);
+            let (Some(key_length), Some(value_length)) = (length(&key), length(&value)) else {
                 return Err(Error::invalid(format!("parent locator entry {k} is empty or too long")));
-            }
+            };
             let key_offset = out.len();
             out.extend_from_slice(&key);
             let value_offset = out.len();
@@ -167,8 +166,8 @@ impl ParentLocator {
             let entry = RawLocatorEntry {
                 key_offset: U32::new(key_offset as u32),
                 value_offset: U32::new(value_offset as u32),
-                key_length: U16::new(key.len() as u16),
-                value_length: U16::new(value.len() as u16),
+                key_length: U16::new(key_length),
+                value_length: U16::new(value_length),
             };
             out[20 + i * 12..32 + i * 12].copy_from_slice(entry.as_bytes());
         }

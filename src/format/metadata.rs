@@ -167,17 +167,10 @@ pub fn parse_table(bytes: &[u8], region_offset: u64, region_length: u32) -> Resu
         if entries.iter().any(|o| o.item_id == e.item_id && o.flags.contains(MetadataFlags::IS_USER) == user) {
             return Err(Error::corrupt(SE, entry_offset, format!("item {} appears twice", e.item_id)));
         }
-        if e.length > 0 {
-            if let Some(o) = entries
-                .iter()
-                .find(|o| o.length > 0 && e.offset < o.offset + o.length && o.offset < e.offset + e.length)
-            {
-                return Err(Error::corrupt(
-                    SE,
-                    entry_offset,
-                    format!("item {} overlaps item {}", e.item_id, o.item_id),
-                ));
-            }
+        // An empty item has offset 0 (checked above), so it overlaps nothing
+        // in this test, as either party.
+        if let Some(o) = entries.iter().find(|o| e.offset < o.offset + o.length && o.offset < e.offset + e.length) {
+            return Err(Error::corrupt(SE, entry_offset, format!("item {} overlaps item {}", e.item_id, o.item_id)));
         }
         if e.flags.contains(MetadataFlags::IS_REQUIRED) && (user || !is_known_item(e.item_id)) {
             return Err(Error::unsupported(SE, entry_offset, format!("unknown required metadata item {}", e.item_id)));

@@ -139,6 +139,36 @@ fn writer_refuses_empty_entries() {
     let loc = ParentLocator { entries: alloc::vec![(String::new(), String::from(LINK))] };
     assert!(loc.to_bytes().is_err());
     let huge: String = core::iter::repeat_n('x', 40000).collect();
-    let loc = ParentLocator { entries: alloc::vec![(String::from("k"), huge)] };
+    let loc = ParentLocator { entries: alloc::vec![(String::from("k"), huge.clone())] };
     assert!(loc.to_bytes().is_err());
+    let loc = ParentLocator { entries: alloc::vec![(huge, String::from(LINK))] };
+    assert!(loc.to_bytes().is_err()); // a key's length is 16 bits too
+}
+
+#[test]
+fn writer_fills_an_item_up_to_exactly_1_mib() {
+    // 16 entries "k00".."k15" (6-byte keys) with values of 65534 bytes; the
+    // last value is sized so the item is exactly 1 MiB (20 + 12 * 16 + 16 * 6
+    // + the values).
+    let n = 16;
+    let mut values: Vec<usize> = alloc::vec![65534; n - 1];
+    let fixed = 20 + 12 * n + 6 * n + values.iter().sum::<usize>();
+    values.push((1 << 20) - fixed);
+    assert!(values[n - 1] > 0 && values[n - 1] <= 65534 && values[n - 1] % 2 == 0);
+    let entries = |extra: usize| -> ParentLocator {
+        ParentLocator {
+            entries: (0..n)
+                .map(|i| {
+                    let len = values[i] + if i == n - 1 { extra } else { 0 };
+                    (alloc::format!("k{i:02}"), core::iter::repeat_n('v', len / 2).collect())
+                })
+                .collect(),
+        }
+    };
+    let item = entries(0).to_bytes().unwrap();
+    assert_eq!(item.len(), 1 << 20);
+    // It parses up to the missing linkage: every entry of it was read.
+    let msg = alloc::string::ToString::to_string(&ParentLocator::parse(&item, 0).unwrap_err());
+    assert!(msg.contains("no parent_linkage key"), "{msg}");
+    assert!(entries(2).to_bytes().is_err());
 }

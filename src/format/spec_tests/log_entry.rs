@@ -49,6 +49,19 @@ fn hand_laid_entry_parses() {
     );
     assert_eq!(peek_entry_length(&b[..4096], 1 << 20, &Guid::from_u128(G)), Ok(3 * 4096));
     assert_eq!(peek_entry_length(&b[..63], 1 << 20, &Guid::from_u128(G)), Err(EntryFault::Length));
+    // The length field alone: zero, not whole 4 KiB sectors, longer than the log.
+    let g = Guid::from_u128(G);
+    for (len, log, want) in [
+        (0u32, 1 << 20, Err(EntryFault::Length)),
+        (4097, 1 << 20, Err(EntryFault::Length)),
+        (4096 + 512, 1 << 20, Err(EntryFault::Length)),
+        (3 * 4096, 3 * 4096, Ok(3 * 4096)),
+        (3 * 4096, 2 * 4096, Err(EntryFault::Length)),
+    ] {
+        let mut h = b[..4096].to_vec();
+        put(&mut h, 8, &len.to_le_bytes());
+        assert_eq!(peek_entry_length(&h, log, &g), want, "length {len} in a log of {log}");
+    }
 }
 
 #[test]

@@ -169,7 +169,18 @@ fn table_rules() {
     assert!(parse_table(&bad, 0, 1 << 20).is_err());
     let mut many = b.clone();
     many[10..12].copy_from_slice(&2048u16.to_le_bytes());
-    assert!(parse_table(&many, 0, 1 << 20).is_err());
+    let msg = alloc::string::ToString::to_string(&parse_table(&many, 0, 1 << 20).unwrap_err());
+    assert!(msg.contains("2048 entries (at most 2047)"), "{msg}");
+    // Exactly 2047: the five system items and 2042 empty optional ones.
+    let mut v = all.clone();
+    v.extend((0..2042u128).map(|i| (other + 1 + i, 0, 0, 0, alloc::vec![])));
+    assert_eq!(parse_table(&region(&v), 0, 1 << 20).unwrap().len(), 2047);
+    // An item of exactly 1 MiB; one that ends exactly where the next begins,
+    // with the later item first in the table.
+    let mut v = all.clone();
+    v.push((other, 0x20000, 1 << 20, 0, alloc::vec![]));
+    assert!(parse_table(&region(&v), 0, 0x20000 + (1 << 20)).is_ok());
+    assert!(with((other, 0x10FF8, 8, 0, alloc::vec![1; 8])).is_ok()); // ends at VS's 0x11000
 }
 
 #[test]
