@@ -352,12 +352,8 @@ pub fn build_region(
     region_length: usize,
 ) -> Result<Vec<u8>> {
     let mut flags = FileParameterFlags::empty();
-    if params.leave_block_allocated {
-        flags |= FileParameterFlags::LEAVE_BLOCK_ALLOCATED;
-    }
-    if params.has_parent {
-        flags |= FileParameterFlags::HAS_PARENT;
-    }
+    flags.set(FileParameterFlags::LEAVE_BLOCK_ALLOCATED, params.leave_block_allocated);
+    flags.set(FileParameterFlags::HAS_PARENT, params.has_parent);
     let file_params = RawFileParameters { block_size: U32::new(params.block_size), flags: U32::new(flags.bits()) };
     let vd = MetadataFlags::IS_VIRTUAL_DISK | MetadataFlags::IS_REQUIRED;
     let mut items: Vec<(Guid, MetadataFlags, Vec<u8>)> = alloc::vec![
@@ -376,7 +372,8 @@ pub fn build_region(
         }
         items.push((x.item_id, x.flags, x.data.clone()));
     }
-    if items.len() > MAX_METADATA_ENTRIES as usize || items.len() * 32 + 32 > METADATA_TABLE_SIZE {
+    // 2047 entries of 32 bytes after the 32-byte header fill the 64 KiB table exactly.
+    if items.len() > MAX_METADATA_ENTRIES as usize {
         return Err(Error::invalid("too many metadata items for the metadata table"));
     }
     let mut region = alloc::vec![0u8; region_length];
