@@ -29,12 +29,10 @@ pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
 /// taken as zero, as the format computes it.
 pub fn structure_checksum(data: &[u8]) -> u32 {
     let (head, rest) = data.split_at(CHECKSUM_OFFSET.min(data.len()));
-    let crc = crc32c_append(0, head);
-    if rest.len() < 4 {
-        return crc32c_append(crc, &[0u8; 4][..rest.len()]);
-    }
-    let crc = crc32c_append(crc, &[0u8; 4]);
-    crc32c_append(crc, &rest[4..])
+    // The checksum field (cut short if the data ends inside it) counts as zeros.
+    let field = rest.len().min(4);
+    let crc = crc32c_append(crc32c_append(0, head), &[0u8; 4][..field]);
+    crc32c_append(crc, &rest[field..])
 }
 
 /// Writes the structure checksum into bytes 4..8 of `data`.
