@@ -120,6 +120,18 @@ fn entry_faults() {
     assert_eq!(resealed(&|b| put(b, 96, b"desc")), Err(EntryFault::Length));
     assert_eq!(resealed(&|b| put(b, 24, &300u32.to_le_bytes())), Err(EntryFault::Length));
     assert_eq!(resealed(&|b| put(b, 24, &0u32.to_le_bytes())).map(|x| x.ops.len()), Ok(0));
+    // Descriptors alone overflowing a one-sector entry: 126 fit the first
+    // sector (the next one is then malformed), 127 need a second sector.
+    let one = log_entry(&e(9), &[Desc::Zero(0x1000, 0x40_0000)]);
+    assert_eq!(one.len(), 4096);
+    let counted = |n: u32| {
+        let mut b = one.clone();
+        put(&mut b, 24, &n.to_le_bytes());
+        super::build::checksum(&mut b);
+        parse(&b)
+    };
+    assert_eq!(counted(126), Err(EntryFault::Descriptor));
+    assert_eq!(counted(127), Err(EntryFault::Length));
     // Checksum over the whole entry, the last byte included.
     let mut b = good.clone();
     *b.last_mut().unwrap() ^= 1;
