@@ -3,7 +3,7 @@
 //! be written but is served. Each is one `error: …` line that says what is
 //! wrong and, where there is one, what to do.
 
-mod cli_support;
+mod common;
 mod tool;
 
 use std::io::Write;
@@ -11,7 +11,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use cli_support::*;
+use common::cli::*;
 use vhdx::io::FileOpener;
 use vhdx::OpenOptions;
 

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{pattern, sha256_file, vhdx_tool};
+use common::{cli::vhdx_tool, compare::sha256_file, data::pattern};
 use vhdx::ops::convert::{convert, ConvertOptions};
 use vhdx::{CreateOptions, Disk, ErrorKind};
 
@@ -306,9 +306,9 @@ fn a_killed_convert_leaves_the_destination_as_it_was_and_a_rerun_finishes() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert!(leftovers(dir, "out.vhdx").is_empty(), "the rerun left temporary files");
         assert!(content(&out) == model, "the rerun's output differs from the source");
-        if common::qemu_present() {
+        if common::qemu::qemu_present() {
             let raw = dir.join("qemu.raw");
-            common::qemu_convert_to_raw(&out, &raw);
+            common::qemu::qemu_convert_to_raw(&out, &raw);
             assert!(std::fs::read(&raw).unwrap() == model, "QEMU reads the output differently");
             std::fs::remove_file(raw).unwrap();
         }

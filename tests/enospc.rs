@@ -24,7 +24,10 @@ mod tool;
 
 use std::io::ErrorKind as IoKind;
 
-use common::{pattern, qemu, qemu_img};
+use common::{
+    data::pattern,
+    qemu::{qemu, qemu_img},
+};
 use vhdx::format::guid::Guid;
 use vhdx::format::locator::{braced_guid, ParentLocator, PARENT_LINKAGE, RELATIVE_PATH};
 use vhdx::io::FaultStorage;
@@ -363,7 +366,7 @@ fn a_resize_that_does_not_fit_leaves_the_file_byte_identical() {
 
 /// The log's place, from the current header (parsed by the test).
 fn log_range(image: &[u8]) -> (u64, u64) {
-    let headers = [common::parse_header(&image[64 << 10..]), common::parse_header(&image[128 << 10..])];
+    let headers = [common::layout::parse_header(&image[64 << 10..]), common::layout::parse_header(&image[128 << 10..])];
     let h = headers.into_iter().flatten().max_by_key(|h| h.sequence_number).expect("a valid header");
     (h.log_offset, h.log_length as u64)
 }
@@ -422,7 +425,7 @@ fn real_files_get_space_for_their_log() {
     let tmp = tempfile::tempdir().unwrap();
     let ours = tmp.path().join("ours.vhdx");
     Disk::create(&ours, &CreateOptions::dynamic(1 << 30)).unwrap().close().unwrap();
-    let h = common::current_header(&ours);
+    let h = common::layout::current_header(&ours);
     let used = allocated_bytes(&ours);
     // The metadata region (1 MiB, written whole) and the log; a few pages
     // of headers and region tables besides.
@@ -432,7 +435,7 @@ fn real_files_get_space_for_their_log() {
     }
     let theirs = tmp.path().join("theirs.vhdx");
     qemu_img(&["create", "-q", "-f", "vhdx", theirs.to_str().unwrap(), "1G"]);
-    let h = common::current_header(&theirs);
+    let h = common::layout::current_header(&theirs);
     let holes = hole_bytes(&theirs, h.log_offset, h.log_length as u64);
     assert!(holes > 0, "qemu-img left no hole in the log: this test no longer covers a sparse log");
     let before = allocated_bytes(&theirs);
@@ -445,7 +448,7 @@ fn real_files_get_space_for_their_log() {
         "a writable open took {} bytes for {holes} bytes of holes in the log",
         after - before
     );
-    common::qemu_check_clean(&theirs);
+    common::qemu::qemu_check_clean(&theirs);
 }
 
 /// `FileStorage::allocate` reserves space without changing a byte.

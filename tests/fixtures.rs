@@ -12,7 +12,7 @@ mod tool;
 
 use std::path::Path;
 
-use common::*;
+use common::{compare::*, data::*, files::*, layout::*, qemu::*};
 use vhdx::{Disk, DiskType, ErrorKind, Extent, Guid, OpenOptions};
 
 const MIB: u64 = 1 << 20;

@@ -20,7 +20,7 @@ mod tool;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{pattern, vhdx_tool};
+use common::{cli::vhdx_tool, data::pattern};
 
 const MIB: u64 = 1 << 20;
 

@@ -16,7 +16,7 @@ mod tool;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::pattern;
+use common::data::pattern;
 use locks_support::{cli_bin, run_within, stderr, vhdx, Holder};
 use sha2::{Digest, Sha256};
 

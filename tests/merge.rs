@@ -13,7 +13,12 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use common::{current_header, first_difference, pattern, qemu, qemu_convert_to_raw, RawBat};
+use common::{
+    compare::first_difference,
+    data::pattern,
+    layout::{current_header, RawBat},
+    qemu::{qemu, qemu_convert_to_raw},
+};
 use vhdx::ops::merge::{merge, set_parent, set_parent_through, MergeOptions, SiblingPolicy};
 use vhdx::{CreateOptions, Disk, ErrorKind};
 

@@ -45,7 +45,7 @@ mod tool;
 
 use std::collections::BTreeSet;
 
-use common::*;
+use common::{compare::*, data::*, layout::*, storage::*};
 use model_support::{scattered, versions, Model, Tap};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, RngSeed};

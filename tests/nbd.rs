@@ -6,7 +6,6 @@
 //! by QEMU's own VHDX driver. The command-line `vhdx serve` is driven the
 //! same way. Protocol details and hostile clients are in `nbd_protocol.rs`.
 
-mod cli_support;
 mod common;
 mod nbd_support;
 mod tool;
@@ -15,7 +14,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use common::*;
+use common::{compare::*, data::*, layout::*, models::*, qemu::*};
 use nbd_support::Running;
 use vhdx::nbd::ServeOptions;
 use vhdx::{CreateOptions, Disk};
@@ -258,7 +257,7 @@ fn a_read_only_export_refuses_qemu_writes() {
 
 /// The built `vhdx` example.
 fn bin() -> PathBuf {
-    cli_support::bin().to_path_buf()
+    common::cli::bin().to_path_buf()
 }
 
 /// `vhdx serve ARGS… --port 0 --once`, started; returns the child and the

@@ -10,7 +10,7 @@ mod tool;
 
 use std::time::{Duration, Instant};
 
-use common::pattern;
+use common::data::pattern;
 use nbd_support::*;
 use vhdx::nbd::ServeOptions;
 
@@ -341,10 +341,10 @@ fn stop_ends_connected_sessions_and_once_serves_one_client() {
 }
 
 /// The image as it was at the last storage flush: what survives a power cut.
-fn durable_image(rec: &common::Recorder) -> (vhdx::Disk, Vec<u8>) {
-    let last_flush = rec.ops.lock().unwrap().iter().rposition(|op| matches!(op, common::Op::Flush));
+fn durable_image(rec: &common::storage::Recorder) -> (vhdx::Disk, Vec<u8>) {
+    let last_flush = rec.ops.lock().unwrap().iter().rposition(|op| matches!(op, common::storage::Op::Flush));
     let bytes = rec.image_after(last_flush.map_or(0, |i| i + 1));
-    let disk = vhdx::Disk::open_storage(Box::new(common::SharedMem::from_vec(bytes.clone()))).unwrap();
+    let disk = vhdx::Disk::open_storage(Box::new(common::storage::SharedMem::from_vec(bytes.clone()))).unwrap();
     (disk, bytes)
 }
 
@@ -356,7 +356,7 @@ fn read_at(disk: &vhdx::Disk, offset: u64, len: usize) -> Vec<u8> {
 
 #[test]
 fn fua_flush_and_the_end_of_a_session_are_durable_before_the_reply() {
-    let rec = common::Recorder::new();
+    let rec = common::storage::Recorder::new();
     let options = vhdx::CreateOptions::dynamic(SIZE).block_size(1 << 20);
     let mut disk = vhdx::Disk::create_on(Box::new(rec.clone()), &options, None).unwrap();
     disk.flush().unwrap();
@@ -385,7 +385,7 @@ fn fua_flush_and_the_end_of_a_session_are_durable_before_the_reply() {
     server.wait_ended(1);
     let (d, bytes) = durable_image(&rec);
     assert_eq!(read_at(&d, 5 * mib, 512), vec![0xD4; 512]);
-    let headers = [64usize << 10, 128 << 10].map(|at| common::parse_header(&bytes[at..at + 4096]));
+    let headers = [64usize << 10, 128 << 10].map(|at| common::layout::parse_header(&bytes[at..at + 4096]));
     let current = headers.iter().flatten().max_by_key(|h| h.sequence_number).expect("a valid header");
     assert_eq!(current.log_guid, [0; 16], "the log is not clean after the session");
 }

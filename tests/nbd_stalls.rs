@@ -4,7 +4,6 @@
 //! so a regression fails instead of hanging. Real clients are the
 //! specification-written test client and `qemu-img`/`qemu-io`.
 
-mod cli_support;
 mod common;
 mod nbd_support;
 mod tool;
@@ -14,7 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{pattern, qemu};
+use common::{data::pattern, qemu::qemu};
 use nbd_support::*;
 use vhdx::nbd::ServeOptions;
 
@@ -216,7 +215,7 @@ fn waiting_for_a_session_slot_is_not_a_handshake_timeout() {
 
 #[test]
 fn an_idle_session_is_closed_at_the_idle_timeout_and_its_writes_are_durable() {
-    let rec = common::Recorder::new();
+    let rec = common::storage::Recorder::new();
     let mut disk =
         vhdx::Disk::create_on(Box::new(rec.clone()), &vhdx::CreateOptions::dynamic(SIZE).block_size(1 << 20), None)
             .unwrap();
@@ -234,12 +233,12 @@ fn an_idle_session_is_closed_at_the_idle_timeout_and_its_writes_are_durable() {
     server.wait_ended(1);
     assert!(server.log().iter().any(|l| l.contains("idle for 700ms")), "{:?}", server.log());
     // Never flushed by the client, durable now, with a clean log.
-    let last_flush = rec.ops.lock().unwrap().iter().rposition(|op| matches!(op, common::Op::Flush)).unwrap();
+    let last_flush = rec.ops.lock().unwrap().iter().rposition(|op| matches!(op, common::storage::Op::Flush)).unwrap();
     let bytes = rec.image_after(last_flush + 1);
-    let headers = [64usize << 10, 128 << 10].map(|at| common::parse_header(&bytes[at..at + 4096]));
+    let headers = [64usize << 10, 128 << 10].map(|at| common::layout::parse_header(&bytes[at..at + 4096]));
     let current = headers.iter().flatten().max_by_key(|h| h.sequence_number).expect("a valid header");
     assert_eq!(current.log_guid, [0; 16], "the log is not clean after the idle session");
-    let durable = vhdx::Disk::open_storage(Box::new(common::SharedMem::from_vec(bytes))).unwrap();
+    let durable = vhdx::Disk::open_storage(Box::new(common::storage::SharedMem::from_vec(bytes))).unwrap();
     for i in 0..6u64 {
         let mut back = vec![0u8; 4096];
         durable.read_at(&mut back, i * 4096).unwrap();
@@ -252,7 +251,7 @@ fn the_cli_sets_the_timeouts_and_the_bound() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("d.vhdx");
     vhdx::Disk::create(&path, &vhdx::CreateOptions::dynamic(SIZE)).unwrap().close().unwrap();
-    let mut child = Command::new(cli_support::bin())
+    let mut child = Command::new(common::cli::bin())
         .arg("serve")
         .arg(&path)
         .args(["--port", "0", "--handshake-timeout", "0.5", "--idle-timeout", "1", "--max-handshakes", "4"])

@@ -15,7 +15,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use common::{compare::*, data::*, qemu::*};
 use vhdx::format::bat::{entry_offset, PayloadState};
 use vhdx::ops::convert::{convert, ConvertOptions, ImageFormat};
 use vhdx::{CreateOptions, Disk, DiskType, ErrorKind, OpenOptions};

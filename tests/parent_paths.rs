@@ -5,14 +5,13 @@
 //! loops; `tree` marking one. Every view is compared with a model the test
 //! keeps from its own writes.
 
-mod cli_support;
 mod common;
 mod tool;
 
 use std::path::Path;
 
-use cli_support::*;
-use common::pattern;
+use common::cli::*;
+use common::data::pattern;
 use serde_json::Value;
 use vhdx::format::locator::{braced_guid, ParentLocator, ABSOLUTE_WIN32_PATH, PARENT_LINKAGE, VOLUME_PATH};
 use vhdx::{Disk, FileStorage};

@@ -17,7 +17,7 @@ mod tool;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::*;
+use common::{compare::*, data::*, files::*, layout::*, models::*, qemu::*, storage::*};
 use vhdx::{BlockDevice, CreateOptions, Disk, DiskType, ErrorKind, OpenOptions};
 
 const MIB: u64 = 1 << 20;

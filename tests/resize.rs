@@ -10,7 +10,7 @@ mod tool;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{pattern, sha256_file, vhdx_tool};
+use common::{cli::vhdx_tool, compare::sha256_file, data::pattern};
 use vhdx::io::{CrashState, FaultStorage};
 use vhdx::ops::resize::{resize, ResizeOptions};
 use vhdx::{CreateOptions, Disk, ErrorKind, MemStorage, OpenOptions, Storage};

@@ -1,15 +1,19 @@
 //! Running the command-line tool (`src/bin/vhdx`) from a test: running it
 //! in a directory, and judging its exit status and its one `error: …` line.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
-/// The built `vhdx` command.
+/// The built `vhdx` command (see `tests/tool`).
 pub fn bin() -> &'static Path {
     crate::tool::vhdx()
+}
+
+/// The same, under the name the library-level tests use.
+pub fn vhdx_tool() -> &'static Path {
+    bin()
 }
 
 /// Runs `vhdx ARGS…` in `dir`.
