@@ -8,20 +8,11 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+mod common;
 mod tool;
 
-/// Deterministic bytes.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+/// Deterministic bytes (the xorshift stream the models were written with).
+use common::data::xorshift_pattern as pattern;
 
 /// The built `vhdx` example (see `tests/tool`).
 fn bin() -> &'static Path {

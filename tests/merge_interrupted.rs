@@ -14,21 +14,15 @@ use vhdx::io::FileOpener;
 use vhdx::ops::merge::{interrupted_merge, merge, MergeOptions, SiblingPolicy};
 use vhdx::{CreateOptions, Disk, ErrorKind, FileStorage, IoError, OpenOptions, Storage};
 
+mod common;
+mod tool;
+
+/// Deterministic non-zero bytes (the stream the models were written with).
+use common::data::xorshift_pattern_nonzero as pattern;
+
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 4 * MIB;
 const SECTOR: usize = 512;
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8 | 1
-        })
-        .collect()
-}
 
 /// A tree of images on disk with the model of every view, before the merge
 /// of `child` (depth 1: into `base`; depth 2: through `mid`) and after it.

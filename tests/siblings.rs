@@ -21,36 +21,16 @@ use vhdx::ops::siblings::{
 use vhdx::ops::tree::{examine, LinkStatus};
 use vhdx::{CreateOptions, Disk, ErrorKind, OpenOptions};
 
+mod common;
+mod tool;
+
+/// Deterministic bytes (the xorshift stream the models were written with).
+use common::data::xorshift_pattern as pattern;
+/// xorshift, for the random scenarios.
+use common::data::XorShift as Rng;
+
 const SIZE: u64 = 8 << 20;
 const BLOCK: u32 = 1 << 20;
-
-/// Deterministic bytes.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// xorshift, for the random scenarios.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// A directory of images, each with its raw reference and held sectors.
 struct Lab {

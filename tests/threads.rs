@@ -5,18 +5,13 @@ use std::sync::{Arc, RwLock};
 
 use vhdx::{CreateOptions, Disk, OpenOptions};
 
+mod common;
+mod tool;
+
+use common::data::XorShift;
+
 const fn assert_send_sync<T: Send + Sync>() {}
 const _: () = assert_send_sync::<Disk>();
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 #[test]
 fn threads_write_interleaved_stripes_and_read_everything() {
@@ -48,7 +43,7 @@ fn threads_write_interleaved_stripes_and_read_everything() {
                 let disk = Arc::clone(&disk);
                 let mut expected = initial.clone();
                 std::thread::spawn(move || {
-                    let mut rng = Rng(0xABCD_0000 + t);
+                    let mut rng = XorShift(0xABCD_0000 + t);
                     for i in 0..300u64 {
                         let stripe = (rng.next() % (size / STRIPE / THREADS)) * THREADS + t;
                         let within = rng.next() % (STRIPE - 1);

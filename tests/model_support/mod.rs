@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use vhdx::io::{CrashState, FaultStorage, Persisted};
 use vhdx::{IoError, Storage};
 
+use crate::common::data::XorShift;
+
 /// A sparse byte map in 4 KiB pages; absent pages are zeros.
 #[derive(Clone, Default)]
 pub struct Model {
@@ -162,13 +164,8 @@ pub fn versions(flushed: &Model, since: &[(u64, Vec<u8>)], s: u64, lss: u64) -> 
 /// A scattered crash state of the storage's unflushed operations: each
 /// lost, whole, or kept in a random choice of its pieces of `unit` bytes.
 pub fn scattered(fs: &FaultStorage, unit: u64, seed: u64) -> CrashState {
-    let mut x = seed | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut rng = XorShift(seed | 1);
+    let mut next = move || rng.next();
     let ops = (fs.pending().iter())
         .map(|op| match next() % 4 {
             0 => Persisted::Nothing,
