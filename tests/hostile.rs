@@ -12,7 +12,6 @@
 //! mutations per seed image instead of the default.
 
 mod common;
-#[allow(dead_code)]
 mod tool;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

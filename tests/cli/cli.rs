@@ -4,66 +4,15 @@
 //! operations, checked against models the test keeps itself.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
+use crate::common::cli::{fails, json, ok, run, view};
 /// Deterministic bytes (the xorshift stream the models were written with).
 use crate::common::data::xorshift_pattern as pattern;
 
-/// The built `vhdx` example (see `tests/tool`).
-fn bin() -> &'static Path {
-    crate::tool::vhdx()
-}
-
-/// Runs `vhdx ARGS…` in `dir`.
-fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin()).current_dir(dir).args(args).output().expect("running vhdx")
-}
-
-/// Runs `vhdx ARGS…` in `dir`, which must succeed; returns stdout.
-fn ok(dir: &Path, args: &[&str]) -> Vec<u8> {
-    let out = run(dir, args);
-    assert!(
-        out.status.success(),
-        "vhdx {} failed ({:?}): {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-/// Runs `vhdx ARGS…` with `--json` output that must succeed, parsed.
-fn json(dir: &Path, args: &[&str]) -> Value {
-    let out = ok(dir, args);
-    serde_json::from_slice(&out).unwrap_or_else(|e| panic!("vhdx {}: not JSON ({e})", args.join(" ")))
-}
-
-/// Runs `vhdx ARGS…`, which must fail with status 1 and exactly one stderr
-/// line `error: …` that contains every one of `names`; returns that line.
-fn fails(dir: &Path, args: &[&str], names: &[&str]) -> String {
-    let out = run(dir, args);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(1), "vhdx {}: {stderr}", args.join(" "));
-    assert!(!stderr.contains("panicked"), "vhdx {} panicked: {stderr}", args.join(" "));
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "vhdx {}: want one error line, got: {stderr}", args.join(" "));
-    for name in names {
-        assert!(errors[0].contains(name), "vhdx {}: the error does not name {name}: {}", args.join(" "), errors[0]);
-    }
-    errors[0].to_string()
-}
-
-/// Everything `file` presents, read through the tool.
-fn view(dir: &Path, file: &str) -> Vec<u8> {
-    let size = json(dir, &["info", file, "--json"])["virtual_size"].as_u64().expect("virtual_size");
-    let bytes = ok(dir, &["read", file, "--offset", "0", "--length", &size.to_string()]);
-    assert_eq!(bytes.len() as u64, size);
-    bytes
-}
-
-/// Writes `data` at `offset` of `file` through the tool, and into `model`.
+/// Writes `data` at `offset` of `file` through the tool, and into `model`
+/// (the input file in `dir`, unlike `common::cli::write`).
 fn write(dir: &Path, file: &str, offset: u64, data: &[u8], model: &mut [u8]) {
     let input = dir.join("input.bin");
     std::fs::write(&input, data).unwrap();
@@ -72,7 +21,8 @@ fn write(dir: &Path, file: &str, offset: u64, data: &[u8], model: &mut [u8]) {
     model[offset as usize..offset as usize + data.len()].copy_from_slice(data);
 }
 
-/// The bytes of every file in `dir`, by name.
+/// The bytes of every file in `dir`, by name (not its subdirectories, unlike
+/// `common::cli::files`).
 fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
