@@ -8,9 +8,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use crate::common::cli::*;
 use vhdx::io::FileOpener;
 use vhdx::OpenOptions;
+
+use crate::common::cli::*;
 
 /// `vhdx ARGS…` in `dir` with `input` on stdin.
 fn run_with_stdin(dir: &Path, args: &[&str], input: &[u8]) -> Output {

@@ -7,11 +7,12 @@
 
 use std::path::Path;
 
-use crate::common::cli::*;
-use crate::common::data::pattern;
 use serde_json::Value;
 use vhdx::format::locator::{braced_guid, ParentLocator, ABSOLUTE_WIN32_PATH, PARENT_LINKAGE, VOLUME_PATH};
 use vhdx::{Disk, FileStorage};
+
+use crate::common::cli::*;
+use crate::common::data::pattern;
 
 const SIZE: u64 = 8 << 20;
 

@@ -41,11 +41,12 @@
 
 use std::collections::BTreeSet;
 
-use crate::common::{compare::*, data::*, layout::*, storage::*};
-use crate::model_support::{scattered, versions, Model, Tap};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, RngSeed};
 use vhdx::{BlockDevice, CreateOptions, Disk, DiskType, ErrorKind, MemStorage, OpenOptions};
+
+use crate::common::{compare::*, data::*, layout::*, storage::*};
+use crate::model_support::{scattered, versions, Model, Tap};
 
 const MIB: u64 = 1 << 20;
 const BS: u64 = MIB;

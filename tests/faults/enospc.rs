@@ -21,14 +21,15 @@
 
 use std::io::ErrorKind as IoKind;
 
-use crate::common::{
-    data::pattern,
-    qemu::{qemu, qemu_img},
-};
 use vhdx::format::guid::Guid;
 use vhdx::format::locator::{braced_guid, ParentLocator, PARENT_LINKAGE, RELATIVE_PATH};
 use vhdx::io::FaultStorage;
 use vhdx::{CreateOptions, Disk, ErrorKind, GuidSource, MemStorage, OpenOptions, Storage};
+
+use crate::common::{
+    data::pattern,
+    qemu::{qemu, qemu_img},
+};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 16 * MIB;

@@ -9,8 +9,9 @@
 
 use std::path::Path;
 
-use crate::common::{compare::*, data::*, files::*, layout::*, qemu::*};
 use vhdx::{Disk, DiskType, ErrorKind, Extent, Guid, OpenOptions};
+
+use crate::common::{compare::*, data::*, files::*, layout::*, qemu::*};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;

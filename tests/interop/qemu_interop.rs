@@ -14,8 +14,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use crate::common::{compare::*, data::*, files::*, layout::*, models::*, qemu::*, storage::*};
 use vhdx::{BlockDevice, CreateOptions, Disk, DiskType, ErrorKind, OpenOptions};
+
+use crate::common::{compare::*, data::*, files::*, layout::*, models::*, qemu::*, storage::*};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;

@@ -13,9 +13,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::{ofd_bytes, within};
 use vhdx::io::{FileOpener, LockSet};
 use vhdx::{CreateOptions, Disk, ErrorKind, OpenOptions};
+
+use crate::support::{ofd_bytes, within};
 
 const MIB: u64 = 1 << 20;
 

@@ -12,9 +12,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use sha2::{Digest, Sha256};
+
 use crate::common::data::pattern;
 use crate::support::{cli_bin, run_within, stderr, vhdx, Holder};
-use sha2::{Digest, Sha256};
 
 const MIB: u64 = 1 << 20;
 

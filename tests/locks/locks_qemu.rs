@@ -9,8 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::support::{ofd_bytes, run_within, stderr, vhdx, Holder};
 use vhdx::{CreateOptions, Disk, ErrorKind, OpenOptions};
+
+use crate::support::{ofd_bytes, run_within, stderr, vhdx, Holder};
 
 const MIB: u64 = 1 << 20;
 

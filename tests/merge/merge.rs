@@ -10,14 +10,15 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use vhdx::ops::merge::{merge, set_parent, set_parent_through, MergeOptions, SiblingPolicy};
+use vhdx::{CreateOptions, Disk, ErrorKind};
+
 use crate::common::{
     compare::first_difference,
     data::pattern,
     layout::{current_header, RawBat},
     qemu::{qemu, qemu_convert_to_raw},
 };
-use vhdx::ops::merge::{merge, set_parent, set_parent_through, MergeOptions, SiblingPolicy};
-use vhdx::{CreateOptions, Disk, ErrorKind};
 
 const SIZE: u64 = 16 << 20;
 

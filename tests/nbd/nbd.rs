@@ -10,10 +10,11 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use crate::common::{compare::*, data::*, layout::*, models::*, qemu::*};
-use crate::support::Running;
 use vhdx::nbd::ServeOptions;
 use vhdx::{CreateOptions, Disk};
+
+use crate::common::{compare::*, data::*, layout::*, models::*, qemu::*};
+use crate::support::Running;
 
 const SIZE: u64 = 64 << 20;
 const MIB: u64 = 1 << 20;

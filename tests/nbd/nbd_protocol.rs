@@ -6,9 +6,10 @@
 
 use std::time::{Duration, Instant};
 
+use vhdx::nbd::ServeOptions;
+
 use crate::common::data::pattern;
 use crate::support::*;
-use vhdx::nbd::ServeOptions;
 
 const SIZE: u64 = 16 << 20;
 

@@ -9,9 +9,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vhdx::nbd::ServeOptions;
+
 use crate::common::{data::pattern, qemu::qemu};
 use crate::support::*;
-use vhdx::nbd::ServeOptions;
 
 const SIZE: u64 = 16 << 20;
 

@@ -21,9 +21,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{cli::vhdx_tool, compare::sha256_file, data::pattern};
 use vhdx::ops::convert::{convert, ConvertOptions};
 use vhdx::{CreateOptions, Disk, ErrorKind};
+
+use crate::common::{cli::vhdx_tool, compare::sha256_file, data::pattern};
 
 const MIB: u64 = 1 << 20;
 

@@ -12,10 +12,11 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::common::{compare::*, data::*, qemu::*};
 use vhdx::format::bat::{entry_offset, PayloadState};
 use vhdx::ops::convert::{convert, ConvertOptions, ImageFormat};
 use vhdx::{CreateOptions, Disk, DiskType, ErrorKind, OpenOptions};
+
+use crate::common::{compare::*, data::*, qemu::*};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;

@@ -7,10 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::{cli::vhdx_tool, compare::sha256_file, data::pattern};
 use vhdx::io::{CrashState, FaultStorage};
 use vhdx::ops::resize::{resize, ResizeOptions};
 use vhdx::{CreateOptions, Disk, ErrorKind, MemStorage, OpenOptions, Storage};
+
+use crate::common::{cli::vhdx_tool, compare::sha256_file, data::pattern};
 
 const MIB: u64 = 1 << 20;
 
