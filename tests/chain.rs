@@ -7,18 +7,12 @@ use std::path::{Path, PathBuf};
 
 use vhdx::{CreateOptions, Disk, ErrorKind, OpenOptions};
 
-/// Deterministic bytes.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+mod common;
+mod tool;
+
+/// Deterministic bytes (the xorshift stream the models were written with).
+use common::data::xorshift_pattern as pattern;
+use common::data::XorShift;
 
 fn read_all(d: &Disk) -> Vec<u8> {
     let mut v = vec![0u8; d.virtual_size() as usize];
@@ -165,13 +159,8 @@ fn small_reads_through_a_deep_chain_match_the_models() {
         let dir = tempfile::tempdir().unwrap();
         let size = 24 << 20;
         let (paths, mut models) = build_chain(dir.path(), 6, sector, size, &[1 << 20]);
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+        let mut next = || rng.next();
         let check = |d: &Disk, model: &[u8], next: &mut dyn FnMut() -> u64, what: &str| {
             for _ in 0..3000 {
                 let len = [sector as u64, 4096, 1, 777, 64 << 10][(next() % 5) as usize];

@@ -12,13 +12,14 @@
 //! mutations per seed image instead of the default.
 
 mod common;
-#[allow(dead_code)]
 mod tool;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use vhdx::{CreateOptions, Disk, ErrorKind, MemStorage, OpenOptions, Storage};
+
+use common::data::XorShift;
 
 /// The address space the child may map, and the resident memory it may
 /// reach (the seed images are 8 MiB; each try holds a few copies).
@@ -105,19 +106,6 @@ fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static)
     }
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// A small dynamic image with data in three blocks and a dirty log left
 /// behind by a write session that never closed.
 fn seed_images() -> Vec<(&'static str, Vec<u8>)> {
@@ -179,7 +167,7 @@ fn random_mutations_never_panic() {
         return;
     }
     let per_seed: u64 = std::env::var("VHDX_MUTATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
-    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let mut rng = XorShift(0x5EED_1234_ABCD_0001);
     let mut tried = 0u64;
     let mut rejected = 0u64;
     let mut slowest = Duration::ZERO;
@@ -278,7 +266,7 @@ fn targeted_corruptions_name_structure_and_offset() {
     // One header damaged: the other is used. The two copies differ in
     // their sequence numbers (read here by the test's own parser), so the
     // sequence number the open reports says which copy it took.
-    let seqs = [64usize << 10, 128 << 10].map(|at| common::parse_header(&image[at..]).unwrap().sequence_number);
+    let seqs = [64usize << 10, 128 << 10].map(|at| common::layout::parse_header(&image[at..]).unwrap().sequence_number);
     assert_ne!(seqs[0], seqs[1]);
     for (damaged, other) in [(0usize, 1usize), (1, 0)] {
         let at = [64usize << 10, 128 << 10][damaged] + 100;
@@ -338,7 +326,7 @@ fn metadata_item(image: &[u8], id: [u8; 16]) -> usize {
 /// Rewrites the CRC-32C at `crc_at` of the structure `[start, start + len)`.
 fn reseal(m: &mut [u8], start: usize, len: usize, crc_at: usize) {
     m[crc_at..crc_at + 4].fill(0);
-    let crc = common::crc32c(&m[start..start + len]);
+    let crc = common::layout::crc32c(&m[start..start + len]);
     m[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -386,7 +374,7 @@ fn oversized_fields_give_typed_errors_in_bounded_time_and_memory() {
     }
     // The log entry (at the start of the log) claiming 4 GiB - 4 KiB and
     // 2^32-1 descriptors: its checksum covers entry_length bytes.
-    let log = common::parse_header(&dirty[64 << 10..]).unwrap().log_offset as usize;
+    let log = common::layout::parse_header(&dirty[64 << 10..]).unwrap().log_offset as usize;
     assert_eq!(&dirty[log..log + 4], b"loge");
     cases.push(("log entry length 4 GiB - 4 KiB", corrupt(&dirty, log + 8, &0xFFFF_F000u32.to_le_bytes())));
     cases.push(("log descriptor count 2^32-1", corrupt(&dirty, log + 24, &u32::MAX.to_le_bytes())));

@@ -59,6 +59,8 @@
 //! `VHDX_CRASH_SOAK=<seeds> cargo test --release --test crash -- --ignored --nocapture`
 //! (5 seeds by default).
 
+#[path = "../common/mod.rs"]
+mod common;
 mod siblings;
 mod support;
 #[path = "../tool/mod.rs"]

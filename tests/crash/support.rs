@@ -23,33 +23,11 @@ pub fn guids(seed: u64) -> GuidSource {
     })
 }
 
-/// Deterministic non-zero bytes.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8 | 1
-        })
-        .collect()
-}
-
+/// Deterministic non-zero bytes: the stream the crash figures (points,
+/// states) were measured with.
+pub use crate::common::data::xorshift_pattern_nonzero as pattern;
 /// xorshift64*, for reordered subsets.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
+pub use crate::common::data::XorShift64Star;
 
 pub fn fixture_path() -> Option<PathBuf> {
     let dir = match std::env::var_os("VHDX_FIXTURES") {
@@ -281,7 +259,7 @@ pub fn crash_states(pending: &[PendingOp], unit: u64, k: u64, budget: Budget) ->
                 subsets.push((0..p).map(|j| mask >> j & 1 == 1).collect());
             }
         } else {
-            let mut rng = Rng::new(k.wrapping_mul(31).wrapping_add(p as u64));
+            let mut rng = XorShift64Star::new(k.wrapping_mul(31).wrapping_add(p as u64));
             for _ in 0..random {
                 subsets.push((0..p).map(|_| rng.next() & 1 == 1).collect());
             }
@@ -325,7 +303,7 @@ pub fn scattered(pending: &[PendingOp], unit: u64, k: u64, tears: u64, random: u
     if p == 0 {
         return out;
     }
-    let mut rng = Rng::new(k.wrapping_mul(104_729).wrapping_add(p as u64 * 31 + unit));
+    let mut rng = XorShift64Star::new(k.wrapping_mul(104_729).wrapping_add(p as u64 * 31 + unit));
     for _ in 0..random {
         let ops = (pending.iter())
             .map(|op| match rng.next() % 4 {

@@ -22,7 +22,7 @@ use super::check::{Content, Expect};
 use super::files::recover;
 use super::model::{build, read_tree, write_tree, Model, BASE, CHILD, IMAGES, SIZE};
 use super::ops::{merge_workload, Workload, SMALL};
-use crate::support::Rng;
+use crate::support::XorShift64Star;
 
 /// How long one command may take before the test calls it a hang.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -101,7 +101,7 @@ fn merge_killed_with_sigkill_recovers_and_completes() {
     let took = merge_to_the_end(&root, "the merge without a kill").unwrap();
     let v = check_result(&w, &root);
     assert!(v.is_empty(), "the merge without a kill: {v:?}");
-    let mut rng = Rng::new(12);
+    let mut rng = XorShift64Star::new(12);
     let (mut killed, mut finished) = (0, 0);
     let mut failures = Vec::new();
     let kills = 24u32;

@@ -10,7 +10,7 @@ use super::files::recover;
 use super::model::IMAGES;
 use super::ops::Workload;
 use super::run::Coverage;
-use crate::support::{crash_states, Rng};
+use crate::support::{crash_states, XorShift64Star};
 
 /// Which crash state each file is left in.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -120,7 +120,7 @@ pub fn cuts(pending: &[Vec<PendingOp>], unit: u64, k: u64, c: &Coverage) -> (Vec
                 push(v);
             }
         }
-        let mut rng = Rng::new(k.wrapping_mul(7919).wrapping_add(13));
+        let mut rng = XorShift64Star::new(k.wrapping_mul(7919).wrapping_add(13));
         for _ in 0..c.mixes {
             let v = (0..n)
                 .map(|f| match pending[f].is_empty() {
