@@ -30,9 +30,11 @@ pub mod lock;
 mod lockset;
 #[cfg(feature = "std")]
 pub use lockset::LockSet;
-#[cfg(feature = "std")]
+// Crash and full-disk testing (feature `test-util`): a library user's build
+// does not carry it, and it is not part of the stable API.
+#[cfg(feature = "test-util")]
 pub mod fault;
-#[cfg(feature = "std")]
+#[cfg(feature = "test-util")]
 pub use fault::{CrashState, FaultClock, FaultStorage, PendingOp, Persisted, SPACE_PAGE, TORN_SECTOR_SIZE};
 
 /// Positioned, durable I/O on one backing file.

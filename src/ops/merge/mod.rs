@@ -447,9 +447,9 @@ pub fn set_parent(child: &Path, parent: &Path, ignore_id_mismatch: bool) -> Resu
 /// [`set_parent`], opening every file (the child, the parent and the
 /// parent's own chain, also to look for a loop) through `opener`, which
 /// locks as it sees fit: for images on storage of the caller's own, such as
-/// a crash test's [`FaultStorage`](crate::io::FaultStorage)s, or files an
-/// operation of the caller's already holds in a [`LockSet`]. The locator
-/// still names `parent`'s path on the filesystem.
+/// a crash test's fault-injecting storages (`io::FaultStorage`, feature
+/// `test-util`), or files an operation of the caller's already holds in a
+/// [`LockSet`]. The locator still names `parent`'s path on the filesystem.
 ///
 /// ```no_run
 /// use vhdx::io::LockSet;
