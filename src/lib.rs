@@ -17,8 +17,8 @@
 //! ```
 //!
 //! Layers, each calling only downward: [`format`] (bytes and rules, no I/O),
-//! [`io`] (positioned storage), [`log`] (replay and atomic metadata updates),
-//! [`Disk`] (the image). The core is `#![no_std]` with `alloc`; the default
+//! [`io`] (positioned storage), the log (replay and atomic metadata updates,
+//! internal: only [`Disk`] writes or replays it), [`Disk`] (the image). The core is `#![no_std]` with `alloc`; the default
 //! `std` feature adds files, random GUIDs and hardware CRC-32C; the `capi`
 //! feature (off by default) compiles the C ABI of `include/vhdx.h`.
 
@@ -41,7 +41,7 @@ mod disk;
 mod error;
 pub mod format;
 pub mod io;
-pub mod log;
+pub(crate) mod log;
 #[cfg(feature = "std")]
 pub mod nbd;
 pub mod ops;

@@ -13,5 +13,5 @@ mod replay;
 mod spec_tests;
 mod writer;
 
-pub use replay::{find_active_sequence, replay_in_place, ActiveSequence, ReplayOverlay};
+pub use replay::{find_active_sequence, replay_in_place, ReplayOverlay};
 pub use writer::LogWriter;

@@ -7,8 +7,8 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-use super::replay::search;
-use super::{find_active_sequence, replay_in_place, ActiveSequence, ReplayOverlay};
+use super::replay::{search, ActiveSequence};
+use super::{find_active_sequence, replay_in_place, ReplayOverlay};
 use crate::error::Error;
 use crate::format::guid::Guid;
 use crate::format::header::{select_current, HeaderInfo, HEADER_OFFSETS};
