@@ -18,6 +18,7 @@ use crate::{Disk, OpenOptions};
 
 /// What a check found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CheckReport {
     /// Problems: the image is damaged or breaks the format's rules.
     pub errors: Vec<String>,
@@ -165,6 +166,7 @@ pub fn check_file_with(path: &std::path::Path, opener: &crate::io::FileOpener) -
 
 /// What [`repair_storage`] did, and what a check finds afterwards.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RepairReport {
     /// Each mend, in order.
     pub actions: Vec<String>,

@@ -41,6 +41,7 @@ const COPY_CHUNK: u64 = 4 * MIB;
 
 /// What [`Disk::compact`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CompactReport {
     /// The file's size before.
     pub file_size_before: u64,

@@ -109,6 +109,7 @@ pub struct Disk {
 
 /// What [`Disk::info`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DiskInfo {
     /// Fixed, dynamic or differencing.
     pub disk_type: DiskType,

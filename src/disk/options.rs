@@ -225,6 +225,7 @@ impl OpenOptions {
 
 /// The kind of a new standalone image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DiskType {
     /// Every block allocated at creation.
     Fixed,

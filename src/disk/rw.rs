@@ -12,6 +12,7 @@ use crate::format::bat::{entry_offset, make_entry, PayloadState};
 
 /// Where a run of virtual bytes comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Extent {
     /// Stored in this file at `file_offset`.
     Data {

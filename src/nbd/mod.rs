@@ -189,6 +189,7 @@ impl ServeOptions {
 
 /// How a session ended without error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SessionEnd {
     /// The client sent `NBD_CMD_DISC`.
     Disconnect,
@@ -202,6 +203,7 @@ pub enum SessionEnd {
 
 /// What one session did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Transmission requests received (`NBD_CMD_DISC` included).
     pub requests: u64,

@@ -153,6 +153,7 @@ pub fn copy_nonzero(src: &Disk, dst: &mut Disk, progress: &mut dyn FnMut(u64, u6
 
 /// An image format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ImageFormat {
     /// Microsoft VHDX.
     Vhdx,
@@ -230,6 +231,7 @@ impl Default for ConvertOptions {
 
 /// What [`convert`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConvertReport {
     /// The source's format.
     pub input_format: ImageFormat,

@@ -29,6 +29,7 @@ pub struct ResizeOptions {
 
 /// What [`resize`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ResizeReport {
     /// The virtual size before.
     pub old_size: u64,

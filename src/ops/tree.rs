@@ -12,6 +12,7 @@ use crate::{DiskType, Guid, OpenOptions};
 
 /// The state of an image's link to its parent.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LinkStatus {
     /// Not a differencing disk.
     Root,

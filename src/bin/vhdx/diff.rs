@@ -126,7 +126,7 @@ impl Forest {
             }
             LinkStatus::Loop { parent } => v["loops_to"] = json!(parent.display().to_string()),
             LinkStatus::Unreadable(e) => v["error"] = json!(e),
-            LinkStatus::Ok | LinkStatus::Root => {}
+            _ => {}
         }
         v
     }
@@ -189,6 +189,7 @@ fn status_mark(status: &LinkStatus) -> String {
             format!("loop: its parent {} descends from it, so the chain loops back to it", parent.display())
         }
         LinkStatus::Unreadable(e) => format!("unreadable: {e}"),
+        other => other.label().to_string(),
     }
 }
 
@@ -304,11 +305,7 @@ fn merge_json(child: &Path, depth: u64, report: &MergeReport, statuses: &[LinkSt
             "status": status.label(),
         })).collect::<Vec<_>>(),
         "siblings_broken": statuses.iter().any(|s| *s != LinkStatus::Ok),
-        "run": match report.run {
-            MergeRun::Started => "started",
-            MergeRun::Resumed => "resumed",
-            MergeRun::AlreadyDone => "already-done",
-        },
+        "run": report.run.label(),
     })
 }
 
@@ -355,7 +352,8 @@ pub fn merge(args: &MergeArgs) -> CliResult {
             return Ok(());
         }
         MergeRun::Resumed => outln!("An earlier run of this merge was interrupted; this run finished it.")?,
-        MergeRun::Started => {}
+        // Started, and any kind of run a later version adds: the summary.
+        _ => {}
     }
     outln!(
         "Merged {} into {target}: {} written into {target}.",

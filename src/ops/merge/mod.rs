@@ -133,6 +133,7 @@ use record::Record;
 
 /// What to do about other children of the images a merge changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum SiblingPolicy {
     /// Refuse, change nothing, and name every sibling.
     #[default]
@@ -201,6 +202,7 @@ pub struct Sibling {
 
 /// What [`merge`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MergeReport {
     /// The image merged into.
     pub target: PathBuf,
@@ -220,6 +222,7 @@ pub struct MergeReport {
 
 /// How a run of [`merge`] relates to earlier runs of the same merge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MergeRun {
     /// The merge was started (and finished) by this run.
     Started,
@@ -229,6 +232,18 @@ pub enum MergeRun {
     /// An earlier run had finished it (it was interrupted after its last
     /// change); nothing was changed.
     AlreadyDone,
+}
+
+impl MergeRun {
+    /// A short name for messages and JSON: `started`, `resumed` or
+    /// `already-done`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            MergeRun::Started => "started",
+            MergeRun::Resumed => "resumed",
+            MergeRun::AlreadyDone => "already-done",
+        }
+    }
 }
 
 /// The directory holding `p`: `.` for a bare file name (whose `parent()` is

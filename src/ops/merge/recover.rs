@@ -40,6 +40,7 @@ pub struct InterruptedMerge {
 
 /// What [`recover_merge`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Recovery {
     /// The merge was finished.
     Finished(MergeReport),

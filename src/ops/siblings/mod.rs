@@ -155,6 +155,7 @@ pub struct MergedChild {
 
 /// What [`merge_siblings`] did, or in a dry run or a plan, would do.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SiblingMergeReport {
     /// The parent merged into.
     pub parent: PathBuf,

@@ -70,6 +70,7 @@ pub fn finish(w: &Workload, bytes: &[Arc<Vec<u8>>], how: How) -> Vec<String> {
             Ok(Ok(Some(Recovery::RolledBack(_)))) => check(rolled_back, "rolled back by recover_merge"),
             Ok(Ok(Some(Recovery::Finished(_)))) => check(&w.after, "finished by recover_merge"),
             Ok(Ok(None)) => Vec::new(),
+            Ok(Ok(Some(other))) => vec![format!("recover_merge reports a recovery this test does not know: {other:?}")],
         };
         if !v.is_empty() {
             return v;

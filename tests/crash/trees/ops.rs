@@ -144,6 +144,7 @@ fn label(policy: SiblingPolicy) -> &'static str {
         SiblingPolicy::Refuse => "refuse",
         SiblingPolicy::Preserve => "--preserve-siblings",
         SiblingPolicy::Force => "--force",
+        other => unreachable!("a sibling policy this test does not know: {other:?}"),
     }
 }
 
