@@ -140,6 +140,7 @@ pub fn interrupted_merge(child: &Path, options: &MergeOptions) -> Result<Option<
 /// match recover_merge("child.vhdx".as_ref(), &MergeOptions::default())? {
 ///     Some(Recovery::Finished(r)) => println!("finished the merge into {}", r.target.display()),
 ///     Some(Recovery::RolledBack(m)) => println!("rolled back {}", m.description),
+///     Some(other) => println!("recovered: {other:?}"),
 ///     None => println!("no unfinished merge"),
 /// }
 /// # Ok::<(), vhdx::Error>(())
