@@ -217,7 +217,7 @@ fn file_name(path: &str) -> String {
 /// nothing is modified.
 fn merge_refused(a: &Path, base: &Path) -> StepResult {
     let guid_before = Disk::open(base)?.data_write_guid();
-    let options = MergeOptions { depth: 1, siblings: SiblingPolicy::Refuse, ..Default::default() };
+    let options = MergeOptions::default().depth(1).siblings(SiblingPolicy::Refuse);
     match merge(a, &options) {
         Err(e) if e.kind() == ErrorKind::Refused => {
             println!("8. Merging A into the base is refused, because of its sibling B:");
@@ -236,7 +236,7 @@ fn merge_refused(a: &Path, base: &Path) -> StepResult {
 /// copy of everything the merge changes under it, then A's data goes into
 /// the base.
 fn merge_preserving_siblings(a: &Path) -> StepResult {
-    let options = MergeOptions { depth: 1, siblings: SiblingPolicy::Preserve, ..Default::default() };
+    let options = MergeOptions::default().depth(1).siblings(SiblingPolicy::Preserve);
     let report = merge(a, &options)?;
     println!(
         "9. Merged A into {} with preserve-siblings: {} bytes written into the base",

@@ -259,6 +259,7 @@ impl core::fmt::Display for DiskType {
 /// assert_eq!(opts.virtual_size, 64 << 20);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CreateOptions {
     /// Virtual disk size in bytes: a multiple of the logical sector size, at most 64 TiB.
     pub virtual_size: u64,

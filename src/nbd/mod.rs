@@ -113,6 +113,7 @@ pub const MAX_STRING: usize = 4096;
 
 /// How a disk is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ServeOptions {
     /// The export's name (at most [`MAX_STRING`] bytes, no NUL). Clients
     /// asking for the empty name (the default export) get it too.
@@ -155,6 +156,58 @@ pub struct ServeOptions {
     /// when clients that vanish without closing their connection (a lost
     /// network) must not keep a slot of [`ServeOptions::max_connections`].
     pub idle_timeout: Option<Duration>,
+}
+
+/// Builder-style setters: the struct is `#[non_exhaustive]`, so code outside
+/// the crate starts from `ServeOptions::default()` and sets what it needs.
+impl ServeOptions {
+    /// Sets [`export_name`](#structfield.export_name).
+    pub fn export_name(mut self, export_name: String) -> Self {
+        self.export_name = export_name;
+        self
+    }
+
+    /// Sets [`description`](#structfield.description).
+    pub fn description(mut self, description: String) -> Self {
+        self.description = description;
+        self
+    }
+
+    /// Sets [`read_only`](#structfield.read_only).
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Sets [`once`](#structfield.once).
+    pub fn once(mut self, once: bool) -> Self {
+        self.once = once;
+        self
+    }
+
+    /// Sets [`max_connections`](#structfield.max_connections).
+    pub fn max_connections(mut self, max_connections: usize) -> Self {
+        self.max_connections = max_connections;
+        self
+    }
+
+    /// Sets [`max_handshakes`](#structfield.max_handshakes).
+    pub fn max_handshakes(mut self, max_handshakes: usize) -> Self {
+        self.max_handshakes = max_handshakes;
+        self
+    }
+
+    /// Sets [`handshake_timeout`](#structfield.handshake_timeout).
+    pub fn handshake_timeout(mut self, handshake_timeout: Option<Duration>) -> Self {
+        self.handshake_timeout = handshake_timeout;
+        self
+    }
+
+    /// Sets [`idle_timeout`](#structfield.idle_timeout).
+    pub fn idle_timeout(mut self, idle_timeout: Option<Duration>) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
 }
 
 impl Default for ServeOptions {

@@ -18,6 +18,7 @@ use crate::Disk;
 
 /// Options of [`resize`].
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ResizeOptions {
     /// Shrink even when the removed range holds data (which is discarded).
     pub allow_shrink: bool,
@@ -25,6 +26,28 @@ pub struct ResizeOptions {
     pub break_children: bool,
     /// More directories to search for children (besides the image's own).
     pub search_dirs: Vec<PathBuf>,
+}
+
+/// Builder-style setters: the struct is `#[non_exhaustive]`, so code outside
+/// the crate starts from `ResizeOptions::default()` and sets what it needs.
+impl ResizeOptions {
+    /// Sets [`allow_shrink`](#structfield.allow_shrink).
+    pub fn allow_shrink(mut self, allow_shrink: bool) -> Self {
+        self.allow_shrink = allow_shrink;
+        self
+    }
+
+    /// Sets [`break_children`](#structfield.break_children).
+    pub fn break_children(mut self, break_children: bool) -> Self {
+        self.break_children = break_children;
+        self
+    }
+
+    /// Sets [`search_dirs`](#structfield.search_dirs).
+    pub fn search_dirs(mut self, search_dirs: Vec<PathBuf>) -> Self {
+        self.search_dirs = search_dirs;
+        self
+    }
 }
 
 /// What [`resize`] did.

@@ -583,12 +583,10 @@ fn merge_killed_after(dir: &Path, limit: u64) -> bool {
         let file = FileStorage::open(path, writable)?;
         Ok(Box::new(Killable(file, ops.clone(), limit)) as Box<dyn Storage>)
     });
-    let options = vhdx::ops::merge::MergeOptions {
-        depth: 1,
-        siblings: vhdx::ops::merge::SiblingPolicy::Preserve,
-        file_opener: Some(opener),
-        ..Default::default()
-    };
+    let options = vhdx::ops::merge::MergeOptions::default()
+        .depth(1)
+        .siblings(vhdx::ops::merge::SiblingPolicy::Preserve)
+        .file_opener(Some(opener));
     vhdx::ops::merge::merge(&dir.join("a.vhdx"), &options).is_err()
 }
 

@@ -196,8 +196,7 @@ fn a_merge_and_a_compaction_hold_their_images_from_start_to_end() {
     // At every step of the copy, every image the merge changes is refused to
     // other opens, readers included: the child, the target, the sibling it preserves.
     let mut seen = Vec::new();
-    let options =
-        vhdx::ops::merge::MergeOptions { siblings: vhdx::ops::merge::SiblingPolicy::Preserve, ..Default::default() };
+    let options = vhdx::ops::merge::MergeOptions::default().siblings(vhdx::ops::merge::SiblingPolicy::Preserve);
     vhdx::ops::merge::merge_with_progress(&child, &options, &mut |done, _| {
         if done > 0 {
             for p in [&child, &base, &sibling] {
@@ -286,10 +285,8 @@ fn a_fifo_a_socket_or_a_directory_is_no_image() {
     refused_at_once(Path::new("/dev/null"), "a character device");
     // Convert's raw source too.
     let (src, dst) = (fifo.clone(), dir.path().join("out.vhdx"));
-    let options = vhdx::ops::convert::ConvertOptions {
-        input_format: Some(vhdx::ops::convert::ImageFormat::Raw),
-        ..Default::default()
-    };
+    let options =
+        vhdx::ops::convert::ConvertOptions::default().input_format(Some(vhdx::ops::convert::ImageFormat::Raw));
     let err = within("converting a FIFO", move || vhdx::ops::convert::convert(&src, &dst, &options)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     assert!(err.to_string().contains("fifo.vhdx") && err.to_string().contains("FIFO"), "{err}");

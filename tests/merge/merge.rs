@@ -204,7 +204,7 @@ impl Tree {
 }
 
 fn opts(depth: usize, siblings: SiblingPolicy) -> MergeOptions {
-    MergeOptions { depth, siblings, ..Default::default() }
+    MergeOptions::default().depth(depth).siblings(siblings)
 }
 
 #[test]
@@ -437,14 +437,13 @@ fn confined_merge_refuses_parents_outside_the_allowed_directories() {
     let t = Tree::new(512);
     t.child("a.vhdx", "base.vhdx", &[(0, 4096, 110)]);
     let elsewhere = tempfile::tempdir().unwrap();
-    let options =
-        MergeOptions { depth: 1, confine_to: Some(vec![elsewhere.path().to_path_buf()]), ..Default::default() };
+    let options = MergeOptions::default().depth(1).confine_to(Some(vec![elsewhere.path().to_path_buf()]));
     let before = t.files();
     let err = merge(&t.p("a.vhdx"), &options).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ParentNotFound, "{err}");
     assert!(err.to_string().contains("outside the allowed directories"), "{err}");
     assert_eq!(t.files(), before);
-    let ok = MergeOptions { depth: 1, confine_to: Some(vec![t.root.clone()]), ..Default::default() };
+    let ok = MergeOptions::default().depth(1).confine_to(Some(vec![t.root.clone()]));
     merge(&t.p("a.vhdx"), &ok).unwrap();
 }
 

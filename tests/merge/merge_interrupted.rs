@@ -109,7 +109,7 @@ impl Tree {
     }
 
     fn options(&self, policy: SiblingPolicy) -> MergeOptions {
-        MergeOptions { depth: self.depth, siblings: policy, ..Default::default() }
+        MergeOptions::default().depth(self.depth).siblings(policy)
     }
 
     fn view(&self, name: &str) -> vhdx::Result<Vec<u8>> {
@@ -227,7 +227,7 @@ impl Storage for Killable {
 fn operations(depth: usize, policy: SiblingPolicy) -> u64 {
     let t = Tree::new(depth);
     let kill = Kill::after(u64::MAX);
-    merge(&t.p("child"), &MergeOptions { file_opener: Some(kill.opener()), ..t.options(policy) }).unwrap();
+    merge(&t.p("child"), &t.options(policy).file_opener(Some(kill.opener()))).unwrap();
     kill.ops.load(Ordering::SeqCst)
 }
 
@@ -235,7 +235,7 @@ fn operations(depth: usize, policy: SiblingPolicy) -> u64 {
 fn killed(depth: usize, policy: SiblingPolicy, k: u64) -> Tree {
     let t = Tree::new(depth);
     let kill = Kill::after(k);
-    let r = merge(&t.p("child"), &MergeOptions { file_opener: Some(kill.opener()), ..t.options(policy) });
+    let r = merge(&t.p("child"), &t.options(policy).file_opener(Some(kill.opener())));
     assert!(r.is_err(), "killed after {k} operations, the merge reported success");
     t
 }
@@ -371,7 +371,7 @@ fn out_of_space_mid_merge_fails_leaving_a_merge_a_rerun_finishes() {
         let t = Tree::new(depth);
         let when = format!("depth {depth}, {victim} full after {room} more bytes");
         let opener = full_disk(t.p(victim), room);
-        let err = merge(&t.p("child"), &MergeOptions { file_opener: Some(opener), ..t.options(policy) })
+        let err = merge(&t.p("child"), &t.options(policy).file_opener(Some(opener)))
             .expect_err(&format!("{when}: the merge succeeded"));
         assert_eq!(err.kind(), ErrorKind::Io, "{when}: {err}");
         t.check_interrupted(&when);
@@ -397,10 +397,10 @@ fn while_a_merge_is_unfinished_other_merges_of_its_images_are_refused() {
     let before = t.files();
     for (name, opts) in [
         ("child", t.options(SiblingPolicy::Force)),
-        ("child", MergeOptions { depth: 1, ..t.options(policy) }),
-        ("sib", MergeOptions { depth: 1, ..t.options(policy) }),
-        ("sib2", MergeOptions { depth: 1, ..t.options(policy) }),
-        ("gkid", MergeOptions { depth: 1, ..t.options(policy) }),
+        ("child", t.options(policy).depth(1)),
+        ("sib", t.options(policy).depth(1)),
+        ("sib2", t.options(policy).depth(1)),
+        ("gkid", t.options(policy).depth(1)),
     ] {
         let err = merge(&t.p(name), &opts).expect_err(&format!("merging {name} was not refused"));
         assert_eq!(err.kind(), ErrorKind::Refused, "{name}: {err}");

@@ -199,7 +199,7 @@ fn check_report(report: &SiblingMergeReport, e: &Expected, lab: &Lab, children: 
 }
 
 fn options(prefer: Option<PathBuf>, dry_run: bool) -> SiblingMergeOptions {
-    SiblingMergeOptions { prefer, dry_run, ..Default::default() }
+    SiblingMergeOptions::default().prefer(prefer).dry_run(dry_run)
 }
 
 /// After a merge: the parent and every child present the merged view, the

@@ -238,7 +238,7 @@ fn a_read_only_export_refuses_qemu_writes() {
     let file_before = sha256_file(&path);
     for opened_writable in [true, false] {
         let disk = if opened_writable { Disk::open_writable(&path).unwrap() } else { Disk::open(&path).unwrap() };
-        let server = Running::start(disk, ServeOptions { read_only: true, ..Default::default() });
+        let server = Running::start(disk, ServeOptions::default().read_only(true));
         let (ok, text) = qemu_io_any(&server.uri(), &["write -P 0x99 0 4096", "flush"]);
         assert!(!ok || text.to_lowercase().contains("read-only") || text.contains("failed"), "{text}");
         assert!(!text.contains("wrote 4096/4096"), "qemu-io reports a write: {text}");

@@ -32,7 +32,7 @@ fn still_serves(addr: std::net::SocketAddr, expect: &[u8]) {
 #[test]
 fn go_reports_size_flags_and_block_sizes_then_serves() {
     let (disk, data) = seeded();
-    let server = Running::start(disk, ServeOptions { description: "a test disk".into(), ..Default::default() });
+    let server = Running::start(disk, ServeOptions::default().description("a test disk".into()));
     let mut c = Client::fixed(server.addr);
     let info = c.go_named("", &[INFO_BLOCK_SIZE, INFO_NAME, INFO_DESCRIPTION]).unwrap();
     assert_eq!(info.size, SIZE);
@@ -59,8 +59,7 @@ fn go_reports_size_flags_and_block_sizes_then_serves() {
 #[test]
 fn options_unknown_malformed_and_oversized_get_error_replies_and_haggling_continues() {
     let (disk, data) = seeded();
-    let server =
-        Running::start(disk, ServeOptions { export_name: "vm".into(), description: "d".into(), ..Default::default() });
+    let server = Running::start(disk, ServeOptions::default().export_name("vm".into()).description("d".into()));
     let mut c = Client::fixed(server.addr);
     for (option, payload) in
         [(0x1234u32, vec![7u8; 100]), (OPT_STRUCTURED_REPLY, vec![]), (OPT_STARTTLS, vec![]), (4, vec![])]
@@ -230,7 +229,7 @@ fn read_only_exports_refuse_every_kind_of_write() {
         } else {
             disk
         };
-        let server = Running::start(disk, ServeOptions { read_only: !opened_read_only, ..Default::default() });
+        let server = Running::start(disk, ServeOptions::default().read_only(!opened_read_only));
         let (mut c, info) = Client::go(server.addr);
         assert_eq!(info.flags & (READ_ONLY | SEND_TRIM | SEND_WRITE_ZEROES), READ_ONLY);
         assert_eq!(c.write(0, &[1; 512]), EPERM);
@@ -283,7 +282,7 @@ fn clients_are_served_concurrently_up_to_the_limit() {
     drop(server);
 
     let (disk, _) = seeded();
-    let server = Running::start(disk, ServeOptions { max_connections: 1, ..Default::default() });
+    let server = Running::start(disk, ServeOptions::default().max_connections(1));
     let (first, _) = Client::go(server.addr);
     let waiting = std::net::TcpStream::connect(server.addr).unwrap();
     waiting.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
@@ -302,8 +301,7 @@ fn clients_are_served_concurrently_up_to_the_limit() {
 #[test]
 fn a_silent_client_times_out_in_the_handshake() {
     let (disk, data) = seeded();
-    let options =
-        ServeOptions { handshake_timeout: Some(Duration::from_millis(300)), max_connections: 1, ..Default::default() };
+    let options = ServeOptions::default().handshake_timeout(Some(Duration::from_millis(300))).max_connections(1);
     let server = Running::start(disk, options);
     let start = Instant::now();
     let (mut silent, _) = Client::connect(server.addr);
@@ -328,7 +326,7 @@ fn stop_ends_connected_sessions_and_once_serves_one_client() {
     disk.read_at(&mut back, 100).unwrap();
     assert_eq!(&back, b"kept");
 
-    let server = Running::start(disk, ServeOptions { once: true, ..Default::default() });
+    let server = Running::start(disk, ServeOptions::default().once(true));
     let (c, _) = Client::go(server.addr);
     assert!(!server.finished());
     c.disconnect();

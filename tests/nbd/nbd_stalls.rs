@@ -133,7 +133,7 @@ fn qemu_io_writes_through_a_flood_of_idle_connections() {
 #[test]
 fn the_connection_that_waited_longest_is_dropped_to_make_room() {
     let (disk, data) = seeded();
-    let options = ServeOptions { max_handshakes: 3, handshake_timeout: None, ..Default::default() };
+    let options = ServeOptions::default().max_handshakes(3).handshake_timeout(None);
     let server = Running::start(disk, options);
     let mut idle = idle_connections(server.addr, 3);
     for s in &mut idle {
@@ -158,7 +158,7 @@ fn the_connection_that_waited_longest_is_dropped_to_make_room() {
 fn a_stalled_or_trickling_handshake_is_dropped_at_the_deadline() {
     let (disk, data) = seeded();
     let timeout = Duration::from_millis(600);
-    let options = ServeOptions { handshake_timeout: Some(timeout), ..Default::default() };
+    let options = ServeOptions::default().handshake_timeout(Some(timeout));
     let server = Running::start(disk, options);
     // Part of an option's magic, then nothing.
     let mut stalled = Client::fixed(server.addr);
@@ -194,8 +194,7 @@ fn a_stalled_or_trickling_handshake_is_dropped_at_the_deadline() {
 #[test]
 fn waiting_for_a_session_slot_is_not_a_handshake_timeout() {
     let (disk, data) = seeded();
-    let options =
-        ServeOptions { max_connections: 1, handshake_timeout: Some(Duration::from_millis(300)), ..Default::default() };
+    let options = ServeOptions::default().max_connections(1).handshake_timeout(Some(Duration::from_millis(300)));
     let server = Running::start(disk, options);
     let (first, _) = Client::go(server.addr);
     let waiting = TcpStream::connect(server.addr).unwrap();
@@ -218,7 +217,7 @@ fn an_idle_session_is_closed_at_the_idle_timeout_and_its_writes_are_durable() {
             .unwrap();
     disk.flush().unwrap();
     let idle = Duration::from_millis(700);
-    let server = Running::start(disk, ServeOptions { idle_timeout: Some(idle), ..Default::default() });
+    let server = Running::start(disk, ServeOptions::default().idle_timeout(Some(idle)));
     let (mut c, _) = Client::go(server.addr);
     // Active sessions are not cut: requests closer together than the timeout, for longer than it.
     for i in 0..6u64 {

@@ -93,7 +93,7 @@ fn no_image_of_the_source_chain_is_ever_the_destination() {
     for (dst, file, says) in &targets {
         for overwrite in [false, true] {
             let before = sha256_file(file);
-            let options = ConvertOptions { overwrite, ..Default::default() };
+            let options = ConvertOptions::default().overwrite(overwrite);
             let e = convert(&grand, dst, &options).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Refused, "{}: {e}", dst.display());
             assert!(e.to_string().contains(says), "{}: {e}", dst.display());
@@ -106,7 +106,7 @@ fn no_image_of_the_source_chain_is_ever_the_destination() {
     let raw = dir.join("disk.raw");
     std::fs::write(&raw, pattern(5, MIB as usize)).unwrap();
     std::fs::hard_link(&raw, dir.join("same.img")).unwrap();
-    let options = ConvertOptions { overwrite: true, ..Default::default() };
+    let options = ConvertOptions::default().overwrite(true);
     let e = convert(&raw, &dir.join("same.img"), &options).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
     assert_eq!(std::fs::read(&raw).unwrap(), pattern(5, MIB as usize));
@@ -156,7 +156,7 @@ fn overwrite_replaces_the_destination_with_the_complete_output() {
     let e = convert(&grand, &out, &ConvertOptions::default()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
     assert_eq!(std::fs::read(&out).unwrap(), b"old");
-    let r = convert(&grand, &out, &ConvertOptions { overwrite: true, ..Default::default() }).unwrap();
+    let r = convert(&grand, &out, &ConvertOptions::default().overwrite(true)).unwrap();
     assert_eq!(r.virtual_size, 32 * MIB);
     assert!(content(&out) == model);
     assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o640);
@@ -164,7 +164,7 @@ fn overwrite_replaces_the_destination_with_the_complete_output() {
     // Raw output too, over a raw file.
     let raw = dir.join("out.raw");
     std::fs::write(&raw, b"old raw").unwrap();
-    convert(&grand, &raw, &ConvertOptions { overwrite: true, ..Default::default() }).unwrap();
+    convert(&grand, &raw, &ConvertOptions::default().overwrite(true)).unwrap();
     assert!(std::fs::read(&raw).unwrap() == model);
 }
 

@@ -724,7 +724,7 @@ fn convert_between_kinds() {
     write_both(&mut d, &model, &pattern(2, 512), size - 512);
     d.close().unwrap();
 
-    let fixed = ConvertOptions { disk_type: DiskType::Fixed, block_size: Some(2 * MIB as u32), ..Default::default() };
+    let fixed = ConvertOptions::default().disk_type(DiskType::Fixed).block_size(Some(2 * MIB as u32));
     let r = convert(&p("dyn.vhdx"), &p("fixed.vhdx"), &fixed).unwrap();
     assert_eq!((r.output_type, r.bytes_written), (Some(DiskType::Fixed), 3 * MIB + 4096 + 4096));
     verify(&p("fixed.vhdx"), &model);
@@ -741,7 +741,7 @@ fn convert_between_kinds() {
     write_both(&mut c, &model, &pattern(3, 10_000), 7 * MIB + 5000);
     discard_both(&mut c, &model, 5 * MIB, MIB);
     c.close().unwrap();
-    let flat = ConvertOptions { logical_sector_size: Some(4096), ..Default::default() };
+    let flat = ConvertOptions::default().logical_sector_size(Some(4096));
     convert(&p("child.vhdx"), &p("flat.vhdx"), &flat).unwrap();
     let f = Disk::open(p("flat.vhdx")).unwrap();
     assert_eq!((f.disk_type(), f.parent().is_none(), f.logical_sector_size()), (DiskType::Dynamic, true, 4096));
@@ -756,7 +756,7 @@ fn convert_between_kinds() {
     convert(&p("flat.img"), &p("back.vhdx"), &ConvertOptions::default()).unwrap();
     verify(&p("back.vhdx"), &model);
     // Without the final flushes (qemu-img's default): the same content.
-    let unsynced = ConvertOptions { sync: false, ..Default::default() };
+    let unsynced = ConvertOptions::default().sync(false);
     convert(&p("child.vhdx"), &p("nosync.img"), &unsynced).unwrap();
     assert_eq!(std::fs::read(p("nosync.img")).unwrap(), std::fs::read(&model.path).unwrap());
     convert(&p("nosync.img"), &p("nosync.vhdx"), &unsynced).unwrap();
@@ -802,7 +802,7 @@ fn merge_refuses_a_resized_child() {
     c.resize(12 * MIB, false).unwrap();
     c.close().unwrap();
     let (b_before, c_before) = (sha256_file(&base), sha256_file(&child));
-    let options = vhdx::ops::merge::MergeOptions { depth: 1, ..Default::default() };
+    let options = vhdx::ops::merge::MergeOptions::default().depth(1);
     let e = vhdx::ops::merge::merge(&child, &options).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     assert!(e.to_string().contains("convert"), "{e}");

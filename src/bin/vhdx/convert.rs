@@ -49,17 +49,16 @@ pub fn convert(args: &ConvertArgs) -> CliResult {
             dst_path.display()
         )));
     }
-    let options = ConvertOptions {
-        input_format: Some(in_format),
-        output_format: Some(out_format),
-        disk_type: args.disk_type.unwrap_or(TypeArg::Dynamic).into(),
-        block_size: args.block_size.map(|bs| block_size_arg(dst_path, bs)).transpose()?,
-        logical_sector_size: args.logical_sector_size,
-        physical_sector_size: args.physical_sector_size,
-        sync: !args.no_sync,
-        force_share: args.force_share,
-        overwrite: args.force,
-    };
+    let options = ConvertOptions::default()
+        .input_format(Some(in_format))
+        .output_format(Some(out_format))
+        .disk_type(args.disk_type.unwrap_or(TypeArg::Dynamic).into())
+        .block_size(args.block_size.map(|bs| block_size_arg(dst_path, bs)).transpose()?)
+        .logical_sector_size(args.logical_sector_size)
+        .physical_sector_size(args.physical_sector_size)
+        .sync(!args.no_sync)
+        .force_share(args.force_share)
+        .overwrite(args.force);
     // An existing DST (without --force) and an image of SRC's chain (ever)
     // are refused before any work; DST is replaced only by a complete image.
     let bar = progress_bar(0);

@@ -326,7 +326,7 @@ pub fn merge(args: &MergeArgs) -> CliResult {
         // as "" and cannot list; name it so siblings there are found.
         search_dirs.push(PathBuf::from("."));
     }
-    let options = MergeOptions { depth: args.depth as usize, siblings, search_dirs, ..Default::default() };
+    let options = MergeOptions::default().depth(args.depth as usize).siblings(siblings).search_dirs(search_dirs);
     let bar = crate::convert::progress_bar(0);
     let report = vhdx::ops::merge::merge_with_progress(child, &options, &mut |done, total| {
         bar.set_length(total);

@@ -13,11 +13,10 @@ use crate::{CliResult, CompactArgs, DiscardArgs, Failure, InFile, ResizeArgs};
 /// `vhdx resize FILE --size SIZE [--allow-shrink] [--force] [--search-dir DIR]…`.
 pub fn resize(args: &ResizeArgs) -> CliResult {
     let path = args.file.as_path();
-    let options = ResizeOptions {
-        allow_shrink: args.allow_shrink,
-        break_children: args.force,
-        search_dirs: args.search_dirs.clone(),
-    };
+    let options = ResizeOptions::default()
+        .allow_shrink(args.allow_shrink)
+        .break_children(args.force)
+        .search_dirs(args.search_dirs.clone());
     let report = match vhdx::ops::resize::resize(path, args.size, &options) {
         Err(e) if e.kind() == vhdx::ErrorKind::Refused && e.to_string().contains("would no longer open") => {
             return Err(Failure(format!("{e} (--force resizes anyway, breaking them)")));

@@ -33,16 +33,14 @@ pub fn serve(args: &ServeArgs) -> CliResult {
     };
     let description = format!("{}: {} VHDX, {}", path.display(), disk.disk_type(), human_exact(disk.virtual_size()));
     // Zero means no limit, as the library reads it.
-    let options = vhdx::nbd::ServeOptions {
-        description,
-        read_only: args.read_only,
-        once: args.once,
-        max_connections: args.max_connections as usize,
-        max_handshakes: args.max_handshakes as usize,
-        handshake_timeout: Some(args.handshake_timeout),
-        idle_timeout: Some(args.idle_timeout),
-        ..Default::default()
-    };
+    let options = vhdx::nbd::ServeOptions::default()
+        .description(description)
+        .read_only(args.read_only)
+        .once(args.once)
+        .max_connections(args.max_connections as usize)
+        .max_handshakes(args.max_handshakes as usize)
+        .handshake_timeout(Some(args.handshake_timeout))
+        .idle_timeout(Some(args.idle_timeout));
     let server = vhdx::nbd::Server::bind((args.bind.as_str(), args.port), disk, options)
         .map_err(|e| Failure(format!("{}: listening on {}:{}: {e}", path.display(), args.bind, args.port)))?;
     let addr = server.local_addr().map_err(|e| Failure(format!("{}: the listening address: {e}", path.display())))?;

@@ -238,8 +238,11 @@ pub fn merge_siblings(args: &MergeSiblingsArgs) -> CliResult {
         // As `merge` does: a bare file name's directory is the current one.
         search_dirs.push(PathBuf::from("."));
     }
-    let options =
-        SiblingMergeOptions { prefer: args.prefer.clone(), dry_run: args.dry_run, search_dirs, confine_to: None };
+    let options = SiblingMergeOptions::default()
+        .prefer(args.prefer.clone())
+        .dry_run(args.dry_run)
+        .search_dirs(search_dirs)
+        .confine_to(None);
     let plan = plan_merge_siblings(parent, &args.children, &options).in_file(parent)?;
     let unresolved = plan.report().unresolved().count();
     let report = if args.dry_run || unresolved > 0 {

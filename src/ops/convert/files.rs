@@ -110,10 +110,10 @@ fn destination(dst: &Path, chain: &[PathBuf], overwrite: bool) -> Result<PathBuf
 /// use vhdx::ops::convert::{convert, ConvertOptions};
 /// use vhdx::DiskType;
 /// // A flattened, fixed copy of a differencing chain:
-/// let options = ConvertOptions { disk_type: DiskType::Fixed, ..Default::default() };
+/// let options = ConvertOptions::default().disk_type(DiskType::Fixed);
 /// convert("child.vhdx".as_ref(), "standalone.vhdx".as_ref(), &options)?;
 /// // And a sparse raw image of it, replacing an older one:
-/// let options = ConvertOptions { overwrite: true, ..Default::default() };
+/// let options = ConvertOptions::default().overwrite(true);
 /// convert("standalone.vhdx".as_ref(), "disk.raw".as_ref(), &options)?;
 /// # Ok::<(), vhdx::Error>(())
 /// ```

@@ -146,6 +146,7 @@ pub enum SiblingPolicy {
 
 /// Options of [`merge`].
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct MergeOptions {
     /// How many levels up the target is (1 = the child's parent).
     pub depth: usize,
@@ -161,6 +162,40 @@ pub struct MergeOptions {
     /// the merge locks every image it changes from start to end (see
     /// [`LockSet`]); an opener of your own opens, and locks, as it sees fit.
     pub file_opener: Option<FileOpener>,
+}
+
+/// Builder-style setters: the struct is `#[non_exhaustive]`, so code outside
+/// the crate starts from `MergeOptions::default()` and sets what it needs.
+impl MergeOptions {
+    /// Sets [`depth`](#structfield.depth).
+    pub fn depth(mut self, depth: usize) -> Self {
+        self.depth = depth;
+        self
+    }
+
+    /// Sets [`siblings`](#structfield.siblings).
+    pub fn siblings(mut self, siblings: SiblingPolicy) -> Self {
+        self.siblings = siblings;
+        self
+    }
+
+    /// Sets [`search_dirs`](#structfield.search_dirs).
+    pub fn search_dirs(mut self, search_dirs: Vec<PathBuf>) -> Self {
+        self.search_dirs = search_dirs;
+        self
+    }
+
+    /// Sets [`confine_to`](#structfield.confine_to).
+    pub fn confine_to(mut self, confine_to: Option<Vec<PathBuf>>) -> Self {
+        self.confine_to = confine_to;
+        self
+    }
+
+    /// Sets [`file_opener`](#structfield.file_opener).
+    pub fn file_opener(mut self, file_opener: Option<FileOpener>) -> Self {
+        self.file_opener = file_opener;
+        self
+    }
 }
 
 impl MergeOptions {
@@ -353,7 +388,7 @@ fn lock_siblings(locks: &Option<LockSet>, plan: &plan::Plan) -> Result<()> {
 ///
 /// ```no_run
 /// use vhdx::ops::merge::{merge, MergeOptions, SiblingPolicy};
-/// let report = merge("child.vhdx".as_ref(), &MergeOptions { depth: 1, siblings: SiblingPolicy::Preserve, ..Default::default() })?;
+/// let report = merge("child.vhdx".as_ref(), &MergeOptions::default().depth(1).siblings(SiblingPolicy::Preserve))?;
 /// println!("{} bytes into {}", report.bytes_merged, report.target.display());
 /// # Ok::<(), vhdx::Error>(())
 /// ```

@@ -105,6 +105,7 @@ use crate::{Disk, Guid, GuidSource, OpenOptions};
 
 /// Options of [`merge_siblings`].
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct SiblingMergeOptions {
     /// The child whose bytes win in conflicts it takes part in (one of the
     /// children, compared as files). `None`: any conflict refuses the merge.
@@ -118,6 +119,34 @@ pub struct SiblingMergeOptions {
     /// directories (see [`OpenOptions::parent_search_dirs`]): for images
     /// from untrusted sources.
     pub confine_to: Option<Vec<PathBuf>>,
+}
+
+/// Builder-style setters: the struct is `#[non_exhaustive]`, so code outside
+/// the crate starts from `SiblingMergeOptions::default()` and sets what it needs.
+impl SiblingMergeOptions {
+    /// Sets [`prefer`](#structfield.prefer).
+    pub fn prefer(mut self, prefer: Option<PathBuf>) -> Self {
+        self.prefer = prefer;
+        self
+    }
+
+    /// Sets [`dry_run`](#structfield.dry_run).
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// Sets [`search_dirs`](#structfield.search_dirs).
+    pub fn search_dirs(mut self, search_dirs: Vec<PathBuf>) -> Self {
+        self.search_dirs = search_dirs;
+        self
+    }
+
+    /// Sets [`confine_to`](#structfield.confine_to).
+    pub fn confine_to(mut self, confine_to: Option<Vec<PathBuf>>) -> Self {
+        self.confine_to = confine_to;
+        self
+    }
 }
 
 /// Sectors held by several children whose bytes there are not all equal.

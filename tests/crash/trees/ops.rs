@@ -47,7 +47,7 @@ impl Workload {
     pub fn merge_options(&self, opener: Option<FileOpener>) -> Option<MergeOptions> {
         match self.op {
             Op::Merge { depth, policy, .. } => {
-                Some(MergeOptions { depth, siblings: policy, file_opener: opener, ..Default::default() })
+                Some(MergeOptions::default().depth(depth).siblings(policy).file_opener(opener))
             }
             _ => None,
         }
