@@ -91,7 +91,7 @@
 //! ends, however it ends.
 
 mod handshake;
-pub mod proto;
+pub(crate) mod proto;
 mod server;
 mod transmission;
 

@@ -67,8 +67,6 @@ pub const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
 pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
 /// Option error: no such export.
 pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
-/// Option error: the server is shutting down.
-pub const REP_ERR_SHUTDOWN: u32 = (1 << 31) + 7;
 /// Option error: the option's data is too large.
 pub const REP_ERR_TOO_BIG: u32 = (1 << 31) + 9;
 

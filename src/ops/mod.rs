@@ -3,7 +3,9 @@
 //! finding trees of them, re-linking, compacting, converting, resizing.
 
 pub mod convert;
-pub mod ranges;
+// Change-set arithmetic for the merges (std only).
+#[cfg(feature = "std")]
+pub(crate) mod ranges;
 
 #[cfg(feature = "std")]
 pub mod compact;

@@ -1,5 +1,5 @@
-//! Sorted, disjoint byte ranges `(start, length)`: union, difference,
-//! intersection. Change sets of differencing disks are such lists.
+//! Sorted, disjoint byte ranges `(start, length)`: union and difference.
+//! Change sets of differencing disks are such lists.
 
 use alloc::vec::Vec;
 
@@ -53,27 +53,6 @@ pub fn difference(a: &[(u64, u64)], b: &[(u64, u64)]) -> Ranges {
     out
 }
 
-/// Everything in both `a` and `b` (both normalized).
-pub fn intersection(a: &[(u64, u64)], b: &[(u64, u64)]) -> Ranges {
-    let (mut i, mut j) = (0, 0);
-    let mut out = Vec::new();
-    while i < a.len() && j < b.len() {
-        let (as_, al) = a[i];
-        let (bs, bl) = b[j];
-        let lo = as_.max(bs);
-        let hi = (as_ + al).min(bs + bl);
-        if lo < hi {
-            out.push((lo, hi - lo));
-        }
-        if as_ + al < bs + bl {
-            i += 1;
-        } else {
-            j += 1;
-        }
-    }
-    out
-}
-
 /// Total bytes covered.
 pub fn total(r: &[(u64, u64)]) -> u64 {
     r.iter().map(|&(_, l)| l).sum()
@@ -100,11 +79,9 @@ mod tests {
         let (ma, mb) = (model(&a), model(&b));
         let mu = model(&union(&a, &b));
         let md = model(&difference(&a, &b));
-        let mi = model(&intersection(&a, &b));
         for x in 0..64 {
             assert_eq!(mu[x], ma[x] || mb[x]);
             assert_eq!(md[x], ma[x] && !mb[x], "difference at {x}");
-            assert_eq!(mi[x], ma[x] && mb[x]);
         }
     }
 }
