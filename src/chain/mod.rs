@@ -57,7 +57,7 @@ pub trait ParentResolver: Send + Sync {
 }
 
 /// Checks that `parent` is the disk `locator` links to.
-pub fn check_linkage(locator: &ParentLocator, parent: &Disk, parent_name: &str) -> Result<()> {
+pub(crate) fn check_linkage(locator: &ParentLocator, parent: &Disk, parent_name: &str) -> Result<()> {
     let found = parent.data_write_guid();
     let expected = locator.parent_linkage();
     if Some(found) == expected || Some(found) == locator.parent_linkage2() {

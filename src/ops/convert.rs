@@ -30,7 +30,7 @@ use crate::{Disk, Extent};
 /// Bytes read from the source at once; copies are split at multiples of it.
 const COPY_CHUNK: u64 = 1 << 20;
 /// The granularity of zero detection: an all-zero grain is not written.
-pub const ZERO_GRAIN: u64 = 4096;
+pub(crate) const ZERO_GRAIN: u64 = 4096;
 
 /// The ranges of `disk` that may hold non-zero bytes (everything but the
 /// runs its map, through the chain, reports as zeros), neighbours joined.
@@ -59,7 +59,7 @@ pub fn nonzero_candidates(disk: &Disk) -> Result<Vec<(u64, u64)>> {
 /// The spans of `buf` (which holds the bytes at virtual offset `at`) that
 /// contain a non-zero byte, as `(start, len)` within `buf`, in whole grains
 /// aligned to absolute multiples of [`ZERO_GRAIN`] (clipped to `buf`).
-pub fn nonzero_spans(buf: &[u8], at: u64) -> Vec<(usize, usize)> {
+pub(crate) fn nonzero_spans(buf: &[u8], at: u64) -> Vec<(usize, usize)> {
     let mut spans = Vec::new();
     let mut open: Option<usize> = None;
     let mut i = 0;
@@ -87,7 +87,7 @@ pub fn nonzero_spans(buf: &[u8], at: u64) -> Vec<(usize, usize)> {
 /// Copies the non-zero bytes of `runs` (virtual ranges) from `read` to
 /// `write`, calling `progress(done, total)` with `total` = `size`. Returns
 /// the bytes written.
-pub fn copy_runs(
+pub(crate) fn copy_runs(
     size: u64,
     runs: &[(u64, u64)],
     read: &mut dyn FnMut(&mut [u8], u64) -> Result<()>,
