@@ -680,7 +680,7 @@ typedef struct VhdxConflict {
      */
     uint64_t length;
     /**
-     * The children holding these sectors: bit i set for children[i].
+     * The children holding these sectors: bit i set for `children[i]`.
      */
     uint64_t children;
     /**

@@ -128,7 +128,7 @@ pub struct VhdxConflict {
     pub offset: u64,
     /// Length in bytes (whole logical sectors).
     pub length: u64,
-    /// The children holding these sectors: bit i set for children[i].
+    /// The children holding these sectors: bit i set for `children[i]`.
     pub children: u64,
     /// The index of the child whose bytes win (the preferred one), or -1:
     /// unresolved, so the merge is refused.

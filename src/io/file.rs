@@ -96,7 +96,7 @@ impl FileStorage {
     /// Opens `path` for reading, or for reading and writing, and locks it
     /// against other processes: shared for reading, exclusive for writing
     /// (on Linux with the byte-range locks QEMU uses, so QEMU and this crate
-    /// respect each other's; see the [`lock`](super::lock) module). Fails
+    /// respect each other's; see the [`super::lock`] module). Fails
     /// at once, without blocking, when `path` is not a regular file (a FIFO,
     /// a socket, a device, a directory: [`std::io::ErrorKind::InvalidInput`]),
     /// and when the file is in use in a conflicting way, by another process
