@@ -190,16 +190,7 @@ impl Tree {
     }
 
     fn files(&self) -> Vec<(PathBuf, Vec<u8>)> {
-        let mut v: Vec<_> = std::fs::read_dir(&self.root)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .map(|p| {
-                let b = std::fs::read(&p).unwrap();
-                (p, b)
-            })
-            .collect();
-        v.sort();
-        v
+        crate::common::cli::files(&self.root)
     }
 }
 

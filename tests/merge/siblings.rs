@@ -105,16 +105,7 @@ impl Lab {
 
     /// The bytes of every file, by name: what "modifies nothing" compares.
     fn files(&self) -> Vec<(PathBuf, Vec<u8>)> {
-        let mut v: Vec<_> = std::fs::read_dir(&self.root)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .map(|p| {
-                let b = std::fs::read(&p).unwrap();
-                (p, b)
-            })
-            .collect();
-        v.sort();
-        v
+        crate::common::cli::files(&self.root)
     }
 
     /// The held sectors of `name` as byte ranges, coalesced.
