@@ -49,7 +49,9 @@ pub mod ops;
 pub use block::BlockDevice;
 pub use disk::{CompactReport, CreateOptions, Disk, DiskInfo, DiskType, Extent, GuidSource, MapEntry, OpenOptions};
 pub use error::{Error, ErrorKind, IoError, Result};
-pub use format::guid::Guid;
 #[cfg(feature = "std")]
 pub use io::FileStorage;
 pub use io::{MemStorage, Storage};
+/// A GUID: the `uuid` crate's `Uuid`, which the format stores in Microsoft's
+/// mixed-endian layout (see [`format::guid`]).
+pub use uuid::Uuid as Guid;

@@ -79,7 +79,7 @@ pub fn entry_offset(entry: u64) -> u64 {
 }
 
 /// An entry with `state` (raw bits) at `file_offset` (a multiple of 1 MiB).
-pub fn make_entry(state_bits: u64, file_offset: u64) -> u64 {
+pub(crate) fn make_entry(state_bits: u64, file_offset: u64) -> u64 {
     debug_assert_eq!(file_offset % MIB, 0);
     (file_offset & OFFSET_MASK) | (state_bits & STATE_MASK)
 }

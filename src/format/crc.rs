@@ -36,7 +36,7 @@ pub fn structure_checksum(data: &[u8]) -> u32 {
 }
 
 /// Writes the structure checksum into bytes 4..8 of `data`.
-pub fn seal(data: &mut [u8]) {
+pub(crate) fn seal(data: &mut [u8]) {
     let crc = structure_checksum(data);
     data[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
 }
@@ -50,8 +50,10 @@ pub fn verify(data: &[u8]) -> bool {
     stored == structure_checksum(data)
 }
 
-/// Table-driven CRC-32C for builds without `std`.
-pub mod software {
+/// Table-driven CRC-32C for builds without `std` (and the tests' second
+/// opinion on the `crc32c` crate).
+#[cfg(any(test, not(feature = "std")))]
+pub(crate) mod software {
     const POLY: u32 = 0x82F6_3B78;
 
     const TABLE: [u32; 256] = {
@@ -80,6 +82,7 @@ pub mod software {
     }
 
     /// The CRC-32C of `data`.
+    #[cfg(test)]
     pub fn crc32c(data: &[u8]) -> u32 {
         crc32c_append(0, data)
     }

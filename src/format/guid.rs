@@ -6,7 +6,7 @@
 //! `66 77 C2 2D 23 F6 00 42 9D 64 11 5E 9B FD 4A 08`. Constants here are written
 //! in their text form.
 
-pub use uuid::Uuid as Guid;
+pub(crate) use crate::Guid;
 
 /// Reads a GUID from its 16 on-disk bytes.
 pub fn from_disk(bytes: &[u8; 16]) -> Guid {
@@ -14,7 +14,7 @@ pub fn from_disk(bytes: &[u8; 16]) -> Guid {
 }
 
 /// The 16 on-disk bytes of a GUID.
-pub fn to_disk(guid: &Guid) -> [u8; 16] {
+pub(crate) fn to_disk(guid: &Guid) -> [u8; 16] {
     guid.to_bytes_le()
 }
 

@@ -47,7 +47,7 @@ const _: () = assert!(core::mem::size_of::<RawFileIdentifier>() == 520);
 
 impl RawFileIdentifier {
     /// A file type identifier naming `creator`.
-    pub fn new(creator: &str) -> Self {
+    pub(crate) fn new(creator: &str) -> Self {
         let mut raw = RawFileIdentifier { signature: FILE_SIGNATURE, creator: [0; 512] };
         for (i, unit) in creator.encode_utf16().take(255).enumerate() {
             raw.creator[2 * i..2 * i + 2].copy_from_slice(&unit.to_le_bytes());
@@ -96,7 +96,7 @@ impl core::fmt::Debug for EscapedBytes<'_> {
 /// A header as it lies on disk.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
 #[repr(C)]
-pub struct RawHeader {
+pub(crate) struct RawHeader {
     /// `"head"`.
     pub signature: [u8; 4],
     /// CRC-32C of the 4 KiB header with this field zero.
@@ -197,7 +197,7 @@ impl HeaderInfo {
     }
 
     /// The 4 KiB on-disk form, checksum included.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let raw = RawHeader {
             signature: HEADER_SIGNATURE,
             checksum: U32::new(0),

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 /// The locator header.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
 #[repr(C)]
-pub struct RawLocatorHeader {
+pub(crate) struct RawLocatorHeader {
     /// The locator type; VHDX parents use `B04AEFB7-D19E-4A81-B789-25B8E9445913`.
     pub locator_type: [u8; 16],
     /// Zero.
@@ -31,7 +31,7 @@ const _: () = assert!(core::mem::size_of::<RawLocatorHeader>() == 20);
 /// A key/value entry: where the key and the value are in the item.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
 #[repr(C)]
-pub struct RawLocatorEntry {
+pub(crate) struct RawLocatorEntry {
     /// Offset of the key from the start of the item.
     pub key_offset: U32,
     /// Offset of the value from the start of the item.
@@ -142,7 +142,7 @@ impl ParentLocator {
     }
 
     /// The on-disk item.
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>> {
         let count = self.entries.len();
         let count16 = u16::try_from(count).map_err(|_| Error::invalid("too many parent locator entries"))?;
         let mut out = alloc::vec![0u8; 20 + 12 * count];

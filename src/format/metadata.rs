@@ -30,7 +30,7 @@ pub const MAX_ITEM_LENGTH: u32 = MIB as u32;
 /// The metadata table header.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
 #[repr(C)]
-pub struct RawMetadataTableHeader {
+pub(crate) struct RawMetadataTableHeader {
     /// `"metadata"`.
     pub signature: [u8; 8],
     /// Zero.
@@ -45,7 +45,7 @@ const _: () = assert!(core::mem::size_of::<RawMetadataTableHeader>() == 32);
 /// A metadata table entry.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
 #[repr(C)]
-pub struct RawMetadataEntry {
+pub(crate) struct RawMetadataEntry {
     /// What the item is.
     pub item_id: [u8; 16],
     /// Offset of the item from the start of the region (at least 64 KiB), or 0 when empty.
@@ -86,7 +86,7 @@ bitflags! {
 /// The file parameters item.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
 #[repr(C)]
-pub struct RawFileParameters {
+pub(crate) struct RawFileParameters {
     /// Payload block size.
     pub block_size: U32,
     /// [`FileParameterFlags`].
@@ -326,9 +326,9 @@ pub struct ExtraItem {
     pub data: Vec<u8>,
 }
 
-/// The items of a parsed table that [`build_region`] does not rebuild from
-/// [`DiskParameters`]: user items and unknown system items, each read with
-/// `read(entry)`.
+/// The items of a parsed table that are not rebuilt from [`DiskParameters`]
+/// when the region is rewritten: user items and unknown system items, each
+/// read with `read(entry)`.
 pub fn extra_items(
     entries: &[MetadataEntry],
     mut read: impl FnMut(&MetadataEntry) -> Result<Vec<u8>>,
@@ -345,7 +345,7 @@ pub fn extra_items(
 /// Builds a complete metadata region (table and items) of `region_length`
 /// bytes for `params`, for a differencing disk its parent locator, and the
 /// `extras` after them (see [`extra_items`]).
-pub fn build_region(
+pub(crate) fn build_region(
     params: &DiskParameters,
     locator: Option<&ParentLocator>,
     extras: &[ExtraItem],

@@ -1,17 +1,25 @@
-//! The on-disk format: raw structures, GUIDs, checksums and validation.
+//! The on-disk format: a read-only view for tools that inspect images.
 //!
 //! This layer knows bytes, not files. Each structure has a raw `#[repr(C)]`
-//! zerocopy form whose fields are little-endian integers and raw GUID bytes,
-//! with a size assertion; a `parse`/`validate` step turns raw bytes into a
-//! checked type whose values obey the spec, and a `to_bytes`/`build` step
-//! emits them. Nothing here allocates more than a spec-bounded size.
+//! zerocopy form (crate-private) whose fields are little-endian integers and
+//! raw GUID bytes, with a size assertion; a public `parse`/`validate` step
+//! turns raw bytes into a checked type whose values obey the spec: the
+//! [`header`], the [`region`] table, the [`metadata`] items, the [`bat`]
+//! entries' states and offsets, the parent [`locator`], the well-known
+//! [`guid`]s and the [`crc`] the format seals its structures with. Nothing
+//! here allocates more than a spec-bounded size.
+//!
+//! Writing stays inside the crate: the builders that emit these structures,
+//! and the log that carries every metadata change to the file, are reached
+//! only through [`Disk`](crate::Disk), so no caller can bypass its header
+//! and log rules.
 
 pub mod bat;
 pub mod crc;
 pub mod guid;
 pub mod header;
 pub mod locator;
-pub mod log;
+pub(crate) mod log;
 pub mod metadata;
 pub mod region;
 #[cfg(all(test, feature = "std"))]

@@ -29,7 +29,7 @@ pub const MAX_REGION_ENTRIES: u32 = 2047;
 /// The region table header.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
 #[repr(C)]
-pub struct RawRegionTableHeader {
+pub(crate) struct RawRegionTableHeader {
     /// `"regi"`.
     pub signature: [u8; 4],
     /// CRC-32C of the 64 KiB table with this field zero.
@@ -44,7 +44,7 @@ const _: () = assert!(core::mem::size_of::<RawRegionTableHeader>() == 16);
 /// A region table entry.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
 #[repr(C)]
-pub struct RawRegionEntry {
+pub(crate) struct RawRegionEntry {
     /// What the region is.
     pub guid: [u8; 16],
     /// File offset, a multiple of 1 MiB, at least 1 MiB.
@@ -188,7 +188,7 @@ impl RegionTable {
     }
 
     /// The 64 KiB on-disk form, checksum included.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = alloc::vec![0u8; REGION_TABLE_SIZE];
         let head = RawRegionTableHeader {
             signature: REGION_TABLE_SIGNATURE,

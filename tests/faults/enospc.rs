@@ -21,9 +21,9 @@
 
 use std::io::ErrorKind as IoKind;
 
-use vhdx::format::guid::Guid;
 use vhdx::format::locator::{braced_guid, ParentLocator, PARENT_LINKAGE, RELATIVE_PATH};
 use vhdx::io::FaultStorage;
+use vhdx::Guid;
 use vhdx::{CreateOptions, Disk, ErrorKind, GuidSource, MemStorage, OpenOptions, Storage};
 
 use crate::common::{
