@@ -11,50 +11,159 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use core::fmt;
 
-/// The error of a storage operation: `std::io::Error` with `std`.
-#[cfg(feature = "std")]
-pub type IoError = std::io::Error;
-
-/// The error of a storage operation without `std`: a static description.
-#[cfg(not(feature = "std"))]
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The error of a storage operation: the same type with or without the
+/// `std` feature.
+///
+/// It has a [`kind`](IoError::kind) and a message. Without `std` the
+/// message is a static description ([`IoError::new`]); with `std` an
+/// [`std::io::Error`] converts into it (so `?` works in a [`Storage`]
+/// implementation over `std` I/O), is kept inside whole
+/// ([`IoError::as_std`], with its OS error code) and comes back out with
+/// `From`. A C caller's storage callbacks report through the same type.
+///
+/// [`Storage`]: crate::Storage
 pub struct IoError {
-    /// What went wrong.
-    pub message: &'static str,
+    kind: IoErrorKind,
+    repr: Repr,
 }
 
-#[cfg(not(feature = "std"))]
-impl fmt::Display for IoError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.message)
+enum Repr {
+    Message(&'static str),
+    #[cfg(feature = "std")]
+    Std(std::io::Error),
+}
+
+/// The category of an [`IoError`], the same with or without `std`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IoErrorKind {
+    /// A read reached past the end of the storage.
+    UnexpectedEof,
+    /// The storage does not allow the operation (a read-only view, a
+    /// callback the caller did not give).
+    Unsupported,
+    /// No space left (ENOSPC), quota exceeded, or the file would grow past
+    /// the filesystem's limit (EFBIG).
+    StorageFull,
+    /// Another process holds a lock on the file.
+    Busy,
+    /// The file does not exist.
+    NotFound,
+    /// The system denied access.
+    PermissionDenied,
+    /// The file already exists.
+    AlreadyExists,
+    /// Anything else.
+    Other,
+}
+
+impl IoError {
+    /// An error of `kind` described by `message`.
+    pub const fn new(kind: IoErrorKind, message: &'static str) -> IoError {
+        IoError { kind, repr: Repr::Message(message) }
+    }
+
+    /// The category.
+    pub fn kind(&self) -> IoErrorKind {
+        self.kind
+    }
+
+    /// The system's own error, when this one came from one.
+    #[cfg(feature = "std")]
+    pub fn as_std(&self) -> Option<&std::io::Error> {
+        match &self.repr {
+            Repr::Std(e) => Some(e),
+            Repr::Message(_) => None,
+        }
     }
 }
 
-#[cfg(not(feature = "std"))]
-impl core::error::Error for IoError {}
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            Repr::Message(m) => f.write_str(m),
+            #[cfg(feature = "std")]
+            Repr::Std(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl fmt::Debug for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            Repr::Message(m) => f.debug_struct("IoError").field("kind", &self.kind).field("message", m).finish(),
+            #[cfg(feature = "std")]
+            Repr::Std(e) => fmt::Debug::fmt(e, f),
+        }
+    }
+}
+
+impl core::error::Error for IoError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match &self.repr {
+            Repr::Message(_) => None,
+            #[cfg(feature = "std")]
+            Repr::Std(e) => e.source(),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl From<std::io::Error> for IoError {
+    fn from(e: std::io::Error) -> IoError {
+        use std::io::ErrorKind as K;
+        let kind = match e.kind() {
+            K::UnexpectedEof => IoErrorKind::UnexpectedEof,
+            K::Unsupported => IoErrorKind::Unsupported,
+            K::StorageFull | K::QuotaExceeded | K::FileTooLarge => IoErrorKind::StorageFull,
+            K::ResourceBusy => IoErrorKind::Busy,
+            K::NotFound => IoErrorKind::NotFound,
+            K::PermissionDenied => IoErrorKind::PermissionDenied,
+            K::AlreadyExists => IoErrorKind::AlreadyExists,
+            _ => IoErrorKind::Other,
+        };
+        IoError { kind, repr: Repr::Std(e) }
+    }
+}
+
+#[cfg(feature = "std")]
+impl From<std::io::ErrorKind> for IoError {
+    fn from(kind: std::io::ErrorKind) -> IoError {
+        IoError::from(std::io::Error::from(kind))
+    }
+}
+
+#[cfg(feature = "std")]
+impl From<IoError> for std::io::Error {
+    fn from(e: IoError) -> std::io::Error {
+        use std::io::ErrorKind as K;
+        match e.repr {
+            Repr::Std(inner) => inner,
+            Repr::Message(m) => {
+                let kind = match e.kind {
+                    IoErrorKind::UnexpectedEof => K::UnexpectedEof,
+                    IoErrorKind::Unsupported => K::Unsupported,
+                    IoErrorKind::StorageFull => K::StorageFull,
+                    IoErrorKind::Busy => K::ResourceBusy,
+                    IoErrorKind::NotFound => K::NotFound,
+                    IoErrorKind::PermissionDenied => K::PermissionDenied,
+                    IoErrorKind::AlreadyExists => K::AlreadyExists,
+                    IoErrorKind::Other => K::Other,
+                };
+                std::io::Error::new(kind, m)
+            }
+        }
+    }
+}
 
 /// Builds an [`IoError`] for a read past the end of storage.
 pub(crate) fn io_unexpected_eof() -> IoError {
-    #[cfg(feature = "std")]
-    {
-        std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the end of the storage")
-    }
-    #[cfg(not(feature = "std"))]
-    {
-        IoError { message: "read past the end of the storage" }
-    }
+    IoError::new(IoErrorKind::UnexpectedEof, "read past the end of the storage")
 }
 
 /// Builds an [`IoError`] for an operation the storage does not allow.
 pub(crate) fn io_unsupported(message: &'static str) -> IoError {
-    #[cfg(feature = "std")]
-    {
-        std::io::Error::new(std::io::ErrorKind::Unsupported, message)
-    }
-    #[cfg(not(feature = "std"))]
-    {
-        IoError { message }
-    }
+    IoError::new(IoErrorKind::Unsupported, message)
 }
 
 /// A shorthand for `core::result::Result<T, vhdx::Error>`.
@@ -248,15 +357,17 @@ impl Error {
 
     /// The error of a failed open or create (`op`) of a file for reading, or
     /// for writing too when `writable`:
-    /// [`Error::Busy`] when it is locked ([`std::io::ErrorKind::ResourceBusy`]),
+    /// [`Error::Busy`] when it is locked ([`IoErrorKind::Busy`]),
     /// [`Error::InvalidArgument`] when it is not a regular file, else
     /// [`Error::Open`]. `op` is `"open"` or `"create"`.
     #[cfg(feature = "std")]
-    pub(crate) fn opening(op: &'static str, source: IoError, writable: bool) -> Error {
-        if source.kind() == std::io::ErrorKind::ResourceBusy {
+    pub(crate) fn opening(op: &'static str, source: impl Into<IoError>, writable: bool) -> Error {
+        let source = source.into();
+        if source.kind() == IoErrorKind::Busy {
             return Error::Busy { writable };
         }
-        if let Some(what) = source.get_ref().and_then(|e| e.downcast_ref::<crate::io::lock::NotRegularFile>()) {
+        let inner = source.as_std().and_then(|e| e.get_ref());
+        if let Some(what) = inner.and_then(|e| e.downcast_ref::<crate::io::lock::NotRegularFile>()) {
             return Error::InvalidArgument(alloc::format!("{what}"));
         }
         Error::Open { op, source }
@@ -272,5 +383,62 @@ impl Error {
 
     pub(crate) fn invalid(detail: impl Into<String>) -> Error {
         Error::InvalidArgument(detail.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{IoError, IoErrorKind};
+
+    #[test]
+    fn a_static_io_error_has_its_kind_and_message() {
+        let e = IoError::new(IoErrorKind::StorageFull, "the pool is full");
+        assert_eq!(e.kind(), IoErrorKind::StorageFull);
+        assert_eq!(alloc::format!("{e}"), "the pool is full");
+        assert!(alloc::format!("{e:?}").contains("StorageFull"));
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn std_errors_keep_their_os_code_and_map_to_kinds() {
+        use std::io::{Error as StdError, ErrorKind as K};
+        let cases = [
+            (K::UnexpectedEof, IoErrorKind::UnexpectedEof),
+            (K::Unsupported, IoErrorKind::Unsupported),
+            (K::StorageFull, IoErrorKind::StorageFull),
+            (K::QuotaExceeded, IoErrorKind::StorageFull),
+            (K::FileTooLarge, IoErrorKind::StorageFull),
+            (K::ResourceBusy, IoErrorKind::Busy),
+            (K::NotFound, IoErrorKind::NotFound),
+            (K::PermissionDenied, IoErrorKind::PermissionDenied),
+            (K::AlreadyExists, IoErrorKind::AlreadyExists),
+            (K::WouldBlock, IoErrorKind::Other),
+            (K::Interrupted, IoErrorKind::Other),
+        ];
+        for (std_kind, kind) in cases {
+            assert_eq!(IoError::from(std_kind).kind(), kind, "{std_kind:?}");
+        }
+        // ENOSPC from the system: the code survives the trip both ways.
+        let e = IoError::from(StdError::from_raw_os_error(28));
+        assert_eq!(e.kind(), IoErrorKind::StorageFull);
+        assert_eq!(e.as_std().and_then(StdError::raw_os_error), Some(28));
+        assert_eq!(StdError::from(e).raw_os_error(), Some(28));
+        // A static one becomes a std error of the matching kind.
+        for (kind, std_kind) in [
+            (IoErrorKind::UnexpectedEof, K::UnexpectedEof),
+            (IoErrorKind::Unsupported, K::Unsupported),
+            (IoErrorKind::StorageFull, K::StorageFull),
+            (IoErrorKind::Busy, K::ResourceBusy),
+            (IoErrorKind::NotFound, K::NotFound),
+            (IoErrorKind::PermissionDenied, K::PermissionDenied),
+            (IoErrorKind::AlreadyExists, K::AlreadyExists),
+            (IoErrorKind::Other, K::Other),
+        ] {
+            let e = IoError::new(kind, "static");
+            assert!(e.as_std().is_none());
+            let back = StdError::from(e);
+            assert_eq!((back.kind(), alloc::format!("{back}")), (std_kind, "static".into()));
+            assert_eq!(IoError::from(back).kind(), kind);
+        }
     }
 }

@@ -48,7 +48,7 @@ pub mod ops;
 
 pub use block::BlockDevice;
 pub use disk::{CompactReport, CreateOptions, Disk, DiskInfo, DiskType, Extent, GuidSource, MapEntry, OpenOptions};
-pub use error::{Error, ErrorKind, IoError, Result};
+pub use error::{Error, ErrorKind, IoError, IoErrorKind, Result};
 #[cfg(feature = "std")]
 pub use io::FileStorage;
 pub use io::{MemStorage, Storage};

@@ -117,7 +117,7 @@ unsafe impl Send for CallbackStorage {}
 unsafe impl Sync for CallbackStorage {}
 
 fn callback_error(what: &str, status: i32) -> IoError {
-    std::io::Error::other(format!("the storage's {what} callback failed (it returned {status})"))
+    std::io::Error::other(format!("the storage's {what} callback failed (it returned {status})")).into()
 }
 
 impl Storage for CallbackStorage {

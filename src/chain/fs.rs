@@ -254,7 +254,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     std::env::current_dir().map(|d| d.join(p)).map_err(|source| Error::Io {
         op: "finding the current directory",
         offset: 0,
-        source,
+        source: source.into(),
     })
 }
 

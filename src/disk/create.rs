@@ -200,7 +200,8 @@ pub(crate) fn create_file(path: &std::path::Path, options: &CreateOptions) -> Re
 #[cfg(feature = "std")]
 fn sync_name(path: &std::path::Path) -> Result<()> {
     crate::io::sync_directory_of(path).map_err(|source| {
-        Error::Io { op: "flushing the directory of the new image", offset: 0, source }.in_file(path.display())
+        Error::Io { op: "flushing the directory of the new image", offset: 0, source: source.into() }
+            .in_file(path.display())
     })
 }
 

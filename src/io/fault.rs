@@ -79,7 +79,7 @@ use alloc::vec::Vec;
 use std::sync::{Mutex, MutexGuard};
 
 use super::Storage;
-use crate::error::IoError;
+use crate::error::{IoError, IoErrorKind};
 
 pub mod state;
 pub use state::{CrashState, PendingOp, Persisted};
@@ -108,7 +108,7 @@ impl ClockState {
             self.crashed = true;
         }
         if self.crashed {
-            return Err(std::io::Error::other("simulated crash: the storage is gone"));
+            return Err(IoError::new(IoErrorKind::Other, "simulated crash: the storage is gone"));
         }
         Ok(())
     }
@@ -157,7 +157,7 @@ impl FaultClock {
     /// mutating operations (counted over all of them) have completed;
     /// `None` frees space again. While it is full, a write or
     /// [`allocate`](Storage::allocate) needing a page its file does not hold
-    /// fails with ENOSPC (`std::io::ErrorKind::StorageFull`) — a write
+    /// fails with ENOSPC ([`IoErrorKind::StorageFull`]) — a write
     /// first stores the bytes that come before that page, as a short
     /// `pwrite` does — and all else works. `n` at or below the current count
     /// fills it at once.
@@ -169,7 +169,7 @@ impl FaultClock {
     /// let (mut a, mut b) = (FaultStorage::on_clock(vec![0; 8], &clock), FaultStorage::on_clock(vec![], &clock));
     /// clock.fill_after(Some(1));
     /// a.write_all_at(b"ok", 0).unwrap(); // operation 1: space left
-    /// assert_eq!(b.write_all_at(b"x", 0).unwrap_err().kind(), std::io::ErrorKind::StorageFull);
+    /// assert_eq!(b.write_all_at(b"x", 0).unwrap_err().kind(), vhdx::IoErrorKind::StorageFull);
     /// a.write_all_at(b"in place", 0).unwrap(); // pages it holds: fine
     /// clock.fill_after(None);
     /// b.write_all_at(b"x", 0).unwrap();
@@ -233,7 +233,7 @@ impl FaultState {
 }
 
 fn no_space() -> IoError {
-    std::io::Error::new(std::io::ErrorKind::StorageFull, "simulated full filesystem: no space left on device")
+    IoError::new(IoErrorKind::StorageFull, "simulated full filesystem: no space left on device")
 }
 
 /// Storage in memory that keeps the durable and the volatile image apart and
@@ -496,7 +496,7 @@ mod tests {
         // Into held pages: fine. Across a hole: the part before it lands.
         s.write_all_at(&[2u8; 10], 4000).unwrap();
         let e = s.write_all_at(&[3u8; 200], 4000).unwrap_err();
-        assert_eq!(e.kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!(e.kind(), IoErrorKind::StorageFull);
         assert_eq!(&h.volatile()[4000..4096], &[3u8; 96][..]);
         assert_eq!(h.volatile()[4096], 0);
         assert!(s.allocate(3 * SPACE_PAGE, 1).is_err());
@@ -518,10 +518,10 @@ mod tests {
         // Filled through one storage, after the next operation on any of them.
         b.fill_after(Some(2));
         b.write_all_at(b"b", 0).unwrap();
-        assert_eq!(a.write_all_at(b"x", SPACE_PAGE).unwrap_err().kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!(a.write_all_at(b"x", SPACE_PAGE).unwrap_err().kind(), IoErrorKind::StorageFull);
         assert_eq!(
             b.set_len(3 * SPACE_PAGE).map(|_| b.allocate(SPACE_PAGE, 1)).unwrap().unwrap_err().kind(),
-            std::io::ErrorKind::StorageFull
+            IoErrorKind::StorageFull
         );
         a.write_all_at(b"in place", 8).unwrap();
         clock.fill_after(None);

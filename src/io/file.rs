@@ -194,15 +194,15 @@ fn write_at(file: &File, mut buf: &[u8], mut offset: u64) -> std::io::Result<()>
 
 impl Storage for FileStorage {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
-        read_at(&self.file, buf, offset)
+        Ok(read_at(&self.file, buf, offset)?)
     }
 
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> Result<(), IoError> {
-        write_at(&self.file, buf, offset)
+        Ok(write_at(&self.file, buf, offset)?)
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
-        self.file.sync_data()
+        Ok(self.file.sync_data()?)
     }
 
     fn len(&self) -> Result<u64, IoError> {
@@ -210,7 +210,7 @@ impl Storage for FileStorage {
     }
 
     fn set_len(&mut self, len: u64) -> Result<(), IoError> {
-        self.file.set_len(len)
+        Ok(self.file.set_len(len)?)
     }
 
     fn allocate(&mut self, offset: u64, len: u64) -> Result<(), IoError> {
@@ -228,11 +228,11 @@ impl Storage for FileStorage {
                     // A filesystem without fallocate (some network and FUSE
                     // ones): rewrite the bytes instead.
                     Err(Errno::EOPNOTSUPP | Errno::ENOSYS) => break,
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(std::io::Error::from(e).into()),
                 }
             }
         }
-        rewrite_in_place(&self.file, offset, len)
+        Ok(rewrite_in_place(&self.file, offset, len)?)
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use super::handshake::discard;
 use super::proto::*;
 use super::{SessionEnd, SessionError, Stats, MAX_PAYLOAD};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoErrorKind, Result};
 use crate::Disk;
 
 /// The disk for reading; a panic elsewhere (which would be a bug) does not
@@ -87,9 +87,7 @@ fn errno(e: &Error) -> u32 {
         Error::ReadOnly => EPERM,
         Error::InvalidArgument(_) | Error::OutOfRange { .. } => EINVAL,
         Error::Io { source, .. } => match source.kind() {
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded | std::io::ErrorKind::FileTooLarge => {
-                ENOSPC
-            }
+            IoErrorKind::StorageFull => ENOSPC,
             _ => EIO,
         },
         Error::File { inner, .. } => errno(inner),
@@ -275,9 +273,9 @@ mod tests {
         assert_eq!(errno(&Error::ReadOnly), EPERM);
         assert_eq!(errno(&Error::OutOfRange { offset: 0, len: 1, size: 0 }), EINVAL);
         let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "full");
-        assert_eq!(errno(&Error::Io { op: "writing payload", offset: 0, source: full }), ENOSPC);
+        assert_eq!(errno(&Error::Io { op: "writing payload", offset: 0, source: full.into() }), ENOSPC);
         let other = std::io::Error::other("broken");
-        assert_eq!(errno(&Error::Io { op: "writing payload", offset: 0, source: other }.in_file("x")), EIO);
+        assert_eq!(errno(&Error::Io { op: "writing payload", offset: 0, source: other.into() }.in_file("x")), EIO);
         assert_eq!(errno(&Error::corrupt("BAT", 0, "bad")), EIO);
     }
 }

@@ -551,7 +551,7 @@ fn merge_killed_after(dir: &Path, limit: u64) -> bool {
         fn alive(&self, mutating: bool) -> Result<(), IoError> {
             let n = if mutating { self.1.fetch_add(1, Ordering::SeqCst) + 1 } else { self.1.load(Ordering::SeqCst) };
             if n > self.2 {
-                return Err(std::io::Error::other("killed"));
+                return Err(std::io::Error::other("killed").into());
             }
             Ok(())
         }

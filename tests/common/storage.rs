@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use vhdx::{IoError, Storage};
+use vhdx::{IoError, IoErrorKind, Storage};
 
 /// Storage over shared memory, so a test can keep the bytes after the
 /// [`Disk`](vhdx::Disk) that owns a handle is closed, and reopen or snapshot them.
@@ -26,7 +26,7 @@ impl SharedMem {
 }
 
 fn eof() -> IoError {
-    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the end of the shared memory")
+    IoError::new(IoErrorKind::UnexpectedEof, "read past the end of the shared memory")
 }
 
 impl Storage for SharedMem {

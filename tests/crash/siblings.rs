@@ -66,7 +66,7 @@ impl Power {
             s.crashed = true;
         }
         if s.crashed {
-            return Err(std::io::Error::other("simulated crash: the power is gone"));
+            return Err(std::io::Error::other("simulated crash: the power is gone").into());
         }
         if mutating {
             s.ops += 1;

@@ -19,7 +19,7 @@
 //! - The log region is backed by real space at create and at a writable
 //!   open — also of an image `qemu-img create` made with a sparse log.
 
-use std::io::ErrorKind as IoKind;
+use vhdx::IoErrorKind as IoKind;
 
 use vhdx::format::locator::{braced_guid, ParentLocator, PARENT_LINKAGE, RELATIVE_PATH};
 use vhdx::io::FaultStorage;

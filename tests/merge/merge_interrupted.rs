@@ -184,7 +184,7 @@ impl Kill {
 
     fn alive(&self) -> Result<(), IoError> {
         if self.dead.load(Ordering::SeqCst) {
-            Err(std::io::Error::other("killed"))
+            Err(std::io::Error::other("killed").into())
         } else {
             Ok(())
         }
@@ -194,7 +194,7 @@ impl Kill {
         self.alive()?;
         if self.ops.fetch_add(1, Ordering::SeqCst) >= self.limit {
             self.dead.store(true, Ordering::SeqCst);
-            return Err(std::io::Error::other("killed"));
+            return Err(std::io::Error::other("killed").into());
         }
         Ok(())
     }
@@ -338,7 +338,7 @@ fn full_disk(victim: PathBuf, room: u64) -> FileOpener {
         }
         fn write_all_at(&mut self, buf: &[u8], offset: u64) -> Result<(), IoError> {
             if offset + buf.len() as u64 > self.limit {
-                return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+                return Err(std::io::Error::from(std::io::ErrorKind::StorageFull).into());
             }
             self.file.write_all_at(buf, offset)
         }
@@ -350,7 +350,7 @@ fn full_disk(victim: PathBuf, room: u64) -> FileOpener {
         }
         fn set_len(&mut self, len: u64) -> Result<(), IoError> {
             if len > self.limit {
-                return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+                return Err(std::io::Error::from(std::io::ErrorKind::StorageFull).into());
             }
             self.file.set_len(len)
         }

@@ -60,7 +60,7 @@ fn cannot_write(e: &vhdx::Error) -> bool {
     match e {
         vhdx::Error::File { inner, .. } => cannot_write(inner),
         vhdx::Error::Open { source, .. } | vhdx::Error::Io { source, .. } => {
-            matches!(source.kind(), PermissionDenied | ReadOnlyFilesystem)
+            matches!(source.as_std().map(|e| e.kind()), Some(PermissionDenied | ReadOnlyFilesystem))
         }
         vhdx::Error::ReadOnly => true,
         _ => false,
@@ -73,7 +73,7 @@ mod tests {
 
     #[test]
     fn files_that_cannot_be_written_are_recognised() {
-        let io = |kind| std::io::Error::from(kind);
+        let io = |kind| vhdx::IoError::from(std::io::Error::from(kind));
         let open = |kind| vhdx::Error::Open { op: "open", source: io(kind) }.in_file("d.vhdx");
         assert!(cannot_write(&open(std::io::ErrorKind::PermissionDenied)));
         assert!(cannot_write(&open(std::io::ErrorKind::ReadOnlyFilesystem)));

@@ -132,7 +132,9 @@ pub fn convert_with_progress(
     let out_format = options.output_format.unwrap_or_else(|| ImageFormat::from_path(dst));
     let in_file = |e: Error| e.in_file(src.display());
     let out_file = |e: Error| e.in_file(dst.display());
-    let io = |op: &'static str| move |source| Error::Io { op, offset: 0, source };
+    fn io<E: Into<crate::IoError>>(op: &'static str) -> impl FnOnce(E) -> Error {
+        move |source| Error::Io { op, offset: 0, source: source.into() }
+    }
     if out_format == ImageFormat::Raw
         && (options.disk_type != crate::DiskType::Dynamic
             || options.block_size.is_some()

@@ -137,7 +137,7 @@ impl SpaceWatch {
     }
 
     fn saw<T>(&self, storage: &FaultStorage, r: Result<T, IoError>) -> Result<T, IoError> {
-        if r.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::StorageFull) {
+        if r.as_ref().is_err_and(|e| e.kind() == vhdx::IoErrorKind::StorageFull) {
             self.refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if self.transient {
                 storage.fill_after(None);
