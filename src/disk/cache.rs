@@ -32,8 +32,15 @@ const PRESENT: u64 = 0b01;
 const ABSENT: u64 = 0b10;
 /// Some are, some are not.
 const MIXED: u64 = 0b11;
-/// Pieces per block (a slice is at least 1 MiB / 4096 / 8 = 32 bytes).
+/// Pieces per block, at most (a slice is at least 1 MiB / 4096 / 8 = 32
+/// bytes, and a power of two).
 const PIECES: usize = 32;
+
+/// Bytes per piece of a `per_block`-byte slice: at most [`PIECES`] pieces
+/// cover it, whatever its length.
+fn piece_bytes(per_block: usize) -> usize {
+    per_block.div_ceil(PIECES)
+}
 
 /// The non-zero per-block slices of one sector bitmap block.
 #[derive(Clone)]
@@ -58,7 +65,7 @@ impl ChunkBitmaps {
         let mut slots = Vec::with_capacity(raw.len() / per_block);
         let mut bytes = Vec::new();
         let mut pieces = Vec::with_capacity(raw.len() / per_block);
-        let piece_bytes = (per_block / PIECES).max(1);
+        let piece_bytes = piece_bytes(per_block);
         for slice in raw.chunks_exact(per_block) {
             if slice.iter().all(|&b| b == 0) {
                 slots.push(NONE);
@@ -67,7 +74,7 @@ impl ChunkBitmaps {
                 slots.push(bytes.len() as u32);
                 bytes.extend_from_slice(slice);
                 let mut word = 0u64;
-                for (i, piece) in slice.chunks(piece_bytes).take(PIECES).enumerate() {
+                for (i, piece) in slice.chunks(piece_bytes).enumerate() {
                     let state = if piece.iter().all(|&b| b == 0xFF) {
                         PRESENT
                     } else if piece.iter().all(|&b| b == 0) {
@@ -105,8 +112,8 @@ impl ChunkBitmaps {
             return Some(false);
         }
         let word = *self.pieces.get(index)?;
-        let piece_bytes = (self.per_block / PIECES).max(1);
-        let (first, last) = (lo / piece_bytes, (hi / piece_bytes).min(PIECES - 1));
+        let piece_bytes = piece_bytes(self.per_block);
+        let (first, last) = (lo / piece_bytes, hi / piece_bytes);
         let state = (word >> (2 * first)) & 0b11;
         if state == MIXED || (first..=last).any(|p| (word >> (2 * p)) & 0b11 != state) {
             return None;
@@ -210,22 +217,21 @@ mod tests {
         for rel in 0..raw.len() {
             let len = 8 - rel % 8;
             assert_eq!(c.bytes(rel, len), &raw[rel..rel + len], "at {rel}");
+            // Asked for more: the rest of that block's slice, no more.
+            assert_eq!(c.bytes(rel, 100), &raw[rel..rel + len], "at {rel}, long");
+            assert_eq!(c.bytes(rel, 1), &raw[rel..rel + 1], "at {rel}, one");
         }
     }
 
-    #[test]
-    fn uniform_answers_only_what_the_bytes_say() {
-        // 64-byte slices: 2-byte pieces. Block 0 empty, block 1 full, block 2
-        // a mix (first half full, one odd byte in the second half).
-        let mut raw = alloc::vec![0u8; 3 * 64];
-        raw[64..128].fill(0xFF);
-        raw[128..160].fill(0xFF);
-        raw[170] = 0x01;
-        let c = ChunkBitmaps::compact(&raw, 64);
-        for index in 0..3 {
-            for lo in 0..64 {
-                for hi in lo..64 {
-                    let bytes = &raw[index * 64 + lo..=index * 64 + hi];
+    /// Checks `uniform` on every range of every block of `raw` against the
+    /// bytes: it may decline (None) but never contradict, and blocks `0` and
+    /// `1` (empty and full) are always answered.
+    fn check_uniform(raw: &[u8], per: usize) -> ChunkBitmaps {
+        let c = ChunkBitmaps::compact(raw, per);
+        for index in 0..raw.len() / per {
+            for lo in 0..per {
+                for hi in lo..per {
+                    let bytes = &raw[index * per + lo..=index * per + hi];
                     let truth = if bytes.iter().all(|&b| b == 0xFF) {
                         Some(true)
                     } else if bytes.iter().all(|&b| b == 0) {
@@ -242,8 +248,54 @@ mod tests {
                 }
             }
         }
+        c
+    }
+
+    #[test]
+    fn uniform_answers_only_what_the_bytes_say() {
+        // 64-byte slices: 2-byte pieces. Block 0 empty, block 1 full, block 2
+        // a mix (first half full, one odd byte in the second half).
+        let mut raw = alloc::vec![0u8; 3 * 64];
+        raw[64..128].fill(0xFF);
+        raw[128..160].fill(0xFF);
+        raw[170] = 0x01;
+        let c = check_uniform(&raw, 64);
         assert_eq!(c.uniform(2, 0, 31), Some(true));
         assert_eq!(c.uniform(2, 44, 63), Some(false));
         assert_eq!(c.uniform(2, 40, 43), None);
+        // The smallest slice (32 bytes, one per piece) and one that is not a
+        // multiple of the piece count: every byte is still summarised.
+        for per in [32, 40, 33] {
+            let mut raw = alloc::vec![0u8; 3 * per];
+            raw[per..2 * per].fill(0xFF);
+            raw[2 * per..2 * per + per / 2].fill(0xFF);
+            raw[3 * per - 1] = 0x10;
+            let c = check_uniform(&raw, per);
+            assert_eq!(c.uniform(2, per - 1, per - 1), None, "slice {per}");
+            assert_eq!(c.uniform(2, 0, 0), Some(true), "slice {per}");
+        }
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn a_chunk_is_loaded_once_and_kept() {
+        let cache = BitmapCache::new(2);
+        let loads = core::cell::Cell::new(0);
+        let raw = [0xFFu8; 64];
+        let load = || {
+            loads.set(loads.get() + 1);
+            Ok(ChunkBitmaps::compact(&raw, 32))
+        };
+        for _ in 0..3 {
+            assert_eq!(cache.get(1, load).unwrap().bytes(32, 4), &[0xFF; 4]);
+        }
+        assert_eq!(loads.get(), 1, "later reads come from the cache");
+        assert_eq!(cache.uniform(1, 1, 0, 31), Some(true));
+        assert_eq!(cache.uniform(0, 1, 0, 31), None, "chunk 0 was never loaded");
+        // Past the last chunk: loaded each time, never kept.
+        for _ in 0..2 {
+            cache.get(5, load).unwrap();
+        }
+        assert_eq!(loads.get(), 3);
     }
 }
