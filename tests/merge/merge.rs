@@ -259,8 +259,15 @@ fn sibling_refused_by_default_and_nothing_changes() {
 fn preserve_siblings_keeps_every_view_byte_for_byte() {
     for sector in [512u32, 4096] {
         let t = Tree::new(sector);
-        // a and b overlap in places; b also writes where a does not.
-        t.child("a.vhdx", "base.vhdx", &[(0, 1 << 20, 50), ((5 << 20) + 512, 70_000, 51), (14 << 20, 4096, 52)]);
+        // a and b overlap in places; b also writes where a does not. From
+        // 8 MiB a holds a run longer than one 4 MiB copy, all of which b
+        // must receive.
+        let long = (4 << 20) + 3 * sector as usize;
+        t.child(
+            "a.vhdx",
+            "base.vhdx",
+            &[(0, 1 << 20, 50), ((5 << 20) + 512, 70_000, 51), (8 << 20, long, 53), (14 << 20, 4096, 52)],
+        );
         t.child("b.vhdx", "base.vhdx", &[(4096, 8192, 60), (5 << 20, 1 << 20, 61)]);
         t.child("b-kid.vhdx", "b.vhdx", &[(7 << 20, 512 * 3, 62)]);
         let expect_base = t.merged("base.vhdx", &["a.vhdx"]);
