@@ -137,6 +137,9 @@ pub(crate) struct BitmapCache {
     chunks: Vec<std::sync::OnceLock<ChunkBitmaps>>,
     #[cfg(feature = "std")]
     bytes: core::sync::atomic::AtomicUsize,
+    /// [`MAX_BYTES`], or less in tests.
+    #[cfg(feature = "std")]
+    max_bytes: usize,
 }
 
 impl BitmapCache {
@@ -150,7 +153,11 @@ impl BitmapCache {
     fn new(chunks: u64) -> BitmapCache {
         #[cfg(feature = "std")]
         {
-            BitmapCache { chunks: (0..chunks).map(|_| std::sync::OnceLock::new()).collect(), bytes: Default::default() }
+            BitmapCache {
+                chunks: (0..chunks).map(|_| std::sync::OnceLock::new()).collect(),
+                bytes: Default::default(),
+                max_bytes: MAX_BYTES,
+            }
         }
         #[cfg(not(feature = "std"))]
         {
@@ -170,7 +177,7 @@ impl BitmapCache {
             use core::sync::atomic::Ordering;
             let loaded = load()?;
             let size = loaded.bytes.len() + loaded.slots.len() * 12;
-            if self.bytes.fetch_add(size, Ordering::Relaxed) + size > MAX_BYTES {
+            if self.bytes.fetch_add(size, Ordering::Relaxed) + size > self.max_bytes {
                 self.bytes.fetch_sub(size, Ordering::Relaxed);
                 return Ok(Cow::Owned(loaded));
             }
@@ -279,7 +286,13 @@ mod tests {
     #[cfg(feature = "std")]
     #[test]
     fn a_chunk_is_loaded_once_and_kept() {
-        let cache = BitmapCache::new(2);
+        // A differencing disk of 3 chunks (1 MiB blocks, 512-byte sectors:
+        // 4 GiB per chunk) has a slot for each; a disk without a parent none.
+        let g = |parent| crate::format::bat::BatGeometry::new(1 << 20, 512, 9 << 30, parent).unwrap();
+        assert_eq!(BitmapCache::for_geometry(&g(true)).chunks.len(), 3);
+        assert_eq!(BitmapCache::for_geometry(&g(false)).chunks.len(), 0);
+        assert_eq!(BitmapCache::for_geometry(&g(true)).max_bytes, 256 << 20);
+        let cache = BitmapCache::for_geometry(&g(true));
         let loads = core::cell::Cell::new(0);
         let raw = [0xFFu8; 64];
         let load = || {
@@ -297,5 +310,32 @@ mod tests {
             cache.get(5, load).unwrap();
         }
         assert_eq!(loads.get(), 3);
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn the_cache_keeps_chunks_up_to_its_bound_in_bytes() {
+        // Each chunk below costs its 64 non-zero slice bytes plus 12 per
+        // block (slot and summary): 64 + 2 * 12 = 88. Two fit exactly in 176.
+        let mut cache = BitmapCache::new(4);
+        cache.max_bytes = 176;
+        let loads = core::cell::Cell::new(0);
+        let raw = [0x0Fu8; 64];
+        let load = || {
+            loads.set(loads.get() + 1);
+            Ok(ChunkBitmaps::compact(&raw, 32))
+        };
+        for chunk in [0, 1, 2, 0, 1, 2] {
+            assert!(matches!(cache.get(chunk, load).unwrap(), Cow::Borrowed(_)) == (chunk < 2), "chunk {chunk}");
+        }
+        assert_eq!(loads.get(), 4, "chunks 0 and 1 are kept, 2 is loaded each time");
+        assert_eq!(cache.bytes.load(core::sync::atomic::Ordering::Relaxed), 176);
+        // One byte less and the second no longer fits.
+        cache = BitmapCache::new(4);
+        cache.max_bytes = 175;
+        for chunk in [0, 1] {
+            assert!(matches!(cache.get(chunk, load).unwrap(), Cow::Borrowed(_)) == (chunk == 0), "chunk {chunk}");
+        }
+        assert_eq!(cache.bytes.load(core::sync::atomic::Ordering::Relaxed), 88);
     }
 }
