@@ -191,3 +191,110 @@ fn small_reads_through_a_deep_chain_match_the_models() {
         leaf.close().unwrap();
     }
 }
+
+/// `vhdx::chain::map` against the test's own record of which level wrote
+/// each sector: every run names the right image, every data run's file
+/// offset holds the model's bytes in that image's file (read with plain file
+/// I/O), zero runs are zeros, and a leaf grown past its parent reads zeros
+/// there, decided by the parent. Alone, the leaf leaves its parent's ranges
+/// at depth 1, not present.
+#[test]
+fn chain_map_names_the_image_and_file_offset_of_every_sector() {
+    use std::os::unix::fs::FileExt;
+    use vhdx::chain::{self, ChainMapEntry};
+    use vhdx::Extent;
+
+    const MIB: u64 = 1 << 20;
+    const SECTOR: u64 = 512;
+    let tmp = tempfile::tempdir().unwrap();
+    let (size, grown) = (8 * MIB, 12 * MIB);
+    let mut model = vec![0u8; grown as usize];
+    // Per sector: the level (0 = base) that holds it, if any.
+    let mut holder: Vec<Option<usize>> = vec![None; (grown / SECTOR) as usize];
+
+    let paths: Vec<PathBuf> = ["base", "mid", "leaf"].iter().map(|n| tmp.path().join(format!("{n}.vhdx"))).collect();
+    let mut base = Disk::create(&paths[0], &CreateOptions::dynamic(size).block_size(MIB as u32)).unwrap();
+    for (off, len, seed) in [(1000u64, 3 * MIB as usize, 1u64), (6 * MIB + 5, 100, 2)] {
+        write_both(&mut base, &mut model, off, &pattern(seed, len));
+        // A dynamic image allocates whole blocks.
+        for block in off / MIB..=(off + len as u64 - 1) / MIB {
+            for s in block * MIB / SECTOR..(block + 1) * MIB / SECTOR {
+                holder[s as usize] = Some(0);
+            }
+        }
+    }
+    base.close().unwrap();
+    let writes: [&[(u64, usize)]; 2] = [
+        &[(700, 3000), (2 * MIB - 10, 2 << 20 | 20), (7 * MIB, 513)],
+        &[(0, 1), (MIB + 4096, 8192), (3 * MIB, 512), (10 * MIB + 3, 1000)],
+    ];
+    for level in 1..=2 {
+        let mut d = Disk::create_differencing(&paths[level], &paths[level - 1], Some(MIB as u32)).unwrap();
+        if level == 2 {
+            d.resize(grown, false).unwrap();
+        }
+        for (i, &(off, len)) in writes[level - 1].iter().enumerate() {
+            write_both(&mut d, &mut model, off, &pattern(10 * level as u64 + i as u64, len));
+            // A differencing disk holds whole sectors.
+            for s in off / SECTOR..=(off + len as u64 - 1) / SECTOR {
+                holder[s as usize] = Some(level);
+            }
+        }
+        d.close().unwrap();
+    }
+
+    let leaf = Disk::open(&paths[2]).unwrap();
+    let runs = chain::map(&leaf).unwrap();
+    let mut at = 0;
+    for r in &runs {
+        assert_eq!(r.offset, at, "runs are in order without gaps: {r:?}");
+        assert!(r.length > 0 && r.length % SECTOR == 0, "{r:?}");
+        at += r.length;
+        let range = r.offset as usize..(r.offset + r.length) as usize;
+        for s in r.offset / SECTOR..(r.offset + r.length) / SECTOR {
+            let want = match holder[s as usize] {
+                Some(level) => (2 - level, true),
+                // Nobody holds it: zeros decided by the base, or past the
+                // parent's end by the leaf's parent.
+                None if s * SECTOR >= size => (1, false),
+                None => (2, false),
+            };
+            let got = (r.depth, matches!(r.extent, Extent::Data { .. }));
+            assert_eq!(got, want, "sector {s} in {r:?}");
+        }
+        match r.extent {
+            Extent::Data { file_offset } => {
+                let mut bytes = vec![0u8; r.length as usize];
+                std::fs::File::open(&paths[2 - r.depth]).unwrap().read_exact_at(&mut bytes, file_offset).unwrap();
+                assert!(bytes == model[range], "the file bytes at {file_offset:#x} of level {} for {r:?}", 2 - r.depth);
+            }
+            Extent::Zero => assert!(model[range].iter().all(|&b| b == 0), "{r:?} reads zeros"),
+            other => panic!("a chain opened whole leaves nothing to a parent: {other:?}"),
+        }
+    }
+    assert_eq!(at, grown, "the runs cover the disk");
+    // Neighbours that continue each other were joined.
+    for w in runs.windows(2) {
+        let continues = w[0].depth == w[1].depth
+            && match (w[0].extent, w[1].extent) {
+                (Extent::Data { file_offset: a }, Extent::Data { file_offset: b }) => a + w[0].length == b,
+                (a, b) => a == b,
+            };
+        assert!(!continues, "{:?} and {:?} should be one run", w[0], w[1]);
+    }
+    drop(leaf);
+
+    // The leaf alone: its own runs as above, the rest left to depth 1.
+    let alone = OpenOptions::new().without_parent().open(&paths[2]).unwrap();
+    for r in chain::map(&alone).unwrap() {
+        let ChainMapEntry { offset, length, depth, extent } = r;
+        for s in offset / SECTOR..(offset + length) / SECTOR {
+            let own = holder[s as usize] == Some(2);
+            let want = if own { (0, true) } else { (1, false) };
+            assert_eq!((depth, matches!(extent, Extent::Data { .. })), want, "alone, sector {s}");
+            if !own {
+                assert_eq!(extent, Extent::Parent, "alone, sector {s}");
+            }
+        }
+    }
+}

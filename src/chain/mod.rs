@@ -28,6 +28,9 @@
 
 #[cfg(feature = "std")]
 mod fs;
+mod map;
+
+pub use map::{map, ChainMapEntry};
 
 #[cfg(feature = "std")]
 pub use fs::{locator_for, looked_for, resolve_relative, windows_paths, FsResolver};

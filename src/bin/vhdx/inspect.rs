@@ -3,9 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
+use vhdx::chain::ChainMapEntry;
 use vhdx::chain::FsResolver;
 use vhdx::ops::tree::{self, LinkStatus};
-use vhdx::{Disk, DiskInfo, DiskType, Extent, MapEntry};
+use vhdx::{Disk, DiskInfo, DiskType, Extent};
 
 use crate::size::human_exact;
 use crate::{file_opener, open_alone, CheckArgs, CliResult, Failure, InFile, InfoArgs, MapArgs};
@@ -267,81 +268,6 @@ pub fn check(args: &CheckArgs) -> CliResult {
     }
 }
 
-/// Where one run of the virtual disk comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
-    /// Stored at this file offset of the chain's image `depth`.
-    Data(u64),
-    /// Reads as zeros (a block never written, or one marked zero).
-    Zero,
-    /// From a parent this tool could not open.
-    Parent,
-}
-
-/// One run of the map: `depth` is the index in the chain (leaf = 0) of the
-/// image that decides the run's bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Run {
-    start: u64,
-    length: u64,
-    depth: usize,
-    source: Source,
-}
-
-/// The runs of `maps[level]` within `start..start+len`, resolving ranges a
-/// level leaves to its parent through the next level's map; a range the last
-/// level leaves to a parent that is not open becomes `Source::Parent` one
-/// level further down.
-fn resolve_runs(maps: &[Vec<MapEntry>], level: usize, start: u64, len: u64, out: &mut Vec<Run>) {
-    let entries = &maps[level];
-    let end = start + len;
-    let first = entries.partition_point(|e| e.offset + e.length <= start);
-    for e in &entries[first..] {
-        if e.offset >= end {
-            break;
-        }
-        let s = e.offset.max(start);
-        let n = (e.offset + e.length).min(end) - s;
-        match e.extent {
-            Extent::Data { file_offset } => push_run(out, s, n, level, Source::Data(file_offset + (s - e.offset))),
-            Extent::Zero => push_run(out, s, n, level, Source::Zero),
-            Extent::Parent if level + 1 < maps.len() => resolve_runs(maps, level + 1, s, n, out),
-            Extent::Parent => push_run(out, s, n, level + 1, Source::Parent),
-            // Extent is non_exhaustive for the library's users; this command
-            // is built with the library and must learn a new kind with it.
-            other => unreachable!("an extent kind the map does not know: {other:?}"),
-        }
-    }
-}
-
-/// Appends a run, joining it to the previous one when it continues it.
-fn push_run(out: &mut Vec<Run>, start: u64, length: u64, depth: usize, source: Source) {
-    if let Some(last) = out.last_mut() {
-        let continues = match (last.source, source) {
-            (Source::Data(a), Source::Data(b)) => a + last.length == b,
-            (a, b) => a == b,
-        };
-        if continues && last.depth == depth && last.start + last.length == start {
-            last.length += length;
-            return;
-        }
-    }
-    out.push(Run { start, length, depth, source });
-}
-
-/// The map of `disk` through every parent attached to it.
-fn chain_runs(disk: &Disk) -> vhdx::Result<Vec<Run>> {
-    let mut maps = Vec::new();
-    let mut level = Some(disk);
-    while let Some(d) = level {
-        maps.push(d.map()?);
-        level = d.parent();
-    }
-    let mut out = Vec::new();
-    resolve_runs(&maps, 0, 0, disk.virtual_size(), &mut out);
-    Ok(out)
-}
-
 /// One run of `vhdx map --json`, laid out as `qemu-img map --output=json`
 /// lays out its runs, with the same fields: `present` = some image of the
 /// chain defines the bytes, `zero` = they read as zeros, `data` = they are
@@ -356,15 +282,18 @@ fn chain_runs(disk: &Disk) -> vhdx::Result<Vec<Run>> {
 /// true` at the depth of the image that decided so, and a range left to a
 /// parent that could not be opened is `present: false, zero: false` one level
 /// below the last image that was opened.
-fn run_json(r: &Run) -> String {
-    let (present, zero, data, offset) = match r.source {
-        Source::Data(file_offset) => (true, false, true, Some(file_offset)),
-        Source::Zero => (false, true, false, None),
-        Source::Parent => (false, false, false, None),
+fn run_json(r: &ChainMapEntry) -> String {
+    let (present, zero, data, offset) = match r.extent {
+        Extent::Data { file_offset } => (true, false, true, Some(file_offset)),
+        Extent::Zero => (false, true, false, None),
+        Extent::Parent => (false, false, false, None),
+        // Extent is non_exhaustive for the library's users; this command
+        // is built with the library and must learn a new kind with it.
+        other => unreachable!("an extent kind the map does not know: {other:?}"),
     };
     let mut line = format!(
         "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {present}, \"zero\": {zero}, \"data\": {data}, \"compressed\": false",
-        r.start, r.length, r.depth
+        r.offset, r.length, r.depth
     );
     if let Some(offset) = offset {
         line.push_str(&format!(", \"offset\": {offset}"));
@@ -374,7 +303,7 @@ fn run_json(r: &Run) -> String {
 }
 
 /// The whole `vhdx map --json` output: one run per line, as QEMU prints it.
-fn map_json(runs: &[Run]) -> String {
+fn map_json(runs: &[ChainMapEntry]) -> String {
     let lines: Vec<String> = runs.iter().map(run_json).collect();
     format!("[{}]", lines.join(",\n"))
 }
@@ -401,7 +330,7 @@ pub fn map(args: &MapArgs) -> CliResult {
             p.describe()
         );
     }
-    let runs = chain_runs(&disk).in_file(path)?;
+    let runs = vhdx::chain::map(&disk).in_file(path)?;
     if args.json {
         outln!("{}", map_json(&runs))?;
         return Ok(());
@@ -414,8 +343,8 @@ pub fn map(args: &MapArgs) -> CliResult {
     }
     outln!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to")?;
     for r in &runs {
-        if let Source::Data(file_offset) = r.source {
-            outln!("{:<16}{:<16}{:<16}{}", hex(r.start), hex(r.length), hex(file_offset), files[r.depth])?;
+        if let Extent::Data { file_offset } = r.extent {
+            outln!("{:<16}{:<16}{:<16}{}", hex(r.offset), hex(r.length), hex(file_offset), files[r.depth])?;
         }
     }
     Ok(())
@@ -431,20 +360,15 @@ mod tests {
         assert_eq!(hex(0x10000), "0x10000");
     }
 
-    fn entry(offset: u64, length: u64, extent: Extent) -> MapEntry {
-        MapEntry { offset, length, extent }
-    }
-
     #[test]
     fn map_json_fields_follow_qemu_img() {
-        // The leaf alone, its parent not open.
-        let maps = vec![vec![
-            entry(0, 4096, Extent::Data { file_offset: 1 << 22 }),
-            entry(4096, 4096, Extent::Zero),
-            entry(8192, 4096, Extent::Parent),
-        ]];
-        let mut runs = Vec::new();
-        resolve_runs(&maps, 0, 0, 12288, &mut runs);
+        // The leaf alone, its parent not open (what vhdx::chain::map gives).
+        let run = |offset, length, depth, extent| ChainMapEntry { offset, length, depth, extent };
+        let runs = [
+            run(0, 4096, 0, Extent::Data { file_offset: 1 << 22 }),
+            run(4096, 4096, 0, Extent::Zero),
+            run(8192, 4096, 1, Extent::Parent),
+        ];
         let text = map_json(&runs);
         assert_eq!(text.lines().count(), 3);
         assert!(text.starts_with(r#"[{ "start": 0, "length": 4096, "depth": 0, "present": true,"#));
@@ -456,34 +380,5 @@ mod tests {
         assert!(runs[1].get("offset").is_none());
         assert_eq!((field(2, "present"), field(2, "zero"), field(2, "depth")), (json!(false), json!(false), json!(1)));
         assert_eq!(field(2, "start"), json!(8192));
-    }
-
-    #[test]
-    fn parent_ranges_resolve_to_the_level_that_holds_them() {
-        let maps = vec![
-            // Leaf: its own data in the middle, the rest from its parent.
-            vec![
-                entry(0, 8192, Extent::Parent),
-                entry(8192, 4096, Extent::Data { file_offset: 0x500000 }),
-                entry(12288, 20480, Extent::Parent),
-            ],
-            // Parent: data at the start, the rest from the grandparent.
-            vec![entry(0, 4096, Extent::Data { file_offset: 0x300000 }), entry(4096, 28672, Extent::Parent)],
-            // Grandparent (a root): data, then zeros.
-            vec![entry(0, 16384, Extent::Data { file_offset: 0x100000 }), entry(16384, 16384, Extent::Zero)],
-        ];
-        let mut runs = Vec::new();
-        resolve_runs(&maps, 0, 0, 32768, &mut runs);
-        let r = |start, length, depth, source| Run { start, length, depth, source };
-        assert_eq!(
-            runs,
-            vec![
-                r(0, 4096, 1, Source::Data(0x300000)),
-                r(4096, 4096, 2, Source::Data(0x101000)),
-                r(8192, 4096, 0, Source::Data(0x500000)),
-                r(12288, 4096, 2, Source::Data(0x103000)),
-                r(16384, 16384, 2, Source::Zero),
-            ]
-        );
     }
 }
