@@ -580,3 +580,36 @@ fn without_parent_on_a_standalone_disk_opens_it_normally() {
     assert_eq!(d.disk_type(), DiskType::Dynamic);
     assert!(d.parent().is_none());
 }
+
+/// A log entry names a file size that was durable when it was written
+/// (FlushedFileOffset, MS-VHDX 2.3.1.1): at least the end of every payload
+/// block its BAT pages point at (the payload is flushed before the entry),
+/// at most the file's size; LastFileOffset covers the file and is a
+/// multiple of 1 MiB. Read from the file with the test's own parser, at the
+/// spec's field offsets.
+#[test]
+fn a_log_entry_names_a_durable_file_size_covering_its_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.vhdx");
+    let size = 16 * MIB;
+    let mut d = Disk::create(&path, &CreateOptions::dynamic(size).block_size(MIB as u32)).unwrap();
+    d.write_at(&pattern(3, 4096), 9 * MIB).unwrap();
+    d.write_at(&pattern(4, 100), 2 * MIB + 7).unwrap();
+    d.flush().unwrap();
+    let file_len = std::fs::metadata(&path).unwrap().len();
+    let header = current_header(&path);
+    assert_ne!(header.log_guid, [0u8; 16], "a flushed session keeps its log until it closes");
+    let mut entry = vec![0u8; 64];
+    std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(&path).unwrap(), &mut entry, header.log_offset)
+        .unwrap();
+    assert_eq!(&entry[0..4], b"loge", "the first entry starts the log");
+    assert_eq!(entry[32..48], header.log_guid, "the entry's LogGuid");
+    let field = |at: usize| u64::from_le_bytes(entry[at..at + 8].try_into().unwrap());
+    let (flushed, last) = (field(48), field(56));
+    let bat = RawBat::from_file(&path, size, MIB, 512);
+    let block_end = [9, 2].iter().map(|&b| (bat.payload(b) >> 20 << 20) + MIB).max().unwrap();
+    assert!(flushed >= block_end, "FlushedFileOffset {flushed:#x} below the end of a block it maps ({block_end:#x})");
+    assert!(flushed <= file_len, "FlushedFileOffset {flushed:#x} past the file's end ({file_len:#x})");
+    assert!(last >= file_len && last % MIB == 0, "LastFileOffset {last:#x} for a file of {file_len:#x}");
+    d.close().unwrap();
+}
