@@ -2,12 +2,13 @@
 //! and hygiene an open does not need (both headers, both region table
 //! copies, reserved fields), reported as a list instead of a first error.
 
+use crate::error::IoContext;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::bat::{entry_offset, PayloadState, SB_NOT_PRESENT};
 use crate::format::header::{select_current, HeaderInfo, HEADER_OFFSETS, HEADER_SIZE};
 use crate::format::region::{RegionTable, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE};
@@ -38,14 +39,10 @@ impl CheckReport {
 /// without reading its parent (the chain layer checks linkage).
 pub fn check_storage(storage: Box<dyn Storage>) -> Result<CheckReport> {
     let mut report = CheckReport::default();
-    let len = storage.len().map_err(|source| Error::Io { op: "sizing the file", offset: 0, source })?;
+    let len = storage.len().during("sizing the file", 0)?;
     let section_len = (REGION_TABLE_OFFSETS[1] as usize + REGION_TABLE_SIZE).min(len as usize);
     let mut section = alloc::vec![0u8; section_len];
-    storage.read_exact_at(&mut section, 0).map_err(|source| Error::Io {
-        op: "reading the header section",
-        offset: 0,
-        source,
-    })?;
+    storage.read_exact_at(&mut section, 0).during("reading the header section", 0)?;
 
     if section_len == REGION_TABLE_OFFSETS[1] as usize + REGION_TABLE_SIZE {
         let slots = HEADER_OFFSETS.map(|o| HeaderInfo::parse(&section[o as usize..o as usize + HEADER_SIZE], o));
@@ -143,7 +140,7 @@ fn check_bat(disk: &Disk, report: &mut CheckReport) {
 
 /// Checks the image at `path`; the errors name the file. It is opened with a
 /// shared lock: an image open for writing elsewhere is refused
-/// ([`Error::Busy`]). Notes also say how far an unfinished operation the
+/// ([`Error::Busy`](crate::Error::Busy)). Notes also say how far an unfinished operation the
 /// image takes part in got (whether the parent its `parent_linkage2` names
 /// took that DataWriteGuid; whether the target of a merge it records
 /// changed).
@@ -157,8 +154,9 @@ pub fn check_file(path: &std::path::Path) -> Result<CheckReport> {
 /// image in use, like `qemu-img check -U`).
 #[cfg(feature = "std")]
 pub fn check_file_with(path: &std::path::Path, opener: &crate::io::FileOpener) -> Result<CheckReport> {
-    let storage =
-        opener.open(path, false).map_err(|source| Error::opening("open", source, false).in_file(path.display()))?;
+    let storage = opener
+        .open(path, false)
+        .map_err(|source| crate::Error::opening("open", source, false).in_file(path.display()))?;
     let mut report = check_storage(storage).map_err(|e| e.in_file(path.display()))?;
     report.notes.extend(crate::ops::merge::recover::file_notes(path, opener));
     Ok(report)
@@ -182,14 +180,10 @@ pub struct RepairReport {
 /// cannot be opened at all is left untouched.
 pub fn repair_storage(storage: Box<dyn Storage>) -> Result<RepairReport> {
     let mut actions = Vec::new();
-    let len = storage.len().map_err(|source| Error::Io { op: "sizing the file", offset: 0, source })?;
+    let len = storage.len().during("sizing the file", 0)?;
     let section_len = (REGION_TABLE_OFFSETS[1] as usize + REGION_TABLE_SIZE).min(len as usize);
     let mut section = alloc::vec![0u8; section_len];
-    storage.read_exact_at(&mut section, 0).map_err(|source| Error::Io {
-        op: "reading the header section",
-        offset: 0,
-        source,
-    })?;
+    storage.read_exact_at(&mut section, 0).during("reading the header section", 0)?;
     let full = section_len == REGION_TABLE_OFFSETS[1] as usize + REGION_TABLE_SIZE;
     let headers_bad = full
         && HEADER_OFFSETS
@@ -232,7 +226,7 @@ pub fn repair_storage(storage: Box<dyn Storage>) -> Result<RepairReport> {
 #[cfg(feature = "std")]
 pub fn repair_file(path: &std::path::Path) -> Result<RepairReport> {
     let storage = crate::io::FileStorage::open(path, true)
-        .map_err(|source| Error::opening("open", source, true).in_file(path.display()))?;
+        .map_err(|source| crate::Error::opening("open", source, true).in_file(path.display()))?;
     let mut report = repair_storage(Box::new(storage)).map_err(|e| e.in_file(path.display()))?;
     let more = crate::ops::merge::recover::repair_file(path)?;
     if !more.is_empty() {

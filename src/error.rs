@@ -166,6 +166,19 @@ pub(crate) fn io_unsupported(message: &'static str) -> IoError {
     IoError::new(IoErrorKind::Unsupported, message)
 }
 
+/// Attaches what was being done, and where, to a storage error: the one
+/// place an [`IoError`] becomes an [`Error::Io`].
+pub(crate) trait IoContext<T> {
+    /// `Error::Io { op, offset, .. }` around the error, if there is one.
+    fn during(self, op: &'static str, offset: u64) -> Result<T>;
+}
+
+impl<T, E: Into<IoError>> IoContext<T> for core::result::Result<T, E> {
+    fn during(self, op: &'static str, offset: u64) -> Result<T> {
+        self.map_err(|source| Error::Io { op, offset, source: source.into() })
+    }
+}
+
 /// A shorthand for `core::result::Result<T, vhdx::Error>`.
 pub type Result<T, E = Error> = core::result::Result<T, E>;
 

@@ -1,5 +1,6 @@
 //! The filesystem parent resolver and locator construction.
 
+use crate::error::IoContext;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -251,11 +252,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     if p.is_absolute() {
         return Ok(p.to_path_buf());
     }
-    std::env::current_dir().map(|d| d.join(p)).map_err(|source| Error::Io {
-        op: "finding the current directory",
-        offset: 0,
-        source: source.into(),
-    })
+    std::env::current_dir().map(|d| d.join(p)).during("finding the current directory", 0)
 }
 
 /// Removes `.` and `..` components lexically.

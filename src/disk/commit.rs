@@ -1,5 +1,6 @@
 //! Header updates and committing metadata through the log.
 
+use crate::error::IoContext;
 use alloc::vec::Vec;
 
 use super::open::write_header_pair;
@@ -56,7 +57,7 @@ impl Disk {
         if !self.has_pending_metadata() {
             return Ok(());
         }
-        self.storage.flush().map_err(|source| Error::Io { op: "flushing payload", offset: 0, source })?;
+        self.storage.flush().during("flushing payload", 0)?;
         if self.log.is_none() {
             if self.header.log_length == 0 {
                 return Err(Error::unsupported(
@@ -135,11 +136,7 @@ impl Disk {
             // needs no space now: the file is extended with zeros first.
             let end = end.min(self.file_len);
             if end > start {
-                self.storage.allocate(start, end - start).map_err(|source| Error::Io {
-                    op: "allocating space for metadata",
-                    offset: start,
-                    source,
-                })?;
+                self.storage.allocate(start, end - start).during("allocating space for metadata", start)?;
             }
         }
         Ok(())
@@ -151,7 +148,7 @@ impl Disk {
             return Ok(());
         }
         self.commit_metadata()?;
-        self.storage.flush().map_err(|source| Error::Io { op: "flushing", offset: 0, source })
+        self.storage.flush().during("flushing", 0)
     }
 
     /// Flushes, then marks the log as needing no replay (clears the header's

@@ -26,6 +26,7 @@
 //! Fixed disks are refused: the format keeps every block of a fixed disk
 //! allocated.
 
+use crate::error::IoContext;
 use alloc::vec::Vec;
 
 use super::Disk;
@@ -333,7 +334,7 @@ impl Disk {
             self.copy_file_range(&mut buf, from, to, len)?;
             moved(len);
         }
-        self.storage.flush().map_err(|source| Error::Io { op: "flushing moved blocks", offset: 0, source })?;
+        self.storage.flush().during("flushing moved blocks", 0)?;
         for &(index, _, to, len) in &plan {
             let state = self.bat[index] & 7;
             self.set_bat_entry(index, make_entry(state, to));
@@ -352,11 +353,7 @@ impl Disk {
             let n = (len - done).min(buf.len() as u64) as usize;
             self.read_file(&mut buf[..n], from + done, "reading a block to move")?;
             let at = to + done;
-            self.storage.write_all_at(&buf[..n], at).map_err(|source| Error::Io {
-                op: "writing a moved block",
-                offset: at,
-                source,
-            })?;
+            self.storage.write_all_at(&buf[..n], at).during("writing a moved block", at)?;
             done += n as u64;
         }
         self.file_len = self.file_len.max(to + len);
@@ -371,7 +368,7 @@ impl Disk {
         } else {
             let mut buf = alloc::vec![0u8; COPY_CHUNK as usize];
             self.copy_file_range(&mut buf, from, to, len)?;
-            self.storage.flush().map_err(|source| Error::Io { op: "flushing a moved region", offset: to, source })?;
+            self.storage.flush().during("flushing a moved region", to)?;
         }
         self.switch_region(guid, to, len as u32)
     }

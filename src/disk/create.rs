@@ -8,6 +8,7 @@
 //! is durable. (Written with the headers, a crash could leave one header
 //! valid and the other missing: an image that opens but fails a check.)
 
+use crate::error::IoContext;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::vec::Vec;
@@ -57,10 +58,6 @@ impl Layout {
     }
 }
 
-fn io(op: &'static str, offset: u64) -> impl FnOnce(crate::error::IoError) -> Error {
-    move |source| Error::Io { op, offset, source }
-}
-
 /// Writes a complete new image with `params` (and `locator` for a
 /// differencing disk) onto `storage`; payload blocks of a fixed disk are
 /// preallocated. Returns the storage, flushed.
@@ -70,7 +67,7 @@ pub(crate) fn write_new_image(
     locator: Option<&ParentLocator>,
     guids: &mut GuidSource,
 ) -> Result<()> {
-    let len = storage.len().map_err(io("sizing the file", 0))?;
+    let len = storage.len().during("sizing the file", 0)?;
     if len != 0 {
         return Err(Error::invalid(format!("the storage to create an image on is not empty ({len} bytes)")));
     }
@@ -85,12 +82,10 @@ pub(crate) fn write_new_image(
     } else {
         layout.payload_offset
     };
-    storage.set_len(file_len).map_err(io("sizing the new file", file_len))?;
+    storage.set_len(file_len).during("sizing the new file", file_len)?;
     // The log gets real space now, so metadata updates never need new space
     // (set_len leaves a hole).
-    storage
-        .allocate(layout.log_offset, layout.log_length as u64)
-        .map_err(io("allocating the log", layout.log_offset))?;
+    storage.allocate(layout.log_offset, layout.log_length as u64).during("allocating the log", layout.log_offset)?;
 
     let regions = RegionTable {
         entries: alloc::vec![
@@ -110,12 +105,12 @@ pub(crate) fn write_new_image(
     };
     let table = regions.to_bytes();
     for at in REGION_TABLE_OFFSETS {
-        storage.write_all_at(&table, at).map_err(io("writing a region table", at))?;
+        storage.write_all_at(&table, at).during("writing a region table", at)?;
     }
     let meta = build_region(params, locator, &[], layout.metadata_length as usize)?;
     storage
         .write_all_at(&meta, layout.metadata_offset)
-        .map_err(io("writing the metadata region", layout.metadata_offset))?;
+        .during("writing the metadata region", layout.metadata_offset)?;
     if fixed {
         // Payload entries FULLY_PRESENT and contiguous; sector bitmap entries stay zero.
         const CHUNK_ENTRIES: u64 = 64 * 1024;
@@ -132,11 +127,11 @@ pub(crate) fn write_new_image(
                     .copy_from_slice(&make_entry(PayloadState::FullyPresent.bits(), off).to_le_bytes());
             }
             let at = layout.bat_offset + first_index as u64 * 8;
-            storage.write_all_at(&bytes, at).map_err(io("writing the BAT", at))?;
+            storage.write_all_at(&bytes, at).during("writing the BAT", at)?;
             block = end;
         }
     }
-    storage.flush().map_err(io("flushing the new image", 0))?;
+    storage.flush().during("flushing the new image", 0)?;
 
     let mut header = HeaderInfo {
         sequence_number: 0,
@@ -149,14 +144,12 @@ pub(crate) fn write_new_image(
     };
     for at in HEADER_OFFSETS {
         header.sequence_number += 1;
-        storage.write_all_at(&header.to_bytes(), at).map_err(io("writing a header", at))?;
+        storage.write_all_at(&header.to_bytes(), at).during("writing a header", at)?;
     }
-    storage.flush().map_err(io("flushing the new image", 0))?;
+    storage.flush().during("flushing the new image", 0)?;
     // Last: the signature that makes the file a VHDX file.
-    storage
-        .write_all_at(RawFileIdentifier::new(CREATOR).as_bytes(), 0)
-        .map_err(io("writing the file identifier", 0))?;
-    storage.flush().map_err(io("flushing the new image", 0))?;
+    storage.write_all_at(RawFileIdentifier::new(CREATOR).as_bytes(), 0).during("writing the file identifier", 0)?;
+    storage.flush().during("flushing the new image", 0)?;
     Ok(())
 }
 
@@ -199,10 +192,9 @@ pub(crate) fn create_file(path: &std::path::Path, options: &CreateOptions) -> Re
 /// (the directory is flushed), so a power cut cannot lose a created image.
 #[cfg(feature = "std")]
 fn sync_name(path: &std::path::Path) -> Result<()> {
-    crate::io::sync_directory_of(path).map_err(|source| {
-        Error::Io { op: "flushing the directory of the new image", offset: 0, source: source.into() }
-            .in_file(path.display())
-    })
+    crate::io::sync_directory_of(path)
+        .during("flushing the directory of the new image", 0)
+        .map_err(|e| e.in_file(path.display()))
 }
 
 /// Creates a differencing disk of `parent` on empty `storage`: the parent's

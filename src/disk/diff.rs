@@ -9,10 +9,11 @@
 //! are metadata: they change in memory and reach the file through the log at
 //! the next flush, after the payload they describe.
 
+use crate::error::IoContext;
 use alloc::vec::Vec;
 
 use super::Disk;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::bat::{entry_offset, make_entry, PayloadState, SB_PRESENT};
 use crate::format::MIB;
 
@@ -83,11 +84,7 @@ impl Disk {
             };
             let src = &buf[(pos - offset) as usize..(pos - offset + n) as usize];
             let at = base + in_block;
-            self.storage.write_all_at(src, at).map_err(|source| Error::Io {
-                op: "writing payload",
-                offset: at,
-                source,
-            })?;
+            self.storage.write_all_at(src, at).during("writing payload", at)?;
             if mark {
                 self.set_bitmap_bits(block, in_block / ss, n / ss)?;
             }
@@ -111,11 +108,7 @@ impl Disk {
             return Ok(entry_offset(entry));
         }
         let at = self.grow_for(MIB)?;
-        self.storage.allocate(at, MIB).map_err(|source| Error::Io {
-            op: "allocating a sector bitmap block",
-            offset: at,
-            source,
-        })?;
+        self.storage.allocate(at, MIB).during("allocating a sector bitmap block", at)?;
         self.set_bat_entry(index, make_entry(SB_PRESENT, at));
         Ok(at)
     }

@@ -26,6 +26,7 @@
 //! left over from its previous life.
 
 use super::Disk;
+use crate::error::IoContext;
 use crate::error::{Error, Result};
 use crate::format::bat::{entry_offset, make_entry, PayloadState, SB_PRESENT};
 
@@ -233,11 +234,7 @@ impl Disk {
         while done < len {
             let n = (len - done).min(zeros.len() as u64);
             let off = at + done;
-            self.storage.write_all_at(&zeros[..n as usize], off).map_err(|source| Error::Io {
-                op: "writing zeros",
-                offset: off,
-                source,
-            })?;
+            self.storage.write_all_at(&zeros[..n as usize], off).during("writing zeros", off)?;
             done += n;
         }
         Ok(())

@@ -1,6 +1,7 @@
 //! Opening an image: headers, log replay, region table, metadata, BAT, with
 //! every value checked before it sizes an allocation or an access.
 
+use crate::error::IoContext;
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
@@ -18,11 +19,11 @@ use crate::io::Storage;
 use crate::log::{find_active_sequence, replay_in_place, ReplayOverlay};
 
 pub(crate) fn read(storage: &dyn Storage, buf: &mut [u8], offset: u64, what: &'static str) -> Result<()> {
-    storage.read_exact_at(buf, offset).map_err(|source| Error::Io { op: what, offset, source })
+    storage.read_exact_at(buf, offset).during(what, offset)
 }
 
 fn file_len(storage: &dyn Storage) -> Result<u64> {
-    storage.len().map_err(|source| Error::Io { op: "sizing the file", offset: 0, source })
+    storage.len().during("sizing the file", 0)
 }
 
 pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<Disk> {
@@ -54,11 +55,9 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
     if writable && header.log_length > 0 {
         // Another tool may have left the log a hole of the file (QEMU does):
         // back it with real space, so metadata updates never need new space.
-        storage.allocate(header.log_offset, header.log_length as u64).map_err(|source| Error::Io {
-            op: "allocating the log",
-            offset: header.log_offset,
-            source,
-        })?;
+        storage
+            .allocate(header.log_offset, header.log_length as u64)
+            .during("allocating the log", header.log_offset)?;
     }
 
     let mut file_guid_changed = false;
@@ -299,12 +298,8 @@ pub(crate) fn write_header_pair(storage: &mut dyn Storage, h: &mut HeaderInfo, s
             .ok_or_else(|| Error::corrupt("header", HEADER_OFFSETS[*slot], "sequence number exhausted"))?;
         let next = 1 - *slot;
         let at = HEADER_OFFSETS[next];
-        storage.write_all_at(&h.to_bytes(), at).map_err(|source| Error::Io {
-            op: "writing a header",
-            offset: at,
-            source,
-        })?;
-        storage.flush().map_err(|source| Error::Io { op: "flushing a header", offset: at, source })?;
+        storage.write_all_at(&h.to_bytes(), at).during("writing a header", at)?;
+        storage.flush().during("flushing a header", at)?;
         *slot = next;
     }
     Ok(())

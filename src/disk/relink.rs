@@ -10,6 +10,7 @@
 // Merge and re-linking (ops, std) are the callers of most of these.
 #![cfg_attr(not(feature = "std"), allow(dead_code))]
 
+use crate::error::IoContext;
 use alloc::vec::Vec;
 
 use super::Disk;
@@ -214,12 +215,8 @@ impl Disk {
         // Log the smaller size first, then shrink.
         self.file_len = end;
         self.flush()?;
-        self.storage.set_len(end).map_err(|source| Error::Io {
-            op: "shrinking the emptied file",
-            offset: end,
-            source,
-        })?;
-        self.storage.flush().map_err(|source| Error::Io { op: "flushing", offset: end, source })?;
+        self.storage.set_len(end).during("shrinking the emptied file", end)?;
+        self.storage.flush().during("flushing", end)?;
         self.alloc_floor = end;
         Ok(())
     }

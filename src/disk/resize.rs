@@ -46,6 +46,7 @@
 //! image is as it was, byte for byte (but for that tail). Every later step
 //! only changes metadata, whose space is allocated before it is logged.
 
+use crate::error::IoContext;
 use alloc::vec::Vec;
 
 use super::Disk;
@@ -157,11 +158,7 @@ impl Disk {
             let mut at = None;
             if relocate {
                 let a = self.grow_for(new_len)?;
-                self.storage.allocate(a, new_len).map_err(|source| Error::Io {
-                    op: "allocating the larger BAT region",
-                    offset: a,
-                    source,
-                })?;
+                self.storage.allocate(a, new_len).during("allocating the larger BAT region", a)?;
                 at = Some(a);
             }
             if self.params.leave_block_allocated {
@@ -328,17 +325,13 @@ impl Disk {
             }
             let n = (len - done).min(MIB) as usize;
             let off = at + done;
-            self.storage.write_all_at(&chunk[..n], off).map_err(|source| Error::Io {
-                op: "writing the relocated BAT",
-                offset: off,
-                source,
-            })?;
+            self.storage.write_all_at(&chunk[..n], off).during("writing the relocated BAT", off)?;
             done += n as u64;
         }
         if at + len > self.file_len {
             self.file_len = at + len;
         }
-        self.storage.flush().map_err(|source| Error::Io { op: "flushing the relocated BAT", offset: at, source })
+        self.storage.flush().during("flushing the relocated BAT", at)
     }
 
     /// Points the region `guid` at `[at, at + len)` in both region table
@@ -441,8 +434,8 @@ impl Disk {
             self.file_len = before;
             return Err(e);
         }
-        self.storage.set_len(end).map_err(|source| Error::Io { op: "truncating the file", offset: end, source })?;
-        self.storage.flush().map_err(|source| Error::Io { op: "flushing", offset: end, source })?;
+        self.storage.set_len(end).during("truncating the file", end)?;
+        self.storage.flush().during("flushing", end)?;
         self.alloc_floor = end;
         Ok(end)
     }

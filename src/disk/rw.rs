@@ -4,6 +4,7 @@
 //! zeros, or the parent's data — coalescing neighbours, so a read issues one
 //! positioned request per contiguous run rather than one per block or sector.
 
+use crate::error::IoContext;
 use alloc::vec::Vec;
 
 use super::Disk;
@@ -353,11 +354,7 @@ impl Disk {
     pub(crate) fn read_file(&self, buf: &mut [u8], at: u64, what: &'static str) -> Result<()> {
         let avail = self.file_len.saturating_sub(at).min(buf.len() as u64) as usize;
         if avail > 0 {
-            self.storage.read_exact_at(&mut buf[..avail], at).map_err(|source| Error::Io {
-                op: what,
-                offset: at,
-                source,
-            })?;
+            self.storage.read_exact_at(&mut buf[..avail], at).during(what, at)?;
         }
         if avail < buf.len() {
             buf[avail..].fill(0);
@@ -486,11 +483,7 @@ impl Disk {
             }
             let src = &buf[(pos - offset) as usize..(pos - offset + run) as usize];
             let at = base + in_block;
-            self.storage.write_all_at(src, at).map_err(|source| Error::Io {
-                op: "writing payload",
-                offset: at,
-                source,
-            })?;
+            self.storage.write_all_at(src, at).during("writing payload", at)?;
             pos += run;
         }
         Ok(())
@@ -515,11 +508,7 @@ impl Disk {
     pub(crate) fn grow_for(&mut self, len: u64) -> Result<u64> {
         let at = self.alloc_floor;
         let end = at + len;
-        self.storage.set_len(end).map_err(|source| Error::Io {
-            op: "growing the file for a new block",
-            offset: at,
-            source,
-        })?;
+        self.storage.set_len(end).during("growing the file for a new block", at)?;
         self.file_len = end;
         self.alloc_floor = end;
         Ok(at)

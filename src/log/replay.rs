@@ -7,6 +7,7 @@
 //! it, after an invalid position 4 KiB further, so the work is linear in the
 //! log's size whatever the log holds.
 
+use crate::error::IoContext;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::vec::Vec;
@@ -78,11 +79,7 @@ pub fn find_active_sequence(
         ));
     }
     let mut log = alloc::vec![0u8; log_len as usize];
-    storage.read_exact_at(&mut log, header.log_offset).map_err(|source| Error::Io {
-        op: "reading the log",
-        offset: header.log_offset,
-        source,
-    })?;
+    storage.read_exact_at(&mut log, header.log_offset).during("reading the log", header.log_offset)?;
     let seq = search(&log, &header.log_guid);
     match seq {
         Some(seq) => {
@@ -205,16 +202,12 @@ fn check_targets(seq: &ActiveSequence, header: &HeaderInfo, file_len: u64) -> Re
 pub fn replay_in_place(storage: &mut dyn Storage, seq: &ActiveSequence) -> Result<()> {
     const CHUNK: usize = 1 << 20;
     let zeros = alloc::vec![0u8; CHUNK];
-    let mut len = storage.len().map_err(|source| Error::Io { op: "sizing the file", offset: 0, source })?;
+    let mut len = storage.len().during("sizing the file", 0)?;
     let mut want = seq.head().last_file_offset;
     for op in seq.ops() {
         match op {
             LogOp::Data { file_offset, bytes } => {
-                storage.write_all_at(bytes, *file_offset).map_err(|source| Error::Io {
-                    op: "replaying the log",
-                    offset: *file_offset,
-                    source,
-                })?;
+                storage.write_all_at(bytes, *file_offset).during("replaying the log", *file_offset)?;
                 len = len.max(file_offset + bytes.len() as u64);
             }
             LogOp::Zero { file_offset, length } => {
@@ -223,20 +216,16 @@ pub fn replay_in_place(storage: &mut dyn Storage, seq: &ActiveSequence) -> Resul
                 let mut at = *file_offset;
                 while at < end.min(len) {
                     let n = (end.min(len) - at).min(CHUNK as u64) as usize;
-                    storage.write_all_at(&zeros[..n], at).map_err(|source| Error::Io {
-                        op: "replaying the log",
-                        offset: at,
-                        source,
-                    })?;
+                    storage.write_all_at(&zeros[..n], at).during("replaying the log", at)?;
                     at += n as u64;
                 }
             }
         }
     }
     if len < want {
-        storage.set_len(want).map_err(|source| Error::Io { op: "extending the file", offset: want, source })?;
+        storage.set_len(want).during("extending the file", want)?;
     }
-    storage.flush().map_err(|source| Error::Io { op: "flushing the replayed log", offset: 0, source })
+    storage.flush().during("flushing the replayed log", 0)
 }
 
 /// A read-only view of a file with a log replayed in memory: the file is not
@@ -251,7 +240,7 @@ pub struct ReplayOverlay {
 impl ReplayOverlay {
     /// Layers `seq` over `base`.
     pub fn new(base: Box<dyn Storage>, seq: ActiveSequence) -> Result<Self> {
-        let base_len = base.len().map_err(|source| Error::Io { op: "sizing the file", offset: 0, source })?;
+        let base_len = base.len().during("sizing the file", 0)?;
         let len = base_len.max(seq.head().last_file_offset);
         let ops = seq.entries.into_iter().flat_map(|e| e.ops).collect();
         Ok(ReplayOverlay { base, base_len, len, ops })

@@ -7,6 +7,7 @@
 //! torn — is never overwritten by the next. Per entry: write it, flush, write
 //! its pages in place, flush.
 
+use crate::error::IoContext;
 use alloc::vec::Vec;
 
 use crate::error::{Error, Result};
@@ -81,21 +82,13 @@ impl LogWriter {
                 last_file_offset,
             );
             let at = self.log_offset + self.position;
-            storage.write_all_at(&bytes, at).map_err(|source| Error::Io {
-                op: "writing a log entry",
-                offset: at,
-                source,
-            })?;
-            storage.flush().map_err(|source| Error::Io { op: "flushing the log", offset: at, source })?;
+            storage.write_all_at(&bytes, at).during("writing a log entry", at)?;
+            storage.flush().during("flushing the log", at)?;
             before_apply(storage)?;
             for (file_offset, page) in group {
-                storage.write_all_at(page, *file_offset).map_err(|source| Error::Io {
-                    op: "applying a log entry",
-                    offset: *file_offset,
-                    source,
-                })?;
+                storage.write_all_at(page, *file_offset).during("applying a log entry", *file_offset)?;
             }
-            storage.flush().map_err(|source| Error::Io { op: "flushing applied metadata", offset: at, source })?;
+            storage.flush().during("flushing applied metadata", at)?;
             self.position += entry_len;
             self.next_sequence += 1;
             self.entries_written += 1;

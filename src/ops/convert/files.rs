@@ -3,6 +3,7 @@
 //! destination and renamed into place when complete (see
 //! [`crate::ops::replace`]).
 
+use crate::error::IoContext;
 use alloc::string::String;
 use alloc::vec::Vec;
 use std::path::{Path, PathBuf};
@@ -132,9 +133,6 @@ pub fn convert_with_progress(
     let out_format = options.output_format.unwrap_or_else(|| ImageFormat::from_path(dst));
     let in_file = |e: Error| e.in_file(src.display());
     let out_file = |e: Error| e.in_file(dst.display());
-    fn io<E: Into<crate::IoError>>(op: &'static str) -> impl FnOnce(E) -> Error {
-        move |source| Error::Io { op, offset: 0, source: source.into() }
-    }
     if out_format == ImageFormat::Raw
         && (options.disk_type != crate::DiskType::Dynamic
             || options.block_size.is_some()
@@ -161,7 +159,7 @@ pub fn convert_with_progress(
                 if options.force_share { FileStorage::open_force_share(src) } else { FileStorage::open(src, false) }
                     .map_err(|source| Error::opening("open", source, false))
                     .map_err(in_file)?;
-            let len = file.len().map_err(io("sizing the raw image")).map_err(in_file)?;
+            let len = file.len().during("sizing the raw image", 0).map_err(in_file)?;
             Source::Raw(file, len)
         }
     };
@@ -186,9 +184,7 @@ pub fn convert_with_progress(
     let mut read = |buf: &mut [u8], at: u64| -> Result<()> {
         match &source {
             Source::Vhdx(d) => d.read_at(buf, at),
-            Source::Raw(f, _) => {
-                f.read_exact_at(buf, at).map_err(|source| Error::Io { op: "reading the raw image", offset: at, source })
-            }
+            Source::Raw(f, _) => f.read_exact_at(buf, at).during("reading the raw image", at),
         }
         .map_err(in_file)
     };
@@ -211,8 +207,8 @@ pub fn convert_with_progress(
     }
 
     // Everything is checked: write the new image beside the destination.
-    let temp = Replacement::create(&target).map_err(io("creating a temporary file beside it")).map_err(out_file)?;
-    let file = temp.file().try_clone().map_err(io("opening the temporary file")).map_err(out_file)?;
+    let temp = Replacement::create(&target).during("creating a temporary file beside it", 0).map_err(out_file)?;
+    let file = temp.file().try_clone().during("opening the temporary file", 0).map_err(out_file)?;
     let mut storage: alloc::boxed::Box<dyn Storage> = if options.sync {
         alloc::boxed::Box::new(FileStorage::new(file))
     } else {
@@ -220,21 +216,15 @@ pub fn convert_with_progress(
     };
     let written = match out_format {
         ImageFormat::Raw => (|| {
-            storage.set_len(size).map_err(|source| Error::Io { op: "sizing the file", offset: size, source })?;
+            storage.set_len(size).during("sizing the file", size)?;
             let written = copy_runs(
                 size,
                 &runs,
                 &mut read,
-                &mut |buf, at| {
-                    storage.write_all_at(buf, at).map_err(|source| Error::Io {
-                        op: "writing the raw image",
-                        offset: at,
-                        source,
-                    })
-                },
+                &mut |buf, at| storage.write_all_at(buf, at).during("writing the raw image", at),
                 progress,
             )?;
-            storage.flush().map_err(io("flushing"))?;
+            storage.flush().during("flushing", 0)?;
             Ok((written, None, String::from("raw")))
         })(),
         ImageFormat::Vhdx => (|| {
@@ -247,7 +237,7 @@ pub fn convert_with_progress(
     };
     // On failure, dropping `temp` removes the temporary file.
     let (bytes_written, output_type, output_kind) = written.map_err(out_file)?;
-    temp.commit(options.sync).map_err(io("renaming the finished image into place")).map_err(out_file)?;
+    temp.commit(options.sync).during("renaming the finished image into place", 0).map_err(out_file)?;
     Ok(ConvertReport {
         input_format: in_format,
         output_format: out_format,
