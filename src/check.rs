@@ -2,14 +2,13 @@
 //! and hygiene an open does not need (both headers, both region table
 //! copies, reserved fields), reported as a list instead of a first error.
 
-use crate::error::IoContext;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::error::Result;
-use crate::format::bat::{entry_offset, PayloadState, SB_NOT_PRESENT};
+use crate::error::{IoContext, Result};
+use crate::format::bat::{PayloadState, SB_NOT_PRESENT};
 use crate::format::header::{select_current, HeaderInfo, HEADER_OFFSETS, HEADER_SIZE};
 use crate::format::region::{RegionTable, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE};
 use crate::format::MIB;
@@ -103,32 +102,32 @@ fn check_bat(disk: &Disk, report: &mut CheckReport) {
     let bat = disk.bat_entries();
     let file_len = disk.info().file_size;
     let mut reserved_offsets = 0u64;
-    for (index, &entry) in bat.iter().enumerate().take(g.entry_count as usize) {
+    for (index, &entry) in bat.iter().enumerate() {
         if g.is_sector_bitmap_index(index) {
-            if !g.has_parent && entry & 7 != SB_NOT_PRESENT {
+            if !g.has_parent && entry.state_bits() != SB_NOT_PRESENT {
                 report.errors.push(format!(
                     "BAT entry {index} (sector bitmap) has state {} in a disk without a parent",
-                    entry & 7
+                    entry.state_bits()
                 ));
             }
             continue;
         }
-        match PayloadState::from_entry(entry) {
+        match entry.payload_state() {
             Some(s) if s.has_data() => {
-                let end = entry_offset(entry) + g.block_size as u64;
+                let end = entry.file_offset() + g.block_size as u64;
                 if end > file_len {
                     report.notes.push(format!(
                         "BAT entry {index}: the block at {:#x} ends {} bytes past the end of the file (read as zeros)",
-                        entry_offset(entry),
+                        entry.file_offset(),
                         end - file_len
                     ));
                 }
             }
-            Some(PayloadState::NotPresent | PayloadState::Zero) if entry_offset(entry) != 0 => reserved_offsets += 1,
+            Some(PayloadState::NotPresent | PayloadState::Zero) if entry.file_offset() != 0 => reserved_offsets += 1,
             _ => {}
         }
-        if entry & 0xF_FFF8 != 0 {
-            report.errors.push(format!("BAT entry {index} has reserved bits set ({entry:#x})"));
+        if entry.raw() & 0xF_FFF8 != 0 {
+            report.errors.push(format!("BAT entry {index} has reserved bits set ({:#x})", entry.raw()));
         }
     }
     if reserved_offsets > 0 {

@@ -1,13 +1,12 @@
 //! The filesystem parent resolver and locator construction.
 
-use crate::error::IoContext;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use std::path::{Component, Path, PathBuf};
 
 use super::{check_linkage, ParentResolver, MAX_CHAIN_DEPTH};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::format::locator::{self, braced_guid, ParentLocator};
 use crate::{Disk, OpenOptions};
 

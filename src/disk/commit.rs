@@ -1,11 +1,10 @@
 //! Header updates and committing metadata through the log.
 
-use crate::error::IoContext;
 use alloc::vec::Vec;
 
 use super::open::write_header_pair;
 use super::Disk;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::format::guid::Guid;
 use crate::format::header::HeaderInfo;
 use crate::format::{round_up_mib, MIB};
@@ -48,7 +47,7 @@ impl Disk {
 
     /// Whether metadata changes wait for the next flush.
     pub fn has_pending_metadata(&self) -> bool {
-        !self.dirty_bat_pages.is_empty() || !self.dirty_pages.is_empty()
+        self.table.has_dirty() || !self.dirty_pages.is_empty()
     }
 
     /// Commits pending metadata: payload durable first, then the changed
@@ -77,17 +76,13 @@ impl Disk {
             h.log_guid = self.new_guid()?;
             pending_header = Some(h);
         }
-        let mut pages: Vec<(u64, Vec<u8>)> = Vec::with_capacity(self.dirty_bat_pages.len() + self.dirty_pages.len());
+        let mut pages: Vec<(u64, Vec<u8>)> = Vec::with_capacity(self.table.dirty_count() + self.dirty_pages.len());
         // Metadata and bitmap pages first: a commit split over several log
         // entries then never exposes blocks under a stale locator.
         for (&at, page) in &self.dirty_pages {
             pages.push((at, page.clone()));
         }
-        for &page in &self.dirty_bat_pages {
-            let entries = &self.bat[(page * 512) as usize..((page + 1) * 512) as usize];
-            let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
-            pages.push((self.bat_offset + page * 4096, bytes));
-        }
+        pages.extend(self.table.dirty_pages());
         self.allocate_pages(&pages)?;
         let flushed = self.file_len / MIB * MIB;
         let last = round_up_mib(self.file_len);
@@ -110,9 +105,9 @@ impl Disk {
             self.header_slot = slot;
         }
         result?;
-        self.dirty_bat_pages.clear();
+        self.table.clear_dirty();
         self.dirty_pages.clear();
-        self.bitmap_cache.reset(&self.geometry);
+        self.bitmap_cache.reset(self.table.geometry());
         Ok(())
     }
 

@@ -26,12 +26,11 @@
 //! Fixed disks are refused: the format keeps every block of a fixed disk
 //! allocated.
 
-use crate::error::IoContext;
 use alloc::vec::Vec;
 
 use super::Disk;
-use crate::error::{Error, Result};
-use crate::format::bat::{entry_offset, make_entry, PayloadState, SB_NOT_PRESENT, SB_PRESENT};
+use crate::error::{Error, IoContext, Result};
+use crate::format::bat::{BatEntry, PayloadState};
 use crate::format::guid::{BAT_REGION, METADATA_REGION};
 use crate::format::{round_up_mib, HEADER_SECTION_SIZE, MIB};
 
@@ -118,10 +117,10 @@ impl Disk {
         self.begin_metadata_change()?;
         let mut report = CompactReport { file_size_before: self.file_len, ..Default::default() };
         let bs = self.params.block_size as u64;
-        let data_blocks: Vec<usize> = (0..self.geometry.entry_count as usize)
+        let data_blocks: Vec<usize> = (0..self.table.geometry().entry_count as usize)
             .filter(|&i| {
-                !self.geometry.is_sector_bitmap_index(i)
-                    && PayloadState::from_entry(self.bat[i]).is_some_and(|s| s.has_data())
+                !self.table.geometry().is_sector_bitmap_index(i)
+                    && self.table.entry(i).payload_state().is_some_and(|s| s.has_data())
             })
             .collect();
         let mut total = data_blocks.len() as u64 * bs;
@@ -161,19 +160,19 @@ impl Disk {
     /// Releases the block at BAT index `index` when it stores nothing the
     /// disk needs; returns whether it did.
     fn release_if_empty(&mut self, index: usize) -> Result<bool> {
-        let g = self.geometry;
+        let g = *self.table.geometry();
         let bs = g.block_size as u64;
         let block = index as u64 - index as u64 / (g.chunk_ratio + 1);
-        let entry = self.bat[index];
-        let state = PayloadState::from_entry(entry);
-        let base = entry_offset(entry);
+        let entry = self.table.entry(index);
+        let state = entry.payload_state();
+        let base = entry.file_offset();
         let block_start = block * bs;
         if block >= g.payload_blocks {
             // Past the virtual size: nobody reads it.
             if state == Some(PayloadState::PartiallyPresent) {
                 self.clear_block_bitmap(block)?;
             }
-            self.set_bat_entry(index, 0);
+            self.set_bat_entry(index, BatEntry::EMPTY);
             return Ok(true);
         }
         let visible = (block_start + bs).min(self.params.virtual_size) - block_start;
@@ -220,25 +219,24 @@ impl Disk {
         if state == Some(PayloadState::PartiallyPresent) {
             self.clear_block_bitmap(block)?;
         }
-        self.set_bat_entry(index, make_entry(new_state.bits(), 0));
+        self.set_bat_entry(index, BatEntry::payload(new_state, 0));
         Ok(true)
     }
 
     /// Releases the sector bitmap blocks of chunks without a partially
     /// present block; returns how many.
     fn release_unused_bitmaps(&mut self) -> u64 {
-        let g = self.geometry;
+        let g = *self.table.geometry();
         let mut released = 0;
         for chunk in 0..g.sector_bitmap_blocks {
             let sb = g.sector_bitmap_index(chunk);
-            if self.bat[sb] & 7 != SB_PRESENT {
+            if !self.table.entry(sb).sector_bitmap_present() {
                 continue;
             }
             let first = g.payload_index(chunk * g.chunk_ratio);
-            let used =
-                (first..sb).any(|i| PayloadState::from_entry(self.bat[i]) == Some(PayloadState::PartiallyPresent));
+            let used = (first..sb).any(|i| self.table.entry(i).payload_state() == Some(PayloadState::PartiallyPresent));
             if !used {
-                self.set_bat_entry(sb, SB_NOT_PRESENT);
+                self.set_bat_entry(sb, BatEntry::EMPTY);
                 released += 1;
             }
         }
@@ -247,7 +245,7 @@ impl Disk {
 
     /// Every live structure, by offset.
     fn live_structures(&self) -> Vec<Live> {
-        let g = &self.geometry;
+        let g = self.table.geometry();
         let mut live = alloc::vec![Live { offset: 0, len: HEADER_SECTION_SIZE, item: Item::Fixed }];
         if self.header.log_length > 0 {
             live.push(Live { offset: self.header.log_offset, len: self.header.log_length as u64, item: Item::Fixed });
@@ -257,18 +255,18 @@ impl Disk {
                 if r.guid == BAT_REGION || r.guid == METADATA_REGION { Item::Region(r.guid) } else { Item::Fixed };
             live.push(Live { offset: r.file_offset, len: r.length as u64, item });
         }
-        for (index, &e) in self.bat.iter().enumerate().take(g.entry_count as usize) {
+        for (index, &e) in self.table.entries().iter().enumerate() {
             let len = if g.is_sector_bitmap_index(index) {
-                if !(g.has_parent && e & 7 == SB_PRESENT) {
+                if !(g.has_parent && e.sector_bitmap_present()) {
                     continue;
                 }
                 MIB
-            } else if PayloadState::from_entry(e).is_some_and(|s| s.has_data()) {
+            } else if e.payload_state().is_some_and(|s| s.has_data()) {
                 g.block_size as u64
             } else {
                 continue;
             };
-            live.push(Live { offset: entry_offset(e), len, item: Item::Block(index) });
+            live.push(Live { offset: e.file_offset(), len, item: Item::Block(index) });
         }
         live.sort_unstable_by_key(|l| l.offset);
         live
@@ -336,8 +334,8 @@ impl Disk {
         }
         self.storage.flush().during("flushing moved blocks", 0)?;
         for &(index, _, to, len) in &plan {
-            let state = self.bat[index] & 7;
-            self.set_bat_entry(index, make_entry(state, to));
+            let state = self.table.entry(index).state_bits();
+            self.set_bat_entry(index, BatEntry::new(state, to));
             report.structures_moved += 1;
             report.bytes_moved += len;
         }

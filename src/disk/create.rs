@@ -8,7 +8,6 @@
 //! is durable. (Written with the headers, a crash could leave one header
 //! valid and the other missing: an image that opens but fails a check.)
 
-use crate::error::IoContext;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::vec::Vec;
@@ -16,8 +15,8 @@ use zerocopy::IntoBytes;
 
 use super::options::{default_guid_source, CreateOptions, DiskType, GuidSource, OpenOptions};
 use super::Disk;
-use crate::error::{Error, Result};
-use crate::format::bat::{make_entry, BatGeometry, PayloadState};
+use crate::error::{Error, IoContext, Result};
+use crate::format::bat::{BatEntry, BatGeometry, PayloadState};
 use crate::format::guid::{Guid, BAT_REGION, METADATA_REGION};
 use crate::format::header::{HeaderInfo, RawFileIdentifier, HEADER_OFFSETS};
 use crate::format::locator::ParentLocator;
@@ -124,7 +123,7 @@ pub(crate) fn write_new_image(
                 let off = layout.payload_offset + b * g.block_size as u64;
                 let i = g.payload_index(b) - first_index;
                 bytes[i * 8..i * 8 + 8]
-                    .copy_from_slice(&make_entry(PayloadState::FullyPresent.bits(), off).to_le_bytes());
+                    .copy_from_slice(&BatEntry::payload(PayloadState::FullyPresent, off).raw().to_le_bytes());
             }
             let at = layout.bat_offset + first_index as u64 * 8;
             storage.write_all_at(&bytes, at).during("writing the BAT", at)?;

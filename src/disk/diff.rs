@@ -9,12 +9,11 @@
 //! are metadata: they change in memory and reach the file through the log at
 //! the next flush, after the payload they describe.
 
-use crate::error::IoContext;
 use alloc::vec::Vec;
 
 use super::Disk;
-use crate::error::Result;
-use crate::format::bat::{entry_offset, make_entry, PayloadState, SB_PRESENT};
+use crate::error::{IoContext, Result};
+use crate::format::bat::{BatEntry, PayloadState, SB_PRESENT};
 use crate::format::MIB;
 
 const PAGE: u64 = 4096;
@@ -64,20 +63,20 @@ impl Disk {
             let in_block = pos % bs;
             let n = (bs - in_block).min(end - pos);
             let whole_block = n == bs;
-            let entry = self.payload_entry(block);
-            let state = PayloadState::from_entry(entry);
+            let entry = self.table.payload(block);
+            let state = entry.payload_state();
             // A partially present block written whole becomes fully present
             // once its data is written.
             let mut becomes_full = false;
             let (base, mark) = match state {
-                Some(PayloadState::FullyPresent) => (entry_offset(entry), false),
+                Some(PayloadState::FullyPresent) => (entry.file_offset(), false),
                 Some(PayloadState::PartiallyPresent) if whole_block => {
                     becomes_full = true;
-                    (entry_offset(entry), false)
+                    (entry.file_offset(), false)
                 }
-                Some(PayloadState::PartiallyPresent) => (entry_offset(entry), true),
+                Some(PayloadState::PartiallyPresent) => (entry.file_offset(), true),
                 Some(PayloadState::NotPresent) if !whole_block => {
-                    self.ensure_sector_bitmap(block / self.geometry.chunk_ratio)?;
+                    self.ensure_sector_bitmap(block / self.table.geometry().chunk_ratio)?;
                     (self.allocate_block_as(block, PayloadState::PartiallyPresent)?, true)
                 }
                 _ => (self.allocate_block_as(block, PayloadState::FullyPresent)?, false),
@@ -89,8 +88,8 @@ impl Disk {
                 self.set_bitmap_bits(block, in_block / ss, n / ss)?;
             }
             if becomes_full {
-                let index = self.geometry.payload_index(block);
-                self.set_bat_entry(index, make_entry(PayloadState::FullyPresent.bits(), base));
+                let index = self.table.geometry().payload_index(block);
+                self.set_bat_entry(index, BatEntry::payload(PayloadState::FullyPresent, base));
             }
             pos += n;
         }
@@ -102,14 +101,14 @@ impl Disk {
     /// of the file), so that applying its pages from the log later never
     /// needs space.
     pub(crate) fn ensure_sector_bitmap(&mut self, chunk: u64) -> Result<u64> {
-        let index = self.geometry.sector_bitmap_index(chunk);
-        let entry = self.bat[index];
-        if entry & 7 == SB_PRESENT {
-            return Ok(entry_offset(entry));
+        let index = self.table.geometry().sector_bitmap_index(chunk);
+        let entry = self.table.entry(index);
+        if entry.sector_bitmap_present() {
+            return Ok(entry.file_offset());
         }
         let at = self.grow_for(MIB)?;
         self.storage.allocate(at, MIB).during("allocating a sector bitmap block", at)?;
-        self.set_bat_entry(index, make_entry(SB_PRESENT, at));
+        self.set_bat_entry(index, BatEntry::new(SB_PRESENT, at));
         Ok(at)
     }
 
@@ -121,9 +120,9 @@ impl Disk {
     /// Sets (`present`) or clears the bitmap bits of `count` sectors from
     /// `first` in `block`; the chunk must have a sector bitmap block.
     pub(crate) fn change_bitmap_bits(&mut self, block: u64, first: u64, count: u64, present: bool) -> Result<()> {
-        let g = self.geometry;
+        let g = *self.table.geometry();
         let chunk = block / g.chunk_ratio;
-        let sb = entry_offset(self.bat[g.sector_bitmap_index(chunk)]);
+        let sb = self.table.sector_bitmap(chunk).file_offset();
         let bytes_per_block = g.sectors_per_block() / 8;
         let base = sb + (block % g.chunk_ratio) * bytes_per_block;
         let mut s = first;

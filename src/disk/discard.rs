@@ -26,9 +26,8 @@
 //! left over from its previous life.
 
 use super::Disk;
-use crate::error::IoContext;
-use crate::error::{Error, Result};
-use crate::format::bat::{entry_offset, make_entry, PayloadState, SB_PRESENT};
+use crate::error::{Error, IoContext, Result};
+use crate::format::bat::{BatEntry, PayloadState};
 
 /// A run of zeros to write from (no allocation per call).
 pub(crate) static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
@@ -113,23 +112,23 @@ impl Disk {
             let block_end = (block_start + bs).min(size);
             let hi = end.min(block_end);
             let whole = pos == block_start && hi == block_end;
-            let index = self.geometry.payload_index(block);
-            let entry = self.payload_entry(block);
-            let state = PayloadState::from_entry(entry);
+            let index = self.table.geometry().payload_index(block);
+            let entry = self.table.payload(block);
+            let state = entry.payload_state();
             if self.params.leave_block_allocated {
                 if state == Some(PayloadState::FullyPresent) {
                     self.begin_data_change()?;
-                    self.write_zeros_at(entry_offset(entry) + (pos - block_start), hi - pos)?;
+                    self.write_zeros_at(entry.file_offset() + (pos - block_start), hi - pos)?;
                 }
             } else if !self.params.has_parent {
                 match state {
                     Some(PayloadState::FullyPresent) if whole => {
                         self.begin_data_change()?;
-                        self.set_bat_entry(index, make_entry(PayloadState::Unmapped.bits(), 0));
+                        self.set_bat_entry(index, BatEntry::payload(PayloadState::Unmapped, 0));
                     }
                     Some(PayloadState::FullyPresent) => {
                         self.begin_data_change()?;
-                        self.write_zeros_at(entry_offset(entry) + (pos - block_start), hi - pos)?;
+                        self.write_zeros_at(entry.file_offset() + (pos - block_start), hi - pos)?;
                     }
                     // Not present, zero, unmapped, undefined: zeros already.
                     _ => {}
@@ -150,11 +149,11 @@ impl Disk {
     }
 
     /// [`Disk::zero_range`] within one block of a differencing disk.
-    fn zero_range_differencing(&mut self, block: u64, lo: u64, hi: u64, whole: bool, entry: u64) -> Result<()> {
+    fn zero_range_differencing(&mut self, block: u64, lo: u64, hi: u64, whole: bool, entry: BatEntry) -> Result<()> {
         let bs = self.params.block_size as u64;
         let block_start = block * bs;
-        let index = self.geometry.payload_index(block);
-        let state = PayloadState::from_entry(entry);
+        let index = self.table.geometry().payload_index(block);
+        let state = entry.payload_state();
         match state {
             Some(PayloadState::Zero | PayloadState::Unmapped | PayloadState::Undefined) | None => Ok(()),
             _ if whole => {
@@ -170,12 +169,12 @@ impl Disk {
                 if state == Some(PayloadState::PartiallyPresent) {
                     self.clear_block_bitmap(block)?;
                 }
-                self.set_bat_entry(index, make_entry(PayloadState::Zero.bits(), 0));
+                self.set_bat_entry(index, BatEntry::payload(PayloadState::Zero, 0));
                 Ok(())
             }
             Some(PayloadState::FullyPresent) => {
                 self.begin_data_change()?;
-                self.write_zeros_at(entry_offset(entry) + (lo - block_start), hi - lo)
+                self.write_zeros_at(entry.file_offset() + (lo - block_start), hi - lo)
             }
             Some(PayloadState::NotPresent) => {
                 if self.parent_reads_zero(lo, hi - lo)? {
@@ -202,7 +201,7 @@ impl Disk {
                 if self.parent_reads_zero(lo_s, hi_s - lo_s)? {
                     self.change_bitmap_bits(block, first, count, false)
                 } else {
-                    self.write_zeros_at(entry_offset(entry) + (lo_s - block_start), hi_s - lo_s)?;
+                    self.write_zeros_at(entry.file_offset() + (lo_s - block_start), hi_s - lo_s)?;
                     self.change_bitmap_bits(block, first, count, true)
                 }
             }
@@ -242,9 +241,9 @@ impl Disk {
 
     /// Clears every sector bitmap bit of `block`, when its chunk has a bitmap.
     pub(crate) fn clear_block_bitmap(&mut self, block: u64) -> Result<()> {
-        let g = self.geometry;
+        let g = *self.table.geometry();
         let chunk = block / g.chunk_ratio;
-        if self.bat.get(g.sector_bitmap_index(chunk)).is_some_and(|e| e & 7 == SB_PRESENT) {
+        if self.table.sector_bitmap(chunk).sector_bitmap_present() {
             self.change_bitmap_bits(block, 0, g.sectors_per_block(), false)?;
         }
         Ok(())

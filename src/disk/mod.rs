@@ -25,10 +25,11 @@ mod options;
 mod relink;
 mod resize;
 mod rw;
+mod table;
 mod undo;
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -38,7 +39,7 @@ pub use options::{CreateOptions, DiskType, GuidSource, OpenOptions};
 pub use rw::{Extent, MapEntry};
 
 use crate::error::Result;
-use crate::format::bat::BatGeometry;
+use crate::format::bat::{BatEntry, BatGeometry};
 use crate::format::guid::Guid;
 use crate::format::header::HeaderInfo;
 use crate::format::locator::ParentLocator;
@@ -75,11 +76,8 @@ pub struct Disk {
     regions: RegionTable,
     params: DiskParameters,
     locator: Option<ParentLocator>,
-    geometry: BatGeometry,
-    bat_offset: u64,
-    /// The BAT, whole 4 KiB pages of it.
-    bat: Vec<u64>,
-    dirty_bat_pages: BTreeSet<u64>,
+    /// The BAT: shape, place, entries, pages changed.
+    table: table::BlockTable,
     /// Metadata pages (sector bitmaps) changed but not yet committed, by file offset.
     dirty_pages: BTreeMap<u64, Vec<u8>>,
     /// Committed sector bitmaps, shared by readers.
@@ -290,9 +288,8 @@ impl Disk {
 
     /// A summary of the image.
     pub fn info(&self) -> DiskInfo {
-        let allocated_blocks = (0..self.geometry.payload_blocks)
-            .filter(|&b| self.payload_state(b).is_some_and(|s| s.has_data()))
-            .count() as u64;
+        let allocated_blocks =
+            (0..self.table.geometry().payload_blocks).filter(|&b| self.table.payload(b).has_data()).count() as u64;
         DiskInfo {
             disk_type: self.disk_type(),
             virtual_size: self.params.virtual_size,
@@ -300,7 +297,7 @@ impl Disk {
             logical_sector_size: self.params.logical_sector_size,
             physical_sector_size: self.params.physical_sector_size,
             file_size: self.file_len,
-            chunk_ratio: self.geometry.chunk_ratio,
+            chunk_ratio: self.table.geometry().chunk_ratio,
             virtual_disk_id: self.params.virtual_disk_id,
             data_write_guid: self.header.data_write_guid,
             file_write_guid: self.header.file_write_guid,
@@ -314,12 +311,12 @@ impl Disk {
 
     /// The BAT's shape.
     pub fn geometry(&self) -> &BatGeometry {
-        &self.geometry
+        self.table.geometry()
     }
 
-    /// The raw BAT entries as held in memory (uncommitted changes included).
-    pub fn bat_entries(&self) -> &[u64] {
-        &self.bat[..self.geometry.entry_count as usize]
+    /// The BAT entries as held in memory (uncommitted changes included).
+    pub fn bat_entries(&self) -> &[BatEntry] {
+        self.table.entries()
     }
 
     /// The validated region table.

@@ -1,16 +1,16 @@
 //! Opening an image: headers, log replay, region table, metadata, BAT, with
 //! every value checked before it sizes an allocation or an access.
 
-use crate::error::IoContext;
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::vec::Vec;
 
 use super::options::{OpenOptions, ParentChoice};
+use super::table::BlockTable;
 use super::Disk;
-use crate::error::{Error, Result};
-use crate::format::bat::{entry_offset, BatGeometry, PayloadState, SB_NOT_PRESENT, SB_PRESENT};
+use crate::error::{Error, IoContext, Result};
+use crate::format::bat::{BatEntry, BatGeometry, PayloadState, SB_NOT_PRESENT, SB_PRESENT};
 use crate::format::header::{select_current, HeaderInfo, RawFileIdentifier, HEADER_OFFSETS, HEADER_SIZE};
 use crate::format::metadata::{self, METADATA_TABLE_SIZE};
 use crate::format::region::{RegionTable, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE};
@@ -150,10 +150,10 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
     let bat_entries = (geometry.entry_count.div_ceil(page_entries) * page_entries).min(bat_region.length as u64 / 8);
     let mut raw = alloc::vec![0u8; (bat_entries * 8) as usize];
     read(&*storage, &mut raw, bat_region.file_offset, "reading the BAT")?;
-    let bat: Vec<u64> =
-        raw.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect();
+    let bat: Vec<BatEntry> = BlockTable::decode(&raw).collect();
     drop(raw);
     let alloc_floor = validate_bat(&bat, &geometry, bat_region.file_offset, len, &regions, log_range)?;
+    let table = BlockTable::new(geometry, bat_region.file_offset, bat);
 
     let parent = if params.has_parent {
         let loc = locator.as_ref().expect("a differencing disk has a locator");
@@ -185,9 +185,7 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
                     regions,
                     params,
                     locator,
-                    geometry,
-                    bat_region.file_offset,
-                    bat,
+                    table,
                     file_guid_changed,
                     guid_source,
                     None,
@@ -223,9 +221,7 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
         regions,
         params,
         locator,
-        geometry,
-        bat_region.file_offset,
-        bat,
+        table,
         file_guid_changed,
         guid_source,
         parent,
@@ -246,9 +242,7 @@ fn finish(
     regions: RegionTable,
     params: crate::format::metadata::DiskParameters,
     locator: Option<crate::format::locator::ParentLocator>,
-    geometry: BatGeometry,
-    bat_offset: u64,
-    bat: Vec<u64>,
+    table: BlockTable,
     file_guid_changed: bool,
     guid_source: Option<super::GuidSource>,
     parent: Option<Box<Disk>>,
@@ -267,12 +261,9 @@ fn finish(
         regions,
         params,
         locator,
-        geometry,
-        bat_offset,
-        bat,
-        dirty_bat_pages: BTreeSet::new(),
+        bitmap_cache: super::cache::BitmapCache::for_geometry(table.geometry()),
+        table,
         dirty_pages: BTreeMap::new(),
-        bitmap_cache: super::cache::BitmapCache::for_geometry(&geometry),
         undo: Default::default(),
         log: None,
         file_guid_changed,
@@ -309,7 +300,7 @@ pub(crate) fn write_header_pair(storage: &mut dyn Storage, h: &mut HeaderInfo, s
 /// outside the log and regions, starting inside the file, not overlapping each
 /// other. Returns the first 1 MiB-aligned offset past every structure.
 fn validate_bat(
-    bat: &[u64],
+    bat: &[BatEntry],
     g: &BatGeometry,
     bat_offset: u64,
     file_len: u64,
@@ -320,9 +311,9 @@ fn validate_bat(
     let bs = g.block_size as u64;
     for (index, &entry) in bat.iter().enumerate().take(g.entry_count as usize) {
         let at = bat_offset + index as u64 * 8;
-        let off = entry_offset(entry);
+        let off = entry.file_offset();
         if g.is_sector_bitmap_index(index) {
-            match entry & 7 {
+            match entry.state_bits() {
                 SB_NOT_PRESENT => {}
                 SB_PRESENT if g.has_parent => used.push((off, MIB, index)),
                 // Fixed and dynamic disks must not have sector bitmaps; other
@@ -331,7 +322,8 @@ fn validate_bat(
             }
             continue;
         }
-        let state = PayloadState::from_entry(entry)
+        let state = entry
+            .payload_state()
             .ok_or_else(|| Error::corrupt("BAT entry", at, format!("entry {index} has the reserved state 4")))?;
         if state == PayloadState::PartiallyPresent && !g.has_parent {
             return Err(Error::corrupt(
@@ -345,8 +337,8 @@ fn validate_bat(
         }
         if state == PayloadState::PartiallyPresent {
             let chunk = (index as u64) / (g.chunk_ratio + 1);
-            let sb = bat.get(g.sector_bitmap_index(chunk)).copied().unwrap_or(0);
-            if sb & 7 != SB_PRESENT {
+            let sb = bat.get(g.sector_bitmap_index(chunk)).copied().unwrap_or(BatEntry::EMPTY);
+            if !sb.sector_bitmap_present() {
                 return Err(Error::corrupt(
                     "BAT entry",
                     at,

@@ -10,11 +10,11 @@
 // Merge and re-linking (ops, std) are the callers of most of these.
 #![cfg_attr(not(feature = "std"), allow(dead_code))]
 
-use crate::error::IoContext;
+use crate::format::bat::BatEntry;
 use alloc::vec::Vec;
 
 use super::Disk;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::format::guid::Guid;
 use crate::format::locator::ParentLocator;
 use crate::format::metadata::{build_region, extra_items, parse_table, ExtraItem, MetadataFlags, METADATA_TABLE_SIZE};
@@ -203,9 +203,9 @@ impl Disk {
         if let Some(locator) = locator {
             self.set_parent_locator(locator)?;
         }
-        for index in 0..self.geometry.entry_count as usize {
-            if self.bat[index] != 0 {
-                self.set_bat_entry(index, 0);
+        for index in 0..self.table.geometry().entry_count as usize {
+            if !self.table.entry(index).is_empty() {
+                self.set_bat_entry(index, BatEntry::EMPTY);
             }
         }
         let mut end = crate::format::HEADER_SECTION_SIZE.max(self.header.log_offset + self.header.log_length as u64);
@@ -238,10 +238,11 @@ impl Disk {
     /// changed and a description per kind.
     pub(crate) fn clean_bat_reserved(&mut self) -> Result<(u64, Vec<alloc::string::String>)> {
         use crate::format::bat::{PayloadState, OFFSET_MASK, STATE_MASK};
-        let g = self.geometry;
+        // Works on the raw values: the reserved bits are what it clears.
+        let g = *self.table.geometry();
         let (mut bits, mut offsets, mut bitmaps) = (0u64, 0u64, 0u64);
         for index in 0..g.entry_count as usize {
-            let e = self.bat[index];
+            let e = self.table.entry(index).raw();
             let mut clean = e & (OFFSET_MASK | STATE_MASK);
             if clean != e {
                 bits += 1;
@@ -261,7 +262,7 @@ impl Disk {
                 if !self.file_guid_changed {
                     self.begin_metadata_change()?;
                 }
-                self.set_bat_entry(index, clean);
+                self.set_bat_entry(index, BatEntry::from_raw(clean));
             }
         }
         let mut notes = Vec::new();

@@ -46,12 +46,11 @@
 //! image is as it was, byte for byte (but for that tail). Every later step
 //! only changes metadata, whose space is allocated before it is logged.
 
-use crate::error::IoContext;
 use alloc::vec::Vec;
 
 use super::Disk;
-use crate::error::{Error, Result};
-use crate::format::bat::{entry_offset, make_entry, BatGeometry, PayloadState, SB_PRESENT};
+use crate::error::{Error, IoContext, Result};
+use crate::format::bat::{BatEntry, BatGeometry, PayloadState};
 use crate::format::guid::{Guid, BAT_REGION, VIRTUAL_DISK_SIZE};
 use crate::format::metadata::{self, MetadataFlags, METADATA_TABLE_SIZE};
 use crate::format::region::{REGION_TABLE_OFFSETS, REGION_TABLE_SIZE};
@@ -131,7 +130,7 @@ impl Disk {
 
     fn grow(&mut self, new_size: u64, g: BatGeometry) -> Result<()> {
         let old_size = self.params.virtual_size;
-        let old = self.geometry;
+        let old = *self.table.geometry();
         let bs = self.params.block_size as u64;
         // What may need space comes first. The tail of the old last block,
         // past the old size, must read as zeros; nobody sees it yet.
@@ -187,25 +186,24 @@ impl Disk {
         };
         if let Some(at) = at {
             self.switch_region(BAT_REGION, at, new_len as u32)?;
-            self.bat.truncate(old.entry_count as usize);
-            let entries = (g.entry_count.div_ceil(512) * 512) as usize;
-            self.bat.resize(entries, 0);
+            self.table.set_len(old.entry_count as usize);
+            self.table.set_len((g.entry_count.div_ceil(512) * 512) as usize);
         } else {
             self.load_bat_entries(g.entry_count)?;
             self.begin_data_change()?;
             for index in old.entry_count as usize..g.entry_count as usize {
-                if self.bat[index] != 0 {
-                    self.set_bat_entry(index, 0);
+                if !self.table.entry(index).is_empty() {
+                    self.set_bat_entry(index, BatEntry::EMPTY);
                 }
             }
         }
         // The rest of the new range, still past the committed size: zeros.
-        self.geometry = g;
+        self.table.set_geometry(g);
         self.params.virtual_size = new_size;
         let prepared =
             self.prepare_grown_range(tail_end, old.payload_blocks, fixed_blocks).and_then(|()| self.commit_metadata());
         if let Err(e) = prepared {
-            self.geometry = old;
+            self.table.set_geometry(old);
             self.params.virtual_size = old_size;
             return Err(e);
         }
@@ -223,38 +221,38 @@ impl Disk {
             return if new_size > from { self.zero_range(from, new_size - from) } else { Ok(()) };
         }
         if let Some(at) = fixed_blocks {
-            for (i, b) in (old_payload_blocks..self.geometry.payload_blocks).enumerate() {
-                let index = self.geometry.payload_index(b);
-                self.set_bat_entry(index, make_entry(PayloadState::FullyPresent.bits(), at + i as u64 * bs));
+            for (i, b) in (old_payload_blocks..self.table.geometry().payload_blocks).enumerate() {
+                let index = self.table.geometry().payload_index(b);
+                self.set_bat_entry(index, BatEntry::payload(PayloadState::FullyPresent, at + i as u64 * bs));
             }
         }
         Ok(())
     }
 
     fn shrink(&mut self, new_size: u64, g: BatGeometry) -> Result<()> {
-        let old = self.geometry;
+        let old = *self.table.geometry();
         self.begin_data_change()?;
         self.queue_virtual_size(new_size)?;
         self.commit_metadata()?;
-        self.geometry = g;
+        self.table.set_geometry(g);
         self.params.virtual_size = new_size;
         // Past the new end nothing is read any more: release it.
         for block in g.payload_blocks..old.payload_blocks {
             let index = old.payload_index(block);
-            let entry = self.bat[index];
-            if entry == 0 {
+            let entry = self.table.entry(index);
+            if entry.is_empty() {
                 continue;
             }
-            if PayloadState::from_entry(entry) == Some(PayloadState::PartiallyPresent)
+            if entry.payload_state() == Some(PayloadState::PartiallyPresent)
                 && block / g.chunk_ratio < g.sector_bitmap_blocks
             {
                 self.clear_block_bitmap(block)?;
             }
-            self.set_bat_entry(index, 0);
+            self.set_bat_entry(index, BatEntry::EMPTY);
         }
         for index in g.entry_count as usize..old.entry_count as usize {
-            if self.bat[index] != 0 {
-                self.set_bat_entry(index, 0);
+            if !self.table.entry(index).is_empty() {
+                self.set_bat_entry(index, BatEntry::EMPTY);
             }
         }
         self.trim_file_end()?;
@@ -297,13 +295,11 @@ impl Disk {
     fn load_bat_entries(&mut self, count: u64) -> Result<()> {
         let region = self.regions.bat();
         let want = (count.div_ceil(512) * 512).min(region.length as u64 / 8) as usize;
-        if want > self.bat.len() {
-            let from = self.bat.len();
+        if want > self.table.len() {
+            let from = self.table.len();
             let mut raw = alloc::vec![0u8; (want - from) * 8];
-            self.read_file(&mut raw, self.bat_offset + from as u64 * 8, "reading the BAT")?;
-            self.bat.extend(
-                raw.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
-            );
+            self.read_file(&mut raw, self.table.offset() + from as u64 * 8, "reading the BAT")?;
+            self.table.extend(super::table::BlockTable::decode(&raw));
         }
         Ok(())
     }
@@ -312,22 +308,11 @@ impl Disk {
     /// `len` bytes of a region at `at`, and flushes. The region is not
     /// referenced yet.
     pub(crate) fn write_bat_copy(&mut self, at: u64, len: u64) -> Result<()> {
-        let count = self.geometry.entry_count as usize;
-        let mut chunk = alloc::vec![0u8; MIB as usize];
-        let mut done = 0u64;
-        while done < len {
-            chunk.fill(0);
-            let first = (done / 8) as usize;
-            let last = (((done + MIB) / 8) as usize).min(count);
-            for i in first..last.max(first) {
-                let o = (i - first) * 8;
-                chunk[o..o + 8].copy_from_slice(&self.bat[i].to_le_bytes());
-            }
-            let n = (len - done).min(MIB) as usize;
+        let storage = &mut self.storage;
+        self.table.region_bytes(len, MIB, |done, bytes| {
             let off = at + done;
-            self.storage.write_all_at(&chunk[..n], off).during("writing the relocated BAT", off)?;
-            done += n as u64;
-        }
+            storage.write_all_at(bytes, off).during("writing the relocated BAT", off)
+        })?;
         if at + len > self.file_len {
             self.file_len = at + len;
         }
@@ -367,7 +352,7 @@ impl Disk {
         }
         self.commit_metadata()?;
         if guid == BAT_REGION {
-            self.bat_offset = at;
+            self.table.set_offset(at);
         }
         self.regions = regions;
         Ok(())
@@ -401,15 +386,15 @@ impl Disk {
         for r in &self.regions.entries {
             end = end.max(r.end());
         }
-        let g = &self.geometry;
+        let g = self.table.geometry();
         let bs = g.block_size as u64;
-        for (index, &e) in self.bat.iter().enumerate().take(g.entry_count as usize) {
+        for (index, &e) in self.table.entries().iter().enumerate() {
             if g.is_sector_bitmap_index(index) {
-                if g.has_parent && e & 7 == SB_PRESENT {
-                    end = end.max(entry_offset(e) + MIB);
+                if g.has_parent && e.sector_bitmap_present() {
+                    end = end.max(e.file_offset() + MIB);
                 }
-            } else if PayloadState::from_entry(e).is_some_and(|s| s.has_data()) {
-                end = end.max(entry_offset(e) + bs);
+            } else if e.payload_state().is_some_and(|s| s.has_data()) {
+                end = end.max(e.file_offset() + bs);
             }
         }
         round_up_mib(end)
@@ -428,7 +413,7 @@ impl Disk {
         self.file_len = end;
         if !self.has_pending_metadata() {
             // An entry carrying the new size: BAT page 0, unchanged.
-            self.dirty_bat_pages.insert(0);
+            self.table.touch_page(0);
         }
         if let Err(e) = self.commit_metadata() {
             self.file_len = before;

@@ -4,12 +4,11 @@
 //! zeros, or the parent's data — coalescing neighbours, so a read issues one
 //! positioned request per contiguous run rather than one per block or sector.
 
-use crate::error::IoContext;
 use alloc::vec::Vec;
 
 use super::Disk;
-use crate::error::{Error, Result};
-use crate::format::bat::{entry_offset, make_entry, PayloadState};
+use crate::error::{Error, IoContext, Result};
+use crate::format::bat::{BatEntry, PayloadState};
 
 /// Where a run of virtual bytes comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +87,7 @@ const SKIP_TABLE_MAX_BLOCKS: u64 = 1 << 23;
 /// unless the parent has the same block size and virtual size, so a block
 /// index means the same bytes at every level it covers.
 pub(crate) fn ancestor_skips(parent: &Disk, params: &crate::format::metadata::DiskParameters) -> Vec<u8> {
-    let blocks = parent.geometry.payload_blocks;
+    let blocks = parent.table.geometry().payload_blocks;
     let grandparent_matches = parent.parent.as_deref().is_some_and(|g| {
         g.params.block_size == parent.params.block_size && g.params.virtual_size == parent.params.virtual_size
     });
@@ -122,21 +121,17 @@ impl Disk {
         Some(d)
     }
 
-    pub(crate) fn payload_entry(&self, block: u64) -> u64 {
-        self.bat.get(self.geometry.payload_index(block)).copied().unwrap_or(0)
-    }
-
     pub(crate) fn payload_state(&self, block: u64) -> Option<PayloadState> {
-        PayloadState::from_entry(self.payload_entry(block))
+        self.table.payload(block).payload_state()
     }
 
     /// Where the bytes of `block` come from: one source for the whole block
     /// (`Data` at the block's file offset), or per sector from the bitmap.
     fn block_source(&self, block: u64) -> BlockSource {
-        let entry = self.payload_entry(block);
-        match PayloadState::from_entry(entry) {
-            Some(PayloadState::FullyPresent) => BlockSource::Whole(Extent::Data { file_offset: entry_offset(entry) }),
-            Some(PayloadState::PartiallyPresent) => BlockSource::Sectors { base: entry_offset(entry) },
+        let entry = self.table.payload(block);
+        match entry.payload_state() {
+            Some(PayloadState::FullyPresent) => BlockSource::Whole(Extent::Data { file_offset: entry.file_offset() }),
+            Some(PayloadState::PartiallyPresent) => BlockSource::Sectors { base: entry.file_offset() },
             Some(PayloadState::NotPresent) if self.params.has_parent => BlockSource::Whole(Extent::Parent),
             _ => BlockSource::Whole(Extent::Zero),
         }
@@ -214,7 +209,7 @@ impl Disk {
     /// payload `block` lie. Block and sector sizes are powers of two, so
     /// shifts and masks do the arithmetic.
     fn bitmap_span(&self, block: u64, in_block: u64, n: u64) -> BitmapSpan {
-        let g = &self.geometry;
+        let g = self.table.geometry();
         let sector_shift = g.logical_sector_size.trailing_zeros();
         let chunk = block >> g.chunk_ratio.trailing_zeros();
         let index = block & (g.chunk_ratio - 1);
@@ -224,7 +219,7 @@ impl Disk {
         let bytes_per_block = (g.block_size >> sector_shift) as u64 / 8;
         BitmapSpan {
             chunk,
-            bitmap_block: entry_offset(self.bat.get(g.sector_bitmap_index(chunk)).copied().unwrap_or(0)),
+            bitmap_block: self.table.entry(g.sector_bitmap_index(chunk)).file_offset(),
             index,
             first_sector,
             last_sector,
@@ -244,7 +239,7 @@ impl Disk {
         n: u64,
         mut f: impl FnMut(u64, u64, bool) -> Result<()>,
     ) -> Result<()> {
-        let g = &self.geometry;
+        let g = self.table.geometry();
         let ss = g.logical_sector_size as u64;
         let BitmapSpan { chunk, bitmap_block, first_sector, last_sector, byte_lo, rel, len, .. } =
             self.bitmap_span(block, in_block, n);
@@ -324,7 +319,7 @@ impl Disk {
         f: impl FnOnce(&[u8]) -> Result<R>,
     ) -> Result<R> {
         let at = bitmap_block + rel;
-        let per_block = (self.geometry.sectors_per_block() / 8) as usize;
+        let per_block = (self.table.geometry().sectors_per_block() / 8) as usize;
         let block = self.bitmap_cache.get(chunk, || {
             let mut b = alloc::vec![0u8; crate::format::MIB as usize];
             self.read_file(&mut b, bitmap_block, "reading a sector bitmap")?;
@@ -464,18 +459,18 @@ impl Disk {
             let block = pos / bs;
             let in_block = pos % bs;
             let n = (bs - in_block).min(end - pos);
-            let entry = self.payload_entry(block);
-            let base = match PayloadState::from_entry(entry) {
-                Some(PayloadState::FullyPresent) => entry_offset(entry),
+            let entry = self.table.payload(block);
+            let base = match entry.payload_state() {
+                Some(PayloadState::FullyPresent) => entry.file_offset(),
                 _ => self.allocate_block(block)?,
             };
             // Extend the write over following blocks that are contiguous in the file.
             let mut run = n;
             while pos + run < end {
                 let next = (pos + run) / bs;
-                let e = self.payload_entry(next);
-                if PayloadState::from_entry(e) != Some(PayloadState::FullyPresent)
-                    || entry_offset(e) != base + (next - block) * bs
+                let e = self.table.payload(next);
+                if e.payload_state() != Some(PayloadState::FullyPresent)
+                    || e.file_offset() != base + (next - block) * bs
                 {
                     break;
                 }
@@ -499,8 +494,8 @@ impl Disk {
     /// Allocates a zero-filled block for `block` in `state`.
     pub(crate) fn allocate_block_as(&mut self, block: u64, state: PayloadState) -> Result<u64> {
         let at = self.grow_for(self.params.block_size as u64)?;
-        let index = self.geometry.payload_index(block);
-        self.set_bat_entry(index, make_entry(state.bits(), at));
+        let index = self.table.geometry().payload_index(block);
+        self.set_bat_entry(index, BatEntry::payload(state, at));
         Ok(at)
     }
 
@@ -514,10 +509,11 @@ impl Disk {
         Ok(at)
     }
 
-    pub(crate) fn set_bat_entry(&mut self, index: usize, entry: u64) {
-        let newly_dirty = self.dirty_bat_pages.insert(index as u64 / 512);
-        self.undo.bat_entry(index, self.bat[index], newly_dirty);
-        self.bat[index] = entry;
+    /// Sets BAT entry `index` (its page dirty until the next commit) so
+    /// that a failing change can take it back.
+    pub(crate) fn set_bat_entry(&mut self, index: usize, entry: BatEntry) {
+        let (old, newly_dirty) = self.table.set(index, entry);
+        self.undo.bat_entry(index, old, newly_dirty);
     }
 
     /// The allocation map: coalesced runs over the whole virtual disk.

@@ -18,6 +18,7 @@ use alloc::vec::Vec;
 
 use super::Disk;
 use crate::error::Result;
+use crate::format::bat::BatEntry;
 
 /// What a failed change must take back; see the [module docs](self).
 #[derive(Debug, Default)]
@@ -28,7 +29,7 @@ pub(crate) struct Undo {
     alloc_floor: u64,
     /// BAT entries changed: index, previous entry, whether the change made
     /// its page dirty.
-    bat: Vec<(usize, u64, bool)>,
+    bat: Vec<(usize, BatEntry, bool)>,
     /// Bytes of uncommitted metadata pages changed: file offset, previous value.
     bytes: Vec<(u64, u8)>,
     /// Metadata pages this change loaded for changing.
@@ -37,7 +38,7 @@ pub(crate) struct Undo {
 
 impl Undo {
     /// Records that BAT entry `index`, which held `old`, changes.
-    pub(crate) fn bat_entry(&mut self, index: usize, old: u64, page_newly_dirty: bool) {
+    pub(crate) fn bat_entry(&mut self, index: usize, old: BatEntry, page_newly_dirty: bool) {
         if self.active {
             self.bat.push((index, old, page_newly_dirty));
         }
@@ -96,10 +97,7 @@ impl Disk {
             self.dirty_pages.remove(page_at);
         }
         for &(index, old, newly_dirty) in u.bat.iter().rev() {
-            self.bat[index] = old;
-            if newly_dirty {
-                self.dirty_bat_pages.remove(&(index as u64 / 512));
-            }
+            self.table.restore(index, old, newly_dirty);
         }
         // Space for new blocks: cut the file back. Should the storage refuse,
         // the new space stays past the allocation floor, unused, so no later

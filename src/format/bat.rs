@@ -73,15 +73,74 @@ pub const SB_NOT_PRESENT: u64 = 0;
 /// Sector bitmap entry state: present (differencing only).
 pub const SB_PRESENT: u64 = 6;
 
-/// The file offset of an entry.
-pub fn entry_offset(entry: u64) -> u64 {
-    entry & OFFSET_MASK
+/// One BAT entry as it is on disk: a state in bits 0–2 and a file offset,
+/// in whole MiB, in bits 20–63. Whether it describes a payload block or a
+/// sector bitmap block depends on its index ([`BatGeometry`] tells).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(transparent)]
+pub struct BatEntry(u64);
+
+impl BatEntry {
+    /// The entry of a block that is not in the file (state 0, offset 0).
+    pub const EMPTY: BatEntry = BatEntry(0);
+
+    /// The entry with the on-disk value `raw`.
+    pub const fn from_raw(raw: u64) -> BatEntry {
+        BatEntry(raw)
+    }
+
+    /// An entry with state bits `state_bits` at `file_offset` (a multiple of 1 MiB).
+    pub(crate) fn new(state_bits: u64, file_offset: u64) -> BatEntry {
+        debug_assert_eq!(file_offset % MIB, 0);
+        BatEntry((file_offset & OFFSET_MASK) | (state_bits & STATE_MASK))
+    }
+
+    /// A payload block's entry in `state` at `file_offset`.
+    pub(crate) fn payload(state: PayloadState, file_offset: u64) -> BatEntry {
+        BatEntry::new(state.bits(), file_offset)
+    }
+
+    /// The on-disk value.
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// The state bits (0–7), whatever the entry describes.
+    pub const fn state_bits(self) -> u64 {
+        self.0 & STATE_MASK
+    }
+
+    /// The file offset the entry points at (0 for none).
+    pub const fn file_offset(self) -> u64 {
+        self.0 & OFFSET_MASK
+    }
+
+    /// As a payload block's entry: its state, or `None` for the reserved value 4.
+    pub fn payload_state(self) -> Option<PayloadState> {
+        PayloadState::from_entry(self.0)
+    }
+
+    /// Whether the block's data lives at the entry's offset (fully or
+    /// partially present payload).
+    pub fn has_data(self) -> bool {
+        self.payload_state().is_some_and(PayloadState::has_data)
+    }
+
+    /// As a sector bitmap block's entry: whether the bitmap is present.
+    pub const fn sector_bitmap_present(self) -> bool {
+        self.state_bits() == SB_PRESENT
+    }
+
+    /// Whether every bit is zero.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
 }
 
-/// An entry with `state` (raw bits) at `file_offset` (a multiple of 1 MiB).
-pub(crate) fn make_entry(state_bits: u64, file_offset: u64) -> u64 {
-    debug_assert_eq!(file_offset % MIB, 0);
-    (file_offset & OFFSET_MASK) | (state_bits & STATE_MASK)
+impl core::fmt::Debug for BatEntry {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "BatEntry(state {}, offset {:#x})", self.state_bits(), self.file_offset())
+    }
 }
 
 /// The shape of the BAT, derived from the disk parameters.
@@ -203,9 +262,13 @@ mod tests {
 
     #[test]
     fn entry_bits() {
-        let e = make_entry(PayloadState::FullyPresent.bits(), 5 * MIB);
-        assert_eq!(entry_offset(e), 5 * MIB);
-        assert_eq!(PayloadState::from_entry(e), Some(PayloadState::FullyPresent));
+        let e = BatEntry::payload(PayloadState::FullyPresent, 5 * MIB);
+        assert_eq!(e.file_offset(), 5 * MIB);
+        assert_eq!(e.payload_state(), Some(PayloadState::FullyPresent));
+        assert!(e.has_data() && !e.is_empty());
+        assert!(e.sector_bitmap_present(), "state 6 read as a sector bitmap entry");
+        assert!(!BatEntry::new(SB_NOT_PRESENT, 0).sector_bitmap_present());
+        assert!(BatEntry::EMPTY.is_empty() && !BatEntry::EMPTY.has_data());
         assert_eq!(PayloadState::from_entry(5), Some(PayloadState::Unmapped));
         assert_eq!(PayloadState::from_entry(4), None);
     }

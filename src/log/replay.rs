@@ -7,12 +7,11 @@
 //! it, after an invalid position 4 KiB further, so the work is linear in the
 //! log's size whatever the log holds.
 
-use crate::error::IoContext;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::vec::Vec;
 
-use crate::error::{io_unsupported, Error, IoError, Result};
+use crate::error::{io_unsupported, Error, IoContext, IoError, Result};
 use crate::format::guid::Guid;
 use crate::format::header::HeaderInfo;
 use crate::format::log::{parse_entry, peek_entry_length, LogEntry, LogOp, LOG_SECTOR_SIZE};

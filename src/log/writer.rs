@@ -7,10 +7,9 @@
 //! torn — is never overwritten by the next. Per entry: write it, flush, write
 //! its pages in place, flush.
 
-use crate::error::IoContext;
 use alloc::vec::Vec;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::format::guid::Guid;
 use crate::format::log::{build_entry, descriptor_sectors, LOG_SECTOR_SIZE};
 use crate::io::Storage;

@@ -263,7 +263,7 @@ fn allocating_writes_to_a_differencing_disk_leave_no_trace() {
 fn a_new_sector_bitmap_block_is_allocated() {
     let mut s = Subject::differencing(true);
     s.write(&pattern(30, 512), 4 * MIB).unwrap();
-    let sb = s.disk.bat_entries()[s.disk.geometry().chunk_ratio as usize];
+    let sb = s.disk.bat_entries()[s.disk.geometry().chunk_ratio as usize].raw();
     assert_eq!(sb & 7, 6, "the chunk has a sector bitmap block");
     let at = sb & !(MIB - 1);
     assert!(s.handle.is_allocated(at, MIB), "the sector bitmap block at {at:#x} is a hole");

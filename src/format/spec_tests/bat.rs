@@ -21,6 +21,8 @@ fn entry_states_and_offsets() {
         // Reserved bits 3-19 and the offset bits do not change the state.
         let entry = 0x0000_1234_5000_0000 | 0x000F_FFF8 | bits;
         assert_eq!(PayloadState::from_entry(entry), state, "state {bits}");
+        let e = BatEntry::from_raw(entry);
+        assert_eq!((e.payload_state(), e.state_bits(), e.raw()), (state, bits, entry), "state {bits}");
         if let Some(s) = state {
             if bits != 5 {
                 assert_eq!(s.bits(), bits);
@@ -30,11 +32,11 @@ fn entry_states_and_offsets() {
     }
     assert_eq!(PayloadState::Unmapped.bits(), 3);
     // Bits 20-63 are the offset in MiB; 0-19 are not part of it.
-    assert_eq!(entry_offset(0xFFFF_FFFF_FFFF_FFFF), 0xFFFF_FFFF_FFF0_0000);
-    assert_eq!(entry_offset((5 << 20) | 0xFFFFF), 5 * MIB);
-    assert_eq!(make_entry(6, 0x1D0_0000), 0x1D0_0006);
-    assert_eq!(make_entry(7, 0), 7);
-    assert_eq!(make_entry(2, 3 * MIB), 0x30_0002);
+    assert_eq!(BatEntry::from_raw(0xFFFF_FFFF_FFFF_FFFF).file_offset(), 0xFFFF_FFFF_FFF0_0000);
+    assert_eq!(BatEntry::from_raw((5 << 20) | 0xFFFFF).file_offset(), 5 * MIB);
+    assert_eq!(BatEntry::new(6, 0x1D0_0000).raw(), 0x1D0_0006);
+    assert_eq!(BatEntry::new(7, 0).raw(), 7);
+    assert_eq!(BatEntry::payload(PayloadState::Zero, 3 * MIB).raw(), 0x30_0002);
     assert_eq!(SB_PRESENT, 6);
     assert_eq!(SB_NOT_PRESENT, 0);
 }

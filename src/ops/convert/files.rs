@@ -3,13 +3,12 @@
 //! destination and renamed into place when complete (see
 //! [`crate::ops::replace`]).
 
-use crate::error::IoContext;
 use alloc::string::String;
 use alloc::vec::Vec;
 use std::path::{Path, PathBuf};
 
 use super::{copy_runs, nonzero_candidates, ConvertOptions, ConvertReport, ImageFormat};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::io::{FileStorage, Storage};
 use crate::ops::replace::Replacement;
 use crate::Disk;

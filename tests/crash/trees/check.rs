@@ -243,7 +243,7 @@ fn check_image(
             .iter()
             .enumerate()
             .take(g.entry_count as usize)
-            .filter(|&(k, &e)| !g.is_sector_bitmap_index(k) && matches!(e & 7, 6 | 7))
+            .filter(|&(k, &e)| !g.is_sector_bitmap_index(k) && matches!(e.raw() & 7, 6 | 7))
             .count();
         if held > 0 {
             return Err(format!("{name}: should be empty but holds blocks — {held}"));
