@@ -2,7 +2,6 @@
 
 use alloc::vec::Vec;
 
-use super::open::write_header_pair;
 use super::Disk;
 use crate::error::{Error, IoContext, Result};
 use crate::format::guid::Guid;
@@ -18,11 +17,7 @@ impl Disk {
 
     /// Writes a header changed by `f` to both slots, in order, each flushed.
     pub(crate) fn update_header(&mut self, f: impl FnOnce(&mut HeaderInfo)) -> Result<()> {
-        let mut h = self.header.clone();
-        f(&mut h);
-        write_header_pair(&mut *self.storage, &mut h, &mut self.header_slot)?;
-        self.header = h;
-        Ok(())
+        self.header.update(&mut *self.storage, f)
     }
 
     /// Before the first change a reader can see: new FileWriteGuid (if this
@@ -72,7 +67,7 @@ impl Disk {
         // unapplied entry nobody replays, never a header naming an empty log.
         let mut pending_header = None;
         if self.header.log_guid.is_nil() {
-            let mut h = self.header.clone();
+            let mut h = HeaderInfo::clone(&self.header);
             h.log_guid = self.new_guid()?;
             pending_header = Some(h);
         }
@@ -87,24 +82,12 @@ impl Disk {
         let flushed = self.file_len / MIB * MIB;
         let last = round_up_mib(self.file_len);
         let log_guid = pending_header.as_ref().map_or(self.header.log_guid, |h| h.log_guid);
-        let mut slot = self.header_slot;
-        let mut header_written = false;
+        let headers = &mut self.header;
         let log = self.log.as_mut().expect("set above");
-        let result = log.commit(&mut *self.storage, &log_guid, &pages, flushed, last, &mut |storage| {
-            match pending_header.as_mut() {
-                Some(h) if !header_written => {
-                    write_header_pair(storage, h, &mut slot)?;
-                    header_written = true;
-                }
-                _ => {}
-            }
-            Ok(())
-        });
-        if let (Some(h), true) = (pending_header, header_written) {
-            self.header = h;
-            self.header_slot = slot;
-        }
-        result?;
+        log.commit(&mut *self.storage, &log_guid, &pages, flushed, last, &mut |storage| match pending_header.take() {
+            Some(h) => headers.write(storage, h),
+            None => Ok(()),
+        })?;
         self.table.clear_dirty();
         self.dirty_pages.clear();
         self.bitmap_cache.reset(self.table.geometry());

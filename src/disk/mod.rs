@@ -20,6 +20,7 @@ mod compact;
 mod create;
 mod diff;
 mod discard;
+mod headers;
 pub(crate) mod open;
 mod options;
 mod relink;
@@ -41,7 +42,6 @@ pub use rw::{Extent, MapEntry};
 use crate::error::Result;
 use crate::format::bat::{BatEntry, BatGeometry};
 use crate::format::guid::Guid;
-use crate::format::header::HeaderInfo;
 use crate::format::locator::ParentLocator;
 use crate::format::metadata::DiskParameters;
 use crate::format::region::RegionTable;
@@ -71,8 +71,8 @@ pub struct Disk {
     file_len: u64,
     /// Where the next new block may go: past every structure and block.
     alloc_floor: u64,
-    header: HeaderInfo,
-    header_slot: usize,
+    /// The current header and its slot.
+    header: headers::Headers,
     regions: RegionTable,
     params: DiskParameters,
     locator: Option<ParentLocator>,

@@ -6,6 +6,7 @@ use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::vec::Vec;
 
+use super::headers::Headers;
 use super::options::{OpenOptions, ParentChoice};
 use super::table::BlockTable;
 use super::Disk;
@@ -48,9 +49,10 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
     read(&*storage, &mut section, 0, "reading the header section")?;
     let ident = RawFileIdentifier::validate(&section)?;
     let slots = HEADER_OFFSETS.map(|o| HeaderInfo::parse(&section[o as usize..o as usize + HEADER_SIZE], o));
-    let (mut header_slot, mut header) = select_current(slots)?;
+    let (slot, current) = select_current(slots)?;
+    let mut header = Headers::new(current, slot);
     if header.log_length > 0 && header.log_offset + header.log_length as u64 > len {
-        return Err(Error::corrupt("header", HEADER_OFFSETS[header_slot], "the log runs past the end of the file"));
+        return Err(Error::corrupt("header", HEADER_OFFSETS[header.slot()], "the log runs past the end of the file"));
     }
     if writable && header.log_length > 0 {
         // Another tool may have left the log a hole of the file (QEMU does):
@@ -68,13 +70,10 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
             // A new FileWriteGuid before any change, replay included; then the
             // replay; then a clean log.
             let gen = guid_source.as_mut().expect("checked above");
-            let mut h = header.clone();
-            h.file_write_guid = gen();
-            write_header_pair(&mut *storage, &mut h, &mut header_slot)?;
+            let fresh = gen();
+            header.update(&mut *storage, |h| h.file_write_guid = fresh)?;
             replay_in_place(&mut *storage, &seq)?;
-            h.log_guid = crate::format::guid::Guid::nil();
-            write_header_pair(&mut *storage, &mut h, &mut header_slot)?;
-            header = h;
+            header.update(&mut *storage, |h| h.log_guid = crate::format::guid::Guid::nil())?;
             file_guid_changed = true;
             // The replay may have rewritten the region tables.
             read(&*storage, &mut section, 0, "reading the header section")?;
@@ -181,7 +180,6 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
                     len,
                     alloc_floor,
                     header,
-                    header_slot,
                     regions,
                     params,
                     locator,
@@ -217,7 +215,6 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
         len,
         alloc_floor,
         header,
-        header_slot,
         regions,
         params,
         locator,
@@ -237,8 +234,7 @@ fn finish(
     writable: bool,
     len: u64,
     alloc_floor: u64,
-    header: HeaderInfo,
-    header_slot: usize,
+    header: Headers,
     regions: RegionTable,
     params: crate::format::metadata::DiskParameters,
     locator: Option<crate::format::locator::ParentLocator>,
@@ -257,7 +253,6 @@ fn finish(
         file_len: len,
         alloc_floor,
         header,
-        header_slot,
         regions,
         params,
         locator,
@@ -277,23 +272,6 @@ fn finish(
         path,
         closed: false,
     })
-}
-
-/// Writes `h` (sequence number raised) to the non-current slot, flushes, and
-/// repeats so both slots hold the new header.
-pub(crate) fn write_header_pair(storage: &mut dyn Storage, h: &mut HeaderInfo, slot: &mut usize) -> Result<()> {
-    for _ in 0..2 {
-        h.sequence_number = h
-            .sequence_number
-            .checked_add(1)
-            .ok_or_else(|| Error::corrupt("header", HEADER_OFFSETS[*slot], "sequence number exhausted"))?;
-        let next = 1 - *slot;
-        let at = HEADER_OFFSETS[next];
-        storage.write_all_at(&h.to_bytes(), at).during("writing a header", at)?;
-        storage.flush().during("flushing a header", at)?;
-        *slot = next;
-    }
-    Ok(())
 }
 
 /// Checks every BAT entry: states defined, offsets after the header section,
