@@ -31,6 +31,24 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+/// Builder-style setters for an options struct that is `#[non_exhaustive]`
+/// (code outside the crate starts from `Default::default()` and sets what
+/// it needs): one `pub fn field(self, value) -> Self` per field named.
+macro_rules! setters {
+    ($ty:ident { $($field:ident: $t:ty),+ $(,)? }) => {
+        impl $ty {
+            $(
+                #[doc = concat!("Sets [`", stringify!($field), "`](#structfield.", stringify!($field), ").")]
+                pub fn $field(mut self, $field: $t) -> Self {
+                    self.$field = $field;
+                    self
+                }
+            )+
+        }
+    };
+}
+pub(crate) use setters;
+
 mod block;
 #[cfg(feature = "capi")]
 #[allow(unsafe_code)]

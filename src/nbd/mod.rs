@@ -158,57 +158,16 @@ pub struct ServeOptions {
     pub idle_timeout: Option<Duration>,
 }
 
-/// Builder-style setters: the struct is `#[non_exhaustive]`, so code outside
-/// the crate starts from `ServeOptions::default()` and sets what it needs.
-impl ServeOptions {
-    /// Sets [`export_name`](#structfield.export_name).
-    pub fn export_name(mut self, export_name: String) -> Self {
-        self.export_name = export_name;
-        self
-    }
-
-    /// Sets [`description`](#structfield.description).
-    pub fn description(mut self, description: String) -> Self {
-        self.description = description;
-        self
-    }
-
-    /// Sets [`read_only`](#structfield.read_only).
-    pub fn read_only(mut self, read_only: bool) -> Self {
-        self.read_only = read_only;
-        self
-    }
-
-    /// Sets [`once`](#structfield.once).
-    pub fn once(mut self, once: bool) -> Self {
-        self.once = once;
-        self
-    }
-
-    /// Sets [`max_connections`](#structfield.max_connections).
-    pub fn max_connections(mut self, max_connections: usize) -> Self {
-        self.max_connections = max_connections;
-        self
-    }
-
-    /// Sets [`max_handshakes`](#structfield.max_handshakes).
-    pub fn max_handshakes(mut self, max_handshakes: usize) -> Self {
-        self.max_handshakes = max_handshakes;
-        self
-    }
-
-    /// Sets [`handshake_timeout`](#structfield.handshake_timeout).
-    pub fn handshake_timeout(mut self, handshake_timeout: Option<Duration>) -> Self {
-        self.handshake_timeout = handshake_timeout;
-        self
-    }
-
-    /// Sets [`idle_timeout`](#structfield.idle_timeout).
-    pub fn idle_timeout(mut self, idle_timeout: Option<Duration>) -> Self {
-        self.idle_timeout = idle_timeout;
-        self
-    }
-}
+crate::setters!(ServeOptions {
+    export_name: String,
+    description: String,
+    read_only: bool,
+    once: bool,
+    max_connections: usize,
+    max_handshakes: usize,
+    handshake_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+});
 
 impl Default for ServeOptions {
     fn default() -> Self {

@@ -214,63 +214,17 @@ pub struct ConvertOptions {
     pub overwrite: bool,
 }
 
-/// Builder-style setters: the struct is `#[non_exhaustive]`, so code outside
-/// the crate starts from `ConvertOptions::default()` and sets what it needs.
-impl ConvertOptions {
-    /// Sets [`input_format`](#structfield.input_format).
-    pub fn input_format(mut self, input_format: Option<ImageFormat>) -> Self {
-        self.input_format = input_format;
-        self
-    }
-
-    /// Sets [`output_format`](#structfield.output_format).
-    pub fn output_format(mut self, output_format: Option<ImageFormat>) -> Self {
-        self.output_format = output_format;
-        self
-    }
-
-    /// Sets [`disk_type`](#structfield.disk_type).
-    pub fn disk_type(mut self, disk_type: crate::DiskType) -> Self {
-        self.disk_type = disk_type;
-        self
-    }
-
-    /// Sets [`block_size`](#structfield.block_size).
-    pub fn block_size(mut self, block_size: Option<u32>) -> Self {
-        self.block_size = block_size;
-        self
-    }
-
-    /// Sets [`logical_sector_size`](#structfield.logical_sector_size).
-    pub fn logical_sector_size(mut self, logical_sector_size: Option<u32>) -> Self {
-        self.logical_sector_size = logical_sector_size;
-        self
-    }
-
-    /// Sets [`physical_sector_size`](#structfield.physical_sector_size).
-    pub fn physical_sector_size(mut self, physical_sector_size: Option<u32>) -> Self {
-        self.physical_sector_size = physical_sector_size;
-        self
-    }
-
-    /// Sets [`sync`](#structfield.sync).
-    pub fn sync(mut self, sync: bool) -> Self {
-        self.sync = sync;
-        self
-    }
-
-    /// Sets [`force_share`](#structfield.force_share).
-    pub fn force_share(mut self, force_share: bool) -> Self {
-        self.force_share = force_share;
-        self
-    }
-
-    /// Sets [`overwrite`](#structfield.overwrite).
-    pub fn overwrite(mut self, overwrite: bool) -> Self {
-        self.overwrite = overwrite;
-        self
-    }
-}
+crate::setters!(ConvertOptions {
+    input_format: Option<ImageFormat>,
+    output_format: Option<ImageFormat>,
+    disk_type: crate::DiskType,
+    block_size: Option<u32>,
+    logical_sector_size: Option<u32>,
+    physical_sector_size: Option<u32>,
+    sync: bool,
+    force_share: bool,
+    overwrite: bool,
+});
 
 impl Default for ConvertOptions {
     fn default() -> Self {

@@ -28,27 +28,11 @@ pub struct ResizeOptions {
     pub search_dirs: Vec<PathBuf>,
 }
 
-/// Builder-style setters: the struct is `#[non_exhaustive]`, so code outside
-/// the crate starts from `ResizeOptions::default()` and sets what it needs.
-impl ResizeOptions {
-    /// Sets [`allow_shrink`](#structfield.allow_shrink).
-    pub fn allow_shrink(mut self, allow_shrink: bool) -> Self {
-        self.allow_shrink = allow_shrink;
-        self
-    }
-
-    /// Sets [`break_children`](#structfield.break_children).
-    pub fn break_children(mut self, break_children: bool) -> Self {
-        self.break_children = break_children;
-        self
-    }
-
-    /// Sets [`search_dirs`](#structfield.search_dirs).
-    pub fn search_dirs(mut self, search_dirs: Vec<PathBuf>) -> Self {
-        self.search_dirs = search_dirs;
-        self
-    }
-}
+crate::setters!(ResizeOptions {
+    allow_shrink: bool,
+    break_children: bool,
+    search_dirs: Vec<PathBuf>,
+});
 
 /// What [`resize`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -164,39 +164,13 @@ pub struct MergeOptions {
     pub file_opener: Option<FileOpener>,
 }
 
-/// Builder-style setters: the struct is `#[non_exhaustive]`, so code outside
-/// the crate starts from `MergeOptions::default()` and sets what it needs.
-impl MergeOptions {
-    /// Sets [`depth`](#structfield.depth).
-    pub fn depth(mut self, depth: usize) -> Self {
-        self.depth = depth;
-        self
-    }
-
-    /// Sets [`siblings`](#structfield.siblings).
-    pub fn siblings(mut self, siblings: SiblingPolicy) -> Self {
-        self.siblings = siblings;
-        self
-    }
-
-    /// Sets [`search_dirs`](#structfield.search_dirs).
-    pub fn search_dirs(mut self, search_dirs: Vec<PathBuf>) -> Self {
-        self.search_dirs = search_dirs;
-        self
-    }
-
-    /// Sets [`confine_to`](#structfield.confine_to).
-    pub fn confine_to(mut self, confine_to: Option<Vec<PathBuf>>) -> Self {
-        self.confine_to = confine_to;
-        self
-    }
-
-    /// Sets [`file_opener`](#structfield.file_opener).
-    pub fn file_opener(mut self, file_opener: Option<FileOpener>) -> Self {
-        self.file_opener = file_opener;
-        self
-    }
-}
+crate::setters!(MergeOptions {
+    depth: usize,
+    siblings: SiblingPolicy,
+    search_dirs: Vec<PathBuf>,
+    confine_to: Option<Vec<PathBuf>>,
+    file_opener: Option<FileOpener>,
+});
 
 impl MergeOptions {
     /// Open options resolving parents as these options say.

@@ -121,33 +121,12 @@ pub struct SiblingMergeOptions {
     pub confine_to: Option<Vec<PathBuf>>,
 }
 
-/// Builder-style setters: the struct is `#[non_exhaustive]`, so code outside
-/// the crate starts from `SiblingMergeOptions::default()` and sets what it needs.
-impl SiblingMergeOptions {
-    /// Sets [`prefer`](#structfield.prefer).
-    pub fn prefer(mut self, prefer: Option<PathBuf>) -> Self {
-        self.prefer = prefer;
-        self
-    }
-
-    /// Sets [`dry_run`](#structfield.dry_run).
-    pub fn dry_run(mut self, dry_run: bool) -> Self {
-        self.dry_run = dry_run;
-        self
-    }
-
-    /// Sets [`search_dirs`](#structfield.search_dirs).
-    pub fn search_dirs(mut self, search_dirs: Vec<PathBuf>) -> Self {
-        self.search_dirs = search_dirs;
-        self
-    }
-
-    /// Sets [`confine_to`](#structfield.confine_to).
-    pub fn confine_to(mut self, confine_to: Option<Vec<PathBuf>>) -> Self {
-        self.confine_to = confine_to;
-        self
-    }
-}
+crate::setters!(SiblingMergeOptions {
+    prefer: Option<PathBuf>,
+    dry_run: bool,
+    search_dirs: Vec<PathBuf>,
+    confine_to: Option<Vec<PathBuf>>,
+});
 
 /// Sectors held by several children whose bytes there are not all equal.
 #[derive(Debug, Clone, PartialEq, Eq)]
