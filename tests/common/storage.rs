@@ -25,28 +25,38 @@ impl SharedMem {
     }
 }
 
-fn eof() -> IoError {
-    IoError::new(IoErrorKind::UnexpectedEof, "read past the end of the shared memory")
+pub fn eof() -> IoError {
+    IoError::new(IoErrorKind::UnexpectedEof, "read past the end of the bytes in memory")
+}
+
+/// Reads `buf.len()` bytes of `bytes` at `offset`, as from a file of those
+/// bytes: a read past the end fails.
+pub fn read_from(bytes: &[u8], buf: &mut [u8], offset: u64) -> Result<(), IoError> {
+    let start = usize::try_from(offset).map_err(|_| eof())?;
+    let end = start.checked_add(buf.len()).ok_or_else(eof)?;
+    buf.copy_from_slice(bytes.get(start..end).ok_or_else(eof)?);
+    Ok(())
+}
+
+/// Writes `buf` into `bytes` at `offset`, growing them with zeros first
+/// where it ends past them, as a file grows.
+pub fn write_into(bytes: &mut Vec<u8>, buf: &[u8], offset: u64) -> Result<(), IoError> {
+    let start = usize::try_from(offset).map_err(|_| eof())?;
+    let end = start.checked_add(buf.len()).ok_or_else(eof)?;
+    if end > bytes.len() {
+        bytes.resize(end, 0);
+    }
+    bytes[start..end].copy_from_slice(buf);
+    Ok(())
 }
 
 impl Storage for SharedMem {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
-        let v = self.0.lock().unwrap();
-        let start = usize::try_from(offset).map_err(|_| eof())?;
-        let end = start.checked_add(buf.len()).ok_or_else(eof)?;
-        buf.copy_from_slice(v.get(start..end).ok_or_else(eof)?);
-        Ok(())
+        read_from(&self.0.lock().unwrap(), buf, offset)
     }
 
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> Result<(), IoError> {
-        let mut v = self.0.lock().unwrap();
-        let start = usize::try_from(offset).map_err(|_| eof())?;
-        let end = start.checked_add(buf.len()).ok_or_else(eof)?;
-        if end > v.len() {
-            v.resize(end, 0);
-        }
-        v[start..end].copy_from_slice(buf);
-        Ok(())
+        write_into(&mut self.0.lock().unwrap(), buf, offset)
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
@@ -96,13 +106,7 @@ impl Recorder {
         let mut v: Vec<u8> = Vec::new();
         for op in &ops[..n] {
             match op {
-                Op::Write(at, data) => {
-                    let end = *at as usize + data.len();
-                    if end > v.len() {
-                        v.resize(end, 0);
-                    }
-                    v[*at as usize..end].copy_from_slice(data);
-                }
+                Op::Write(at, data) => write_into(&mut v, data, *at).unwrap(),
                 Op::SetLen(len) => v.resize(*len as usize, 0),
                 Op::Flush => {}
             }

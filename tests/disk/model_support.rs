@@ -8,6 +8,7 @@ use vhdx::io::{CrashState, FaultStorage, Persisted};
 use vhdx::{IoError, Storage};
 
 use crate::common::data::XorShift;
+use crate::common::storage::write_into;
 
 /// A sparse byte map in 4 KiB pages; absent pages are zeros.
 #[derive(Clone, Default)]
@@ -69,13 +70,7 @@ impl Tap {
         let mut v: Vec<u8> = Vec::new();
         for op in &self.ops.lock().unwrap()[..n] {
             match op {
-                Op::Write(at, data) => {
-                    let end = *at as usize + data.len();
-                    if end > v.len() {
-                        v.resize(end, 0);
-                    }
-                    v[*at as usize..end].copy_from_slice(data);
-                }
+                Op::Write(at, data) => write_into(&mut v, data, *at).unwrap(),
                 Op::SetLen(len) => v.resize(*len as usize, 0),
                 Op::Flush => {}
             }

@@ -9,16 +9,7 @@ use std::sync::{Arc, Mutex};
 use vhdx::io::{FaultStorage, FileOpener};
 use vhdx::{IoError, OpenOptions, Storage};
 
-fn eof() -> IoError {
-    IoError::from(std::io::ErrorKind::UnexpectedEof)
-}
-
-fn read_from(bytes: &[u8], buf: &mut [u8], offset: u64) -> Result<(), IoError> {
-    let start = usize::try_from(offset).map_err(|_| eof())?;
-    let src = bytes.get(start..start.checked_add(buf.len()).ok_or_else(eof)?).ok_or_else(eof)?;
-    buf.copy_from_slice(src);
-    Ok(())
-}
+use crate::common::storage::{eof, read_from, write_into};
 
 /// A writable storage over bytes the test keeps a handle to, shared until
 /// first written (a file the operation only reads is never copied), so a
@@ -52,15 +43,7 @@ impl Storage for VecStorage {
         read_from(&self.lock(), buf, offset)
     }
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> Result<(), IoError> {
-        let mut v = self.lock();
-        let v = Arc::make_mut(&mut v);
-        let start = usize::try_from(offset).map_err(|_| eof())?;
-        let end = start.checked_add(buf.len()).ok_or_else(eof)?;
-        if end > v.len() {
-            v.resize(end, 0);
-        }
-        v[start..end].copy_from_slice(buf);
-        Ok(())
+        write_into(Arc::make_mut(&mut self.lock()), buf, offset)
     }
     fn flush(&mut self) -> Result<(), IoError> {
         Ok(())
