@@ -79,8 +79,8 @@ impl Disk {
         }
         pages.extend(self.table.dirty_pages());
         self.allocate_pages(&pages)?;
-        let flushed = self.file_len / MIB * MIB;
-        let last = round_up_mib(self.file_len);
+        let flushed = self.space.len / MIB * MIB;
+        let last = round_up_mib(self.space.len);
         let log_guid = pending_header.as_ref().map_or(self.header.log_guid, |h| h.log_guid);
         let headers = &mut self.header;
         let log = self.log.as_mut().expect("set above");
@@ -112,7 +112,7 @@ impl Disk {
             }
             // A page past the end (of a region the log extends the file for)
             // needs no space now: the file is extended with zeros first.
-            let end = end.min(self.file_len);
+            let end = end.min(self.space.len);
             if end > start {
                 self.storage.allocate(start, end - start).during("allocating space for metadata", start)?;
             }

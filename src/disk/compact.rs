@@ -115,7 +115,7 @@ impl Disk {
         }
         self.flush()?;
         self.begin_metadata_change()?;
-        let mut report = CompactReport { file_size_before: self.file_len, ..Default::default() };
+        let mut report = CompactReport { file_size_before: self.space.len, ..Default::default() };
         let bs = self.params.block_size as u64;
         let data_blocks: Vec<usize> = (0..self.table.geometry().entry_count as usize)
             .filter(|&i| {
@@ -274,7 +274,7 @@ impl Disk {
 
     /// The gaps between live structures, below the end of the file.
     fn holes(&self, live: &[Live]) -> Vec<(u64, u64)> {
-        let end = round_up_mib(self.file_len);
+        let end = round_up_mib(self.space.len);
         let mut holes = Vec::new();
         let mut at = HEADER_SECTION_SIZE;
         for l in live {
@@ -354,7 +354,7 @@ impl Disk {
             self.storage.write_all_at(&buf[..n], at).during("writing a moved block", at)?;
             done += n as u64;
         }
-        self.file_len = self.file_len.max(to + len);
+        self.space.len = self.space.len.max(to + len);
         Ok(())
     }
 

@@ -26,6 +26,7 @@ mod options;
 mod relink;
 mod resize;
 mod rw;
+mod space;
 mod table;
 mod undo;
 
@@ -67,10 +68,8 @@ use crate::log::LogWriter;
 pub struct Disk {
     storage: Box<dyn Storage>,
     writable: bool,
-    /// The file's length as this session knows it.
-    file_len: u64,
-    /// Where the next new block may go: past every structure and block.
-    alloc_floor: u64,
+    /// The file's length and where the next new block may go.
+    space: space::Space,
     /// The current header and its slot.
     header: headers::Headers,
     regions: RegionTable,
@@ -296,7 +295,7 @@ impl Disk {
             block_size: self.params.block_size,
             logical_sector_size: self.params.logical_sector_size,
             physical_sector_size: self.params.physical_sector_size,
-            file_size: self.file_len,
+            file_size: self.space.len,
             chunk_ratio: self.table.geometry().chunk_ratio,
             virtual_disk_id: self.params.virtual_disk_id,
             data_write_guid: self.header.data_write_guid,

@@ -250,8 +250,7 @@ fn finish(
     Ok(Disk {
         storage,
         writable,
-        file_len: len,
-        alloc_floor,
+        space: super::space::Space { len, floor: alloc_floor },
         header,
         regions,
         params,

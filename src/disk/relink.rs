@@ -208,16 +208,13 @@ impl Disk {
                 self.set_bat_entry(index, BatEntry::EMPTY);
             }
         }
-        let mut end = crate::format::HEADER_SECTION_SIZE.max(self.header.log_offset + self.header.log_length as u64);
-        for r in &self.regions.entries {
-            end = end.max(r.end());
-        }
+        let end = self.structures_end();
         // Log the smaller size first, then shrink.
-        self.file_len = end;
+        self.space.len = end;
         self.flush()?;
         self.storage.set_len(end).during("shrinking the emptied file", end)?;
         self.storage.flush().during("flushing", end)?;
-        self.alloc_floor = end;
+        self.space.end_at(end);
         Ok(())
     }
 

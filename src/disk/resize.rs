@@ -151,7 +151,7 @@ impl Disk {
         if relocate && new_len > u32::MAX as u64 - (MIB - 1) {
             return Err(Error::invalid("the BAT would exceed the largest region"));
         }
-        let (len_before, floor_before) = (self.file_len, self.alloc_floor);
+        let before = self.space;
         let mut fixed_blocks = None;
         let reserved = (|| {
             let mut at = None;
@@ -177,10 +177,7 @@ impl Disk {
         let at = match reserved {
             Ok(at) => at,
             Err(e) => {
-                if self.file_len != len_before && self.storage.set_len(len_before).is_ok() {
-                    self.file_len = len_before;
-                    self.alloc_floor = floor_before;
-                }
+                self.space.take_back(&mut *self.storage, before);
                 return Err(e);
             }
         };
@@ -313,8 +310,8 @@ impl Disk {
             let off = at + done;
             storage.write_all_at(bytes, off).during("writing the relocated BAT", off)
         })?;
-        if at + len > self.file_len {
-            self.file_len = at + len;
+        if at + len > self.space.len {
+            self.space.len = at + len;
         }
         self.storage.flush().during("flushing the relocated BAT", at)
     }
@@ -379,13 +376,17 @@ impl Disk {
         Ok(())
     }
 
+    /// The end of the structures every image has, whatever it holds:
+    /// header section, log and regions.
+    pub(crate) fn structures_end(&self) -> u64 {
+        let log_end = self.header.log_offset + self.header.log_length as u64;
+        self.regions.entries.iter().map(|r| r.end()).fold(HEADER_SECTION_SIZE.max(log_end), u64::max)
+    }
+
     /// The first 1 MiB boundary past every structure in use: header
     /// section, log, regions, blocks holding data, sector bitmaps.
     pub(crate) fn used_end(&self) -> u64 {
-        let mut end = HEADER_SECTION_SIZE.max(self.header.log_offset + self.header.log_length as u64);
-        for r in &self.regions.entries {
-            end = end.max(r.end());
-        }
+        let mut end = self.structures_end();
         let g = self.table.geometry();
         let bs = g.block_size as u64;
         for (index, &e) in self.table.entries().iter().enumerate() {
@@ -405,23 +406,23 @@ impl Disk {
     /// length.
     pub(crate) fn trim_file_end(&mut self) -> Result<u64> {
         let end = self.used_end();
-        if end >= self.file_len {
+        if end >= self.space.len {
             self.commit_metadata()?;
-            return Ok(self.file_len);
+            return Ok(self.space.len);
         }
-        let before = self.file_len;
-        self.file_len = end;
+        let before = self.space.len;
+        self.space.len = end;
         if !self.has_pending_metadata() {
             // An entry carrying the new size: BAT page 0, unchanged.
             self.table.touch_page(0);
         }
         if let Err(e) = self.commit_metadata() {
-            self.file_len = before;
+            self.space.len = before;
             return Err(e);
         }
         self.storage.set_len(end).during("truncating the file", end)?;
         self.storage.flush().during("flushing", end)?;
-        self.alloc_floor = end;
+        self.space.end_at(end);
         Ok(end)
     }
 }

@@ -347,7 +347,7 @@ impl Disk {
     /// Reads file bytes; past the end of the file reads zeros (old QEMU images
     /// end inside their last block).
     pub(crate) fn read_file(&self, buf: &mut [u8], at: u64, what: &'static str) -> Result<()> {
-        let avail = self.file_len.saturating_sub(at).min(buf.len() as u64) as usize;
+        let avail = self.space.len.saturating_sub(at).min(buf.len() as u64) as usize;
         if avail > 0 {
             self.storage.read_exact_at(&mut buf[..avail], at).during(what, at)?;
         }
@@ -501,12 +501,7 @@ impl Disk {
 
     /// Extends the file by `len` zero bytes past every structure; returns where they start.
     pub(crate) fn grow_for(&mut self, len: u64) -> Result<u64> {
-        let at = self.alloc_floor;
-        let end = at + len;
-        self.storage.set_len(end).during("growing the file for a new block", at)?;
-        self.file_len = end;
-        self.alloc_floor = end;
-        Ok(at)
+        self.space.grow(&mut *self.storage, len)
     }
 
     /// Sets BAT entry `index` (its page dirty until the next commit) so

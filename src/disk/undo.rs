@@ -16,6 +16,7 @@
 
 use alloc::vec::Vec;
 
+use super::space::Space;
 use super::Disk;
 use crate::error::Result;
 use crate::format::bat::BatEntry;
@@ -25,8 +26,8 @@ use crate::format::bat::BatEntry;
 pub(crate) struct Undo {
     /// Whether a change is being recorded.
     active: bool,
-    file_len: u64,
-    alloc_floor: u64,
+    /// The file's space when the change began.
+    space: Space,
     /// BAT entries changed: index, previous entry, whether the change made
     /// its page dirty.
     bat: Vec<(usize, BatEntry, bool)>,
@@ -75,8 +76,7 @@ impl Disk {
             return f(self);
         }
         self.undo.active = true;
-        self.undo.file_len = self.file_len;
-        self.undo.alloc_floor = self.alloc_floor;
+        self.undo.space = self.space;
         let result = f(self);
         if result.is_err() {
             self.roll_back();
@@ -99,13 +99,7 @@ impl Disk {
         for &(index, old, newly_dirty) in u.bat.iter().rev() {
             self.table.restore(index, old, newly_dirty);
         }
-        // Space for new blocks: cut the file back. Should the storage refuse,
-        // the new space stays past the allocation floor, unused, so no later
-        // block is placed over what the failed call left in it.
-        if self.file_len != u.file_len && self.storage.set_len(u.file_len).is_ok() {
-            self.file_len = u.file_len;
-            self.alloc_floor = u.alloc_floor;
-        }
+        self.space.take_back(&mut *self.storage, u.space);
         self.undo = u;
     }
 }
