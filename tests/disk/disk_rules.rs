@@ -10,6 +10,8 @@ use std::process::Command;
 use vhdx::io::FaultStorage;
 use vhdx::{CreateOptions, Disk, DiskType};
 
+use crate::common::data::pattern;
+
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
 }
@@ -179,4 +181,135 @@ fn dropping_a_disk_closes_it() {
 
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// The SequenceNumber of the header at `at` (offset 8 of a header, MS-VHDX 2.2.2).
+fn sequence_at(file: &[u8], at: usize) -> u64 {
+    assert_eq!(&file[at..at + 4], b"head");
+    u64_at(file, at + 8)
+}
+
+/// A new image's two headers must not tie: a reader takes the one with the
+/// larger SequenceNumber, so equal numbers would leave the choice to the
+/// reader. Ours writes 64 KiB first, then 128 KiB one higher.
+#[test]
+fn a_new_images_headers_have_distinct_rising_sequence_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.vhdx");
+    Disk::create(&path, &CreateOptions::dynamic(4 << 20)).unwrap().close().unwrap();
+    let file = std::fs::read(&path).unwrap();
+    let (first, second) = (sequence_at(&file, 64 << 10), sequence_at(&file, 128 << 10));
+    assert!(first >= 1 && second == first + 1, "sequence numbers {first} and {second}");
+}
+
+/// Two BAT entries pointing at the same block: the error names the BAT
+/// entry that overlaps, at its own file offset (the region's offset plus 8
+/// per entry), as the test reads it from the file.
+#[test]
+fn an_overlapping_bat_entry_is_named_at_its_own_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("overlap.vhdx");
+    let mut d = Disk::create(&path, &CreateOptions::dynamic(8 << 20).block_size(1 << 20)).unwrap();
+    d.write_at(&[1u8; 512], 0).unwrap();
+    d.write_at(&[2u8; 512], 5 << 20).unwrap();
+    d.close().unwrap();
+    let mut file = std::fs::read(&path).unwrap();
+    let bat = bat_offset(&file) as usize;
+    let block0 = u64_at(&file, bat);
+    assert_eq!(block0 & 7, 6, "block 0 is fully present");
+    file[bat + 5 * 8..bat + 6 * 8].copy_from_slice(&block0.to_le_bytes());
+    std::fs::write(&path, &file).unwrap();
+    let message = Disk::open(&path).expect_err("an overlap is refused").to_string();
+    let want = format!("corrupt BAT entry at file offset {:#x}", bat + 5 * 8);
+    assert!(message.contains(&want), "{message:?} does not contain {want:?}");
+    assert!(message.contains("entry 5 at") && message.contains("overlaps entry 0"), "{message}");
+}
+
+/// A file that ends exactly where the header section ends (the second
+/// region table's end, 320 KiB) has a whole header section: it is refused
+/// for what lies past its end (the log), not as too short.
+#[test]
+fn a_file_ending_with_its_header_section_is_refused_for_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.vhdx");
+    Disk::create(&path, &CreateOptions::dynamic(4 << 20)).unwrap().close().unwrap();
+    let file = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &file[..320 << 10]).unwrap();
+    let message = Disk::open(&path).expect_err("a cut file is refused").to_string();
+    assert!(message.contains("the log runs past the end of the file"), "{message}");
+    std::fs::write(&path, &file[..(320 << 10) - 1]).unwrap();
+    let message = Disk::open(&path).expect_err("a shorter file is refused").to_string();
+    assert!(message.contains("shorter than the header section"), "{message}");
+}
+
+/// A three-level chain whose child has smaller blocks than its parent and
+/// grandparent: a block index of the child is not a block index of the
+/// parent, so reads must not skip ancestors by the parent's table. The
+/// expectation is a byte array that received the same writes.
+#[test]
+fn a_child_with_smaller_blocks_reads_its_parents_data_not_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gp, parent, child) = (dir.path().join("gp.vhdx"), dir.path().join("p.vhdx"), dir.path().join("c.vhdx"));
+    let size = 8usize << 20;
+    let mut model = vec![0u8; size];
+    let mut g = Disk::create(&gp, &CreateOptions::dynamic(size as u64).block_size(2 << 20)).unwrap();
+    let a = pattern(1, size);
+    g.write_at(&a, 0).unwrap();
+    model.copy_from_slice(&a);
+    g.close().unwrap();
+    let mut p = Disk::create_differencing(&parent, &gp, Some(2 << 20)).unwrap();
+    // Parent block 0 (2 MiB) holds data in its second MiB; parent block 1 nothing.
+    let b = pattern(2, 1 << 20);
+    p.write_at(&b, 1 << 20).unwrap();
+    model[1 << 20..2 << 20].copy_from_slice(&b);
+    p.close().unwrap();
+    Disk::create_differencing(&child, &parent, Some(1 << 20)).unwrap().close().unwrap();
+    let c = Disk::open(&child).unwrap();
+    assert_eq!(c.block_size(), 1 << 20);
+    // Whole, and a child block at a time (a read inside one block may take
+    // the shortcut to an ancestor).
+    let mut got = vec![0u8; size];
+    c.read_at(&mut got, 0).unwrap();
+    assert!(got == model, "the chain differs from the model");
+    for mib in 0..8 {
+        let r = mib << 20..(mib + 1) << 20;
+        c.read_at(&mut got[r.clone()], r.start as u64).unwrap();
+        assert!(got[r.clone()] == model[r], "MiB {mib}, read alone, differs from the model");
+    }
+}
+
+/// Reads inside one partially present block whose bitmap byte is mixed:
+/// each sector comes from the child where the child wrote it and from the
+/// parent elsewhere, for every end of the range within the byte and for a
+/// byte the child never wrote, before and after a flush (the flush moves
+/// the answer to the committed bitmap and its cache).
+#[test]
+fn reads_within_a_mixed_bitmap_byte_take_each_sector_from_its_own_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, child) = (dir.path().join("base.vhdx"), dir.path().join("child.vhdx"));
+    let mut b = Disk::create(&base, &CreateOptions::dynamic(4 << 20).block_size(1 << 20)).unwrap();
+    let mut model = pattern(3, 1 << 20);
+    b.write_at(&model, 0).unwrap();
+    b.close().unwrap();
+    let mut c = Disk::create_differencing(&child, &base, None).unwrap();
+    for sector in [9usize, 11, 13, 15] {
+        let data = pattern(10 + sector as u64, 512);
+        c.write_at(&data, sector as u64 * 512).unwrap();
+        model[sector * 512..(sector + 1) * 512].copy_from_slice(&data);
+    }
+    let ranges: Vec<(usize, usize)> =
+        (9..=16).map(|end| (8, end)).chain([(9, 10), (10, 11), (16, 24), (17, 23), (8, 24)]).collect();
+    for flushed in [false, true] {
+        if flushed {
+            c.flush().unwrap();
+        }
+        for &(first, end) in &ranges {
+            let mut got = vec![0u8; (end - first) * 512];
+            c.read_at(&mut got, first as u64 * 512).unwrap();
+            assert!(
+                got[..] == model[first * 512..end * 512],
+                "sectors {first}..{end} (flushed: {flushed}) differ from the model"
+            );
+        }
+    }
 }
