@@ -313,3 +313,24 @@ fn reads_within_a_mixed_bitmap_byte_take_each_sector_from_its_own_level() {
         }
     }
 }
+
+/// A BAT entry pointing into the log is refused: the block would be
+/// overwritten by every log entry. The log's place comes from the current
+/// header (LogOffset at byte 72, MS-VHDX 2.2.2), read by the test.
+#[test]
+fn a_bat_entry_inside_the_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in-log.vhdx");
+    let mut d = Disk::create(&path, &CreateOptions::dynamic(8 << 20).block_size(1 << 20)).unwrap();
+    d.write_at(&[1u8; 512], 0).unwrap();
+    d.close().unwrap();
+    let mut file = std::fs::read(&path).unwrap();
+    let log_offset = u64_at(current_header(&file), 72);
+    assert!(log_offset >= 1 << 20 && log_offset % (1 << 20) == 0, "log at {log_offset:#x}");
+    let bat = bat_offset(&file) as usize;
+    file[bat..bat + 8].copy_from_slice(&(log_offset | 6).to_le_bytes());
+    std::fs::write(&path, &file).unwrap();
+    let message = Disk::open(&path).expect_err("a block in the log is refused").to_string();
+    assert!(message.contains(&format!("corrupt BAT entry at file offset {bat:#x}")), "{message}");
+    assert!(message.contains("overlaps the log"), "{message}");
+}
