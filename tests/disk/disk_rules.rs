@@ -280,8 +280,9 @@ fn a_child_with_smaller_blocks_reads_its_parents_data_not_past_it() {
 
 /// Reads inside one partially present block whose bitmap byte is mixed:
 /// each sector comes from the child where the child wrote it and from the
-/// parent elsewhere, for every end of the range within the byte and for a
-/// byte the child never wrote, before and after a flush (the flush moves
+/// parent elsewhere, for every end of the range within the byte, for a
+/// byte the child never wrote, and for a range starting inside an unwritten
+/// byte and ending past a written bit of the next, before and after a flush (the flush moves
 /// the answer to the committed bitmap and its cache).
 #[test]
 fn reads_within_a_mixed_bitmap_byte_take_each_sector_from_its_own_level() {
@@ -292,13 +293,16 @@ fn reads_within_a_mixed_bitmap_byte_take_each_sector_from_its_own_level() {
     b.write_at(&model, 0).unwrap();
     b.close().unwrap();
     let mut c = Disk::create_differencing(&child, &base, None).unwrap();
-    for sector in [9usize, 11, 13, 15] {
+    // Byte 1 of the bitmap mixed; byte 6 with only its lowest bit (sector 48).
+    for sector in [9usize, 11, 13, 15, 48] {
         let data = pattern(10 + sector as u64, 512);
         c.write_at(&data, sector as u64 * 512).unwrap();
         model[sector * 512..(sector + 1) * 512].copy_from_slice(&data);
     }
-    let ranges: Vec<(usize, usize)> =
-        (9..=16).map(|end| (8, end)).chain([(9, 10), (10, 11), (16, 24), (17, 23), (8, 24)]).collect();
+    let ranges: Vec<(usize, usize)> = (9..=16)
+        .map(|end| (8, end))
+        .chain([(9, 10), (10, 11), (16, 24), (17, 23), (8, 24), (44, 56), (44, 49)])
+        .collect();
     for flushed in [false, true] {
         if flushed {
             c.flush().unwrap();
@@ -333,4 +337,23 @@ fn a_bat_entry_inside_the_log_is_refused() {
     let message = Disk::open(&path).expect_err("a block in the log is refused").to_string();
     assert!(message.contains(&format!("corrupt BAT entry at file offset {bat:#x}")), "{message}");
     assert!(message.contains("overlaps the log"), "{message}");
+}
+
+/// A flush commits what was pending and leaves nothing pending; a second
+/// write makes the disk pending again.
+#[test]
+fn a_flush_leaves_no_metadata_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pending.vhdx");
+    let mut d = Disk::create(&path, &CreateOptions::dynamic(8 << 20).block_size(1 << 20)).unwrap();
+    assert!(!d.has_pending_metadata(), "a new disk");
+    d.write_at(&[1u8; 512], 0).unwrap();
+    assert!(d.has_pending_metadata(), "a new block waits for the flush");
+    d.flush().unwrap();
+    assert!(!d.has_pending_metadata(), "the flush committed the block table");
+    d.write_at(&[2u8; 512], 3 << 20).unwrap();
+    assert!(d.has_pending_metadata(), "another new block");
+    d.flush().unwrap();
+    assert!(!d.has_pending_metadata());
+    d.close().unwrap();
 }
