@@ -357,3 +357,52 @@ fn a_flush_leaves_no_metadata_pending() {
     assert!(!d.has_pending_metadata());
     d.close().unwrap();
 }
+
+/// A BAT entry in the reserved state 4 is refused, named at its own file
+/// offset (region offset + 8 x index, read by the test).
+#[test]
+fn a_reserved_bat_state_is_named_at_its_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reserved.vhdx");
+    Disk::create(&path, &CreateOptions::dynamic(8 << 20).block_size(1 << 20)).unwrap().close().unwrap();
+    let mut file = std::fs::read(&path).unwrap();
+    let bat = bat_offset(&file) as usize;
+    file[bat + 2 * 8..bat + 3 * 8].copy_from_slice(&4u64.to_le_bytes());
+    std::fs::write(&path, &file).unwrap();
+    let message = Disk::open(&path).expect_err("state 4 is reserved").to_string();
+    assert!(message.contains(&format!("corrupt BAT entry at file offset {:#x}", bat + 16)), "{message}");
+    assert!(message.contains("entry 2 has the reserved state 4"), "{message}");
+}
+
+/// With 32 MiB blocks and 512-byte sectors a block's sector bitmap is 8 KiB,
+/// two metadata pages: writes in the block's second half change bits in the
+/// second page. Read back against a byte model, before and after a flush and
+/// after reopening.
+#[test]
+fn a_large_blocks_bitmap_spans_two_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, child) = (dir.path().join("base.vhdx"), dir.path().join("child.vhdx"));
+    let size = 32usize << 20;
+    let mut b = Disk::create(&base, &CreateOptions::dynamic(size as u64).block_size(32 << 20)).unwrap();
+    let mut model = pattern(5, size);
+    b.write_at(&model, 0).unwrap();
+    b.close().unwrap();
+    let mut c = Disk::create_differencing(&child, &base, Some(32 << 20)).unwrap();
+    // Sector 32768 is the first whose bit lies in the second page; the
+    // writes also cross from the first page into the second.
+    for (at, len) in [(20usize << 20, 4096usize), ((16 << 20) - 1024, 2048), ((31 << 20) + 512, 512)] {
+        let data = pattern(at as u64, len);
+        c.write_at(&data, at as u64).unwrap();
+        model[at..at + len].copy_from_slice(&data);
+    }
+    let check = |d: &Disk, when: &str| {
+        let mut got = vec![0u8; size];
+        d.read_at(&mut got, 0).unwrap();
+        assert!(got == model, "the child differs from the model {when}");
+    };
+    check(&c, "before the flush");
+    c.flush().unwrap();
+    check(&c, "after the flush");
+    c.close().unwrap();
+    check(&Disk::open(&child).unwrap(), "after reopening");
+}
