@@ -406,3 +406,20 @@ fn a_large_blocks_bitmap_spans_two_pages() {
     c.close().unwrap();
     check(&Disk::open(&child).unwrap(), "after reopening");
 }
+
+/// A block may not start inside the header section (the file's first MiB):
+/// an entry pointing at offset 0 is refused, named at its own offset.
+#[test]
+fn a_bat_entry_inside_the_header_section_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in-header.vhdx");
+    Disk::create(&path, &CreateOptions::dynamic(8 << 20).block_size(1 << 20)).unwrap().close().unwrap();
+    let mut file = std::fs::read(&path).unwrap();
+    let bat = bat_offset(&file) as usize;
+    // FULLY_PRESENT (6) at file offset 0.
+    file[bat + 8..bat + 16].copy_from_slice(&6u64.to_le_bytes());
+    std::fs::write(&path, &file).unwrap();
+    let message = Disk::open(&path).expect_err("a block at offset 0 is refused").to_string();
+    assert!(message.contains(&format!("corrupt BAT entry at file offset {:#x}", bat + 8)), "{message}");
+    assert!(message.contains("outside the file's data area"), "{message}");
+}
