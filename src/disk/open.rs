@@ -144,9 +144,11 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
         ));
     }
 
-    // BAT: whole 4 KiB pages, bounded by the region, which is bounded by the file.
+    // BAT: whole 4 KiB pages. They fit in the region (its length is a
+    // multiple of 1 MiB, checked by the region table's parser, and holds the
+    // entries, checked above), and the region fits in the file.
     let page_entries = 512u64;
-    let bat_entries = (geometry.entry_count.div_ceil(page_entries) * page_entries).min(bat_region.length as u64 / 8);
+    let bat_entries = geometry.entry_count.div_ceil(page_entries) * page_entries;
     let mut raw = alloc::vec![0u8; (bat_entries * 8) as usize];
     read(&*storage, &mut raw, bat_region.file_offset, "reading the BAT")?;
     let bat: Vec<BatEntry> = BlockTable::decode(&raw).collect();

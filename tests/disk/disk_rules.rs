@@ -423,3 +423,138 @@ fn a_bat_entry_inside_the_header_section_is_refused() {
     assert!(message.contains(&format!("corrupt BAT entry at file offset {:#x}", bat + 8)), "{message}");
     assert!(message.contains("outside the file's data area"), "{message}");
 }
+
+/// Rewrites both headers' LogOffset (byte 72) and LogLength (byte 68), with
+/// the CRC-32C (byte 4) recomputed by the test's own implementation.
+fn move_log(file: &mut [u8], offset: u64, length: u32) {
+    for at in [64usize << 10, 128 << 10] {
+        let h = &mut file[at..at + 4096];
+        assert_eq!(&h[..4], b"head");
+        assert_eq!(&h[48..64], &[0u8; 16], "the log is clean (LogGuid zero)");
+        h[68..72].copy_from_slice(&length.to_le_bytes());
+        h[72..80].copy_from_slice(&offset.to_le_bytes());
+        h[4..8].fill(0);
+        let crc = crate::common::layout::crc32c(h);
+        h[4..8].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+/// A region that overlaps the log is refused (MS-VHDX 2.2.3: regions and
+/// the log must not overlap), named at the region table. QEMU refuses the
+/// same file. Here the log is moved onto the BAT region.
+#[test]
+fn a_region_overlapping_the_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log-on-bat.vhdx");
+    Disk::create(&path, &CreateOptions::dynamic(8 << 20).block_size(1 << 20)).unwrap().close().unwrap();
+    let mut file = std::fs::read(&path).unwrap();
+    let length = u32_at(current_header(&file), 68);
+    let bat = bat_offset(&file);
+    move_log(&mut file, bat, length);
+    std::fs::write(&path, &file).unwrap();
+    let message = Disk::open(&path).expect_err("a region inside the log is refused").to_string();
+    assert!(message.contains("corrupt region table at file offset 0x30000"), "{message}");
+    assert!(message.contains("overlaps the log"), "{message}");
+    if crate::common::qemu::qemu() {
+        let out = crate::common::qemu::run("qemu-img", &["info", "-f", "vhdx", path.to_str().unwrap()]);
+        assert!(!out.status.success(), "QEMU opened an image whose log overlaps its BAT");
+    }
+}
+
+/// A log that starts exactly where the last region ends touches it without
+/// overlapping: the image opens, takes writes through the log there, and
+/// reads back what was written, in this library and in QEMU.
+#[test]
+fn a_log_right_after_a_region_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log-after-bat.vhdx");
+    let size = 8usize << 20;
+    Disk::create(&path, &CreateOptions::dynamic(size as u64).block_size(1 << 20)).unwrap().close().unwrap();
+    let mut file = std::fs::read(&path).unwrap();
+    let length = u32_at(current_header(&file), 68);
+    let rt = &file[192 << 10..256 << 10];
+    let count = u32_at(rt, 8) as usize;
+    let end = (0..count).map(|i| u64_at(rt, 16 + 32 * i + 16) + u32_at(rt, 16 + 32 * i + 24) as u64).max().unwrap();
+    move_log(&mut file, end, length);
+    file.resize(file.len().max((end + length as u64) as usize), 0);
+    std::fs::write(&path, &file).unwrap();
+
+    let mut model = vec![0u8; size];
+    let mut d = Disk::open_writable(&path).expect("a log touching a region is allowed");
+    for (at, len) in [(0usize, 4096usize), ((3 << 20) - 512, 8192), (size - 512, 512)] {
+        let data = pattern(at as u64 + 1, len);
+        d.write_at(&data, at as u64).unwrap();
+        model[at..at + len].copy_from_slice(&data);
+    }
+    d.close().unwrap();
+    assert_eq!(u64_at(current_header(&std::fs::read(&path).unwrap()), 72), end, "the log stayed where it was put");
+    let mut got = vec![0u8; size];
+    Disk::open(&path).unwrap().read_at(&mut got, 0).unwrap();
+    assert!(got == model, "the disk differs from the model");
+    if crate::common::qemu::qemu() {
+        let raw = dir.path().join("log-after-bat.raw");
+        crate::common::qemu::qemu_convert_to_raw(&path, &raw);
+        assert!(std::fs::read(&raw).unwrap() == model, "QEMU reads something else");
+    }
+}
+
+/// A BAT that fills its region exactly: 131041 blocks of 1 MiB plus the 31
+/// sector-bitmap entries interleaved after every 4096 (MS-VHDX 2.5: a
+/// dynamic disk has DataBlocksCount + floor((DataBlocksCount - 1) /
+/// ChunkRatio) entries) make 131072 entries, 1 MiB. The image opens, and
+/// its last block is written and read back, here and by QEMU.
+#[test]
+fn a_bat_filling_its_region_exactly_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("full-bat.vhdx");
+    let size = 131041u64 << 20;
+    Disk::create(&path, &CreateOptions::dynamic(size).block_size(1 << 20)).unwrap().close().unwrap();
+    let file = std::fs::read(&path).unwrap();
+    let rt = &file[192 << 10..256 << 10];
+    let bat = bat_offset(&file);
+    let count = u32_at(rt, 8) as usize;
+    let length = (0..count).find(|&i| u64_at(rt, 16 + 32 * i + 16) == bat).map(|i| u32_at(rt, 16 + 32 * i + 24));
+    assert_eq!(length, Some(1 << 20), "the BAT region is 1 MiB");
+    let data = pattern(7, 4096);
+    let mut d = Disk::open_writable(&path).expect("a BAT that fills its region");
+    d.write_at(&data, size - 4096).unwrap();
+    d.close().unwrap();
+    let mut got = vec![0u8; 4096];
+    Disk::open(&path).unwrap().read_at(&mut got, size - 4096).unwrap();
+    assert!(got == data);
+    if crate::common::qemu::qemu() {
+        let out = crate::common::qemu::qemu_io(
+            &path,
+            &["read -P 0 0 1M".to_string(), format!("read -v {} 512", size - 4096)],
+        );
+        let first = data[..16].iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
+        assert!(out.contains(&first), "QEMU reads other bytes at the end: {out}");
+    }
+}
+
+/// A sector-bitmap BAT entry in a disk without a parent is never read
+/// (MS-VHDX 2.5.1: such disks have no sector bitmaps), so whatever it holds
+/// does not stop a reader: here SB_BLOCK_PRESENT (6) at file offset 0, in a
+/// dynamic disk with 256 MiB blocks (chunk ratio 16: entry 16 is the first
+/// chunk's bitmap). The data written before the entry was changed reads
+/// back. (QEMU 10 is stricter: it checks such an entry's offset as if it
+/// were a payload block's, and refuses this file.)
+#[test]
+fn a_sector_bitmap_entry_in_a_disk_without_parent_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stray-bitmap.vhdx");
+    let size = 17u64 << 28;
+    let mut d = Disk::create(&path, &CreateOptions::dynamic(size).block_size(256 << 20)).unwrap();
+    let data = pattern(3, 8192);
+    d.write_at(&data, 16 << 28).unwrap();
+    d.close().unwrap();
+    let mut file = std::fs::read(&path).unwrap();
+    let bat = bat_offset(&file) as usize;
+    assert_eq!(u64_at(&file, bat + 16 * 8), 0, "entry 16 is the sector bitmap's, not present");
+    assert_eq!(u64_at(&file, bat + 17 * 8) & 7, 6, "entry 17 is payload block 16, written");
+    file[bat + 16 * 8..bat + 17 * 8].copy_from_slice(&6u64.to_le_bytes());
+    std::fs::write(&path, &file).unwrap();
+    let mut got = vec![0u8; 8192];
+    Disk::open(&path).expect("a stray sector-bitmap entry").read_at(&mut got, 16 << 28).unwrap();
+    assert!(got == data);
+}
