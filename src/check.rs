@@ -193,24 +193,7 @@ pub fn repair_storage(storage: Box<dyn Storage>) -> Result<RepairReport> {
     if disk.info().log_replayed {
         actions.push(String::from("replayed the log in place"));
     }
-    // Re-read: the replay may have changed the region tables.
-    let mut section = alloc::vec![0u8; REGION_TABLE_OFFSETS[1] as usize + REGION_TABLE_SIZE];
-    disk.read_file(&mut section, 0, "reading the header section")?;
-    if headers_bad {
-        disk.begin_metadata_change()?;
-        actions.push(String::from("rewrote both headers from the current one"));
-    }
-    let copies = REGION_TABLE_OFFSETS.map(|o| RegionTable::parse(&section[o as usize..], o));
-    let good = disk.regions().clone();
-    if copies.iter().any(|c| c.as_ref().ok() != Some(&good)) {
-        disk.begin_metadata_change()?;
-        disk.queue_region_tables();
-        actions.push(String::from("rewrote both region table copies from the valid one"));
-    }
-    let (fixed_entries, mut notes) = disk.clean_bat_reserved()?;
-    if fixed_entries > 0 {
-        actions.append(&mut notes);
-    }
+    actions.extend(disk.mend(headers_bad)?);
     let storage = disk.into_storage()?;
     let after = check_storage(storage)?;
     Ok(RepairReport { actions, after })

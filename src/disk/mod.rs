@@ -24,6 +24,7 @@ mod headers;
 pub(crate) mod open;
 mod options;
 mod relink;
+mod repair;
 mod resize;
 mod rw;
 mod space;

@@ -156,66 +156,10 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
     let alloc_floor = validate_bat(&bat, &geometry, bat_region.file_offset, len, &regions, log_range)?;
     let table = BlockTable::new(geometry, bat_region.file_offset, bat);
 
-    let parent = if params.has_parent {
-        let loc = locator.as_ref().expect("a differencing disk has a locator");
-        let (p, name) = match parent {
-            ParentChoice::Disk(p) => (p, alloc::string::String::from("the given parent")),
-            ParentChoice::Resolver(mut r, depth) => {
-                let (d, name) = r.open_parent(path.as_deref(), loc, depth + 1)?;
-                (Box::new(d), name)
-            }
-            ParentChoice::Resolve => {
-                let (d, name) = crate::chain::default_open_parent(path.as_deref(), loc)?;
-                (Box::new(d), name)
-            }
-            // `OpenOptions::open_storage` makes it a resolver; kept for completeness.
-            #[cfg(feature = "std")]
-            ParentChoice::Confined(dirs) => {
-                use crate::chain::ParentResolver;
-                let (d, name) = crate::chain::FsResolver::confined_to(dirs).open_parent(path.as_deref(), loc, 1)?;
-                (Box::new(d), name)
-            }
-            ParentChoice::None => {
-                return finish(
-                    storage,
-                    writable,
-                    len,
-                    alloc_floor,
-                    header,
-                    regions,
-                    params,
-                    locator,
-                    table,
-                    file_guid_changed,
-                    guid_source,
-                    None,
-                    ident.creator(),
-                    replayed_log,
-                    path,
-                );
-            }
-        };
-        crate::chain::check_linkage(loc, &p, &name)?;
-        if p.logical_sector_size() != params.logical_sector_size {
-            return Err(Error::corrupt(
-                "parent locator",
-                0,
-                format!(
-                    "the parent {name} has {}-byte sectors, the child {}-byte sectors",
-                    p.logical_sector_size(),
-                    params.logical_sector_size
-                ),
-            ));
-        }
-        Some(p)
-    } else {
-        None
-    };
-    finish(
+    let image = Image {
         storage,
         writable,
-        len,
-        alloc_floor,
+        space: super::space::Space { len, floor: alloc_floor },
         header,
         regions,
         params,
@@ -223,19 +167,63 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
         table,
         file_guid_changed,
         guid_source,
-        parent,
-        ident.creator(),
+        creator: ident.creator(),
         replayed_log,
         path,
-    )
+    };
+    let parent = open_parent(&image, parent)?;
+    Ok(finish(image, parent))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn finish(
+/// The parent of a differencing `image`, as `choice` says to find it,
+/// checked against the image's locator and sector size; `None` for a disk
+/// without a parent, or when the caller asked for none.
+fn open_parent(image: &Image, choice: ParentChoice) -> Result<Option<Box<Disk>>> {
+    let (params, path) = (&image.params, image.path.as_deref());
+    if !params.has_parent {
+        return Ok(None);
+    }
+    let loc = image.locator.as_ref().expect("a differencing disk has a locator");
+    let (p, name) = match choice {
+        ParentChoice::Disk(p) => (p, alloc::string::String::from("the given parent")),
+        ParentChoice::Resolver(mut r, depth) => {
+            let (d, name) = r.open_parent(path, loc, depth + 1)?;
+            (Box::new(d), name)
+        }
+        ParentChoice::Resolve => {
+            let (d, name) = crate::chain::default_open_parent(path, loc)?;
+            (Box::new(d), name)
+        }
+        // `OpenOptions::open_storage` makes it a resolver; kept for completeness.
+        #[cfg(feature = "std")]
+        ParentChoice::Confined(dirs) => {
+            use crate::chain::ParentResolver;
+            let (d, name) = crate::chain::FsResolver::confined_to(dirs).open_parent(path, loc, 1)?;
+            (Box::new(d), name)
+        }
+        ParentChoice::None => return Ok(None),
+    };
+    crate::chain::check_linkage(loc, &p, &name)?;
+    if p.logical_sector_size() != params.logical_sector_size {
+        return Err(Error::corrupt(
+            "parent locator",
+            0,
+            format!(
+                "the parent {name} has {}-byte sectors, the child {}-byte sectors",
+                p.logical_sector_size(),
+                params.logical_sector_size
+            ),
+        ));
+    }
+    Ok(Some(p))
+}
+
+/// What one file holds, read and checked: everything of a [`Disk`] but
+/// its parent.
+struct Image {
     storage: Box<dyn Storage>,
     writable: bool,
-    len: u64,
-    alloc_floor: u64,
+    space: super::space::Space,
     header: Headers,
     regions: RegionTable,
     params: crate::format::metadata::DiskParameters,
@@ -243,16 +231,33 @@ fn finish(
     table: BlockTable,
     file_guid_changed: bool,
     guid_source: Option<super::GuidSource>,
-    parent: Option<Box<Disk>>,
     creator: alloc::string::String,
     replayed_log: bool,
     path: Option<alloc::string::String>,
-) -> Result<Disk> {
-    let skip = parent.as_deref().map(|p| super::rw::ancestor_skips(p, &params)).unwrap_or_default();
-    Ok(Disk {
+}
+
+/// The disk of `image` over `parent`.
+fn finish(image: Image, parent: Option<Box<Disk>>) -> Disk {
+    let Image {
         storage,
         writable,
-        space: super::space::Space { len, floor: alloc_floor },
+        space,
+        header,
+        regions,
+        params,
+        locator,
+        table,
+        file_guid_changed,
+        guid_source,
+        creator,
+        replayed_log,
+        path,
+    } = image;
+    let skip = parent.as_deref().map(|p| super::rw::ancestor_skips(p, &params)).unwrap_or_default();
+    Disk {
+        storage,
+        writable,
+        space,
         header,
         regions,
         params,
@@ -272,7 +277,7 @@ fn finish(
         replayed_log,
         path,
         closed: false,
-    })
+    }
 }
 
 /// Checks every BAT entry: states defined, offsets after the header section,

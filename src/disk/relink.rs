@@ -218,64 +218,6 @@ impl Disk {
         Ok(())
     }
 
-    /// Queues both region table copies, rebuilt from the validated table,
-    /// for the next commit.
-    pub(crate) fn queue_region_tables(&mut self) {
-        let table = self.regions.to_bytes();
-        for at in crate::format::region::REGION_TABLE_OFFSETS {
-            for (i, page) in table.chunks(4096).enumerate() {
-                self.dirty_pages.insert(at + i as u64 * 4096, page.to_vec());
-            }
-        }
-    }
-
-    /// Clears what the format reserves in BAT entries: bits 3–19, offsets of
-    /// NOT_PRESENT and ZERO payload entries, sector-bitmap entries of a disk
-    /// without a parent. Commits through the log; returns how many entries
-    /// changed and a description per kind.
-    pub(crate) fn clean_bat_reserved(&mut self) -> Result<(u64, Vec<alloc::string::String>)> {
-        use crate::format::bat::{PayloadState, OFFSET_MASK, STATE_MASK};
-        // Works on the raw values: the reserved bits are what it clears.
-        let g = *self.table.geometry();
-        let (mut bits, mut offsets, mut bitmaps) = (0u64, 0u64, 0u64);
-        for index in 0..g.entry_count as usize {
-            let e = self.table.entry(index).raw();
-            let mut clean = e & (OFFSET_MASK | STATE_MASK);
-            if clean != e {
-                bits += 1;
-            }
-            if g.is_sector_bitmap_index(index) {
-                if !g.has_parent && clean != 0 {
-                    clean = 0;
-                    bitmaps += 1;
-                }
-            } else if matches!(PayloadState::from_entry(clean), Some(PayloadState::NotPresent | PayloadState::Zero))
-                && clean & OFFSET_MASK != 0
-            {
-                clean &= STATE_MASK;
-                offsets += 1;
-            }
-            if clean != e {
-                if !self.file_guid_changed {
-                    self.begin_metadata_change()?;
-                }
-                self.set_bat_entry(index, BatEntry::from_raw(clean));
-            }
-        }
-        let mut notes = Vec::new();
-        for (n, what) in [
-            (bits, "BAT entries with reserved bits set"),
-            (offsets, "NOT_PRESENT/ZERO BAT entries carrying an offset"),
-            (bitmaps, "sector bitmap entries in a disk without a parent"),
-        ] {
-            if n > 0 {
-                notes.push(alloc::format!("cleared {n} {what}"));
-            }
-        }
-        self.flush()?;
-        Ok((bits + offsets + bitmaps, notes))
-    }
-
     /// Points a differencing disk at another parent (metadata only) and
     /// commits; the DataWriteGuid changes when `content_changes`.
     pub(crate) fn relink(&mut self, locator: ParentLocator, content_changes: bool) -> Result<()> {
