@@ -1,9 +1,20 @@
-//! The block-device view: sectors in, sectors out.
+//! The block-device view: sectors in, sectors out, and what the layers above
+//! an image need of a device (byte-addressed I/O, where the data is,
+//! discarding, a clean checkpoint). The NBD server and the copy under
+//! `convert` take any [`BlockDevice`], not only a [`crate::Disk`].
+
+use alloc::vec::Vec;
 
 use crate::error::{Error, Result};
 
 /// A device of fixed-size sectors. [`crate::Disk`] implements it with the
 /// image's logical sector size.
+///
+/// Only the sector methods, the sizes and `flush` must be written; the rest
+/// have defaults built on them: byte-addressed [`read_at`](Self::read_at)
+/// and [`write_at`](Self::write_at) (a partial sector is read, merged and
+/// written back), a map that calls every byte data, a `discard` that keeps
+/// the data (discarding is advisory), and a checkpoint that flushes.
 ///
 /// ```
 /// use vhdx::{BlockDevice, CreateOptions, Disk, MemStorage};
@@ -15,6 +26,36 @@ use crate::error::{Error, Result};
 /// disk.read_sectors(3, &mut back)?;
 /// assert_eq!(back, sector);
 /// assert_eq!(disk.sector_count(), 2048);
+/// # Ok(()) }
+/// ```
+///
+/// A device of your own gets the byte-addressed methods for free:
+///
+/// ```
+/// use vhdx::{BlockDevice, Result};
+/// struct Ram(Vec<u8>);
+/// impl BlockDevice for Ram {
+///     fn sector_size(&self) -> u32 { 512 }
+///     fn sector_count(&self) -> u64 { self.0.len() as u64 / 512 }
+///     fn read_sectors(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
+///         let at = lba as usize * 512;
+///         buf.copy_from_slice(&self.0[at..at + buf.len()]);
+///         Ok(())
+///     }
+///     fn write_sectors(&mut self, lba: u64, buf: &[u8]) -> Result<()> {
+///         let at = lba as usize * 512;
+///         self.0[at..at + buf.len()].copy_from_slice(buf);
+///         Ok(())
+///     }
+///     fn flush(&mut self) -> Result<()> { Ok(()) }
+/// }
+/// # fn main() -> Result<()> {
+/// let mut ram = Ram(vec![0; 4096]);
+/// ram.write_at(b"hello", 510)?; // across a sector boundary
+/// let mut back = [0u8; 5];
+/// ram.read_at(&mut back, 510)?;
+/// assert_eq!(&back, b"hello");
+/// assert!(ram.read_at(&mut back, 4092).is_err()); // past the end
 /// # Ok(()) }
 /// ```
 pub trait BlockDevice {
@@ -32,6 +73,96 @@ pub trait BlockDevice {
     fn write_sectors(&mut self, lba: u64, buf: &[u8]) -> Result<()>;
     /// Makes completed writes durable.
     fn flush(&mut self) -> Result<()>;
+
+    /// The size writes should be aligned to for speed: at least
+    /// [`sector_size`](Self::sector_size). Defaults to the sector size.
+    fn physical_sector_size(&self) -> u32 {
+        self.sector_size()
+    }
+
+    /// Whether writes are accepted. Defaults to `true`.
+    fn is_writable(&self) -> bool {
+        true
+    }
+
+    /// Reads `buf.len()` bytes at byte `offset`, which need not be aligned.
+    /// The default reads whole sectors and copies out what was asked for.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let ss = self.sector_size() as u64;
+        check_range(offset, buf.len(), self.capacity())?;
+        let mut done = 0usize;
+        let mut sector = alloc::vec![0u8; ss as usize];
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let within = (at % ss) as usize;
+            let whole = (buf.len() - done) / ss as usize * ss as usize;
+            if within == 0 && whole > 0 {
+                self.read_sectors(at / ss, &mut buf[done..done + whole])?;
+                done += whole;
+            } else {
+                let n = (ss as usize - within).min(buf.len() - done);
+                self.read_sectors(at / ss, &mut sector)?;
+                buf[done..done + n].copy_from_slice(&sector[within..within + n]);
+                done += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` at byte `offset`, which need not be aligned. The
+    /// default writes whole sectors; a partial one is read first and
+    /// written back with the new bytes in it.
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        let ss = self.sector_size() as u64;
+        check_range(offset, buf.len(), self.capacity())?;
+        let mut done = 0usize;
+        let mut sector = alloc::vec![0u8; ss as usize];
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let within = (at % ss) as usize;
+            let whole = (buf.len() - done) / ss as usize * ss as usize;
+            if within == 0 && whole > 0 {
+                self.write_sectors(at / ss, &buf[done..done + whole])?;
+                done += whole;
+            } else {
+                let n = (ss as usize - within).min(buf.len() - done);
+                self.read_sectors(at / ss, &mut sector)?;
+                sector[within..within + n].copy_from_slice(&buf[done..done + n]);
+                self.write_sectors(at / ss, &sector)?;
+                done += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// The byte ranges `(offset, length)` that may hold non-zero bytes, in
+    /// order and not overlapping; everything else reads as zeros. A copy
+    /// reads only these. The default is the whole device.
+    fn data_ranges(&self) -> Result<Vec<(u64, u64)>> {
+        let capacity = self.capacity();
+        Ok(if capacity == 0 { Vec::new() } else { alloc::vec![(0, capacity)] })
+    }
+
+    /// Tells the device that `len` bytes at `offset` are no longer needed
+    /// (NBD's trim, a guest's discard). Advisory: the bytes may afterwards
+    /// read as before or as zeros. The default keeps them.
+    fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
+        check_range(offset, usize::try_from(len).unwrap_or(usize::MAX), self.capacity())
+    }
+
+    /// Makes completed writes durable and leaves the device as if cleanly
+    /// closed while it stays open (an image's log clean). Defaults to
+    /// [`flush`](Self::flush).
+    fn checkpoint(&mut self) -> Result<()> {
+        self.flush()
+    }
+}
+
+fn check_range(offset: u64, len: usize, size: u64) -> Result<()> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::OutOfRange { offset, len: len as u64, size }),
+    }
 }
 
 fn sector_offset(lba: u64, len: usize, sector: u32) -> Result<u64> {
@@ -64,5 +195,36 @@ impl BlockDevice for crate::Disk {
 
     fn flush(&mut self) -> Result<()> {
         crate::Disk::flush(self)
+    }
+
+    fn physical_sector_size(&self) -> u32 {
+        crate::Disk::physical_sector_size(self)
+    }
+
+    fn is_writable(&self) -> bool {
+        crate::Disk::is_writable(self)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        crate::Disk::read_at(self, buf, offset)
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        crate::Disk::write_at(self, buf, offset)
+    }
+
+    /// Everything but the runs the map, through the open chain, shows to
+    /// read as zeros ([`crate::ops::convert::nonzero_candidates`]).
+    fn data_ranges(&self) -> Result<Vec<(u64, u64)>> {
+        crate::ops::convert::nonzero_candidates(self)
+    }
+
+    /// [`Disk::discard`](crate::Disk::discard): the range then reads as zeros.
+    fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
+        crate::Disk::discard(self, offset, len)
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        crate::Disk::checkpoint(self)
     }
 }

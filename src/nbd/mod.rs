@@ -52,10 +52,10 @@
 //! # Durability
 //!
 //! A reply to `NBD_CMD_FLUSH`, or to any command with `NBD_CMD_FLAG_FUA`,
-//! is sent after [`Disk::flush`] returns: the data is then durable, block
+//! is sent after [`Disk::flush`](crate::Disk::flush) returns: the data is then durable, block
 //! table included. When a session ends — `NBD_CMD_DISC`, the client closing
 //! the connection, a protocol error — the server flushes and clears the log
-//! ([`Disk::checkpoint`]), so the file is a cleanly closed image while no
+//! ([`Disk::checkpoint`](crate::Disk::checkpoint)), so the file is a cleanly closed image while no
 //! client is connected, even if the process is then killed.
 //!
 //! # Trim and write-zeroes
@@ -102,7 +102,7 @@ use std::time::Duration;
 
 pub use server::{serve, Server, Stopper};
 
-use crate::Disk;
+use crate::BlockDevice;
 
 /// The longest read or write this server handles in one request (32 MiB,
 /// the size every NBD client respects); the maximum block size it advertises.
@@ -262,8 +262,9 @@ pub enum SessionError {
 
 /// Serves one client over `stream` (a TCP connection, a Unix socket, a
 /// pipe): handshake, transmission, then a flush and a clean log
-/// ([`Disk::checkpoint`]) however the session ended. [`Server`] calls this
-/// for each connection; call it yourself for other transports.
+/// ([`BlockDevice::checkpoint`]; for a disk, [`Disk::checkpoint`](crate::Disk::checkpoint))
+/// however the session ended. [`Server`] calls this for each connection;
+/// call it yourself for other transports.
 ///
 /// ```
 /// use std::sync::RwLock;
@@ -278,9 +279,9 @@ pub enum SessionError {
 /// assert!(transcript.get_ref().starts_with(b"NBDMAGICIHAVEOPT"));
 /// # Ok(()) }
 /// ```
-pub fn serve_connection<S: Read + Write>(
+pub fn serve_connection<S: Read + Write, D: BlockDevice + ?Sized>(
     stream: S,
-    disk: &RwLock<Disk>,
+    disk: &RwLock<D>,
     options: &ServeOptions,
 ) -> Result<Session, SessionError> {
     session(stream, disk, options, &mut || Ok(()))
@@ -289,16 +290,16 @@ pub fn serve_connection<S: Read + Write>(
 /// [`serve_connection`], calling `admit` when the client has chosen the
 /// export, before the reply that starts transmission: it may wait (for a
 /// session slot), or refuse with an error that ends the connection.
-pub(crate) fn session<S: Read + Write>(
+pub(crate) fn session<S: Read + Write, D: BlockDevice + ?Sized>(
     mut stream: S,
-    disk: &RwLock<Disk>,
+    disk: &RwLock<D>,
     options: &ServeOptions,
     admit: &mut dyn FnMut() -> std::io::Result<()>,
 ) -> Result<Session, SessionError> {
     options.validate()?;
     let (size, writable, sector) = {
         let d = transmission::read_lock(disk);
-        (d.virtual_size(), d.is_writable(), d.physical_sector_size().max(d.logical_sector_size()))
+        (d.capacity(), d.is_writable(), d.physical_sector_size().max(d.sector_size()))
     };
     let read_only = options.read_only || !writable;
     let mut flags = proto::FLAG_HAS_FLAGS | proto::FLAG_SEND_FLUSH | proto::FLAG_CAN_MULTI_CONN;

@@ -14,21 +14,22 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{session, ServeOptions, Session, SessionEnd, SessionError};
-use crate::Disk;
+use crate::{BlockDevice, Disk};
 
 type Log = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// An NBD server for one disk: see the [module docs](super) for the protocol
-/// it speaks and its choices.
-pub struct Server {
+/// An NBD server for one disk (a [`Disk`], or any [`BlockDevice`] that can
+/// be shared between threads): see the [module docs](super) for the
+/// protocol it speaks and its choices.
+pub struct Server<D = Disk> {
     listener: TcpListener,
-    disk: Arc<RwLock<Disk>>,
+    disk: Arc<RwLock<D>>,
     options: ServeOptions,
     shared: Arc<Shared>,
     log: Option<Log>,
 }
 
-impl core::fmt::Debug for Server {
+impl<D> core::fmt::Debug for Server<D> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Server").field("listener", &self.listener).field("options", &self.options).finish()
     }
@@ -289,12 +290,12 @@ impl Write for Timed<'_> {
 /// Serves one accepted connection to its end; `true` if it counts as a
 /// client served for [`ServeOptions::once`] (it reached transmission, or
 /// ended its handshake itself with `NBD_OPT_ABORT`).
-fn handle(
+fn handle<D: BlockDevice + ?Sized>(
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,
     shared: &Shared,
-    disk: &RwLock<Disk>,
+    disk: &RwLock<D>,
     options: &ServeOptions,
     log: &Option<Log>,
 ) -> bool {
@@ -339,11 +340,11 @@ fn handle(
     admitted.get() || result.is_ok()
 }
 
-impl Server {
+impl<D: BlockDevice + Send + Sync + 'static> Server<D> {
     /// A server for `disk` on an already bound `listener`. The export is
     /// writable when the disk was opened for writing and `options.read_only`
     /// is false.
-    pub fn new(listener: TcpListener, disk: Disk, options: ServeOptions) -> std::io::Result<Server> {
+    pub fn new(listener: TcpListener, disk: D, options: ServeOptions) -> std::io::Result<Server<D>> {
         options.validate()?;
         let wake = wake_address(listener.local_addr()?);
         Ok(Server {
@@ -362,7 +363,7 @@ impl Server {
 
     /// Binds `addr` (port 0 picks a free port; see [`Server::local_addr`])
     /// and makes a server for `disk`.
-    pub fn bind(addr: impl ToSocketAddrs, disk: Disk, options: ServeOptions) -> std::io::Result<Server> {
+    pub fn bind(addr: impl ToSocketAddrs, disk: D, options: ServeOptions) -> std::io::Result<Server<D>> {
         Server::new(TcpListener::bind(addr)?, disk, options)
     }
 
@@ -379,7 +380,7 @@ impl Server {
     /// Receives one line per event (a client connecting, a session ending
     /// and how), prefixed with the client's address. Without it the server
     /// is silent.
-    pub fn on_log(mut self, log: impl Fn(&str) + Send + Sync + 'static) -> Server {
+    pub fn on_log(mut self, log: impl Fn(&str) + Send + Sync + 'static) -> Server<D> {
         self.log = Some(Arc::new(log));
         self
     }
@@ -394,7 +395,7 @@ impl Server {
     /// [`ServeOptions::once`], until the first client is done), waits for
     /// the sessions to end, and gives the disk back, flushed. An error
     /// means the listener failed for good (after the sessions ended).
-    pub fn run(self) -> std::io::Result<Disk> {
+    pub fn run(self) -> std::io::Result<D> {
         let mut workers: Vec<JoinHandle<()>> = Vec::new();
         let mut next_id = 0u64;
         let mut failures = 0u32;
@@ -475,7 +476,11 @@ impl Server {
 
 /// Serves `disk` on `listener` with `options` until stopped (see
 /// [`Server::run`]); a shorthand for `Server::new(..)?.run()`.
-pub fn serve(listener: TcpListener, disk: Disk, options: ServeOptions) -> std::io::Result<Disk> {
+pub fn serve<D: BlockDevice + Send + Sync + 'static>(
+    listener: TcpListener,
+    disk: D,
+    options: ServeOptions,
+) -> std::io::Result<D> {
     Server::new(listener, disk, options)?.run()
 }
 

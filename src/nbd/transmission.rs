@@ -19,16 +19,16 @@ use super::handshake::discard;
 use super::proto::*;
 use super::{SessionEnd, SessionError, Stats, MAX_PAYLOAD};
 use crate::error::{Error, IoErrorKind, Result};
-use crate::Disk;
+use crate::BlockDevice;
 
 /// The disk for reading; a panic elsewhere (which would be a bug) does not
 /// make the disk unusable for every other connection.
-pub(crate) fn read_lock(disk: &RwLock<Disk>) -> RwLockReadGuard<'_, Disk> {
+pub(crate) fn read_lock<D: ?Sized>(disk: &RwLock<D>) -> RwLockReadGuard<'_, D> {
     disk.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The disk for writing (see [`read_lock`]).
-pub(crate) fn write_lock(disk: &RwLock<Disk>) -> RwLockWriteGuard<'_, Disk> {
+pub(crate) fn write_lock<D: ?Sized>(disk: &RwLock<D>) -> RwLockWriteGuard<'_, D> {
     disk.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -36,10 +36,11 @@ pub(crate) fn write_lock(disk: &RwLock<Disk>) -> RwLockWriteGuard<'_, Disk> {
 ///
 /// NBD makes trimming advisory: the server may discard all, part or none of
 /// the range, and the client assumes nothing about its content until it
-/// writes it again. This server discards it ([`Disk::discard`]): whole
-/// blocks give their space back (the file shrinks at the next `compact`),
-/// and the range reads as zeros in every image type.
-pub(crate) fn trim(disk: &mut Disk, offset: u64, len: u64) -> Result<()> {
+/// writes it again. This server passes it to [`BlockDevice::discard`]; a
+/// [`Disk`](crate::Disk) discards it: whole blocks give their space back
+/// (the file shrinks at the next `compact`), and the range reads as zeros
+/// in every image type.
+pub(crate) fn trim<D: BlockDevice + ?Sized>(disk: &mut D, offset: u64, len: u64) -> Result<()> {
     disk.discard(offset, len)
 }
 
@@ -53,7 +54,7 @@ const ZERO_PIECE: usize = 64 << 10;
 /// [`ZERO_CHUNK`]s). Pieces that already read as zero are left alone, so
 /// zeroing unallocated space allocates nothing; elsewhere zeros are written
 /// (in a differencing disk they then hide the parent's data).
-fn write_zeroes(disk: &RwLock<Disk>, offset: u64, len: u64, fua: bool) -> Result<()> {
+fn write_zeroes<D: BlockDevice + ?Sized>(disk: &RwLock<D>, offset: u64, len: u64, fua: bool) -> Result<()> {
     let zeros = vec![0u8; ZERO_CHUNK as usize];
     let mut current = vec![0u8; ZERO_CHUNK as usize];
     let end = offset + len;
@@ -137,9 +138,9 @@ fn in_range(offset: u64, len: u64, size: u64) -> bool {
 }
 
 /// Serves requests until the client disconnects or breaks the framing.
-pub(crate) fn transmit<S: Read + Write>(
+pub(crate) fn transmit<S: Read + Write, D: BlockDevice + ?Sized>(
     s: &mut S,
-    disk: &RwLock<Disk>,
+    disk: &RwLock<D>,
     size: u64,
     read_only: bool,
     stats: &mut Stats,
@@ -221,7 +222,7 @@ pub(crate) fn transmit<S: Read + Write>(
                     EINVAL
                 } else {
                     let mut d = write_lock(disk);
-                    let mut result = trim(&mut d, req.offset, len);
+                    let mut result = trim(&mut *d, req.offset, len);
                     if result.is_ok() && req.flags & CMD_FLAG_FUA != 0 {
                         result = d.flush();
                     }

@@ -25,7 +25,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::error::{Error, Result};
-use crate::{Disk, Extent};
+use crate::{BlockDevice, Disk, Extent};
 
 /// Bytes read from the source at once; copies are split at multiples of it.
 const COPY_CHUNK: u64 = 1 << 20;
@@ -119,9 +119,10 @@ pub(crate) fn copy_runs(
     Ok(written)
 }
 
-/// Copies every non-zero byte of `src`'s view (through its chain) into
-/// `dst`, which must have the same virtual size and read as zeros where
-/// nothing is written (a new image). Returns the bytes written.
+/// Copies every non-zero byte of `src` (a [`Disk`] through its chain, or any
+/// [`BlockDevice`]: only its [`data_ranges`](BlockDevice::data_ranges) are
+/// read) into `dst`, which must have the same capacity and read as zeros
+/// where nothing is written (a new image). Returns the bytes written.
 ///
 /// ```
 /// use vhdx::{CreateOptions, Disk, MemStorage};
@@ -133,17 +134,21 @@ pub(crate) fn copy_runs(
 /// assert_eq!(dst.info().allocated_blocks, 1);
 /// # Ok(()) }
 /// ```
-pub fn copy_nonzero(src: &Disk, dst: &mut Disk, progress: &mut dyn FnMut(u64, u64)) -> Result<u64> {
-    if src.virtual_size() != dst.virtual_size() {
+pub fn copy_nonzero<S, D>(src: &S, dst: &mut D, progress: &mut dyn FnMut(u64, u64)) -> Result<u64>
+where
+    S: BlockDevice + ?Sized,
+    D: BlockDevice + ?Sized,
+{
+    if src.capacity() != dst.capacity() {
         return Err(Error::invalid(alloc::format!(
             "the source has {} bytes, the destination {}",
-            src.virtual_size(),
-            dst.virtual_size()
+            src.capacity(),
+            dst.capacity()
         )));
     }
-    let runs = nonzero_candidates(src)?;
+    let runs = src.data_ranges()?;
     copy_runs(
-        src.virtual_size(),
+        src.capacity(),
         &runs,
         &mut |buf, at| src.read_at(buf, at),
         &mut |buf, at| dst.write_at(buf, at),

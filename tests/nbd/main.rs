@@ -9,6 +9,7 @@ mod common;
 mod tool;
 
 mod nbd;
+mod nbd_device;
 mod nbd_protocol;
 mod nbd_stalls;
 mod support;

@@ -786,6 +786,51 @@ fn copy_nonzero_between_disks_in_memory() {
     let _ = OpenOptions::new();
 }
 
+/// `copy_nonzero` from a device that is not a `Disk`: a slice of bytes in
+/// memory with 512-byte sectors, which knows nothing of where its data is
+/// (the trait's default `data_ranges`, the whole device). Every 4 KiB grain
+/// is read and only the non-zero ones are written: the copy allocates only
+/// the blocks holding data, and QEMU reads the image back as the bytes.
+#[test]
+fn copy_nonzero_from_a_device_that_is_not_a_disk() {
+    struct Bytes(Vec<u8>);
+    impl vhdx::BlockDevice for Bytes {
+        fn sector_size(&self) -> u32 {
+            512
+        }
+        fn sector_count(&self) -> u64 {
+            self.0.len() as u64 / 512
+        }
+        fn read_sectors(&self, lba: u64, buf: &mut [u8]) -> vhdx::Result<()> {
+            let at = lba as usize * 512;
+            buf.copy_from_slice(&self.0[at..at + buf.len()]);
+            Ok(())
+        }
+        fn write_sectors(&mut self, _: u64, _: &[u8]) -> vhdx::Result<()> {
+            panic!("the source is only read")
+        }
+        fn flush(&mut self) -> vhdx::Result<()> {
+            Ok(())
+        }
+    }
+    let mut bytes = vec![0u8; 16 * MIB as usize];
+    bytes[3 * MIB as usize + 5..3 * MIB as usize + 105].copy_from_slice(&pattern(2, 100));
+    bytes[(15 * MIB) as usize..].copy_from_slice(&pattern(3, MIB as usize));
+    let src = Bytes(bytes);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("copy.vhdx");
+    let mut dst = Disk::create(&path, &CreateOptions::dynamic(16 * MIB).block_size(MIB as u32)).unwrap();
+    let n = vhdx::ops::convert::copy_nonzero(&src, &mut dst, &mut |_, _| {}).unwrap();
+    assert_eq!(n, 4096 + MIB, "one grain of the first run, all of the last MiB");
+    assert_eq!(dst.info().allocated_blocks, 2);
+    dst.close().unwrap();
+    if qemu() {
+        let raw = tmp.path().join("copy.raw");
+        qemu_convert_to_raw(&path, &raw);
+        assert!(std::fs::read(&raw).unwrap() == src.0, "QEMU reads other bytes");
+    }
+}
+
 /// A child grown past its parent cannot be merged into it as it is: the
 /// merge is refused before anything changes (convert makes a standalone
 /// copy instead).
