@@ -558,3 +558,36 @@ fn a_sector_bitmap_entry_in_a_disk_without_parent_is_ignored() {
     Disk::open(&path).expect("a stray sector-bitmap entry").read_at(&mut got, 16 << 28).unwrap();
     assert!(got == data);
 }
+
+/// A commit backs with real space only the block-table pages it writes,
+/// not the sparse rest of the region: a 16 TiB disk with 1 MiB blocks has a
+/// 128 MiB BAT region, left a hole by `create`. Writing blocks 511 and 512
+/// dirties two neighbouring BAT pages (512 entries a page); afterwards the
+/// file holds those pages and the sectors written more (the rest of a new
+/// block stays a hole that reads as zeros), measured from the file's
+/// allocated size (st_blocks), not from the library.
+#[test]
+fn a_commit_backs_only_the_pages_it_writes() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sparse-bat.vhdx");
+    Disk::create(&path, &CreateOptions::dynamic(16 << 40).block_size(1 << 20)).unwrap().close().unwrap();
+    let allocated = |p: &Path| std::fs::metadata(p).unwrap().blocks() * 512;
+    let before = allocated(&path);
+    let probe = dir.path().join("probe");
+    std::fs::File::create(&probe).unwrap().set_len(64 << 20).unwrap();
+    if allocated(&probe) != 0 {
+        eprintln!("this filesystem has no sparse files: nothing to measure");
+        return;
+    }
+    assert!(before < 16 << 20, "a new image's BAT region is a hole ({before} bytes allocated)");
+    let mut d = Disk::open_writable(&path).unwrap();
+    d.write_at(&[1u8; 512], 511 << 20).unwrap();
+    d.write_at(&[2u8; 512], 512 << 20).unwrap();
+    d.close().unwrap();
+    let grown = allocated(&path) - before;
+    assert!(
+        (8 << 10..1 << 20).contains(&grown),
+        "writing a sector in each of two blocks grew the file's allocation by {grown} bytes (expected tens of KiB)"
+    );
+}
