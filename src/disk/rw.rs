@@ -333,13 +333,13 @@ impl Disk {
             return f(committed);
         }
         let mut bits = committed.to_vec();
+        // Every pending page is 4 KiB, so each one the range finds overlaps
+        // [at, end) by at least a byte.
         for (&page_at, page) in self.dirty_pages.range(at.saturating_sub(4095)..end) {
             let lo = page_at.max(at);
             let hi = (page_at + page.len() as u64).min(end);
-            if lo < hi {
-                bits[(lo - at) as usize..(hi - at) as usize]
-                    .copy_from_slice(&page[(lo - page_at) as usize..(hi - page_at) as usize]);
-            }
+            bits[(lo - at) as usize..(hi - at) as usize]
+                .copy_from_slice(&page[(lo - page_at) as usize..(hi - page_at) as usize]);
         }
         f(&bits)
     }
