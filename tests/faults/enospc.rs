@@ -483,3 +483,37 @@ fn no_space_is_an_io_error() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A flush whose block table page is still a hole of the file (a 1 GiB
+/// disk's second BAT page, never written) backs that page before it logs
+/// anything: on a full filesystem the flush fails with nothing logged, the
+/// page still a hole, and once space returns the same flush succeeds and
+/// the data reads back after reopening.
+#[test]
+fn a_flush_backs_a_hole_in_the_bat_before_logging() {
+    let handle = FaultStorage::new();
+    let opts = CreateOptions::dynamic(1 << 30).block_size(MIB as u32);
+    let mut disk = Disk::create_on(Box::new(handle.clone()), &opts, Some(guids(7))).unwrap();
+    let page = disk.regions().bat().file_offset + 4096; // entries 512..1023
+    assert!(!handle.is_allocated(page, 4096), "the BAT's second page of a new image is a hole");
+    let data = pattern(70, 4096);
+    disk.write_at(&data, 600 * MIB).unwrap();
+    let entries = disk.log_entries_written();
+    let before = handle.volatile();
+    handle.fill_after(Some(handle.mutating_ops()));
+    let e = disk.flush().expect_err("the BAT page needs space the filesystem no longer has");
+    assert!(e.to_string().contains("no space"), "{e}");
+    let after = handle.volatile();
+    assert_eq!(after.len(), before.len());
+    let changed = after.iter().zip(&before).position(|(a, b)| a != b);
+    assert_eq!(changed, None, "the failed flush changed the file (a log entry written before the page was backed?)");
+    assert!(!handle.is_allocated(page, 4096));
+    handle.fill_after(None);
+    disk.flush().unwrap();
+    assert_eq!(disk.log_entries_written(), entries + 1);
+    assert!(handle.is_allocated(page, 4096));
+    disk.close().unwrap();
+    let mut got = vec![0u8; 4096];
+    Disk::open_storage(Box::new(handle.clone())).unwrap().read_at(&mut got, 600 * MIB).unwrap();
+    assert!(got == data);
+}
