@@ -591,3 +591,63 @@ fn a_commit_backs_only_the_pages_it_writes() {
         "writing a sector in each of two blocks grew the file's allocation by {grown} bytes (expected tens of KiB)"
     );
 }
+
+/// A child grown past its parent reads the parent's bytes up to the
+/// parent's end and zeros after it, also inside the one block that holds
+/// the parent's end. The parent here was shrunk from 4 MiB to 3.5 MiB
+/// (with `allow_shrink`), so the rest of its last block in the file still
+/// holds the old bytes: a read that took them would show.
+#[test]
+fn a_grown_child_reads_zeros_past_its_parents_end_inside_a_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, child) = (dir.path().join("base.vhdx"), dir.path().join("child.vhdx"));
+    let mut b = Disk::create(&base, &CreateOptions::dynamic(4 << 20).block_size(1 << 20)).unwrap();
+    let old = pattern(40, 4 << 20);
+    b.write_at(&old, 0).unwrap();
+    b.resize(7 << 19, true).unwrap();
+    b.close().unwrap();
+    let mut c = Disk::create_differencing(&child, &base, None).unwrap();
+    c.resize(8 << 20, false).unwrap();
+    c.close().unwrap();
+    let c = Disk::open(&child).unwrap();
+    let mut model = vec![0u8; 8 << 20];
+    model[..7 << 19].copy_from_slice(&old[..7 << 19]);
+    for (at, len) in [((13usize << 18), 1usize << 19), ((7 << 19) - 512, 1024), (7 << 19, 4096), (3 << 20, 1 << 20)] {
+        let mut got = vec![0u8; len];
+        c.read_at(&mut got, at as u64).unwrap();
+        assert!(got[..] == model[at..at + len], "{len} bytes at {at:#x} differ from the parent's bytes then zeros");
+    }
+    let mut got = vec![0u8; 8 << 20];
+    c.read_at(&mut got, 0).unwrap();
+    assert!(got == model, "the whole child differs");
+}
+
+/// The same inside a block the child holds in part (its sector bitmap
+/// says which sectors are its own): a read of sectors the child does not
+/// hold, crossing the parent's end, takes the parent's bytes, then zeros.
+/// The parent was shrunk from 1 MiB to 512 KiB inside its only block; the
+/// child, grown to 2 MiB, holds only the last sector of that block.
+#[test]
+fn a_grown_child_reads_zeros_past_its_parents_end_in_a_block_it_holds_in_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, child) = (dir.path().join("base.vhdx"), dir.path().join("child.vhdx"));
+    let mut b = Disk::create(&base, &CreateOptions::dynamic(1 << 20).block_size(1 << 20)).unwrap();
+    let old = pattern(41, 1 << 20);
+    b.write_at(&old, 0).unwrap();
+    b.resize(1 << 19, true).unwrap();
+    b.close().unwrap();
+    let mut c = Disk::create_differencing(&child, &base, None).unwrap();
+    c.resize(2 << 20, false).unwrap();
+    let mut model = vec![0u8; 2 << 20];
+    model[..1 << 19].copy_from_slice(&old[..1 << 19]);
+    let own = pattern(42, 512);
+    c.write_at(&own, (1 << 20) - 512).unwrap();
+    model[(1 << 20) - 512..1 << 20].copy_from_slice(&own);
+    c.close().unwrap();
+    let c = Disk::open(&child).unwrap();
+    for (at, len) in [(0usize, 3usize << 18), (1 << 18, 1 << 19), ((1 << 19) - 512, 1024), (0, 1 << 20)] {
+        let mut got = vec![0u8; len];
+        c.read_at(&mut got, at as u64).unwrap();
+        assert!(got[..] == model[at..at + len], "{len} bytes at {at:#x} differ from the parent's bytes then zeros");
+    }
+}
