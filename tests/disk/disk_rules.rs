@@ -612,7 +612,9 @@ fn a_grown_child_reads_zeros_past_its_parents_end_inside_a_block() {
     let c = Disk::open(&child).unwrap();
     let mut model = vec![0u8; 8 << 20];
     model[..7 << 19].copy_from_slice(&old[..7 << 19]);
-    for (at, len) in [((13usize << 18), 1usize << 19), ((7 << 19) - 512, 1024), (7 << 19, 4096), (3 << 20, 1 << 20)] {
+    for (at, len) in
+        [(13usize << 18, 1usize << 19), ((7 << 19) - 512, 1024), (7 << 19, 4096), (15 << 18, 4096), (3 << 20, 1 << 20)]
+    {
         let mut got = vec![0u8; len];
         c.read_at(&mut got, at as u64).unwrap();
         assert!(got[..] == model[at..at + len], "{len} bytes at {at:#x} differ from the parent's bytes then zeros");
@@ -649,5 +651,33 @@ fn a_grown_child_reads_zeros_past_its_parents_end_in_a_block_it_holds_in_part() 
         let mut got = vec![0u8; len];
         c.read_at(&mut got, at as u64).unwrap();
         assert!(got[..] == model[at..at + len], "{len} bytes at {at:#x} differ from the parent's bytes then zeros");
+    }
+}
+
+/// A file that ends inside its last block (as old QEMU versions left them)
+/// reads zeros for the rest of that block, also where a read lies wholly
+/// past the end of the file; on storage in memory, whose reads past the end
+/// fail, so nothing is asked of the storage there.
+#[test]
+fn a_file_ending_inside_its_last_block_reads_zeros_past_its_end() {
+    let mut d =
+        Disk::create_on(Box::new(vhdx::MemStorage::new()), &CreateOptions::dynamic(4 << 20).block_size(1 << 20), None)
+            .unwrap();
+    let data = pattern(43, 1 << 20);
+    d.write_at(&data, 3 << 20).unwrap();
+    let storage = d.into_storage().unwrap();
+    let mut file = vec![0u8; vhdx::Storage::len(&*storage).unwrap() as usize];
+    vhdx::Storage::read_exact_at(&*storage, &mut file, 0).unwrap();
+    let bat = bat_offset(&file) as usize;
+    let block = (u64_at(&file, bat + 3 * 8) & !((1 << 20) - 1)) as usize;
+    assert_eq!(block + (1 << 20), file.len(), "the written block is the file's last");
+    file.truncate(block + (1 << 18));
+    let d = Disk::open_storage(Box::new(vhdx::MemStorage::from_vec(file))).unwrap();
+    let mut model = vec![0u8; 1 << 20];
+    model[..1 << 18].copy_from_slice(&data[..1 << 18]);
+    for (at, len) in [(0usize, 1usize << 20), ((1 << 18) - 512, 1024), (1 << 19, 4096)] {
+        let mut got = vec![0u8; len];
+        d.read_at(&mut got, (3 << 20) + at as u64).unwrap();
+        assert!(got[..] == model[at..at + len], "{len} bytes at {at:#x} of the cut block");
     }
 }
