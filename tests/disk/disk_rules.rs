@@ -681,3 +681,38 @@ fn a_file_ending_inside_its_last_block_reads_zeros_past_its_end() {
         assert!(got[..] == model[at..at + len], "{len} bytes at {at:#x} of the cut block");
     }
 }
+
+/// Growing clears what the BAT region holds past the old entries before
+/// those entries count: here a stale entry 600, beyond the 8 entries of an
+/// 8 MiB disk (and beyond the page of them read at open), points at block
+/// 0's data. After growing to 700 MiB, block 600 reads zeros, also after
+/// reopening, and QEMU finds the image clean (no two blocks share space).
+#[test]
+fn growing_clears_stale_entries_past_the_old_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grow.vhdx");
+    let mut d = Disk::create(&path, &CreateOptions::dynamic(8 << 20).block_size(1 << 20)).unwrap();
+    d.write_at(&pattern(45, 1 << 20), 0).unwrap();
+    d.close().unwrap();
+    let mut file = std::fs::read(&path).unwrap();
+    let bat = bat_offset(&file) as usize;
+    let block0 = u64_at(&file, bat);
+    assert_eq!(block0 & 7, 6, "block 0 is written");
+    file[bat + 600 * 8..bat + 601 * 8].copy_from_slice(&block0.to_le_bytes());
+    std::fs::write(&path, &file).unwrap();
+    let mut d = Disk::open_writable(&path).unwrap();
+    d.resize(700 << 20, false).unwrap();
+    let mut got = vec![1u8; 1 << 20];
+    d.read_at(&mut got, 600 << 20).unwrap();
+    assert!(got.iter().all(|&b| b == 0), "block 600 shows the stale entry's data");
+    d.close().unwrap();
+    let d = Disk::open(&path).unwrap();
+    d.read_at(&mut got, 600 << 20).unwrap();
+    assert!(got.iter().all(|&b| b == 0), "block 600 shows the stale entry's data after reopening");
+    drop(d);
+    let file = std::fs::read(&path).unwrap();
+    assert_eq!(u64_at(&file, bat + 600 * 8), 0, "the stale entry is still in the file");
+    if crate::common::qemu::qemu() {
+        crate::common::qemu::qemu_check_clean(&path);
+    }
+}
