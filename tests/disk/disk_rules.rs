@@ -716,3 +716,35 @@ fn growing_clears_stale_entries_past_the_old_table() {
         crate::common::qemu::qemu_check_clean(&path);
     }
 }
+
+/// A block placed on a region (the metadata region, found by the test in
+/// the region table, and the BAT's own) is refused and named at its BAT
+/// entry. QEMU refuses both too.
+#[test]
+fn a_block_on_a_region_is_refused() {
+    const METADATA: [u8; 16] =
+        [0x06, 0xA2, 0x7C, 0x8B, 0x90, 0x47, 0x9A, 0x4B, 0xB8, 0xFE, 0x57, 0x5F, 0x05, 0x0F, 0x88, 0x6E];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("on-region.vhdx");
+    Disk::create(&path, &CreateOptions::dynamic(8 << 20).block_size(1 << 20)).unwrap().close().unwrap();
+    let clean = std::fs::read(&path).unwrap();
+    let rt = &clean[192 << 10..256 << 10];
+    let meta = (0..u32_at(rt, 8) as usize)
+        .map(|i| &rt[16 + 32 * i..48 + 32 * i])
+        .find(|e| e[..16] == METADATA)
+        .map(|e| u64_at(e, 16))
+        .expect("a metadata region entry");
+    let bat = bat_offset(&clean) as usize;
+    for (what, at) in [("on the metadata", meta), ("on the BAT", bat as u64)] {
+        let mut file = clean.clone();
+        file[bat + 8..bat + 16].copy_from_slice(&(at | 6).to_le_bytes());
+        std::fs::write(&path, &file).unwrap();
+        let message = Disk::open(&path).expect_err(what).to_string();
+        assert!(message.contains(&format!("corrupt BAT entry at file offset {:#x}", bat + 8)), "{what}: {message}");
+        assert!(message.contains("overlaps region"), "{what}: {message}");
+        if crate::common::qemu::qemu() {
+            let out = crate::common::qemu::run("qemu-img", &["info", "-f", "vhdx", path.to_str().unwrap()]);
+            assert!(!out.status.success(), "{what}: QEMU opened it");
+        }
+    }
+}
