@@ -257,6 +257,49 @@ fn allocating_writes_to_a_differencing_disk_leave_no_trace() {
     fill_at_every_operation("the first partial write (a new sector bitmap)", fresh, &pattern(25, 1024), 5 * MIB);
 }
 
+/// A write that fails on a full filesystem while the sector bitmap page it
+/// changes holds another write's bits, not yet committed: the failed
+/// write's bits are taken back byte by byte and the earlier write's kept,
+/// before and after a flush and a reopen. (The page was not loaded by the
+/// failed write, so it is not simply dropped.)
+#[test]
+fn a_failed_write_takes_back_its_bits_in_a_pending_bitmap_page() {
+    let pending = || {
+        let mut s = Subject::differencing(false);
+        s.write(&pattern(26, 4096), 9 * MIB + 512).unwrap();
+        s
+    };
+    for (name, data, at) in [
+        ("a new block beside the pending one", pattern(27, 2048), 10 * MIB + 1024),
+        ("the pending block again", pattern(28, 1536), 9 * MIB + 8192),
+        ("from the pending block into a new one", pattern(29, 4096), 10 * MIB - 1024),
+    ] {
+        let mut s = pending();
+        let before = s.handle.mutating_ops();
+        s.write(&data, at).unwrap();
+        let ops = s.handle.mutating_ops() - before;
+        let mut failures = 0;
+        for k in 0..ops {
+            let what = format!("{name}, full after {k} of {ops} operations");
+            let mut s = pending();
+            let (old, stored) = (s.model.clone(), s.stored.clone());
+            s.handle.fill_after(Some(s.handle.mutating_ops() + k));
+            if s.write(&data, at).is_ok() {
+                continue;
+            }
+            failures += 1;
+            let relaxed = Some((&data[..], at, &stored[..]));
+            assert_presents(&s.disk, &old, relaxed, &what);
+            s.handle.fill_after(None);
+            s.disk.flush().unwrap_or_else(|e| panic!("{what}: flush once space is back: {e}"));
+            s.disk.read_at(&mut s.model, 0).unwrap();
+            assert_presents(&s.reopen(), &old, relaxed, &format!("{what}, reopened"));
+            s.assert_clean();
+        }
+        assert!(failures > 0, "{name}: the full filesystem never failed the write");
+    }
+}
+
 /// A new sector bitmap block is backed by real space at once: applying its
 /// pages from the log later never needs space.
 #[test]
