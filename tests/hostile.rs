@@ -447,3 +447,17 @@ fn repair_mends_headers_region_tables_reserved_bits_and_the_log() {
         assert!(std::env::var("CI").is_err(), "qemu-img is required under CI");
     }
 }
+
+/// Repairing a sound image mends nothing: no action reported, and not a
+/// byte of the file changes (no header, region table or BAT rewritten).
+#[test]
+fn repair_of_a_sound_image_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sound.vhdx");
+    let image = clean_dynamic();
+    std::fs::write(&path, &image).unwrap();
+    let report = vhdx::check::repair_file(&path).unwrap();
+    assert!(report.actions.is_empty(), "{report:?}");
+    assert!(report.after.is_clean(), "{report:?}");
+    assert!(std::fs::read(&path).unwrap() == image, "repair changed a sound image's bytes");
+}
