@@ -65,7 +65,8 @@ pub mod nbd;
 pub mod ops;
 
 pub use block::BlockDevice;
-pub use disk::{CompactReport, CreateOptions, Disk, DiskInfo, DiskType, Extent, GuidSource, MapEntry, OpenOptions};
+pub use chain::open::OpenOptions;
+pub use disk::{CompactReport, CreateOptions, Disk, DiskInfo, DiskType, Extent, GuidSource, MapEntry};
 pub use error::{Error, ErrorKind, IoError, IoErrorKind, Result};
 #[cfg(feature = "std")]
 pub use io::FileStorage;

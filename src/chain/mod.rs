@@ -26,9 +26,11 @@
 //! systems; a locator holding nothing else gives an
 //! [`Error::ParentNotFound`] that says so ([`windows_paths`], [`looked_for`]).
 
+mod create;
 #[cfg(feature = "std")]
 mod fs;
 mod map;
+pub(crate) mod open;
 
 pub use map::{map, ChainMapEntry};
 

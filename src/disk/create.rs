@@ -13,7 +13,7 @@ use alloc::format;
 use alloc::vec::Vec;
 use zerocopy::IntoBytes;
 
-use super::options::{default_guid_source, CreateOptions, DiskType, GuidSource, OpenOptions};
+use super::options::{default_guid_source, CreateOptions, DiskType, GuidSource};
 use super::Disk;
 use crate::error::{Error, IoContext, Result};
 use crate::format::bat::{BatEntry, BatGeometry, PayloadState};
@@ -171,7 +171,8 @@ pub(crate) fn create(
         physical_sector_size: options.physical_sector_size,
     };
     write_new_image(&mut *storage, &params, None, &mut guids)?;
-    OpenOptions::new().writable(true).guid_source(guids).open_storage(storage)
+    let image = super::open::read_image(storage, true, Some(guids), None)?;
+    Ok(super::open::finish(image, None))
 }
 
 #[cfg(feature = "std")]
@@ -190,71 +191,8 @@ pub(crate) fn create_file(path: &std::path::Path, options: &CreateOptions) -> Re
 /// After a new image is complete and flushed: makes its name durable too
 /// (the directory is flushed), so a power cut cannot lose a created image.
 #[cfg(feature = "std")]
-fn sync_name(path: &std::path::Path) -> Result<()> {
+pub(crate) fn sync_name(path: &std::path::Path) -> Result<()> {
     crate::io::sync_directory_of(path)
         .during("flushing the directory of the new image", 0)
         .map_err(|e| e.in_file(path.display()))
-}
-
-/// Creates a differencing disk of `parent` on empty `storage`: the parent's
-/// virtual size, sector sizes and virtual disk ID, `locator` (which must link
-/// to the parent's DataWriteGuid), and `block_size` (2 MiB by default).
-pub(crate) fn create_differencing(
-    mut storage: Box<dyn Storage>,
-    parent: Disk,
-    locator: ParentLocator,
-    block_size: Option<u32>,
-    guid_source: Option<GuidSource>,
-    path: Option<alloc::string::String>,
-) -> Result<Disk> {
-    let block_size = block_size.unwrap_or(crate::format::DEFAULT_DIFFERENCING_BLOCK_SIZE);
-    let mut guids = guid_source
-        .or_else(default_guid_source)
-        .ok_or_else(|| Error::invalid("creating an image without std needs a GUID source"))?;
-    CreateOptions::dynamic(parent.virtual_size())
-        .block_size(block_size)
-        .logical_sector_size(parent.logical_sector_size())
-        .physical_sector_size(parent.physical_sector_size())
-        .validate()?;
-    crate::chain::check_linkage(&locator, &parent, "the parent")?;
-    let params = DiskParameters {
-        block_size,
-        leave_block_allocated: false,
-        has_parent: true,
-        virtual_size: parent.virtual_size(),
-        virtual_disk_id: parent.info().virtual_disk_id,
-        logical_sector_size: parent.logical_sector_size(),
-        physical_sector_size: parent.physical_sector_size(),
-    };
-    write_new_image(&mut *storage, &params, Some(&locator), &mut guids)?;
-    let mut opts = OpenOptions::new().writable(true).guid_source(guids).parent(parent);
-    opts.path = path;
-    opts.open_storage(storage)
-}
-
-#[cfg(feature = "std")]
-pub(crate) fn create_differencing_file(
-    child: &std::path::Path,
-    parent: &std::path::Path,
-    block_size: Option<u32>,
-) -> Result<Disk> {
-    let parent_disk = OpenOptions::new().open(parent)?;
-    let locator = crate::chain::locator_for(child, parent, &parent_disk.data_write_guid())
-        .map_err(|e| e.in_file(child.display()))?;
-    let storage = crate::io::FileStorage::create_new(child)
-        .map_err(|source| Error::opening("create", source, true).in_file(child.display()))?;
-    let disk = create_differencing(
-        Box::new(storage),
-        parent_disk,
-        locator,
-        block_size,
-        None,
-        Some(format!("{}", child.display())),
-    )
-    .map_err(|e| {
-        let _ = std::fs::remove_file(child);
-        e.in_file(child.display())
-    })?;
-    sync_name(child)?;
-    Ok(disk)
 }

@@ -17,7 +17,7 @@
 mod cache;
 mod commit;
 mod compact;
-mod create;
+pub(crate) mod create;
 mod diff;
 mod discard;
 mod headers;
@@ -38,7 +38,8 @@ use alloc::vec::Vec;
 
 pub use compact::CompactReport;
 pub(crate) use discard::reads_zero_structurally;
-pub use options::{CreateOptions, DiskType, GuidSource, OpenOptions};
+pub(crate) use options::default_guid_source;
+pub use options::{CreateOptions, DiskType, GuidSource};
 pub use rw::{Extent, MapEntry};
 
 use crate::error::Result;
@@ -142,29 +143,6 @@ pub struct DiskInfo {
 }
 
 impl Disk {
-    /// Opens `path` read-only. A dirty log is replayed in memory.
-    ///
-    /// ```no_run
-    /// let disk = vhdx::Disk::open("disk.vhdx")?;
-    /// println!("{} bytes", disk.virtual_size());
-    /// # Ok::<(), vhdx::Error>(())
-    /// ```
-    #[cfg(feature = "std")]
-    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Disk> {
-        OpenOptions::new().open(path)
-    }
-
-    /// Opens `path` for reading and writing. A dirty log is replayed in place.
-    #[cfg(feature = "std")]
-    pub fn open_writable(path: impl AsRef<std::path::Path>) -> Result<Disk> {
-        OpenOptions::new().writable(true).open(path)
-    }
-
-    /// Opens an image on any storage, read-only.
-    pub fn open_storage(storage: Box<dyn Storage>) -> Result<Disk> {
-        OpenOptions::new().open_storage(storage)
-    }
-
     /// Creates a new fixed or dynamic image at `path` (which must not exist)
     /// and opens it for writing.
     ///
@@ -175,38 +153,6 @@ impl Disk {
     #[cfg(feature = "std")]
     pub fn create(path: impl AsRef<std::path::Path>, options: &CreateOptions) -> Result<Disk> {
         create::create_file(path.as_ref(), options)
-    }
-
-    /// Creates a differencing disk at `path` (which must not exist) whose
-    /// parent is the image at `parent`, and opens it for writing. The child
-    /// takes the parent's virtual size and sector sizes; `block_size` defaults
-    /// to 2 MiB. Its locator records `parent_linkage` (the parent's current
-    /// DataWriteGuid), `relative_path` and `absolute_win32_path`.
-    ///
-    /// ```no_run
-    /// let child = vhdx::Disk::create_differencing("child.vhdx", "base.vhdx", None)?;
-    /// # Ok::<(), vhdx::Error>(())
-    /// ```
-    #[cfg(feature = "std")]
-    pub fn create_differencing(
-        path: impl AsRef<std::path::Path>,
-        parent: impl AsRef<std::path::Path>,
-        block_size: Option<u32>,
-    ) -> Result<Disk> {
-        create::create_differencing_file(path.as_ref(), parent.as_ref(), block_size)
-    }
-
-    /// Creates a differencing disk of the open `parent` on empty `storage`,
-    /// with `locator` saying where to find the parent later (its
-    /// `parent_linkage` must equal the parent's DataWriteGuid).
-    pub fn create_differencing_on(
-        storage: Box<dyn Storage>,
-        parent: Disk,
-        locator: ParentLocator,
-        block_size: Option<u32>,
-        guid_source: Option<GuidSource>,
-    ) -> Result<Disk> {
-        create::create_differencing(storage, parent, locator, block_size, guid_source, None)
     }
 
     /// Creates a new fixed or dynamic image on empty `storage` and opens it

@@ -7,7 +7,6 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use super::headers::Headers;
-use super::options::{OpenOptions, ParentChoice};
 use super::table::BlockTable;
 use super::Disk;
 use crate::error::{Error, IoContext, Result};
@@ -27,8 +26,16 @@ fn file_len(storage: &dyn Storage) -> Result<u64> {
     storage.len().during("sizing the file", 0)
 }
 
-pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<Disk> {
-    let OpenOptions { writable, mut guid_source, parent, path, .. } = opts;
+/// Reads and checks the image on `storage`, replaying its log (in place
+/// when `writable`, else in memory): everything of a [`Disk`] but its
+/// parent, which the chain layer finds ([`crate::chain`]) and
+/// [`finish`] attaches.
+pub(crate) fn read_image(
+    mut storage: Box<dyn Storage>,
+    writable: bool,
+    mut guid_source: Option<super::GuidSource>,
+    path: Option<alloc::string::String>,
+) -> Result<Image> {
     if writable && guid_source.is_none() {
         return Err(Error::invalid("a writable open needs a GUID source when built without std"));
     }
@@ -156,7 +163,7 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
     let alloc_floor = validate_bat(&bat, &geometry, bat_region.file_offset, len, &regions, log_range)?;
     let table = BlockTable::new(geometry, bat_region.file_offset, bat);
 
-    let image = Image {
+    Ok(Image {
         storage,
         writable,
         space: super::space::Space { len, floor: alloc_floor },
@@ -170,57 +177,12 @@ pub(crate) fn open(mut storage: Box<dyn Storage>, opts: OpenOptions) -> Result<D
         creator: ident.creator(),
         replayed_log,
         path,
-    };
-    let parent = open_parent(&image, parent)?;
-    Ok(finish(image, parent))
-}
-
-/// The parent of a differencing `image`, as `choice` says to find it,
-/// checked against the image's locator and sector size; `None` for a disk
-/// without a parent, or when the caller asked for none.
-fn open_parent(image: &Image, choice: ParentChoice) -> Result<Option<Box<Disk>>> {
-    let (params, path) = (&image.params, image.path.as_deref());
-    if !params.has_parent {
-        return Ok(None);
-    }
-    let loc = image.locator.as_ref().expect("a differencing disk has a locator");
-    let (p, name) = match choice {
-        ParentChoice::Disk(p) => (p, alloc::string::String::from("the given parent")),
-        ParentChoice::Resolver(mut r, depth) => {
-            let (d, name) = r.open_parent(path, loc, depth + 1)?;
-            (Box::new(d), name)
-        }
-        ParentChoice::Resolve => {
-            let (d, name) = crate::chain::default_open_parent(path, loc)?;
-            (Box::new(d), name)
-        }
-        // `OpenOptions::open_storage` makes it a resolver; kept for completeness.
-        #[cfg(feature = "std")]
-        ParentChoice::Confined(dirs) => {
-            use crate::chain::ParentResolver;
-            let (d, name) = crate::chain::FsResolver::confined_to(dirs).open_parent(path, loc, 1)?;
-            (Box::new(d), name)
-        }
-        ParentChoice::None => return Ok(None),
-    };
-    crate::chain::check_linkage(loc, &p, &name)?;
-    if p.logical_sector_size() != params.logical_sector_size {
-        return Err(Error::corrupt(
-            "parent locator",
-            0,
-            format!(
-                "the parent {name} has {}-byte sectors, the child {}-byte sectors",
-                p.logical_sector_size(),
-                params.logical_sector_size
-            ),
-        ));
-    }
-    Ok(Some(p))
+    })
 }
 
 /// What one file holds, read and checked: everything of a [`Disk`] but
 /// its parent.
-struct Image {
+pub(crate) struct Image {
     storage: Box<dyn Storage>,
     writable: bool,
     space: super::space::Space,
@@ -236,8 +198,26 @@ struct Image {
     path: Option<alloc::string::String>,
 }
 
-/// The disk of `image` over `parent`.
-fn finish(image: Image, parent: Option<Box<Disk>>) -> Disk {
+impl Image {
+    /// The image's parameters.
+    pub(crate) fn params(&self) -> &crate::format::metadata::DiskParameters {
+        &self.params
+    }
+
+    /// The parent locator of a differencing image.
+    pub(crate) fn locator(&self) -> Option<&crate::format::locator::ParentLocator> {
+        self.locator.as_ref()
+    }
+
+    /// The path the image was opened from, if any.
+    pub(crate) fn path(&self) -> Option<&str> {
+        self.path.as_deref()
+    }
+}
+
+/// The disk of `image` over `parent` (checked by the caller against the
+/// image's locator).
+pub(crate) fn finish(image: Image, parent: Option<Box<Disk>>) -> Disk {
     let Image {
         storage,
         writable,
