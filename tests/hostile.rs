@@ -448,6 +448,43 @@ fn repair_mends_headers_region_tables_reserved_bits_and_the_log() {
     }
 }
 
+/// A sector-bitmap entry in a disk without a parent (MS-VHDX 2.5.1: such
+/// disks have none) is reported by `check` and cleared by a repair, which
+/// says how many it cleared; the disk presents the same bytes. 256 MiB
+/// blocks make entry 16 the first chunk's bitmap entry (chunk ratio 16).
+#[test]
+fn repair_clears_a_sector_bitmap_entry_in_a_disk_without_parent() {
+    let mut d =
+        Disk::create_on(Box::new(MemStorage::new()), &CreateOptions::dynamic(17 << 28).block_size(256 << 20), None)
+            .unwrap();
+    d.write_at(&[0x5A; 4096], 16 << 28).unwrap();
+    let image = snapshot(d.into_storage().unwrap());
+    let bat = 3 << 20;
+    assert_eq!(
+        u64::from_le_bytes(image[bat + 17 * 8..bat + 18 * 8].try_into().unwrap()) & 7,
+        6,
+        "block 16 is entry 17"
+    );
+    let m = corrupt(&image, bat + 16 * 8, &6u64.to_le_bytes());
+    let before = vhdx::check::check_storage(Box::new(MemStorage::from_vec(m.clone()))).unwrap();
+    assert!(before.errors.iter().any(|e| e.contains("BAT entry 16 (sector bitmap) has state 6")), "{before:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stray-bitmap.vhdx");
+    std::fs::write(&path, &m).unwrap();
+    let report = vhdx::check::repair_file(&path).unwrap();
+    assert!(report.after.is_clean(), "{report:?}");
+    assert!(
+        report.actions.iter().any(|a| a == "cleared 1 sector bitmap entries in a disk without a parent"),
+        "{report:?}"
+    );
+    let repaired = std::fs::read(&path).unwrap();
+    assert_eq!(&repaired[bat + 16 * 8..bat + 17 * 8], &[0u8; 8], "the entry is still set");
+    let d = OpenOptions::new().open_storage(Box::new(MemStorage::from_vec(repaired))).unwrap();
+    let mut got = vec![0u8; 4096];
+    d.read_at(&mut got, 16 << 28).unwrap();
+    assert!(got.iter().all(|&b| b == 0x5A));
+}
+
 /// Repairing a sound image mends nothing: no action reported, and not a
 /// byte of the file changes (no header, region table or BAT rewritten).
 #[test]
