@@ -182,7 +182,8 @@ fi
 if have qemu-img "the QEMU cross-checks (qemu-img check and convert)"; then
     # (QEMU reads only 512-byte logical sectors, so not c_fixed.vhdx.)
     for img in "$images/c_dynamic.vhdx" "$images/c_fixed512.vhdx" "$images/c_defaults.vhdx" \
-        "$callbacks/c_callbacks.vhdx" "$maintained/c_maintained.vhdx" "$maintained/c_converted_fixed.vhdx"; do
+        "$callbacks/c_callbacks.vhdx" "$callbacks/c_import.vhdx" "$maintained/c_maintained.vhdx" \
+        "$maintained/c_converted_fixed.vhdx"; do
         if qemu-img check -f vhdx "$img" >"$work/out" 2>&1; then
             ok "qemu-img check passes on the C-made $(basename "$img")"
         else
@@ -199,6 +200,13 @@ if have qemu-img "the QEMU cross-checks (qemu-img check and convert)"; then
             bad "qemu-img convert $name.vhdx"
         fi
     done
+    # A raw buffer imported by vhdx_import_raw: QEMU reads the buffer's bytes.
+    if qemu-img convert -f vhdx -O raw "$callbacks/c_import.vhdx" "$work/c_import.qemu.raw"; then
+        same_bytes "$work/c_import.qemu.raw" "$callbacks/c_import.expected.raw" \
+            "qemu-img convert of the image vhdx_import_raw made equals the raw buffer it read"
+    else
+        bad "qemu-img convert c_import.vhdx"
+    fi
     # Resized, discarded and compacted through the C API, then converted to raw by it.
     if qemu-img convert -f vhdx -O raw "$maintained/c_maintained.vhdx" "$work/c_maintained.qemu.raw"; then
         same_bytes "$maintained/c_converted.raw" "$work/c_maintained.qemu.raw" \

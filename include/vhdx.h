@@ -1508,6 +1508,37 @@ int32_t vhdx_create_fixed_callbacks(const struct VhdxStorageCallbacks *storage,
                                     struct VhdxDisk **out);
 
 /**
+ * Copies a raw disk image, read through caller-supplied storage, into the
+ * open, writable `disk`: every 4 KiB of the source holding a non-zero
+ * byte is written, all-zero ones are skipped, so a dynamic or
+ * differencing `disk` allocates only blocks with data. `disk` must read
+ * as zeros where nothing is copied (a new image), and its virtual size
+ * must equal the source's size (a whole number of 512-byte sectors).
+ * Nothing is flushed: call vhdx_flush or vhdx_close.
+ *
+ * `source` needs only `read` and `size`; it is read, never written. When
+ * `bytes_written` is not NULL it receives the bytes written (on success).
+ *
+ * Returns VHDX_OK, VHDX_ERR_INVALID_ARGUMENT (a NULL argument, a missing
+ * callback, sizes that differ or are not whole sectors), VHDX_ERR_READ_ONLY,
+ * or the error of a read or write (VHDX_ERR_IO naming the callback).
+ *
+ * Ownership: the library takes `source` as vhdx_open_callbacks does:
+ * `source->destroy` (when set) is called exactly once, before this
+ * function returns, whatever the result (except for a `struct_size` of
+ * `source` refused).
+ * Thread safety: takes the handle's lock exclusively.
+ *
+ * # Safety
+ * `source` points to a valid VhdxStorageCallbacks of `struct_size` bytes;
+ * `disk` is NULL or a live handle; `bytes_written` is NULL or points to a
+ * writable `uint64_t`.
+ */
+int32_t vhdx_import_raw(const struct VhdxStorageCallbacks *source,
+                        struct VhdxDisk *disk,
+                        uint64_t *bytes_written);
+
+/**
  * Formats the 16 GUID bytes `guid` (in the on-disk / Windows `GUID` memory
  * layout, as every GUID this API hands out) as the 38-character text
  * `{XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}` into `buf` of `cap` bytes.

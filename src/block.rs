@@ -228,3 +228,104 @@ impl BlockDevice for crate::Disk {
         crate::Disk::checkpoint(self)
     }
 }
+
+/// The bytes of a [`Storage`](crate::Storage) as a device of 512-byte
+/// sectors: a raw image file, a block device, a buffer. With it a raw
+/// source is copied into an image
+/// ([`copy_nonzero`](crate::ops::convert::copy_nonzero)) or served over
+/// NBD like a [`Disk`](crate::Disk).
+///
+/// ```
+/// use vhdx::{BlockDevice, CreateOptions, Disk, MemStorage, RawDevice};
+/// # fn main() -> vhdx::Result<()> {
+/// let mut bytes = vec![0u8; 4 << 20];
+/// bytes[3 << 20] = 1;
+/// let raw = RawDevice::new(Box::new(MemStorage::from_vec(bytes)), false)?;
+/// let mut disk = Disk::create_on(Box::new(MemStorage::new()), &CreateOptions::dynamic(4 << 20).block_size(1 << 20), None)?;
+/// vhdx::ops::convert::copy_nonzero(&raw, &mut disk, &mut |_, _| {})?;
+/// assert_eq!(disk.info().allocated_blocks, 1);
+/// # Ok(()) }
+/// ```
+pub struct RawDevice {
+    storage: alloc::boxed::Box<dyn crate::Storage>,
+    capacity: u64,
+    writable: bool,
+}
+
+impl core::fmt::Debug for RawDevice {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RawDevice").field("capacity", &self.capacity).field("writable", &self.writable).finish()
+    }
+}
+
+impl RawDevice {
+    /// The device of `storage`'s bytes; its capacity is the storage's
+    /// length now, which must be a whole number of 512-byte sectors.
+    /// Writes are refused ([`Error::ReadOnly`]) unless `writable`.
+    pub fn new(storage: alloc::boxed::Box<dyn crate::Storage>, writable: bool) -> Result<RawDevice> {
+        use crate::error::IoContext;
+        let capacity = storage.len().during("sizing the raw storage", 0)?;
+        if capacity % 512 != 0 {
+            return Err(Error::invalid(alloc::format!(
+                "a raw device of {capacity} bytes is not a whole number of 512-byte sectors"
+            )));
+        }
+        Ok(RawDevice { storage, capacity, writable })
+    }
+
+    /// Gives the storage back.
+    pub fn into_storage(self) -> alloc::boxed::Box<dyn crate::Storage> {
+        self.storage
+    }
+}
+
+impl BlockDevice for RawDevice {
+    fn sector_size(&self) -> u32 {
+        512
+    }
+
+    fn sector_count(&self) -> u64 {
+        self.capacity / 512
+    }
+
+    fn read_sectors(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
+        let at = sector_offset(lba, buf.len(), 512)?;
+        self.read_at(buf, at)
+    }
+
+    fn write_sectors(&mut self, lba: u64, buf: &[u8]) -> Result<()> {
+        let at = sector_offset(lba, buf.len(), 512)?;
+        self.write_at(buf, at)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        use crate::error::IoContext;
+        if !self.writable {
+            return Ok(());
+        }
+        self.storage.flush().during("flushing the raw storage", 0)
+    }
+
+    fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Reads the storage's bytes at `offset`, any offset and length inside
+    /// the device.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        use crate::error::IoContext;
+        check_range(offset, buf.len(), self.capacity)?;
+        self.storage.read_exact_at(buf, offset).during("reading the raw storage", offset)
+    }
+
+    /// Writes the storage's bytes at `offset`, any offset and length inside
+    /// the device.
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        use crate::error::IoContext;
+        if !self.writable {
+            return Err(Error::ReadOnly);
+        }
+        check_range(offset, buf.len(), self.capacity)?;
+        self.storage.write_all_at(buf, offset).during("writing the raw storage", offset)
+    }
+}

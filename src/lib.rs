@@ -64,7 +64,7 @@ pub(crate) mod log;
 pub mod nbd;
 pub mod ops;
 
-pub use block::BlockDevice;
+pub use block::{BlockDevice, RawDevice};
 pub use chain::open::OpenOptions;
 pub use disk::{CompactReport, CreateOptions, Disk, DiskInfo, DiskType, Extent, GuidSource, MapEntry};
 pub use error::{Error, ErrorKind, IoError, IoErrorKind, Result};

@@ -269,10 +269,72 @@ static void test_chain_in_memory(const char *dir) {
     free(mc.data);
 }
 
+/* A raw image in a C buffer poured into a new dynamic VHDX file with
+ * vhdx_import_raw: only its blocks with data are allocated, the bytes read
+ * back are the buffer's, and `destroy` runs once whatever the outcome. The
+ * buffer is saved as c_import.expected.raw and the image as c_import.vhdx,
+ * for run-tests.sh to compare with qemu-img. */
+static void test_import_raw(const char *dir) {
+    struct mem m;
+    VhdxStorageCallbacks cb;
+    VhdxDisk *d = NULL;
+    VhdxInfo info = {.struct_size = sizeof info};
+    uint64_t written = 0;
+    uint8_t *buf = (uint8_t *)xmalloc(MIB);
+    char path[4096], raw[4096];
+
+    memset(&m, 0, sizeof m);
+    m.len = 16 * MIB;
+    m.data = (uint8_t *)calloc(1, m.len);
+    CHECK(m.data != NULL);
+    fill_pattern(m.data + 2 * MIB + 100, 3000, 2 * MIB + 100, 4);
+    fill_pattern(m.data + 15 * MIB, MIB, 15 * MIB, 5);
+    path_in(raw, dir, "c_import.expected.raw");
+    save(&m, raw);
+
+    path_in(path, dir, "c_import.vhdx");
+    remove(path);
+    CHECK_OK(vhdx_create_dynamic(path, 16 * MIB, MIB, 512, &d));
+    cb = callbacks_for(&m);
+    cb.write = NULL; /* read and size are all it needs */
+    cb.set_size = NULL;
+    CHECK_OK(vhdx_import_raw(&cb, d, &written));
+    CHECK(m.destroyed == 1);
+    CHECK(written == 4096 + MIB); /* one 4 KiB grain, then the whole last MiB */
+    CHECK_OK(vhdx_info(d, &info));
+    CHECK(info.allocated_blocks == 2);
+    CHECK_OK(vhdx_read_at(d, 2 * MIB, buf, MIB));
+    CHECK(memcmp(buf, m.data + 2 * MIB, MIB) == 0);
+    CHECK_OK(vhdx_close_checked(d));
+
+    /* A source whose size differs from the disk's: refused, still destroyed. */
+    CHECK_OK(vhdx_open(path, true, &d));
+    m.len = 8 * MIB;
+    cb = callbacks_for(&m);
+    CHECK_ERR(vhdx_import_raw(&cb, d, NULL), VHDX_ERR_INVALID_ARGUMENT, "bytes");
+    CHECK(m.destroyed == 2);
+    /* A read-only handle refuses the copy. */
+    vhdx_close(d);
+    CHECK_OK(vhdx_open(path, false, &d));
+    m.len = 16 * MIB;
+    cb = callbacks_for(&m);
+    CHECK(vhdx_import_raw(&cb, d, NULL) == VHDX_ERR_READ_ONLY);
+    CHECK(m.destroyed == 3);
+    /* NULL arguments. */
+    cb = callbacks_for(&m);
+    CHECK(vhdx_import_raw(&cb, NULL, NULL) == VHDX_ERR_INVALID_ARGUMENT);
+    CHECK(m.destroyed == 4);
+    CHECK(vhdx_import_raw(NULL, d, NULL) == VHDX_ERR_INVALID_ARGUMENT);
+    vhdx_close(d);
+    free(m.data);
+    free(buf);
+}
+
 int main(int argc, char **argv) {
     const char *dir = work_dir(argc, argv);
     test_memory_image(dir);
     test_fixed_and_bad_parameters();
     test_chain_in_memory(dir);
+    test_import_raw(dir);
     return finish("test_callbacks");
 }

@@ -370,3 +370,53 @@ pub unsafe extern "C" fn vhdx_create_fixed_callbacks(
         }
     })
 }
+
+/// Copies a raw disk image, read through caller-supplied storage, into the
+/// open, writable `disk`: every 4 KiB of the source holding a non-zero
+/// byte is written, all-zero ones are skipped, so a dynamic or
+/// differencing `disk` allocates only blocks with data. `disk` must read
+/// as zeros where nothing is copied (a new image), and its virtual size
+/// must equal the source's size (a whole number of 512-byte sectors).
+/// Nothing is flushed: call vhdx_flush or vhdx_close.
+///
+/// `source` needs only `read` and `size`; it is read, never written. When
+/// `bytes_written` is not NULL it receives the bytes written (on success).
+///
+/// Returns VHDX_OK, VHDX_ERR_INVALID_ARGUMENT (a NULL argument, a missing
+/// callback, sizes that differ or are not whole sectors), VHDX_ERR_READ_ONLY,
+/// or the error of a read or write (VHDX_ERR_IO naming the callback).
+///
+/// Ownership: the library takes `source` as vhdx_open_callbacks does:
+/// `source->destroy` (when set) is called exactly once, before this
+/// function returns, whatever the result (except for a `struct_size` of
+/// `source` refused).
+/// Thread safety: takes the handle's lock exclusively.
+///
+/// # Safety
+/// `source` points to a valid VhdxStorageCallbacks of `struct_size` bytes;
+/// `disk` is NULL or a live handle; `bytes_written` is NULL or points to a
+/// writable `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_import_raw(
+    source: *const VhdxStorageCallbacks,
+    disk: *mut VhdxDisk,
+    bytes_written: *mut u64,
+) -> i32 {
+    ffi!("vhdx_import_raw", {
+        const F: &str = "vhdx_import_raw";
+        // SAFETY: the caller's promise on `source`; taken first, so every
+        // failure below releases it.
+        let storage = unsafe { take_callbacks(F, source, false) }?;
+        // SAFETY: the caller promises NULL or a live handle.
+        let d = unsafe { super::ptr::disk_arg(F, disk)? };
+        let device = crate::RawDevice::new(Box::new(storage), false)?;
+        let mut guard = d.write()?;
+        let n = crate::ops::convert::copy_nonzero(&device, &mut *guard, &mut |_, _| {}).map_err(|e| d.fail(e))?;
+        drop(guard);
+        // SAFETY: the caller promises NULL or a writable uint64_t.
+        if let Some(out) = unsafe { bytes_written.as_mut() } {
+            *out = n;
+        }
+        Ok(super::error::VHDX_OK)
+    })
+}

@@ -831,6 +831,48 @@ fn copy_nonzero_from_a_device_that_is_not_a_disk() {
     }
 }
 
+/// A raw file as a `RawDevice`: copied into a dynamic VHDX by
+/// `copy_nonzero` (only blocks with data allocated), which `qemu-img
+/// compare` finds identical to the raw file; written through at unaligned
+/// offsets (the file's bytes change exactly there); refused when its size
+/// is not whole sectors, and for writes when opened read-only.
+#[test]
+fn a_raw_file_as_a_device() {
+    use vhdx::{BlockDevice, FileStorage, RawDevice};
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("src.raw");
+    let mut bytes = vec![0u8; 24 * MIB as usize];
+    bytes[5 * MIB as usize + 3..5 * MIB as usize + 3000].copy_from_slice(&pattern(5, 2997));
+    bytes[(23 * MIB) as usize..].copy_from_slice(&pattern(6, MIB as usize));
+    std::fs::write(&raw, &bytes).unwrap();
+    let device = RawDevice::new(Box::new(FileStorage::open(&raw, false).unwrap()), false).unwrap();
+    assert_eq!(device.capacity(), 24 * MIB);
+    let out = tmp.path().join("out.vhdx");
+    let mut disk = Disk::create(&out, &CreateOptions::dynamic(24 * MIB).block_size(MIB as u32)).unwrap();
+    vhdx::ops::convert::copy_nonzero(&device, &mut disk, &mut |_, _| {}).unwrap();
+    assert_eq!(disk.info().allocated_blocks, 2);
+    disk.close().unwrap();
+    if qemu() {
+        qemu_img(&["compare", "-f", "raw", "-F", "vhdx", raw.to_str().unwrap(), out.to_str().unwrap()]);
+    }
+    let mut ro = device;
+    assert_eq!(ro.write_at(&[1], 0).unwrap_err().kind(), ErrorKind::ReadOnly);
+    drop(ro);
+
+    let mut rw = RawDevice::new(Box::new(FileStorage::open(&raw, true).unwrap()), true).unwrap();
+    rw.write_at(&pattern(7, 1000), 12345).unwrap();
+    rw.flush().unwrap();
+    assert!(rw.write_at(&[0; 2], 24 * MIB - 1).is_err(), "a write past the end");
+    drop(rw);
+    bytes[12345..13345].copy_from_slice(&pattern(7, 1000));
+    assert!(std::fs::read(&raw).unwrap() == bytes);
+
+    let odd = tmp.path().join("odd.raw");
+    std::fs::write(&odd, vec![0u8; 1000]).unwrap();
+    let e = RawDevice::new(Box::new(FileStorage::open(&odd, false).unwrap()), false).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+}
+
 /// A child grown past its parent cannot be merged into it as it is: the
 /// merge is refused before anything changes (convert makes a standalone
 /// copy instead).
