@@ -473,16 +473,34 @@ fn repair_clears_a_sector_bitmap_entry_in_a_disk_without_parent() {
     std::fs::write(&path, &m).unwrap();
     let report = vhdx::check::repair_file(&path).unwrap();
     assert!(report.after.is_clean(), "{report:?}");
-    assert!(
-        report.actions.iter().any(|a| a == "cleared 1 sector bitmap entries in a disk without a parent"),
-        "{report:?}"
-    );
+    assert_eq!(report.actions, ["cleared 1 sector bitmap entries in a disk without a parent"], "{report:?}");
     let repaired = std::fs::read(&path).unwrap();
     assert_eq!(&repaired[bat + 16 * 8..bat + 17 * 8], &[0u8; 8], "the entry is still set");
     let d = OpenOptions::new().open_storage(Box::new(MemStorage::from_vec(repaired))).unwrap();
     let mut got = vec![0u8; 4096];
     d.read_at(&mut got, 16 << 28).unwrap();
     assert!(got.iter().all(|&b| b == 0x5A));
+}
+
+/// Each kind of reserved value a repair clears is reported on its own, with
+/// its count, and nothing else: reserved bits alone, a reserved offset
+/// alone (block 1 of `clean_dynamic` is NOT_PRESENT).
+#[test]
+fn repair_reports_each_kind_of_reserved_value_alone() {
+    let image = clean_dynamic();
+    let bat = 3 << 20;
+    let e0 = u64::from_le_bytes(image[bat..bat + 8].try_into().unwrap());
+    for (patch, at, expected) in [
+        ((e0 | 0x100).to_le_bytes(), bat, "cleared 1 BAT entries with reserved bits set"),
+        ((9u64 << 20).to_le_bytes(), bat + 8, "cleared 1 NOT_PRESENT/ZERO BAT entries carrying an offset"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reserved.vhdx");
+        std::fs::write(&path, corrupt(&image, at, &patch)).unwrap();
+        let report = vhdx::check::repair_file(&path).unwrap();
+        assert_eq!(report.actions, [expected], "{report:?}");
+        assert!(report.after.is_clean(), "{report:?}");
+    }
 }
 
 /// Repairing a sound image mends nothing: no action reported, and not a
