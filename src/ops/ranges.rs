@@ -66,7 +66,6 @@ mod tests {
     fn set_operations_match_a_bitmap_model() {
         let a = normalize(alloc::vec![(0, 10), (5, 10), (30, 5), (40, 1)]);
         assert_eq!(a, [(0, 15), (30, 5), (40, 1)]);
-        let b = normalize(alloc::vec![(3, 4), (14, 20)]);
         let model = |r: &[(u64, u64)]| {
             let mut m = [false; 64];
             for &(s, l) in r {
@@ -76,12 +75,25 @@ mod tests {
             }
             m
         };
-        let (ma, mb) = (model(&a), model(&b));
-        let mu = model(&union(&a, &b));
-        let md = model(&difference(&a, &b));
-        for x in 0..64 {
-            assert_eq!(mu[x], ma[x] || mb[x]);
-            assert_eq!(md[x], ma[x] && !mb[x], "difference at {x}");
+        // b cutting inside a's ranges, b ending exactly where a range of a
+        // ends or starts, b covering a whole range of a, b empty.
+        for b in [
+            alloc::vec![(3, 4), (14, 20)],
+            alloc::vec![(10, 5), (30, 2), (40, 1)],
+            alloc::vec![(0, 15), (35, 5)],
+            alloc::vec![],
+        ] {
+            let b = normalize(b);
+            let (ma, mb) = (model(&a), model(&b));
+            let (u, d) = (union(&a, &b), difference(&a, &b));
+            let (mu, md) = (model(&u), model(&d));
+            for x in 0..64 {
+                assert_eq!(mu[x], ma[x] || mb[x]);
+                assert_eq!(md[x], ma[x] && !mb[x], "difference at {x} with {b:?}");
+            }
+            // Both are Ranges: sorted, disjoint, non-adjacent, no empty range.
+            assert_eq!(u, normalize(u.clone()), "union with {b:?}");
+            assert_eq!(d, normalize(d.clone()), "difference with {b:?}");
         }
     }
 }
