@@ -231,3 +231,37 @@ pub fn children(nodes: &[Node], i: usize) -> Vec<usize> {
         .filter(|&j| j != i && nodes[j].parent.as_deref().map(canonical).as_deref() == Some(me.as_path()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(path: &str, parent: Option<&str>) -> Node {
+        Node {
+            path: PathBuf::from(path),
+            disk_type: None,
+            data_write_guid: None,
+            parent: parent.map(PathBuf::from),
+            status: if parent.is_some() { LinkStatus::Ok } else { LinkStatus::Root },
+        }
+    }
+
+    /// The children of a node are exactly the nodes naming it as their
+    /// parent (paths that do not exist compare as given), never the node
+    /// itself, not even when it names itself.
+    #[test]
+    fn children_are_the_nodes_naming_it_as_parent() {
+        let nodes = [
+            node("/nonexistent/a", None),
+            node("/nonexistent/b", Some("/nonexistent/a")),
+            node("/nonexistent/c", Some("/nonexistent/b")),
+            node("/nonexistent/d", Some("/nonexistent/a")),
+        ];
+        assert_eq!(children(&nodes, 0), [1, 3]);
+        assert_eq!(children(&nodes, 1), [2]);
+        assert!(children(&nodes, 2).is_empty());
+        let looped = [node("/nonexistent/x", Some("/nonexistent/x")), node("/nonexistent/y", None)];
+        assert!(children(&looped, 0).is_empty());
+        assert!(children(&looped, 1).is_empty());
+    }
+}

@@ -194,6 +194,14 @@ impl Tree {
     }
 }
 
+/// Progress calls never go back, never pass their total, and end at it.
+fn assert_progress_ends_full(calls: &[(u64, u64)]) {
+    assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0), "progress went back: {calls:?}");
+    assert!(calls.iter().all(|&(d, n)| d <= n), "progress past its total: {calls:?}");
+    let last = calls.last().expect("progress was reported");
+    assert_eq!(last.0, last.1, "the progress ended short of its total: {calls:?}");
+}
+
 fn opts(depth: usize, siblings: SiblingPolicy) -> MergeOptions {
     MergeOptions::default().depth(depth).siblings(siblings)
 }
@@ -272,8 +280,14 @@ fn preserve_siblings_keeps_every_view_byte_for_byte() {
         t.child("b-kid.vhdx", "b.vhdx", &[(7 << 20, 512 * 3, 62)]);
         let expect_base = t.merged("base.vhdx", &["a.vhdx"]);
         let a_len = t.len("a.vhdx");
-        let report = merge(&t.p("a.vhdx"), &opts(1, SiblingPolicy::Preserve)).unwrap();
+        let mut calls = Vec::new();
+        let report =
+            vhdx::ops::merge::merge_with_progress(&t.p("a.vhdx"), &opts(1, SiblingPolicy::Preserve), &mut |d, n| {
+                calls.push((d, n))
+            })
+            .unwrap();
         assert_eq!(report.siblings.len(), 1);
+        assert_progress_ends_full(&calls);
         // b receives the old base's sectors that change under it and that it does not hold.
         let copied = t.held("a.vhdx").difference(&t.held("b.vhdx")).count() as u64 * sector as u64;
         assert_eq!(report.siblings[0].bytes_copied, copied, "bytes copied into the sibling");
@@ -318,8 +332,17 @@ fn force_breaks_siblings_with_a_clear_linkage_error() {
     t.child("a.vhdx", "base.vhdx", &[(0, 4096, 80)]);
     t.child("b.vhdx", "base.vhdx", &[(8192, 4096, 81)]);
     let expect_base = t.merged("base.vhdx", &["a.vhdx"]);
-    let report = merge(&t.p("a.vhdx"), &opts(1, SiblingPolicy::Force)).unwrap();
+    let mut calls = Vec::new();
+    let report = vhdx::ops::merge::merge_with_progress(&t.p("a.vhdx"), &opts(1, SiblingPolicy::Force), &mut |d, n| {
+        calls.push((d, n))
+    })
+    .unwrap();
     assert!(report.siblings_broken);
+    // Nothing is copied into the broken sibling: the work announced is the
+    // merged child's sectors, one 4 KiB run.
+    assert_eq!(report.bytes_merged, 4096);
+    assert_eq!(calls.first(), Some(&(0, 4096)), "{calls:?}");
+    assert_progress_ends_full(&calls);
     assert_view(&t.p("a.vhdx"), &t.model("a.vhdx"), "the merged child");
     assert_view(&t.p("base.vhdx"), &expect_base, "the target");
     assert_qemu_reads(&t.p("base.vhdx"), &expect_base);

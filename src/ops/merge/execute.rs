@@ -111,6 +111,9 @@ pub(super) fn run(
                     let d = options.opener().writable(true).open(&s.path).map_err(in_file(&s.path))?;
                     let own = d.change_set().map_err(in_file(&s.path))?;
                     let needed = ranges::difference(&plan.below[*k], &own);
+                    // The total counted all of the sibling's range; it
+                    // receives only what it does not hold itself.
+                    total -= ranges::total(&plan.below[*k]) - ranges::total(&needed);
                     s.bytes_copied = announce(d, &needed, plan.old[*k], plan.next[*k], &mut |b| step(b, total))
                         .map_err(in_file(&s.path))?;
                 }
