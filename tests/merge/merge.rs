@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use vhdx::ops::merge::{merge, set_parent, set_parent_through, MergeOptions, SiblingPolicy};
+use vhdx::ops::merge::{merge, set_parent, set_parent_through, MergeOptions, MergeRun, SiblingPolicy};
 use vhdx::{CreateOptions, Disk, ErrorKind};
 
 use crate::common::{
@@ -249,6 +249,28 @@ fn depth_two_merge_into_the_grandparent() {
     assert_emptied(&t.p("leaf.vhdx"), 512, leaf_len);
     let leaf = Disk::open(t.p("leaf.vhdx")).unwrap();
     assert_eq!(leaf.chain_paths().len(), 2, "the leaf now links straight to the target");
+    drop(leaf);
+
+    // The leaf keeps the record of that finished depth-2 merge. New writes
+    // to it, merged with depth 1 (into the base, its parent now), are a new
+    // merge, not the old one found finished. (The emptied mid, now a child
+    // of the base too, is deleted first: it would be a sibling.)
+    std::fs::remove_file(t.p("mid.vhdx")).unwrap();
+    // Merged at once with depth 1, the empty leaf is a new merge too (of
+    // nothing), not the depth-2 one reported again.
+    let report = merge(&t.p("leaf.vhdx"), &opts(1, SiblingPolicy::Refuse)).unwrap();
+    assert_eq!((report.run, report.merged.len(), report.bytes_merged), (MergeRun::Started, 1, 0), "{report:?}");
+    assert_view(&t.p("base.vhdx"), &expect, "the target after merging an empty child");
+    let mut leaf = Disk::open_writable(t.p("leaf.vhdx")).unwrap();
+    let data = pattern(33, 8192);
+    leaf.write_at(&data, 7 << 20).unwrap();
+    leaf.close().unwrap();
+    let mut expect = expect;
+    expect[7 << 20..(7 << 20) + 8192].copy_from_slice(&data);
+    let report = merge(&t.p("leaf.vhdx"), &opts(1, SiblingPolicy::Refuse)).unwrap();
+    assert_eq!(report.bytes_merged, 8192, "{report:?}");
+    assert_view(&t.p("base.vhdx"), &expect, "the target after the second merge");
+    assert_qemu_reads(&t.p("base.vhdx"), &expect);
 }
 
 #[test]
