@@ -263,6 +263,39 @@ fn a_killed_merge_leaves_every_image_valid_and_a_rerun_finishes_it() {
     }
 }
 
+/// A `--force` merge through an intermediate, killed anywhere: the
+/// siblings it breaks (children of the intermediate and of the target, and
+/// their children) either present exactly their old view or are refused as
+/// linked to a parent that changed, never something in between, because
+/// each changed image takes its new DataWriteGuid before anything below it
+/// changes. The re-run finishes the merge.
+#[test]
+fn a_killed_forced_merge_never_shows_a_broken_sibling_wrong_data() {
+    let policy = SiblingPolicy::Force;
+    let ops = operations(2, policy);
+    let mut refused = 0;
+    for k in spread(ops, 24) {
+        let t = killed(2, policy, k);
+        let when = format!("--force, killed after {k} of {ops}");
+        for name in ["sib", "sibkid", "sib2"] {
+            let i = t.names.iter().position(|n| *n == name).unwrap();
+            match t.view(name) {
+                Ok(got) => assert!(got == t.before[i], "{when}: {name} opens and presents something else than before"),
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::ParentMismatch, "{when}: {name}: {e}");
+                    refused += 1;
+                }
+            }
+        }
+        merge(&t.p("child"), &t.options(policy)).unwrap_or_else(|e| panic!("{when}: the re-run: {e}"));
+        for name in ["child", "gkid", "mid", "base"] {
+            let i = t.names.iter().position(|n| *n == name).unwrap();
+            assert!(t.view(name).unwrap() == t.after[i], "{when}: {name} after the re-run");
+        }
+    }
+    assert!(refused > 0, "no kill point left a broken sibling refused");
+}
+
 /// The last operations of a depth-2 merge link the child to the target: the
 /// chain is then shorter than the depth, and a re-run must see that the
 /// merge is done rather than go one level too far or fail.
