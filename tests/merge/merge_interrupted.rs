@@ -448,6 +448,41 @@ fn while_a_merge_is_unfinished_other_merges_of_its_images_are_refused() {
     t.check_views(&t.after, "finished");
 }
 
+/// An unfinished merge whose images are no longer those it recorded is not
+/// resumed. Written to directly, the intermediate gets a new DataWriteGuid
+/// and its child no longer opens (ParentMismatch); re-pointed (with
+/// set-parent) at a byte-for-byte copy of the target, it keeps its GUIDs
+/// but the target is another file: the re-run is refused, naming the
+/// images as no longer those of the merge. Either way nothing changes.
+#[test]
+fn an_unfinished_merge_whose_images_changed_is_not_resumed() {
+    let policy = SiblingPolicy::Preserve;
+    let ops = operations(2, policy);
+    let last_before_target = |t: &Tree| {
+        let m = interrupted_merge(&t.p("child"), &MergeOptions::default()).unwrap();
+        m.is_some_and(|m| !m.target_changed)
+    };
+    let t = (1..ops).rev().map(|k| killed(2, policy, k)).find(last_before_target).expect("a kill point");
+    let copy = t.copy();
+
+    let mut mid = Disk::open_writable(t.p("mid")).unwrap();
+    mid.write_at(&[0x77; 512], 0).unwrap();
+    mid.close().unwrap();
+    let before = t.files();
+    let err = merge(&t.p("child"), &t.options(policy)).expect_err("the re-run resumed over a changed image");
+    assert_eq!(err.kind(), ErrorKind::ParentMismatch, "{err}");
+    assert_eq!(t.files(), before, "the refused re-run changed a file");
+
+    let other = copy.root.join("base-copy.vhdx");
+    std::fs::copy(copy.p("base"), &other).unwrap();
+    vhdx::ops::merge::set_parent(&copy.p("mid"), &other, false).unwrap();
+    let before = copy.files();
+    let err = merge(&copy.p("child"), &copy.options(policy)).expect_err("the re-run resumed into another target");
+    assert_eq!(err.kind(), ErrorKind::Refused, "{err}");
+    assert!(err.to_string().contains("no longer those of the unfinished merge"), "{err}");
+    assert_eq!(copy.files(), before, "the refused re-run changed a file");
+}
+
 impl Tree {
     /// The tree's files copied into a directory of their own, with the same models.
     fn copy(&self) -> Tree {
