@@ -233,6 +233,21 @@ fn depth_one_merge_keeps_the_child_view_and_moves_data_to_the_parent() {
     }
 }
 
+/// A --force merge with no sibling to break breaks nothing, and says so
+/// again when run a second time (found finished, nothing changed).
+#[test]
+fn a_forced_merge_without_siblings_breaks_nothing_run_once_or_twice() {
+    let t = Tree::new(512);
+    t.child("a.vhdx", "base.vhdx", &[(0, 4096, 90)]);
+    let first = merge(&t.p("a.vhdx"), &opts(1, SiblingPolicy::Force)).unwrap();
+    assert_eq!((first.run, first.siblings_broken, first.bytes_merged), (MergeRun::Started, false, 4096), "{first:?}");
+    let before = t.files();
+    let again = merge(&t.p("a.vhdx"), &opts(1, SiblingPolicy::Force)).unwrap();
+    assert_eq!((again.run, again.siblings_broken, again.bytes_merged), (MergeRun::AlreadyDone, false, 0), "{again:?}");
+    assert_eq!((again.target, again.merged), (t.p("base.vhdx"), vec![t.p("a.vhdx")]));
+    assert_eq!(t.files(), before, "the second run changed a file");
+}
+
 #[test]
 fn depth_two_merge_into_the_grandparent() {
     let t = Tree::new(512);

@@ -463,6 +463,14 @@ fn an_unfinished_merge_whose_images_changed_is_not_resumed() {
         m.is_some_and(|m| !m.target_changed)
     };
     let t = (1..ops).rev().map(|k| killed(2, policy, k)).find(last_before_target).expect("a kill point");
+    // What the record says, as the test built the tree: the child merged
+    // with the intermediate into the base, the siblings kept.
+    let m = interrupted_merge(&t.p("child"), &MergeOptions::default()).unwrap().unwrap();
+    assert_eq!((m.child, m.target, m.depth), (t.p("child"), t.p("base"), 2));
+    assert_eq!(m.merged, [t.p("child"), t.p("mid")]);
+    let mut siblings = m.sibling_paths.clone();
+    siblings.sort();
+    assert_eq!(siblings, [t.p("sib"), t.p("sib2")]);
     let copy = t.copy();
 
     let mut mid = Disk::open_writable(t.p("mid")).unwrap();
