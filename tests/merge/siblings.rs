@@ -265,6 +265,7 @@ fn disjoint_children_all_reach_the_parent_and_outsiders_keep_their_view() {
         let outsider_guid = Disk::open(lab.p("outsider")).unwrap().data_write_guid();
         let kid_guid = Disk::open(lab.p("a-kid")).unwrap().data_write_guid();
         let a_guid = Disk::open(lab.p("a")).unwrap().data_write_guid();
+        let base_guid = Disk::open(lab.p("base")).unwrap().data_write_guid();
 
         let report = merge_siblings(&lab.p("base"), &lab.paths(&kids), &options(None, false)).unwrap();
         assert!(report.merged && !report.dry_run);
@@ -294,6 +295,11 @@ fn disjoint_children_all_reach_the_parent_and_outsiders_keep_their_view() {
         assert_eq!(Disk::open(lab.p("a-kid")).unwrap().data_write_guid(), kid_guid);
         let new_a = Disk::open(lab.p("a")).unwrap().data_write_guid();
         assert_ne!(new_a, a_guid, "a's view changed, so did its DataWriteGuid");
+        // Fresh GUIDs, never the nil one (which any image could claim).
+        let new_base = Disk::open(lab.p("base")).unwrap().data_write_guid();
+        assert_ne!(new_base, base_guid, "the parent's view changed, so did its DataWriteGuid");
+        assert!(!new_base.is_nil() && !new_a.is_nil(), "a nil DataWriteGuid: base {new_base}, a {new_a}");
+        assert_ne!(new_base, new_a);
         for (name, parent) in [("outsider", "base"), ("a-kid", "a")] {
             let node = examine(&lab.p(name));
             assert_eq!(node.status, LinkStatus::Ok, "{name}");
