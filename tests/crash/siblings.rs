@@ -315,6 +315,11 @@ fn verify_rerun(recovered: Vec<Arc<Vec<u8>>>, views: &Views) -> Result<(), Strin
         if CHILDREN.contains(&i) && !d.change_set().map_err(|e| e.to_string())?.is_empty() {
             return Err(format!("after the re-run, {name} is not empty"));
         }
+        // Every link names its parent's current DataWriteGuid only: nothing
+        // announced by the interrupted run is left over.
+        if let Some(l) = d.parent_locator().and_then(|l| l.parent_linkage2()) {
+            return Err(format!("after the re-run, {name} still announces parent_linkage2 {l}"));
+        }
     }
     for (i, image) in images.into_iter().enumerate() {
         check_clean(Box::new(SharedImage(image)), &[]).map_err(|e| format!("{}: {e}", NAMES[i]))?;
