@@ -491,6 +491,59 @@ fn an_unfinished_merge_whose_images_changed_is_not_resumed() {
     assert_eq!(copy.files(), before, "the refused re-run changed a file");
 }
 
+/// Killed before the target changes, a merge has told the target's other
+/// child (sib2) the GUID the target is to take. `check --repair` of sib2
+/// leaves that link alone while the target has not taken it (sib2 keeps
+/// opening and presents what it did), and a re-run confined to the tree's
+/// directory finishes the merge (one confined elsewhere is refused,
+/// changing nothing); then repairing sib2 has nothing left to do.
+#[test]
+fn an_announced_link_waits_for_its_parent_and_a_confined_rerun_finishes() {
+    let policy = SiblingPolicy::Preserve;
+    let ops = operations(2, policy);
+    let t = (1..ops)
+        .rev()
+        .map(|k| killed(2, policy, k))
+        .find(|t| {
+            let m = interrupted_merge(&t.p("child"), &MergeOptions::default()).unwrap();
+            m.is_some_and(|m| !m.target_changed)
+        })
+        .expect("a kill point before the target changed");
+    let sib2 = t.names.iter().position(|n| *n == "sib2").unwrap();
+    let announced = OpenOptions::new().without_parent().open(t.p("sib2")).unwrap();
+    assert!(announced.parent_locator().unwrap().parent_linkage2().is_some(), "sib2 was told the next GUID");
+    drop(announced);
+    let before = t.files();
+    let repair = vhdx::check::repair_file(&t.p("sib2")).unwrap();
+    assert!(repair.actions.is_empty(), "{:?}", repair.actions);
+    assert_eq!(t.files(), before, "repairing sib2 changed a file");
+    assert!(t.view("sib2").unwrap() == t.before[sib2], "sib2 no longer presents its view");
+
+    let elsewhere = scratch();
+    let refused = t.options(policy).confine_to(Some(vec![elsewhere.path().to_path_buf()]));
+    merge(&t.p("child"), &refused).expect_err("a re-run confined elsewhere");
+    assert_eq!(t.files(), before, "the refused re-run changed a file");
+    merge(&t.p("child"), &t.options(policy).confine_to(Some(vec![t.root.clone()]))).unwrap();
+    t.check_views(&t.after, "finished by a confined re-run");
+    assert!(vhdx::check::repair_file(&t.p("sib2")).unwrap().actions.is_empty());
+
+    // Killed after the target changed, the re-run works from the record
+    // alone: confined elsewhere it is refused, in the tree it finishes.
+    let t = (1..ops)
+        .map(|k| killed(2, policy, k))
+        .find(|t| {
+            let m = interrupted_merge(&t.p("child"), &MergeOptions::default()).unwrap();
+            m.is_some_and(|m| m.target_changed)
+        })
+        .expect("a kill point after the target changed");
+    let before = t.files();
+    let refused = t.options(policy).confine_to(Some(vec![elsewhere.path().to_path_buf()]));
+    merge(&t.p("child"), &refused).expect_err("a re-run confined elsewhere");
+    assert_eq!(t.files(), before, "the refused re-run changed a file");
+    merge(&t.p("child"), &t.options(policy).confine_to(Some(vec![t.root.clone()]))).unwrap();
+    t.check_views(&t.after, "finished from its record by a confined re-run");
+}
+
 impl Tree {
     /// The tree's files copied into a directory of their own, with the same models.
     fn copy(&self) -> Tree {

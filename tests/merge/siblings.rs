@@ -366,6 +366,34 @@ fn conflicting_lab(sector: u32) -> Lab {
     lab
 }
 
+/// The refusal lists up to 1000 conflicting ranges; past that it says how
+/// many more there are. Two children hold the same 1 MiB-and-more region,
+/// with every other sector different: exactly 1000 conflicts list all and
+/// say nothing more; 1001 list 1000 and "and 1 more ranges".
+#[test]
+fn a_refusal_lists_a_thousand_conflicts_then_counts_the_rest() {
+    for n in [1000usize, 1001] {
+        let mut lab = Lab::new(512);
+        lab.child("a", "base");
+        lab.child("b", "base");
+        let a = pattern(40, 2 * n * 512);
+        let mut b = a.clone();
+        for k in 0..n {
+            let at = (2 * k + 1) * 512;
+            b[at..at + 512].iter_mut().for_each(|x| *x ^= 0xFF);
+        }
+        lab.write("a", &[(1 << 20, a)]);
+        lab.write("b", &[(1 << 20, b)]);
+        let err = merge_siblings(&lab.p("base"), &lab.paths(&["a", "b"]), &options(None, false)).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("{n} range(s)")), "{n}: {}", &msg[..300.min(msg.len())]);
+        let listed = msg.matches(" differ at bytes ").count();
+        assert_eq!(listed, 1000, "{n} conflicts");
+        assert_eq!(msg.contains("and 1 more ranges"), n == 1001, "{n} conflicts");
+        assert!(!msg.contains("and 0 more"), "{n} conflicts");
+    }
+}
+
 #[test]
 fn conflicts_refuse_list_every_range_and_modify_nothing() {
     for sector in [512u32, 4096] {
