@@ -544,6 +544,37 @@ fn an_announced_link_waits_for_its_parent_and_a_confined_rerun_finishes() {
     t.check_views(&t.after, "finished from its record by a confined re-run");
 }
 
+/// A VM restarted on the child before the interrupted merge was run again:
+/// the child took new writes (and a new DataWriteGuid). The re-run
+/// finishes the merge with those writes in it: the child and the target
+/// present the merged view plus the new bytes.
+#[test]
+fn a_child_written_after_an_interrupted_merge_is_merged_with_its_new_bytes() {
+    let policy = SiblingPolicy::Preserve;
+    let ops = operations(2, policy);
+    for after_target in [false, true] {
+        let t = (1..ops)
+            .map(|k| killed(2, policy, k))
+            .find(|t| {
+                let m = interrupted_merge(&t.p("child"), &MergeOptions::default()).unwrap();
+                m.is_some_and(|m| m.target_changed == after_target)
+            })
+            .expect("a kill point");
+        let data = pattern(99, 3 * SECTOR);
+        let at = 3 * MIB + 512;
+        let mut child = Disk::open_writable(t.p("child")).unwrap();
+        child.write_at(&data, at).unwrap();
+        child.close().unwrap();
+        merge(&t.p("child"), &t.options(policy)).unwrap_or_else(|e| panic!("target changed {after_target}: {e}"));
+        for name in ["child", "base"] {
+            let i = t.names.iter().position(|n| *n == name).unwrap();
+            let mut expect = t.after[i].clone();
+            expect[at as usize..at as usize + data.len()].copy_from_slice(&data);
+            assert!(t.view(name).unwrap() == expect, "target changed {after_target}: {name}");
+        }
+    }
+}
+
 impl Tree {
     /// The tree's files copied into a directory of their own, with the same models.
     fn copy(&self) -> Tree {
