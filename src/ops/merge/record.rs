@@ -333,4 +333,30 @@ mod tests {
         let bytes = sib.encode(Path::new("/t/child.vhdx")).unwrap();
         assert!(Record::decode(&bytes, None).is_err(), "a sibling of a level that does not exist");
     }
+
+    /// A record of exactly MAX_LEN bytes is written; one byte more is
+    /// refused (a sibling's name sets the length, one byte a character).
+    #[test]
+    #[cfg(unix)]
+    fn a_record_may_fill_its_bound_exactly() {
+        let with_name = |n: usize| Record {
+            phase: Phase::Prepared,
+            policy: SiblingPolicy::Preserve,
+            child_guid: Guid::from_u128(1),
+            levels: std::vec![Level {
+                path: PathBuf::from("/t/p.vhdx"),
+                old: Guid::from_u128(2),
+                next: Guid::from_u128(3)
+            }],
+            siblings: std::vec![(1, PathBuf::from(std::format!("/t/{}", "a".repeat(n))))],
+        };
+        let child = Path::new("/t/child.vhdx");
+        let base = with_name(1).encode(child).unwrap().len();
+        let n = 1 + MAX_LEN - base;
+        let full = with_name(n).encode(child).unwrap();
+        assert_eq!(full.len(), MAX_LEN);
+        assert_eq!(Record::decode(&full, Some(Path::new("/t"))).unwrap(), with_name(n));
+        let err = with_name(n + 1).encode(child).unwrap_err();
+        assert!(err.to_string().contains(&std::format!("{} bytes", MAX_LEN + 1)), "{err}");
+    }
 }
