@@ -766,6 +766,16 @@ fn convert_between_kinds() {
     assert_eq!(e.kind(), ErrorKind::Refused);
     assert!(Disk::open(p("back.vhdx")).is_ok(), "an existing output is left alone");
     assert!(convert(&p("dyn.vhdx"), &p("x.raw"), &fixed).is_err());
+    // Each VHDX-only option alone is refused for a raw output, naming them.
+    for (what, o) in [
+        ("block size", ConvertOptions::default().block_size(Some(1 << 20))),
+        ("logical sector size", ConvertOptions::default().logical_sector_size(Some(512))),
+        ("physical sector size", ConvertOptions::default().physical_sector_size(Some(4096))),
+    ] {
+        let e = convert(&p("dyn.vhdx"), &p("x.raw"), &o).expect_err(what);
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{what}: {e}");
+        assert!(e.to_string().contains("apply only to a VHDX output"), "{what}: {e}");
+    }
     assert!(!p("x.raw").exists());
 }
 
