@@ -1,14 +1,14 @@
 //! A sibling merge (`vhdx::ops::siblings`) crashed at every point.
 //!
-//! Six images live on fault-injecting storage behind one power switch
-//! ([`Plug`]): a parent, three children merged into it (a, b, c: b loses a
-//! conflict to a, c overlaps a with equal bytes), an outsider (another
-//! child of the parent) and a child of a. The merge runs through
+//! Seven images live on fault-injecting storage behind one power switch
+//! ([`Plug`]): a parent, four children merged into it (a, b, c: b loses a
+//! conflict to a, c overlaps a with equal bytes; d holds nothing), an
+//! outsider (another child of the parent) and a child of a. The merge runs through
 //! [`plan_image_set`] with a as the preferred child; a crash after `k` mutating
-//! operations, counted over all six files, makes every later operation on
+//! operations, counted over all seven files, makes every later operation on
 //! any of them fail. Each file that has unflushed operations is then left in
 //! each crash state its storage can build (the others with everything they
-//! were told), and the six files must:
+//! were told), and the seven files must:
 //!
 //! 1. open writable on their own (replaying a dirty log) and check clean;
 //! 2. open read-only through their chain — the links hold at every point,
@@ -37,9 +37,9 @@ use crate::verify::{check_clean, panic_text};
 
 const SIZE: u64 = 4 * MIB;
 /// The images, by index: the parent, the children merged, an outsider, a child of a.
-const NAMES: [&str; 6] = ["parent", "a", "b", "c", "outsider", "a-kid"];
-const PARENT_OF: [Option<usize>; 6] = [None, Some(0), Some(0), Some(0), Some(0), Some(1)];
-const CHILDREN: [usize; 3] = [1, 2, 3];
+const NAMES: [&str; 7] = ["parent", "a", "b", "c", "outsider", "a-kid", "d"];
+const PARENT_OF: [Option<usize>; 7] = [None, Some(0), Some(0), Some(0), Some(0), Some(1), Some(0)];
+const CHILDREN: [usize; 4] = [1, 2, 3, 6];
 const OUTSIDER: usize = 4;
 const KID: usize = 5;
 /// a wins the conflicts (index 0 among the children).
@@ -175,7 +175,7 @@ fn merged_views(models: &[Model], sector: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The six images before the merge, and their models.
+/// The seven images before the merge, and their models.
 fn initial_images(sector: u32) -> (Vec<Vec<u8>>, Vec<Model>) {
     let s = sector as u64;
     let opts = CreateOptions::dynamic(SIZE).block_size(MIB as u32).logical_sector_size(sector);
@@ -210,6 +210,9 @@ fn initial_images(sector: u32) -> (Vec<Vec<u8>>, Vec<Model>) {
             "outsider" => vec![(MIB - s, pattern(41, 3 * s as usize)), (5 * MIB / 2, pattern(42, 4096))],
             // Where b's write changes a's view, and elsewhere.
             "a-kid" => vec![(3 * MIB / 2 + 6 * s, pattern(51, 2 * s as usize)), (100, pattern(52, 50))],
+            // A child that holds nothing: merged all the same, and linked
+            // to the parent's new DataWriteGuid.
+            "d" => vec![],
             _ => unreachable!(),
         };
         let parent = open_view(&images, parent_index).unwrap();
