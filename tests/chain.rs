@@ -298,3 +298,40 @@ fn chain_map_names_the_image_and_file_offset_of_every_sector() {
         }
     }
 }
+
+/// A caller's resolver finds parents the locators' paths no longer reach:
+/// a three-image chain whose base and middle were moved into another
+/// directory opens through a resolver that looks there. It is asked once,
+/// for the leaf's parent, at depth 1, with the leaf's path (the middle it
+/// opens finds the base beside it by its own locator). Without it the open
+/// fails, naming the parent.
+#[test]
+fn a_callers_resolver_finds_moved_parents_and_is_told_the_depth() {
+    use std::sync::{Arc, Mutex};
+    use vhdx::chain::FnResolver;
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, models) = build_chain(dir.path(), 2, 512, 8 << 20, &[1 << 20]);
+    let moved = dir.path().join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    for p in &paths[..2] {
+        std::fs::rename(p, moved.join(p.file_name().unwrap())).unwrap();
+    }
+    let err = Disk::open(&paths[2]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ParentNotFound, "{err}");
+
+    let asked: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
+    let log = asked.clone();
+    let into = moved.clone();
+    let resolver = FnResolver(move |child: Option<&str>, loc: &vhdx::format::locator::ParentLocator, depth: usize| {
+        log.lock().unwrap().push((child.unwrap_or("?").to_string(), depth));
+        let name = loc.get(vhdx::format::locator::RELATIVE_PATH).unwrap().trim_start_matches(".\\").to_string();
+        let path = into.join(&name);
+        let d = OpenOptions::new().open(&path)?;
+        Ok((d, path.display().to_string()))
+    });
+    let leaf = OpenOptions::new().resolver(Box::new(resolver)).open(&paths[2]).unwrap();
+    assert!(read_all(&leaf) == models[2], "the leaf read through the resolved chain");
+    let asked = asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "the resolver opens the leaf's parent, which finds its own: {asked:?}");
+    assert_eq!(asked[0], (paths[2].display().to_string(), 1));
+}
