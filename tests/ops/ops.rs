@@ -536,11 +536,13 @@ fn discard_differencing() {
         c.flush().unwrap();
 
         discard_both(&mut c, &model, MIB, 2 * MIB); // block 1 (parent data) and block 2 (own data)
+        discard_both(&mut c, &model, 0, MIB); // block 0: parent data, the disk's first block
         discard_both(&mut c, &model, 10 * MIB, MIB); // block 10: nothing anywhere
         discard_both(&mut c, &model, 4 * MIB + 12 * s, 8 * s); // over own sectors and parent data
         discard_both(&mut c, &model, 9 * MIB + 16 * s, 4 * s); // own sectors over an empty parent
         discard_both(&mut c, &model, 5 * MIB + 100, 2 * s); // unaligned, parent data, block not present
         discard_both(&mut c, &model, 11 * MIB + 7, 300); // unaligned, nothing anywhere
+        assert_eq!(payload_state(&c, 0), PayloadState::Zero);
         assert_eq!(payload_state(&c, 1), PayloadState::Zero);
         assert_eq!(payload_state(&c, 2), PayloadState::Zero);
         assert_eq!((c.bat_entries()[c.geometry().payload_index(2)].raw() & !(MIB - 1)), 0);
@@ -629,22 +631,53 @@ fn compact_dynamic() {
     }
 }
 
+/// Blocks larger than one 4 MiB copy move whole: with 16 MiB blocks, the
+/// last block moves into the hole a discarded first block left, in four
+/// copies, and reads back byte for byte (here and through QEMU).
+#[test]
+fn compact_moves_blocks_larger_than_one_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("big-blocks.vhdx");
+    let size = 64 * MIB;
+    let model = Model::new(tmp.path().join("big-blocks.raw"), size);
+    let mut d = create(&img, &CreateOptions::dynamic(size).block_size(16 * MIB as u32));
+    for b in 0..4u64 {
+        write_both(&mut d, &model, &pattern(60 + b, 16 * MIB as usize), b * 16 * MIB);
+    }
+    discard_both(&mut d, &model, 0, 16 * MIB);
+    d.close().unwrap();
+    let before = std::fs::metadata(&img).unwrap().len();
+    let report = vhdx::ops::compact::compact(&img).unwrap();
+    assert_eq!((report.structures_moved, report.bytes_moved), (1, 16 * MIB), "{report:?}");
+    assert_eq!(report.file_size_after, before - 16 * MIB);
+    verify(&img, &model);
+    if qemu() {
+        let raw = tmp.path().join("big-blocks.qemu.raw");
+        qemu_convert_to_raw(&img, &raw);
+        assert_files_equal(&raw, &model.path);
+    }
+}
+
 /// A BAT relocated to the end by a grow moves back down when compaction
-/// frees a hole below that fits it; the metadata region stays put.
+/// frees a hole below that fits it; the metadata region stays put. Grown
+/// to 600 GiB with 1 MiB blocks, the BAT region is 5 MiB, more than one
+/// 4 MiB copy. The report counts every block and region moved.
 #[test]
 fn compact_moves_a_relocated_bat_down() {
     let tmp = tempfile::tempdir().unwrap();
     let img = tmp.path().join("r.vhdx");
     let model = Model::new(tmp.path().join("r.raw"), 100 * GIB);
     let mut d = create(&img, &CreateOptions::dynamic(100 * GIB).block_size(MIB as u32));
-    for b in 0..6u64 {
+    for b in 0..8u64 {
         write_both(&mut d, &model, &pattern(b, MIB as usize), b * GIB);
     }
-    d.resize(130 * GIB, false).unwrap();
-    model.resize(130 * GIB);
-    let (relocated, _) = bat_region(&d);
-    write_both(&mut d, &model, &pattern(99, 4096), 129 * GIB);
-    for b in 0..4u64 {
+    d.resize(600 * GIB, false).unwrap();
+    model.resize(600 * GIB);
+    let (relocated, len) = bat_region(&d);
+    assert_eq!(len as u64, 5 * MIB, "the grown BAT region");
+    assert_eq!(relocated, 12 * MIB, "after the header section, log, metadata, old BAT and 8 blocks");
+    write_both(&mut d, &model, &pattern(99, 4096), 599 * GIB);
+    for b in 0..6u64 {
         discard_both(&mut d, &model, b * GIB, MIB);
     }
     d.close().unwrap();
@@ -652,8 +685,12 @@ fn compact_moves_a_relocated_bat_down() {
     let d = Disk::open(&img).unwrap();
     let (at, len) = bat_region(&d);
     assert!(at < relocated, "the BAT moved down ({at:#x} < {relocated:#x})");
-    assert_eq!(len as u64, 2 * MIB);
-    assert_eq!(report.file_size_after, 3 * MIB + 2 * MIB + 3 * MIB, "header, log, metadata, 2 MiB BAT, 3 blocks");
+    assert_eq!(len as u64, 5 * MIB);
+    assert_eq!(report.file_size_after, 3 * MIB + 5 * MIB + 3 * MIB, "header, log, metadata, 5 MiB BAT, 3 blocks");
+    // Moved: the block at 17 MiB into the old BAT's place (3 MiB), the BAT
+    // to 4 MiB, the block at 11 MiB into the MiB left at 9; the block at
+    // 10 MiB stays.
+    assert_eq!((report.structures_moved, report.bytes_moved), (3, 7 * MIB), "{report:?}");
     drop(d);
     verify(&img, &model);
 }
