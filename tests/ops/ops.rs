@@ -526,8 +526,10 @@ fn discard_differencing() {
         let size = 16 * MIB;
         let model = Model::new(tmp.path().join(format!("dchild{lss}.raw")), size);
         let mut b = create(&base, &CreateOptions::dynamic(size).block_size(MIB as u32).logical_sector_size(lss));
-        // Parent data in blocks 0..8; blocks 8.. hold nothing.
+        // Parent data in blocks 0..8, and 4 KiB in block 12 (past the
+        // block-11 discard below, which must look at block 11 alone).
         write_both(&mut b, &model, &pattern(1, 8 * MIB as usize), 0);
+        write_both(&mut b, &model, &pattern(6, 4096), 12 * MIB + MIB / 2);
         b.close().unwrap();
         let mut c = Disk::create_differencing(&child, &base, Some(MIB as u32)).unwrap();
         write_both(&mut c, &model, &pattern(2, MIB as usize), 2 * MIB); // block 2 fully present
