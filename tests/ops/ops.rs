@@ -567,6 +567,28 @@ fn discard_differencing() {
     }
 }
 
+/// A discard inside a block the child holds in part, whose range covers
+/// two blocks of a parent with smaller blocks, one empty and one with
+/// data: the range reads zeros afterwards, also where the parent has data
+/// (the child must hide it, not let it show through).
+#[test]
+fn discard_over_a_parent_with_smaller_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("small-blocks.vhdx");
+    let child = tmp.path().join("large-blocks.vhdx");
+    let size = 8 * MIB;
+    let model = Model::new(tmp.path().join("large-blocks.raw"), size);
+    let mut b = create(&base, &CreateOptions::dynamic(size).block_size(MIB as u32));
+    write_both(&mut b, &model, &pattern(7, MIB as usize), 3 * MIB); // parent block 3; block 2 empty
+    b.close().unwrap();
+    let mut c = Disk::create_differencing(&child, &base, Some(2 * MIB as u32)).unwrap();
+    write_both(&mut c, &model, &pattern(8, 512), 2 * MIB); // child block 1 (2..4 MiB) partly present
+    assert_eq!(payload_state(&c, 1), PayloadState::PartiallyPresent);
+    discard_both(&mut c, &model, 2 * MIB + 4096, MIB + 4096); // parent blocks 2 and 3
+    c.close().unwrap();
+    verify(&child, &model);
+}
+
 // ------------------------------------------------------------------ compact
 
 fn qemu_raw(img: &Path, out: &Path) -> Option<String> {
