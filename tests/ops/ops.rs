@@ -258,6 +258,10 @@ fn grow_fixed_and_dynamic_across_chunks() {
             for b in 0..g.payload_blocks {
                 assert_eq!(payload_state(&d, b), PayloadState::FullyPresent, "fixed disk block {b}");
             }
+            // The grow took the space of the new blocks, and no more: the
+            // header section, log, metadata and BAT (1 MiB each), then the blocks.
+            let len = std::fs::metadata(&img).unwrap().len();
+            assert_eq!(len, 4 * MIB + g.payload_blocks * bs as u64, "a fixed disk of {new} bytes");
         }
     }
 }
