@@ -266,6 +266,36 @@ fn grow_fixed_and_dynamic_across_chunks() {
     }
 }
 
+/// A differencing child shrunk past a block it holds in part, then grown
+/// back, reads zeros in the regrown range, not its old sectors and not the
+/// parent's data (as a grow reads zeros everywhere); a sector written
+/// there afterwards reads back, and the rest of the block stays zero.
+#[test]
+fn shrink_then_grow_reads_zeros_in_a_differencing_child() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("shrink-base.vhdx");
+    let child = tmp.path().join("shrink-child.vhdx");
+    let size = 8 * MIB;
+    let mut b = create(&base, &CreateOptions::dynamic(size).block_size(MIB as u32));
+    let parent = pattern(70, size as usize);
+    b.write_at(&parent, 0).unwrap();
+    b.close().unwrap();
+    let mut c = Disk::create_differencing(&child, &base, Some(MIB as u32)).unwrap();
+    c.write_at(&pattern(71, 8 * 512), 6 * MIB).unwrap(); // block 6, sectors 0..8
+    c.flush().unwrap();
+    c.resize(6 * MIB, true).unwrap();
+    c.resize(8 * MIB, false).unwrap();
+    assert!(read_vec(&c, 6 * MIB, 2 * MIB as usize).iter().all(|&x| x == 0), "the regrown range");
+    let one = pattern(72, 512);
+    c.write_at(&one, 6 * MIB + 100 * 512).unwrap();
+    c.close().unwrap();
+    let c = Disk::open(&child).unwrap();
+    let mut expect = vec![0u8; MIB as usize];
+    expect[100 * 512..101 * 512].copy_from_slice(&one);
+    assert!(read_vec(&c, 6 * MIB, MIB as usize) == expect, "block 6 after the shrink, the grow and one write");
+    assert!(read_vec(&c, 0, 6 * MIB as usize) == parent[..6 * MIB as usize], "the rest still reads the parent");
+}
+
 /// Growing past what the BAT region holds moves the BAT to a new, larger
 /// region at the end of the file, switched in both region table copies;
 /// QEMU reads the result.
