@@ -689,6 +689,36 @@ fn compact_dynamic() {
     }
 }
 
+/// A sector-bitmap entry left in a dynamic disk (which has no bitmaps) is
+/// never read, and does not hold the file's end either: with 32 MiB blocks
+/// (chunk ratio 128) entry 128 is the first chunk's bitmap entry; set to
+/// present at 200 MiB, past the end of the file, it does not stop
+/// compaction from cutting the file after the last block in use.
+#[test]
+fn compact_cuts_the_file_whatever_a_stray_bitmap_entry_says() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("stray.vhdx");
+    let size = 129 * 32 * MIB;
+    let model = Model::new(tmp.path().join("stray.raw"), size);
+    let mut d = create(&img, &CreateOptions::dynamic(size).block_size(32 * MIB as u32));
+    write_both(&mut d, &model, &pattern(80, 4096), 0);
+    write_both(&mut d, &model, &pattern(81, 4096), 2 * 32 * MIB);
+    let (bat, _) = bat_region(&d);
+    d.close().unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.write_all_at(&(200 * MIB | 6).to_le_bytes(), bat + 128 * 8).unwrap();
+    drop(f);
+    let mut d = reopen(&img);
+    discard_both(&mut d, &model, 2 * 32 * MIB, 32 * MIB);
+    d.close().unwrap();
+    let report = vhdx::ops::compact::compact(&img).unwrap();
+    assert_eq!(report.file_size_after, 4 * MIB + 32 * MIB, "{report:?}");
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 4 * MIB + 32 * MIB);
+    let d = Disk::open(&img).unwrap();
+    assert!(read_vec(&d, 0, 4096) == pattern(80, 4096));
+}
+
 /// Blocks larger than one 4 MiB copy move whole: with 16 MiB blocks, the
 /// last block moves into the hole a discarded first block left, in four
 /// copies, and reads back byte for byte (here and through QEMU).
