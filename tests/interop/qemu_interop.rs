@@ -613,3 +613,37 @@ fn a_log_entry_names_a_durable_file_size_covering_its_blocks() {
     assert!(last >= file_len && last % MIB == 0, "LastFileOffset {last:#x} for a file of {file_len:#x}");
     d.close().unwrap();
 }
+
+/// A compaction that only cuts the file (its last block discarded and
+/// flushed before, so nothing is pending) still writes a log entry naming
+/// the smaller file: the newest entry's FlushedFileOffset and
+/// LastFileOffset are the new length, so a replay after a crash never
+/// takes the file back to its old size. Read with the test's own parser.
+#[test]
+fn a_compaction_that_only_cuts_the_file_logs_the_new_size() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.vhdx");
+    let mut d = Disk::create(&path, &CreateOptions::dynamic(16 * MIB).block_size(MIB as u32)).unwrap();
+    d.write_at(&pattern(5, 4096), 0).unwrap();
+    d.write_at(&pattern(6, 4096), 9 * MIB).unwrap();
+    d.discard(9 * MIB, MIB).unwrap();
+    d.flush().unwrap();
+    assert!(!d.has_pending_metadata());
+    let before = std::fs::metadata(&path).unwrap().len();
+    let report = d.compact().unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert!(len < before && report.file_size_after == len, "{report:?}: {before} -> {len}");
+    let header = current_header(&path);
+    let f = std::fs::File::open(&path).unwrap();
+    let mut log = vec![0u8; header.log_length as usize];
+    f.read_exact_at(&mut log, header.log_offset).unwrap();
+    let field = |e: &[u8], at: usize| u64::from_le_bytes(e[at..at + 8].try_into().unwrap());
+    let newest = log
+        .chunks(4096)
+        .filter(|e| &e[0..4] == b"loge" && e[32..48] == header.log_guid)
+        .max_by_key(|e| field(e, 16))
+        .expect("a log entry of this session");
+    assert_eq!((field(newest, 48), field(newest, 56)), (len, len), "the newest entry's file offsets");
+    d.close().unwrap();
+}
