@@ -707,7 +707,7 @@ fn compact_cuts_the_file_whatever_a_stray_bitmap_entry_says() {
     let (bat, _) = bat_region(&d);
     d.close().unwrap();
     let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
-    f.write_all_at(&(200 * MIB | 6).to_le_bytes(), bat + 128 * 8).unwrap();
+    f.write_all_at(&((200 * MIB) | 6).to_le_bytes(), bat + 128 * 8).unwrap();
     drop(f);
     let mut d = reopen(&img);
     discard_both(&mut d, &model, 2 * 32 * MIB, 32 * MIB);
