@@ -14,31 +14,10 @@ use vhdx::nbd::ServeOptions;
 use vhdx::{CreateOptions, Disk};
 
 use crate::common::{compare::*, data::*, layout::*, models::*, qemu::*};
-use crate::support::Running;
+use crate::support::{qemu_io_any, qemu_io_ok, Running};
 
 const SIZE: u64 = 64 << 20;
 const MIB: u64 = 1 << 20;
-
-/// `qemu-io -f raw TARGET -c CMD…` without judging the result: (success, stdout + stderr).
-fn qemu_io_any(target: &str, cmds: &[&str]) -> (bool, String) {
-    let mut args = vec!["-f", "raw"];
-    for c in cmds {
-        args.extend(["-c", c]);
-    }
-    args.push(target);
-    let out = run("qemu-io", &args);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
-
-/// `qemu-io -f raw TARGET -c CMD…`, which must succeed with no command
-/// failing (qemu-io exits 0 even then, so its output is checked).
-fn qemu_io_ok(target: &str, cmds: &[&str]) -> String {
-    let (ok, text) = qemu_io_any(target, cmds);
-    let failed = text.contains("error") || text.contains("failed") || text.contains("Pattern verification");
-    assert!(ok && !failed, "qemu-io {cmds:?} on {target}:\n{text}");
-    text
-}
 
 /// The whole export copied by `qemu-img convert` into `out`.
 fn export_to_raw(uri: &str, out: &Path) {
@@ -121,9 +100,9 @@ fn a_differencing_chain_is_read_and_written_through_the_export() {
 
     // Writes through QEMU, unaligned, across block boundaries of every level.
     let cmds = ["write -P 0x5a 1048000 100000", "write -P 0xa5 20971000 3000", "write -P 0x11 63M 1M", "flush"];
-    qemu_io_ok(&uri, &cmds);
-    qemu_io_ok(&model.path.display().to_string(), &cmds);
-    qemu_io_ok(&uri, &["read -P 0x5a 1048000 100000", "read -P 0xa5 20971000 3000"]);
+    qemu_io_ok(&[], &uri, &cmds);
+    qemu_io_ok(&[], &model.path.display().to_string(), &cmds);
+    qemu_io_ok(&[], &uri, &["read -P 0x5a 1048000 100000", "read -P 0xa5 20971000 3000"]);
     std::fs::remove_file(&out).unwrap();
     export_to_raw(&uri, &out);
     assert_files_equal(&out, &model.path);
@@ -148,9 +127,9 @@ fn flushed_writes_are_durable_and_the_log_clean_between_clients() {
     let reference = RawModel::new(dir.path().join("ref.raw"), SIZE);
     let server = Running::start(Disk::open_writable(&path).unwrap(), ServeOptions::default());
     let cmds = ["write -P 0xab 1000 70000", "write -P 0xcd 3M 1M", "write -P 0xef 10485759 2", "flush"];
-    qemu_io_ok(&server.uri(), &cmds);
-    qemu_io_ok(&reference.path.display().to_string(), &cmds);
-    qemu_io_ok(&server.uri(), &["read -P 0xab 1000 70000", "read -P 0xcd 3M 1M", "read -P 0 71000 1000"]);
+    qemu_io_ok(&[], &server.uri(), &cmds);
+    qemu_io_ok(&[], &reference.path.display().to_string(), &cmds);
+    qemu_io_ok(&[], &server.uri(), &["read -P 0xab 1000 70000", "read -P 0xcd 3M 1M", "read -P 0 71000 1000"]);
     let ended = server.wait_ended(2);
     assert!(ended[0].contains("written") && !ended[0].contains(" 0 written"), "{ended:?}");
 
@@ -189,8 +168,8 @@ fn qemu_write_zeroes_and_discard_reach_the_disk() {
         // Unaligned zeroing over data (in a chain: over the parents' data),
         // with and without NO_HOLE, and over space never written.
         let zero = ["write -z 1000 70000", "write -z -u 2M 3M", "write -z 20971000 3000", "write -z 48M 8M", "flush"];
-        qemu_io_ok(&server.uri(), &zero);
-        qemu_io_ok(&reference.path.display().to_string(), &zero);
+        qemu_io_ok(&[], &server.uri(), &zero);
+        qemu_io_ok(&[], &reference.path.display().to_string(), &zero);
         let out = dir.path().join("out.raw");
         export_to_raw(&server.uri(), &out);
         assert_files_equal(&out, &reference.path);
@@ -200,7 +179,7 @@ fn qemu_write_zeroes_and_discard_reach_the_disk() {
         // Discard: the export's other bytes are untouched; NBD promises
         // nothing about the discarded range, this server makes it read zeros.
         let before = std::fs::read(&out).unwrap();
-        qemu_io_ok(&server.uri(), &["discard 1M 2M", "discard 30M 512", "flush"]);
+        qemu_io_ok(&[], &server.uri(), &["discard 1M 2M", "discard 30M 512", "flush"]);
         std::fs::remove_file(&out).unwrap();
         export_to_raw(&server.uri(), &out);
         let after = std::fs::read(&out).unwrap();
@@ -239,7 +218,7 @@ fn a_read_only_export_refuses_qemu_writes() {
     for opened_writable in [true, false] {
         let disk = if opened_writable { Disk::open_writable(&path).unwrap() } else { Disk::open(&path).unwrap() };
         let server = Running::start(disk, ServeOptions::default().read_only(true));
-        let (ok, text) = qemu_io_any(&server.uri(), &["write -P 0x99 0 4096", "flush"]);
+        let (ok, text) = qemu_io_any(&[], &server.uri(), &["write -P 0x99 0 4096", "flush"]);
         assert!(!ok || text.to_lowercase().contains("read-only") || text.contains("failed"), "{text}");
         assert!(!text.contains("wrote 4096/4096"), "qemu-io reports a write: {text}");
         let uri = server.uri();
@@ -294,8 +273,8 @@ fn the_cli_serves_a_chain_once_to_qemu() {
     let [_, _, leaf] = make_chain(dir.path(), &model);
     let (mut child, uri, log) = cli_serve(&[leaf.to_str().unwrap()]);
     let cmds = ["write -P 0x77 12345 54321", "flush"];
-    qemu_io_ok(&uri, &cmds);
-    qemu_io_ok(&model.path.display().to_string(), &cmds);
+    qemu_io_ok(&[], &uri, &cmds);
+    qemu_io_ok(&[], &model.path.display().to_string(), &cmds);
     let status = child.wait().unwrap();
     let log = log.join().unwrap();
     assert!(status.success(), "vhdx serve --once exited with {status}: {log}");
@@ -310,7 +289,7 @@ fn the_cli_serves_a_chain_once_to_qemu() {
     assert!(child.wait().unwrap().success(), "{}", log.join().unwrap());
     assert_files_equal(&out, &model.path);
     let (mut child, uri, log) = cli_serve(&[leaf.to_str().unwrap(), "--read-only"]);
-    let (_, text) = qemu_io_any(&uri, &["write -P 0x99 0 4096"]);
+    let (_, text) = qemu_io_any(&[], &uri, &["write -P 0x99 0 4096"]);
     assert!(!text.contains("wrote 4096/4096"), "{text}");
     assert!(child.wait().unwrap().success(), "{}", log.join().unwrap());
     assert_eq!(sha256_file(&leaf), before);

@@ -9,6 +9,7 @@ use vhdx::nbd::{ServeOptions, Server};
 use vhdx::{BlockDevice, Result};
 
 use crate::common::{compare::*, qemu::*};
+use crate::support::{qemu_io_any, qemu_io_ok};
 
 const SIZE: usize = 8 << 20;
 
@@ -46,26 +47,6 @@ impl BlockDevice for Ram {
     }
 }
 
-/// `qemu-io -f raw [-r] TARGET -c CMD…`: (success with no command failing, output).
-fn qemu_io_as(read_only: bool, target: &str, cmds: &[&str]) -> (bool, String) {
-    let mut args = vec!["-f", "raw"];
-    if read_only {
-        args.push("-r");
-    }
-    for c in cmds {
-        args.extend(["-c", c]);
-    }
-    args.push(target);
-    let out = run("qemu-io", &args);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let failed = text.contains("error") || text.contains("failed") || text.contains("Pattern verification");
-    (out.status.success() && !failed, text)
-}
-
-fn qemu_io(target: &str, cmds: &[&str]) -> (bool, String) {
-    qemu_io_as(false, target, cmds)
-}
-
 fn serve(ram: Ram) -> (String, vhdx::nbd::Stopper, std::thread::JoinHandle<std::io::Result<Ram>>) {
     let server = Server::bind("127.0.0.1:0", ram, ServeOptions::default()).expect("binding 127.0.0.1:0");
     let uri = format!("nbd://{}/", server.local_addr().unwrap());
@@ -96,15 +77,13 @@ fn a_device_of_4k_sectors_takes_unaligned_qemu_writes() {
         "write -z 3000000 5000",
         "flush",
     ];
-    let (ok, text) = qemu_io(&uri, &cmds);
-    assert!(ok, "qemu-io on the export:\n{text}");
-    let (ok, text) = qemu_io(&reference.display().to_string(), &cmds);
-    assert!(ok, "qemu-io on the reference:\n{text}");
+    qemu_io_ok(&[], &uri, &cmds);
+    qemu_io_ok(&[], &reference.display().to_string(), &cmds);
     let out = dir.path().join("out.raw");
     qemu_img(&["convert", "-f", "raw", "-O", "raw", &uri, out.to_str().unwrap()]);
     assert_files_equal(&out, &reference);
-    let (ok, text) = qemu_io(&uri, &["discard 4096 8192", "read -P 0x33 8192 4096"]);
-    assert!(ok, "a trim the device keeps:\n{text}");
+    // A trim the device keeps.
+    qemu_io_ok(&[], &uri, &["discard 4096 8192", "read -P 0x33 8192 4096"]);
     stopper.stop();
     let ram = handle.join().unwrap().expect("the server gives the device back");
     assert!(ram.bytes == std::fs::read(&reference).unwrap(), "the device's bytes differ from the reference");
@@ -116,10 +95,9 @@ fn a_read_only_device_is_exported_read_only() {
         return;
     }
     let (uri, stopper, handle) = serve(Ram { bytes: vec![7u8; SIZE], writable: false });
-    let (ok, text) = qemu_io_as(true, &uri, &["read -P 7 4095 2"]);
-    assert!(ok, "{text}");
+    qemu_io_ok(&["-r"], &uri, &["read -P 7 4095 2"]);
     // QEMU sees the export's read-only flag: it will not open it for writing.
-    let (ok, text) = qemu_io(&uri, &["write -P 1 0 512"]);
+    let (ok, text) = qemu_io_any(&[], &uri, &["write -P 1 0 512"]);
     assert!(!ok && text.contains("Permission denied"), "a read-only device opened for writing:\n{text}");
     stopper.stop();
     assert!(handle.join().unwrap().unwrap().bytes.iter().all(|&b| b == 7));

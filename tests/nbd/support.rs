@@ -12,6 +12,29 @@ use std::time::{Duration, Instant};
 use vhdx::nbd::{ServeOptions, Server, Stopper};
 use vhdx::{CreateOptions, Disk, MemStorage};
 
+/// `qemu-io -f raw FLAGS… -c CMD… TARGET` without judging the result:
+/// (exit success, stdout + stderr).
+pub fn qemu_io_any(flags: &[&str], target: &str, cmds: &[&str]) -> (bool, String) {
+    let mut args = vec!["-f", "raw"];
+    args.extend_from_slice(flags);
+    for c in cmds {
+        args.extend(["-c", c]);
+    }
+    args.push(target);
+    let out = crate::common::qemu::run("qemu-io", &args);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// [`qemu_io_any`], which must succeed with no command failing (qemu-io
+/// exits 0 even then, so its output is checked); returns the output.
+pub fn qemu_io_ok(flags: &[&str], target: &str, cmds: &[&str]) -> String {
+    let (ok, text) = qemu_io_any(flags, target, cmds);
+    let failed = text.contains("error") || text.contains("failed") || text.contains("Pattern verification");
+    assert!(ok && !failed, "qemu-io {flags:?} {cmds:?} on {target}:\n{text}");
+    text
+}
+
 /// A server serving one disk from a thread of the test.
 pub struct Running {
     pub addr: SocketAddr,
