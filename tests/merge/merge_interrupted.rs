@@ -240,6 +240,19 @@ fn killed(depth: usize, policy: SiblingPolicy, k: u64) -> Tree {
     t
 }
 
+/// A fresh depth-2 tree whose merge was killed at the first of `points`
+/// that leaves it unfinished, with its target changed or not as
+/// `target_changed` says.
+fn killed_unfinished(policy: SiblingPolicy, points: impl Iterator<Item = u64>, target_changed: bool) -> Tree {
+    points
+        .map(|k| killed(2, policy, k))
+        .find(|t| {
+            let m = interrupted_merge(&t.p("child"), &MergeOptions::default()).unwrap();
+            m.is_some_and(|m| m.target_changed == target_changed)
+        })
+        .unwrap_or_else(|| panic!("no kill point leaves the merge unfinished with target_changed {target_changed}"))
+}
+
 /// Up to `max` of `0..n`, first and last included.
 fn spread(n: u64, max: u64) -> Vec<u64> {
     if n <= max {
@@ -419,14 +432,7 @@ fn while_a_merge_is_unfinished_other_merges_of_its_images_are_refused() {
     let ops = operations(2, policy);
     // The last kill point before the target changes: the record is written,
     // every image linking to a changed one was told its next GUID.
-    let t = (1..ops)
-        .rev()
-        .map(|k| killed(2, policy, k))
-        .find(|t| {
-            let m = interrupted_merge(&t.p("child"), &MergeOptions::default()).unwrap();
-            m.is_some_and(|m| !m.target_changed)
-        })
-        .expect("a kill point before the target changed");
+    let t = killed_unfinished(policy, (1..ops).rev(), false);
     let before = t.files();
     for (name, opts) in [
         ("child", t.options(SiblingPolicy::Force)),
@@ -458,11 +464,7 @@ fn while_a_merge_is_unfinished_other_merges_of_its_images_are_refused() {
 fn an_unfinished_merge_whose_images_changed_is_not_resumed() {
     let policy = SiblingPolicy::Preserve;
     let ops = operations(2, policy);
-    let last_before_target = |t: &Tree| {
-        let m = interrupted_merge(&t.p("child"), &MergeOptions::default()).unwrap();
-        m.is_some_and(|m| !m.target_changed)
-    };
-    let t = (1..ops).rev().map(|k| killed(2, policy, k)).find(last_before_target).expect("a kill point");
+    let t = killed_unfinished(policy, (1..ops).rev(), false);
     // What the record says, as the test built the tree: the child merged
     // with the intermediate into the base, the siblings kept.
     let m = interrupted_merge(&t.p("child"), &MergeOptions::default()).unwrap().unwrap();
@@ -501,14 +503,7 @@ fn an_unfinished_merge_whose_images_changed_is_not_resumed() {
 fn an_announced_link_waits_for_its_parent_and_a_confined_rerun_finishes() {
     let policy = SiblingPolicy::Preserve;
     let ops = operations(2, policy);
-    let t = (1..ops)
-        .rev()
-        .map(|k| killed(2, policy, k))
-        .find(|t| {
-            let m = interrupted_merge(&t.p("child"), &MergeOptions::default()).unwrap();
-            m.is_some_and(|m| !m.target_changed)
-        })
-        .expect("a kill point before the target changed");
+    let t = killed_unfinished(policy, (1..ops).rev(), false);
     let sib2 = t.names.iter().position(|n| *n == "sib2").unwrap();
     let announced = OpenOptions::new().without_parent().open(t.p("sib2")).unwrap();
     assert!(announced.parent_locator().unwrap().parent_linkage2().is_some(), "sib2 was told the next GUID");
@@ -529,13 +524,7 @@ fn an_announced_link_waits_for_its_parent_and_a_confined_rerun_finishes() {
 
     // Killed after the target changed, the re-run works from the record
     // alone: confined elsewhere it is refused, in the tree it finishes.
-    let t = (1..ops)
-        .map(|k| killed(2, policy, k))
-        .find(|t| {
-            let m = interrupted_merge(&t.p("child"), &MergeOptions::default()).unwrap();
-            m.is_some_and(|m| m.target_changed)
-        })
-        .expect("a kill point after the target changed");
+    let t = killed_unfinished(policy, 1..ops, true);
     let before = t.files();
     let refused = t.options(policy).confine_to(Some(vec![elsewhere.path().to_path_buf()]));
     merge(&t.p("child"), &refused).expect_err("a re-run confined elsewhere");
@@ -553,13 +542,7 @@ fn a_child_written_after_an_interrupted_merge_is_merged_with_its_new_bytes() {
     let policy = SiblingPolicy::Preserve;
     let ops = operations(2, policy);
     for after_target in [false, true] {
-        let t = (1..ops)
-            .map(|k| killed(2, policy, k))
-            .find(|t| {
-                let m = interrupted_merge(&t.p("child"), &MergeOptions::default()).unwrap();
-                m.is_some_and(|m| m.target_changed == after_target)
-            })
-            .expect("a kill point");
+        let t = killed_unfinished(policy, 1..ops, after_target);
         let data = pattern(99, 3 * SECTOR);
         let at = 3 * MIB + 512;
         let mut child = Disk::open_writable(t.p("child")).unwrap();
