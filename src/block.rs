@@ -88,22 +88,16 @@ pub trait BlockDevice {
     /// Reads `buf.len()` bytes at byte `offset`, which need not be aligned.
     /// The default reads whole sectors and copies out what was asked for.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let ss = self.sector_size() as u64;
         check_range(offset, buf.len(), self.capacity())?;
-        let mut done = 0usize;
-        let mut sector = alloc::vec![0u8; ss as usize];
-        while done < buf.len() {
-            let at = offset + done as u64;
-            let within = (at % ss) as usize;
-            let whole = (buf.len() - done) / ss as usize * ss as usize;
-            if within == 0 && whole > 0 {
-                self.read_sectors(at / ss, &mut buf[done..done + whole])?;
-                done += whole;
-            } else {
-                let n = (ss as usize - within).min(buf.len() - done);
-                self.read_sectors(at / ss, &mut sector)?;
-                buf[done..done + n].copy_from_slice(&sector[within..within + n]);
-                done += n;
+        let mut sector = alloc::vec![0u8; self.sector_size() as usize];
+        for p in pieces(offset, buf.len(), self.sector_size()) {
+            let dst = &mut buf[p.range.clone()];
+            match p.within {
+                None => self.read_sectors(p.lba, dst)?,
+                Some(within) => {
+                    self.read_sectors(p.lba, &mut sector)?;
+                    dst.copy_from_slice(&sector[within..within + dst.len()]);
+                }
             }
         }
         Ok(())
@@ -113,23 +107,17 @@ pub trait BlockDevice {
     /// default writes whole sectors; a partial one is read first and
     /// written back with the new bytes in it.
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        let ss = self.sector_size() as u64;
         check_range(offset, buf.len(), self.capacity())?;
-        let mut done = 0usize;
-        let mut sector = alloc::vec![0u8; ss as usize];
-        while done < buf.len() {
-            let at = offset + done as u64;
-            let within = (at % ss) as usize;
-            let whole = (buf.len() - done) / ss as usize * ss as usize;
-            if within == 0 && whole > 0 {
-                self.write_sectors(at / ss, &buf[done..done + whole])?;
-                done += whole;
-            } else {
-                let n = (ss as usize - within).min(buf.len() - done);
-                self.read_sectors(at / ss, &mut sector)?;
-                sector[within..within + n].copy_from_slice(&buf[done..done + n]);
-                self.write_sectors(at / ss, &sector)?;
-                done += n;
+        let mut sector = alloc::vec![0u8; self.sector_size() as usize];
+        for p in pieces(offset, buf.len(), self.sector_size()) {
+            let src = &buf[p.range.clone()];
+            match p.within {
+                None => self.write_sectors(p.lba, src)?,
+                Some(within) => {
+                    self.read_sectors(p.lba, &mut sector)?;
+                    sector[within..within + src.len()].copy_from_slice(src);
+                    self.write_sectors(p.lba, &sector)?;
+                }
             }
         }
         Ok(())
@@ -156,6 +144,36 @@ pub trait BlockDevice {
     fn checkpoint(&mut self) -> Result<()> {
         self.flush()
     }
+}
+
+/// One piece of a byte range split at sector boundaries: whole sectors
+/// from `lba` (`within` is `None`), or part of the one sector `lba`
+/// starting `within` bytes into it. `range` is the piece's place in the
+/// caller's buffer.
+struct Piece {
+    lba: u64,
+    within: Option<usize>,
+    range: core::ops::Range<usize>,
+}
+
+/// `len` bytes at byte `offset` as [`Piece`]s, in order: the whole sectors
+/// in the middle as one piece, a partial sector at either end alone.
+fn pieces(offset: u64, len: usize, sector: u32) -> impl Iterator<Item = Piece> {
+    let ss = sector as usize;
+    let mut done = 0usize;
+    core::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let at = offset + done as u64;
+        let within = (at % sector as u64) as usize;
+        let whole = (len - done) / ss * ss;
+        let (n, within) =
+            if within == 0 && whole > 0 { (whole, None) } else { ((ss - within).min(len - done), Some(within)) };
+        let piece = Piece { lba: at / sector as u64, within, range: done..done + n };
+        done += n;
+        Some(piece)
+    })
 }
 
 fn check_range(offset: u64, len: usize, size: u64) -> Result<()> {
