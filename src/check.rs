@@ -193,7 +193,7 @@ pub fn repair_storage(storage: Box<dyn Storage>) -> Result<RepairReport> {
     if disk.info().log_replayed {
         actions.push(String::from("replayed the log in place"));
     }
-    actions.extend(disk.mend(headers_bad)?);
+    actions.extend(disk.image_mut().mend(headers_bad)?);
     let storage = disk.into_storage()?;
     let after = check_storage(storage)?;
     Ok(RepairReport { actions, after })

@@ -6,7 +6,8 @@
 use alloc::boxed::Box;
 use alloc::format;
 
-use crate::disk::open::{finish, read_image, Image};
+use crate::disk::open::{finish, read_image};
+use crate::disk::Image;
 use crate::disk::{default_guid_source, GuidSource};
 use crate::error::{Error, Result};
 use crate::io::Storage;

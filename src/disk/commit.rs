@@ -2,14 +2,14 @@
 
 use alloc::vec::Vec;
 
-use super::Disk;
+use super::{Disk, Image};
 use crate::error::{Error, IoContext, Result};
 use crate::format::guid::Guid;
 use crate::format::header::HeaderInfo;
 use crate::format::{round_up_mib, MIB};
 use crate::log::LogWriter;
 
-impl Disk {
+impl Image {
     pub(crate) fn new_guid(&mut self) -> Result<Guid> {
         let gen = self.guid_source.as_mut().ok_or_else(|| Error::invalid("no GUID source for a writable disk"))?;
         Ok(gen())
@@ -40,8 +40,8 @@ impl Disk {
         Ok(())
     }
 
-    /// Whether metadata changes wait for the next flush.
-    pub fn has_pending_metadata(&self) -> bool {
+    /// See [`Disk::has_pending_metadata`].
+    pub(crate) fn has_pending_metadata(&self) -> bool {
         self.table.has_dirty() || !self.dirty_pages.is_empty()
     }
 
@@ -120,13 +120,44 @@ impl Disk {
         Ok(())
     }
 
-    /// Makes every completed write durable: payload, then metadata through the log.
-    pub fn flush(&mut self) -> Result<()> {
+    /// See [`Disk::flush`].
+    pub(crate) fn flush(&mut self) -> Result<()> {
         if !self.writable {
             return Ok(());
         }
         self.commit_metadata()?;
         self.storage.flush().during("flushing", 0)
+    }
+
+    /// See [`Disk::checkpoint`].
+    pub(crate) fn checkpoint(&mut self) -> Result<()> {
+        if self.closed || !self.writable {
+            return Ok(());
+        }
+        self.flush()?;
+        if self.log.is_some() {
+            self.update_header(|h| h.log_guid = Guid::nil())?;
+            self.log = None;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn close_inner(&mut self) -> Result<()> {
+        self.checkpoint()?;
+        self.closed = true;
+        Ok(())
+    }
+
+    /// See [`Disk::log_entries_written`].
+    pub(crate) fn log_entries_written(&self) -> u64 {
+        self.log.as_ref().map_or(0, |l| l.entries_written())
+    }
+}
+
+impl Disk {
+    /// Makes every completed write durable: payload, then metadata through the log.
+    pub fn flush(&mut self) -> Result<()> {
+        self.image.flush()
     }
 
     /// Flushes, then marks the log as needing no replay (clears the header's
@@ -147,25 +178,16 @@ impl Disk {
     /// # Ok(()) }
     /// ```
     pub fn checkpoint(&mut self) -> Result<()> {
-        if self.closed || !self.writable {
-            return Ok(());
-        }
-        self.flush()?;
-        if self.log.is_some() {
-            self.update_header(|h| h.log_guid = Guid::nil())?;
-            self.log = None;
-        }
-        Ok(())
+        self.image.checkpoint()
     }
 
-    pub(crate) fn close_inner(&mut self) -> Result<()> {
-        self.checkpoint()?;
-        self.closed = true;
-        Ok(())
+    /// Whether metadata changes wait for the next flush.
+    pub fn has_pending_metadata(&self) -> bool {
+        self.image.has_pending_metadata()
     }
 
     /// Log entries this session has written.
     pub fn log_entries_written(&self) -> u64 {
-        self.log.as_ref().map_or(0, |l| l.entries_written())
+        self.image.log_entries_written()
     }
 }

@@ -28,7 +28,7 @@
 
 use alloc::vec::Vec;
 
-use super::Disk;
+use super::{Disk, Image};
 use crate::error::{Error, IoContext, Result};
 use crate::format::bat::{BatEntry, PayloadState};
 use crate::format::guid::{BAT_REGION, METADATA_REGION};
@@ -76,153 +76,7 @@ struct Live {
     item: Item,
 }
 
-impl Disk {
-    /// Compacts the image in place: blocks holding only zeros stop being
-    /// stored (NOT_PRESENT in a dynamic disk; ZERO, or NOT_PRESENT over a
-    /// parent that holds nothing there, in a differencing one), blocks and
-    /// the BAT or metadata region move from the end of the file into the
-    /// holes, and the file is cut after the last structure. Each block's copy
-    /// is durable before the BAT points at it (through the log), and its old
-    /// place is reused only after that. What the disk presents is unchanged,
-    /// and so is its DataWriteGuid (children stay valid). Fixed disks are
-    /// refused (convert them to dynamic first).
-    ///
-    /// ```
-    /// use vhdx::{CreateOptions, Disk, MemStorage};
-    /// # fn main() -> vhdx::Result<()> {
-    /// let opts = CreateOptions::dynamic(64 << 20).block_size(1 << 20);
-    /// let mut disk = Disk::create_on(Box::new(MemStorage::new()), &opts, None)?;
-    /// disk.write_at(&[1u8; 4 << 20], 0)?;
-    /// disk.discard(0, 3 << 20)?;
-    /// let report = disk.compact()?;
-    /// assert!(report.file_size_after < report.file_size_before);
-    /// # Ok(()) }
-    /// ```
-    pub fn compact(&mut self) -> Result<CompactReport> {
-        self.compact_with_progress(&mut |_, _| {})
-    }
-
-    /// [`Disk::compact`], calling `progress(done, total)` (bytes scanned
-    /// and moved, and an estimate of all there is to do) as it goes.
-    pub fn compact_with_progress(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<CompactReport> {
-        if !self.writable {
-            return Err(Error::ReadOnly);
-        }
-        if self.params.leave_block_allocated {
-            return Err(Error::invalid(
-                "a fixed disk keeps every block allocated and cannot be compacted (convert it to a dynamic disk)",
-            ));
-        }
-        self.flush()?;
-        self.begin_metadata_change()?;
-        let mut report = CompactReport { file_size_before: self.space.len, ..Default::default() };
-        let bs = self.params.block_size as u64;
-        let data_blocks: Vec<usize> = (0..self.table.geometry().entry_count as usize)
-            .filter(|&i| {
-                !self.table.geometry().is_sector_bitmap_index(i)
-                    && self.table.entry(i).payload_state().is_some_and(|s| s.has_data())
-            })
-            .collect();
-        let mut total = data_blocks.len() as u64 * bs;
-        let mut done = 0u64;
-        progress(done, total);
-
-        // 1. Release.
-        for &index in &data_blocks {
-            if self.release_if_empty(index)? {
-                report.blocks_released += 1;
-            }
-            done += bs;
-            progress(done, total);
-        }
-        if self.params.has_parent {
-            report.bitmaps_released = self.release_unused_bitmaps();
-        }
-        self.commit_metadata()?;
-
-        // 2. Move: the bytes above the packed size must move at least.
-        let live = self.live_structures();
-        let packed: u64 = live.iter().map(|l| l.len).sum();
-        total += live.iter().filter(|l| l.item != Item::Fixed && l.offset >= packed).map(|l| l.len).sum::<u64>();
-        progress(done, total);
-        while self.move_batch(&mut report, &mut |n| {
-            done += n;
-            progress(done, total);
-        })? {}
-
-        // 3. Truncate.
-        report.file_size_after = self.trim_file_end()?;
-        self.flush()?;
-        progress(total.max(done), total.max(done));
-        Ok(report)
-    }
-
-    /// Releases the block at BAT index `index` when it stores nothing the
-    /// disk needs; returns whether it did.
-    fn release_if_empty(&mut self, index: usize) -> Result<bool> {
-        let g = *self.table.geometry();
-        let bs = g.block_size as u64;
-        let block = index as u64 - index as u64 / (g.chunk_ratio + 1);
-        let entry = self.table.entry(index);
-        let state = entry.payload_state();
-        let base = entry.file_offset();
-        let block_start = block * bs;
-        if block >= g.payload_blocks {
-            // Past the virtual size: nobody reads it.
-            if state == Some(PayloadState::PartiallyPresent) {
-                self.clear_block_bitmap(block)?;
-            }
-            self.set_bat_entry(index, BatEntry::EMPTY);
-            return Ok(true);
-        }
-        let visible = (block_start + bs).min(self.params.virtual_size) - block_start;
-        // The stored runs of the block, relative to its start.
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        if state == Some(PayloadState::PartiallyPresent) {
-            self.resolve(block_start, visible, |at, n, e| {
-                if matches!(e, super::Extent::Data { .. }) {
-                    runs.push((at - block_start, n));
-                }
-                Ok(())
-            })?;
-        } else {
-            runs.push((0, visible));
-        }
-        let mut buf = alloc::vec![0u8; COPY_CHUNK.min(bs) as usize];
-        for &(start, len) in &runs {
-            let mut at = 0;
-            while at < len {
-                let n = (len - at).min(buf.len() as u64) as usize;
-                self.read_file(&mut buf[..n], base + start + at, "reading payload")?;
-                if buf[..n].iter().any(|&b| b != 0) {
-                    return Ok(false);
-                }
-                at += n as u64;
-            }
-        }
-        let new_state = if !self.params.has_parent {
-            PayloadState::NotPresent
-        } else {
-            let parent_zero = match self.parent() {
-                Some(p) => super::discard::reads_zero_structurally(p, block_start, visible)?,
-                None => false,
-            };
-            if parent_zero || runs.is_empty() {
-                PayloadState::NotPresent
-            } else if state == Some(PayloadState::FullyPresent) {
-                PayloadState::Zero
-            } else {
-                // Zeros in some sectors, the parent's data in the others.
-                return Ok(false);
-            }
-        };
-        if state == Some(PayloadState::PartiallyPresent) {
-            self.clear_block_bitmap(block)?;
-        }
-        self.set_bat_entry(index, BatEntry::payload(new_state, 0));
-        Ok(true)
-    }
-
+impl Image {
     /// Releases the sector bitmap blocks of chunks without a partially
     /// present block; returns how many.
     fn release_unused_bitmaps(&mut self) -> u64 {
@@ -369,5 +223,153 @@ impl Disk {
             self.storage.flush().during("flushing a moved region", to)?;
         }
         self.switch_region(guid, to, len as u32)
+    }
+}
+
+impl Disk {
+    /// Compacts the image in place: blocks holding only zeros stop being
+    /// stored (NOT_PRESENT in a dynamic disk; ZERO, or NOT_PRESENT over a
+    /// parent that holds nothing there, in a differencing one), blocks and
+    /// the BAT or metadata region move from the end of the file into the
+    /// holes, and the file is cut after the last structure. Each block's copy
+    /// is durable before the BAT points at it (through the log), and its old
+    /// place is reused only after that. What the disk presents is unchanged,
+    /// and so is its DataWriteGuid (children stay valid). Fixed disks are
+    /// refused (convert them to dynamic first).
+    ///
+    /// ```
+    /// use vhdx::{CreateOptions, Disk, MemStorage};
+    /// # fn main() -> vhdx::Result<()> {
+    /// let opts = CreateOptions::dynamic(64 << 20).block_size(1 << 20);
+    /// let mut disk = Disk::create_on(Box::new(MemStorage::new()), &opts, None)?;
+    /// disk.write_at(&[1u8; 4 << 20], 0)?;
+    /// disk.discard(0, 3 << 20)?;
+    /// let report = disk.compact()?;
+    /// assert!(report.file_size_after < report.file_size_before);
+    /// # Ok(()) }
+    /// ```
+    pub fn compact(&mut self) -> Result<CompactReport> {
+        self.compact_with_progress(&mut |_, _| {})
+    }
+
+    /// [`Disk::compact`], calling `progress(done, total)` (bytes scanned
+    /// and moved, and an estimate of all there is to do) as it goes.
+    pub fn compact_with_progress(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<CompactReport> {
+        if !self.image.writable {
+            return Err(Error::ReadOnly);
+        }
+        if self.image.params.leave_block_allocated {
+            return Err(Error::invalid(
+                "a fixed disk keeps every block allocated and cannot be compacted (convert it to a dynamic disk)",
+            ));
+        }
+        self.flush()?;
+        self.image.begin_metadata_change()?;
+        let mut report = CompactReport { file_size_before: self.image.space.len, ..Default::default() };
+        let bs = self.image.params.block_size as u64;
+        let data_blocks: Vec<usize> = (0..self.image.table.geometry().entry_count as usize)
+            .filter(|&i| {
+                !self.image.table.geometry().is_sector_bitmap_index(i)
+                    && self.image.table.entry(i).payload_state().is_some_and(|s| s.has_data())
+            })
+            .collect();
+        let mut total = data_blocks.len() as u64 * bs;
+        let mut done = 0u64;
+        progress(done, total);
+
+        // 1. Release.
+        for &index in &data_blocks {
+            if self.release_if_empty(index)? {
+                report.blocks_released += 1;
+            }
+            done += bs;
+            progress(done, total);
+        }
+        if self.image.params.has_parent {
+            report.bitmaps_released = self.image.release_unused_bitmaps();
+        }
+        self.image.commit_metadata()?;
+
+        // 2. Move: the bytes above the packed size must move at least.
+        let live = self.image.live_structures();
+        let packed: u64 = live.iter().map(|l| l.len).sum();
+        total += live.iter().filter(|l| l.item != Item::Fixed && l.offset >= packed).map(|l| l.len).sum::<u64>();
+        progress(done, total);
+        while self.image.move_batch(&mut report, &mut |n| {
+            done += n;
+            progress(done, total);
+        })? {}
+
+        // 3. Truncate.
+        report.file_size_after = self.image.trim_file_end()?;
+        self.flush()?;
+        progress(total.max(done), total.max(done));
+        Ok(report)
+    }
+
+    /// Releases the block at BAT index `index` when it stores nothing the
+    /// disk needs; returns whether it did.
+    fn release_if_empty(&mut self, index: usize) -> Result<bool> {
+        let g = *self.image.table.geometry();
+        let bs = g.block_size as u64;
+        let block = index as u64 - index as u64 / (g.chunk_ratio + 1);
+        let entry = self.image.table.entry(index);
+        let state = entry.payload_state();
+        let base = entry.file_offset();
+        let block_start = block * bs;
+        if block >= g.payload_blocks {
+            // Past the virtual size: nobody reads it.
+            if state == Some(PayloadState::PartiallyPresent) {
+                self.image.clear_block_bitmap(block)?;
+            }
+            self.image.set_bat_entry(index, BatEntry::EMPTY);
+            return Ok(true);
+        }
+        let visible = (block_start + bs).min(self.image.params.virtual_size) - block_start;
+        // The stored runs of the block, relative to its start.
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        if state == Some(PayloadState::PartiallyPresent) {
+            self.image.resolve(block_start, visible, |at, n, e| {
+                if matches!(e, super::Extent::Data { .. }) {
+                    runs.push((at - block_start, n));
+                }
+                Ok(())
+            })?;
+        } else {
+            runs.push((0, visible));
+        }
+        let mut buf = alloc::vec![0u8; COPY_CHUNK.min(bs) as usize];
+        for &(start, len) in &runs {
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(buf.len() as u64) as usize;
+                self.image.read_file(&mut buf[..n], base + start + at, "reading payload")?;
+                if buf[..n].iter().any(|&b| b != 0) {
+                    return Ok(false);
+                }
+                at += n as u64;
+            }
+        }
+        let new_state = if !self.image.params.has_parent {
+            PayloadState::NotPresent
+        } else {
+            let parent_zero = match self.parent() {
+                Some(p) => super::discard::reads_zero_structurally(p, block_start, visible)?,
+                None => false,
+            };
+            if parent_zero || runs.is_empty() {
+                PayloadState::NotPresent
+            } else if state == Some(PayloadState::FullyPresent) {
+                PayloadState::Zero
+            } else {
+                // Zeros in some sectors, the parent's data in the others.
+                return Ok(false);
+            }
+        };
+        if state == Some(PayloadState::PartiallyPresent) {
+            self.image.clear_block_bitmap(block)?;
+        }
+        self.image.set_bat_entry(index, BatEntry::payload(new_state, 0));
+        Ok(true)
     }
 }

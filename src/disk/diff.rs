@@ -11,46 +11,14 @@
 
 use alloc::vec::Vec;
 
-use super::Disk;
+use super::{Disk, Image};
 use crate::error::{IoContext, Result};
 use crate::format::bat::{BatEntry, PayloadState, SB_PRESENT};
 use crate::format::MIB;
 
 const PAGE: u64 = 4096;
 
-impl Disk {
-    /// Differencing write of any alignment: the partial sectors at either end
-    /// are read through the chain, merged and written whole.
-    pub(crate) fn write_differencing(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        let ss = self.params.logical_sector_size as u64;
-        let end = offset + buf.len() as u64;
-        let mut pos = offset;
-        let mut src = buf;
-        if pos % ss != 0 || (end - pos) < ss {
-            let sector_start = pos / ss * ss;
-            let mut sector = alloc::vec![0u8; ss as usize];
-            self.read_at(&mut sector, sector_start)?;
-            let n = ((sector_start + ss).min(end) - pos) as usize;
-            sector[(pos - sector_start) as usize..(pos - sector_start) as usize + n].copy_from_slice(&src[..n]);
-            self.write_sectors_differencing(&sector, sector_start)?;
-            pos += n as u64;
-            src = &src[n..];
-        }
-        let whole = (end - pos) / ss * ss;
-        if whole > 0 {
-            self.write_sectors_differencing(&src[..whole as usize], pos)?;
-            pos += whole;
-            src = &src[whole as usize..];
-        }
-        if pos < end {
-            let mut sector = alloc::vec![0u8; ss as usize];
-            self.read_at(&mut sector, pos)?;
-            sector[..src.len()].copy_from_slice(src);
-            self.write_sectors_differencing(&sector, pos)?;
-        }
-        Ok(())
-    }
-
+impl Image {
     /// Differencing write of whole sectors.
     fn write_sectors_differencing(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.begin_data_change()?;
@@ -166,5 +134,39 @@ impl Disk {
             self.undo.page_loaded(page_at);
         }
         Ok(self.dirty_pages.get_mut(&page_at).expect("inserted above"))
+    }
+}
+
+impl Disk {
+    /// Differencing write of any alignment: the partial sectors at either end
+    /// are read through the chain, merged and written whole.
+    pub(crate) fn write_differencing(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        let ss = self.image.params.logical_sector_size as u64;
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        let mut src = buf;
+        if pos % ss != 0 || (end - pos) < ss {
+            let sector_start = pos / ss * ss;
+            let mut sector = alloc::vec![0u8; ss as usize];
+            self.read_at(&mut sector, sector_start)?;
+            let n = ((sector_start + ss).min(end) - pos) as usize;
+            sector[(pos - sector_start) as usize..(pos - sector_start) as usize + n].copy_from_slice(&src[..n]);
+            self.image.write_sectors_differencing(&sector, sector_start)?;
+            pos += n as u64;
+            src = &src[n..];
+        }
+        let whole = (end - pos) / ss * ss;
+        if whole > 0 {
+            self.image.write_sectors_differencing(&src[..whole as usize], pos)?;
+            pos += whole;
+            src = &src[whole as usize..];
+        }
+        if pos < end {
+            let mut sector = alloc::vec![0u8; ss as usize];
+            self.read_at(&mut sector, pos)?;
+            sector[..src.len()].copy_from_slice(src);
+            self.image.write_sectors_differencing(&sector, pos)?;
+        }
+        Ok(())
     }
 }

@@ -25,7 +25,7 @@
 //! chunk has a bitmap), so a later partial write into it never finds bits
 //! left over from its previous life.
 
-use super::Disk;
+use super::{Disk, Image};
 use crate::error::{Error, IoContext, Result};
 use crate::format::bat::{BatEntry, PayloadState};
 
@@ -42,7 +42,7 @@ pub(crate) fn reads_zero_structurally(disk: &Disk, offset: u64, len: u64) -> Res
     }
     let len = len.min(size - offset);
     let mut zero = true;
-    disk.resolve(offset, len, |at, n, extent| {
+    disk.image.resolve(offset, len, |at, n, extent| {
         if !zero {
             return Ok(());
         }
@@ -57,6 +57,37 @@ pub(crate) fn reads_zero_structurally(disk: &Disk, offset: u64, len: u64) -> Res
         Ok(())
     })?;
     Ok(zero)
+}
+
+impl Image {
+    /// Writes `len` zero bytes at file offset `at` (in writes of up to 1 MiB).
+    pub(crate) fn write_zeros_at(&mut self, at: u64, len: u64) -> Result<()> {
+        let big;
+        let zeros: &[u8] = if len <= ZEROS.len() as u64 {
+            &ZEROS
+        } else {
+            big = alloc::vec![0u8; len.min(crate::format::MIB) as usize];
+            &big
+        };
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64);
+            let off = at + done;
+            self.storage.write_all_at(&zeros[..n as usize], off).during("writing zeros", off)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Clears every sector bitmap bit of `block`, when its chunk has a bitmap.
+    pub(crate) fn clear_block_bitmap(&mut self, block: u64) -> Result<()> {
+        let g = *self.table.geometry();
+        let chunk = block / g.chunk_ratio;
+        if self.table.sector_bitmap(chunk).sector_bitmap_present() {
+            self.change_bitmap_bits(block, 0, g.sectors_per_block(), false)?;
+        }
+        Ok(())
+    }
 }
 
 impl Disk {
@@ -83,14 +114,14 @@ impl Disk {
     /// # Ok(()) }
     /// ```
     pub fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
-        if !self.writable {
+        if !self.image.writable {
             return Err(Error::ReadOnly);
         }
-        self.check_range_u64(offset, len)?;
+        self.image.check_range_u64(offset, len)?;
         if len == 0 {
             return Ok(());
         }
-        if self.params.has_parent && self.parent.is_none() {
+        if self.image.params.has_parent && self.parent.is_none() {
             return Err(Error::invalid("a differencing disk opened without its parent cannot discard ranges"));
         }
         // A discard that fails partway takes back its metadata changes, as
@@ -102,8 +133,8 @@ impl Disk {
     /// read as zeros, deallocating whole blocks where the disk type allows.
     /// Calls `begin_data_change` before its first change only.
     pub(crate) fn zero_range(&mut self, offset: u64, len: u64) -> Result<()> {
-        let bs = self.params.block_size as u64;
-        let size = self.params.virtual_size;
+        let bs = self.image.params.block_size as u64;
+        let size = self.image.params.virtual_size;
         let end = offset + len;
         let mut pos = offset;
         while pos < end {
@@ -112,23 +143,23 @@ impl Disk {
             let block_end = (block_start + bs).min(size);
             let hi = end.min(block_end);
             let whole = pos == block_start && hi == block_end;
-            let index = self.table.geometry().payload_index(block);
-            let entry = self.table.payload(block);
+            let index = self.image.table.geometry().payload_index(block);
+            let entry = self.image.table.payload(block);
             let state = entry.payload_state();
-            if self.params.leave_block_allocated {
+            if self.image.params.leave_block_allocated {
                 if state == Some(PayloadState::FullyPresent) {
-                    self.begin_data_change()?;
-                    self.write_zeros_at(entry.file_offset() + (pos - block_start), hi - pos)?;
+                    self.image.begin_data_change()?;
+                    self.image.write_zeros_at(entry.file_offset() + (pos - block_start), hi - pos)?;
                 }
-            } else if !self.params.has_parent {
+            } else if !self.image.params.has_parent {
                 match state {
                     Some(PayloadState::FullyPresent) if whole => {
-                        self.begin_data_change()?;
-                        self.set_bat_entry(index, BatEntry::payload(PayloadState::Unmapped, 0));
+                        self.image.begin_data_change()?;
+                        self.image.set_bat_entry(index, BatEntry::payload(PayloadState::Unmapped, 0));
                     }
                     Some(PayloadState::FullyPresent) => {
-                        self.begin_data_change()?;
-                        self.write_zeros_at(entry.file_offset() + (pos - block_start), hi - pos)?;
+                        self.image.begin_data_change()?;
+                        self.image.write_zeros_at(entry.file_offset() + (pos - block_start), hi - pos)?;
                     }
                     // Not present, zero, unmapped, undefined: zeros already.
                     _ => {}
@@ -150,9 +181,9 @@ impl Disk {
 
     /// [`Disk::zero_range`] within one block of a differencing disk.
     fn zero_range_differencing(&mut self, block: u64, lo: u64, hi: u64, whole: bool, entry: BatEntry) -> Result<()> {
-        let bs = self.params.block_size as u64;
+        let bs = self.image.params.block_size as u64;
         let block_start = block * bs;
-        let index = self.table.geometry().payload_index(block);
+        let index = self.image.table.geometry().payload_index(block);
         let state = entry.payload_state();
         match state {
             Some(PayloadState::Zero | PayloadState::Unmapped | PayloadState::Undefined) | None => Ok(()),
@@ -160,21 +191,21 @@ impl Disk {
                 if state == Some(PayloadState::NotPresent)
                     && self.parent_reads_zero(
                         block_start,
-                        (block_start + bs).min(self.params.virtual_size) - block_start,
+                        (block_start + bs).min(self.image.params.virtual_size) - block_start,
                     )?
                 {
                     return Ok(());
                 }
-                self.begin_data_change()?;
+                self.image.begin_data_change()?;
                 if state == Some(PayloadState::PartiallyPresent) {
-                    self.clear_block_bitmap(block)?;
+                    self.image.clear_block_bitmap(block)?;
                 }
-                self.set_bat_entry(index, BatEntry::payload(PayloadState::Zero, 0));
+                self.image.set_bat_entry(index, BatEntry::payload(PayloadState::Zero, 0));
                 Ok(())
             }
             Some(PayloadState::FullyPresent) => {
-                self.begin_data_change()?;
-                self.write_zeros_at(entry.file_offset() + (lo - block_start), hi - lo)
+                self.image.begin_data_change()?;
+                self.image.write_zeros_at(entry.file_offset() + (lo - block_start), hi - lo)
             }
             Some(PayloadState::NotPresent) => {
                 if self.parent_reads_zero(lo, hi - lo)? {
@@ -183,7 +214,7 @@ impl Disk {
                 self.write_zeros_differencing(lo, hi)
             }
             Some(PayloadState::PartiallyPresent) => {
-                let ss = self.params.logical_sector_size as u64;
+                let ss = self.image.params.logical_sector_size as u64;
                 let lo_s = lo.div_ceil(ss) * ss;
                 let hi_s = hi / ss * ss;
                 if lo_s >= hi_s {
@@ -195,14 +226,14 @@ impl Disk {
                 if hi_s < hi {
                     self.write_zeros_differencing(hi_s, hi)?;
                 }
-                self.begin_data_change()?;
+                self.image.begin_data_change()?;
                 let first = (lo_s - block_start) / ss;
                 let count = (hi_s - lo_s) / ss;
                 if self.parent_reads_zero(lo_s, hi_s - lo_s)? {
-                    self.change_bitmap_bits(block, first, count, false)
+                    self.image.change_bitmap_bits(block, first, count, false)
                 } else {
-                    self.write_zeros_at(entry.file_offset() + (lo_s - block_start), hi_s - lo_s)?;
-                    self.change_bitmap_bits(block, first, count, true)
+                    self.image.write_zeros_at(entry.file_offset() + (lo_s - block_start), hi_s - lo_s)?;
+                    self.image.change_bitmap_bits(block, first, count, true)
                 }
             }
         }
@@ -216,35 +247,6 @@ impl Disk {
             let n = (hi - at).min(ZEROS.len() as u64);
             self.write_differencing(&ZEROS[..n as usize], at)?;
             at += n;
-        }
-        Ok(())
-    }
-
-    /// Writes `len` zero bytes at file offset `at` (in writes of up to 1 MiB).
-    pub(crate) fn write_zeros_at(&mut self, at: u64, len: u64) -> Result<()> {
-        let big;
-        let zeros: &[u8] = if len <= ZEROS.len() as u64 {
-            &ZEROS
-        } else {
-            big = alloc::vec![0u8; len.min(crate::format::MIB) as usize];
-            &big
-        };
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(zeros.len() as u64);
-            let off = at + done;
-            self.storage.write_all_at(&zeros[..n as usize], off).during("writing zeros", off)?;
-            done += n;
-        }
-        Ok(())
-    }
-
-    /// Clears every sector bitmap bit of `block`, when its chunk has a bitmap.
-    pub(crate) fn clear_block_bitmap(&mut self, block: u64) -> Result<()> {
-        let g = *self.table.geometry();
-        let chunk = block / g.chunk_ratio;
-        if self.table.sector_bitmap(chunk).sector_bitmap_present() {
-            self.change_bitmap_bits(block, 0, g.sectors_per_block(), false)?;
         }
         Ok(())
     }

@@ -68,6 +68,20 @@ use crate::log::LogWriter;
 /// # Ok(()) }
 /// ```
 pub struct Disk {
+    /// The one file this disk opened.
+    image: Image,
+    parent: Option<Box<Disk>>,
+    /// Per payload block, how many further ancestors beyond the parent a
+    /// read may pass over because their blocks are not present (see
+    /// `rw::ancestor_skips`). Ancestors never change while attached, so the
+    /// table stays true whatever this disk writes. Empty when not built.
+    skip: Vec<u8>,
+}
+
+/// One image file, read and checked, and this session's changes to it:
+/// everything of a [`Disk`] but its parent. Nothing here reads another
+/// file; a [`Disk`] composes an image with the disk of its parent.
+pub(crate) struct Image {
     storage: Box<dyn Storage>,
     writable: bool,
     /// The file's length and where the next new block may go.
@@ -93,12 +107,6 @@ pub struct Disk {
     /// (a merge announces it to children before the change).
     next_data_write_guid: Option<Guid>,
     guid_source: Option<GuidSource>,
-    parent: Option<Box<Disk>>,
-    /// Per payload block, how many further ancestors beyond the parent a
-    /// read may pass over because their blocks are not present (see
-    /// `rw::ancestor_skips`). Ancestors never change while attached, so the
-    /// table stays true whatever this disk writes. Empty when not built.
-    skip: Vec<u8>,
     creator: String,
     replayed_log: bool,
     /// The file's path, when opened from one (for messages and relative parents).
@@ -167,29 +175,29 @@ impl Disk {
 
     /// Virtual disk size in bytes.
     pub fn virtual_size(&self) -> u64 {
-        self.params.virtual_size
+        self.image.params.virtual_size
     }
 
     /// Logical sector size in bytes.
     pub fn logical_sector_size(&self) -> u32 {
-        self.params.logical_sector_size
+        self.image.params.logical_sector_size
     }
 
     /// Physical sector size in bytes.
     pub fn physical_sector_size(&self) -> u32 {
-        self.params.physical_sector_size
+        self.image.params.physical_sector_size
     }
 
     /// Payload block size in bytes.
     pub fn block_size(&self) -> u32 {
-        self.params.block_size
+        self.image.params.block_size
     }
 
     /// Fixed, dynamic or differencing.
     pub fn disk_type(&self) -> DiskType {
-        if self.params.has_parent {
+        if self.image.params.has_parent {
             DiskType::Differencing
-        } else if self.params.leave_block_allocated {
+        } else if self.image.params.leave_block_allocated {
             DiskType::Fixed
         } else {
             DiskType::Dynamic
@@ -198,22 +206,22 @@ impl Disk {
 
     /// Whether the disk was opened for writing.
     pub fn is_writable(&self) -> bool {
-        self.writable
+        self.image.writable
     }
 
     /// The current header's DataWriteGuid.
     pub fn data_write_guid(&self) -> Guid {
-        self.header.data_write_guid
+        self.image.header.data_write_guid
     }
 
     /// The parent locator of a differencing disk.
     pub fn parent_locator(&self) -> Option<&ParentLocator> {
-        self.locator.as_ref()
+        self.image.locator.as_ref()
     }
 
     /// The path the disk was opened from, if any.
     pub fn path(&self) -> Option<&str> {
-        self.path.as_deref()
+        self.image.path.as_deref()
     }
 
     /// The paths of the chain, leaf first (entries without a path are `"?"`).
@@ -221,7 +229,7 @@ impl Disk {
         let mut out = Vec::new();
         let mut d = Some(self);
         while let Some(disk) = d {
-            out.push(disk.path.clone().unwrap_or_else(|| String::from("?")));
+            out.push(disk.image.path.clone().unwrap_or_else(|| String::from("?")));
             d = disk.parent.as_deref();
         }
         out
@@ -232,48 +240,60 @@ impl Disk {
         self.parent.as_deref()
     }
 
+    /// The image file of this disk, without its parent.
+    #[cfg(feature = "std")]
+    pub(crate) fn image(&self) -> &Image {
+        &self.image
+    }
+
+    /// The image file of this disk, for changes to its own metadata.
+    pub(crate) fn image_mut(&mut self) -> &mut Image {
+        &mut self.image
+    }
+
     /// A summary of the image.
     pub fn info(&self) -> DiskInfo {
-        let allocated_blocks =
-            (0..self.table.geometry().payload_blocks).filter(|&b| self.table.payload(b).has_data()).count() as u64;
+        let allocated_blocks = (0..self.image.table.geometry().payload_blocks)
+            .filter(|&b| self.image.table.payload(b).has_data())
+            .count() as u64;
         DiskInfo {
             disk_type: self.disk_type(),
-            virtual_size: self.params.virtual_size,
-            block_size: self.params.block_size,
-            logical_sector_size: self.params.logical_sector_size,
-            physical_sector_size: self.params.physical_sector_size,
-            file_size: self.space.len,
-            chunk_ratio: self.table.geometry().chunk_ratio,
-            virtual_disk_id: self.params.virtual_disk_id,
-            data_write_guid: self.header.data_write_guid,
-            file_write_guid: self.header.file_write_guid,
-            header_sequence_number: self.header.sequence_number,
-            creator: self.creator.clone(),
-            log_replayed: self.replayed_log,
-            parent_locator: self.locator.as_ref().map(|l| l.entries.clone()),
+            virtual_size: self.image.params.virtual_size,
+            block_size: self.image.params.block_size,
+            logical_sector_size: self.image.params.logical_sector_size,
+            physical_sector_size: self.image.params.physical_sector_size,
+            file_size: self.image.space.len,
+            chunk_ratio: self.image.table.geometry().chunk_ratio,
+            virtual_disk_id: self.image.params.virtual_disk_id,
+            data_write_guid: self.image.header.data_write_guid,
+            file_write_guid: self.image.header.file_write_guid,
+            header_sequence_number: self.image.header.sequence_number,
+            creator: self.image.creator.clone(),
+            log_replayed: self.image.replayed_log,
+            parent_locator: self.image.locator.as_ref().map(|l| l.entries.clone()),
             allocated_blocks,
         }
     }
 
     /// The BAT's shape.
     pub fn geometry(&self) -> &BatGeometry {
-        self.table.geometry()
+        self.image.table.geometry()
     }
 
     /// The BAT entries as held in memory (uncommitted changes included).
     pub fn bat_entries(&self) -> &[BatEntry] {
-        self.table.entries()
+        self.image.table.entries()
     }
 
     /// The validated region table.
     pub fn regions(&self) -> &RegionTable {
-        &self.regions
+        &self.image.regions
     }
 
     /// Closes the disk cleanly (as [`Disk::close`]) and returns its storage.
     pub fn into_storage(mut self) -> Result<Box<dyn Storage>> {
-        self.close_inner()?;
-        Ok(core::mem::replace(&mut self.storage, Box::new(crate::io::MemStorage::new())))
+        self.image.close_inner()?;
+        Ok(core::mem::replace(&mut self.image.storage, Box::new(crate::io::MemStorage::new())))
     }
 
     /// Gives up the disk without flushing or closing — what a crash or a
@@ -281,18 +301,18 @@ impl Disk {
     /// the last flush may be incomplete; the log GUID stays set if this
     /// session wrote the log, so the next writable open replays it.
     pub fn abandon(mut self) -> Box<dyn Storage> {
-        self.closed = true;
-        core::mem::replace(&mut self.storage, Box::new(crate::io::MemStorage::new()))
+        self.image.closed = true;
+        core::mem::replace(&mut self.image.storage, Box::new(crate::io::MemStorage::new()))
     }
 
     /// Flushes, clears the log GUID and closes, reporting any error (dropping
     /// a disk does the same but cannot report).
     pub fn close(mut self) -> Result<()> {
-        self.close_inner()
+        self.image.close_inner()
     }
 }
 
-impl Drop for Disk {
+impl Drop for Image {
     fn drop(&mut self) {
         let _ = self.close_inner();
     }
@@ -302,9 +322,9 @@ impl core::fmt::Debug for Disk {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Disk")
             .field("type", &self.disk_type())
-            .field("virtual_size", &self.params.virtual_size)
-            .field("block_size", &self.params.block_size)
-            .field("writable", &self.writable)
+            .field("virtual_size", &self.image.params.virtual_size)
+            .field("block_size", &self.image.params.block_size)
+            .field("writable", &self.image.writable)
             .finish_non_exhaustive()
     }
 }

@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 
 use super::headers::Headers;
 use super::table::BlockTable;
-use super::Disk;
+use super::{Disk, Image};
 use crate::error::{Error, IoContext, Result};
 use crate::format::bat::{BatEntry, BatGeometry, PayloadState, SB_NOT_PRESENT, SB_PRESENT};
 use crate::format::header::{select_current, HeaderInfo, RawFileIdentifier, HEADER_OFFSETS, HEADER_SIZE};
@@ -171,31 +171,20 @@ pub(crate) fn read_image(
         regions,
         params,
         locator,
+        bitmap_cache: super::cache::BitmapCache::for_geometry(table.geometry()),
         table,
+        dirty_pages: BTreeMap::new(),
+        undo: Default::default(),
+        log: None,
         file_guid_changed,
+        data_guid_changed: false,
+        next_data_write_guid: None,
         guid_source,
         creator: ident.creator(),
         replayed_log,
         path,
+        closed: false,
     })
-}
-
-/// What one file holds, read and checked: everything of a [`Disk`] but
-/// its parent.
-pub(crate) struct Image {
-    storage: Box<dyn Storage>,
-    writable: bool,
-    space: super::space::Space,
-    header: Headers,
-    regions: RegionTable,
-    params: crate::format::metadata::DiskParameters,
-    locator: Option<crate::format::locator::ParentLocator>,
-    table: BlockTable,
-    file_guid_changed: bool,
-    guid_source: Option<super::GuidSource>,
-    creator: alloc::string::String,
-    replayed_log: bool,
-    path: Option<alloc::string::String>,
 }
 
 impl Image {
@@ -218,46 +207,8 @@ impl Image {
 /// The disk of `image` over `parent` (checked by the caller against the
 /// image's locator).
 pub(crate) fn finish(image: Image, parent: Option<Box<Disk>>) -> Disk {
-    let Image {
-        storage,
-        writable,
-        space,
-        header,
-        regions,
-        params,
-        locator,
-        table,
-        file_guid_changed,
-        guid_source,
-        creator,
-        replayed_log,
-        path,
-    } = image;
-    let skip = parent.as_deref().map(|p| super::rw::ancestor_skips(p, &params)).unwrap_or_default();
-    Disk {
-        storage,
-        writable,
-        space,
-        header,
-        regions,
-        params,
-        locator,
-        bitmap_cache: super::cache::BitmapCache::for_geometry(table.geometry()),
-        table,
-        dirty_pages: BTreeMap::new(),
-        undo: Default::default(),
-        log: None,
-        file_guid_changed,
-        data_guid_changed: false,
-        next_data_write_guid: None,
-        guid_source,
-        parent,
-        skip,
-        creator,
-        replayed_log,
-        path,
-        closed: false,
-    }
+    let skip = parent.as_deref().map(|p| super::rw::ancestor_skips(p, &image.params)).unwrap_or_default();
+    Disk { image, parent, skip }
 }
 
 /// Checks every BAT entry: states defined, offsets after the header section,

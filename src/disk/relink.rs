@@ -13,51 +13,13 @@
 use crate::format::bat::BatEntry;
 use alloc::vec::Vec;
 
-use super::Disk;
+use super::{Disk, Image};
 use crate::error::{Error, IoContext, Result};
 use crate::format::guid::Guid;
 use crate::format::locator::ParentLocator;
 use crate::format::metadata::{build_region, extra_items, parse_table, ExtraItem, MetadataFlags, METADATA_TABLE_SIZE};
 
-impl Disk {
-    /// The disk's *change set*: the virtual ranges it determines itself,
-    /// rather than its parent.
-    ///
-    /// Units: `(offset, length)` pairs in **bytes** of the virtual disk,
-    /// sorted, disjoint and coalesced (two ranges never touch); each starts
-    /// and ends on a logical sector boundary, so `offset /
-    /// logical_sector_size()` is the first sector and `length /
-    /// logical_sector_size()` the number of sectors.
-    ///
-    /// For a differencing disk this is read from the BAT and the sector
-    /// bitmaps, sector by sector: every sector of a fully present block,
-    /// every sector whose bitmap bit is set in a partially present block,
-    /// and every sector of a block in a state that reads as zeros instead of
-    /// the parent (ZERO, UNMAPPED, UNDEFINED). For a fixed or dynamic disk it
-    /// is the whole disk. Writes not yet flushed count.
-    ///
-    /// ```no_run
-    /// let child = vhdx::OpenOptions::new().without_parent().open("child.vhdx")?;
-    /// let sector = child.logical_sector_size() as u64;
-    /// for (offset, length) in child.change_set()? {
-    ///     println!("sectors {}..{} are the child's own", offset / sector, (offset + length) / sector);
-    /// }
-    /// # Ok::<(), vhdx::Error>(())
-    /// ```
-    pub fn change_set(&self) -> Result<Vec<(u64, u64)>> {
-        let mut out: Vec<(u64, u64)> = Vec::new();
-        self.resolve(0, self.params.virtual_size, |at, n, extent| {
-            if extent != super::Extent::Parent {
-                match out.last_mut() {
-                    Some((s, l)) if *s + *l == at => *l += n,
-                    _ => out.push((at, n)),
-                }
-            }
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
+impl Image {
     /// Starts a session that changes metadata only: a new FileWriteGuid.
     pub(crate) fn begin_metadata_change(&mut self) -> Result<()> {
         if !self.writable {
@@ -189,7 +151,9 @@ impl Disk {
         self.locator = locator;
         Ok(())
     }
+}
 
+impl Image {
     /// Empties a differencing disk and points it at a new parent (when
     /// `locator` is given) in one crash-safe step, then gives back the space
     /// of its blocks. `content_changes` says whether what the disk presents
@@ -231,6 +195,46 @@ impl Disk {
     }
 }
 
+impl Disk {
+    /// The disk's *change set*: the virtual ranges it determines itself,
+    /// rather than its parent.
+    ///
+    /// Units: `(offset, length)` pairs in **bytes** of the virtual disk,
+    /// sorted, disjoint and coalesced (two ranges never touch); each starts
+    /// and ends on a logical sector boundary, so `offset /
+    /// logical_sector_size()` is the first sector and `length /
+    /// logical_sector_size()` the number of sectors.
+    ///
+    /// For a differencing disk this is read from the BAT and the sector
+    /// bitmaps, sector by sector: every sector of a fully present block,
+    /// every sector whose bitmap bit is set in a partially present block,
+    /// and every sector of a block in a state that reads as zeros instead of
+    /// the parent (ZERO, UNMAPPED, UNDEFINED). For a fixed or dynamic disk it
+    /// is the whole disk. Writes not yet flushed count.
+    ///
+    /// ```no_run
+    /// let child = vhdx::OpenOptions::new().without_parent().open("child.vhdx")?;
+    /// let sector = child.logical_sector_size() as u64;
+    /// for (offset, length) in child.change_set()? {
+    ///     println!("sectors {}..{} are the child's own", offset / sector, (offset + length) / sector);
+    /// }
+    /// # Ok::<(), vhdx::Error>(())
+    /// ```
+    pub fn change_set(&self) -> Result<Vec<(u64, u64)>> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        self.image.resolve(0, self.image.params.virtual_size, |at, n, extent| {
+            if extent != super::Extent::Parent {
+                match out.last_mut() {
+                    Some((s, l)) if *s + *l == at => *l += n,
+                    _ => out.push((at, n)),
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use alloc::boxed::Box;
@@ -258,23 +262,23 @@ mod tests {
         let mut d = Disk::create_differencing_on(Box::new(MemStorage::new()), parent, loc.clone(), None, Some(guids()))
             .unwrap();
         let (a, b) = (Guid::from_u128(0xA), Guid::from_u128(0xB));
-        d.set_user_item(a, Some(vec![1, 2, 3])).unwrap();
-        assert_eq!(d.user_item(a).unwrap(), Some(vec![1, 2, 3]), "seen before the commit");
+        d.image.set_user_item(a, Some(vec![1, 2, 3])).unwrap();
+        assert_eq!(d.image.user_item(a).unwrap(), Some(vec![1, 2, 3]), "seen before the commit");
         d.flush().unwrap();
-        d.set_user_item(b, Some(vec![9; 5000])).unwrap();
+        d.image.set_user_item(b, Some(vec![9; 5000])).unwrap();
         loc.set(RELATIVE_PATH, ".\\elsewhere\\p.vhdx".into());
-        d.relink(loc.clone(), false).unwrap();
+        d.image.relink(loc.clone(), false).unwrap();
         let storage = d.into_storage().unwrap();
         let mut d = OpenOptions::new().writable(true).without_parent().open_storage(storage).unwrap();
-        assert_eq!(d.user_item(a).unwrap(), Some(vec![1, 2, 3]));
-        assert_eq!(d.user_item(b).unwrap(), Some(vec![9; 5000]));
+        assert_eq!(d.image.user_item(a).unwrap(), Some(vec![1, 2, 3]));
+        assert_eq!(d.image.user_item(b).unwrap(), Some(vec![9; 5000]));
         assert_eq!(d.parent_locator().unwrap().get(RELATIVE_PATH), Some(".\\elsewhere\\p.vhdx"));
-        d.set_user_item(a, Some(vec![7])).unwrap();
-        d.set_user_item(b, None).unwrap();
+        d.image.set_user_item(a, Some(vec![7])).unwrap();
+        d.image.set_user_item(b, None).unwrap();
         let storage = d.into_storage().unwrap();
         let d = OpenOptions::new().without_parent().open_storage(storage).unwrap();
-        assert_eq!(d.user_item(a).unwrap(), Some(vec![7]));
-        assert_eq!(d.user_item(b).unwrap(), None);
+        assert_eq!(d.image.user_item(a).unwrap(), Some(vec![7]));
+        assert_eq!(d.image.user_item(b).unwrap(), None);
         assert_eq!(d.parent_locator(), Some(&loc));
     }
 }

@@ -5,12 +5,12 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::Disk;
+use super::Image;
 use crate::error::Result;
 use crate::format::bat::BatEntry;
 use crate::format::region::{RegionTable, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE};
 
-impl Disk {
+impl Image {
     /// Rewrites both headers when `headers_bad`, both region table copies
     /// when one on file differs from the table the open validated, and
     /// clears the BAT entries' reserved values; commits, and returns one

@@ -48,7 +48,7 @@
 
 use alloc::vec::Vec;
 
-use super::Disk;
+use super::{Disk, Image};
 use crate::error::{Error, IoContext, Result};
 use crate::format::bat::{BatEntry, BatGeometry, PayloadState};
 use crate::format::guid::{Guid, BAT_REGION, VIRTUAL_DISK_SIZE};
@@ -58,174 +58,7 @@ use crate::format::{round_up_mib, HEADER_SECTION_SIZE, MAX_VIRTUAL_SIZE, MIB};
 
 const PAGE: u64 = 4096;
 
-impl Disk {
-    /// Changes the virtual size to `new_size` bytes (a multiple of the
-    /// logical sector size, at most 64 TiB), for any disk type.
-    ///
-    /// Growing adds sectors that read as zeros; the BAT grows (and moves to
-    /// the end of the file when its region is too small). Shrinking is
-    /// refused with [`Error::Refused`] when the removed range holds non-zero
-    /// data, unless `allow_shrink`, which discards it. Every metadata change
-    /// goes through the log and the operation ends flushed: a crash leaves
-    /// the old size or the new one, never a mixture; a grow that cannot get
-    /// the space of its larger BAT region changes nothing. The DataWriteGuid
-    /// changes, so children of this disk no longer link to it
-    /// ([`crate::ops::resize::resize`] refuses when it finds any). A
-    /// differencing disk must be open with its parent; it may grow past its
-    /// parent's size (that part reads as zeros).
-    ///
-    /// ```
-    /// use vhdx::{CreateOptions, Disk, ErrorKind, MemStorage};
-    /// # fn main() -> vhdx::Result<()> {
-    /// let mut disk = Disk::create_on(Box::new(MemStorage::new()), &CreateOptions::dynamic(8 << 20), None)?;
-    /// disk.write_at(b"data", 7 << 20)?;
-    /// disk.resize(1 << 30, false)?; // grow: the new sectors read as zeros
-    /// assert_eq!(disk.virtual_size(), 1 << 30);
-    /// let err = disk.resize(4 << 20, false).unwrap_err(); // would lose "data"
-    /// assert_eq!(err.kind(), ErrorKind::Refused);
-    /// disk.resize(4 << 20, true)?; // discards it
-    /// # Ok(()) }
-    /// ```
-    pub fn resize(&mut self, new_size: u64, allow_shrink: bool) -> Result<()> {
-        if !self.writable {
-            return Err(Error::ReadOnly);
-        }
-        let lss = self.params.logical_sector_size as u64;
-        if new_size == 0 || new_size > MAX_VIRTUAL_SIZE {
-            return Err(Error::invalid(alloc::format!("virtual size {new_size} is not between 1 byte and 64 TiB")));
-        }
-        if new_size % lss != 0 {
-            return Err(Error::invalid(alloc::format!(
-                "virtual size {new_size} is not a multiple of the {lss}-byte logical sector"
-            )));
-        }
-        if self.params.has_parent && self.parent.is_none() {
-            return Err(Error::invalid("a differencing disk opened without its parent cannot be resized"));
-        }
-        let old_size = self.params.virtual_size;
-        if new_size == old_size {
-            return Ok(());
-        }
-        self.flush()?;
-        let new_geometry = BatGeometry::new(
-            self.params.block_size,
-            self.params.logical_sector_size,
-            new_size,
-            self.params.has_parent,
-        )?;
-        if new_size > old_size {
-            self.grow(new_size, new_geometry)
-        } else {
-            if !allow_shrink {
-                if let Some(at) = self.first_nonzero(new_size, old_size - new_size)? {
-                    return Err(Error::Refused(alloc::format!(
-                        "shrinking the disk from {old_size} to {new_size} bytes would discard data: the removed \
-                         range holds non-zero bytes at offset {at:#x}; nothing was changed"
-                    )));
-                }
-            }
-            self.shrink(new_size, new_geometry)
-        }
-    }
-
-    fn grow(&mut self, new_size: u64, g: BatGeometry) -> Result<()> {
-        let old_size = self.params.virtual_size;
-        let old = *self.table.geometry();
-        let bs = self.params.block_size as u64;
-        // What may need space comes first. The tail of the old last block,
-        // past the old size, must read as zeros; nobody sees it yet.
-        let tail_end = old_size.div_ceil(bs).saturating_mul(bs).min(new_size);
-        if tail_end > old_size {
-            self.params.virtual_size = new_size;
-            let zeroed = self.undoable(|d| d.zero_range(old_size, tail_end - old_size));
-            self.params.virtual_size = old_size;
-            zeroed?;
-            self.commit_metadata()?;
-        }
-        // Then the space of a larger BAT region, and of a fixed disk's new
-        // blocks, taken before anything else changes: if it is not there,
-        // the file is cut back and the image is as it was, byte for byte.
-        let region = self.regions.bat();
-        let relocate = g.table_bytes() > region.length as u64;
-        let new_len = round_up_mib(g.table_bytes());
-        if relocate && new_len > u32::MAX as u64 - (MIB - 1) {
-            return Err(Error::invalid("the BAT would exceed the largest region"));
-        }
-        let before = self.space;
-        let mut fixed_blocks = None;
-        let reserved = (|| {
-            let mut at = None;
-            if relocate {
-                let a = self.grow_for(new_len)?;
-                self.storage.allocate(a, new_len).during("allocating the larger BAT region", a)?;
-                at = Some(a);
-            }
-            if self.params.leave_block_allocated {
-                let missing = g.payload_blocks - old.payload_blocks;
-                if missing > 0 {
-                    fixed_blocks = Some(self.grow_for(missing * bs)?);
-                }
-            }
-            // The new region holds zeros past the old entries already (new
-            // space); only the entries need writing.
-            if let Some(a) = at {
-                self.begin_data_change()?;
-                self.write_bat_copy(a, round_up_mib(old.table_bytes()).min(new_len))?;
-            }
-            Ok(at)
-        })();
-        let at = match reserved {
-            Ok(at) => at,
-            Err(e) => {
-                self.space.take_back(&mut *self.storage, before);
-                return Err(e);
-            }
-        };
-        if let Some(at) = at {
-            self.switch_region(BAT_REGION, at, new_len as u32)?;
-            self.table.set_len(old.entry_count as usize);
-            self.table.set_len((g.entry_count.div_ceil(512) * 512) as usize);
-        } else {
-            self.load_bat_entries(g.entry_count)?;
-            self.begin_data_change()?;
-            for index in old.entry_count as usize..g.entry_count as usize {
-                if !self.table.entry(index).is_empty() {
-                    self.set_bat_entry(index, BatEntry::EMPTY);
-                }
-            }
-        }
-        // The rest of the new range, still past the committed size: zeros.
-        self.table.set_geometry(g);
-        self.params.virtual_size = new_size;
-        let prepared =
-            self.prepare_grown_range(tail_end, old.payload_blocks, fixed_blocks).and_then(|()| self.commit_metadata());
-        if let Err(e) = prepared {
-            self.table.set_geometry(old);
-            self.params.virtual_size = old_size;
-            return Err(e);
-        }
-        self.queue_virtual_size(new_size)?;
-        self.flush()
-    }
-
-    /// Makes `[from, virtual_size)`, whole blocks past the old last one,
-    /// read as zeros (see the module docs): BAT entries only, no new space.
-    /// A fixed disk's new blocks go at `fixed_blocks`, reserved before.
-    fn prepare_grown_range(&mut self, from: u64, old_payload_blocks: u64, fixed_blocks: Option<u64>) -> Result<()> {
-        let bs = self.params.block_size as u64;
-        let new_size = self.params.virtual_size;
-        if self.params.has_parent {
-            return if new_size > from { self.zero_range(from, new_size - from) } else { Ok(()) };
-        }
-        if let Some(at) = fixed_blocks {
-            for (i, b) in (old_payload_blocks..self.table.geometry().payload_blocks).enumerate() {
-                let index = self.table.geometry().payload_index(b);
-                self.set_bat_entry(index, BatEntry::payload(PayloadState::FullyPresent, at + i as u64 * bs));
-            }
-        }
-        Ok(())
-    }
-
+impl Image {
     fn shrink(&mut self, new_size: u64, g: BatGeometry) -> Result<()> {
         let old = *self.table.geometry();
         self.begin_data_change()?;
@@ -254,37 +87,6 @@ impl Disk {
         }
         self.trim_file_end()?;
         self.flush()
-    }
-
-    /// The first virtual offset in `[offset, offset + len)` that reads as a
-    /// non-zero byte.
-    fn first_nonzero(&self, offset: u64, len: u64) -> Result<Option<u64>> {
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        self.resolve(offset, len, |at, n, extent| {
-            match extent {
-                super::Extent::Zero => {}
-                super::Extent::Parent
-                    if self
-                        .parent
-                        .as_deref()
-                        .is_none_or(|p| super::discard::reads_zero_structurally(p, at, n).unwrap_or(false)) => {}
-                _ => runs.push((at, n)),
-            }
-            Ok(())
-        })?;
-        let mut buf = alloc::vec![0u8; MIB as usize];
-        for (start, n) in runs {
-            let mut done = 0;
-            while done < n {
-                let k = (n - done).min(MIB) as usize;
-                self.read_at(&mut buf[..k], start + done)?;
-                if let Some(i) = buf[..k].iter().position(|&b| b != 0) {
-                    return Ok(Some(start + done + i as u64));
-                }
-                done += k as u64;
-            }
-        }
-        Ok(None)
     }
 
     /// Reads BAT entries from the region into memory up to `count` entries
@@ -424,5 +226,206 @@ impl Disk {
         self.storage.flush().during("flushing", end)?;
         self.space.end_at(end);
         Ok(end)
+    }
+}
+
+impl Disk {
+    /// Changes the virtual size to `new_size` bytes (a multiple of the
+    /// logical sector size, at most 64 TiB), for any disk type.
+    ///
+    /// Growing adds sectors that read as zeros; the BAT grows (and moves to
+    /// the end of the file when its region is too small). Shrinking is
+    /// refused with [`Error::Refused`] when the removed range holds non-zero
+    /// data, unless `allow_shrink`, which discards it. Every metadata change
+    /// goes through the log and the operation ends flushed: a crash leaves
+    /// the old size or the new one, never a mixture; a grow that cannot get
+    /// the space of its larger BAT region changes nothing. The DataWriteGuid
+    /// changes, so children of this disk no longer link to it
+    /// ([`crate::ops::resize::resize`] refuses when it finds any). A
+    /// differencing disk must be open with its parent; it may grow past its
+    /// parent's size (that part reads as zeros).
+    ///
+    /// ```
+    /// use vhdx::{CreateOptions, Disk, ErrorKind, MemStorage};
+    /// # fn main() -> vhdx::Result<()> {
+    /// let mut disk = Disk::create_on(Box::new(MemStorage::new()), &CreateOptions::dynamic(8 << 20), None)?;
+    /// disk.write_at(b"data", 7 << 20)?;
+    /// disk.resize(1 << 30, false)?; // grow: the new sectors read as zeros
+    /// assert_eq!(disk.virtual_size(), 1 << 30);
+    /// let err = disk.resize(4 << 20, false).unwrap_err(); // would lose "data"
+    /// assert_eq!(err.kind(), ErrorKind::Refused);
+    /// disk.resize(4 << 20, true)?; // discards it
+    /// # Ok(()) }
+    /// ```
+    pub fn resize(&mut self, new_size: u64, allow_shrink: bool) -> Result<()> {
+        if !self.image.writable {
+            return Err(Error::ReadOnly);
+        }
+        let lss = self.image.params.logical_sector_size as u64;
+        if new_size == 0 || new_size > MAX_VIRTUAL_SIZE {
+            return Err(Error::invalid(alloc::format!("virtual size {new_size} is not between 1 byte and 64 TiB")));
+        }
+        if new_size % lss != 0 {
+            return Err(Error::invalid(alloc::format!(
+                "virtual size {new_size} is not a multiple of the {lss}-byte logical sector"
+            )));
+        }
+        if self.image.params.has_parent && self.parent.is_none() {
+            return Err(Error::invalid("a differencing disk opened without its parent cannot be resized"));
+        }
+        let old_size = self.image.params.virtual_size;
+        if new_size == old_size {
+            return Ok(());
+        }
+        self.flush()?;
+        let new_geometry = BatGeometry::new(
+            self.image.params.block_size,
+            self.image.params.logical_sector_size,
+            new_size,
+            self.image.params.has_parent,
+        )?;
+        if new_size > old_size {
+            self.grow(new_size, new_geometry)
+        } else {
+            if !allow_shrink {
+                if let Some(at) = self.first_nonzero(new_size, old_size - new_size)? {
+                    return Err(Error::Refused(alloc::format!(
+                        "shrinking the disk from {old_size} to {new_size} bytes would discard data: the removed \
+                         range holds non-zero bytes at offset {at:#x}; nothing was changed"
+                    )));
+                }
+            }
+            self.image.shrink(new_size, new_geometry)
+        }
+    }
+
+    fn grow(&mut self, new_size: u64, g: BatGeometry) -> Result<()> {
+        let old_size = self.image.params.virtual_size;
+        let old = *self.image.table.geometry();
+        let bs = self.image.params.block_size as u64;
+        // What may need space comes first. The tail of the old last block,
+        // past the old size, must read as zeros; nobody sees it yet.
+        let tail_end = old_size.div_ceil(bs).saturating_mul(bs).min(new_size);
+        if tail_end > old_size {
+            self.image.params.virtual_size = new_size;
+            let zeroed = self.undoable(|d| d.zero_range(old_size, tail_end - old_size));
+            self.image.params.virtual_size = old_size;
+            zeroed?;
+            self.image.commit_metadata()?;
+        }
+        // Then the space of a larger BAT region, and of a fixed disk's new
+        // blocks, taken before anything else changes: if it is not there,
+        // the file is cut back and the image is as it was, byte for byte.
+        let region = self.image.regions.bat();
+        let relocate = g.table_bytes() > region.length as u64;
+        let new_len = round_up_mib(g.table_bytes());
+        if relocate && new_len > u32::MAX as u64 - (MIB - 1) {
+            return Err(Error::invalid("the BAT would exceed the largest region"));
+        }
+        let before = self.image.space;
+        let mut fixed_blocks = None;
+        let reserved = (|| {
+            let mut at = None;
+            if relocate {
+                let a = self.image.grow_for(new_len)?;
+                self.image.storage.allocate(a, new_len).during("allocating the larger BAT region", a)?;
+                at = Some(a);
+            }
+            if self.image.params.leave_block_allocated {
+                let missing = g.payload_blocks - old.payload_blocks;
+                if missing > 0 {
+                    fixed_blocks = Some(self.image.grow_for(missing * bs)?);
+                }
+            }
+            // The new region holds zeros past the old entries already (new
+            // space); only the entries need writing.
+            if let Some(a) = at {
+                self.image.begin_data_change()?;
+                self.image.write_bat_copy(a, round_up_mib(old.table_bytes()).min(new_len))?;
+            }
+            Ok(at)
+        })();
+        let at = match reserved {
+            Ok(at) => at,
+            Err(e) => {
+                self.image.space.take_back(&mut *self.image.storage, before);
+                return Err(e);
+            }
+        };
+        if let Some(at) = at {
+            self.image.switch_region(BAT_REGION, at, new_len as u32)?;
+            self.image.table.set_len(old.entry_count as usize);
+            self.image.table.set_len((g.entry_count.div_ceil(512) * 512) as usize);
+        } else {
+            self.image.load_bat_entries(g.entry_count)?;
+            self.image.begin_data_change()?;
+            for index in old.entry_count as usize..g.entry_count as usize {
+                if !self.image.table.entry(index).is_empty() {
+                    self.image.set_bat_entry(index, BatEntry::EMPTY);
+                }
+            }
+        }
+        // The rest of the new range, still past the committed size: zeros.
+        self.image.table.set_geometry(g);
+        self.image.params.virtual_size = new_size;
+        let prepared = self
+            .prepare_grown_range(tail_end, old.payload_blocks, fixed_blocks)
+            .and_then(|()| self.image.commit_metadata());
+        if let Err(e) = prepared {
+            self.image.table.set_geometry(old);
+            self.image.params.virtual_size = old_size;
+            return Err(e);
+        }
+        self.image.queue_virtual_size(new_size)?;
+        self.flush()
+    }
+
+    /// Makes `[from, virtual_size)`, whole blocks past the old last one,
+    /// read as zeros (see the module docs): BAT entries only, no new space.
+    /// A fixed disk's new blocks go at `fixed_blocks`, reserved before.
+    fn prepare_grown_range(&mut self, from: u64, old_payload_blocks: u64, fixed_blocks: Option<u64>) -> Result<()> {
+        let bs = self.image.params.block_size as u64;
+        let new_size = self.image.params.virtual_size;
+        if self.image.params.has_parent {
+            return if new_size > from { self.zero_range(from, new_size - from) } else { Ok(()) };
+        }
+        if let Some(at) = fixed_blocks {
+            for (i, b) in (old_payload_blocks..self.image.table.geometry().payload_blocks).enumerate() {
+                let index = self.image.table.geometry().payload_index(b);
+                self.image.set_bat_entry(index, BatEntry::payload(PayloadState::FullyPresent, at + i as u64 * bs));
+            }
+        }
+        Ok(())
+    }
+
+    /// The first virtual offset in `[offset, offset + len)` that reads as a
+    /// non-zero byte.
+    fn first_nonzero(&self, offset: u64, len: u64) -> Result<Option<u64>> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        self.image.resolve(offset, len, |at, n, extent| {
+            match extent {
+                super::Extent::Zero => {}
+                super::Extent::Parent
+                    if self
+                        .parent
+                        .as_deref()
+                        .is_none_or(|p| super::discard::reads_zero_structurally(p, at, n).unwrap_or(false)) => {}
+                _ => runs.push((at, n)),
+            }
+            Ok(())
+        })?;
+        let mut buf = alloc::vec![0u8; MIB as usize];
+        for (start, n) in runs {
+            let mut done = 0;
+            while done < n {
+                let k = (n - done).min(MIB) as usize;
+                self.read_at(&mut buf[..k], start + done)?;
+                if let Some(i) = buf[..k].iter().position(|&b| b != 0) {
+                    return Ok(Some(start + done + i as u64));
+                }
+                done += k as u64;
+            }
+        }
+        Ok(None)
     }
 }

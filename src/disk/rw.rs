@@ -6,7 +6,7 @@
 
 use alloc::vec::Vec;
 
-use super::Disk;
+use super::{Disk, Image};
 use crate::error::{Error, IoContext, Result};
 use crate::format::bat::{BatEntry, PayloadState};
 
@@ -87,12 +87,13 @@ const SKIP_TABLE_MAX_BLOCKS: u64 = 1 << 23;
 /// unless the parent has the same block size and virtual size, so a block
 /// index means the same bytes at every level it covers.
 pub(crate) fn ancestor_skips(parent: &Disk, params: &crate::format::metadata::DiskParameters) -> Vec<u8> {
-    let blocks = parent.table.geometry().payload_blocks;
+    let blocks = parent.image.table.geometry().payload_blocks;
     let grandparent_matches = parent.parent.as_deref().is_some_and(|g| {
-        g.params.block_size == parent.params.block_size && g.params.virtual_size == parent.params.virtual_size
+        g.image.params.block_size == parent.image.params.block_size
+            && g.image.params.virtual_size == parent.image.params.virtual_size
     });
-    if parent.params.block_size != params.block_size
-        || parent.params.virtual_size != params.virtual_size
+    if parent.image.params.block_size != params.block_size
+        || parent.image.params.virtual_size != params.virtual_size
         || !grandparent_matches
         || blocks > SKIP_TABLE_MAX_BLOCKS
     {
@@ -100,7 +101,7 @@ pub(crate) fn ancestor_skips(parent: &Disk, params: &crate::format::metadata::Di
     }
     (0..blocks)
         .map(|block| {
-            if parent.payload_state(block) != Some(PayloadState::NotPresent) {
+            if parent.image.payload_state(block) != Some(PayloadState::NotPresent) {
                 return 0;
             }
             let further = parent.skip.get(block as usize).copied().unwrap_or(0);
@@ -109,18 +110,7 @@ pub(crate) fn ancestor_skips(parent: &Disk, params: &crate::format::metadata::Di
         .collect()
 }
 
-impl Disk {
-    /// The ancestor a read of `block` that this disk leaves to its parent
-    /// should go to: the parent, or past the ancestors `skip` says hold
-    /// nothing of the block.
-    fn source_ancestor(&self, block: u64) -> Option<&Disk> {
-        let mut d = self.parent.as_deref()?;
-        for _ in 0..self.skip.get(block as usize).copied().unwrap_or(0) {
-            d = d.parent.as_deref()?;
-        }
-        Some(d)
-    }
-
+impl Image {
     pub(crate) fn payload_state(&self, block: u64) -> Option<PayloadState> {
         self.table.payload(block).payload_state()
     }
@@ -357,98 +347,6 @@ impl Disk {
         Ok(())
     }
 
-    /// Reads `buf.len()` bytes of the virtual disk from `offset`. Any offset
-    /// and length within the disk are allowed.
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.check_range(offset, buf.len())?;
-        // A read inside one block (the common case) walks down the chain
-        // while each level leaves the block to its parent, without resolving
-        // runs level by level; the general path takes over at a level whose
-        // block is partly present (or when the read spans blocks).
-        let len = buf.len() as u64;
-        let mut disk = self;
-        // Block and sector sizes are powers of two (checked at open), so
-        // shifts and masks stand in for divisions here.
-        while len > 0 && disk.params.block_size > 0 {
-            let bs = disk.params.block_size as u64;
-            let shift = bs.trailing_zeros();
-            let block = offset >> shift;
-            if block != (offset + len - 1) >> shift {
-                break;
-            }
-            let in_block = offset & (bs - 1);
-            match disk.block_source(block) {
-                BlockSource::Whole(Extent::Data { file_offset }) => {
-                    return disk.read_file(buf, file_offset + in_block, "reading payload")
-                }
-                BlockSource::Whole(Extent::Zero) => {
-                    buf.fill(0);
-                    return Ok(());
-                }
-                BlockSource::Whole(Extent::Parent) => match disk.source_ancestor(block) {
-                    Some(p) if offset + len <= p.params.virtual_size => disk = p,
-                    _ => break,
-                },
-                BlockSource::Sectors { base } => match disk.bitmap_uniform(block, in_block, len)? {
-                    Some(true) => return disk.read_file(buf, base + in_block, "reading payload"),
-                    Some(false) => match disk.source_ancestor(block) {
-                        Some(p) if offset + len <= p.params.virtual_size => disk = p,
-                        _ => break,
-                    },
-                    None => break,
-                },
-            }
-        }
-        disk.read_resolved(buf, offset)
-    }
-
-    /// [`Disk::read_at`] of a range already checked, run by run.
-    fn read_resolved(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.resolve(offset, buf.len() as u64, |at, n, extent| {
-            let dst = &mut buf[(at - offset) as usize..(at - offset + n) as usize];
-            match extent {
-                Extent::Data { file_offset } => self.read_file(dst, file_offset, "reading payload"),
-                Extent::Zero => {
-                    dst.fill(0);
-                    Ok(())
-                }
-                Extent::Parent => match &self.parent {
-                    Some(p) => read_parent(p, dst, at),
-                    None => {
-                        dst.fill(0);
-                        Ok(())
-                    }
-                },
-            }
-        })
-    }
-
-    /// Writes `buf` to the virtual disk at `offset`. Any offset and length
-    /// within the disk are allowed; new blocks are allocated as needed. The
-    /// data is durable after the next [`Disk::flush`].
-    ///
-    /// A write that fails (the filesystem full, an I/O error) takes back the
-    /// blocks it allocated and the sector bitmap bits it set, and gives their
-    /// space back: reads then see what they saw before, except that bytes it
-    /// wrote over data already stored may hold the new data (as with any
-    /// file). The disk stays usable.
-    pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        if !self.writable {
-            return Err(Error::ReadOnly);
-        }
-        self.check_range(offset, buf.len())?;
-        if buf.is_empty() {
-            return Ok(());
-        }
-        if self.params.has_parent {
-            if self.parent.is_none() {
-                return Err(Error::invalid("a differencing disk opened without its parent cannot take data writes"));
-            }
-            return self.undoable(|d| d.write_differencing(buf, offset));
-        }
-        self.undoable(|d| d.write_dynamic(buf, offset))
-    }
-
     /// [`Disk::write_at`] into a fixed or dynamic disk.
     fn write_dynamic(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.begin_data_change()?;
@@ -510,11 +408,116 @@ impl Disk {
         let (old, newly_dirty) = self.table.set(index, entry);
         self.undo.bat_entry(index, old, newly_dirty);
     }
+}
+
+impl Disk {
+    /// The ancestor a read of `block` that this disk leaves to its parent
+    /// should go to: the parent, or past the ancestors `skip` says hold
+    /// nothing of the block.
+    fn source_ancestor(&self, block: u64) -> Option<&Disk> {
+        let mut d = self.parent.as_deref()?;
+        for _ in 0..self.skip.get(block as usize).copied().unwrap_or(0) {
+            d = d.parent.as_deref()?;
+        }
+        Some(d)
+    }
+
+    /// Reads `buf.len()` bytes of the virtual disk from `offset`. Any offset
+    /// and length within the disk are allowed.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.image.check_range(offset, buf.len())?;
+        // A read inside one block (the common case) walks down the chain
+        // while each level leaves the block to its parent, without resolving
+        // runs level by level; the general path takes over at a level whose
+        // block is partly present (or when the read spans blocks).
+        let len = buf.len() as u64;
+        let mut disk = self;
+        // Block and sector sizes are powers of two (checked at open), so
+        // shifts and masks stand in for divisions here.
+        while len > 0 && disk.image.params.block_size > 0 {
+            let bs = disk.image.params.block_size as u64;
+            let shift = bs.trailing_zeros();
+            let block = offset >> shift;
+            if block != (offset + len - 1) >> shift {
+                break;
+            }
+            let in_block = offset & (bs - 1);
+            match disk.image.block_source(block) {
+                BlockSource::Whole(Extent::Data { file_offset }) => {
+                    return disk.image.read_file(buf, file_offset + in_block, "reading payload")
+                }
+                BlockSource::Whole(Extent::Zero) => {
+                    buf.fill(0);
+                    return Ok(());
+                }
+                BlockSource::Whole(Extent::Parent) => match disk.source_ancestor(block) {
+                    Some(p) if offset + len <= p.image.params.virtual_size => disk = p,
+                    _ => break,
+                },
+                BlockSource::Sectors { base } => match disk.image.bitmap_uniform(block, in_block, len)? {
+                    Some(true) => return disk.image.read_file(buf, base + in_block, "reading payload"),
+                    Some(false) => match disk.source_ancestor(block) {
+                        Some(p) if offset + len <= p.image.params.virtual_size => disk = p,
+                        _ => break,
+                    },
+                    None => break,
+                },
+            }
+        }
+        disk.read_resolved(buf, offset)
+    }
+
+    /// [`Disk::read_at`] of a range already checked, run by run.
+    fn read_resolved(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.image.resolve(offset, buf.len() as u64, |at, n, extent| {
+            let dst = &mut buf[(at - offset) as usize..(at - offset + n) as usize];
+            match extent {
+                Extent::Data { file_offset } => self.image.read_file(dst, file_offset, "reading payload"),
+                Extent::Zero => {
+                    dst.fill(0);
+                    Ok(())
+                }
+                Extent::Parent => match &self.parent {
+                    Some(p) => read_parent(p, dst, at),
+                    None => {
+                        dst.fill(0);
+                        Ok(())
+                    }
+                },
+            }
+        })
+    }
+
+    /// Writes `buf` to the virtual disk at `offset`. Any offset and length
+    /// within the disk are allowed; new blocks are allocated as needed. The
+    /// data is durable after the next [`Disk::flush`].
+    ///
+    /// A write that fails (the filesystem full, an I/O error) takes back the
+    /// blocks it allocated and the sector bitmap bits it set, and gives their
+    /// space back: reads then see what they saw before, except that bytes it
+    /// wrote over data already stored may hold the new data (as with any
+    /// file). The disk stays usable.
+    pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        if !self.image.writable {
+            return Err(Error::ReadOnly);
+        }
+        self.image.check_range(offset, buf.len())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if self.image.params.has_parent {
+            if self.parent.is_none() {
+                return Err(Error::invalid("a differencing disk opened without its parent cannot take data writes"));
+            }
+            return self.undoable(|d| d.write_differencing(buf, offset));
+        }
+        self.undoable(|d| d.image.write_dynamic(buf, offset))
+    }
 
     /// The allocation map: coalesced runs over the whole virtual disk.
     pub fn map(&self) -> Result<Vec<MapEntry>> {
         let mut out = Vec::new();
-        self.resolve(0, self.params.virtual_size, |offset, length, extent| {
+        self.image.resolve(0, self.image.params.virtual_size, |offset, length, extent| {
             out.push(MapEntry { offset, length, extent });
             Ok(())
         })?;

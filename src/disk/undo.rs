@@ -17,7 +17,7 @@
 use alloc::vec::Vec;
 
 use super::space::Space;
-use super::Disk;
+use super::{Disk, Image};
 use crate::error::Result;
 use crate::format::bat::BatEntry;
 
@@ -67,22 +67,26 @@ impl Undo {
     }
 }
 
-impl Disk {
-    /// Runs `f`; if it fails, takes back the metadata changes it made and
-    /// the space it took (see the [module docs](self)). A call inside
-    /// another joins it: the outermost one undoes everything.
-    pub(crate) fn undoable<T>(&mut self, f: impl FnOnce(&mut Disk) -> Result<T>) -> Result<T> {
+impl Image {
+    /// Starts collecting what a change takes back, unless a change is
+    /// already collecting (then this one joins it). Returns whether this
+    /// call started it, and so must end it ([`Image::end_undoable`]).
+    fn begin_undoable(&mut self) -> bool {
         if self.undo.active {
-            return f(self);
+            return false;
         }
         self.undo.active = true;
         self.undo.space = self.space;
-        let result = f(self);
-        if result.is_err() {
+        true
+    }
+
+    /// Ends the change [`Image::begin_undoable`] started: takes back what it
+    /// did when it `failed`, and forgets it either way.
+    fn end_undoable(&mut self, failed: bool) {
+        if failed {
             self.roll_back();
         }
         self.undo.clear();
-        result
     }
 
     fn roll_back(&mut self) {
@@ -101,5 +105,21 @@ impl Disk {
         }
         self.space.take_back(&mut *self.storage, u.space);
         self.undo = u;
+    }
+}
+
+impl Disk {
+    /// Runs `f`; if it fails, takes back the metadata changes it made to
+    /// this disk's image and the space it took (see the [module
+    /// docs](self)). A call inside another joins it: the outermost one
+    /// undoes everything. Parents are read-only, so nothing of theirs needs
+    /// taking back.
+    pub(crate) fn undoable<T>(&mut self, f: impl FnOnce(&mut Disk) -> Result<T>) -> Result<T> {
+        let outermost = self.image.begin_undoable();
+        let result = f(self);
+        if outermost {
+            self.image.end_undoable(result.is_err());
+        }
+        result
     }
 }

@@ -121,9 +121,9 @@ pub(crate) fn announce(d: Disk, needed: &Ranges, current: Guid, next: Guid, step
     }
     closing(d, |d| {
         let loc = linked(d.parent_locator(), current, Some(next))?;
-        d.keep_data_write_guid()?;
+        d.image_mut().keep_data_write_guid()?;
         let copied = if needed.is_empty() { 0 } else { copy_from_parent(d, needed, step)? };
-        d.set_parent_locator(loc)?;
+        d.image_mut().set_parent_locator(loc)?;
         Ok(copied)
     })
 }
@@ -136,7 +136,7 @@ pub(crate) fn settle(d: Disk, guid: Guid) -> Result<()> {
     }
     closing(d, |d| {
         let loc = linked(d.parent_locator(), guid, None)?;
-        d.relink(loc, false)
+        d.image_mut().relink(loc, false)
     })
 }
 
@@ -149,7 +149,7 @@ pub(crate) fn take_guid(d: Disk, guid: Guid) -> Result<()> {
         return d.close();
     }
     closing(d, |d| {
-        d.plan_data_write_guid(guid)?;
-        d.begin_data_change()
+        d.image_mut().plan_data_write_guid(guid)?;
+        d.image_mut().begin_data_change()
     })
 }

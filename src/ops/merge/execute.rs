@@ -45,9 +45,9 @@ pub(super) fn write_record(
     let d = alone(options, child, true)?;
     closing(d, |d| {
         let loc = locator(d)?;
-        d.set_user_item(ITEM, Some(bytes))?;
+        d.image_mut().set_user_item(ITEM, Some(bytes))?;
         match loc {
-            Some(loc) => d.relink(loc, false),
+            Some(loc) => d.image_mut().relink(loc, false),
             None => Ok(()),
         }
     })
@@ -102,7 +102,7 @@ pub(super) fn run(
                 }
                 closing(d, |d| {
                     let loc = linked(d.parent_locator(), old, Some(next))?;
-                    d.relink(loc, false)
+                    d.image_mut().relink(loc, false)
                 })
                 .map_err(in_file(&plan.paths[k]))?;
             }
@@ -155,7 +155,7 @@ pub(super) fn run(
         }
         bytes_merged = closing(t, |t| {
             if t_next != t_old {
-                t.plan_data_write_guid(t_next)?;
+                t.image_mut().plan_data_write_guid(t_next)?;
             }
             let copied = copy_runs(&sources, &runs, t, &mut |b| step(b, total))?;
             if copied > 0 && t.data_write_guid() != t_next {
@@ -184,9 +184,9 @@ pub(super) fn run(
         let loc = locator_for(p, &target, &plan.next[n])?;
         closing(d, |d| {
             if next != old {
-                d.plan_data_write_guid(next)?;
+                d.image_mut().plan_data_write_guid(next)?;
             }
-            d.empty_and_relink(Some(loc), next != old)
+            d.image_mut().empty_and_relink(Some(loc), next != old)
         })
         .map_err(in_file(p))?;
     }
@@ -211,7 +211,7 @@ pub(super) fn run(
     if c0.change_set().map_err(in_file(&child))?.is_empty() {
         c0.close().map_err(in_file(&child))?;
     } else {
-        closing(c0, |d| d.empty_and_relink(None, false)).map_err(in_file(&child))?;
+        closing(c0, |d| d.image_mut().empty_and_relink(None, false)).map_err(in_file(&child))?;
     }
     plan.record.phase = Phase::Done;
     let loc = locator_for(&child, &target, &plan.next[n])?;

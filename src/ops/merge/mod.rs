@@ -515,7 +515,7 @@ fn link_to_parent(opener: &FileOpener, child: &Path, parent: &Path, ignore_id_mi
         )));
     }
     let new_loc = locator_for(child, parent, &found)?;
-    c.relink(new_loc, !matches).map_err(|e| e.in_file(child.display()))?;
+    c.image_mut().relink(new_loc, !matches).map_err(|e| e.in_file(child.display()))?;
     c.close().map_err(|e| e.in_file(child.display()))
 }
 

@@ -190,7 +190,7 @@ impl Record {
     /// opened from storage without a path).
     pub(crate) fn read(disk: &Disk) -> Result<Option<Record>> {
         let base = disk.path().map(|p| base_of(Path::new(p)));
-        match disk.user_item(ITEM)? {
+        match disk.image().user_item(ITEM)? {
             Some(bytes) => Record::decode(&bytes, base.as_deref()).map(Some),
             None => Ok(None),
         }

@@ -198,9 +198,9 @@ fn rollback(child: &Path, r: &Record, options: &MergeOptions) -> Result<()> {
     let d = alone(options, child, true)?;
     let old = level(1).old;
     closing(d, |d| {
-        d.set_user_item(ITEM, None)?;
+        d.image_mut().set_user_item(ITEM, None)?;
         let loc = linked(d.parent_locator(), old, None)?;
-        d.relink(loc, false)
+        d.image_mut().relink(loc, false)
     })
     .map_err(|e| e.in_file(child.display()))
 }

@@ -94,7 +94,7 @@ impl<'a> SiblingMergePlan<'a> {
             self.expect(&d, self.child_guids[i], path)?;
             let loc = linked(d.parent_locator(), self.parent_guid, Some(parent_next))
                 .map_err(|e| e.in_file(path.display()))?;
-            d.relink(loc, false).and_then(|()| d.close()).map_err(|e| e.in_file(path.display()))?;
+            d.image_mut().relink(loc, false).and_then(|()| d.close()).map_err(|e| e.in_file(path.display()))?;
         }
         for ((i, image), plan) in self.set.descendants.iter().zip(&self.descendants) {
             let Some(next) = child_next[*i] else { continue };
@@ -109,7 +109,7 @@ impl<'a> SiblingMergePlan<'a> {
             let parent_path = self.report.parent.display();
             let mut p = self.set.open_parent(true)?;
             self.expect(&p, self.parent_guid, &self.report.parent)?;
-            p.plan_data_write_guid(parent_next).map_err(|e| e.in_file(&parent_path))?;
+            p.image_mut().plan_data_write_guid(parent_next).map_err(|e| e.in_file(&parent_path))?;
             let sources: Vec<Disk> = (0..n).map(|i| self.set.open_child_alone(i, false)).collect::<Result<_>>()?;
             copy_runs(&sources, &self.runs, &mut p, &mut |_| {}).map_err(|e| e.in_file(&parent_path))?;
             drop(sources);
@@ -127,8 +127,10 @@ impl<'a> SiblingMergePlan<'a> {
             let mut d = self.set.open_child_alone(i, true)?;
             let loc = linked(d.parent_locator(), parent_next, None).map_err(|e| e.in_file(path.display()))?;
             let emptied = match child_next[i] {
-                Some(g) => d.plan_data_write_guid(g).and_then(|()| d.empty_and_relink(Some(loc), true)),
-                None => d.empty_and_relink(Some(loc), false),
+                Some(g) => {
+                    d.image_mut().plan_data_write_guid(g).and_then(|()| d.image_mut().empty_and_relink(Some(loc), true))
+                }
+                None => d.image_mut().empty_and_relink(Some(loc), false),
             };
             emptied.and_then(|()| d.close()).map_err(|e| e.in_file(path.display()))?;
         }
