@@ -11,8 +11,7 @@ use crate::log::LogWriter;
 
 impl Image {
     pub(crate) fn new_guid(&mut self) -> Result<Guid> {
-        let gen = self.guid_source.as_mut().ok_or_else(|| Error::invalid("no GUID source for a writable disk"))?;
-        Ok(gen())
+        self.session.new_guid()
     }
 
     /// Writes a header changed by `f` to both slots, in order, each flushed.
@@ -23,20 +22,20 @@ impl Image {
     /// Before the first change a reader can see: new FileWriteGuid (if this
     /// session has not changed it yet) and new DataWriteGuid.
     pub(crate) fn begin_data_change(&mut self) -> Result<()> {
-        if self.data_guid_changed {
+        if self.session.data_guid_changed {
             return Ok(());
         }
-        let data = match self.next_data_write_guid.take() {
+        let data = match self.session.next_data_write_guid.take() {
             Some(planned) => planned,
             None => self.new_guid()?,
         };
-        let file = if self.file_guid_changed { self.header.file_write_guid } else { self.new_guid()? };
+        let file = if self.session.file_guid_changed { self.header.file_write_guid } else { self.new_guid()? };
         self.update_header(|h| {
             h.file_write_guid = file;
             h.data_write_guid = data;
         })?;
-        self.file_guid_changed = true;
-        self.data_guid_changed = true;
+        self.session.file_guid_changed = true;
+        self.session.data_guid_changed = true;
         Ok(())
     }
 

@@ -1,5 +1,12 @@
 //! [`Disk`]: an open VHDX image — fixed, dynamic or differencing.
 //!
+//! Two levels: an `Image` is one file (its headers, block table, sector
+//! bitmaps, log and this session's changes) and reads no other file; a
+//! [`Disk`] is an image over the disk of its parent, and does what crosses
+//! levels: reads that fall through to ancestors, the partial sectors of a
+//! differencing write, discard and compaction asking what the parent reads.
+//! The chain layer (`crate::chain`) finds the parent and composes them.
+//!
 //! Invariants:
 //! - The BAT is held in memory whole (its size is bounded by the file's
 //!   size, which bounds the BAT region) and is the truth for reads; pages
@@ -27,6 +34,7 @@ mod relink;
 mod repair;
 mod resize;
 mod rw;
+mod session;
 mod space;
 mod table;
 mod undo;
@@ -101,12 +109,9 @@ pub(crate) struct Image {
     undo: undo::Undo,
     /// Present once this session has set a LogGuid and may write the log.
     log: Option<LogWriter>,
-    file_guid_changed: bool,
-    data_guid_changed: bool,
-    /// The DataWriteGuid the next data change takes instead of a fresh one
-    /// (a merge announces it to children before the change).
-    next_data_write_guid: Option<Guid>,
-    guid_source: Option<GuidSource>,
+    /// This session's GUIDs: their source, which ones changed, the one a
+    /// merge announced for the next change of content.
+    session: session::Session,
     creator: String,
     replayed_log: bool,
     /// The file's path, when opened from one (for messages and relative parents).

@@ -25,12 +25,12 @@ impl Image {
         if !self.writable {
             return Err(Error::ReadOnly);
         }
-        if self.file_guid_changed {
+        if self.session.file_guid_changed {
             return Ok(());
         }
         let fwg = self.new_guid()?;
         self.update_header(|h| h.file_write_guid = fwg)?;
-        self.file_guid_changed = true;
+        self.session.file_guid_changed = true;
         Ok(())
     }
 
@@ -39,7 +39,7 @@ impl Image {
     /// and with it the linkage of this disk's children — stays.
     pub(crate) fn keep_data_write_guid(&mut self) -> Result<()> {
         self.begin_metadata_change()?;
-        self.data_guid_changed = true;
+        self.session.data_guid_changed = true;
         Ok(())
     }
 
@@ -48,10 +48,10 @@ impl Image {
     /// a child whose `parent_linkage2` names it keeps opening whether or not
     /// the change happened. Refused once this session changed the content.
     pub(crate) fn plan_data_write_guid(&mut self, guid: Guid) -> Result<()> {
-        if self.data_guid_changed {
+        if self.session.data_guid_changed {
             return Err(Error::invalid("the DataWriteGuid of this session is already chosen"));
         }
-        self.next_data_write_guid = Some(guid);
+        self.session.next_data_write_guid = Some(guid);
         Ok(())
     }
 

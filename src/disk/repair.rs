@@ -76,7 +76,7 @@ impl Image {
                 offsets += 1;
             }
             if clean != e {
-                if !self.file_guid_changed {
+                if !self.session.file_guid_changed {
                     self.begin_metadata_change()?;
                 }
                 self.set_bat_entry(index, BatEntry::from_raw(clean));
