@@ -35,7 +35,7 @@ enum BlockSource {
     Sectors { base: u64 },
 }
 
-/// Where the bitmap bits of a range inside one block lie ([`Disk::bitmap_span`]).
+/// Where the bitmap bits of a range inside one block lie ([`Image::bitmap_span`]).
 struct BitmapSpan {
     /// The chunk, and its sector bitmap block's file offset.
     chunk: u64,

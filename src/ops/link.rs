@@ -7,7 +7,7 @@
 //! parent matching either is accepted. Before a parent's content changes,
 //! every image linking to it is told the GUID it will take
 //! ([`announce`]), and the parent is made to take exactly that GUID
-//! ([`Disk::plan_data_write_guid`]): the link then holds before, during and
+//! ([`Image::plan_data_write_guid`](crate::disk::Image::plan_data_write_guid)): the link then holds before, during and
 //! after the change. Afterwards [`settle`] makes the new GUID the only one.
 
 use std::vec::Vec;
