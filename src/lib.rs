@@ -63,6 +63,7 @@ pub(crate) mod log;
 #[cfg(feature = "std")]
 pub mod nbd;
 pub mod ops;
+pub mod vhd;
 
 pub use block::{BlockDevice, RawDevice};
 pub use chain::open::OpenOptions;

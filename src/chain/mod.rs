@@ -31,6 +31,8 @@ mod create;
 mod fs;
 mod map;
 pub(crate) mod open;
+#[cfg(feature = "std")]
+mod vhd;
 
 pub use map::{map, ChainMapEntry};
 

@@ -24,6 +24,7 @@ pub mod metadata;
 pub mod region;
 #[cfg(all(test, feature = "std"))]
 pub(crate) mod spec_tests;
+pub mod vhd;
 
 /// One mebibyte: the format's alignment unit.
 pub const MIB: u64 = 1 << 20;

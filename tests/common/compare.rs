@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use vhdx::Disk;
+use vhdx::{BlockDevice, Disk};
 
 use super::files::read_full;
 use super::qemu::{qemu_present, run_ok};
@@ -23,6 +23,22 @@ pub fn hex(bytes: &[u8]) -> String {
 /// SHA-256 of a byte slice, as hex.
 pub fn sha256_bytes(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
+}
+
+/// SHA-256 of a whole block device (a VHD, a raw device), read through
+/// [`BlockDevice::read_at`] in 4 MiB chunks.
+pub fn sha256_device(dev: &dyn BlockDevice) -> String {
+    let size = dev.capacity();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = 0u64;
+    while at < size {
+        let n = (size - at).min(CHUNK as u64) as usize;
+        dev.read_at(&mut buf[..n], at).unwrap_or_else(|e| panic!("reading the device at {at:#x}: {e}"));
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    hex(&h.finalize())
 }
 
 /// SHA-256 of the whole virtual disk, read through [`Disk::read_at`] in 4 MiB

@@ -9,3 +9,4 @@ mod tool;
 
 mod fixtures;
 mod qemu_interop;
+mod vhd;

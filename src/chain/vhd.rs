@@ -1,0 +1,125 @@
+//! Opening a VHD with its chain: the parent found from the dynamic
+//! header's locators and checked by its footer's unique ID.
+//!
+//! Locators are tried in the order Windows writes and prefers them:
+//! `W2ru` (relative, UTF-16), `W2ku` (absolute, UTF-16), then the old
+//! `Wi2r` and `Wi2k` (code-page paths), then `MacX` (a `file://` URL);
+//! a `Mac ` alias is reported, never resolved; last, the file name the
+//! header records for the parent, in the child's directory. Relative paths are taken
+//! from the child's directory, with `\` as a separator, as for VHDX
+//! ([`super::resolve_relative`]); Windows absolute paths are not tried on
+//! other systems. A candidate is accepted only when its footer's unique ID
+//! is the one the child's dynamic header names: a parent that was replaced
+//! is refused, not read. The parent's time stamp is reported by
+//! [`VhdDisk::parent_timestamp_matches`] but not enforced (Windows updates
+//! it when a parent is modified while children that read the old state
+//! stay valid only by their ID).
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::format::vhd::{platform, VhdType};
+use crate::io::FileStorage;
+use crate::vhd::VhdDisk;
+
+impl VhdDisk {
+    /// Opens a VHD read-only, with its parent chain.
+    pub fn open(path: impl AsRef<Path>) -> Result<VhdDisk> {
+        open_chain(path.as_ref(), false, 0)
+    }
+
+    /// Opens a VHD for writing (its parents read-only).
+    pub fn open_writable(path: impl AsRef<Path>) -> Result<VhdDisk> {
+        open_chain(path.as_ref(), true, 0)
+    }
+
+    /// Opens a VHD alone: a differencing disk's sectors that its parent
+    /// would give read as zeros.
+    pub fn open_without_parent(path: impl AsRef<Path>, writable: bool) -> Result<VhdDisk> {
+        open_file(path.as_ref(), writable)
+    }
+
+    /// Whether the parent's footer time stamp is the one the child's
+    /// dynamic header recorded (`None` without a parent attached).
+    pub fn parent_timestamp_matches(&self) -> Option<bool> {
+        let p = self.parent()?;
+        Some(self.dynamic_header()?.parent_timestamp == p.footer().timestamp)
+    }
+}
+
+fn open_file(path: &Path, writable: bool) -> Result<VhdDisk> {
+    let storage = FileStorage::open(path, writable)
+        .map_err(|e| Error::Open { op: "open", source: e.into() })
+        .map_err(|e| e.in_file(path.display()))?;
+    VhdDisk::open_image(alloc::boxed::Box::new(storage), writable, Some(path.display().to_string()))
+        .map_err(|e| e.in_file(path.display()))
+}
+
+fn open_chain(path: &Path, writable: bool, depth: usize) -> Result<VhdDisk> {
+    if depth > super::MAX_CHAIN_DEPTH {
+        return Err(Error::invalid(format!("the chain is deeper than {} links", super::MAX_CHAIN_DEPTH)));
+    }
+    let mut disk = open_file(path, writable)?;
+    if disk.disk_type() != VhdType::Differencing {
+        return Ok(disk);
+    }
+    let header = disk.dynamic_header().expect("a differencing disk has a dynamic header").clone();
+    let mut tried = Vec::new();
+    let mut windows = Vec::new();
+    let mut candidates = disk.locator_paths().map_err(|e| e.in_file(path.display()))?;
+    // Last, the parent's file name the header records, beside the child
+    // (a locator-less child, or a chain moved from another machine).
+    let name = header.parent_name.rsplit(['\\', '/']).next().unwrap_or("");
+    if !name.is_empty() {
+        candidates.push((platform::W2RU, Some(String::from(name))));
+    }
+    for (code, p) in candidates {
+        let Some(p) = p else { continue };
+        let candidate = match code {
+            platform::W2RU | platform::WI2R => super::resolve_relative(path, &p),
+            platform::W2KU | platform::WI2K => {
+                if is_windows_absolute(&p) {
+                    windows.push(p);
+                    continue;
+                }
+                PathBuf::from(p)
+            }
+            platform::MACX => match p.strip_prefix("file://") {
+                Some(local) => PathBuf::from(local),
+                None => continue,
+            },
+            _ => continue,
+        };
+        if tried.iter().any(|t: &String| *t == candidate.display().to_string()) {
+            continue;
+        }
+        tried.push(candidate.display().to_string());
+        if !candidate.is_file() {
+            continue;
+        }
+        let parent = open_chain(&candidate, false, depth + 1)?;
+        if parent.footer().unique_id != header.parent_unique_id {
+            return Err(Error::ParentMismatch {
+                parent: candidate.display().to_string(),
+                expected: header.parent_unique_id,
+                found: parent.footer().unique_id,
+            }
+            .in_file(path.display()));
+        }
+        disk.attach(parent);
+        return Ok(disk);
+    }
+    Err(Error::ParentNotFound { looked_for: super::looked_for(&tried, &windows) }.in_file(path.display()))
+}
+
+/// A Windows absolute path (`C:\…`, `\\server\…`) on a system that is not Windows.
+fn is_windows_absolute(p: &str) -> bool {
+    if cfg!(windows) {
+        return false;
+    }
+    let b = p.as_bytes();
+    (b.len() >= 2 && b[1] == b':') || p.starts_with("\\\\")
+}

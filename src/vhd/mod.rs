@@ -1,0 +1,742 @@
+//! VHD (version 1) disks: fixed, dynamic and differencing, read and written.
+//!
+//! Two levels, as for VHDX: a `VhdImage` is one file (its footer, dynamic
+//! header and block table) and reads no other file; a [`VhdDisk`] is an
+//! image over the disk of its parent, and reads what its image leaves to
+//! the parent from there.
+//!
+//! What is presented: the footer's current size, as Windows, libvhdi and
+//! every other reader but QEMU present it. QEMU sizes disks made by
+//! Virtual PC (`vpc `) and by QEMU itself (`qemu`) from the CHS geometry
+//! instead, which is up to about 2 MB smaller
+//! (`driver=vpc,force_size_calc=current_size` makes it agree).
+//!
+//! Crash order of a new block: the footer is written at the file's new
+//! end first, then the block's sector bitmap over the old footer, then the
+//! data, then the block's BAT entry; the footer copy at offset 0 is never
+//! touched by a write. A crash at any point leaves a footer at the end, or
+//! else the copy at 0, which an open falls back to; a BAT entry whose block
+//! did not reach the file reads as zeros (or, in a differencing disk, as
+//! the parent: its bitmap reads as all clear), what the block held before.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::error::{Error, IoContext, Result};
+use crate::format::guid::Guid;
+use crate::format::vhd::{
+    bitmap_size, decode_locator_path, Chs, DynamicHeader, Footer, LocatorEntry, VhdType, DYNAMIC_HEADER_SIZE,
+    FEATURE_RESERVED, FOOTER_SIZE, NO_DATA_OFFSET, SECTOR, UNUSED_ENTRY,
+};
+use crate::io::Storage;
+use crate::Extent;
+
+/// One VHD file.
+struct VhdImage {
+    storage: Box<dyn Storage>,
+    writable: bool,
+    path: Option<String>,
+    footer: Footer,
+    /// Dynamic and differencing disks only.
+    header: Option<DynamicHeader>,
+    /// The block table as held in memory (written through on change).
+    bat: Vec<u32>,
+    /// Where the trailing footer is, and where the next block goes.
+    footer_at: u64,
+    /// The trailing footer was not valid and the copy at offset 0 was used.
+    used_footer_copy: bool,
+    /// The footer or dynamic header was read although its checksum is
+    /// wrong (read-only), and the error that a strict read gives.
+    checksum_ignored: Option<Error>,
+}
+
+fn read(storage: &dyn Storage, buf: &mut [u8], at: u64, what: &'static str) -> Result<()> {
+    storage.read_exact_at(buf, at).during(what, at)
+}
+
+impl VhdImage {
+    fn read(storage: Box<dyn Storage>, writable: bool, path: Option<String>) -> Result<VhdImage> {
+        let len = storage.len().during("sizing the file", 0)?;
+        if len < FOOTER_SIZE as u64 {
+            return Err(Error::corrupt("VHD footer", 0, format!("file is only {len} bytes, shorter than a footer")));
+        }
+        let mut tail = [0u8; FOOTER_SIZE];
+        let tail_at = len - FOOTER_SIZE as u64;
+        read(&*storage, &mut tail, tail_at, "reading the VHD footer")?;
+        let mut checksum_ignored = None;
+        let (footer, used_footer_copy) = match Footer::parse(&tail, tail_at) {
+            Ok(f) => (f, false),
+            Err(trailing) => {
+                // A dynamic disk keeps a copy at offset 0: what a crash while
+                // the footer moved leaves is read from there.
+                let mut head = [0u8; FOOTER_SIZE];
+                read(&*storage, &mut head, 0, "reading the VHD footer copy")?;
+                match Footer::parse(&head, 0) {
+                    Ok(f) if f.disk_type != VhdType::Fixed => (f, true),
+                    // Read-only, a footer whose checksum alone is wrong (a
+                    // tool edited it) is read, as libvhdi reads it; it is
+                    // never written over.
+                    _ if !writable => match Footer::parse_with(&tail, tail_at, false) {
+                        Ok(f) => {
+                            checksum_ignored = Some(trailing);
+                            (f, false)
+                        }
+                        Err(_) => return Err(trailing),
+                    },
+                    _ => return Err(trailing),
+                }
+            }
+        };
+        let mut image = VhdImage {
+            storage,
+            writable,
+            path,
+            footer,
+            header: None,
+            bat: Vec::new(),
+            footer_at: tail_at,
+            used_footer_copy,
+            checksum_ignored,
+        };
+        match image.footer.disk_type {
+            VhdType::Fixed => {
+                if image.footer.current_size > tail_at {
+                    return Err(Error::corrupt(
+                        "VHD footer",
+                        tail_at,
+                        format!(
+                            "a fixed disk of {} bytes needs a longer file than {len} bytes",
+                            image.footer.current_size
+                        ),
+                    ));
+                }
+            }
+            _ => image.read_dynamic(len)?,
+        }
+        Ok(image)
+    }
+
+    fn read_dynamic(&mut self, len: u64) -> Result<()> {
+        let at = self.footer.data_offset;
+        if at.checked_add(DYNAMIC_HEADER_SIZE as u64).is_none_or(|end| end > len) {
+            return Err(Error::corrupt(
+                "VHD footer",
+                self.footer_at,
+                format!("the dynamic header's offset {at:#x} does not lie in the {len}-byte file"),
+            ));
+        }
+        let mut raw = [0u8; DYNAMIC_HEADER_SIZE];
+        read(&*self.storage, &mut raw, at, "reading the VHD dynamic header")?;
+        let size = self.footer.current_size;
+        let header = match DynamicHeader::parse(&raw, at, len, size) {
+            Ok(h) => h,
+            // Read-only, as for the footer: a checksum alone wrong is read.
+            Err(strict) if !self.writable => match DynamicHeader::parse_with(&raw, at, len, size, false) {
+                Ok(h) => {
+                    self.checksum_ignored.get_or_insert(strict);
+                    h
+                }
+                Err(_) => return Err(strict),
+            },
+            Err(e) => return Err(e),
+        };
+        // The BAT lies in the file (checked by the parser), so the file's
+        // length bounds this allocation.
+        let mut table = alloc::vec![0u8; header.max_table_entries as usize * 4];
+        read(&*self.storage, &mut table, header.table_offset, "reading the VHD block allocation table")?;
+        let bat: Vec<u32> = table.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let span = bitmap_size(header.block_size) + header.block_size as u64;
+        // Every stored block lies past the structures at the file's start and
+        // apart from every other: a write to one never lands in another.
+        let mut fixed: Vec<(u64, u64, &str)> = alloc::vec![
+            (0, FOOTER_SIZE as u64, "the footer copy"),
+            (at, at + DYNAMIC_HEADER_SIZE as u64, "the dynamic header"),
+            (header.table_offset, header.table_offset + table.len() as u64, "the block allocation table"),
+        ];
+        for e in &header.locators {
+            fixed.push((e.data_offset, e.data_offset + e.data_length as u64, "a parent locator"));
+        }
+        let mut blocks: Vec<(u64, usize)> =
+            bat.iter().enumerate().filter(|(_, &e)| e != UNUSED_ENTRY).map(|(i, &e)| (e as u64 * SECTOR, i)).collect();
+        blocks.sort_unstable();
+        let mut end_of_blocks = 0u64;
+        for (k, &(start, index)) in blocks.iter().enumerate() {
+            let end = start + span;
+            let entry_at = header.table_offset + index as u64 * 4;
+            if let Some((_, _, what)) = fixed.iter().find(|(s, e, _)| start < *e && *s < end) {
+                return Err(Error::corrupt(
+                    "VHD block allocation table",
+                    entry_at,
+                    format!("block {index} at {start:#x} overlaps {what}"),
+                ));
+            }
+            if let Some(&(next, other)) = blocks.get(k + 1) {
+                if next < end {
+                    return Err(Error::corrupt(
+                        "VHD block allocation table",
+                        entry_at,
+                        format!("block {index} at {start:#x} overlaps block {other} at {next:#x}"),
+                    ));
+                }
+            }
+            end_of_blocks = end_of_blocks.max(end);
+        }
+        // A crash can leave a block's entry written and the file not yet
+        // grown: the next block goes past it either way.
+        self.footer_at = self.footer_at.max(end_of_blocks).next_multiple_of(SECTOR);
+        self.header = Some(header);
+        self.bat = bat;
+        Ok(())
+    }
+
+    fn block_size(&self) -> u64 {
+        self.header.as_ref().map_or(0, |h| h.block_size as u64)
+    }
+
+    /// The file offset of `block`'s sector bitmap, if the block is stored.
+    fn block_at(&self, block: u64) -> Option<u64> {
+        match self.bat.get(block as usize) {
+            Some(&e) if e != UNUSED_ENTRY => Some(e as u64 * SECTOR),
+            _ => None,
+        }
+    }
+
+    /// Reads file bytes; past the end of the file reads zeros (a block
+    /// whose entry a crash wrote before the file grew).
+    fn read_file(&self, buf: &mut [u8], at: u64, what: &'static str) -> Result<()> {
+        let len = self.storage.len().during("sizing the file", 0)?;
+        let avail = len.saturating_sub(at).min(buf.len() as u64) as usize;
+        if avail > 0 {
+            read(&*self.storage, &mut buf[..avail], at, what)?;
+        }
+        buf[avail..].fill(0);
+        Ok(())
+    }
+
+    /// Calls `f(virtual_offset, length, extent)` for the runs of
+    /// `[offset, offset + len)` as this file alone presents them.
+    fn resolve(&self, offset: u64, len: u64, mut f: impl FnMut(u64, u64, Extent) -> Result<()>) -> Result<()> {
+        let Some(header) = &self.header else {
+            return if len > 0 { f(offset, len, Extent::Data { file_offset: offset }) } else { Ok(()) };
+        };
+        let bs = header.block_size as u64;
+        let bitmap = header.bitmap_size();
+        let differencing = self.footer.disk_type == VhdType::Differencing;
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let block = pos / bs;
+            let in_block = pos % bs;
+            let n = (bs - in_block).min(end - pos);
+            match self.block_at(block) {
+                None if differencing => f(pos, n, Extent::Parent)?,
+                None => f(pos, n, Extent::Zero)?,
+                // A dynamic disk's bitmap is all ones (what Windows writes);
+                // readers do not consult it.
+                Some(at) if !differencing => f(pos, n, Extent::Data { file_offset: at + bitmap + in_block })?,
+                Some(at) => {
+                    let first = in_block / SECTOR;
+                    let last = (in_block + n - 1) / SECTOR;
+                    let lo = first / 8;
+                    let mut bits = alloc::vec![0u8; (last / 8 - lo + 1) as usize];
+                    self.read_file(&mut bits, at + lo, "reading a VHD sector bitmap")?;
+                    let present = |s: u64| bits[(s / 8 - lo) as usize] & (0x80 >> (s % 8)) != 0;
+                    let block_start = block * bs;
+                    let mut s = first;
+                    while s <= last {
+                        let p = present(s);
+                        let mut e = s + 1;
+                        while e <= last && present(e) == p {
+                            e += 1;
+                        }
+                        let run_lo = (block_start + s * SECTOR).max(pos);
+                        let run_hi = (block_start + e * SECTOR).min(pos + n);
+                        let extent = if p {
+                            Extent::Data { file_offset: at + bitmap + (run_lo - block_start) }
+                        } else {
+                            Extent::Parent
+                        };
+                        f(run_lo, run_hi - run_lo, extent)?;
+                        s = e;
+                    }
+                }
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Stores a new block for `block`: the footer moves to the new end
+    /// first, then the bitmap goes where it was, then the entry (see the
+    /// module docs). Returns the block's file offset (its bitmap's).
+    fn allocate(&mut self, block: u64) -> Result<u64> {
+        let header = self.header.as_ref().expect("only dynamic and differencing disks allocate");
+        let bitmap = bitmap_size(header.block_size);
+        let at = self.footer_at;
+        let sector = at / SECTOR;
+        let entry = u32::try_from(sector).ok().filter(|&s| s != UNUSED_ENTRY).ok_or_else(|| {
+            Error::unsupported("VHD block allocation table", header.table_offset, "the file is full: 2 TiB of blocks")
+        })?;
+        let new_end = at + bitmap + header.block_size as u64;
+        let footer = self.footer.to_bytes();
+        self.storage.write_all_at(&footer, new_end).during("moving the VHD footer", new_end)?;
+        let fill = if self.footer.disk_type == VhdType::Differencing { 0 } else { 0xFF };
+        let bits = alloc::vec![fill; bitmap as usize];
+        self.storage.write_all_at(&bits, at).during("writing a VHD sector bitmap", at)?;
+        self.footer_at = new_end;
+        let entry_at = header.table_offset + block * 4;
+        self.storage.write_all_at(&entry.to_be_bytes(), entry_at).during("writing a VHD BAT entry", entry_at)?;
+        self.bat[block as usize] = entry;
+        Ok(at)
+    }
+
+    /// Writes whole sectors of this file at virtual `offset`, allocating
+    /// blocks and, in a differencing disk, setting their bitmap bits.
+    fn write_sectors(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        if self.header.is_none() {
+            return self.storage.write_all_at(buf, offset).during("writing payload", offset);
+        }
+        let bs = self.block_size();
+        let bitmap = bitmap_size(bs as u32);
+        let differencing = self.footer.disk_type == VhdType::Differencing;
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / bs;
+            let in_block = pos % bs;
+            let n = (bs - in_block).min(end - pos);
+            let at = match self.block_at(block) {
+                Some(at) => at,
+                None => self.allocate(block)?,
+            };
+            let src = &buf[(pos - offset) as usize..(pos - offset + n) as usize];
+            let data_at = at + bitmap + in_block;
+            self.storage.write_all_at(src, data_at).during("writing payload", data_at)?;
+            if differencing {
+                self.set_bits(at, in_block / SECTOR, n / SECTOR)?;
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Sets the bitmap bits of `count` sectors from `first` of the block
+    /// whose bitmap is at `at`, after the data they describe was written.
+    fn set_bits(&mut self, at: u64, first: u64, count: u64) -> Result<()> {
+        let lo = first / 8;
+        let hi = (first + count - 1) / 8;
+        let mut bits = alloc::vec![0u8; (hi - lo + 1) as usize];
+        self.read_file(&mut bits, at + lo, "reading a VHD sector bitmap")?;
+        for s in first..first + count {
+            bits[(s / 8 - lo) as usize] |= 0x80 >> (s % 8);
+        }
+        self.storage.write_all_at(&bits, at + lo).during("writing a VHD sector bitmap", at + lo)
+    }
+
+    /// The path stored by each parent locator entry, by platform code.
+    fn locator_paths(&self) -> Result<Vec<([u8; 4], Option<String>)>> {
+        let Some(h) = &self.header else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for e in &h.locators {
+            let mut data = alloc::vec![0u8; e.data_length as usize];
+            read(&*self.storage, &mut data, e.data_offset, "reading a VHD parent locator")?;
+            out.push((e.platform_code, decode_locator_path(e.platform_code, &data)));
+        }
+        Ok(out)
+    }
+}
+
+/// An open VHD disk, with its parent when it is a differencing disk.
+///
+/// ```
+/// use vhdx::vhd::{VhdCreateOptions, VhdDisk};
+/// use vhdx::MemStorage;
+/// # fn main() -> vhdx::Result<()> {
+/// let options = VhdCreateOptions::dynamic(8 << 20).unique_id(vhdx::Guid::from_u128(1)).timestamp(0);
+/// let mut disk = VhdDisk::create_on(Box::new(MemStorage::new()), &options)?;
+/// disk.write_at(b"hello", 3 << 20)?;
+/// let mut back = [0u8; 5];
+/// disk.read_at(&mut back, 3 << 20)?;
+/// assert_eq!(&back, b"hello");
+/// # Ok(()) }
+/// ```
+pub struct VhdDisk {
+    image: VhdImage,
+    parent: Option<Box<VhdDisk>>,
+}
+
+impl core::fmt::Debug for VhdDisk {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VhdDisk")
+            .field("type", &self.image.footer.disk_type)
+            .field("virtual_size", &self.image.footer.current_size)
+            .field("path", &self.image.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to make a new VHD.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct VhdCreateOptions {
+    /// The virtual size in bytes (a multiple of 512).
+    pub(crate) size: u64,
+    /// Fixed or dynamic.
+    pub(crate) disk_type: VhdType,
+    /// The block size of a dynamic disk (default 2 MiB).
+    pub(crate) block_size: u32,
+    /// The unique ID (random with `std` when not given).
+    pub(crate) unique_id: Option<Guid>,
+    /// The time stamp, seconds since 2000-01-01 UTC (now with `std` when not given).
+    pub(crate) timestamp: Option<u32>,
+}
+
+impl VhdCreateOptions {
+    /// A fixed disk of `size` bytes.
+    pub fn fixed(size: u64) -> Self {
+        VhdCreateOptions {
+            size,
+            disk_type: VhdType::Fixed,
+            block_size: crate::format::vhd::DEFAULT_BLOCK_SIZE,
+            unique_id: None,
+            timestamp: None,
+        }
+    }
+
+    /// A dynamic disk of `size` bytes.
+    pub fn dynamic(size: u64) -> Self {
+        VhdCreateOptions { disk_type: VhdType::Dynamic, ..Self::fixed(size) }
+    }
+
+    /// Sets the block size of a dynamic disk.
+    pub fn block_size(mut self, block_size: u32) -> Self {
+        self.block_size = block_size;
+        self
+    }
+
+    /// Sets the unique ID.
+    pub fn unique_id(mut self, id: Guid) -> Self {
+        self.unique_id = Some(id);
+        self
+    }
+
+    /// Sets the time stamp (seconds since 2000-01-01 UTC).
+    pub fn timestamp(mut self, seconds: u32) -> Self {
+        self.timestamp = Some(seconds);
+        self
+    }
+}
+
+/// Seconds since the VHD epoch now, as a time stamp field holds them.
+#[cfg(feature = "std")]
+pub(crate) fn now() -> u32 {
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    u32::try_from(unix.saturating_sub(crate::format::vhd::EPOCH_UNIX_SECONDS)).unwrap_or(u32::MAX)
+}
+
+/// The footer of a new disk.
+fn new_footer(options: &VhdCreateOptions, disk_type: VhdType, data_offset: u64) -> Result<Footer> {
+    #[cfg(feature = "std")]
+    let (id, time) = (options.unique_id.unwrap_or_else(uuid::Uuid::new_v4), options.timestamp.unwrap_or_else(now));
+    #[cfg(not(feature = "std"))]
+    let (id, time) = match (options.unique_id, options.timestamp) {
+        (Some(id), Some(t)) => (id, t),
+        _ => return Err(Error::invalid("without std, a new VHD needs a unique ID and a time stamp")),
+    };
+    Ok(Footer {
+        disk_type,
+        features: FEATURE_RESERVED,
+        data_offset,
+        timestamp: time,
+        creator_app: *b"vhdx",
+        creator_version: 0x0001_0000,
+        creator_host: *b"Wi2k",
+        original_size: options.size,
+        current_size: options.size,
+        chs: Chs::for_size(options.size),
+        unique_id: id,
+        saved_state: false,
+    })
+}
+
+impl VhdDisk {
+    /// Creates a fixed or dynamic VHD on empty `storage` and opens it for
+    /// writing.
+    pub fn create_on(mut storage: Box<dyn Storage>, options: &VhdCreateOptions) -> Result<VhdDisk> {
+        let size = options.size;
+        if size == 0 || size % SECTOR != 0 || size > crate::format::vhd::MAX_SIZE {
+            return Err(Error::invalid(format!(
+                "a VHD's size must be a non-zero multiple of 512 bytes up to 2040 GiB, not {size}"
+            )));
+        }
+        match options.disk_type {
+            VhdType::Fixed => {
+                let footer = new_footer(options, VhdType::Fixed, NO_DATA_OFFSET)?;
+                storage.set_len(size + FOOTER_SIZE as u64).during("sizing the new file", 0)?;
+                storage.write_all_at(&footer.to_bytes(), size).during("writing the VHD footer", size)?;
+            }
+            VhdType::Dynamic => {
+                let bs = options.block_size;
+                if !bs.is_power_of_two() || !(512 << 10..=crate::format::vhd::MAX_BLOCK_SIZE).contains(&bs) {
+                    return Err(Error::invalid(format!(
+                        "a VHD's block size must be a power of two from 512 KiB to 256 MiB, not {bs}"
+                    )));
+                }
+                let footer = new_footer(options, VhdType::Dynamic, FOOTER_SIZE as u64)?;
+                let entries = size.div_ceil(bs as u64);
+                let table_offset = (FOOTER_SIZE + DYNAMIC_HEADER_SIZE) as u64;
+                let table_len = (entries * 4).next_multiple_of(SECTOR);
+                let header = DynamicHeader {
+                    table_offset,
+                    max_table_entries: entries as u32,
+                    block_size: bs,
+                    parent_unique_id: Guid::nil(),
+                    parent_timestamp: 0,
+                    parent_name: String::new(),
+                    locators: Vec::<LocatorEntry>::new(),
+                };
+                let end = table_offset + table_len;
+                let bytes = footer.to_bytes();
+                storage.write_all_at(&bytes, 0).during("writing the VHD footer copy", 0)?;
+                storage.write_all_at(&header.to_bytes()?, 512).during("writing the VHD dynamic header", 512)?;
+                let table = alloc::vec![0xFF; table_len as usize];
+                storage.write_all_at(&table, table_offset).during("writing the VHD BAT", table_offset)?;
+                storage.write_all_at(&bytes, end).during("writing the VHD footer", end)?;
+            }
+            VhdType::Differencing => {
+                return Err(Error::invalid("a differencing VHD is made over its parent, not from options alone"));
+            }
+        }
+        storage.flush().during("flushing the new file", 0)?;
+        Self::open_storage(storage, true)
+    }
+
+    /// Opens the VHD on `storage` alone: a differencing disk's sectors that
+    /// its parent would give read as zeros.
+    pub fn open_storage(storage: Box<dyn Storage>, writable: bool) -> Result<VhdDisk> {
+        Self::open_image(storage, writable, None)
+    }
+
+    /// The disk of the one file on `storage`, no parent attached (the chain
+    /// layer finds and attaches it).
+    pub(crate) fn open_image(storage: Box<dyn Storage>, writable: bool, path: Option<String>) -> Result<VhdDisk> {
+        Ok(VhdDisk { image: VhdImage::read(storage, writable, path)?, parent: None })
+    }
+
+    /// Attaches `parent`, which the caller checked against the dynamic
+    /// header's parent unique ID.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
+    pub(crate) fn attach(&mut self, parent: VhdDisk) {
+        self.parent = Some(Box::new(parent));
+    }
+
+    /// The footer (the trailing one, or the copy at offset 0 when the
+    /// trailing one is damaged: see [`VhdDisk::used_footer_copy`]).
+    pub fn footer(&self) -> &Footer {
+        &self.image.footer
+    }
+
+    /// The dynamic header of a dynamic or differencing disk.
+    pub fn dynamic_header(&self) -> Option<&DynamicHeader> {
+        self.image.header.as_ref()
+    }
+
+    /// Whether the trailing footer was damaged and the copy at offset 0 was
+    /// read instead (what a crash while a block was added can leave).
+    pub fn used_footer_copy(&self) -> bool {
+        self.image.used_footer_copy
+    }
+
+    /// When the footer or the dynamic header was read although its
+    /// checksum is wrong (only a read-only open does that, as libvhdi
+    /// reads such files; a writable open refuses them), what is wrong.
+    pub fn footer_checksum_error(&self) -> Option<&Error> {
+        self.image.checksum_ignored.as_ref()
+    }
+
+    /// Fixed, dynamic or differencing.
+    pub fn disk_type(&self) -> VhdType {
+        self.image.footer.disk_type
+    }
+
+    /// The virtual size: the footer's current size.
+    pub fn virtual_size(&self) -> u64 {
+        self.image.footer.current_size
+    }
+
+    /// The path the disk was opened from, if any.
+    pub fn path(&self) -> Option<&str> {
+        self.image.path.as_deref()
+    }
+
+    /// The parent, when one is attached.
+    pub fn parent(&self) -> Option<&VhdDisk> {
+        self.parent.as_deref()
+    }
+
+    /// The paths the parent locator entries hold, with their platform codes
+    /// (`None` for a `Mac ` alias or an unknown code).
+    pub fn locator_paths(&self) -> Result<Vec<([u8; 4], Option<String>)>> {
+        self.image.locator_paths()
+    }
+
+    /// The runs of the whole disk as this file alone presents them.
+    pub fn map(&self) -> Result<Vec<crate::MapEntry>> {
+        let mut out: Vec<crate::MapEntry> = Vec::new();
+        self.image.resolve(0, self.virtual_size(), |offset, length, extent| {
+            if let Some(last) = out.last_mut() {
+                let joins = match (last.extent, extent) {
+                    (Extent::Data { file_offset: a }, Extent::Data { file_offset: b }) => a + last.length == b,
+                    (a, b) => a == b,
+                };
+                if joins {
+                    last.length += length;
+                    return Ok(());
+                }
+            }
+            out.push(crate::MapEntry { offset, length, extent });
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn check_range(&self, offset: u64, len: usize) -> Result<()> {
+        let size = self.virtual_size();
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(Error::OutOfRange { offset, len: len as u64, size }),
+        }
+    }
+
+    /// Reads `buf.len()` bytes of the virtual disk at `offset`.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len())?;
+        self.image.resolve(offset, buf.len() as u64, |at, n, extent| {
+            let dst = &mut buf[(at - offset) as usize..(at - offset + n) as usize];
+            match extent {
+                Extent::Data { file_offset } => self.image.read_file(dst, file_offset, "reading payload"),
+                Extent::Parent => match &self.parent {
+                    Some(p) => {
+                        let avail = p.virtual_size().saturating_sub(at).min(n) as usize;
+                        if avail > 0 {
+                            p.read_at(&mut dst[..avail], at)?;
+                        }
+                        dst[avail..].fill(0);
+                        Ok(())
+                    }
+                    None => {
+                        dst.fill(0);
+                        Ok(())
+                    }
+                },
+                _ => {
+                    dst.fill(0);
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    /// Writes `buf` at virtual `offset`, any alignment; partial sectors of
+    /// a differencing disk are completed from the chain first.
+    pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        if !self.image.writable {
+            return Err(Error::ReadOnly);
+        }
+        self.check_range(offset, buf.len())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if self.disk_type() == VhdType::Differencing && self.parent.is_none() {
+            return Err(Error::invalid("a differencing disk opened without its parent cannot take data writes"));
+        }
+        let end = offset + buf.len() as u64;
+        let lo = offset / SECTOR * SECTOR;
+        let hi = end.next_multiple_of(SECTOR);
+        if lo == offset && hi == end {
+            return self.image.write_sectors(buf, offset);
+        }
+        // Whole sectors around the write: the partial ones read first.
+        let mut whole = alloc::vec![0u8; (hi - lo) as usize];
+        self.read_at(&mut whole[..SECTOR as usize], lo)?;
+        let last = hi - SECTOR;
+        if last > lo {
+            let tail = whole.len() - SECTOR as usize;
+            self.read_at(&mut whole[tail..], last)?;
+        }
+        whole[(offset - lo) as usize..(end - lo) as usize].copy_from_slice(buf);
+        self.image.write_sectors(&whole, lo)
+    }
+
+    /// Makes completed writes durable.
+    pub fn flush(&mut self) -> Result<()> {
+        if !self.image.writable {
+            return Ok(());
+        }
+        self.image.storage.flush().during("flushing", 0)
+    }
+
+    /// Gives back the storage (flushed).
+    pub fn into_storage(mut self) -> Result<Box<dyn Storage>> {
+        self.flush()?;
+        Ok(self.image.storage)
+    }
+}
+
+impl crate::BlockDevice for VhdDisk {
+    fn sector_size(&self) -> u32 {
+        SECTOR as u32
+    }
+
+    fn sector_count(&self) -> u64 {
+        self.virtual_size() / SECTOR
+    }
+
+    fn read_sectors(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
+        let at = lba.checked_mul(SECTOR).ok_or(Error::OutOfRange { offset: u64::MAX, len: 0, size: 0 })?;
+        self.read_at(buf, at)
+    }
+
+    fn write_sectors(&mut self, lba: u64, buf: &[u8]) -> Result<()> {
+        let at = lba.checked_mul(SECTOR).ok_or(Error::OutOfRange { offset: u64::MAX, len: 0, size: 0 })?;
+        self.write_at(buf, at)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        VhdDisk::flush(self)
+    }
+
+    fn is_writable(&self) -> bool {
+        self.image.writable
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        VhdDisk::read_at(self, buf, offset)
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        VhdDisk::write_at(self, buf, offset)
+    }
+
+    /// The runs this file stores data for, and everything left to a parent.
+    fn data_ranges(&self) -> Result<Vec<(u64, u64)>> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let parent_has_data = self.parent.is_some();
+        for e in self.map()? {
+            let data = match e.extent {
+                Extent::Data { .. } => true,
+                Extent::Parent => parent_has_data,
+                _ => false,
+            };
+            if data {
+                match out.last_mut() {
+                    Some((s, l)) if *s + *l == e.offset => *l += e.length,
+                    _ => out.push((e.offset, e.length)),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
