@@ -42,6 +42,50 @@ impl VhdDisk {
         open_file(path.as_ref(), writable)
     }
 
+    /// Creates a differencing VHD at `path` (which must not exist) over the
+    /// VHD at `parent`, with `W2ru` (relative) and `W2ku` (absolute)
+    /// locators as Windows writes them, and opens it for writing with the
+    /// parent attached. The block size is 2 MiB, as Windows makes them.
+    pub fn create_differencing(path: impl AsRef<Path>, parent: impl AsRef<Path>) -> Result<VhdDisk> {
+        let (path, parent_path) = (path.as_ref(), parent.as_ref());
+        let parent = open_chain(parent_path, false, 1)?;
+        let loc = super::locator_for(path, parent_path, &crate::Guid::nil()).map_err(|e| e.in_file(path.display()))?;
+        let utf16 = |s: &str| s.encode_utf16().flat_map(u16::to_le_bytes).collect::<Vec<u8>>();
+        let mut locators = Vec::new();
+        let mut absolute = String::new();
+        if let Some(rel) = loc.get(crate::format::locator::RELATIVE_PATH) {
+            locators.push((platform::W2RU, utf16(rel)));
+        }
+        if let Some(abs) = loc.get(crate::format::locator::ABSOLUTE_WIN32_PATH) {
+            let abs = abs.strip_prefix(r"\\?\").unwrap_or(abs);
+            locators.push((platform::W2KU, utf16(abs)));
+            absolute = String::from(abs);
+        }
+        let storage = FileStorage::create_new(path)
+            .map_err(|source| Error::opening("create", source, true).in_file(path.display()))?;
+        let made = VhdDisk::create_differencing_on(
+            alloc::boxed::Box::new(storage),
+            parent.footer(),
+            &absolute,
+            &locators,
+            crate::format::vhd::DEFAULT_BLOCK_SIZE,
+            None,
+        );
+        let mut disk = made.map_err(|e| {
+            let _ = std::fs::remove_file(path);
+            e.in_file(path.display())
+        })?;
+        crate::io::sync_directory_of(path)
+            .map_err(|source| Error::Io {
+                op: "flushing the directory of the new image",
+                offset: 0,
+                source: source.into(),
+            })
+            .map_err(|e| e.in_file(path.display()))?;
+        disk.attach(parent);
+        Ok(disk)
+    }
+
     /// Whether the parent's footer time stamp is the one the child's
     /// dynamic header recorded (`None` without a parent attached).
     pub fn parent_timestamp_matches(&self) -> Option<bool> {
@@ -52,8 +96,7 @@ impl VhdDisk {
 
 fn open_file(path: &Path, writable: bool) -> Result<VhdDisk> {
     let storage = FileStorage::open(path, writable)
-        .map_err(|e| Error::Open { op: "open", source: e.into() })
-        .map_err(|e| e.in_file(path.display()))?;
+        .map_err(|source| Error::opening("open", source, writable).in_file(path.display()))?;
     VhdDisk::open_image(alloc::boxed::Box::new(storage), writable, Some(path.display().to_string()))
         .map_err(|e| e.in_file(path.display()))
 }
@@ -85,7 +128,8 @@ fn open_chain(path: &Path, writable: bool, depth: usize) -> Result<VhdDisk> {
                     windows.push(p);
                     continue;
                 }
-                PathBuf::from(p)
+                // Written here from an absolute path, `\` for `/`.
+                PathBuf::from(if cfg!(windows) { p } else { p.replace('\\', "/") })
             }
             platform::MACX => match p.strip_prefix("file://") {
                 Some(local) => PathBuf::from(local),

@@ -55,6 +55,7 @@ pub(crate) const MIN_BLOCK_SIZE: u32 = 512;
 /// The largest block size accepted at open.
 pub(crate) const MAX_BLOCK_SIZE: u32 = 256 << 20;
 /// Seconds from the Unix epoch to the VHD epoch (2000-01-01 00:00:00 UTC).
+#[cfg(feature = "std")]
 pub(crate) const EPOCH_UNIX_SECONDS: u64 = 946_684_800;
 
 /// The disk type field.

@@ -462,6 +462,24 @@ fn new_footer(options: &VhdCreateOptions, disk_type: VhdType, data_offset: u64) 
 }
 
 impl VhdDisk {
+    /// Creates a fixed or dynamic VHD at `path` (which must not exist) and
+    /// opens it for writing.
+    #[cfg(feature = "std")]
+    pub fn create(path: impl AsRef<std::path::Path>, options: &VhdCreateOptions) -> Result<VhdDisk> {
+        let path = path.as_ref();
+        let storage = crate::io::FileStorage::create_new(path)
+            .map_err(|source| Error::opening("create", source, true).in_file(path.display()))?;
+        let mut disk = Self::create_on(Box::new(storage), options).map_err(|e| {
+            let _ = std::fs::remove_file(path);
+            e.in_file(path.display())
+        })?;
+        crate::io::sync_directory_of(path)
+            .during("flushing the directory of the new image", 0)
+            .map_err(|e| e.in_file(path.display()))?;
+        disk.image.path = Some(alloc::string::ToString::to_string(&path.display()));
+        Ok(disk)
+    }
+
     /// Creates a fixed or dynamic VHD on empty `storage` and opens it for
     /// writing.
     pub fn create_on(mut storage: Box<dyn Storage>, options: &VhdCreateOptions) -> Result<VhdDisk> {
@@ -509,6 +527,64 @@ impl VhdDisk {
                 return Err(Error::invalid("a differencing VHD is made over its parent, not from options alone"));
             }
         }
+        storage.flush().during("flushing the new file", 0)?;
+        Self::open_storage(storage, true)
+    }
+
+    /// Creates a differencing VHD on empty `storage` over the disk whose
+    /// footer is `parent` (the child takes its size, geometry and unique ID
+    /// as the link), naming it `parent_name` and storing `locators`
+    /// (platform code and encoded path, each in its own 512-byte-aligned
+    /// space after the BAT, whose size in bytes `data_space` records, as
+    /// Windows writes it).
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
+    pub(crate) fn create_differencing_on(
+        mut storage: Box<dyn Storage>,
+        parent: &Footer,
+        parent_name: &str,
+        locators: &[([u8; 4], Vec<u8>)],
+        block_size: u32,
+        unique_id: Option<Guid>,
+    ) -> Result<VhdDisk> {
+        let size = parent.current_size;
+        let mut options = VhdCreateOptions::dynamic(size).block_size(block_size);
+        options.unique_id = unique_id;
+        let mut footer = new_footer(&options, VhdType::Differencing, FOOTER_SIZE as u64)?;
+        footer.chs = parent.chs;
+        let entries = size.div_ceil(block_size as u64);
+        let table_offset = (FOOTER_SIZE + DYNAMIC_HEADER_SIZE) as u64;
+        let mut at = table_offset + (entries * 4).next_multiple_of(SECTOR);
+        let mut placed = Vec::new();
+        for (code, data) in locators {
+            let space = (data.len() as u64).next_multiple_of(SECTOR).max(SECTOR);
+            placed.push(LocatorEntry {
+                platform_code: *code,
+                data_space: space as u32,
+                data_length: data.len() as u32,
+                data_offset: at,
+            });
+            at += space;
+        }
+        let header = DynamicHeader {
+            table_offset,
+            max_table_entries: entries as u32,
+            block_size,
+            parent_unique_id: parent.unique_id,
+            parent_timestamp: parent.timestamp,
+            parent_name: String::from(parent_name),
+            locators: placed.clone(),
+        };
+        let bytes = footer.to_bytes();
+        storage.write_all_at(&bytes, 0).during("writing the VHD footer copy", 0)?;
+        storage.write_all_at(&header.to_bytes()?, 512).during("writing the VHD dynamic header", 512)?;
+        let table = alloc::vec![0xFF; (entries * 4).next_multiple_of(SECTOR) as usize];
+        storage.write_all_at(&table, table_offset).during("writing the VHD BAT", table_offset)?;
+        for (e, (_, data)) in placed.iter().zip(locators) {
+            let mut padded = data.clone();
+            padded.resize(e.data_space as usize, 0);
+            storage.write_all_at(&padded, e.data_offset).during("writing a VHD parent locator", e.data_offset)?;
+        }
+        storage.write_all_at(&bytes, at).during("writing the VHD footer", at)?;
         storage.flush().during("flushing the new file", 0)?;
         Self::open_storage(storage, true)
     }

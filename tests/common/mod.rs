@@ -34,7 +34,7 @@ pub fn in_ci() -> bool {
 }
 
 /// Skips the test (returns `false` after printing a note), or under CI fails.
-fn unavailable(what: &str) -> bool {
+pub fn unavailable(what: &str) -> bool {
     if in_ci() {
         panic!("{what} is not available, and CI=true requires it");
     }
