@@ -516,3 +516,135 @@ fn repair_of_a_sound_image_changes_nothing() {
     assert!(report.after.is_clean(), "{report:?}");
     assert!(std::fs::read(&path).unwrap() == image, "repair changed a sound image's bytes");
 }
+
+/// VHD seed images: dynamic (512 KiB blocks, data in three), fixed, and a
+/// differencing child with sectors of its own (opened alone).
+fn vhd_seed_images() -> Vec<(&'static str, Vec<u8>)> {
+    use vhdx::vhd::{VhdCreateOptions, VhdDisk};
+    let mut out = Vec::new();
+    let mut d =
+        VhdDisk::create_on(Box::new(MemStorage::new()), &VhdCreateOptions::dynamic(4 << 20).block_size(512 << 10))
+            .unwrap();
+    d.write_at(&[0xAB; 5000], 4000).unwrap();
+    d.write_at(&[0xCD; 100], 3 << 20).unwrap();
+    out.push(("VHD dynamic", snapshot(d.into_storage().unwrap())));
+    let f = VhdDisk::create_on(Box::new(MemStorage::new()), &VhdCreateOptions::fixed(1 << 20)).unwrap();
+    out.push(("VHD fixed", snapshot(f.into_storage().unwrap())));
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vhd");
+    drop(VhdDisk::create(&base, &VhdCreateOptions::dynamic(4 << 20)).unwrap());
+    let mut c = VhdDisk::create_differencing(dir.path().join("child.vhd"), &base).unwrap();
+    c.write_at(&[0xEE; 700], 1000).unwrap();
+    c.write_at(&[0x77; 5000], (2 << 20) + 512).unwrap();
+    drop(c);
+    out.push(("VHD differencing", std::fs::read(dir.path().join("child.vhd")).unwrap()));
+    out
+}
+
+/// Recomputes the checksums of the footer copy at 0, the dynamic header
+/// at 512 and the trailing footer, so mutations reach the checks behind
+/// them.
+fn reseal_vhd(m: &mut [u8]) {
+    fn seal(s: &mut [u8], at: usize) {
+        let sum = s
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| !(at..at + 4).contains(&i))
+            .fold(0u32, |a, (_, &b)| a.wrapping_add(b as u32));
+        s[at..at + 4].copy_from_slice(&(!sum).to_be_bytes());
+    }
+    let len = m.len();
+    if len >= 1536 && &m[..8] == b"conectix" {
+        seal(&mut m[..512], 64);
+        seal(&mut m[512..1536], 36);
+    }
+    if len >= 512 {
+        seal(&mut m[len - 512..], 64);
+    }
+}
+
+fn try_everything_vhd(bytes: Vec<u8>) -> Result<(), vhdx::Error> {
+    use vhdx::vhd::VhdDisk;
+    let d = VhdDisk::open_storage(Box::new(MemStorage::from_vec(bytes.clone())), false)?;
+    let size = d.virtual_size();
+    let mut buf = vec![0u8; 1 << 20];
+    // The first 8 MiB and the last 1 MiB: a mutated size may be terabytes.
+    for start in [0, 1 << 20, 2 << 20, 3 << 20, 4 << 20, 5 << 20, 6 << 20, 7 << 20, size.saturating_sub(1 << 20)] {
+        if start < size {
+            let n = (size - start).min(buf.len() as u64) as usize;
+            d.read_at(&mut buf[..n], start)?;
+        }
+    }
+    let _ = d.map()?;
+    let _ = d.locator_paths()?;
+    drop(d);
+    let mut w = VhdDisk::open_storage(Box::new(MemStorage::from_vec(bytes)), true)?;
+    if w.virtual_size() > 4096 && w.disk_type() != vhdx::format::vhd::VhdType::Differencing {
+        w.write_at(&[1; 3000], 123)?;
+        w.write_at(&[2; 512], w.virtual_size() - 512)?;
+        let mut back = [0u8; 3000];
+        w.read_at(&mut back, 123)?;
+        assert_eq!(back, [1; 3000], "a write reads back");
+    }
+    w.flush()
+}
+
+#[test]
+fn random_vhd_mutations_never_panic() {
+    if !in_bounded_child("random_vhd_mutations_never_panic") {
+        return;
+    }
+    let per_seed: u64 = std::env::var("VHDX_MUTATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
+    let mut rng = XorShift(0x5EED_1234_ABCD_0002);
+    let (mut tried, mut rejected) = (0u64, 0u64);
+    let mut slowest = Duration::ZERO;
+    for (name, image) in vhd_seed_images() {
+        let (mut seed_ok, mut seed_rejected) = (0u64, 0u64);
+        let len = image.len() as u64;
+        // Footer copy, dynamic header, BAT and locators, trailing footer.
+        let hot: [(u64, u64); 4] = [(0, 512), (512, 1024), (1536, 4096.min(len - 1536)), (len - 512, 512)];
+        for _ in 0..per_seed {
+            let mut m = image.clone();
+            for _ in 0..1 + rng.below(6) {
+                let (start, n) = hot[rng.below(hot.len() as u64) as usize];
+                let at = (start + rng.below(n)) as usize;
+                m[at] = match rng.below(4) {
+                    0 => m[at] ^ (1 << rng.below(8)),
+                    1 => 0xFF,
+                    2 => 0,
+                    _ => rng.next() as u8,
+                };
+            }
+            if rng.below(4) != 0 {
+                reseal_vhd(&mut m);
+            }
+            if rng.below(10) == 0 {
+                let cut = rng.below(m.len() as u64) as usize;
+                m.truncate(cut);
+            }
+            tried += 1;
+            let what = format!("mutation #{tried} of the {name} image");
+            let (outcome, took) = within(&what, move || try_everything_vhd(m));
+            slowest = slowest.max(took);
+            match outcome {
+                Ok(Ok(())) => seed_ok += 1,
+                Ok(Err(e)) => {
+                    seed_rejected += 1;
+                    assert!(
+                        matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::Unsupported | ErrorKind::InvalidArgument),
+                        "{what}: error of kind {:?}: {e}",
+                        e.kind()
+                    );
+                    if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::Unsupported) {
+                        assert!(e.to_string().contains("offset 0x"), "{what}: no file offset in: {e}");
+                    }
+                }
+                Err(_) => panic!("panic on {what}"),
+            }
+        }
+        assert!(seed_ok > 0 && seed_rejected > 0, "{name}: {seed_ok} accepted, {seed_rejected} rejected");
+        rejected += seed_rejected;
+    }
+    println!("hostile VHD: {tried} mutated images, {rejected} rejected with a typed error, none panicked; slowest {slowest:?}");
+    report_peak_memory();
+}

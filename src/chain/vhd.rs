@@ -63,7 +63,7 @@ impl VhdDisk {
         }
         let storage = FileStorage::create_new(path)
             .map_err(|source| Error::opening("create", source, true).in_file(path.display()))?;
-        let made = VhdDisk::create_differencing_on(
+        let made = VhdDisk::create_differencing_with(
             alloc::boxed::Box::new(storage),
             parent.footer(),
             &absolute,

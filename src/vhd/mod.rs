@@ -12,14 +12,20 @@
 //! (`driver=vpc,force_size_calc=current_size` makes it agree).
 //!
 //! Crash order of a new block: the footer is written at the file's new
-//! end first, then the block's sector bitmap over the old footer, then the
-//! data, then the block's BAT entry; the footer copy at offset 0 is never
+//! end first, then the block's sector bitmap (all clear in a differencing
+//! disk, all set in a dynamic one) over the old footer, a flush, then the
+//! block's BAT entry and the data; the footer copy at offset 0 is never
 //! touched by a write. A crash at any point leaves a footer at the end, or
-//! else the copy at 0, which an open falls back to; a BAT entry whose block
+//! else the copy at 0, which an open falls back to; a BAT entry whose data
 //! did not reach the file reads as zeros (or, in a differencing disk, as
-//! the parent: its bitmap reads as all clear), what the block held before.
+//! the parent), what the block held before. Bitmap bits a differencing
+//! write sets are kept in memory until [`VhdDisk::flush`], which makes the
+//! data durable first and the bits after, as a VHDX commits its metadata:
+//! a sector is never shown as the child's before its data is there.
+//! Dropping a writable disk flushes it.
 
 use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -50,6 +56,9 @@ struct VhdImage {
     /// The footer or dynamic header was read although its checksum is
     /// wrong (read-only), and the error that a strict read gives.
     checksum_ignored: Option<Error>,
+    /// Sector bitmap sectors changed since the last flush, by file offset:
+    /// they reach the file at the next flush, after the data they describe.
+    dirty_bitmaps: BTreeMap<u64, [u8; SECTOR as usize]>,
 }
 
 fn read(storage: &dyn Storage, buf: &mut [u8], at: u64, what: &'static str) -> Result<()> {
@@ -99,6 +108,7 @@ impl VhdImage {
             footer_at: tail_at,
             used_footer_copy,
             checksum_ignored,
+            dirty_bitmaps: BTreeMap::new(),
         };
         match image.footer.disk_type {
             VhdType::Fixed => {
@@ -165,6 +175,16 @@ impl VhdImage {
         for (k, &(start, index)) in blocks.iter().enumerate() {
             let end = start + span;
             let entry_at = header.table_offset + index as u64 * 4;
+            // A block starts inside the file: a crash can leave a new
+            // block's entry written before the file grew past the old
+            // footer, which the block starts over, but never one further out.
+            if start >= len {
+                return Err(Error::corrupt(
+                    "VHD block allocation table",
+                    entry_at,
+                    format!("block {index} at {start:#x} starts past the end of the {len}-byte file"),
+                ));
+            }
             if let Some((_, _, what)) = fixed.iter().find(|(s, e, _)| start < *e && *s < end) {
                 return Err(Error::corrupt(
                     "VHD block allocation table",
@@ -241,7 +261,7 @@ impl VhdImage {
                     let last = (in_block + n - 1) / SECTOR;
                     let lo = first / 8;
                     let mut bits = alloc::vec![0u8; (last / 8 - lo + 1) as usize];
-                    self.read_file(&mut bits, at + lo, "reading a VHD sector bitmap")?;
+                    self.read_bitmap(&mut bits, at + lo)?;
                     let present = |s: u64| bits[(s / 8 - lo) as usize] & (0x80 >> (s % 8)) != 0;
                     let block_start = block * bs;
                     let mut s = first;
@@ -286,6 +306,10 @@ impl VhdImage {
         let bits = alloc::vec![fill; bitmap as usize];
         self.storage.write_all_at(&bits, at).during("writing a VHD sector bitmap", at)?;
         self.footer_at = new_end;
+        // The bitmap is durable before the entry that gives it meaning: a
+        // differencing block whose bitmap held the old footer's bytes would
+        // hide the parent's sectors.
+        self.storage.flush().during("flushing a new VHD block", at)?;
         let entry_at = header.table_offset + block * 4;
         self.storage.write_all_at(&entry.to_be_bytes(), entry_at).during("writing a VHD BAT entry", entry_at)?;
         self.bat[block as usize] = entry;
@@ -322,17 +346,57 @@ impl VhdImage {
         Ok(())
     }
 
-    /// Sets the bitmap bits of `count` sectors from `first` of the block
-    /// whose bitmap is at `at`, after the data they describe was written.
-    fn set_bits(&mut self, at: u64, first: u64, count: u64) -> Result<()> {
-        let lo = first / 8;
-        let hi = (first + count - 1) / 8;
-        let mut bits = alloc::vec![0u8; (hi - lo + 1) as usize];
-        self.read_file(&mut bits, at + lo, "reading a VHD sector bitmap")?;
-        for s in first..first + count {
-            bits[(s / 8 - lo) as usize] |= 0x80 >> (s % 8);
+    /// Reads bitmap bytes at file offset `at` as they stand: the file, with
+    /// the sectors changed since the last flush laid over it.
+    fn read_bitmap(&self, buf: &mut [u8], at: u64) -> Result<()> {
+        self.read_file(buf, at, "reading a VHD sector bitmap")?;
+        let end = at + buf.len() as u64;
+        for (&sector_at, sector) in self.dirty_bitmaps.range(at.saturating_sub(SECTOR - 1)..end) {
+            let lo = sector_at.max(at);
+            let hi = (sector_at + SECTOR).min(end);
+            buf[(lo - at) as usize..(hi - at) as usize]
+                .copy_from_slice(&sector[(lo - sector_at) as usize..(hi - sector_at) as usize]);
         }
-        self.storage.write_all_at(&bits, at + lo).during("writing a VHD sector bitmap", at + lo)
+        Ok(())
+    }
+
+    /// Sets the bitmap bits of `count` sectors from `first` of the block
+    /// whose bitmap is at `at`. The changed bitmap sectors are kept until
+    /// the next flush, which makes the data durable before them: a crash
+    /// never shows a sector as this file's before its data is there.
+    fn set_bits(&mut self, at: u64, first: u64, count: u64) -> Result<()> {
+        let mut s = first;
+        while s < first + count {
+            let sector_at = at + s / 8 / SECTOR * SECTOR;
+            if !self.dirty_bitmaps.contains_key(&sector_at) {
+                let mut sector = [0u8; SECTOR as usize];
+                self.read_file(&mut sector, sector_at, "reading a VHD sector bitmap")?;
+                self.dirty_bitmaps.insert(sector_at, sector);
+            }
+            let sector = self.dirty_bitmaps.get_mut(&sector_at).expect("inserted above");
+            // The bits of this bitmap sector: 4096 sectors of the block.
+            let stop = (first + count).min((s / 4096 + 1) * 4096);
+            while s < stop {
+                let i = (s / 8 % SECTOR) as usize;
+                sector[i] |= 0x80 >> (s % 8);
+                s += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the data durable, then the bitmap sectors that describe it.
+    fn flush(&mut self) -> Result<()> {
+        self.storage.flush().during("flushing payload", 0)?;
+        if self.dirty_bitmaps.is_empty() {
+            return Ok(());
+        }
+        for (&at, sector) in &self.dirty_bitmaps {
+            self.storage.write_all_at(sector, at).during("writing a VHD sector bitmap", at)?;
+        }
+        self.storage.flush().during("flushing sector bitmaps", 0)?;
+        self.dirty_bitmaps.clear();
+        Ok(())
     }
 
     /// The path stored by each parent locator entry, by platform code.
@@ -345,6 +409,14 @@ impl VhdImage {
             out.push((e.platform_code, decode_locator_path(e.platform_code, &data)));
         }
         Ok(out)
+    }
+}
+
+impl Drop for VhdImage {
+    fn drop(&mut self) {
+        if self.writable {
+            let _ = self.flush();
+        }
     }
 }
 
@@ -537,8 +609,7 @@ impl VhdDisk {
     /// (platform code and encoded path, each in its own 512-byte-aligned
     /// space after the BAT, whose size in bytes `data_space` records, as
     /// Windows writes it).
-    #[cfg_attr(not(feature = "std"), allow(dead_code))]
-    pub(crate) fn create_differencing_on(
+    pub(crate) fn create_differencing_with(
         mut storage: Box<dyn Storage>,
         parent: &Footer,
         parent_name: &str,
@@ -587,6 +658,40 @@ impl VhdDisk {
         storage.write_all_at(&bytes, at).during("writing the VHD footer", at)?;
         storage.flush().during("flushing the new file", 0)?;
         Self::open_storage(storage, true)
+    }
+
+    /// Creates a differencing VHD on empty `storage` over `parent` (which
+    /// it takes as its parent, open read-only or not), with no parent
+    /// locator: reopen it with [`VhdDisk::with_parent`]. For files,
+    /// `VhdDisk::create_differencing` writes the locators too.
+    pub fn create_differencing_on(storage: Box<dyn Storage>, parent: VhdDisk) -> Result<VhdDisk> {
+        let mut disk = Self::create_differencing_with(
+            storage,
+            parent.footer(),
+            "",
+            &[],
+            crate::format::vhd::DEFAULT_BLOCK_SIZE,
+            None,
+        )?;
+        disk.parent = Some(Box::new(parent));
+        Ok(disk)
+    }
+
+    /// Attaches `parent` to this differencing disk, after checking that its
+    /// footer's unique ID is the one the dynamic header names.
+    pub fn with_parent(mut self, parent: VhdDisk) -> Result<VhdDisk> {
+        let Some(h) = self.image.header.as_ref().filter(|_| self.disk_type() == VhdType::Differencing) else {
+            return Err(Error::invalid("only a differencing disk takes a parent"));
+        };
+        if parent.footer().unique_id != h.parent_unique_id {
+            return Err(Error::ParentMismatch {
+                parent: String::from(parent.path().unwrap_or("the given parent")),
+                expected: h.parent_unique_id,
+                found: parent.footer().unique_id,
+            });
+        }
+        self.parent = Some(Box::new(parent));
+        Ok(self)
     }
 
     /// Opens the VHD on `storage` alone: a differencing disk's sectors that
@@ -751,13 +856,21 @@ impl VhdDisk {
         if !self.image.writable {
             return Ok(());
         }
-        self.image.storage.flush().during("flushing", 0)
+        self.image.flush()
     }
 
     /// Gives back the storage (flushed).
     pub fn into_storage(mut self) -> Result<Box<dyn Storage>> {
         self.flush()?;
-        Ok(self.image.storage)
+        self.image.writable = false;
+        Ok(core::mem::replace(&mut self.image.storage, Box::new(crate::io::MemStorage::new())))
+    }
+
+    /// Gives up the disk without flushing — what a crash leaves — and
+    /// returns its storage.
+    pub fn abandon(mut self) -> Box<dyn Storage> {
+        self.image.writable = false;
+        core::mem::replace(&mut self.image.storage, Box::new(crate::io::MemStorage::new()))
     }
 }
 

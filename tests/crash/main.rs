@@ -67,6 +67,7 @@ mod support;
 mod tool;
 mod trees;
 mod verify;
+mod vhd;
 mod workloads;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
