@@ -156,7 +156,19 @@ fn open_chain(path: &Path, writable: bool, depth: usize) -> Result<VhdDisk> {
         disk.attach(parent);
         return Ok(disk);
     }
-    Err(Error::ParentNotFound { looked_for: super::looked_for(&tried, &windows) }.in_file(path.display()))
+    let mut looked_for = if tried.is_empty() {
+        String::from("nothing: no locator holds a path this system can use")
+    } else {
+        tried.join(", ")
+    };
+    if !windows.is_empty() {
+        looked_for.push_str(&format!(
+            "; not tried: the Windows absolute path(s) {}, which cannot be opened on this system (put the parent \
+             beside the child under its name)",
+            windows.join(", ")
+        ));
+    }
+    Err(Error::ParentNotFound { looked_for }.in_file(path.display()))
 }
 
 /// A Windows absolute path (`C:\…`, `\\server\…`) on a system that is not Windows.

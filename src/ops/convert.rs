@@ -164,23 +164,58 @@ pub enum ImageFormat {
     Vhdx,
     /// The virtual disk's bytes, nothing else.
     Raw,
+    /// Microsoft VHD (version 1), the format VHDX replaced.
+    Vhd,
 }
 
 impl ImageFormat {
-    /// What a file name says: `.raw` and `.img` are raw, anything else VHDX.
+    /// What a file name says: `.raw` and `.img` are raw, `.vhd` VHD,
+    /// anything else VHDX.
     #[cfg(feature = "std")]
     pub fn from_path(path: &std::path::Path) -> ImageFormat {
         match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
             Some("raw" | "img") => ImageFormat::Raw,
+            Some("vhd") => ImageFormat::Vhd,
             _ => ImageFormat::Vhdx,
         }
     }
 
-    /// `"vhdx"` or `"raw"`.
+    /// The format of an existing image: raw when its name says so (`.raw`,
+    /// `.img`: a raw disk's content is the guest's and is never probed, so
+    /// a guest cannot make its disk pass for an image with a parent), else
+    /// by content: VHDX by its file type identifier, VHD by its footer (at
+    /// the end, or its copy at the start), whatever the name; a file with
+    /// neither is taken for a VHDX, whose open then says what is wrong.
+    #[cfg(feature = "std")]
+    pub fn detect(path: &std::path::Path) -> ImageFormat {
+        use std::io::{Read, Seek, SeekFrom};
+        if ImageFormat::from_path(path) == ImageFormat::Raw {
+            return ImageFormat::Raw;
+        }
+        let Ok(mut file) = std::fs::File::open(path) else { return ImageFormat::from_path(path) };
+        let len = file.metadata().map_or(0, |m| m.len());
+        let mut head = [0u8; 8];
+        let mut tail = [0u8; 8];
+        let head_ok = file.read_exact(&mut head).is_ok();
+        let tail_ok = len >= 512 && file.seek(SeekFrom::Start(len - 512)).is_ok() && file.read_exact(&mut tail).is_ok();
+        if head_ok && head == *b"vhdxfile" {
+            ImageFormat::Vhdx
+        } else if (head_ok && head == *b"conectix")
+            || (tail_ok && tail == *b"conectix")
+            || ImageFormat::from_path(path) == ImageFormat::Vhd
+        {
+            ImageFormat::Vhd
+        } else {
+            ImageFormat::Vhdx
+        }
+    }
+
+    /// `"vhdx"`, `"raw"` or `"vhd"`.
     pub fn as_str(self) -> &'static str {
         match self {
             ImageFormat::Vhdx => "vhdx",
             ImageFormat::Raw => "raw",
+            ImageFormat::Vhd => "vhd",
         }
     }
 }
@@ -189,13 +224,14 @@ impl ImageFormat {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConvertOptions {
-    /// The source's format; `None`: from its name ([`ImageFormat::from_path`]).
+    /// The source's format; `None`: detected ([`ImageFormat::detect`]).
     pub input_format: Option<ImageFormat>,
     /// The output's format; `None`: from its name.
     pub output_format: Option<ImageFormat>,
-    /// Fixed or dynamic, for a VHDX output.
+    /// Fixed or dynamic, for a VHDX or VHD output.
     pub disk_type: crate::DiskType,
-    /// Block size of a VHDX output (default: the library's, 32 MiB).
+    /// Block size of a VHDX output (default: the library's, 32 MiB) or of a
+    /// dynamic VHD output (default 2 MiB, as Windows makes them).
     pub block_size: Option<u32>,
     /// Logical sector size of a VHDX output (default: the source's; 512 for raw).
     pub logical_sector_size: Option<u32>,
@@ -255,13 +291,13 @@ pub struct ConvertReport {
     pub input_format: ImageFormat,
     /// The output's format.
     pub output_format: ImageFormat,
-    /// The output's type when it is VHDX.
+    /// The output's type when it is VHDX or VHD.
     pub output_type: Option<crate::DiskType>,
     /// The virtual size (the raw source's length).
     pub virtual_size: u64,
     /// Non-zero bytes written.
     pub bytes_written: u64,
-    /// A description of the output ("vhdx, dynamic" or "raw").
+    /// A description of the output ("vhdx, dynamic", "vhd, fixed" or "raw").
     pub output_kind: String,
 }
 

@@ -12,3 +12,4 @@ mod tool;
 mod cli;
 mod cli_messages;
 mod parent_paths;
+mod vhd;

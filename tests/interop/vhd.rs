@@ -419,3 +419,42 @@ fn a_differencing_vhd_we_make_reads_the_same_in_libvhdi_and_finds_its_parent_aft
     let chain = VhdDisk::open(moved.path().join("sub").join("child.vhd")).unwrap();
     assert_eq!(sha256_device(&chain), sha256_bytes(&expected), "after the move");
 }
+
+#[test]
+fn every_vhd_fixture_converts_to_vhdx_and_back_to_vhd_and_raw_with_the_same_bytes() {
+    use vhdx::ops::convert::{convert, ConvertOptions, ImageFormat};
+    for fx in FIXTURES {
+        let Some(f) = fixture(fx.rel) else { return };
+        if let Some(parent) = fx.parent {
+            fixture_into(parent, f.dir.path());
+        }
+        let d = f.dir.path();
+        let (vhdx_out, vhd_back, raw) = (d.join("out.vhdx"), d.join("back.vhd"), d.join("out.raw"));
+        // By content: the fixture's name says .vhd, the intermediate's .vhdx.
+        let r = convert(&f.path, &vhdx_out, &ConvertOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", fx.rel));
+        assert_eq!((r.input_format, r.output_format), (ImageFormat::Vhd, ImageFormat::Vhdx), "{}", fx.rel);
+        let fixed = fx.disk_type == VhdType::Fixed;
+        let back =
+            ConvertOptions::default().disk_type(if fixed { vhdx::DiskType::Fixed } else { vhdx::DiskType::Dynamic });
+        convert(&vhdx_out, &vhd_back, &back).unwrap_or_else(|e| panic!("{}: {e}", fx.rel));
+        let again = VhdDisk::open(&vhd_back).unwrap();
+        assert_eq!(again.virtual_size(), fx.size, "{}", fx.rel);
+        assert_eq!(again.disk_type(), if fixed { VhdType::Fixed } else { VhdType::Dynamic }, "{}", fx.rel);
+        match fx.sha_raw {
+            Some(sha) => {
+                assert_eq!(sha256_device(&again), sha, "{}: VHD -> VHDX -> VHD", fx.rel);
+                drop(again);
+                convert(&vhd_back, &raw, &ConvertOptions::default()).unwrap();
+                assert_eq!(crate::common::compare::sha256_file(&raw), sha, "{}: VHD -> VHDX -> VHD -> raw", fx.rel);
+            }
+            None => {
+                assert!(again.map().unwrap().iter().all(|e| e.extent == Extent::Zero), "{}", fx.rel);
+                assert!(
+                    std::fs::metadata(&vhd_back).unwrap().len() < 2 << 20,
+                    "{}: no block allocated for zeros",
+                    fx.rel
+                );
+            }
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! `convert`: copying a virtual disk's content between VHDX and raw images,
+//! `convert`: copying a virtual disk's content among VHDX, VHD and raw images,
 //! with `vhdx::ops::convert` (which writes only non-zero 4 KiB grains: a
 //! dynamic output allocates no block for zeros, a raw output stays sparse).
 //! Also the progress bar the long commands share.
@@ -17,6 +17,7 @@ impl From<Format> for ImageFormat {
         match f {
             Format::Vhdx => ImageFormat::Vhdx,
             Format::Raw => ImageFormat::Raw,
+            Format::Vhd => ImageFormat::Vhd,
         }
     }
 }
@@ -37,7 +38,7 @@ pub fn progress_bar(total: u64) -> ProgressBar {
 /// `vhdx convert SRC DST [--input-format …] [--output-format …] [--type …] …`.
 pub fn convert(args: &ConvertArgs) -> CliResult {
     let (src_path, dst_path) = (args.src.as_path(), args.dst.as_path());
-    let in_format = args.input_format.map(ImageFormat::from).unwrap_or_else(|| ImageFormat::from_path(src_path));
+    let in_format = args.input_format.map(ImageFormat::from).unwrap_or_else(|| ImageFormat::detect(src_path));
     let out_format = args.output_format.map(ImageFormat::from).unwrap_or_else(|| ImageFormat::from_path(dst_path));
     let vhdx_only = args.disk_type.is_some()
         || args.block_size.is_some()
@@ -46,6 +47,12 @@ pub fn convert(args: &ConvertArgs) -> CliResult {
     if out_format == ImageFormat::Raw && vhdx_only {
         return Err(Failure(format!(
             "{}: --type, --block-size and the sector size options apply only to VHDX output",
+            dst_path.display()
+        )));
+    }
+    if out_format == ImageFormat::Vhd && (args.logical_sector_size.is_some() || args.physical_sector_size.is_some()) {
+        return Err(Failure(format!(
+            "{}: a VHD has 512-byte sectors: the sector size options apply only to VHDX output",
             dst_path.display()
         )));
     }
@@ -97,5 +104,6 @@ mod tests {
         assert_eq!(ImageFormat::from_path(Path::new("disk.IMG")), ImageFormat::Raw);
         assert_eq!(ImageFormat::from_path(Path::new("disk.vhdx")), ImageFormat::Vhdx);
         assert_eq!(ImageFormat::from_path(Path::new("disk")), ImageFormat::Vhdx);
+        assert_eq!(ImageFormat::from_path(Path::new("old.VHD")), ImageFormat::Vhd);
     }
 }

@@ -57,6 +57,7 @@ mod maintain;
 mod serve;
 mod siblings;
 mod size;
+mod vhd;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -250,20 +251,22 @@ pub struct WriteArgs {
 /// Arguments of `vhdx convert`.
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
-    /// The source image: VHDX, or raw (`--input-format raw` or a .raw/.img name).
+    /// The source image: VHDX or VHD (told apart by content), or raw
+    /// (`--input-format raw` or a .raw/.img name).
     pub src: PathBuf,
     /// The image to write (must not exist unless --force).
     pub dst: PathBuf,
-    /// Format of SRC [default: raw for .raw/.img names, else vhdx].
+    /// Format of SRC [default: raw for .raw/.img names, else vhdx or vhd by content].
     #[arg(long, value_enum)]
     pub input_format: Option<Format>,
-    /// Format of DST [default: raw for .raw/.img names, else vhdx].
+    /// Format of DST [default: raw for .raw/.img names, vhd for .vhd, else vhdx].
     #[arg(long, value_enum)]
     pub output_format: Option<Format>,
-    /// Type of a VHDX DST [default: dynamic].
+    /// Type of a VHDX or VHD DST [default: dynamic].
     #[arg(long = "type", value_enum)]
     pub disk_type: Option<TypeArg>,
-    /// Block size of a VHDX DST: a power of two from 1M to 256M [default: 32M].
+    /// Block size of a VHDX DST: a power of two from 1M to 256M [default:
+    /// 32M]; of a dynamic VHD DST: 512K to 256M [default: 2M].
     #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
     pub block_size: Option<u64>,
     /// Logical sector size of a VHDX DST [default: the source's; 512 for raw].
@@ -417,6 +420,8 @@ pub enum Format {
     Vhdx,
     /// The virtual disk's bytes, nothing else.
     Raw,
+    /// Microsoft VHD (version 1).
+    Vhd,
 }
 
 /// Why a command failed: the text printed after `error: `, naming the file.
@@ -478,6 +483,7 @@ pub fn file_opener(force_share: bool) -> vhdx::io::FileOpener {
 fn run(command: Command) -> CliResult {
     match command {
         Command::Create(args) => data::create(&args),
+        Command::Info(args) if vhd::is_vhd(&args.file) => vhd::info(&args),
         Command::Info(args) => inspect::info(&args),
         Command::Check(args) => inspect::check(&args),
         Command::Read(args) => data::read(&args),

@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 
 use super::{copy_runs, nonzero_candidates, ConvertOptions, ConvertReport, ImageFormat};
 use crate::error::{Error, IoContext, Result};
+use crate::format::vhd::VhdType;
 use crate::io::{FileStorage, Storage};
 use crate::ops::replace::Replacement;
-use crate::Disk;
+use crate::vhd::{VhdCreateOptions, VhdDisk};
+use crate::{BlockDevice, Disk};
 
 /// A file whose flushes do nothing: the output of an unsynced convert.
 struct NoSync(FileStorage);
@@ -128,7 +130,7 @@ pub fn convert_with_progress(
     options: &ConvertOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ConvertReport> {
-    let in_format = options.input_format.unwrap_or_else(|| ImageFormat::from_path(src));
+    let in_format = options.input_format.unwrap_or_else(|| ImageFormat::detect(src));
     let out_format = options.output_format.unwrap_or_else(|| ImageFormat::from_path(dst));
     let in_file = |e: Error| e.in_file(src.display());
     let out_file = |e: Error| e.in_file(dst.display());
@@ -138,7 +140,13 @@ pub fn convert_with_progress(
             || options.logical_sector_size.is_some()
             || options.physical_sector_size.is_some())
     {
-        return Err(Error::invalid("the type, block size and sector sizes apply only to a VHDX output"));
+        return Err(Error::invalid("the type, block size and sector sizes apply only to a VHDX or VHD output"));
+    }
+    if out_format == ImageFormat::Vhd
+        && (options.logical_sector_size.is_some_and(|s| s != 512)
+            || options.physical_sector_size.is_some_and(|s| s != 512 && s != 4096))
+    {
+        return Err(Error::invalid("a VHD has 512-byte sectors"));
     }
     if options.disk_type == crate::DiskType::Differencing {
         return Err(Error::invalid("convert makes fixed or dynamic images (a differencing source is flattened)"));
@@ -146,12 +154,14 @@ pub fn convert_with_progress(
 
     enum Source {
         Vhdx(alloc::boxed::Box<Disk>),
+        Vhd(alloc::boxed::Box<VhdDisk>),
         Raw(FileStorage, u64),
     }
     let source = match in_format {
         ImageFormat::Vhdx => {
             Source::Vhdx(alloc::boxed::Box::new(crate::OpenOptions::new().force_share(options.force_share).open(src)?))
         }
+        ImageFormat::Vhd => Source::Vhd(alloc::boxed::Box::new(VhdDisk::open(src)?)),
         ImageFormat::Raw => {
             // Only a regular file (see `FileStorage::open`), locked like an image.
             let file =
@@ -168,6 +178,15 @@ pub fn convert_with_progress(
             paths[0] = src.to_path_buf();
             paths
         }
+        Source::Vhd(d) => {
+            let mut paths = alloc::vec![src.to_path_buf()];
+            let mut level = d.parent();
+            while let Some(p) = level {
+                paths.extend(p.path().map(PathBuf::from));
+                level = p.parent();
+            }
+            paths
+        }
         Source::Raw(..) => alloc::vec![src.to_path_buf()],
     };
     let target = destination(dst, &chain, options.overwrite)?;
@@ -178,11 +197,13 @@ pub fn convert_with_progress(
             d.logical_sector_size(),
             d.physical_sector_size(),
         ),
+        Source::Vhd(d) => (d.virtual_size(), d.data_ranges().map_err(in_file)?, 512, 4096),
         Source::Raw(_, len) => (*len, alloc::vec![(0, *len)], 512, 4096),
     };
     let mut read = |buf: &mut [u8], at: u64| -> Result<()> {
         match &source {
             Source::Vhdx(d) => d.read_at(buf, at),
+            Source::Vhd(d) => d.read_at(buf, at),
             Source::Raw(f, _) => f.read_exact_at(buf, at).during("reading the raw image", at),
         }
         .map_err(in_file)
@@ -203,6 +224,19 @@ pub fn convert_with_progress(
             .in_file(src.display()));
         }
         create.validate().map_err(out_file)?;
+    }
+    let vhd_options = {
+        let base = match options.disk_type {
+            crate::DiskType::Fixed => VhdCreateOptions::fixed(size),
+            _ => VhdCreateOptions::dynamic(size),
+        };
+        base.block_size(options.block_size.unwrap_or(crate::format::vhd::DEFAULT_BLOCK_SIZE))
+    };
+    if out_format == ImageFormat::Vhd && size % 512 != 0 {
+        return Err(Error::invalid(alloc::format!(
+            "the source's size ({size} bytes) is not a multiple of the VHD's 512-byte sector"
+        ))
+        .in_file(src.display()));
     }
 
     // Everything is checked: write the new image beside the destination.
@@ -225,6 +259,22 @@ pub fn convert_with_progress(
             )?;
             storage.flush().during("flushing", 0)?;
             Ok((written, None, String::from("raw")))
+        })(),
+        ImageFormat::Vhd => (|| {
+            let mut disk = VhdDisk::create_on(storage, &vhd_options)?;
+            let kind = match disk.disk_type() {
+                VhdType::Fixed => "vhd, fixed",
+                _ => "vhd, dynamic",
+            };
+            let written = copy_runs(size, &runs, &mut read, &mut |buf, at| disk.write_at(buf, at), progress)?;
+            disk.flush()?;
+            let kind_type = if options.disk_type == crate::DiskType::Fixed {
+                crate::DiskType::Fixed
+            } else {
+                crate::DiskType::Dynamic
+            };
+            drop(disk.into_storage()?);
+            Ok((written, Some(kind_type), String::from(kind)))
         })(),
         ImageFormat::Vhdx => (|| {
             let mut disk = Disk::create_on(storage, &create, None)?;
