@@ -2,7 +2,10 @@
 //! differencing story: a base, two children, and merging one child into the
 //! base without breaking the other; then a profile-container write-back: two
 //! session disks on one profile disk merged back at once, and a conflicting
-//! pair reported without anything being modified.
+//! pair reported without anything being modified; last, an old VHD chain
+//! (a base and a differencing child, as Virtual PC and older Hyper-V made
+//! them) converted to one VHDX and back to a fixed VHD, the kind Azure
+//! takes for uploads.
 //!
 //! ```text
 //! cargo run --release --example quickstart
@@ -18,9 +21,11 @@ use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use vhdx::ops::convert::{convert, ConvertOptions};
 use vhdx::ops::merge::{merge, MergeOptions, SiblingPolicy};
 use vhdx::ops::siblings::{merge_siblings, plan_merge_siblings, SiblingMergeOptions};
-use vhdx::{CreateOptions, Disk, ErrorKind, Extent, Guid};
+use vhdx::vhd::{VhdCreateOptions, VhdDisk};
+use vhdx::{CreateOptions, Disk, DiskType, ErrorKind, Extent, Guid};
 
 /// The virtual size of the example disk.
 const VIRTUAL_SIZE: u64 = 1 << 30;
@@ -362,6 +367,52 @@ fn conflicting_write_back(profile: &Path, sessions: [&Path; 2]) -> StepResult {
     Ok(())
 }
 
+/// A VHD chain, converted to VHDX (flattened) and back to a fixed VHD; the
+/// content compared at each step.
+fn vhd_story(dir: &Path) -> StepResult {
+    let (base, child) = (dir.join("old-base.vhd"), dir.join("old-child.vhd"));
+    let mut disk = VhdDisk::create(&base, &VhdCreateOptions::dynamic(CHAIN_SIZE))?;
+    disk.write_at(&filled("written into the VHD base ", 1 << 20), 0)?;
+    drop(disk);
+    let mut disk = VhdDisk::create_differencing(&child, &base)?;
+    disk.write_at(&filled("written into the VHD child ", 4096), 3 << 20)?;
+    let mut view = vec![0u8; CHAIN_SIZE as usize];
+    disk.read_at(&mut view, 0)?;
+    drop(disk);
+    println!(
+        "14. Made a VHD chain (version 1, the format VHDX replaced): {} over {}",
+        file_name_of(&child),
+        file_name_of(&base)
+    );
+    let flat = dir.join("from-vhd.vhdx");
+    convert(&child, &flat, &ConvertOptions::default())?;
+    let vhdx = Disk::open(&flat)?;
+    let mut got = vec![0u8; CHAIN_SIZE as usize];
+    vhdx.read_at(&mut got, 0)?;
+    if got != view {
+        return Err("the VHDX does not present what the VHD chain did".into());
+    }
+    println!("   converted to one VHDX, {}: the same {} MiB, byte for byte", file_name_of(&flat), CHAIN_SIZE >> 20);
+    drop(vhdx);
+    let fixed = dir.join("for-azure.vhd");
+    convert(&flat, &fixed, &ConvertOptions::default().disk_type(DiskType::Fixed))?;
+    let again = VhdDisk::open(&fixed)?;
+    again.read_at(&mut got, 0)?;
+    if got != view {
+        return Err("the fixed VHD does not present what the VHD chain did".into());
+    }
+    println!(
+        "   and back to a fixed VHD, {}: {} bytes of disk then the 512-byte footer, the same bytes again",
+        file_name_of(&fixed),
+        again.virtual_size()
+    );
+    Ok(())
+}
+
+fn file_name_of(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
 fn run() -> StepResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("quickstart.vhdx");
@@ -388,10 +439,12 @@ fn run() -> StepResult {
     create_sessions(&profile, [&s1, &s2])?;
     write_back(&profile, [&s1, &s2])?;
     conflicting_write_back(&profile, [&s3, &s4])?;
+    vhd_story(dir.path())?;
 
     println!("Done: every byte read back as written, a merge changed where data lives but not what any disk");
     println!("presents, and sessions went back into their profile disk together, or not at all when they");
-    println!("conflicted. (The temporary directory is removed now.)");
+    println!("conflicted; a VHD chain became one VHDX and a fixed VHD with the same bytes. (The temporary");
+    println!("directory is removed now.)");
     Ok(())
 }
 
