@@ -161,6 +161,109 @@ pub fn check_file_with(path: &std::path::Path, opener: &crate::io::FileOpener) -
     Ok(report)
 }
 
+/// Checks the VHD on `storage` (read-only; a differencing disk without its
+/// parent): the footer and its copy, the dynamic header, the block table
+/// (every block apart from the structures and from every other block is
+/// checked when it opens), and the file's length. An image that does not
+/// open at all gives its error instead.
+pub fn check_vhd_storage(storage: alloc::boxed::Box<dyn Storage>) -> Result<CheckReport> {
+    use crate::format::vhd::{Footer, VhdType};
+    let mut report = CheckReport::default();
+    let len = storage.len().during("sizing the file", 0)?;
+    let mut head = [0u8; 512];
+    if len >= 512 {
+        storage.read_exact_at(&mut head, 0).during("reading the VHD footer copy", 0)?;
+    }
+    let disk = crate::vhd::VhdDisk::open_storage(storage, false)?;
+    let footer = disk.footer().clone();
+    if let Some(e) = disk.footer_checksum_error() {
+        report.errors.push(format!("{e} (read anyway, read-only; a writable open refuses the file)"));
+    }
+    if disk.used_footer_copy() {
+        report.errors.push(String::from(
+            "the footer at the end of the file is damaged; its copy at offset 0 was read (a crash while a block \
+             was added can leave this)",
+        ));
+    }
+    match footer.disk_type {
+        VhdType::Fixed => {
+            if len != footer.current_size + 512 {
+                report.notes.push(format!(
+                    "the file is {len} bytes, not the {}-byte disk and its footer: the rest is not part of the disk",
+                    footer.current_size
+                ));
+            }
+        }
+        _ => match Footer::parse_with(&head, 0, false) {
+            Ok(copy) if copy != footer => {
+                report.errors.push(String::from("the footer copy at offset 0 differs from the footer at the end"))
+            }
+            Ok(_) => {}
+            Err(e) => report.errors.push(format!("the footer copy at offset 0 is not a footer: {e}")),
+        },
+    }
+    if disk.dynamic_header().is_some() {
+        for run in disk.map()? {
+            if let crate::Extent::Data { file_offset } = run.extent {
+                if file_offset + run.length > len {
+                    report.notes.push(format!(
+                        "the block holding virtual offset {:#x} ends past the end of the file (a crash while it \
+                         was added); what is missing reads as zeros",
+                        run.offset
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    if footer.original_size != footer.current_size {
+        report.notes.push(format!(
+            "the disk was made {} bytes and is now {} bytes (resized)",
+            footer.original_size, footer.current_size
+        ));
+    }
+    Ok(report)
+}
+
+/// Checks the VHD at `path` (see [`check_vhd_storage`]); the errors name
+/// the file.
+#[cfg(feature = "std")]
+pub fn check_vhd_file(path: &std::path::Path) -> Result<CheckReport> {
+    let storage = crate::io::FileStorage::open(path, false)
+        .map_err(|source| crate::Error::opening("open", source, false).in_file(path.display()))?;
+    check_vhd_storage(alloc::boxed::Box::new(storage)).map_err(|e| e.in_file(path.display()))
+}
+
+/// Why Azure would not take the VHD at `path` as an uploaded disk (empty:
+/// it would): Azure takes fixed VHDs whose virtual size is a whole number
+/// of MiB, the file holding exactly the disk and its footer.
+/// `convert --azure` makes such a file.
+#[cfg(feature = "std")]
+pub fn azure_problems(path: &std::path::Path) -> Result<Vec<String>> {
+    use crate::format::vhd::VhdType;
+    let disk = crate::vhd::VhdDisk::open_without_parent(path, false)?;
+    let f = disk.footer();
+    let len =
+        std::fs::metadata(path).map(|m| m.len()).during("sizing the file", 0).map_err(|e| e.in_file(path.display()))?;
+    let mut out = Vec::new();
+    if f.disk_type != VhdType::Fixed {
+        out.push(String::from("Azure takes fixed VHDs only (convert with --type fixed, or --azure)"));
+    }
+    if f.current_size % crate::format::MIB != 0 {
+        out.push(format!(
+            "the virtual size, {} bytes, is not a whole number of MiB (convert with --azure rounds it up)",
+            f.current_size
+        ));
+    }
+    if f.disk_type == VhdType::Fixed && len != f.current_size + 512 {
+        out.push(format!("the file is {len} bytes, not the disk's {} bytes and the 512-byte footer", f.current_size));
+    }
+    if disk.footer_checksum_error().is_some() {
+        out.push(String::from("the footer's checksum is wrong"));
+    }
+    Ok(out)
+}
+
 /// What [`repair_storage`] did, and what a check finds afterwards.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]

@@ -253,6 +253,12 @@ pub struct ConvertOptions {
     /// replaced only once the new image is complete; an image of the
     /// source's chain is refused either way.
     pub overwrite: bool,
+    /// Make a VHD Azure takes as an uploaded disk: fixed, its virtual size
+    /// rounded up to a whole MiB (the added end reads as zeros), the footer
+    /// saying so as Windows writes it (current size = original size, the
+    /// specification's geometry, creator `win ` on `Wi2k`). Only with a VHD
+    /// output.
+    pub azure: bool,
 }
 
 crate::setters!(ConvertOptions {
@@ -265,6 +271,7 @@ crate::setters!(ConvertOptions {
     sync: bool,
     force_share: bool,
     overwrite: bool,
+    azure: bool,
 });
 
 impl Default for ConvertOptions {
@@ -279,6 +286,7 @@ impl Default for ConvertOptions {
             sync: true,
             force_share: false,
             overwrite: false,
+            azure: false,
         }
     }
 }
@@ -293,7 +301,8 @@ pub struct ConvertReport {
     pub output_format: ImageFormat,
     /// The output's type when it is VHDX or VHD.
     pub output_type: Option<crate::DiskType>,
-    /// The virtual size (the raw source's length).
+    /// The output's virtual size: the source's (a raw source's length),
+    /// rounded up to a whole MiB with [`ConvertOptions::azure`].
     pub virtual_size: u64,
     /// Non-zero bytes written.
     pub bytes_written: u64,

@@ -463,6 +463,9 @@ pub struct VhdCreateOptions {
     pub(crate) unique_id: Option<Guid>,
     /// The time stamp, seconds since 2000-01-01 UTC (now with `std` when not given).
     pub(crate) timestamp: Option<u32>,
+    /// Name Windows as the creator (`win ` 10.0 on `Wi2k`), as tools that
+    /// check the footer (Azure's upload) expect; else `vhdx`.
+    pub(crate) windows_creator: bool,
 }
 
 impl VhdCreateOptions {
@@ -474,7 +477,21 @@ impl VhdCreateOptions {
             block_size: crate::format::vhd::DEFAULT_BLOCK_SIZE,
             unique_id: None,
             timestamp: None,
+            windows_creator: false,
         }
+    }
+
+    /// The virtual size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Names Windows as the creator in the footer (`win ` 10.0 on `Wi2k`),
+    /// as Hyper-V's `Convert-VHD` writes it: what tools that check the
+    /// footer, such as Azure's upload, are sure to accept.
+    pub fn as_windows_writes(mut self) -> Self {
+        self.windows_creator = true;
+        self
     }
 
     /// A dynamic disk of `size` bytes.
@@ -522,8 +539,8 @@ fn new_footer(options: &VhdCreateOptions, disk_type: VhdType, data_offset: u64) 
         features: FEATURE_RESERVED,
         data_offset,
         timestamp: time,
-        creator_app: *b"vhdx",
-        creator_version: 0x0001_0000,
+        creator_app: if options.windows_creator { *b"win " } else { *b"vhdx" },
+        creator_version: if options.windows_creator { 0x000A_0000 } else { 0x0001_0000 },
         creator_host: *b"Wi2k",
         original_size: options.size,
         current_size: options.size,

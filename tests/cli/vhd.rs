@@ -40,3 +40,50 @@ fn info_and_convert_handle_a_windows_vhd_chain() {
     let text = String::from_utf8(run(dir, &["info", "ntfs-differential.vhd"]).stdout).unwrap();
     assert!(text.contains("file format:") && text.contains("vhd") && text.contains("not opened"), "{text}");
 }
+
+#[test]
+fn convert_azure_makes_a_fixed_whole_mib_vhd_that_check_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 3,000,064 bytes: neither whole sectors nor whole MiB.
+    let mut raw = crate::common::data::pattern(7, 3_000_064);
+    std::fs::write(d.join("odd.raw"), &raw).unwrap();
+    let out = ok_text(d, &["convert", "odd.raw", "up.vhd", "--azure"]);
+    assert!(out.contains("For Azure"), "{out}");
+    let info = json(d, &["info", "up.vhd", "--json"]);
+    assert_eq!((info["type"].as_str(), info["virtual_size"].as_u64()), (Some("fixed"), Some(3 << 20)));
+    assert_eq!((info["creator"].as_str(), info["original_size"].as_u64()), (Some("win"), Some(3 << 20)));
+    assert_eq!(std::fs::metadata(d.join("up.vhd")).unwrap().len(), (3 << 20) + 512);
+    let check = json(d, &["check", "up.vhd", "--json"]);
+    assert_eq!(check["azure"]["acceptable"], true, "{check}");
+    assert_eq!(check["ok"], true, "{check}");
+    // The content: the source, then zeros up to the whole MiB; QEMU agrees
+    // on both the size and the bytes.
+    raw.resize(3 << 20, 0);
+    ok_text(d, &["convert", "up.vhd", "back.raw"]);
+    assert!(std::fs::read(d.join("back.raw")).unwrap() == raw);
+    if crate::common::qemu::qemu() {
+        let q = d.join("q.raw");
+        crate::common::qemu::qemu_img(&[
+            "convert",
+            "-f",
+            "vpc",
+            "-O",
+            "raw",
+            d.join("up.vhd").to_str().unwrap(),
+            q.to_str().unwrap(),
+        ]);
+        assert!(std::fs::read(&q).unwrap() == raw, "QEMU reads the Azure VHD as written");
+    }
+    // A dynamic VHD of an odd size: check names both reasons, exit status 0
+    // (nothing is damaged).
+    fails(d, &["convert", "odd.raw", "dyn.vhd"], &["odd.raw", "512-byte sector"]);
+    std::fs::write(d.join("sectors.raw"), crate::common::data::pattern(8, 5860 * 512)).unwrap();
+    ok_text(d, &["convert", "sectors.raw", "dyn.vhd"]);
+    let check = json(d, &["check", "dyn.vhd", "--json"]);
+    let problems = check["azure"]["problems"].to_string();
+    assert!(check["azure"]["acceptable"] == false && problems.contains("fixed") && problems.contains("MiB"), "{check}");
+    fails(d, &["convert", "odd.raw", "x.vhdx", "--azure"], &["x.vhdx", "--azure"]);
+    fails(d, &["convert", "odd.raw", "y.vhd", "--azure", "--type", "dynamic"], &["y.vhd", "--azure"]);
+    fails(d, &["check", "up.vhd", "--repair"], &["up.vhd", "VHD"]);
+}

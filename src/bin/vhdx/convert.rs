@@ -56,6 +56,13 @@ pub fn convert(args: &ConvertArgs) -> CliResult {
             dst_path.display()
         )));
     }
+    if args.azure && (out_format != ImageFormat::Vhd || args.disk_type.is_some() || args.block_size.is_some()) {
+        return Err(Failure(format!(
+            "{}: --azure makes a fixed VHD: it takes a VHD output (a .vhd name or --output-format vhd) and no --type \
+             or --block-size",
+            dst_path.display()
+        )));
+    }
     let options = ConvertOptions::default()
         .input_format(Some(in_format))
         .output_format(Some(out_format))
@@ -65,7 +72,8 @@ pub fn convert(args: &ConvertArgs) -> CliResult {
         .physical_sector_size(args.physical_sector_size)
         .sync(!args.no_sync)
         .force_share(args.force_share)
-        .overwrite(args.force);
+        .overwrite(args.force)
+        .azure(args.azure);
     // An existing DST (without --force) and an image of SRC's chain (ever)
     // are refused before any work; DST is replaced only by a complete image.
     let bar = progress_bar(0);
@@ -89,6 +97,12 @@ pub fn convert(args: &ConvertArgs) -> CliResult {
         report.output_kind,
         human(report.bytes_written),
     )?;
+    if args.azure {
+        outln!(
+            "For Azure: a fixed VHD of {} (a whole number of MiB), footer as Windows writes it",
+            human(report.virtual_size)
+        )?;
+    }
     Ok(())
 }
 

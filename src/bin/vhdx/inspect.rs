@@ -224,7 +224,15 @@ pub fn info(args: &InfoArgs) -> CliResult {
 /// (after the repairs, with `--repair`).
 pub fn check(args: &CheckArgs) -> CliResult {
     let path = args.file.as_path();
-    let (report, repairs) = if args.repair {
+    let vhd = crate::vhd::is_vhd(path);
+    if vhd && args.repair {
+        return Err(Failure(format!("{}: --repair takes VHDX images; this is a VHD", path.display())));
+    }
+    // A VHD: its structures, and whether Azure takes it as an uploaded disk.
+    let azure = if vhd { Some(vhdx::check::azure_problems(path).in_file(path)?) } else { None };
+    let (report, repairs) = if vhd {
+        (vhdx::check::check_vhd_file(path).in_file(path)?, Vec::new())
+    } else if args.repair {
         let repaired = vhdx::check::repair_file(path).in_file(path)?;
         (repaired.after, repaired.actions)
     } else {
@@ -240,6 +248,10 @@ pub fn check(args: &CheckArgs) -> CliResult {
         });
         if args.repair {
             value["repairs"] = json!(repairs);
+        }
+        if let Some(problems) = &azure {
+            value["format"] = json!("vhd");
+            value["azure"] = json!({ "acceptable": problems.is_empty(), "problems": problems });
         }
         print_json(&value)?;
     } else {
@@ -259,6 +271,15 @@ pub fn check(args: &CheckArgs) -> CliResult {
             outln!("No errors were found on the image.")?;
         } else {
             outln!("\n{count} error{} found on the image.", if count == 1 { " was" } else { "s were" })?;
+        }
+        match azure.as_deref() {
+            Some([]) => outln!("Azure: acceptable as an uploaded disk (fixed, a whole number of MiB).")?,
+            Some(problems) => {
+                for p in problems {
+                    outln!("Azure: not acceptable: {p}")?;
+                }
+            }
+            None => {}
         }
     }
     if count == 0 {

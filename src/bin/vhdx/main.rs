@@ -288,6 +288,10 @@ pub struct ConvertArgs {
     /// be inconsistent.
     #[arg(short = 'U', long)]
     pub force_share: bool,
+    /// Make a VHD Azure takes as an uploaded disk: fixed, the virtual size
+    /// rounded up to a whole MiB, the footer as Windows writes it.
+    #[arg(long)]
+    pub azure: bool,
 }
 
 /// Arguments of `vhdx map`.

@@ -148,6 +148,13 @@ pub fn convert_with_progress(
     {
         return Err(Error::invalid("a VHD has 512-byte sectors"));
     }
+    if options.azure
+        && (out_format != ImageFormat::Vhd
+            || options.disk_type != crate::DiskType::Dynamic
+            || options.block_size.is_some())
+    {
+        return Err(Error::invalid("--azure makes a fixed VHD: it takes a VHD output and no --type or --block-size"));
+    }
     if options.disk_type == crate::DiskType::Differencing {
         return Err(Error::invalid("convert makes fixed or dynamic images (a differencing source is flattened)"));
     }
@@ -227,12 +234,16 @@ pub fn convert_with_progress(
     }
     let vhd_options = {
         let base = match options.disk_type {
+            _ if options.azure => {
+                VhdCreateOptions::fixed(size.next_multiple_of(crate::format::MIB)).as_windows_writes()
+            }
             crate::DiskType::Fixed => VhdCreateOptions::fixed(size),
             _ => VhdCreateOptions::dynamic(size),
         };
         base.block_size(options.block_size.unwrap_or(crate::format::vhd::DEFAULT_BLOCK_SIZE))
     };
-    if out_format == ImageFormat::Vhd && size % 512 != 0 {
+    let out_size = if out_format == ImageFormat::Vhd { vhd_options.size() } else { size };
+    if out_format == ImageFormat::Vhd && !options.azure && size % 512 != 0 {
         return Err(Error::invalid(alloc::format!(
             "the source's size ({size} bytes) is not a multiple of the VHD's 512-byte sector"
         ))
@@ -268,7 +279,7 @@ pub fn convert_with_progress(
             };
             let written = copy_runs(size, &runs, &mut read, &mut |buf, at| disk.write_at(buf, at), progress)?;
             disk.flush()?;
-            let kind_type = if options.disk_type == crate::DiskType::Fixed {
+            let kind_type = if options.disk_type == crate::DiskType::Fixed || options.azure {
                 crate::DiskType::Fixed
             } else {
                 crate::DiskType::Dynamic
@@ -291,7 +302,7 @@ pub fn convert_with_progress(
         input_format: in_format,
         output_format: out_format,
         output_type,
-        virtual_size: size,
+        virtual_size: out_size,
         bytes_written,
         output_kind,
     })
