@@ -311,3 +311,43 @@ fn the_cli_reports_a_port_it_cannot_bind() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.vhdx"));
 }
+
+#[test]
+fn the_cli_serves_a_vhd_chain_to_qemu() {
+    use vhdx::vhd::{VhdCreateOptions, VhdDisk};
+    if !qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size: u64 = 6 << 20;
+    let base = dir.path().join("base.vhd");
+    let mut b = VhdDisk::create(&base, &VhdCreateOptions::dynamic(size)).unwrap();
+    b.write_at(&pattern(21, 3 << 20), 1 << 20).unwrap();
+    drop(b);
+    // The server tells a VHD by its content; the leaf is a differencing
+    // VHD whose parent it opens.
+    let leaf = dir.path().join("leaf.vhd");
+    drop(VhdDisk::create_differencing(&leaf, &base).unwrap());
+    let model = RawModel::new(dir.path().join("model.raw"), size);
+    let mut m = vec![0u8; size as usize];
+    m[1 << 20..4 << 20].copy_from_slice(&pattern(21, 3 << 20));
+    std::fs::write(&model.path, &m).unwrap();
+    let (mut child, uri, log) = cli_serve(&[leaf.to_str().unwrap()]);
+    let cmds = ["write -P 0x5a 1000 70000", "write -P 0xa5 3145000 2000", "flush"];
+    qemu_io_ok(&[], &uri, &cmds);
+    qemu_io_ok(&[], &model.path.display().to_string(), &cmds);
+    let status = child.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(status.success(), "vhdx serve --once exited with {status}: {log}");
+    let chain = VhdDisk::open(&leaf).unwrap();
+    assert_eq!(sha256_device(&chain), sha256_file(&model.path), "the chain holds what the client wrote");
+    drop(chain);
+    // Read-only: what QEMU reads over NBD is the chain, and the file stays.
+    let before = sha256_file(&leaf);
+    let (mut child, uri, log) = cli_serve(&[leaf.to_str().unwrap(), "--read-only"]);
+    let out = dir.path().join("out.raw");
+    export_to_raw(&uri, &out);
+    assert!(child.wait().unwrap().success(), "{}", log.join().unwrap());
+    assert_files_equal(&out, &model.path);
+    assert_eq!(sha256_file(&leaf), before);
+}

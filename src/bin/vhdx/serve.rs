@@ -22,16 +22,39 @@ use crate::{CliResult, Failure, InFile, ServeArgs};
 /// [--handshake-timeout S] [--idle-timeout S] [--max-connections N] [--max-handshakes N]`.
 pub fn serve(args: &ServeArgs) -> CliResult {
     let path = args.file.as_path();
-    // Writable unless --read-only; a differencing disk opens its chain.
-    let disk = match vhdx::OpenOptions::new().writable(!args.read_only).open(path) {
-        Ok(disk) => disk,
-        Err(e) if !args.read_only && cannot_write(&e) => {
+    let refused = |e: vhdx::Error| -> Failure {
+        if !args.read_only && cannot_write(&e) {
             let message = e.in_file(path.display()).to_string();
-            return Err(Failure(format!("{message}; to serve it without writing, add --read-only")));
+            Failure(format!("{message}; to serve it without writing, add --read-only"))
+        } else {
+            Failure(e.in_file(path.display()).to_string())
         }
-        Err(e) => return Err(e).in_file(path),
     };
+    if crate::vhd::is_vhd(path) {
+        // A VHD (by content): writable unless --read-only, its chain opened.
+        let opened =
+            if args.read_only { vhdx::vhd::VhdDisk::open(path) } else { vhdx::vhd::VhdDisk::open_writable(path) };
+        let disk = opened.map_err(refused)?;
+        let kind = match disk.disk_type() {
+            vhdx::format::vhd::VhdType::Fixed => "fixed",
+            vhdx::format::vhd::VhdType::Differencing => "differencing",
+            _ => "dynamic",
+        };
+        let description = format!("{}: {kind} VHD, {}", path.display(), human_exact(disk.virtual_size()));
+        let mut disk = run(args, disk, description)?;
+        return disk.flush().in_file(path);
+    }
+    // Writable unless --read-only; a differencing disk opens its chain.
+    let disk = vhdx::OpenOptions::new().writable(!args.read_only).open(path).map_err(refused)?;
     let description = format!("{}: {} VHDX, {}", path.display(), disk.disk_type(), human_exact(disk.virtual_size()));
+    let disk = run(args, disk, description)?;
+    disk.close().in_file(path)?;
+    Ok(())
+}
+
+/// Serves `disk` as `args` say until the server stops; gives the disk back.
+fn run<D: vhdx::BlockDevice + Send + Sync + 'static>(args: &ServeArgs, disk: D, description: String) -> CliResult<D> {
+    let path = args.file.as_path();
     // Zero means no limit, as the library reads it.
     let options = vhdx::nbd::ServeOptions::default()
         .description(description)
@@ -45,12 +68,10 @@ pub fn serve(args: &ServeArgs) -> CliResult {
         .map_err(|e| Failure(format!("{}: listening on {}:{}: {e}", path.display(), args.bind, args.port)))?;
     let addr = server.local_addr().map_err(|e| Failure(format!("{}: the listening address: {e}", path.display())))?;
     eprintln!("serving {} on nbd://{addr}/{}", path.display(), if args.read_only { " (read-only)" } else { "" });
-    let disk = server
+    server
         .on_log(|line| eprintln!("{line}"))
         .run()
-        .map_err(|e| Failure(format!("{}: serving on {addr}: {e}", path.display())))?;
-    disk.close().in_file(path)?;
-    Ok(())
+        .map_err(|e| Failure(format!("{}: serving on {addr}: {e}", path.display())))
 }
 
 /// Whether `e` says the file cannot be written (permission, a read-only
