@@ -87,3 +87,45 @@ fn convert_azure_makes_a_fixed_whole_mib_vhd_that_check_accepts() {
     fails(d, &["convert", "odd.raw", "y.vhd", "--azure", "--type", "dynamic"], &["y.vhd", "--azure"]);
     fails(d, &["check", "up.vhd", "--repair"], &["up.vhd", "VHD"]);
 }
+
+#[test]
+fn create_write_and_read_a_vhd_chain_with_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = ok_text(d, &["create", "base.vhd", "--size", "6M"]);
+    assert!(out.contains("dynamic VHD") && out.contains("block size 2 MiB"), "{out}");
+    ok_text(d, &["create", "fixed.vhd", "--size", "6M", "--type", "fixed", "--format", "vhd"]);
+    assert_eq!(std::fs::metadata(d.join("fixed.vhd")).unwrap().len(), (6 << 20) + 512);
+    let mut model = vec![0u8; 6 << 20];
+    crate::common::cli::write(d, "base.vhd", 1000, &crate::common::data::pattern(1, 70000), &mut model);
+    let out = ok_text(d, &["create", "child.vhd", "--parent", "base.vhd"]);
+    assert!(out.contains("differencing VHD over base.vhd"), "{out}");
+    crate::common::cli::write(d, "child.vhd", 4097, &crate::common::data::pattern(2, 5000), &mut model);
+    assert!(crate::common::cli::view(d, "child.vhd") == model, "the chain reads what was written");
+    let info = json(d, &["info", "child.vhd", "--json"]);
+    assert_eq!((info["format"].as_str(), info["parent"].as_str()), (Some("vhd"), Some("base.vhd")));
+    // Chains mix nothing; options a VHD has no use for are refused.
+    fails(d, &["create", "x.vhdx", "--parent", "base.vhd"], &["x.vhdx", "is a VHD"]);
+    ok_text(d, &["create", "v.vhdx", "--size", "6M"]);
+    fails(d, &["create", "y.vhd", "--parent", "v.vhdx"], &["y.vhd", "not a VHD"]);
+    fails(d, &["create", "z.vhd", "--size", "6M", "--physical-sector-size", "4096"], &["z.vhd", "512-byte sectors"]);
+    fails(d, &["create", "w.vhd", "--parent", "base.vhd", "--size", "5M"], &["w.vhd", "parent's size"]);
+    for f in ["x.vhdx", "y.vhd", "z.vhd", "w.vhd"] {
+        assert!(!d.join(f).exists(), "{f} was not made");
+    }
+    if crate::common::qemu::qemu() {
+        let q = d.join("q.raw");
+        crate::common::qemu::qemu_img(&[
+            "convert",
+            "-f",
+            "vpc",
+            "-O",
+            "raw",
+            d.join("base.vhd").to_str().unwrap(),
+            q.to_str().unwrap(),
+        ]);
+        let mut base_model = vec![0u8; 6 << 20];
+        base_model[1000..71000].copy_from_slice(&crate::common::data::pattern(1, 70000));
+        assert!(std::fs::read(&q).unwrap() == base_model, "QEMU reads the base the command wrote");
+    }
+}

@@ -34,6 +34,21 @@ pub fn check_range(path: &Path, offset: u64, len: u64, size: u64) -> CliResult {
 /// `vhdx create FILE --size SIZE [--type …] [--block-size …] [--…-sector-size …]`,
 /// or `vhdx create FILE --parent PARENT [--block-size …]`.
 pub fn create(args: &CreateArgs) -> CliResult {
+    let format = args.format.map(vhdx::ops::convert::ImageFormat::from);
+    match format.unwrap_or_else(|| vhdx::ops::convert::ImageFormat::from_path(&args.file)) {
+        vhdx::ops::convert::ImageFormat::Vhd => return crate::vhd::create(args),
+        vhdx::ops::convert::ImageFormat::Raw if format.is_some() => {
+            return Err(Failure(format!("{}: create makes VHDX or VHD images, not raw", args.file.display())))
+        }
+        _ => {}
+    }
+    if let Some(parent) = args.parent.as_deref().filter(|p| crate::vhd::is_vhd(p)) {
+        return Err(Failure(format!(
+            "{}: the parent {} is a VHD: a VHDX's parent is a VHDX (convert it first, or make a .vhd child)",
+            args.file.display(),
+            parent.display()
+        )));
+    }
     if let Some(parent) = &args.parent {
         return create_differencing(args, parent);
     }
@@ -124,8 +139,13 @@ fn create_differencing(args: &CreateArgs, parent: &Path) -> CliResult {
 /// `vhdx read FILE --offset N --length N`: the bytes to stdout.
 pub fn read(args: &ReadArgs) -> CliResult {
     let path = args.file.as_path();
-    let disk = vhdx::OpenOptions::new().force_share(args.force_share).open(path).in_file(path)?;
-    check_range(path, args.offset, args.length, disk.virtual_size())?;
+    // A VHD (by content) or a VHDX, each with its chain.
+    let disk: Box<dyn vhdx::BlockDevice> = if crate::vhd::is_vhd(path) {
+        Box::new(vhdx::vhd::VhdDisk::open(path).in_file(path)?)
+    } else {
+        Box::new(vhdx::OpenOptions::new().force_share(args.force_share).open(path).in_file(path)?)
+    };
+    check_range(path, args.offset, args.length, disk.capacity())?;
     let mut buf = vec![0u8; args.length.min(CHUNK as u64) as usize];
     let mut out = std::io::stdout().lock();
     let mut done = 0u64;
@@ -174,10 +194,15 @@ pub fn write(args: &WriteArgs) -> CliResult {
         }
         None => (Box::new(std::io::stdin().lock()), String::from("stdin"), None),
     };
-    let mut disk = vhdx::Disk::open_writable(path).in_file(path)?;
+    // A VHD (by content) or a VHDX, each with its chain.
+    let mut disk: Box<dyn vhdx::BlockDevice> = if crate::vhd::is_vhd(path) {
+        Box::new(vhdx::vhd::VhdDisk::open_writable(path).in_file(path)?)
+    } else {
+        Box::new(vhdx::Disk::open_writable(path).in_file(path)?)
+    };
     // Refuse before writing anything when the size is known; stdin is
     // checked chunk by chunk, each check naming the chunk's own length.
-    let size = disk.virtual_size();
+    let size = disk.capacity();
     if let Some(len) = known_len {
         check_range(path, args.offset, len, size)?;
     }
@@ -197,7 +222,9 @@ pub fn write(args: &WriteArgs) -> CliResult {
     if done == 0 {
         check_range(path, args.offset, 0, size)?;
     }
-    disk.close().in_file(path)?;
+    // Durable, and a VHDX's log clean, as a close leaves it (errors reported).
+    disk.checkpoint().in_file(path)?;
+    drop(disk);
     let unit = if done == 1 { "byte" } else { "bytes" };
     outln!("wrote {done} {unit} at offset {} of {}", args.offset, path.display())?;
     Ok(())

@@ -180,6 +180,11 @@ pub struct CreateArgs {
     /// Physical sector size: 512 or 4096 [default: 4096]. Not with --parent.
     #[arg(long)]
     pub physical_sector_size: Option<u32>,
+    /// vhdx or vhd [default: vhd for a .vhd name, else vhdx]. A VHD has
+    /// 512-byte sectors, blocks of 512K to 256M [default 2M], and a VHD
+    /// parent.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
 }
 
 /// Arguments of `vhdx info`.

@@ -158,3 +158,73 @@ pub fn info(args: &InfoArgs) -> CliResult {
 pub fn is_vhd(path: &Path) -> bool {
     vhdx::ops::convert::ImageFormat::detect(path) == vhdx::ops::convert::ImageFormat::Vhd
 }
+
+/// `vhdx create FILE.vhd --size SIZE [--type …] [--block-size …]`, or
+/// `vhdx create FILE.vhd --parent PARENT.vhd`: a VHD (by `--format vhd`
+/// or the name). Chains mix nothing, as in Windows: a VHD's parent is a
+/// VHD.
+pub fn create(args: &crate::CreateArgs) -> CliResult {
+    use vhdx::vhd::VhdCreateOptions;
+    let path = args.file.as_path();
+    if args.logical_sector_size.is_some_and(|s| s != 512) || args.physical_sector_size.is_some() {
+        return Err(crate::Failure(format!(
+            "{}: a VHD has 512-byte sectors: the sector size options apply only to a VHDX",
+            path.display()
+        )));
+    }
+    if let Some(parent) = &args.parent {
+        if args.disk_type.is_some() || args.block_size.is_some() {
+            return Err(crate::Failure(format!(
+                "{}: --type and --block-size cannot be used with --parent: a differencing VHD is dynamic, with 2 MiB \
+                 blocks, as Windows makes them",
+                path.display()
+            )));
+        }
+        if parent.exists() && !is_vhd(parent) {
+            return Err(crate::Failure(format!(
+                "{}: the parent {} is not a VHD: a VHD's parent is a VHD (convert it first)",
+                path.display(),
+                parent.display()
+            )));
+        }
+        if let Some(size) = args.size {
+            // Opened with its own chain: a parent that cannot be read cannot be a parent.
+            let parent_size = VhdDisk::open(parent).in_file(parent)?.virtual_size();
+            if size != parent_size {
+                return Err(crate::Failure(format!(
+                    "{}: --size {size} differs from the virtual size of the parent {} ({parent_size}); a \
+                     differencing disk has its parent's size",
+                    path.display(),
+                    parent.display(),
+                )));
+            }
+        }
+        let disk = VhdDisk::create_differencing(path, parent).in_file(path)?;
+        outln!(
+            "Created {}: differencing VHD over {}, virtual size {}",
+            path.display(),
+            parent.display(),
+            human_exact(disk.virtual_size())
+        )?;
+        return Ok(());
+    }
+    let size = args
+        .size
+        .ok_or_else(|| crate::Failure(format!("{}: --size is required (or --parent PARENT)", path.display())))?;
+    let mut options = match args.disk_type.unwrap_or(crate::TypeArg::Dynamic) {
+        crate::TypeArg::Fixed => VhdCreateOptions::fixed(size),
+        crate::TypeArg::Dynamic => VhdCreateOptions::dynamic(size),
+    };
+    if let Some(bs) = args.block_size {
+        options = options.block_size(crate::data::block_size_arg(path, bs)?);
+    }
+    let disk = VhdDisk::create(path, &options).in_file(path)?;
+    outln!(
+        "Created {}: {} VHD, virtual size {}{}",
+        path.display(),
+        type_name(disk.disk_type()),
+        human_exact(disk.virtual_size()),
+        disk.dynamic_header().map(|h| format!(", block size {}", human_exact(h.block_size as u64))).unwrap_or_default()
+    )?;
+    Ok(())
+}
