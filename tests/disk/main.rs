@@ -12,3 +12,4 @@ mod disk_rules;
 mod model;
 mod model_support;
 mod threads;
+mod vhd_model;
