@@ -171,6 +171,17 @@ if flatten "$chain/chain_leaf.vhdx" "$work/chain.raw"; then
 else
     bad "vhdx2raw chain_leaf.vhdx"
 fi
+# VHDs made through the C ABI: vhdx2raw (vhdx_open tells a VHD by its
+# content) and, below, QEMU's vpc driver read what the C test wrote.
+vhds="$work/run-test_vhd-shared"
+for name in c_vhd_dynamic c_vhd_leaf; do
+    if flatten "$vhds/$name.vhd" "$work/$name.raw"; then
+        same_bytes "$work/$name.raw" "$vhds/$name.expected.raw" \
+            "vhdx2raw of the C-made $name.vhd equals the bytes the C test wrote"
+    else
+        bad "vhdx2raw $name.vhd"
+    fi
+done
 # Sparse output: the zeros are holes.
 apparent="$(stat -c %s "$work/c_dynamic.raw" 2>/dev/null || echo 0)"
 allocated=$(($(stat -c %b "$work/c_dynamic.raw" 2>/dev/null || echo 0) * $(stat -c %B "$work/c_dynamic.raw" 2>/dev/null || echo 0)))
@@ -191,6 +202,13 @@ if have qemu-img "the QEMU cross-checks (qemu-img check and convert)"; then
             cat "$work/out"
         fi
     done
+    # QEMU's vpc driver reads the C-made dynamic VHD (it has no VHD chains).
+    if qemu-img convert -f vpc -O raw "$vhds/c_vhd_dynamic.vhd" "$work/c_vhd_dynamic.qemu.raw"; then
+        same_bytes "$work/c_vhd_dynamic.qemu.raw" "$vhds/c_vhd_dynamic.expected.raw" \
+            "qemu-img convert -f vpc of the C-made c_vhd_dynamic.vhd equals the bytes the C test wrote"
+    else
+        bad "qemu-img convert c_vhd_dynamic.vhd"
+    fi
     # QEMU reads what the C tests wrote.
     for name in c_dynamic c_fixed512; do
         if qemu-img convert -f vhdx -O raw "$images/$name.vhdx" "$work/$name.qemu.raw"; then

@@ -137,13 +137,15 @@
 #define VHDX_DISK_TYPE_DIFFERENCING 2
 
 /**
- * The format of an image for vhdx_convert: chosen from the file's name
- * (`.raw` and `.img` are raw, anything else VHDX).
+ * The format of an image for vhdx_convert: for the source, raw for a
+ * `.raw` or `.img` name and otherwise VHDX or VHD by content; for the
+ * output, from the name (`.raw`/`.img` raw, `.vhd` VHD, anything else
+ * VHDX).
  */
 #define VHDX_FORMAT_AUTO 0
 
 /**
- * Microsoft VHDX.
+ * Microsoft VHDX (also what vhdx_format says of a VHDX handle).
  */
 #define VHDX_FORMAT_VHDX 1
 
@@ -151,6 +153,13 @@
  * Raw: the virtual disk's bytes, nothing else (written as a sparse file).
  */
 #define VHDX_FORMAT_RAW 2
+
+/**
+ * Microsoft VHD, version 1 (also what vhdx_format says of a VHD handle).
+ * As a convert output: fixed or dynamic as `disk_type` says, blocks of
+ * `block_size` (0: 2 MiB), 512-byte sectors.
+ */
+#define VHDX_FORMAT_VHD 3
 
 /**
  * Refuse to merge when other differencing disks (siblings) depend on an
@@ -309,20 +318,21 @@ typedef struct VhdxConvertOptions {
      */
     uint32_t struct_size;
     /**
-     * VHDX_FORMAT_AUTO, VHDX_FORMAT_VHDX or VHDX_FORMAT_RAW.
+     * VHDX_FORMAT_AUTO, VHDX_FORMAT_VHDX, VHDX_FORMAT_RAW or VHDX_FORMAT_VHD.
      */
     int32_t input_format;
     /**
-     * VHDX_FORMAT_AUTO, VHDX_FORMAT_VHDX or VHDX_FORMAT_RAW.
+     * VHDX_FORMAT_AUTO, VHDX_FORMAT_VHDX, VHDX_FORMAT_RAW or VHDX_FORMAT_VHD.
      */
     int32_t output_format;
     /**
-     * For a VHDX output: VHDX_DISK_TYPE_DYNAMIC or VHDX_DISK_TYPE_FIXED.
+     * For a VHDX or VHD output: VHDX_DISK_TYPE_DYNAMIC or VHDX_DISK_TYPE_FIXED.
      */
     int32_t disk_type;
     /**
      * For a VHDX output: the block size, a power of two from 1 MiB to
-     * 256 MiB; 0 for the default (32 MiB).
+     * 256 MiB; 0 for the default (32 MiB). For a dynamic VHD output: 512
+     * KiB to 256 MiB; 0 for 2 MiB.
      */
     uint32_t block_size;
     /**
@@ -802,7 +812,8 @@ extern "C" {
 const char *vhdx_last_error(void);
 
 /**
- * Opens the VHDX image at `path`, read-only or for reading and writing.
+ * Opens the VHDX or VHD image at `path` (told apart by content: see
+ * vhdx_format), read-only or for reading and writing.
  *
  * A differencing disk's parents are found through its parent locator (the
  * relative path first, then the absolute ones) and each must match the
@@ -822,6 +833,67 @@ const char *vhdx_last_error(void);
  * `path` is a NUL-terminated string; `out` points to a writable `VhdxDisk *`.
  */
 int32_t vhdx_open(const char *path, bool writable, struct VhdxDisk **out);
+
+/**
+ * The format of the image `disk` holds: VHDX_FORMAT_VHDX or
+ * VHDX_FORMAT_VHD, or a negative status (a NULL `disk`). vhdx_open tells
+ * them apart by content; vhdx_read_at, vhdx_write_at, vhdx_flush, the size
+ * and type queries, vhdx_info and the chain queries take both, and the
+ * operations built on VHDX structures (resize, discard, compact, merge,
+ * set-parent, change set, repair) give VHDX_ERR_UNSUPPORTED for a VHD.
+ *
+ * Ownership: nothing changes hands.
+ * Thread safety: may run in parallel with reads and queries on the same handle.
+ *
+ * # Safety
+ * `disk` is NULL or a live handle.
+ */
+int32_t vhdx_format(const struct VhdxDisk *disk);
+
+/**
+ * Creates a VHD (version 1) at `path` (which must not exist) and opens it
+ * for writing: fixed when `fixed` (the file is the disk's bytes then a
+ * 512-byte footer), else dynamic with blocks of `block_size` bytes (a power
+ * of two from 512 KiB to 256 MiB, or 0 for 2 MiB, as Windows makes them).
+ * `virtual_size` is a non-zero multiple of 512, at most 2040 GiB. Bad
+ * values give VHDX_ERR_INVALID_ARGUMENT; an existing file VHDX_ERR_IO.
+ *
+ * On success stores a new handle in `*out` (vhdx_format says
+ * VHDX_FORMAT_VHD); on failure stores NULL and removes any partly written
+ * file.
+ *
+ * Ownership: the caller owns the new handle and releases it with vhdx_close.
+ * Thread safety: safe from any thread.
+ *
+ * # Safety
+ * `path` is a NUL-terminated string; `out` points to a writable `VhdxDisk *`.
+ */
+int32_t vhdx_create_vhd(const char *path,
+                        bool fixed,
+                        uint64_t virtual_size,
+                        uint32_t block_size,
+                        struct VhdxDisk **out);
+
+/**
+ * Creates a differencing VHD at `path` (which must not exist) over the VHD
+ * at `parent_path` (a VHD's parent is a VHD: a VHDX parent gives
+ * VHDX_ERR_CORRUPT, not a VHD), and opens it for writing with the parent
+ * open read-only inside it. The child records the parent's unique ID and
+ * its relative (W2ru) and absolute (W2ku) paths, as Windows does.
+ *
+ * On success stores a new handle in `*out`; on failure stores NULL and
+ * removes any partly written file.
+ *
+ * Ownership: the caller owns the new handle and releases it with vhdx_close.
+ * Thread safety: safe from any thread.
+ *
+ * # Safety
+ * `path` and `parent_path` are NUL-terminated strings; `out` points to a
+ * writable `VhdxDisk *`.
+ */
+int32_t vhdx_create_vhd_differencing(const char *path,
+                                     const char *parent_path,
+                                     struct VhdxDisk **out);
 
 /**
  * Creates a fixed VHDX image at `path` (which must not exist; every block is
@@ -1194,10 +1266,12 @@ int32_t vhdx_convert(const char *src_path,
 int32_t vhdx_open_options_init(struct VhdxOpenOptions *options, size_t struct_size);
 
 /**
- * Opens the VHDX image at `path` as `options` says (NULL: as vhdx_open
- * read-only): writable or not, and for a differencing image, its parent
- * found through the locator, confined to search directories, through a
- * resolver callback, given as an open handle, or not opened at all.
+ * Opens the VHDX or VHD image at `path` (told apart by content) as
+ * `options` says (NULL: as vhdx_open read-only): writable or not, and for
+ * a differencing image, its parent found through the locator, confined to
+ * search directories, through a resolver callback, given as an open
+ * handle, or not opened at all. A VHD takes `writable` and
+ * `without_parent`; the other choices give VHDX_ERR_UNSUPPORTED for it.
  *
  * On success stores a new handle in `*out`; on failure stores NULL and
  * returns a negative status (see vhdx_open).

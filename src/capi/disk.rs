@@ -9,7 +9,9 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use super::error::{Failure, FfiResult, VHDX_ERR_PANIC, VHDX_OK};
 use super::ptr::{bytes_arg, bytes_mut_arg, clear_out, disk_arg, out_struct, set_out, SizedStruct};
 use super::strings::{copy_out, path_arg};
-use crate::{CreateOptions, Disk, DiskType, Error, OpenOptions};
+use crate::format::vhd::VhdType;
+use crate::vhd::VhdDisk;
+use crate::{BlockDevice, CreateOptions, Disk, DiskType, Error, OpenOptions};
 
 /// A fixed disk: every block allocated when the image was created.
 pub const VHDX_DISK_TYPE_FIXED: i32 = 0;
@@ -27,23 +29,93 @@ pub const VHDX_DISK_TYPE_DIFFERENCING: i32 = 2;
 /// in parallel, while vhdx_write_at and vhdx_flush run one at a time and
 /// exclude reads. Only vhdx_close must not overlap any other call on it.
 pub struct VhdxDisk {
-    disk: RwLock<Disk>,
+    disk: RwLock<Held>,
     /// The file's path, or the name given for callback storage: for messages.
     name: Option<String>,
 }
 
+/// What a handle holds: a VHDX disk, or a VHD one (vhdx_format tells them
+/// apart). Reads, writes, flushes, sizes and the chain take either; the
+/// operations built on VHDX structures (resize, compact, merge, ...) give
+/// VHDX_ERR_UNSUPPORTED for a VHD.
+// One per handle, which is itself boxed: the size of the smaller variant
+// costs nothing worth an extra indirection on every read.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Held {
+    Vhdx(Disk),
+    Vhd(VhdDisk),
+}
+
+impl Held {
+    /// Either disk as a block device.
+    pub(crate) fn device(&self) -> &dyn BlockDevice {
+        match self {
+            Held::Vhdx(d) => d,
+            Held::Vhd(d) => d,
+        }
+    }
+
+    /// Either disk as a block device, for writing.
+    pub(crate) fn device_mut(&mut self) -> &mut dyn BlockDevice {
+        match self {
+            Held::Vhdx(d) => d,
+            Held::Vhd(d) => d,
+        }
+    }
+
+    /// The VHDX disk, or VHDX_ERR_UNSUPPORTED naming `what` for a VHD.
+    pub(crate) fn vhdx(&self, what: &str) -> FfiResult<&Disk> {
+        match self {
+            Held::Vhdx(d) => Ok(d),
+            Held::Vhd(_) => Err(vhd_unsupported(what)),
+        }
+    }
+
+    /// [`Held::vhdx`], for changing it.
+    pub(crate) fn vhdx_mut(&mut self, what: &str) -> FfiResult<&mut Disk> {
+        match self {
+            Held::Vhdx(d) => Ok(d),
+            Held::Vhd(_) => Err(vhd_unsupported(what)),
+        }
+    }
+
+    /// The paths of the chain, leaf first ("?" for an image without one).
+    pub(crate) fn chain_paths(&self) -> alloc::vec::Vec<String> {
+        match self {
+            Held::Vhdx(d) => d.chain_paths(),
+            Held::Vhd(d) => {
+                let mut out = alloc::vec::Vec::new();
+                let mut level = Some(d);
+                while let Some(l) = level {
+                    out.push(String::from(l.path().unwrap_or("?")));
+                    level = l.parent();
+                }
+                out
+            }
+        }
+    }
+}
+
+fn vhd_unsupported(what: &str) -> Failure {
+    Failure::from(Error::unsupported("VHD", 0, format!("{what} takes a VHDX image; this handle holds a VHD")))
+}
+
 impl VhdxDisk {
     pub(crate) fn new(disk: Disk, name: Option<String>) -> VhdxDisk {
-        VhdxDisk { disk: RwLock::new(disk), name }
+        VhdxDisk { disk: RwLock::new(Held::Vhdx(disk)), name }
+    }
+
+    pub(crate) fn new_vhd(disk: VhdDisk, name: Option<String>) -> VhdxDisk {
+        VhdxDisk { disk: RwLock::new(Held::Vhd(disk)), name }
     }
 
     /// The disk, shared.
-    pub(crate) fn read(&self) -> FfiResult<RwLockReadGuard<'_, Disk>> {
+    pub(crate) fn read(&self) -> FfiResult<RwLockReadGuard<'_, Held>> {
         self.disk.read().map_err(|_| poisoned())
     }
 
     /// The disk, exclusively.
-    pub(crate) fn write(&self) -> FfiResult<RwLockWriteGuard<'_, Disk>> {
+    pub(crate) fn write(&self) -> FfiResult<RwLockWriteGuard<'_, Held>> {
         self.disk.write().map_err(|_| poisoned())
     }
 
@@ -55,9 +127,12 @@ impl VhdxDisk {
         }
     }
 
-    /// The disk itself, for handing it on (as a parent).
-    pub(crate) fn into_disk(self) -> Disk {
-        self.disk.into_inner().unwrap_or_else(|p| p.into_inner())
+    /// The VHDX disk itself, for handing it on (as a parent).
+    pub(crate) fn into_disk(self, what: &str) -> FfiResult<Disk> {
+        match self.disk.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Held::Vhdx(d) => Ok(d),
+            Held::Vhd(_) => Err(vhd_unsupported(what)),
+        }
     }
 
     /// The handle for C: ownership passes to the caller.
@@ -70,6 +145,60 @@ fn poisoned() -> Failure {
     Failure {
         status: VHDX_ERR_PANIC,
         message: String::from("an earlier call failed inside libvhdx while changing this disk; close the handle"),
+    }
+}
+
+/// A VHD's type as the VHDX_DISK_TYPE_* codes say it.
+pub(crate) fn vhd_type_code(t: VhdType) -> i32 {
+    match t {
+        VhdType::Fixed => VHDX_DISK_TYPE_FIXED,
+        VhdType::Differencing => VHDX_DISK_TYPE_DIFFERENCING,
+        _ => VHDX_DISK_TYPE_DYNAMIC,
+    }
+}
+
+/// vhdx_info's answer for a VHD: sizes, type, blocks and chain; the GUIDs a
+/// VHD does not have are zero, and its unique ID stands for the virtual disk
+/// ID (a child's parent unique ID for the linkage).
+fn vhd_info(v: &VhdDisk) -> VhdxInfo {
+    let header = v.dynamic_header();
+    let map = v.map().unwrap_or_default();
+    let bs = header.map_or(0, |h| h.block_size as u64);
+    let total = if bs == 0 { 0 } else { v.virtual_size().div_ceil(bs) };
+    let allocated = (0..total)
+        .filter(|&b| {
+            map.iter().any(|e| {
+                matches!(e.extent, crate::Extent::Data { .. })
+                    && e.offset < (b + 1) * bs
+                    && b * bs < e.offset + e.length
+            })
+        })
+        .count() as u64;
+    let mut chain = 0u32;
+    let mut level = Some(v);
+    while let Some(l) = level {
+        chain += 1;
+        level = l.parent();
+    }
+    let linkage = header.filter(|_| v.disk_type() == VhdType::Differencing).map(|h| h.parent_unique_id);
+    VhdxInfo {
+        struct_size: 0,
+        disk_type: vhd_type_code(v.disk_type()),
+        logical_sector_size: 512,
+        physical_sector_size: 512,
+        block_size: bs as u32,
+        virtual_size: v.virtual_size(),
+        file_size: 0,
+        allocated_blocks: allocated,
+        total_blocks: total,
+        chain_length: chain,
+        writable: BlockDevice::is_writable(v),
+        log_replayed: false,
+        has_parent_linkage: linkage.is_some(),
+        virtual_disk_id: v.footer().unique_id.into_bytes(),
+        data_write_guid: [0; 16],
+        file_write_guid: [0; 16],
+        parent_linkage: linkage.map(|g| g.into_bytes()).unwrap_or_default(),
     }
 }
 
@@ -98,7 +227,8 @@ pub(crate) fn create_options(
     o
 }
 
-/// Opens the VHDX image at `path`, read-only or for reading and writing.
+/// Opens the VHDX or VHD image at `path` (told apart by content: see
+/// vhdx_format), read-only or for reading and writing.
 ///
 /// A differencing disk's parents are found through its parent locator (the
 /// relative path first, then the absolute ones) and each must match the
@@ -123,9 +253,116 @@ pub unsafe extern "C" fn vhdx_open(path: *const c_char, writable: bool, out: *mu
         unsafe { clear_out("vhdx_open", out)? };
         // SAFETY: as above.
         let path = unsafe { path_arg("vhdx_open", "path", path)? };
-        let disk = OpenOptions::new().writable(writable).open(&path)?;
+        let name = Some(path.display().to_string());
+        let handle = if crate::ops::convert::ImageFormat::detect(&path) == crate::ops::convert::ImageFormat::Vhd {
+            let disk = if writable { VhdDisk::open_writable(&path)? } else { VhdDisk::open(&path)? };
+            VhdxDisk::new_vhd(disk, name)
+        } else {
+            VhdxDisk::new(OpenOptions::new().writable(writable).open(&path)?, name)
+        };
         // SAFETY: checked by clear_out.
-        unsafe { set_out(out, VhdxDisk::new(disk, Some(path.display().to_string()))) }
+        unsafe { set_out(out, handle) }
+    })
+}
+
+/// The format of the image `disk` holds: VHDX_FORMAT_VHDX or
+/// VHDX_FORMAT_VHD, or a negative status (a NULL `disk`). vhdx_open tells
+/// them apart by content; vhdx_read_at, vhdx_write_at, vhdx_flush, the size
+/// and type queries, vhdx_info and the chain queries take both, and the
+/// operations built on VHDX structures (resize, discard, compact, merge,
+/// set-parent, change set, repair) give VHDX_ERR_UNSUPPORTED for a VHD.
+///
+/// Ownership: nothing changes hands.
+/// Thread safety: may run in parallel with reads and queries on the same handle.
+///
+/// # Safety
+/// `disk` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_format(disk: *const VhdxDisk) -> i32 {
+    ffi!("vhdx_format", {
+        // SAFETY: the caller promises NULL or a live handle.
+        let d = unsafe { disk_arg("vhdx_format", disk)? };
+        Ok(match &*d.read()? {
+            Held::Vhdx(_) => super::maintain::VHDX_FORMAT_VHDX,
+            Held::Vhd(_) => super::maintain::VHDX_FORMAT_VHD,
+        })
+    })
+}
+
+/// Creates a VHD (version 1) at `path` (which must not exist) and opens it
+/// for writing: fixed when `fixed` (the file is the disk's bytes then a
+/// 512-byte footer), else dynamic with blocks of `block_size` bytes (a power
+/// of two from 512 KiB to 256 MiB, or 0 for 2 MiB, as Windows makes them).
+/// `virtual_size` is a non-zero multiple of 512, at most 2040 GiB. Bad
+/// values give VHDX_ERR_INVALID_ARGUMENT; an existing file VHDX_ERR_IO.
+///
+/// On success stores a new handle in `*out` (vhdx_format says
+/// VHDX_FORMAT_VHD); on failure stores NULL and removes any partly written
+/// file.
+///
+/// Ownership: the caller owns the new handle and releases it with vhdx_close.
+/// Thread safety: safe from any thread.
+///
+/// # Safety
+/// `path` is a NUL-terminated string; `out` points to a writable `VhdxDisk *`.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_create_vhd(
+    path: *const c_char,
+    fixed: bool,
+    virtual_size: u64,
+    block_size: u32,
+    out: *mut *mut VhdxDisk,
+) -> i32 {
+    ffi!("vhdx_create_vhd", {
+        // SAFETY: the caller's promises on `out` and `path`.
+        unsafe { clear_out("vhdx_create_vhd", out)? };
+        // SAFETY: as above.
+        let path = unsafe { path_arg("vhdx_create_vhd", "path", path)? };
+        let mut options = if fixed {
+            crate::vhd::VhdCreateOptions::fixed(virtual_size)
+        } else {
+            crate::vhd::VhdCreateOptions::dynamic(virtual_size)
+        };
+        if block_size != 0 {
+            options = options.block_size(block_size);
+        }
+        let disk = VhdDisk::create(&path, &options)?;
+        // SAFETY: checked by clear_out.
+        unsafe { set_out(out, VhdxDisk::new_vhd(disk, Some(path.display().to_string()))) }
+    })
+}
+
+/// Creates a differencing VHD at `path` (which must not exist) over the VHD
+/// at `parent_path` (a VHD's parent is a VHD: a VHDX parent gives
+/// VHDX_ERR_CORRUPT, not a VHD), and opens it for writing with the parent
+/// open read-only inside it. The child records the parent's unique ID and
+/// its relative (W2ru) and absolute (W2ku) paths, as Windows does.
+///
+/// On success stores a new handle in `*out`; on failure stores NULL and
+/// removes any partly written file.
+///
+/// Ownership: the caller owns the new handle and releases it with vhdx_close.
+/// Thread safety: safe from any thread.
+///
+/// # Safety
+/// `path` and `parent_path` are NUL-terminated strings; `out` points to a
+/// writable `VhdxDisk *`.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_create_vhd_differencing(
+    path: *const c_char,
+    parent_path: *const c_char,
+    out: *mut *mut VhdxDisk,
+) -> i32 {
+    ffi!("vhdx_create_vhd_differencing", {
+        // SAFETY: the caller's promises on `out`, `path` and `parent_path`.
+        unsafe { clear_out("vhdx_create_vhd_differencing", out)? };
+        // SAFETY: as above.
+        let path = unsafe { path_arg("vhdx_create_vhd_differencing", "path", path)? };
+        // SAFETY: as above.
+        let parent = unsafe { path_arg("vhdx_create_vhd_differencing", "parent_path", parent_path)? };
+        let disk = VhdDisk::create_differencing(&path, &parent)?;
+        // SAFETY: checked by clear_out.
+        unsafe { set_out(out, VhdxDisk::new_vhd(disk, Some(path.display().to_string()))) }
     })
 }
 
@@ -256,7 +493,7 @@ pub unsafe extern "C" fn vhdx_virtual_size(disk: *const VhdxDisk) -> u64 {
     ffi!("vhdx_virtual_size", {
         // SAFETY: the caller promises NULL or a live handle.
         let d = unsafe { disk_arg("vhdx_virtual_size", disk)? };
-        Ok(d.read()?.virtual_size())
+        Ok(d.read()?.device().capacity())
     })
 }
 
@@ -273,7 +510,7 @@ pub unsafe extern "C" fn vhdx_logical_sector_size(disk: *const VhdxDisk) -> u32 
     ffi!("vhdx_logical_sector_size", {
         // SAFETY: the caller promises NULL or a live handle.
         let d = unsafe { disk_arg("vhdx_logical_sector_size", disk)? };
-        Ok(d.read()?.logical_sector_size())
+        Ok(d.read()?.device().sector_size())
     })
 }
 
@@ -290,7 +527,10 @@ pub unsafe extern "C" fn vhdx_disk_type(disk: *const VhdxDisk) -> i32 {
     ffi!("vhdx_disk_type", {
         // SAFETY: the caller promises NULL or a live handle.
         let d = unsafe { disk_arg("vhdx_disk_type", disk)? };
-        Ok(type_code(d.read()?.disk_type()))
+        Ok(match &*d.read()? {
+            Held::Vhdx(x) => type_code(x.disk_type()),
+            Held::Vhd(v) => vhd_type_code(v.disk_type()),
+        })
     })
 }
 
@@ -315,7 +555,7 @@ pub unsafe extern "C" fn vhdx_read_at(disk: *const VhdxDisk, offset: u64, buf: *
         // SAFETY: the caller promises `len` writable bytes at `buf` that
         // nothing else touches during the call.
         let slice = unsafe { bytes_mut_arg("vhdx_read_at", "buf", buf.cast::<u8>(), len)? };
-        d.read()?.read_at(slice, offset).map_err(|e| d.fail(e))?;
+        d.read()?.device().read_at(slice, offset).map_err(|e| d.fail(e))?;
         Ok(VHDX_OK)
     })
 }
@@ -343,7 +583,7 @@ pub unsafe extern "C" fn vhdx_write_at(disk: *mut VhdxDisk, offset: u64, buf: *c
         // SAFETY: the caller promises `len` readable bytes at `buf` that stay
         // unchanged during the call.
         let slice = unsafe { bytes_arg("vhdx_write_at", "buf", buf.cast::<u8>(), len)? };
-        d.write()?.write_at(slice, offset).map_err(|e| d.fail(e))?;
+        d.write()?.device_mut().write_at(slice, offset).map_err(|e| d.fail(e))?;
         Ok(VHDX_OK)
     })
 }
@@ -362,7 +602,7 @@ pub unsafe extern "C" fn vhdx_flush(disk: *mut VhdxDisk) -> i32 {
     ffi!("vhdx_flush", {
         // SAFETY: the caller promises NULL or a live handle.
         let d = unsafe { disk_arg("vhdx_flush", disk)? };
-        d.write()?.flush().map_err(|e| d.fail(e))?;
+        d.write()?.device_mut().flush().map_err(|e| d.fail(e))?;
         Ok(VHDX_OK)
     })
 }
@@ -386,8 +626,11 @@ pub unsafe extern "C" fn vhdx_close_checked(disk: *mut VhdxDisk) -> i32 {
         // SAFETY: a live handle made by Box::into_raw; the caller gives it up.
         let handle = unsafe { Box::from_raw(disk) };
         let VhdxDisk { disk, name } = *handle;
-        let disk = disk.into_inner().map_err(|_| poisoned())?;
-        disk.close().map_err(|e| match &name {
+        let closed = match disk.into_inner().map_err(|_| poisoned())? {
+            Held::Vhdx(disk) => disk.close(),
+            Held::Vhd(mut disk) => disk.flush(),
+        };
+        closed.map_err(|e| match &name {
             Some(n) => Failure::from(e.in_file(n)),
             None => Failure::from(e),
         })?;
@@ -487,7 +730,13 @@ pub unsafe extern "C" fn vhdx_info(disk: *const VhdxDisk, info: *mut VhdxInfo) -
         // SAFETY: the caller promises NULL or `struct_size` writable bytes.
         let info =
             unsafe { out_struct("vhdx_info", "info", info)? }.ok_or_else(|| Failure::null("vhdx_info", "info"))?;
-        let guard = d.read()?;
+        let held = d.read()?;
+        if let Held::Vhd(v) = &*held {
+            let value = vhd_info(v);
+            info.write(&value);
+            return Ok(VHDX_OK);
+        }
+        let guard = held.vhdx("vhdx_info")?;
         let i = guard.info();
         let to_disk = crate::format::guid::to_disk;
         let linkage = guard.parent_locator().and_then(|l| l.parent_linkage());

@@ -40,7 +40,7 @@ pub unsafe extern "C" fn vhdx_resize(disk: *mut VhdxDisk, new_size: u64, allow_s
     ffi!("vhdx_resize", {
         // SAFETY: the caller promises NULL or a live handle.
         let d = unsafe { disk_arg("vhdx_resize", disk)? };
-        d.write()?.resize(new_size, allow_shrink).map_err(|e| d.fail(e))?;
+        d.write()?.vhdx_mut("vhdx_resize")?.resize(new_size, allow_shrink).map_err(|e| d.fail(e))?;
         Ok(VHDX_OK)
     })
 }
@@ -68,7 +68,7 @@ pub unsafe extern "C" fn vhdx_discard(disk: *mut VhdxDisk, offset: u64, len: u64
     ffi!("vhdx_discard", {
         // SAFETY: the caller promises NULL or a live handle.
         let d = unsafe { disk_arg("vhdx_discard", disk)? };
-        d.write()?.discard(offset, len).map_err(|e| d.fail(e))?;
+        d.write()?.vhdx_mut("vhdx_discard")?.discard(offset, len).map_err(|e| d.fail(e))?;
         Ok(VHDX_OK)
     })
 }
@@ -127,7 +127,7 @@ pub unsafe extern "C" fn vhdx_compact(disk: *mut VhdxDisk, report: *mut VhdxComp
         let d = unsafe { disk_arg("vhdx_compact", disk)? };
         // SAFETY: the caller promises NULL or `struct_size` writable bytes.
         let report = unsafe { out_struct("vhdx_compact", "report", report)? };
-        let r = d.write()?.compact().map_err(|e| d.fail(e))?;
+        let r = d.write()?.vhdx_mut("vhdx_compact")?.compact().map_err(|e| d.fail(e))?;
         if let Some(report) = report {
             let value = VhdxCompactReport {
                 struct_size: 0,
@@ -144,13 +144,19 @@ pub unsafe extern "C" fn vhdx_compact(disk: *mut VhdxDisk, report: *mut VhdxComp
     })
 }
 
-/// The format of an image for vhdx_convert: chosen from the file's name
-/// (`.raw` and `.img` are raw, anything else VHDX).
+/// The format of an image for vhdx_convert: for the source, raw for a
+/// `.raw` or `.img` name and otherwise VHDX or VHD by content; for the
+/// output, from the name (`.raw`/`.img` raw, `.vhd` VHD, anything else
+/// VHDX).
 pub const VHDX_FORMAT_AUTO: i32 = 0;
-/// Microsoft VHDX.
+/// Microsoft VHDX (also what vhdx_format says of a VHDX handle).
 pub const VHDX_FORMAT_VHDX: i32 = 1;
 /// Raw: the virtual disk's bytes, nothing else (written as a sparse file).
 pub const VHDX_FORMAT_RAW: i32 = 2;
+/// Microsoft VHD, version 1 (also what vhdx_format says of a VHD handle).
+/// As a convert output: fixed or dynamic as `disk_type` says, blocks of
+/// `block_size` (0: 2 MiB), 512-byte sectors.
+pub const VHDX_FORMAT_VHD: i32 = 3;
 
 /// Options of vhdx_convert. Initialise with
 /// `vhdx_convert_options_init(&options, sizeof options)` (formats from the
@@ -160,14 +166,15 @@ pub const VHDX_FORMAT_RAW: i32 = 2;
 pub struct VhdxConvertOptions {
     /// sizeof(VhdxConvertOptions), set by vhdx_convert_options_init.
     pub struct_size: u32,
-    /// VHDX_FORMAT_AUTO, VHDX_FORMAT_VHDX or VHDX_FORMAT_RAW.
+    /// VHDX_FORMAT_AUTO, VHDX_FORMAT_VHDX, VHDX_FORMAT_RAW or VHDX_FORMAT_VHD.
     pub input_format: i32,
-    /// VHDX_FORMAT_AUTO, VHDX_FORMAT_VHDX or VHDX_FORMAT_RAW.
+    /// VHDX_FORMAT_AUTO, VHDX_FORMAT_VHDX, VHDX_FORMAT_RAW or VHDX_FORMAT_VHD.
     pub output_format: i32,
-    /// For a VHDX output: VHDX_DISK_TYPE_DYNAMIC or VHDX_DISK_TYPE_FIXED.
+    /// For a VHDX or VHD output: VHDX_DISK_TYPE_DYNAMIC or VHDX_DISK_TYPE_FIXED.
     pub disk_type: i32,
     /// For a VHDX output: the block size, a power of two from 1 MiB to
-    /// 256 MiB; 0 for the default (32 MiB).
+    /// 256 MiB; 0 for the default (32 MiB). For a dynamic VHD output: 512
+    /// KiB to 256 MiB; 0 for 2 MiB.
     pub block_size: u32,
     /// For a VHDX output: 512 or 4096; 0 for the source's (512 for raw).
     pub logical_sector_size: u32,
@@ -241,9 +248,10 @@ fn format_arg(function: &str, what: &str, code: i32) -> FfiResult<Option<ImageFo
         VHDX_FORMAT_AUTO => Ok(None),
         VHDX_FORMAT_VHDX => Ok(Some(ImageFormat::Vhdx)),
         VHDX_FORMAT_RAW => Ok(Some(ImageFormat::Raw)),
-        other => {
-            Err(Failure::invalid(alloc::format!("{function}: {what} is {other}, not VHDX_FORMAT_AUTO, _VHDX or _RAW")))
-        }
+        VHDX_FORMAT_VHD => Ok(Some(ImageFormat::Vhd)),
+        other => Err(Failure::invalid(alloc::format!(
+            "{function}: {what} is {other}, not VHDX_FORMAT_AUTO, _VHDX, _RAW or _VHD"
+        ))),
     }
 }
 

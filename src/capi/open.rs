@@ -103,6 +103,10 @@ pub unsafe extern "C" fn vhdx_open_options_init(options: *mut VhdxOpenOptions, s
 pub(crate) struct ParsedOptions {
     pub(crate) options: OpenOptions,
     pub(crate) writable: bool,
+    /// For a VHD: opened without its parent; or the option a VHD does not
+    /// take (a parent handle, a resolver, search directories, force_share).
+    pub(crate) vhd_alone: bool,
+    pub(crate) vhd_refused: Option<&'static str>,
 }
 
 /// Reads `options` (NULL = defaults), taking ownership of `options->parent`
@@ -119,7 +123,7 @@ pub(crate) unsafe fn open_options(function: &str, options: *const VhdxOpenOption
         None
     } else {
         // SAFETY: a live handle made by Box::into_raw, which the caller gives up.
-        Some(unsafe { Box::from_raw(o.parent) }.into_disk())
+        Some(unsafe { Box::from_raw(o.parent) }.into_disk(function)?)
     };
     let choices = [o.without_parent, parent.is_some(), o.resolve_parent.is_some(), o.parent_search_dir_count > 0];
     if choices.iter().filter(|&&c| c).count() > 1 {
@@ -140,13 +144,26 @@ pub(crate) unsafe fn open_options(function: &str, options: *const VhdxOpenOption
             unsafe { path_list_arg(function, "parent_search_dirs", o.parent_search_dirs, o.parent_search_dir_count)? };
         options = options.parent_search_dirs(dirs);
     }
-    Ok(ParsedOptions { options, writable: o.writable })
+    let vhd_refused = if !o.parent.is_null() {
+        Some("parent")
+    } else if o.resolve_parent.is_some() {
+        Some("resolve_parent")
+    } else if o.parent_search_dir_count > 0 {
+        Some("parent_search_dirs")
+    } else if o.force_share {
+        Some("force_share")
+    } else {
+        None
+    };
+    Ok(ParsedOptions { options, writable: o.writable, vhd_alone: o.without_parent, vhd_refused })
 }
 
-/// Opens the VHDX image at `path` as `options` says (NULL: as vhdx_open
-/// read-only): writable or not, and for a differencing image, its parent
-/// found through the locator, confined to search directories, through a
-/// resolver callback, given as an open handle, or not opened at all.
+/// Opens the VHDX or VHD image at `path` (told apart by content) as
+/// `options` says (NULL: as vhdx_open read-only): writable or not, and for
+/// a differencing image, its parent found through the locator, confined to
+/// search directories, through a resolver callback, given as an open
+/// handle, or not opened at all. A VHD takes `writable` and
+/// `without_parent`; the other choices give VHDX_ERR_UNSUPPORTED for it.
 ///
 /// On success stores a new handle in `*out`; on failure stores NULL and
 /// returns a negative status (see vhdx_open).
@@ -176,8 +193,27 @@ pub unsafe extern "C" fn vhdx_open_with(
         let opts = opts?;
         // SAFETY: the caller's promise on `path`.
         let path = unsafe { path_arg(F, "path", path)? };
+        let name = Some(path.display().to_string());
+        if crate::ops::convert::ImageFormat::detect(&path) == crate::ops::convert::ImageFormat::Vhd {
+            if let Some(option) = opts.vhd_refused {
+                return Err(Failure::from(crate::Error::unsupported(
+                    "VHD",
+                    0,
+                    format!("{F}: the option {option} applies to VHDX images; {} is a VHD", path.display()),
+                )));
+            }
+            let disk = if opts.vhd_alone {
+                crate::vhd::VhdDisk::open_without_parent(&path, opts.writable)?
+            } else if opts.writable {
+                crate::vhd::VhdDisk::open_writable(&path)?
+            } else {
+                crate::vhd::VhdDisk::open(&path)?
+            };
+            // SAFETY: checked by clear_out.
+            return unsafe { set_out(out, VhdxDisk::new_vhd(disk, name)) };
+        }
         let disk = opts.options.open(&path)?;
         // SAFETY: checked by clear_out.
-        unsafe { set_out(out, VhdxDisk::new(disk, Some(path.display().to_string()))) }
+        unsafe { set_out(out, VhdxDisk::new(disk, name)) }
     })
 }

@@ -65,7 +65,7 @@ pub unsafe extern "C" fn vhdx_change_set(
             return Err(Failure::null("vhdx_change_set", "count"));
         }
         array_out_arg("vhdx_change_set", "ranges", ranges, cap, "cap")?;
-        let set = d.read()?.change_set().map_err(|e| d.fail(e))?;
+        let set = d.read()?.vhdx("vhdx_change_set")?.change_set().map_err(|e| d.fail(e))?;
         // SAFETY: checked above; the caller promises `cap` writable entries.
         unsafe { fill_array(ranges, cap, set.iter().map(|&(offset, length)| VhdxRange { offset, length })) };
         // SAFETY: non-NULL, and the caller promises a writable size_t.

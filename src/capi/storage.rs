@@ -411,7 +411,8 @@ pub unsafe extern "C" fn vhdx_import_raw(
         let d = unsafe { super::ptr::disk_arg(F, disk)? };
         let device = crate::RawDevice::new(Box::new(storage), false)?;
         let mut guard = d.write()?;
-        let n = crate::ops::convert::copy_nonzero(&device, &mut *guard, &mut |_, _| {}).map_err(|e| d.fail(e))?;
+        let n =
+            crate::ops::convert::copy_nonzero(&device, guard.device_mut(), &mut |_, _| {}).map_err(|e| d.fail(e))?;
         drop(guard);
         // SAFETY: the caller promises NULL or a writable uint64_t.
         if let Some(out) = unsafe { bytes_written.as_mut() } {

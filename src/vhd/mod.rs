@@ -486,6 +486,30 @@ impl VhdCreateOptions {
         self.size
     }
 
+    /// Checks the options: a size that is a non-zero multiple of 512 up to
+    /// 2040 GiB, fixed or dynamic, and for a dynamic disk a block size
+    /// that is a power of two from 512 KiB to 256 MiB.
+    pub fn validate(&self) -> Result<()> {
+        let size = self.size;
+        if size == 0 || size % SECTOR != 0 || size > crate::format::vhd::MAX_SIZE {
+            return Err(Error::invalid(format!(
+                "a VHD's size must be a non-zero multiple of 512 bytes up to 2040 GiB, not {size}"
+            )));
+        }
+        let bs = self.block_size;
+        if self.disk_type == VhdType::Dynamic && !bs.is_power_of_two()
+            || !(512 << 10..=crate::format::vhd::MAX_BLOCK_SIZE).contains(&bs)
+        {
+            return Err(Error::invalid(format!(
+                "a VHD's block size must be a power of two from 512 KiB to 256 MiB, not {bs}"
+            )));
+        }
+        if self.disk_type == VhdType::Differencing {
+            return Err(Error::invalid("a differencing VHD is made over its parent, not from options alone"));
+        }
+        Ok(())
+    }
+
     /// Names Windows as the creator in the footer (`win ` 10.0 on `Wi2k`),
     /// as Hyper-V's `Convert-VHD` writes it: what tools that check the
     /// footer, such as Azure's upload, are sure to accept.
@@ -556,6 +580,7 @@ impl VhdDisk {
     #[cfg(feature = "std")]
     pub fn create(path: impl AsRef<std::path::Path>, options: &VhdCreateOptions) -> Result<VhdDisk> {
         let path = path.as_ref();
+        options.validate().map_err(|e| e.in_file(path.display()))?;
         let storage = crate::io::FileStorage::create_new(path)
             .map_err(|source| Error::opening("create", source, true).in_file(path.display()))?;
         let mut disk = Self::create_on(Box::new(storage), options).map_err(|e| {
@@ -572,12 +597,8 @@ impl VhdDisk {
     /// Creates a fixed or dynamic VHD on empty `storage` and opens it for
     /// writing.
     pub fn create_on(mut storage: Box<dyn Storage>, options: &VhdCreateOptions) -> Result<VhdDisk> {
+        options.validate()?;
         let size = options.size;
-        if size == 0 || size % SECTOR != 0 || size > crate::format::vhd::MAX_SIZE {
-            return Err(Error::invalid(format!(
-                "a VHD's size must be a non-zero multiple of 512 bytes up to 2040 GiB, not {size}"
-            )));
-        }
         match options.disk_type {
             VhdType::Fixed => {
                 let footer = new_footer(options, VhdType::Fixed, NO_DATA_OFFSET)?;
@@ -586,11 +607,6 @@ impl VhdDisk {
             }
             VhdType::Dynamic => {
                 let bs = options.block_size;
-                if !bs.is_power_of_two() || !(512 << 10..=crate::format::vhd::MAX_BLOCK_SIZE).contains(&bs) {
-                    return Err(Error::invalid(format!(
-                        "a VHD's block size must be a power of two from 512 KiB to 256 MiB, not {bs}"
-                    )));
-                }
                 let footer = new_footer(options, VhdType::Dynamic, FOOTER_SIZE as u64)?;
                 let entries = size.div_ceil(bs as u64);
                 let table_offset = (FOOTER_SIZE + DYNAMIC_HEADER_SIZE) as u64;
@@ -612,9 +628,7 @@ impl VhdDisk {
                 storage.write_all_at(&table, table_offset).during("writing the VHD BAT", table_offset)?;
                 storage.write_all_at(&bytes, end).during("writing the VHD footer", end)?;
             }
-            VhdType::Differencing => {
-                return Err(Error::invalid("a differencing VHD is made over its parent, not from options alone"));
-            }
+            _ => return Err(Error::invalid("a VHD is made fixed or dynamic")),
         }
         storage.flush().during("flushing the new file", 0)?;
         Self::open_storage(storage, true)

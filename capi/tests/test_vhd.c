@@ -1,0 +1,145 @@
+/*
+ * VHD (version 1) images through the same handle as VHDX: vhdx_open tells
+ * them apart by content, vhdx_format says which; fixed, dynamic and
+ * differencing VHDs created, written at unaligned offsets, read back,
+ * reopened, queried; the VHDX-only operations refused by status.
+ *
+ * Leaves WORK_DIR/c_vhd_dynamic.vhd and c_vhd_leaf.vhd (over
+ * c_vhd_base.vhd), each with NAME.expected.raw, for run-tests.sh to read
+ * with qemu-img (-f vpc) and vhdx2raw.
+ */
+#include "common.h"
+
+#define MIB (1024u * 1024u)
+#define SIZE (6u * MIB + 3u * 512u)
+
+/* Writes a pattern of `len` bytes at `offset` to `d` and to `model`. */
+static void put(VhdxDisk *d, uint8_t *model, uint64_t offset, size_t len, unsigned seed) {
+    uint8_t *buf = (uint8_t *)xmalloc(len);
+    fill_pattern(buf, len, offset, seed);
+    CHECK_OK(vhdx_write_at(d, offset, buf, len));
+    memcpy(model + offset, buf, len);
+    free(buf);
+}
+
+static void same_as_model(VhdxDisk *d, const uint8_t *model) {
+    uint8_t *buf = (uint8_t *)xmalloc(SIZE);
+    CHECK_OK(vhdx_read_at(d, 0, buf, SIZE));
+    CHECK(memcmp(buf, model, SIZE) == 0);
+    free(buf);
+}
+
+static void leave_raw(const char *dir, const char *name, const uint8_t *model) {
+    char raw[4096];
+    path_in(raw, dir, name);
+    raw_create(raw, SIZE);
+    raw_put(raw, 0, model, SIZE);
+}
+
+int main(int argc, char **argv) {
+    const char *dir = work_dir(argc, argv);
+    char dynamic[4096], fixed[4096], base[4096], leaf[4096], vhdx[4096];
+    uint8_t *model = (uint8_t *)calloc(1, SIZE), *chain = (uint8_t *)calloc(1, SIZE);
+    VhdxDisk *d = NULL, *p = NULL;
+    VhdxInfo info = {.struct_size = sizeof info};
+    path_in(dynamic, dir, "c_vhd_dynamic.vhd");
+    path_in(fixed, dir, "c_vhd_fixed.vhd");
+    path_in(base, dir, "c_vhd_base.vhd");
+    path_in(leaf, dir, "c_vhd_leaf.vhd");
+    path_in(vhdx, dir, "c_vhd_not.vhdx");
+
+    /* Dynamic, 512 KiB blocks: unaligned writes across blocks and the end. */
+    CHECK_OK(vhdx_create_vhd(dynamic, false, SIZE, 512 * 1024, &d));
+    CHECK(vhdx_format(d) == VHDX_FORMAT_VHD);
+    CHECK(vhdx_virtual_size(d) == SIZE);
+    CHECK(vhdx_logical_sector_size(d) == 512);
+    CHECK(vhdx_disk_type(d) == VHDX_DISK_TYPE_DYNAMIC);
+    put(d, model, 12345, 100000, 1);
+    put(d, model, 512 * 1024 - 7, 20, 2);
+    put(d, model, SIZE - 700, 700, 3);
+    CHECK_OK(vhdx_flush(d));
+    same_as_model(d, model);
+    /* VHDX-only operations give VHDX_ERR_UNSUPPORTED, naming the reason. */
+    CHECK_ERR(vhdx_resize(d, 2 * SIZE, false), VHDX_ERR_UNSUPPORTED, "VHD");
+    CHECK_ERR(vhdx_compact(d, NULL), VHDX_ERR_UNSUPPORTED, "VHD");
+    CHECK_ERR(vhdx_discard(d, 0, 4096), VHDX_ERR_UNSUPPORTED, "VHD");
+    CHECK_OK(vhdx_close_checked(d));
+    /* Reopened by content, read-only: the same bytes; writes refused. */
+    CHECK_OK(vhdx_open(dynamic, false, &d));
+    CHECK(vhdx_format(d) == VHDX_FORMAT_VHD);
+    same_as_model(d, model);
+    CHECK_OK(vhdx_info(d, &info));
+    CHECK(info.disk_type == VHDX_DISK_TYPE_DYNAMIC && info.virtual_size == SIZE && info.block_size == 512 * 1024);
+    CHECK(info.total_blocks == 13 && info.allocated_blocks == 3 && info.chain_length == 1 && !info.writable);
+    CHECK_ERR(vhdx_write_at(d, 0, model, 512), VHDX_ERR_READ_ONLY, "read-only");
+    vhdx_close(d);
+    leave_raw(dir, "c_vhd_dynamic.expected.raw", model);
+
+    /* Fixed: the file is the disk, then the footer. */
+    CHECK_OK(vhdx_create_vhd(fixed, true, SIZE, 0, &d));
+    CHECK(vhdx_disk_type(d) == VHDX_DISK_TYPE_FIXED);
+    put(d, chain, 4096, 5000, 4);
+    CHECK_OK(vhdx_close_checked(d));
+    {
+        FILE *f = fopen(fixed, "rb");
+        CHECK(f != NULL && fseeko(f, 0, SEEK_END) == 0 && ftello(f) == (off_t)SIZE + 512);
+        if (f != NULL) fclose(f);
+    }
+
+    /* A differencing chain: the child over a dynamic base. */
+    memset(chain, 0, SIZE);
+    CHECK_OK(vhdx_create_vhd(base, false, SIZE, 0, &d));
+    put(d, chain, 0, 3 * MIB, 5);
+    vhdx_close(d);
+    CHECK_OK(vhdx_create_vhd_differencing(leaf, base, &d));
+    CHECK(vhdx_disk_type(d) == VHDX_DISK_TYPE_DIFFERENCING);
+    CHECK(vhdx_chain_length(d) == 2);
+    put(d, chain, 1000, 777, 6);
+    put(d, chain, 2 * MIB - 5, 10, 7);
+    CHECK_OK(vhdx_close_checked(d));
+    CHECK_OK(vhdx_open(leaf, true, &d));
+    same_as_model(d, chain);
+    CHECK_OK(vhdx_info(d, &info));
+    CHECK(info.disk_type == VHDX_DISK_TYPE_DIFFERENCING && info.chain_length == 2 && info.has_parent_linkage);
+    vhdx_close(d);
+    leave_raw(dir, "c_vhd_leaf.expected.raw", chain);
+    /* vhdx_open_with: a VHD alone reads zeros where the parent would; the
+     * VHDX-only choices are refused by status. */
+    {
+        VhdxOpenOptions o;
+        uint8_t sector[512];
+        CHECK_OK(vhdx_open_options_init(&o, sizeof o));
+        o.without_parent = true;
+        CHECK_OK(vhdx_open_with(leaf, &o, &d));
+        CHECK(vhdx_format(d) == VHDX_FORMAT_VHD && vhdx_chain_length(d) == 1);
+        CHECK_OK(vhdx_read_at(d, 10 * 512, sector, 512)); /* the base's, not the child's */
+        CHECK(all_zero(sector, 512));
+        vhdx_close(d);
+        CHECK_OK(vhdx_open_options_init(&o, sizeof o));
+        o.force_share = true;
+        CHECK_ERR(vhdx_open_with(leaf, &o, &d), VHDX_ERR_UNSUPPORTED, "force_share");
+        CHECK(d == NULL);
+    }
+
+    /* Chains mix nothing; a VHD cannot be a VHDX's parent handle. */
+    CHECK_OK(vhdx_create_dynamic(vhdx, SIZE - 3 * 512, 0, 0, &p));
+    CHECK(vhdx_format(p) == VHDX_FORMAT_VHDX);
+    vhdx_close(p);
+    CHECK_ERR(vhdx_create_vhd_differencing(leaf, base, &d), VHDX_ERR_IO, "exists");
+    {
+        char other[4096];
+        path_in(other, dir, "c_vhd_other.vhd");
+        CHECK_ERR(vhdx_create_vhd_differencing(other, vhdx, &d), VHDX_ERR_CORRUPT, "not a VHD footer");
+        CHECK(d == NULL);
+    }
+    {
+        char odd[4096];
+        path_in(odd, dir, "c_vhd_odd.vhd");
+        CHECK_ERR(vhdx_create_vhd(odd, true, 1000, 0, &d), VHDX_ERR_INVALID_ARGUMENT, "multiple of 512");
+        CHECK(access(odd, F_OK) != 0);
+    }
+    CHECK(vhdx_format(NULL) == VHDX_ERR_INVALID_ARGUMENT);
+    free(model);
+    free(chain);
+    return finish("test_vhd");
+}
