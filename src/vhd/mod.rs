@@ -51,6 +51,8 @@ struct VhdImage {
     bat: Vec<u32>,
     /// Where the trailing footer is, and where the next block goes.
     footer_at: u64,
+    /// The file's length (it only grows, by this image's allocations).
+    len: u64,
     /// The trailing footer was not valid and the copy at offset 0 was used.
     used_footer_copy: bool,
     /// The footer or dynamic header was read although its checksum is
@@ -106,6 +108,7 @@ impl VhdImage {
             header: None,
             bat: Vec::new(),
             footer_at: tail_at,
+            len,
             used_footer_copy,
             checksum_ignored,
             dirty_bitmaps: BTreeMap::new(),
@@ -226,8 +229,7 @@ impl VhdImage {
     /// Reads file bytes; past the end of the file reads zeros (a block
     /// whose entry a crash wrote before the file grew).
     fn read_file(&self, buf: &mut [u8], at: u64, what: &'static str) -> Result<()> {
-        let len = self.storage.len().during("sizing the file", 0)?;
-        let avail = len.saturating_sub(at).min(buf.len() as u64) as usize;
+        let avail = self.len.saturating_sub(at).min(buf.len() as u64) as usize;
         if avail > 0 {
             read(&*self.storage, &mut buf[..avail], at, what)?;
         }
@@ -306,6 +308,7 @@ impl VhdImage {
         let bits = alloc::vec![fill; bitmap as usize];
         self.storage.write_all_at(&bits, at).during("writing a VHD sector bitmap", at)?;
         self.footer_at = new_end;
+        self.len = self.len.max(new_end + FOOTER_SIZE as u64);
         // The bitmap is durable before the entry that gives it meaning: a
         // differencing block whose bitmap held the old footer's bytes would
         // hide the parent's sectors.
