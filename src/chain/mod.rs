@@ -32,7 +32,7 @@ mod fs;
 mod map;
 pub(crate) mod open;
 #[cfg(feature = "std")]
-mod vhd;
+pub(crate) mod vhd;
 
 pub use map::{map, ChainMapEntry};
 

@@ -49,18 +49,7 @@ impl VhdDisk {
     pub fn create_differencing(path: impl AsRef<Path>, parent: impl AsRef<Path>) -> Result<VhdDisk> {
         let (path, parent_path) = (path.as_ref(), parent.as_ref());
         let parent = open_chain(parent_path, false, 1)?;
-        let loc = super::locator_for(path, parent_path, &crate::Guid::nil()).map_err(|e| e.in_file(path.display()))?;
-        let utf16 = |s: &str| s.encode_utf16().flat_map(u16::to_le_bytes).collect::<Vec<u8>>();
-        let mut locators = Vec::new();
-        let mut absolute = String::new();
-        if let Some(rel) = loc.get(crate::format::locator::RELATIVE_PATH) {
-            locators.push((platform::W2RU, utf16(rel)));
-        }
-        if let Some(abs) = loc.get(crate::format::locator::ABSOLUTE_WIN32_PATH) {
-            let abs = abs.strip_prefix(r"\\?\").unwrap_or(abs);
-            locators.push((platform::W2KU, utf16(abs)));
-            absolute = String::from(abs);
-        }
+        let (locators, absolute) = vhd_locators(path, parent_path)?;
         let storage = FileStorage::create_new(path)
             .map_err(|source| Error::opening("create", source, true).in_file(path.display()))?;
         let made = VhdDisk::create_differencing_with(
@@ -92,6 +81,29 @@ impl VhdDisk {
         let p = self.parent()?;
         Some(self.dynamic_header()?.parent_timestamp == p.footer().timestamp)
     }
+}
+
+/// A parent locator entry's platform code and encoded path.
+pub(crate) type LocatorData = ([u8; 4], Vec<u8>);
+
+/// The parent locators a child at `child` records for the parent at
+/// `parent`, as Windows writes them: `W2ru` (relative, `.\\` first) and
+/// `W2ku` (absolute), UTF-16LE; and the absolute path, for the header's
+/// parent name.
+pub(crate) fn vhd_locators(child: &Path, parent: &Path) -> Result<(Vec<LocatorData>, String)> {
+    let loc = super::locator_for(child, parent, &crate::Guid::nil()).map_err(|e| e.in_file(child.display()))?;
+    let utf16 = |s: &str| s.encode_utf16().flat_map(u16::to_le_bytes).collect::<Vec<u8>>();
+    let mut locators = Vec::new();
+    let mut absolute = String::new();
+    if let Some(rel) = loc.get(crate::format::locator::RELATIVE_PATH) {
+        locators.push((platform::W2RU, utf16(rel)));
+    }
+    if let Some(abs) = loc.get(crate::format::locator::ABSOLUTE_WIN32_PATH) {
+        let abs = abs.strip_prefix(r"\\?\").unwrap_or(abs);
+        locators.push((platform::W2KU, utf16(abs)));
+        absolute = String::from(abs);
+    }
+    Ok((locators, absolute))
 }
 
 fn open_file(path: &Path, writable: bool) -> Result<VhdDisk> {

@@ -259,6 +259,14 @@ pub struct ConvertOptions {
     /// specification's geometry, creator `win ` on `Wi2k`). Only with a VHD
     /// output.
     pub azure: bool,
+    /// Convert a differencing source alone onto this already converted
+    /// parent (a path), as `Convert-VHD -ParentPath` does: the output is a
+    /// differencing image of the output's format over it, holding only the
+    /// sectors the source holds itself. The parent must have the output's
+    /// format and the source's size, and present what the source's own
+    /// parent presents (that is not read to check it). `None`: a chain is
+    /// flattened.
+    pub parent: Option<String>,
 }
 
 crate::setters!(ConvertOptions {
@@ -272,6 +280,7 @@ crate::setters!(ConvertOptions {
     force_share: bool,
     overwrite: bool,
     azure: bool,
+    parent: Option<String>,
 });
 
 impl Default for ConvertOptions {
@@ -287,6 +296,7 @@ impl Default for ConvertOptions {
             force_share: false,
             overwrite: false,
             azure: false,
+            parent: None,
         }
     }
 }

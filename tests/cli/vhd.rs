@@ -129,3 +129,42 @@ fn create_write_and_read_a_vhd_chain_with_the_command() {
         assert!(std::fs::read(&q).unwrap() == base_model, "QEMU reads the base the command wrote");
     }
 }
+
+#[test]
+fn convert_parent_moves_a_windows_vhd_chain_to_vhdx_one_image_at_a_time() {
+    const CHAIN: &str = "b7922a46a6b08fa4f4fc0c51a25d5587d1d49f15cfade45ca740dd07110ae144";
+    let Some(f) = fixture("vhd/dfvfs/ntfs-differential.vhd.gz") else { return };
+    let d = f.dir.path();
+    fixture_into("vhd/dfvfs/ntfs-parent.vhd.gz", d);
+    // As Convert-VHD -ParentPath: the parent, then the child onto it.
+    ok_text(d, &["convert", "ntfs-parent.vhd", "parent.vhdx"]);
+    let out = ok_text(d, &["convert", "ntfs-differential.vhd", "child.vhdx", "--parent", "parent.vhdx"]);
+    assert!(out.contains("vhdx, differencing"), "{out}");
+    let info = json(d, &["info", "child.vhdx", "--json"]);
+    assert_eq!((info["type"].as_str(), info["parent"].as_str()), (Some("differencing"), Some("parent.vhdx")));
+    assert_eq!(info["chain"].as_array().map(Vec::len), Some(2));
+    // Only the child's own sectors: far less than the parent's 2 MiB of data.
+    assert!(
+        std::fs::metadata(d.join("child.vhdx")).unwrap().len()
+            < std::fs::metadata(d.join("parent.vhdx")).unwrap().len()
+    );
+    ok_text(d, &["convert", "child.vhdx", "chain.raw"]);
+    assert_eq!(sha256_file(&d.join("chain.raw")), CHAIN, "the VHDX chain presents the VHD chain");
+    // And back: the VHDX child onto the original VHD parent.
+    ok_text(d, &["convert", "child.vhdx", "back.vhd", "--parent", "ntfs-parent.vhd"]);
+    assert_eq!(json(d, &["info", "back.vhd", "--json"])["parent"], "ntfs-parent.vhd");
+    ok_text(d, &["convert", "back.vhd", "back.raw"]);
+    assert_eq!(sha256_file(&d.join("back.raw")), CHAIN, "the VHD chain made back presents the same");
+    // Chains mix nothing; a parent that is not one; a standalone source.
+    fails(d, &["convert", "ntfs-differential.vhd", "x.vhdx", "--parent", "ntfs-parent.vhd"], &["x.vhdx", "one format"]);
+    fails(
+        d,
+        &["convert", "ntfs-parent.vhd", "y.vhdx", "--parent", "parent.vhdx"],
+        &["ntfs-parent.vhd", "not a differencing"],
+    );
+    ok_text(d, &["create", "small.vhdx", "--size", "1M"]);
+    fails(d, &["convert", "ntfs-differential.vhd", "z.vhdx", "--parent", "small.vhdx"], &["z.vhdx", "1048576 bytes"]);
+    for f in ["x.vhdx", "y.vhdx", "z.vhdx"] {
+        assert!(!d.join(f).exists(), "{f} was not made");
+    }
+}

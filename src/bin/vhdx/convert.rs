@@ -73,7 +73,8 @@ pub fn convert(args: &ConvertArgs) -> CliResult {
         .sync(!args.no_sync)
         .force_share(args.force_share)
         .overwrite(args.force)
-        .azure(args.azure);
+        .azure(args.azure)
+        .parent(args.parent.as_ref().map(|p| p.display().to_string()));
     // An existing DST (without --force) and an image of SRC's chain (ever)
     // are refused before any work; DST is replaced only by a complete image.
     let bar = progress_bar(0);

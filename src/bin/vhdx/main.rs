@@ -297,6 +297,12 @@ pub struct ConvertArgs {
     /// rounded up to a whole MiB, the footer as Windows writes it.
     #[arg(long)]
     pub azure: bool,
+    /// Convert the differencing SRC alone onto PARENT, its parent already
+    /// converted to DST's format (as `Convert-VHD -ParentPath`): DST is a
+    /// differencing image over PARENT holding only SRC's own sectors.
+    /// Without it a chain is flattened.
+    #[arg(long, value_name = "PARENT", conflicts_with_all = ["azure", "disk_type"])]
+    pub parent: Option<PathBuf>,
 }
 
 /// Arguments of `vhdx map`.

@@ -132,6 +132,9 @@ pub fn convert_with_progress(
 ) -> Result<ConvertReport> {
     let in_format = options.input_format.unwrap_or_else(|| ImageFormat::detect(src));
     let out_format = options.output_format.unwrap_or_else(|| ImageFormat::from_path(dst));
+    if let Some(parent) = &options.parent {
+        return convert_child(src, dst, Path::new(parent), in_format, out_format, options, progress);
+    }
     let in_file = |e: Error| e.in_file(src.display());
     let out_file = |e: Error| e.in_file(dst.display());
     if out_format == ImageFormat::Raw
@@ -306,4 +309,146 @@ pub fn convert_with_progress(
         bytes_written,
         output_kind,
     })
+}
+
+/// [`convert_with_progress`] with [`ConvertOptions::parent`]: the
+/// differencing source `src`, read alone, becomes a differencing image at
+/// `dst` over `parent`, holding the sectors `src` holds itself (a VHDX's
+/// blocks that read as zeros instead of the parent are written as zeros).
+fn convert_child(
+    src: &Path,
+    dst: &Path,
+    parent: &Path,
+    in_format: ImageFormat,
+    out_format: ImageFormat,
+    options: &ConvertOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ConvertReport> {
+    let in_file = |e: Error| e.in_file(src.display());
+    let out_file = |e: Error| e.in_file(dst.display());
+    if out_format == ImageFormat::Raw || in_format == ImageFormat::Raw {
+        return Err(Error::invalid("a parent is given to convert a differencing VHDX or VHD onto it, not a raw image"));
+    }
+    if options.azure
+        || options.disk_type != crate::DiskType::Dynamic
+        || options.logical_sector_size.is_some()
+        || options.physical_sector_size.is_some()
+    {
+        return Err(Error::invalid(
+            "with a parent the output is a differencing image: its type, sector sizes and size are the parent's",
+        ));
+    }
+    // The source alone: its own sectors, and its parent left unopened.
+    enum Child {
+        Vhdx(alloc::boxed::Box<Disk>),
+        Vhd(alloc::boxed::Box<VhdDisk>),
+    }
+    let child = match in_format {
+        ImageFormat::Vhd => Child::Vhd(alloc::boxed::Box::new(VhdDisk::open_without_parent(src, false)?)),
+        _ => Child::Vhdx(alloc::boxed::Box::new(
+            crate::OpenOptions::new().without_parent().force_share(options.force_share).open(src)?,
+        )),
+    };
+    let (differencing, size, map) = match &child {
+        Child::Vhdx(d) => (d.disk_type() == crate::DiskType::Differencing, d.virtual_size(), d.map().map_err(in_file)?),
+        Child::Vhd(d) => (d.disk_type() == VhdType::Differencing, d.virtual_size(), d.map().map_err(in_file)?),
+    };
+    if !differencing {
+        return Err(Error::invalid("a parent is given, but this is not a differencing image (convert it without one)")
+            .in_file(src.display()));
+    }
+    let parent_format = ImageFormat::detect(parent);
+    if parent_format != out_format {
+        return Err(Error::invalid(alloc::format!(
+            "the parent {} is a {}, the output a {}: a chain's images have one format",
+            parent.display(),
+            parent_format.as_str(),
+            out_format.as_str()
+        ))
+        .in_file(dst.display()));
+    }
+    let target = destination(dst, &[src.to_path_buf(), parent.to_path_buf()], options.overwrite)?;
+    // What the child decides itself: its data, and (a VHDX's ZERO blocks)
+    // zeros in place of the parent's bytes.
+    let runs: Vec<(u64, u64, bool)> = map
+        .iter()
+        .filter_map(|e| match e.extent {
+            crate::Extent::Data { .. } => Some((e.offset, e.length, true)),
+            crate::Extent::Zero => Some((e.offset, e.length, false)),
+            _ => None,
+        })
+        .collect();
+    let total: u64 = runs.iter().map(|r| r.1).sum();
+    let temp = Replacement::create(&target).during("creating a temporary file beside it", 0).map_err(out_file)?;
+    let file = temp.file().try_clone().during("opening the temporary file", 0).map_err(out_file)?;
+    let storage: alloc::boxed::Box<dyn Storage> = if options.sync {
+        alloc::boxed::Box::new(FileStorage::new(file))
+    } else {
+        alloc::boxed::Box::new(NoSync(FileStorage::new(file)))
+    };
+    let written = (|| -> Result<(u64, String)> {
+        let mut out: alloc::boxed::Box<dyn BlockDevice> = match out_format {
+            ImageFormat::Vhd => {
+                let p = VhdDisk::open(parent)?;
+                if p.virtual_size() != size {
+                    return Err(size_mismatch(parent, p.virtual_size(), size));
+                }
+                let (locators, absolute) = crate::chain::vhd::vhd_locators(dst, parent)?;
+                let bs = options.block_size.unwrap_or(crate::format::vhd::DEFAULT_BLOCK_SIZE);
+                let disk = VhdDisk::create_differencing_with(storage, p.footer(), &absolute, &locators, bs, None)?;
+                alloc::boxed::Box::new(disk.with_parent(p)?)
+            }
+            _ => {
+                let p = crate::OpenOptions::new().open(parent)?;
+                if p.virtual_size() != size {
+                    return Err(size_mismatch(parent, p.virtual_size(), size));
+                }
+                let locator = crate::chain::locator_for(dst, parent, &p.data_write_guid())?;
+                alloc::boxed::Box::new(Disk::create_differencing_on(storage, p, locator, options.block_size, None)?)
+            }
+        };
+        let mut buf = alloc::vec![0u8; 1 << 20];
+        let mut done = 0u64;
+        progress(0, total);
+        for &(start, len, data) in &runs {
+            let mut pos = start;
+            while pos < start + len {
+                let n = (start + len - pos).min(buf.len() as u64) as usize;
+                let chunk = &mut buf[..n];
+                if data {
+                    match &child {
+                        Child::Vhdx(d) => d.read_at(chunk, pos),
+                        Child::Vhd(d) => d.read_at(chunk, pos),
+                    }
+                    .map_err(in_file)?;
+                } else {
+                    chunk.fill(0);
+                }
+                out.write_at(chunk, pos)?;
+                pos += n as u64;
+                done += n as u64;
+                progress(done, total);
+            }
+        }
+        out.checkpoint()?;
+        let kind = alloc::format!("{}, differencing", out_format.as_str());
+        Ok((done, kind))
+    })();
+    let (bytes_written, output_kind) = written.map_err(out_file)?;
+    temp.commit(options.sync).during("renaming the finished image into place", 0).map_err(out_file)?;
+    Ok(ConvertReport {
+        input_format: in_format,
+        output_format: out_format,
+        output_type: Some(crate::DiskType::Differencing),
+        virtual_size: size,
+        bytes_written,
+        output_kind,
+    })
+}
+
+fn size_mismatch(parent: &Path, parent_size: u64, size: u64) -> Error {
+    Error::invalid(alloc::format!(
+        "the parent {} is {parent_size} bytes, the source {size}: it is not the source's parent converted",
+        parent.display()
+    ))
 }
