@@ -11,8 +11,8 @@
 //! - A convert that fails midway (a file size limit: writes past it fail,
 //!   as on a full disk) leaves an existing destination byte-identical and no
 //!   temporary file.
-//! - The real CLI killed (SIGKILL) at deterministic points of its progress
-//!   leaves the destination absent or the old file — or, once finished,
+//! - The real CLI killed (SIGKILL) at deterministic points of its progress,
+//!   writing a VHDX and a VHD, leaves the destination absent or the old file — or, once finished,
 //!   complete — never anything else; a rerun removes the leftover temporary
 //!   file and writes an output that presents the source's bytes (the test's
 //!   own model, and QEMU's reading of the output when QEMU is installed).
@@ -52,6 +52,12 @@ fn chain(dir: &Path) -> (PathBuf, PathBuf, PathBuf, Vec<u8>) {
 
 /// Everything `path` presents, read with the library.
 fn content(path: &Path) -> Vec<u8> {
+    if path.extension().is_some_and(|e| e == "vhd") {
+        let d = vhdx::vhd::VhdDisk::open(path).unwrap();
+        let mut buf = vec![0u8; d.virtual_size() as usize];
+        d.read_at(&mut buf, 0).unwrap();
+        return buf;
+    }
     let d = Disk::open(path).unwrap();
     let mut buf = vec![0u8; d.virtual_size() as usize];
     d.read_at(&mut buf, 0).unwrap();
@@ -231,10 +237,11 @@ fn a_killed_convert_leaves_the_destination_as_it_was_and_a_rerun_finishes() {
     d.close().unwrap();
     let old = pattern(30, 2 * MIB as usize);
     let mut seen = Vec::new();
-    for old_exists in [false, true] {
-        let out = dir.join("out.vhdx");
+    // A VHDX output, and a VHD one (the same replacement, another writer).
+    for (name, old_exists) in [("out.vhdx", false), ("out.vhdx", true), ("out.vhd", false), ("out.vhd", true)] {
+        let out = dir.join(name);
         let _ = std::fs::remove_file(&out);
-        for l in leftovers(dir, "out.vhdx") {
+        for l in leftovers(dir, name) {
             std::fs::remove_file(l).unwrap();
         }
         if old_exists {
@@ -248,10 +255,10 @@ fn a_killed_convert_leaves_the_destination_as_it_was_and_a_rerun_finishes() {
             .chain([1, 30, 200].into_iter().map(|ms| (None, ms)))
             .collect();
         for (threshold, delay_ms) in points {
-            let what = format!("old file {old_exists}, kill at {threshold:?} bytes / {delay_ms} ms");
+            let what = format!("{name}, old file {old_exists}, kill at {threshold:?} bytes / {delay_ms} ms");
             let mut child = Command::new(vhdx_tool())
                 .current_dir(dir)
-                .args(["convert", "src.vhdx", "out.vhdx", "--force"])
+                .args(["convert", "src.vhdx", name, "--force"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -265,7 +272,7 @@ fn a_killed_convert_leaves_the_destination_as_it_was_and_a_rerun_finishes() {
                 }
                 assert!(start.elapsed() < Duration::from_secs(120), "{what}: the convert hangs");
                 let reached = match threshold {
-                    Some(t) => leftovers(dir, "out.vhdx").iter().any(|p| allocated(p).is_some_and(|n| n >= t)),
+                    Some(t) => leftovers(dir, name).iter().any(|p| allocated(p).is_some_and(|n| n >= t)),
                     None => start.elapsed() >= Duration::from_millis(delay_ms),
                 };
                 if reached {
@@ -291,7 +298,7 @@ fn a_killed_convert_leaves_the_destination_as_it_was_and_a_rerun_finishes() {
             if finished.is_some_and(|s| s.success()) {
                 assert_eq!(state, Seen::Complete, "{what}: finished, yet the output is not in place");
             }
-            seen.push((what, state, finished.is_some(), leftovers(dir, "out.vhdx").len()));
+            seen.push((what, state, finished.is_some(), leftovers(dir, name).len()));
             // Back to the starting point for the next kill.
             if old_exists {
                 std::fs::write(&out, &old).unwrap();
@@ -300,13 +307,22 @@ fn a_killed_convert_leaves_the_destination_as_it_was_and_a_rerun_finishes() {
             }
         }
         // A rerun removes the leftovers and completes.
-        let o = tool(dir, &["convert", "src.vhdx", "out.vhdx", "--force"]);
+        let o = tool(dir, &["convert", "src.vhdx", name, "--force"]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert!(leftovers(dir, "out.vhdx").is_empty(), "the rerun left temporary files");
+        assert!(leftovers(dir, name).is_empty(), "the rerun left temporary files");
         assert!(content(&out) == model, "the rerun's output differs from the source");
         if crate::common::qemu::qemu_present() {
             let raw = dir.join("qemu.raw");
-            crate::common::qemu::qemu_convert_to_raw(&out, &raw);
+            let format = if name.ends_with(".vhd") { "vpc" } else { "vhdx" };
+            crate::common::qemu::qemu_img(&[
+                "convert",
+                "-f",
+                format,
+                "-O",
+                "raw",
+                out.to_str().unwrap(),
+                raw.to_str().unwrap(),
+            ]);
             assert!(std::fs::read(&raw).unwrap() == model, "QEMU reads the output differently");
             std::fs::remove_file(raw).unwrap();
         }
@@ -316,5 +332,10 @@ fn a_killed_convert_leaves_the_destination_as_it_was_and_a_rerun_finishes() {
     }
     // The kills must have landed midway at least once (else this test
     // proves nothing): a temporary file left behind by a killed writer.
-    assert!(seen.iter().any(|(_, _, finished, left)| !finished && *left > 0), "no kill landed midway");
+    for name in ["out.vhdx,", "out.vhd,"] {
+        assert!(
+            seen.iter().any(|(what, _, finished, left)| what.starts_with(name) && !finished && *left > 0),
+            "no kill landed midway for {name}"
+        );
+    }
 }
