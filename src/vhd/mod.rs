@@ -55,6 +55,8 @@ struct VhdImage {
     len: u64,
     /// The trailing footer was not valid and the copy at offset 0 was used.
     used_footer_copy: bool,
+    /// A writable open found it so and wrote the footer back at the end.
+    mended_footer: bool,
     /// The footer or dynamic header was read although its checksum is
     /// wrong (read-only), and the error that a strict read gives.
     checksum_ignored: Option<Error>,
@@ -110,6 +112,7 @@ impl VhdImage {
             footer_at: tail_at,
             len,
             used_footer_copy,
+            mended_footer: false,
             checksum_ignored,
             dirty_bitmaps: BTreeMap::new(),
         };
@@ -128,7 +131,25 @@ impl VhdImage {
             }
             _ => image.read_dynamic(len)?,
         }
+        if writable && image.used_footer_copy {
+            image.mend_trailing_footer()?;
+        }
         Ok(image)
+    }
+
+    /// Puts the footer back at the end of the file, after the last block,
+    /// when a crash left it damaged (the copy at offset 0 was read): what a
+    /// writable open does first, so every reader finds it again.
+    fn mend_trailing_footer(&mut self) -> Result<()> {
+        let at = self.footer_at;
+        let footer = self.footer.to_bytes();
+        self.storage.write_all_at(&footer, at).during("rewriting the VHD footer", at)?;
+        self.storage.set_len(at + FOOTER_SIZE as u64).during("ending the file after its footer", at)?;
+        self.storage.flush().during("flushing the rewritten footer", at)?;
+        self.len = at + FOOTER_SIZE as u64;
+        self.used_footer_copy = false;
+        self.mended_footer = true;
+        Ok(())
     }
 
     fn read_dynamic(&mut self, len: u64) -> Result<()> {
@@ -207,8 +228,10 @@ impl VhdImage {
             end_of_blocks = end_of_blocks.max(end);
         }
         // A crash can leave a block's entry written and the file not yet
-        // grown: the next block goes past it either way.
-        self.footer_at = self.footer_at.max(end_of_blocks).next_multiple_of(SECTOR);
+        // grown, or the file cut short before its footer: the footer and the
+        // next block go past every block and every structure either way.
+        let end_of_structures = fixed.iter().map(|&(_, end, _)| end).max().unwrap_or(0);
+        self.footer_at = self.footer_at.max(end_of_blocks).max(end_of_structures).next_multiple_of(SECTOR);
         self.header = Some(header);
         self.bat = bat;
         Ok(())
@@ -759,9 +782,17 @@ impl VhdDisk {
     }
 
     /// Whether the trailing footer was damaged and the copy at offset 0 was
-    /// read instead (what a crash while a block was added can leave).
+    /// read instead (what a crash while a block was added can leave). A
+    /// writable open writes the footer back at the end at once
+    /// ([`VhdDisk::mended_footer`]); a read-only one leaves the file as it is.
     pub fn used_footer_copy(&self) -> bool {
         self.image.used_footer_copy
+    }
+
+    /// Whether this writable open found the trailing footer damaged and
+    /// wrote it back at the end of the file, after the last block.
+    pub fn mended_footer(&self) -> bool {
+        self.image.mended_footer
     }
 
     /// When the footer or the dynamic header was read although its

@@ -8,7 +8,7 @@
 
 use vhdx::io::FaultStorage;
 use vhdx::vhd::{VhdCreateOptions, VhdDisk};
-use vhdx::MemStorage;
+use vhdx::{MemStorage, Storage};
 
 use crate::common::data::pattern;
 use crate::support::{crash_states, for_each_crash_point, Budget};
@@ -79,6 +79,7 @@ fn check(differencing: bool) {
     let total = probe.mutating_ops();
     let budget = Budget { prefixes: 4, tears: 2, subsets: Some(24) };
     let name = if differencing { "differencing" } else { "dynamic" };
+    let mends = std::sync::atomic::AtomicU64::new(0);
     let (states, failures) = for_each_crash_point(1..=total, 2, |k, fail| {
         let storage = FaultStorage::new();
         storage.crash_after(k);
@@ -129,10 +130,38 @@ fn check(differencing: bool) {
                     break;
                 }
             }
+            // The writable open put a damaged trailing footer back: a
+            // read-only open now finds it at the end, and the same bytes.
+            let mended = disk.mended_footer();
+            let bytes = {
+                let s = disk.into_storage().unwrap();
+                let mut v = vec![0u8; s.len().unwrap() as usize];
+                s.read_exact_at(&mut v, 0).unwrap();
+                v
+            };
+            let again = VhdDisk::open_storage(Box::new(MemStorage::from_vec(bytes)), false).unwrap();
+            if again.used_footer_copy() {
+                fail(format!("{name} k={k} {state:?}: the trailing footer is still damaged (mended: {mended})"));
+            }
+            let again = match &parent_image {
+                Some(p) => again.with_parent(parent(p)).unwrap(),
+                None => again,
+            };
+            let mut back = vec![0u8; SIZE as usize];
+            again.read_at(&mut back, 0).unwrap();
+            if back != got {
+                fail(format!("{name} k={k} {state:?}: reads differently after the footer was mended"));
+            }
+            mends.fetch_add(mended as u64, std::sync::atomic::Ordering::Relaxed);
         }
         states.len() as u64
     });
-    println!("crash VHD {name}: {total} crash points, {states} crash states, {} failures", failures.len());
+    let mends = mends.into_inner();
+    println!(
+        "crash VHD {name}: {total} crash points, {states} crash states, {mends} damaged footers mended, {} failures",
+        failures.len()
+    );
+    assert!(mends > 0, "{name}: no crash state damaged the trailing footer, so its mending went untested");
     assert!(failures.is_empty(), "{} failures, first: {:?}", failures.len(), &failures[..failures.len().min(5)]);
     assert!(states > total, "{name}: crash states were built");
 }
