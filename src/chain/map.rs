@@ -51,18 +51,63 @@ pub struct ChainMapEntry {
 /// assert_eq!(runs[2].extent, Extent::Zero);
 /// # Ok(()) }
 /// ```
-pub fn map(disk: &Disk) -> Result<Vec<ChainMapEntry>> {
+pub fn map<L: ChainLevel + ?Sized>(disk: &L) -> Result<Vec<ChainMapEntry>> {
     let mut maps = Vec::new();
     let mut sizes = Vec::new();
     let mut level = Some(disk);
     while let Some(d) = level {
-        maps.push(d.map()?);
-        sizes.push(d.virtual_size());
-        level = d.parent();
+        maps.push(d.level_map()?);
+        sizes.push(d.level_size());
+        level = d.level_parent();
     }
     let mut out = Vec::new();
-    resolve(&maps, &sizes, 0, 0, disk.virtual_size(), &mut out);
+    resolve(&maps, &sizes, 0, 0, disk.level_size(), &mut out);
     Ok(out)
+}
+
+/// One image of a chain, whatever its format: its own map, its virtual
+/// size, its path and its parent, as open with it. [`map`] takes any;
+/// [`Disk`] and [`VhdDisk`](crate::vhd::VhdDisk) are ones.
+pub trait ChainLevel {
+    /// The image's own map: [`Extent::Parent`] where it leaves the bytes
+    /// to its parent.
+    fn level_map(&self) -> Result<Vec<MapEntry>>;
+    /// The virtual size.
+    fn level_size(&self) -> u64;
+    /// The path it was opened from, if any.
+    fn level_path(&self) -> Option<&str>;
+    /// The parent open with it.
+    fn level_parent(&self) -> Option<&Self>;
+}
+
+impl ChainLevel for Disk {
+    fn level_map(&self) -> Result<Vec<MapEntry>> {
+        self.map()
+    }
+    fn level_size(&self) -> u64 {
+        self.virtual_size()
+    }
+    fn level_path(&self) -> Option<&str> {
+        self.path()
+    }
+    fn level_parent(&self) -> Option<&Self> {
+        self.parent()
+    }
+}
+
+impl ChainLevel for crate::vhd::VhdDisk {
+    fn level_map(&self) -> Result<Vec<MapEntry>> {
+        self.map()
+    }
+    fn level_size(&self) -> u64 {
+        self.virtual_size()
+    }
+    fn level_path(&self) -> Option<&str> {
+        self.path()
+    }
+    fn level_parent(&self) -> Option<&Self> {
+        self.parent()
+    }
 }
 
 /// The runs of `maps[level]` within `start..start + len`, following ranges

@@ -34,7 +34,7 @@ pub(crate) mod open;
 #[cfg(feature = "std")]
 pub(crate) mod vhd;
 
-pub use map::{map, ChainMapEntry};
+pub use map::{map, ChainLevel, ChainMapEntry};
 
 #[cfg(feature = "std")]
 pub use fs::{locator_for, looked_for, resolve_relative, windows_paths, FsResolver};

@@ -168,3 +168,35 @@ fn convert_parent_moves_a_windows_vhd_chain_to_vhdx_one_image_at_a_time() {
         assert!(!d.join(f).exists(), "{f} was not made");
     }
 }
+
+#[test]
+fn map_follows_a_vhd_chain_to_the_bytes_of_each_file() {
+    let Some(f) = fixture("vhd/dfvfs/ntfs-differential.vhd.gz") else { return };
+    let d = f.dir.path();
+    fixture_into("vhd/dfvfs/ntfs-parent.vhd.gz", d);
+    let runs = json(d, &["map", "ntfs-differential.vhd", "--json"]);
+    let runs = runs.as_array().unwrap();
+    let files =
+        [std::fs::read(d.join("ntfs-differential.vhd")).unwrap(), std::fs::read(d.join("ntfs-parent.vhd")).unwrap()];
+    ok_text(d, &["convert", "ntfs-differential.vhd", "chain.raw"]);
+    let chain = std::fs::read(d.join("chain.raw")).unwrap();
+    let (mut next, mut depths) = (0u64, [0u64; 2]);
+    for r in runs {
+        let (start, length, depth) =
+            (r["start"].as_u64().unwrap(), r["length"].as_u64().unwrap(), r["depth"].as_u64().unwrap());
+        assert_eq!(start, next, "runs cover the disk in order");
+        next = start + length;
+        depths[depth as usize] += length;
+        if r["data"] == true {
+            // Each data run is where the map says, in the file it names.
+            let at = r["offset"].as_u64().unwrap() as usize;
+            let file = &files[depth as usize];
+            assert!(file[at..at + length as usize] == chain[start as usize..(start + length) as usize], "{r}");
+        }
+    }
+    assert_eq!(next, 4194304);
+    assert!(depths[0] > 0 && depths[1] > 0, "both levels decide some bytes: {depths:?}");
+    // The text form names the files.
+    let text = ok_text(d, &["map", "ntfs-differential.vhd"]);
+    assert!(text.contains("ntfs-parent.vhd") && text.contains("ntfs-differential.vhd"), "{text}");
+}

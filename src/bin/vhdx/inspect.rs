@@ -343,6 +343,20 @@ fn hex(n: u64) -> String {
 /// the parent are reported as such (depth 1, not present).
 pub fn map(args: &MapArgs) -> CliResult {
     let path = args.file.as_path();
+    if crate::vhd::is_vhd(path) {
+        let disk = match vhdx::vhd::VhdDisk::open(path) {
+            Ok(d) => d,
+            Err(e) if matches!(e.kind(), vhdx::ErrorKind::ParentNotFound | vhdx::ErrorKind::ParentMismatch) => {
+                eprintln!(
+                    "note: {}: mapping the image alone ({e}); ranges from its parents show as depth 1",
+                    path.display()
+                );
+                vhdx::vhd::VhdDisk::open_without_parent(path, false).in_file(path)?
+            }
+            Err(e) => return Err(e).in_file(path),
+        };
+        return print_map(args, path, &disk);
+    }
     let (disk, problem) = open_chain(path, args.force_share)?;
     if let Some(p) = &problem {
         eprintln!(
@@ -351,16 +365,21 @@ pub fn map(args: &MapArgs) -> CliResult {
             p.describe()
         );
     }
-    let runs = vhdx::chain::map(&disk).in_file(path)?;
+    print_map(args, path, &disk)
+}
+
+/// Prints the chain-wide map of `disk` (VHDX or VHD) as `map` does.
+fn print_map<L: vhdx::chain::ChainLevel>(args: &MapArgs, path: &Path, disk: &L) -> CliResult {
+    let runs = vhdx::chain::map(disk).in_file(path)?;
     if args.json {
         outln!("{}", map_json(&runs))?;
         return Ok(());
     }
     let mut files = Vec::new();
-    let mut level = Some(&disk);
+    let mut level = Some(disk);
     while let Some(d) = level {
-        files.push(d.path().map(str::to_string).unwrap_or_else(|| path.display().to_string()));
-        level = d.parent();
+        files.push(d.level_path().map(str::to_string).unwrap_or_else(|| path.display().to_string()));
+        level = d.level_parent();
     }
     outln!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to")?;
     for r in &runs {
