@@ -175,3 +175,86 @@ fn vhd_dynamic_allocations_survive_a_crash_at_every_operation() {
 fn vhd_differencing_writes_survive_a_crash_at_every_operation() {
     check(true);
 }
+
+/// The filesystem fills before each storage operation of a session of
+/// allocating writes: each write lands or fails; after a failure the open
+/// disk reads every sector as before or after the writes issued, and so
+/// does the file reopened (writable: a damaged trailing footer is put
+/// back), with everything flushed before the session intact.
+fn fill(differencing: bool) {
+    let parent_image = differencing.then(parent_bytes);
+    let under: Vec<u8> = match &parent_image {
+        Some(p) => p[..SIZE as usize].to_vec(),
+        None => vec![0u8; SIZE as usize],
+    };
+    let writes: Vec<(u64, Vec<u8>)> = sessions().into_iter().flatten().collect();
+    let session = |storage: FaultStorage| -> (vhdx::Result<()>, usize, Vec<u8>) {
+        let mut disk = match &parent_image {
+            None => VhdDisk::open_storage(Box::new(storage), true).unwrap(),
+            Some(p) => VhdDisk::open_storage(Box::new(storage), true).unwrap().with_parent(parent(p)).unwrap(),
+        };
+        let mut issued = 0;
+        let r = (|| {
+            for (at, data) in &writes {
+                issued += 1;
+                disk.write_at(data, *at)?;
+            }
+            disk.flush()
+        })();
+        let mut got = vec![0u8; SIZE as usize];
+        disk.read_at(&mut got, 0).unwrap();
+        drop(disk.abandon());
+        (r, issued, got)
+    };
+    // A flushed, empty disk to start from.
+    let empty = {
+        let s = FaultStorage::new();
+        match &parent_image {
+            None => drop(
+                VhdDisk::create_on(Box::new(s.clone()), &VhdCreateOptions::dynamic(SIZE).block_size(1 << 20)).unwrap(),
+            ),
+            Some(p) => drop(VhdDisk::create_differencing_on(Box::new(s.clone()), parent(p)).unwrap()),
+        }
+        s.volatile()
+    };
+    let probe = FaultStorage::from_vec(empty.clone());
+    assert!(session(probe.clone()).0.is_ok());
+    let total = probe.mutating_ops();
+    let mut failed = 0;
+    for n in 0..=total {
+        let storage = FaultStorage::from_vec(empty.clone());
+        storage.fill_after(Some(n));
+        let (r, issued, seen) = session(storage.clone());
+        failed += r.is_err() as u64;
+        let mut after = under.clone();
+        for (at, data) in &writes[..issued] {
+            after[*at as usize..*at as usize + data.len()].copy_from_slice(data);
+        }
+        storage.fill_after(None);
+        let reopened = VhdDisk::open_storage(Box::new(MemStorage::from_vec(storage.volatile())), true).unwrap();
+        let reopened = match &parent_image {
+            Some(p) => reopened.with_parent(parent(p)).unwrap(),
+            None => reopened,
+        };
+        let mut got = vec![0u8; SIZE as usize];
+        reopened.read_at(&mut got, 0).unwrap();
+        for (what, view) in [("the open disk", &seen), ("the file reopened", &got)] {
+            for s in 0..(SIZE / 512) as usize {
+                let r = s * 512..s * 512 + 512;
+                let ok = view[r.clone()] == under[r.clone()] || view[r.clone()] == after[r.clone()];
+                assert!(ok, "full after {n}: sector {s} of {what} is neither before nor after");
+            }
+        }
+    }
+    assert!(failed > 0, "the filesystem never filled under a write");
+}
+
+#[test]
+fn vhd_dynamic_writes_on_a_filling_filesystem_lose_nothing() {
+    fill(false);
+}
+
+#[test]
+fn vhd_differencing_writes_on_a_filling_filesystem_lose_nothing() {
+    fill(true);
+}
