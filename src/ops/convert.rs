@@ -192,7 +192,11 @@ impl ImageFormat {
         if ImageFormat::from_path(path) == ImageFormat::Raw {
             return ImageFormat::Raw;
         }
-        let Ok(mut file) = std::fs::File::open(path) else { return ImageFormat::from_path(path) };
+        // Opened as images are: a regular file only, never blocking (a FIFO
+        // would hang a plain open), and without taking a lock (a look is
+        // not a use; the open that follows locks).
+        let mode = crate::io::lock::Mode { writable: false, create_new: false, lock: false };
+        let Ok(mut file) = crate::io::lock::open(path, mode) else { return ImageFormat::from_path(path) };
         let len = file.metadata().map_or(0, |m| m.len());
         let mut head = [0u8; 8];
         let mut tail = [0u8; 8];

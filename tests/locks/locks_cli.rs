@@ -255,6 +255,26 @@ fn fifos_never_make_a_command_hang() {
         assert_eq!(out.status.code(), Some(1), "vhdx {}: {err}", args.join(" "));
         assert!(err.contains("fifo.vhdx") && err.contains("FIFO"), "vhdx {}: {err}", args.join(" "));
     }
+    // A FIFO named as a VHD: the commands that take VHDs look at content
+    // first, which must not block either.
+    let vhd = dir.path().join("fifo.vhd");
+    mkfifo(&vhd);
+    let input = dir.path().join("input.bin");
+    std::fs::write(&input, [1u8; 512]).unwrap();
+    for args in [
+        vec!["info", s(&vhd)],
+        vec!["map", s(&vhd)],
+        vec!["check", s(&vhd)],
+        vec!["write", s(&vhd), "--offset", "0", "--input", s(&input)],
+        vec!["convert", s(&vhd), "x.vhdx"],
+        vec!["create", s(&dir.path().join("child.vhd")), "--parent", s(&vhd)],
+        vec!["serve", s(&vhd), "--port", "0"],
+    ] {
+        let out = vhdx(&args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "vhdx {}: {err}", args.join(" "));
+        assert!(err.contains("FIFO"), "vhdx {}: {err}", args.join(" "));
+    }
     let raw = dir.path().join("fifo.raw");
     mkfifo(&raw);
     let out = vhdx(&["convert", s(&raw), s(&dir.path().join("out.vhdx"))]);
