@@ -5,15 +5,15 @@
 //! `W2ru` (relative, UTF-16), `W2ku` (absolute, UTF-16), then the old
 //! `Wi2r` and `Wi2k` (code-page paths), then `MacX` (a `file://` URL);
 //! a `Mac ` alias is reported, never resolved; last, the file name the
-//! header records for the parent, in the child's directory. Relative paths are taken
-//! from the child's directory, with `\` as a separator, as for VHDX
-//! ([`super::resolve_relative`]); Windows absolute paths are not tried on
-//! other systems. A candidate is accepted only when its footer's unique ID
-//! is the one the child's dynamic header names: a parent that was replaced
-//! is refused, not read. The parent's time stamp is reported by
-//! [`VhdDisk::parent_timestamp_matches`] but not enforced (Windows updates
-//! it when a parent is modified while children that read the old state
-//! stay valid only by their ID).
+//! header records for the parent, in the child's directory. Relative paths
+//! are taken from the child's directory, with `\` as a separator, as for
+//! VHDX ([`super::resolve_relative`]); Windows absolute paths are not tried
+//! on other systems. A candidate is accepted only when its footer's unique
+//! ID is the one the child's dynamic header names: a parent that was
+//! replaced is refused, not read. The parent's time stamp is reported by
+//! [`VhdDisk::parent_timestamp_matches`] but not required: Windows writes 0
+//! there in the children it makes (both differencing chains among the
+//! fixtures), so requiring it would refuse Windows' own chains.
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -121,7 +121,10 @@ fn open_chain(path: &Path, writable: bool, depth: usize) -> Result<VhdDisk> {
     if disk.disk_type() != VhdType::Differencing {
         return Ok(disk);
     }
-    let header = disk.dynamic_header().expect("a differencing disk has a dynamic header").clone();
+    let header = disk
+        .dynamic_header()
+        .ok_or_else(|| Error::corrupt("VHD footer", 0, "a differencing disk without a dynamic header"))?
+        .clone();
     let mut tried = Vec::new();
     let mut windows = Vec::new();
     let mut candidates = disk.locator_paths().map_err(|e| e.in_file(path.display()))?;

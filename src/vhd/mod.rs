@@ -317,7 +317,7 @@ impl VhdImage {
     /// first, then the bitmap goes where it was, then the entry (see the
     /// module docs). Returns the block's file offset (its bitmap's).
     fn allocate(&mut self, block: u64) -> Result<u64> {
-        let header = self.header.as_ref().expect("only dynamic and differencing disks allocate");
+        let header = self.header.as_ref().ok_or_else(|| Error::invalid("a fixed VHD has no blocks to allocate"))?;
         let bitmap = bitmap_size(header.block_size);
         let at = self.footer_at;
         let sector = at / SECTOR;
