@@ -46,7 +46,7 @@ pub fn convert(args: &ConvertArgs) -> CliResult {
         || args.physical_sector_size.is_some();
     if out_format == ImageFormat::Raw && vhdx_only {
         return Err(Failure(format!(
-            "{}: --type, --block-size and the sector size options apply only to VHDX output",
+            "{}: --type and --block-size apply only to VHDX and VHD output, the sector size options only to VHDX output",
             dst_path.display()
         )));
     }

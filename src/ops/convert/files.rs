@@ -143,7 +143,9 @@ pub fn convert_with_progress(
             || options.logical_sector_size.is_some()
             || options.physical_sector_size.is_some())
     {
-        return Err(Error::invalid("the type, block size and sector sizes apply only to a VHDX or VHD output"));
+        return Err(Error::invalid(
+            "the type and block size apply only to a VHDX or VHD output, the sector sizes only to a VHDX output",
+        ));
     }
     if out_format == ImageFormat::Vhd
         && (options.logical_sector_size.is_some_and(|s| s != 512)
