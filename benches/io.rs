@@ -4,8 +4,10 @@
 //! `cargo bench --bench io`. Groups and function names are stable across
 //! versions (see BENCHMARKS.md):
 //! - `read_4k_random`, `read_1m_sequential`: `raw`, `fixed`, `dynamic`,
-//!   `differencing_depth1`, `differencing_depth8`, and `raw_copy` (a second
-//!   raw file measured last: how far two raw files differ is the noise floor)
+//!   `differencing_depth1`, `differencing_depth8`, the same for VHD
+//!   (`vhd_fixed`, `vhd_dynamic`, `vhd_differencing_depth1`), and
+//!   `raw_copy` (a second raw file measured last: how far two raw files
+//!   differ is the noise floor)
 //! - `write_4k_random`: `raw`, `fixed`, `dynamic_allocated`, `differencing_depth1`
 //! - `write_1m_first_touch`: `raw`, `dynamic` (every write allocates a new
 //!   block; both flush every 64 writes, the image through its crash-safe
@@ -95,6 +97,28 @@ impl Fixture {
             }
             d.close().unwrap();
         }
+        // The same as VHDs (2 MiB blocks, as Windows makes them), and a VHD
+        // child over the dynamic one written as chain1 below.
+        {
+            use vhdx::vhd::{VhdCreateOptions, VhdDisk};
+            for (name, opts) in
+                [("vhd_fixed.vhd", VhdCreateOptions::fixed(SIZE)), ("vhd_dynamic.vhd", VhdCreateOptions::dynamic(SIZE))]
+            {
+                let mut d = VhdDisk::create(self.p(name), &opts).unwrap();
+                for i in 0..SIZE >> 20 {
+                    d.write_at(&data, i << 20).unwrap();
+                }
+                d.flush().unwrap();
+            }
+            let mut c = VhdDisk::create_differencing(self.p("vhd_chain1.vhd"), self.p("vhd_dynamic.vhd")).unwrap();
+            let piece = fill(1);
+            let mut block = 1u64;
+            while block * BLOCK < SIZE {
+                c.write_at(&piece, block * BLOCK + (1 << 20)).unwrap();
+                block += (CHAIN + 1) as u64;
+            }
+            c.flush().unwrap();
+        }
         // A chain: a fully allocated base and 8 children; child L owns half of
         // every block whose index is L modulo 9, so data is spread over every
         // level and the children's blocks are partially present.
@@ -140,7 +164,10 @@ impl Fixture {
     }
 
     fn files(&self) -> Vec<String> {
-        let mut names: Vec<String> = ["raw.img", "raw2.img", "fixed.vhdx", "dynamic.vhdx"].map(String::from).to_vec();
+        let mut names: Vec<String> =
+            ["raw.img", "raw2.img", "fixed.vhdx", "dynamic.vhdx", "vhd_fixed.vhd", "vhd_dynamic.vhd", "vhd_chain1.vhd"]
+                .map(String::from)
+                .to_vec();
         names.extend((0..=CHAIN).map(|level| format!("chain{level}.vhdx")));
         names
     }
@@ -195,12 +222,28 @@ fn reads(c: &mut Criterion, fx: &Fixture) {
         ("differencing_depth1", Disk::open(fx.p("chain1.vhdx")).unwrap()),
         ("differencing_depth8", Disk::open(fx.p(&format!("chain{CHAIN}.vhdx"))).unwrap()),
     ];
+    use vhdx::vhd::VhdDisk;
+    let vhds: Vec<(&str, VhdDisk)> = vec![
+        ("vhd_fixed", VhdDisk::open(fx.p("vhd_fixed.vhd")).unwrap()),
+        ("vhd_dynamic", VhdDisk::open(fx.p("vhd_dynamic.vhd")).unwrap()),
+        ("vhd_differencing_depth1", VhdDisk::open(fx.p("vhd_chain1.vhd")).unwrap()),
+    ];
     for (gname, len, sequential) in [("read_4k_random", 4096u64, false), ("read_1m_sequential", 1 << 20, true)] {
         let offs = if sequential { (0..SIZE / len).map(|i| i * len).collect() } else { offsets(1 << 16, SIZE, 4096) };
         let mut g = group(c, gname, len);
         let mut buf = vec![0u8; len as usize];
         raw_reads(&mut g, "raw", &fx.p("raw.img"), &mut buf, &offs);
         for (name, disk) in &images {
+            let mut i = 0usize;
+            g.bench_function(*name, |b| {
+                b.iter(|| {
+                    disk.read_at(&mut buf, offs[i % offs.len()]).unwrap();
+                    i += 1;
+                    black_box(&buf);
+                })
+            });
+        }
+        for (name, disk) in &vhds {
             let mut i = 0usize;
             g.bench_function(*name, |b| {
                 b.iter(|| {
