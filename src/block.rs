@@ -107,20 +107,7 @@ pub trait BlockDevice {
     /// default writes whole sectors; a partial one is read first and
     /// written back with the new bytes in it.
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        check_range(offset, buf.len(), self.capacity())?;
-        let mut sector = alloc::vec![0u8; self.sector_size() as usize];
-        for p in pieces(offset, buf.len(), self.sector_size()) {
-            let src = &buf[p.range.clone()];
-            match p.within {
-                None => self.write_sectors(p.lba, src)?,
-                Some(within) => {
-                    self.read_sectors(p.lba, &mut sector)?;
-                    sector[within..within + src.len()].copy_from_slice(src);
-                    self.write_sectors(p.lba, &sector)?;
-                }
-            }
-        }
-        Ok(())
+        write_by_sectors(self, buf, offset)
     }
 
     /// The byte ranges `(offset, length)` that may hold non-zero bytes, in
@@ -176,14 +163,49 @@ fn pieces(offset: u64, len: usize, sector: u32) -> impl Iterator<Item = Piece> {
     })
 }
 
-fn check_range(offset: u64, len: usize, size: u64) -> Result<()> {
+/// [`BlockDevice::write_at`]'s default, for devices that override it to
+/// add checks of their own first: whole sectors written as they are, a
+/// partial one read (through [`BlockDevice::read_sectors`]), merged and
+/// written back.
+pub(crate) fn write_by_sectors<D: BlockDevice + ?Sized>(dev: &mut D, buf: &[u8], offset: u64) -> Result<()> {
+    check_range(offset, buf.len(), dev.capacity())?;
+    let mut sector = alloc::vec![0u8; dev.sector_size() as usize];
+    for p in pieces(offset, buf.len(), dev.sector_size()) {
+        let src = &buf[p.range.clone()];
+        match p.within {
+            None => dev.write_sectors(p.lba, src)?,
+            Some(within) => {
+                dev.read_sectors(p.lba, &mut sector)?;
+                sector[within..within + src.len()].copy_from_slice(src);
+                dev.write_sectors(p.lba, &sector)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads `dst.len()` bytes of `dev` at `at`; what lies past its end reads
+/// as zeros (a child larger than its parent, after it was grown).
+pub(crate) fn read_or_zeros<D: BlockDevice + ?Sized>(dev: &D, dst: &mut [u8], at: u64) -> Result<()> {
+    let avail = dev.capacity().saturating_sub(at).min(dst.len() as u64) as usize;
+    if avail > 0 {
+        dev.read_at(&mut dst[..avail], at)?;
+    }
+    dst[avail..].fill(0);
+    Ok(())
+}
+
+/// `len` bytes at `offset` lie within a device of `size` bytes, else
+/// [`Error::OutOfRange`].
+pub(crate) fn check_range(offset: u64, len: usize, size: u64) -> Result<()> {
     match offset.checked_add(len as u64) {
         Some(end) if end <= size => Ok(()),
         _ => Err(Error::OutOfRange { offset, len: len as u64, size }),
     }
 }
 
-fn sector_offset(lba: u64, len: usize, sector: u32) -> Result<u64> {
+/// The byte offset of sector `lba`, for a buffer that must be whole sectors.
+pub(crate) fn sector_offset(lba: u64, len: usize, sector: u32) -> Result<u64> {
     if len % sector as usize != 0 {
         return Err(Error::InvalidArgument(alloc::format!(
             "buffer of {len} bytes is not a whole number of {sector}-byte sectors"

@@ -66,12 +66,7 @@ pub struct MapEntry {
 /// Reads the parent's bytes at `at`. A child may be larger than its parent
 /// (after it was grown): what lies past the parent's end reads as zeros.
 pub(crate) fn read_parent(parent: &Disk, dst: &mut [u8], at: u64) -> Result<()> {
-    let avail = parent.virtual_size().saturating_sub(at).min(dst.len() as u64) as usize;
-    if avail > 0 {
-        parent.read_at(&mut dst[..avail], at)?;
-    }
-    dst[avail..].fill(0);
-    Ok(())
+    crate::block::read_or_zeros(parent, dst, at)
 }
 
 /// Payload blocks above which [`ancestor_skips`] builds no table (one byte per

@@ -822,6 +822,27 @@ impl VhdDisk {
         self.parent.as_deref()
     }
 
+    /// The paths of the chain open with the disk, leaf first (`"?"` for
+    /// an image opened without one).
+    pub fn chain_paths(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut level = Some(self);
+        while let Some(d) = level {
+            out.push(String::from(d.path().unwrap_or("?")));
+            level = d.parent();
+        }
+        out
+    }
+
+    /// Blocks stored in this file, and blocks of the disk: from the block
+    /// table, as a VHDX counts them (`(0, 0)` for a fixed disk).
+    pub fn allocated_blocks(&self) -> (u64, u64) {
+        let Some(h) = self.dynamic_header() else { return (0, 0) };
+        let total = self.virtual_size().div_ceil(h.block_size as u64);
+        let stored = self.image.bat.iter().take(total as usize).filter(|&&e| e != UNUSED_ENTRY).count() as u64;
+        (stored, total)
+    }
+
     /// The paths the parent locator entries hold, with their platform codes
     /// (`None` for a `Mac ` alias or an unknown code).
     pub fn locator_paths(&self) -> Result<Vec<([u8; 4], Option<String>)>> {
@@ -848,30 +869,15 @@ impl VhdDisk {
         Ok(out)
     }
 
-    fn check_range(&self, offset: u64, len: usize) -> Result<()> {
-        let size = self.virtual_size();
-        match offset.checked_add(len as u64) {
-            Some(end) if end <= size => Ok(()),
-            _ => Err(Error::OutOfRange { offset, len: len as u64, size }),
-        }
-    }
-
     /// Reads `buf.len()` bytes of the virtual disk at `offset`.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.check_range(offset, buf.len())?;
+        crate::block::check_range(offset, buf.len(), self.virtual_size())?;
         self.image.resolve(offset, buf.len() as u64, |at, n, extent| {
             let dst = &mut buf[(at - offset) as usize..(at - offset + n) as usize];
             match extent {
                 Extent::Data { file_offset } => self.image.read_file(dst, file_offset, "reading payload"),
                 Extent::Parent => match &self.parent {
-                    Some(p) => {
-                        let avail = p.virtual_size().saturating_sub(at).min(n) as usize;
-                        if avail > 0 {
-                            p.read_at(&mut dst[..avail], at)?;
-                        }
-                        dst[avail..].fill(0);
-                        Ok(())
-                    }
+                    Some(p) => crate::block::read_or_zeros(&**p, dst, at),
                     None => {
                         dst.fill(0);
                         Ok(())
@@ -885,35 +891,27 @@ impl VhdDisk {
         })
     }
 
-    /// Writes `buf` at virtual `offset`, any alignment; partial sectors of
-    /// a differencing disk are completed from the chain first.
+    /// Writes `buf` at virtual `offset`, any alignment; partial sectors are
+    /// completed from what the disk presents (in a differencing disk, the
+    /// chain) first.
     pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        if !self.image.writable {
-            return Err(Error::ReadOnly);
-        }
-        self.check_range(offset, buf.len())?;
+        self.check_write(offset, buf.len())?;
         if buf.is_empty() {
             return Ok(());
         }
+        crate::block::write_by_sectors(self, buf, offset)
+    }
+
+    /// Refuses a write of `len` bytes at `offset` that this disk cannot take.
+    fn check_write(&self, offset: u64, len: usize) -> Result<()> {
+        if !self.image.writable {
+            return Err(Error::ReadOnly);
+        }
+        crate::block::check_range(offset, len, self.virtual_size())?;
         if self.disk_type() == VhdType::Differencing && self.parent.is_none() {
             return Err(Error::invalid("a differencing disk opened without its parent cannot take data writes"));
         }
-        let end = offset + buf.len() as u64;
-        let lo = offset / SECTOR * SECTOR;
-        let hi = end.next_multiple_of(SECTOR);
-        if lo == offset && hi == end {
-            return self.image.write_sectors(buf, offset);
-        }
-        // Whole sectors around the write: the partial ones read first.
-        let mut whole = alloc::vec![0u8; (hi - lo) as usize];
-        self.read_at(&mut whole[..SECTOR as usize], lo)?;
-        let last = hi - SECTOR;
-        if last > lo {
-            let tail = whole.len() - SECTOR as usize;
-            self.read_at(&mut whole[tail..], last)?;
-        }
-        whole[(offset - lo) as usize..(end - lo) as usize].copy_from_slice(buf);
-        self.image.write_sectors(&whole, lo)
+        Ok(())
     }
 
     /// Makes completed writes durable.
@@ -949,13 +947,14 @@ impl crate::BlockDevice for VhdDisk {
     }
 
     fn read_sectors(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
-        let at = lba.checked_mul(SECTOR).ok_or(Error::OutOfRange { offset: u64::MAX, len: 0, size: 0 })?;
+        let at = crate::block::sector_offset(lba, buf.len(), SECTOR as u32)?;
         self.read_at(buf, at)
     }
 
     fn write_sectors(&mut self, lba: u64, buf: &[u8]) -> Result<()> {
-        let at = lba.checked_mul(SECTOR).ok_or(Error::OutOfRange { offset: u64::MAX, len: 0, size: 0 })?;
-        self.write_at(buf, at)
+        let at = crate::block::sector_offset(lba, buf.len(), SECTOR as u32)?;
+        self.check_write(at, buf.len())?;
+        self.image.write_sectors(buf, at)
     }
 
     fn flush(&mut self) -> Result<()> {
