@@ -215,6 +215,24 @@ fn raw_reads(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, path: &Path, buf:
     });
 }
 
+/// `name`: reads through an image (`read(buf, offset)`), at `offs` in turn.
+fn image_reads(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    buf: &mut [u8],
+    offs: &[u64],
+    read: impl Fn(&mut [u8], u64) -> vhdx::Result<()>,
+) {
+    let mut i = 0usize;
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            read(buf, offs[i % offs.len()]).unwrap();
+            i += 1;
+            black_box(&buf);
+        })
+    });
+}
+
 fn reads(c: &mut Criterion, fx: &Fixture) {
     let images: Vec<(&str, Disk)> = vec![
         ("fixed", Disk::open(fx.p("fixed.vhdx")).unwrap()),
@@ -234,24 +252,10 @@ fn reads(c: &mut Criterion, fx: &Fixture) {
         let mut buf = vec![0u8; len as usize];
         raw_reads(&mut g, "raw", &fx.p("raw.img"), &mut buf, &offs);
         for (name, disk) in &images {
-            let mut i = 0usize;
-            g.bench_function(*name, |b| {
-                b.iter(|| {
-                    disk.read_at(&mut buf, offs[i % offs.len()]).unwrap();
-                    i += 1;
-                    black_box(&buf);
-                })
-            });
+            image_reads(&mut g, name, &mut buf, &offs, |buf, at| disk.read_at(buf, at));
         }
         for (name, disk) in &vhds {
-            let mut i = 0usize;
-            g.bench_function(*name, |b| {
-                b.iter(|| {
-                    disk.read_at(&mut buf, offs[i % offs.len()]).unwrap();
-                    i += 1;
-                    black_box(&buf);
-                })
-            });
+            image_reads(&mut g, name, &mut buf, &offs, |buf, at| disk.read_at(buf, at));
         }
         raw_reads(&mut g, "raw_copy", &fx.p("raw2.img"), &mut buf, &offs);
         g.finish();

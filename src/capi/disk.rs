@@ -83,15 +83,7 @@ impl Held {
     pub(crate) fn chain_paths(&self) -> alloc::vec::Vec<String> {
         match self {
             Held::Vhdx(d) => d.chain_paths(),
-            Held::Vhd(d) => {
-                let mut out = alloc::vec::Vec::new();
-                let mut level = Some(d);
-                while let Some(l) = level {
-                    out.push(String::from(l.path().unwrap_or("?")));
-                    level = l.parent();
-                }
-                out
-            }
+            Held::Vhd(d) => d.chain_paths(),
         }
     }
 }
@@ -162,31 +154,15 @@ pub(crate) fn vhd_type_code(t: VhdType) -> i32 {
 /// ID (a child's parent unique ID for the linkage).
 fn vhd_info(v: &VhdDisk) -> VhdxInfo {
     let header = v.dynamic_header();
-    let map = v.map().unwrap_or_default();
-    let bs = header.map_or(0, |h| h.block_size as u64);
-    let total = if bs == 0 { 0 } else { v.virtual_size().div_ceil(bs) };
-    let allocated = (0..total)
-        .filter(|&b| {
-            map.iter().any(|e| {
-                matches!(e.extent, crate::Extent::Data { .. })
-                    && e.offset < (b + 1) * bs
-                    && b * bs < e.offset + e.length
-            })
-        })
-        .count() as u64;
-    let mut chain = 0u32;
-    let mut level = Some(v);
-    while let Some(l) = level {
-        chain += 1;
-        level = l.parent();
-    }
+    let (allocated, total) = v.allocated_blocks();
+    let chain = v.chain_paths().len() as u32;
     let linkage = header.filter(|_| v.disk_type() == VhdType::Differencing).map(|h| h.parent_unique_id);
     VhdxInfo {
         struct_size: 0,
         disk_type: vhd_type_code(v.disk_type()),
         logical_sector_size: 512,
         physical_sector_size: 512,
-        block_size: bs as u32,
+        block_size: header.map_or(0, |h| h.block_size),
         virtual_size: v.virtual_size(),
         file_size: 0,
         allocated_blocks: allocated,

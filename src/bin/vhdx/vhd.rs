@@ -36,22 +36,8 @@ pub fn info(args: &InfoArgs) -> CliResult {
     let file_size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let map = disk.map().in_file(path)?;
     let stored: u64 = map.iter().filter(|e| matches!(e.extent, Extent::Data { .. })).map(|e| e.length).sum();
-    let allocated = h.map(|h| {
-        let bs = h.block_size as u64;
-        (0..disk.virtual_size().div_ceil(bs))
-            .filter(|&b| {
-                map.iter().any(|e| {
-                    matches!(e.extent, Extent::Data { .. }) && e.offset < (b + 1) * bs && b * bs < e.offset + e.length
-                })
-            })
-            .count() as u64
-    });
-    let mut chain = vec![path.display().to_string()];
-    let mut level = disk.parent();
-    while let Some(p) = level {
-        chain.push(p.path().unwrap_or("?").to_string());
-        level = p.parent();
-    }
+    let (allocated, total) = disk.allocated_blocks();
+    let chain = disk.chain_paths();
     let locators: Vec<(String, String)> = disk
         .locator_paths()
         .in_file(path)?
@@ -82,8 +68,8 @@ pub fn info(args: &InfoArgs) -> CliResult {
             "parent": disk.parent().and_then(|p| p.path()),
             "chain": chain,
             "stored_bytes": stored,
-            "allocated_blocks": allocated,
-            "payload_blocks": h.map(|h| disk.virtual_size().div_ceil(h.block_size as u64)),
+            "allocated_blocks": h.map(|_| allocated),
+            "payload_blocks": h.map(|_| total),
             "footer_copy_used": disk.used_footer_copy(),
             "checksum_error": disk.footer_checksum_error().map(|e| e.to_string()),
         });
@@ -105,10 +91,7 @@ pub fn info(args: &InfoArgs) -> CliResult {
     ];
     if let Some(h) = h {
         rows.push(("block size", human_exact(h.block_size as u64)));
-        rows.push((
-            "allocated blocks",
-            format!("{} of {}", allocated.unwrap_or(0), disk.virtual_size().div_ceil(h.block_size as u64)),
-        ));
+        rows.push(("allocated blocks", format!("{allocated} of {total}")));
     }
     rows.push(("geometry", format!("{geometry} (C/H/S, {} bytes)", f.chs.bytes())));
     rows.push(("unique id", f.unique_id.to_string()));

@@ -191,12 +191,8 @@ pub fn convert_with_progress(
             paths
         }
         Source::Vhd(d) => {
-            let mut paths = alloc::vec![src.to_path_buf()];
-            let mut level = d.parent();
-            while let Some(p) = level {
-                paths.extend(p.path().map(PathBuf::from));
-                level = p.parent();
-            }
+            let mut paths: Vec<PathBuf> = d.chain_paths().into_iter().map(PathBuf::from).collect();
+            paths[0] = src.to_path_buf();
             paths
         }
         Source::Raw(..) => alloc::vec![src.to_path_buf()],
