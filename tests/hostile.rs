@@ -166,81 +166,111 @@ fn random_mutations_never_panic() {
     if !in_bounded_child("random_mutations_never_panic") {
         return;
     }
-    let per_seed: u64 = std::env::var("VHDX_MUTATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
-    let mut rng = XorShift(0x5EED_1234_ABCD_0001);
-    let mut tried = 0u64;
-    let mut rejected = 0u64;
-    let mut slowest = Duration::ZERO;
-    for (name, image) in seed_images() {
-        let (mut seed_ok, mut seed_rejected) = (0u64, 0u64);
-        // Regions worth hitting: identifier, headers, region tables, log, metadata, BAT, payload.
-        let hot: [(u64, u64); 6] = [
+    // Regions worth hitting: identifier, headers, region tables, log, metadata, BAT, payload.
+    let hot = |_len: u64| {
+        vec![
             (0, 4096),
             (64 << 10, 4096),
             (128 << 10, 4096),
             (192 << 10, 128 << 10),
             (1 << 20, 3 << 20),
             (3 << 20, 64 << 10),
-        ];
-        for _ in 0..per_seed {
-            let mut m = image.clone();
-            let flips = 1 + rng.below(8);
-            for _ in 0..flips {
-                let (start, len) = hot[rng.below(hot.len() as u64) as usize];
-                let at = (start + rng.below(len)) as usize;
-                if at < m.len() {
-                    m[at] = match rng.below(4) {
-                        0 => m[at] ^ (1 << rng.below(8)),
-                        1 => 0xFF,
-                        2 => 0,
-                        _ => rng.next() as u8,
-                    };
-                }
-            }
-            if rng.below(10) == 0 {
-                let cut = rng.below(m.len() as u64) as usize;
-                m.truncate(cut);
-            }
-            tried += 1;
-            let what = format!("mutation #{tried} of the {name} image");
-            let (outcome, took) = within(&what, move || try_everything(m));
-            slowest = slowest.max(took);
-            match outcome {
-                Ok(Ok(())) => seed_ok += 1,
-                Ok(Err(e)) => {
-                    seed_rejected += 1;
-                    // Typed: the kinds a damaged image may give, never an
-                    // I/O error from memory storage or a busy lock.
-                    assert!(
-                        matches!(
-                            e.kind(),
-                            ErrorKind::Corrupt
-                                | ErrorKind::Unsupported
-                                | ErrorKind::ParentNotFound
-                                | ErrorKind::ParentMismatch
-                                | ErrorKind::InvalidArgument
-                        ),
-                        "{what}: error of kind {:?}: {e}",
-                        e.kind()
-                    );
-                    // Naming the structure's place in the file.
-                    if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::Unsupported) {
-                        assert!(e.to_string().contains("offset 0x"), "{what}: no file offset in: {e}");
-                    }
-                }
-                Err(_) => panic!("panic on {what}"),
-            }
-        }
-        // The mutations both spare and break images of every seed: a
-        // generator that hits nothing, or a reader that refuses everything,
-        // would measure nothing.
-        assert!(seed_ok > 0 && seed_rejected > 0, "{name}: {seed_ok} accepted, {seed_rejected} rejected");
-        rejected += seed_rejected;
-    }
+        ]
+    };
+    let kinds = [
+        ErrorKind::Corrupt,
+        ErrorKind::Unsupported,
+        ErrorKind::ParentNotFound,
+        ErrorKind::ParentMismatch,
+        ErrorKind::InvalidArgument,
+    ];
+    let mutations = Mutations { seed: 0x5EED_1234_ABCD_0001, max_flips: 8, hot: &hot, reseal: None, kinds: &kinds };
+    let (tried, rejected, slowest) = mutations.run(seed_images(), try_everything);
     println!(
         "hostile: {tried} mutated images, {rejected} rejected with a typed error, none panicked; slowest {slowest:?}"
     );
     report_peak_memory();
+}
+
+/// A mutation run: each seed image copied and changed at random in its
+/// `hot` regions (`1..=max_flips` bytes: a bit flipped, all ones, zero or
+/// random), resealed three times in four when `reseal` is given (so the
+/// checks behind the checksums are reached), cut short one time in ten,
+/// then tried in a thread that must answer in time. Every failure must be
+/// one of `kinds`, and a corruption must name its file offset.
+struct Mutations<'a> {
+    seed: u64,
+    max_flips: u64,
+    hot: &'a dyn Fn(u64) -> Vec<(u64, u64)>,
+    reseal: Option<fn(&mut [u8])>,
+    kinds: &'a [ErrorKind],
+}
+
+impl Mutations<'_> {
+    /// Runs `VHDX_MUTATIONS` (default 400) mutations of each seed through
+    /// `try_one`; returns how many were tried and rejected, and the slowest.
+    fn run(
+        &self,
+        seeds: Vec<(&'static str, Vec<u8>)>,
+        try_one: fn(Vec<u8>) -> Result<(), vhdx::Error>,
+    ) -> (u64, u64, Duration) {
+        let per_seed: u64 = std::env::var("VHDX_MUTATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
+        let mut rng = XorShift(self.seed);
+        let (mut tried, mut rejected) = (0u64, 0u64);
+        let mut slowest = Duration::ZERO;
+        for (name, image) in seeds {
+            let (mut seed_ok, mut seed_rejected) = (0u64, 0u64);
+            let hot = (self.hot)(image.len() as u64);
+            for _ in 0..per_seed {
+                let mut m = image.clone();
+                for _ in 0..1 + rng.below(self.max_flips) {
+                    let (start, len) = hot[rng.below(hot.len() as u64) as usize];
+                    let at = (start + rng.below(len)) as usize;
+                    if at < m.len() {
+                        m[at] = match rng.below(4) {
+                            0 => m[at] ^ (1 << rng.below(8)),
+                            1 => 0xFF,
+                            2 => 0,
+                            _ => rng.next() as u8,
+                        };
+                    }
+                }
+                if let Some(reseal) = self.reseal {
+                    if rng.below(4) != 0 {
+                        reseal(&mut m);
+                    }
+                }
+                if rng.below(10) == 0 {
+                    let cut = rng.below(m.len() as u64) as usize;
+                    m.truncate(cut);
+                }
+                tried += 1;
+                let what = format!("mutation #{tried} of the {name} image");
+                let (outcome, took) = within(&what, move || try_one(m));
+                slowest = slowest.max(took);
+                match outcome {
+                    Ok(Ok(())) => seed_ok += 1,
+                    Ok(Err(e)) => {
+                        seed_rejected += 1;
+                        // Typed: the kinds a damaged image may give, never an
+                        // I/O error from memory storage or a busy lock.
+                        assert!(self.kinds.contains(&e.kind()), "{what}: error of kind {:?}: {e}", e.kind());
+                        // Naming the structure's place in the file.
+                        if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::Unsupported) {
+                            assert!(e.to_string().contains("offset 0x"), "{what}: no file offset in: {e}");
+                        }
+                    }
+                    Err(_) => panic!("panic on {what}"),
+                }
+            }
+            // The mutations both spare and break images of every seed: a
+            // generator that hits nothing, or a reader that refuses
+            // everything, would measure nothing.
+            assert!(seed_ok > 0 && seed_rejected > 0, "{name}: {seed_ok} accepted, {seed_rejected} rejected");
+            rejected += seed_rejected;
+        }
+        (tried, rejected, slowest)
+    }
 }
 
 fn corrupt(bytes: &[u8], at: usize, value: &[u8]) -> Vec<u8> {
@@ -594,57 +624,12 @@ fn random_vhd_mutations_never_panic() {
     if !in_bounded_child("random_vhd_mutations_never_panic") {
         return;
     }
-    let per_seed: u64 = std::env::var("VHDX_MUTATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
-    let mut rng = XorShift(0x5EED_1234_ABCD_0002);
-    let (mut tried, mut rejected) = (0u64, 0u64);
-    let mut slowest = Duration::ZERO;
-    for (name, image) in vhd_seed_images() {
-        let (mut seed_ok, mut seed_rejected) = (0u64, 0u64);
-        let len = image.len() as u64;
-        // Footer copy, dynamic header, BAT and locators, trailing footer.
-        let hot: [(u64, u64); 4] = [(0, 512), (512, 1024), (1536, 4096.min(len - 1536)), (len - 512, 512)];
-        for _ in 0..per_seed {
-            let mut m = image.clone();
-            for _ in 0..1 + rng.below(6) {
-                let (start, n) = hot[rng.below(hot.len() as u64) as usize];
-                let at = (start + rng.below(n)) as usize;
-                m[at] = match rng.below(4) {
-                    0 => m[at] ^ (1 << rng.below(8)),
-                    1 => 0xFF,
-                    2 => 0,
-                    _ => rng.next() as u8,
-                };
-            }
-            if rng.below(4) != 0 {
-                reseal_vhd(&mut m);
-            }
-            if rng.below(10) == 0 {
-                let cut = rng.below(m.len() as u64) as usize;
-                m.truncate(cut);
-            }
-            tried += 1;
-            let what = format!("mutation #{tried} of the {name} image");
-            let (outcome, took) = within(&what, move || try_everything_vhd(m));
-            slowest = slowest.max(took);
-            match outcome {
-                Ok(Ok(())) => seed_ok += 1,
-                Ok(Err(e)) => {
-                    seed_rejected += 1;
-                    assert!(
-                        matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::Unsupported | ErrorKind::InvalidArgument),
-                        "{what}: error of kind {:?}: {e}",
-                        e.kind()
-                    );
-                    if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::Unsupported) {
-                        assert!(e.to_string().contains("offset 0x"), "{what}: no file offset in: {e}");
-                    }
-                }
-                Err(_) => panic!("panic on {what}"),
-            }
-        }
-        assert!(seed_ok > 0 && seed_rejected > 0, "{name}: {seed_ok} accepted, {seed_rejected} rejected");
-        rejected += seed_rejected;
-    }
+    // Footer copy, dynamic header, BAT and locators, trailing footer.
+    let hot = |len: u64| vec![(0, 512), (512, 1024), (1536, 4096.min(len - 1536)), (len - 512, 512)];
+    let kinds = [ErrorKind::Corrupt, ErrorKind::Unsupported, ErrorKind::InvalidArgument];
+    let mutations =
+        Mutations { seed: 0x5EED_1234_ABCD_0002, max_flips: 6, hot: &hot, reseal: Some(reseal_vhd), kinds: &kinds };
+    let (tried, rejected, slowest) = mutations.run(vhd_seed_images(), try_everything_vhd);
     println!("hostile VHD: {tried} mutated images, {rejected} rejected with a typed error, none panicked; slowest {slowest:?}");
     report_peak_memory();
 }
