@@ -22,24 +22,24 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::format::vhd::{platform, VhdType};
-use crate::io::FileStorage;
+use crate::io::{FileOpener, FileStorage};
 use crate::vhd::VhdDisk;
 
 impl VhdDisk {
     /// Opens a VHD read-only, with its parent chain.
     pub fn open(path: impl AsRef<Path>) -> Result<VhdDisk> {
-        open_chain(path.as_ref(), false, 0)
+        open_chain(&FileOpener::default(), path.as_ref(), false, 0)
     }
 
     /// Opens a VHD for writing (its parents read-only).
     pub fn open_writable(path: impl AsRef<Path>) -> Result<VhdDisk> {
-        open_chain(path.as_ref(), true, 0)
+        open_chain(&FileOpener::default(), path.as_ref(), true, 0)
     }
 
     /// Opens a VHD alone: a differencing disk's sectors that its parent
     /// would give read as zeros.
     pub fn open_without_parent(path: impl AsRef<Path>, writable: bool) -> Result<VhdDisk> {
-        open_file(path.as_ref(), writable)
+        open_file(&FileOpener::default(), path.as_ref(), writable)
     }
 
     /// Creates a differencing VHD at `path` (which must not exist) over the
@@ -48,7 +48,7 @@ impl VhdDisk {
     /// parent attached. The block size is 2 MiB, as Windows makes them.
     pub fn create_differencing(path: impl AsRef<Path>, parent: impl AsRef<Path>) -> Result<VhdDisk> {
         let (path, parent_path) = (path.as_ref(), parent.as_ref());
-        let parent = open_chain(parent_path, false, 1)?;
+        let parent = open_chain(&FileOpener::default(), parent_path, false, 1)?;
         let (locators, absolute) = vhd_locators(path, parent_path)?;
         let storage = FileStorage::create_new(path)
             .map_err(|source| Error::opening("create", source, true).in_file(path.display()))?;
@@ -106,27 +106,22 @@ pub(crate) fn vhd_locators(child: &Path, parent: &Path) -> Result<(Vec<LocatorDa
     Ok((locators, absolute))
 }
 
-fn open_file(path: &Path, writable: bool) -> Result<VhdDisk> {
-    let storage = FileStorage::open(path, writable)
-        .map_err(|source| Error::opening("open", source, writable).in_file(path.display()))?;
-    VhdDisk::open_image(alloc::boxed::Box::new(storage), writable, Some(path.display().to_string()))
-        .map_err(|e| e.in_file(path.display()))
+/// Opens the VHD at `path` alone, through `opener`.
+pub(crate) fn open_file(opener: &FileOpener, path: &Path, writable: bool) -> Result<VhdDisk> {
+    let storage =
+        opener.open(path, writable).map_err(|source| Error::opening("open", source, writable).in_file(path.display()))?;
+    VhdDisk::open_image(storage, writable, Some(path.display().to_string())).map_err(|e| e.in_file(path.display()))
 }
 
-fn open_chain(path: &Path, writable: bool, depth: usize) -> Result<VhdDisk> {
-    if depth > super::MAX_CHAIN_DEPTH {
-        return Err(Error::invalid(format!("the chain is deeper than {} links", super::MAX_CHAIN_DEPTH)));
-    }
-    let mut disk = open_file(path, writable)?;
-    if disk.disk_type() != VhdType::Differencing {
-        return Ok(disk);
-    }
-    let header = disk
-        .dynamic_header()
-        .ok_or_else(|| Error::corrupt("VHD footer", 0, "a differencing disk without a dynamic header"))?
-        .clone();
-    let mut tried = Vec::new();
+/// Where a differencing VHD's parent may be: the paths to try, in order
+/// (see the module documentation), and the Windows absolute paths that
+/// cannot be tried on this system. Empty for a disk with no parent.
+pub(crate) fn parent_candidates(path: &Path, disk: &VhdDisk) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    let mut tried: Vec<PathBuf> = Vec::new();
     let mut windows = Vec::new();
+    let Some(header) = disk.dynamic_header().filter(|_| disk.disk_type() == VhdType::Differencing) else {
+        return Ok((tried, windows));
+    };
     let mut candidates = disk.locator_paths().map_err(|e| e.in_file(path.display()))?;
     // Last, the parent's file name the header records, beside the child
     // (a locator-less child, or a chain moved from another machine).
@@ -152,18 +147,37 @@ fn open_chain(path: &Path, writable: bool, depth: usize) -> Result<VhdDisk> {
             },
             _ => continue,
         };
-        if tried.iter().any(|t: &String| *t == candidate.display().to_string()) {
-            continue;
+        if !tried.contains(&candidate) {
+            tried.push(candidate);
         }
-        tried.push(candidate.display().to_string());
+    }
+    Ok((tried, windows))
+}
+
+/// Opens the VHD at `path` with its chain, every file through `opener`
+/// (the parents read-only).
+pub(crate) fn open_chain(opener: &FileOpener, path: &Path, writable: bool, depth: usize) -> Result<VhdDisk> {
+    if depth > super::MAX_CHAIN_DEPTH {
+        return Err(Error::invalid(format!("the chain is deeper than {} links", super::MAX_CHAIN_DEPTH)));
+    }
+    let mut disk = open_file(opener, path, writable)?;
+    if disk.disk_type() != VhdType::Differencing {
+        return Ok(disk);
+    }
+    let expected = disk
+        .dynamic_header()
+        .ok_or_else(|| Error::corrupt("VHD footer", 0, "a differencing disk without a dynamic header"))?
+        .parent_unique_id;
+    let (candidates, windows) = parent_candidates(path, &disk)?;
+    for candidate in &candidates {
         if !candidate.is_file() {
             continue;
         }
-        let parent = open_chain(&candidate, false, depth + 1)?;
-        if parent.footer().unique_id != header.parent_unique_id {
+        let parent = open_chain(opener, candidate, false, depth + 1)?;
+        if parent.footer().unique_id != expected {
             return Err(Error::ParentMismatch {
                 parent: candidate.display().to_string(),
-                expected: header.parent_unique_id,
+                expected,
                 found: parent.footer().unique_id,
             }
             .in_file(path.display()));
@@ -171,10 +185,10 @@ fn open_chain(path: &Path, writable: bool, depth: usize) -> Result<VhdDisk> {
         disk.attach(parent);
         return Ok(disk);
     }
-    let mut looked_for = if tried.is_empty() {
+    let mut looked_for = if candidates.is_empty() {
         String::from("nothing: no locator holds a path this system can use")
     } else {
-        tried.join(", ")
+        candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
     };
     if !windows.is_empty() {
         looked_for.push_str(&format!(

@@ -5,8 +5,10 @@ use alloc::string::{String, ToString};
 use std::path::{Path, PathBuf};
 use std::vec::Vec;
 
+use super::convert::ImageFormat;
 use super::merge::is_image_name;
 use crate::chain::FsResolver;
+use crate::format::vhd::VhdType;
 use crate::io::FileOpener;
 use crate::{DiskType, Guid, OpenOptions};
 
@@ -16,16 +18,18 @@ use crate::{DiskType, Guid, OpenOptions};
 pub enum LinkStatus {
     /// Not a differencing disk.
     Root,
-    /// The parent was found and its DataWriteGuid matches.
+    /// The parent was found and its DataWriteGuid (a VHD: its unique ID)
+    /// matches.
     Ok,
     /// A parent file was found but its DataWriteGuid differs: it changed
-    /// after this child was made (a merge into it, a write to it).
+    /// after this child was made (a merge into it, a write to it). For a
+    /// VHD: its unique ID differs (another disk, or one re-made).
     BrokenLinkage {
         /// The file found.
         parent: PathBuf,
-        /// The child's `parent_linkage`.
+        /// The child's `parent_linkage` (a VHD: its header's parent unique ID).
         expected: Guid,
-        /// The parent's DataWriteGuid.
+        /// The parent's DataWriteGuid (a VHD: its footer's unique ID).
         found: Guid,
     },
     /// No candidate path of the locator exists.
@@ -66,9 +70,12 @@ impl LinkStatus {
 pub struct Node {
     /// The image.
     pub path: PathBuf,
+    /// VHDX or VHD, by content.
+    pub format: ImageFormat,
     /// Its type, when readable.
     pub disk_type: Option<DiskType>,
-    /// Its DataWriteGuid, when readable.
+    /// Its DataWriteGuid, when readable; for a VHD, its footer's unique ID,
+    /// by which its children name it.
     pub data_write_guid: Option<Guid>,
     /// The parent it links to (the file found, even when the linkage is broken).
     pub parent: Option<PathBuf>,
@@ -88,21 +95,17 @@ pub fn examine(path: &Path) -> Node {
 /// [`examine`], opening files through `opener` ([`FileOpener::force_share`]
 /// examines images in use).
 pub fn examine_with(path: &Path, opener: &FileOpener) -> Node {
+    if ImageFormat::detect(path) == ImageFormat::Vhd {
+        return examine_vhd(path, opener);
+    }
     let alone = || OpenOptions::new().without_parent().file_opener(opener.clone());
     let d = match alone().open(path) {
         Ok(d) => d,
-        Err(e) => {
-            return Node {
-                path: path.to_path_buf(),
-                disk_type: None,
-                data_write_guid: None,
-                parent: None,
-                status: LinkStatus::Unreadable(e.to_string()),
-            }
-        }
+        Err(e) => return unreadable(path, ImageFormat::Vhdx, e),
     };
     let mut node = Node {
         path: path.to_path_buf(),
+        format: ImageFormat::Vhdx,
         disk_type: Some(d.disk_type()),
         data_write_guid: Some(d.data_write_guid()),
         parent: None,
@@ -141,6 +144,69 @@ pub fn examine_with(path: &Path, opener: &FileOpener) -> Node {
         looked_for: candidates,
         windows_paths: crate::chain::windows_paths(loc),
     });
+    node
+}
+
+fn unreadable(path: &Path, format: ImageFormat, e: crate::Error) -> Node {
+    Node {
+        path: path.to_path_buf(),
+        format,
+        disk_type: None,
+        data_write_guid: None,
+        parent: None,
+        status: LinkStatus::Unreadable(e.to_string()),
+    }
+}
+
+/// [`examine_with`] for a VHD: linked by the parent's footer unique ID.
+fn examine_vhd(path: &Path, opener: &FileOpener) -> Node {
+    use crate::chain::vhd::{open_file, parent_candidates};
+    let d = match open_file(opener, path, false) {
+        Ok(d) => d,
+        Err(e) => return unreadable(path, ImageFormat::Vhd, e),
+    };
+    let mut node = Node {
+        path: path.to_path_buf(),
+        format: ImageFormat::Vhd,
+        disk_type: Some(match d.disk_type() {
+            VhdType::Fixed => DiskType::Fixed,
+            VhdType::Dynamic => DiskType::Dynamic,
+            VhdType::Differencing => DiskType::Differencing,
+        }),
+        data_write_guid: Some(d.footer().unique_id),
+        parent: None,
+        status: LinkStatus::Root,
+    };
+    let Some(expected) = d.dynamic_header().filter(|_| d.disk_type() == VhdType::Differencing).map(|h| h.parent_unique_id)
+    else {
+        return node;
+    };
+    let (candidates, windows_paths) = match parent_candidates(path, &d) {
+        Ok(c) => c,
+        Err(e) => return unreadable(path, ImageFormat::Vhd, e),
+    };
+    let mut first_mismatch = None;
+    for c in candidates.iter().filter(|c| c.is_file()) {
+        match open_file(opener, c, false) {
+            Ok(p) if p.footer().unique_id == expected => {
+                node.parent = Some(c.clone());
+                node.status = LinkStatus::Ok;
+                return node;
+            }
+            Ok(p) => {
+                first_mismatch.get_or_insert(LinkStatus::BrokenLinkage {
+                    parent: c.clone(),
+                    expected,
+                    found: p.footer().unique_id,
+                });
+                node.parent.get_or_insert(c.clone());
+            }
+            Err(e) => {
+                first_mismatch.get_or_insert(LinkStatus::Unreadable(e.to_string()));
+            }
+        }
+    }
+    node.status = first_mismatch.unwrap_or(LinkStatus::MissingParent { looked_for: candidates, windows_paths });
     node
 }
 
@@ -214,7 +280,8 @@ pub fn scan_dir_with(dir: &Path, opener: &FileOpener) -> std::io::Result<Vec<Nod
     Ok(files.iter().map(|f| examine_with(f, opener)).collect())
 }
 
-/// The regular files in `dir` with an image's name (`.vhdx`, `.avhdx`),
+/// The regular files in `dir` with an image's name (`.vhdx`, `.avhdx`,
+/// `.vhd`, `.avhd`),
 /// symbolic links followed; in the order listed.
 pub(crate) fn image_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(std::fs::read_dir(dir)?
@@ -239,6 +306,7 @@ mod tests {
     fn node(path: &str, parent: Option<&str>) -> Node {
         Node {
             path: PathBuf::from(path),
+            format: ImageFormat::Vhdx,
             disk_type: None,
             data_write_guid: None,
             parent: parent.map(PathBuf::from),

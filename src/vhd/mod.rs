@@ -39,6 +39,8 @@ use crate::format::vhd::{
 use crate::io::Storage;
 use crate::Extent;
 
+mod relink;
+
 /// One VHD file.
 struct VhdImage {
     storage: Box<dyn Storage>,
@@ -133,6 +135,18 @@ impl VhdImage {
         }
         if writable && image.used_footer_copy {
             image.mend_trailing_footer()?;
+        } else if writable && image.footer.disk_type != VhdType::Fixed {
+            // A crash between the two footer writes of a change of parent
+            // leaves the copy naming the old header: it follows the trailing
+            // footer again, so that readers who start at offset 0 (QEMU)
+            // agree with those who start at the end.
+            let mut head = [0u8; FOOTER_SIZE];
+            read(&*image.storage, &mut head, 0, "reading the VHD footer copy")?;
+            if head != tail {
+                image.storage.write_all_at(&tail, 0).during("rewriting the VHD footer copy", 0)?;
+                image.storage.flush().during("flushing the rewritten footer copy", 0)?;
+                image.mended_footer = true;
+            }
         }
         Ok(image)
     }
@@ -790,7 +804,9 @@ impl VhdDisk {
     }
 
     /// Whether this writable open found the trailing footer damaged and
-    /// wrote it back at the end of the file, after the last block.
+    /// wrote it back at the end of the file, after the last block; or found
+    /// the footer copy at offset 0 differing from it (a crash while the
+    /// disk changed parent) and wrote the copy again.
     pub fn mended_footer(&self) -> bool {
         self.image.mended_footer
     }

@@ -109,6 +109,7 @@ impl Forest {
         };
         let mut v = json!({
             "path": n.path.display().to_string(),
+            "format": n.format.as_str(),
             "type": n.disk_type.map(|t| t.as_str()),
             "status": n.status.label(),
             "parent": parent,
@@ -140,6 +141,9 @@ impl Forest {
             None => n.path.display().to_string(),
         };
         let mut text = match (n.disk_type, n.data_write_guid) {
+            (Some(t), Some(g)) if n.format == vhdx::ops::convert::ImageFormat::Vhd => {
+                format!("{name} (VHD {t}, {})", braced(&g))
+            }
             (Some(t), Some(g)) => format!("{name} ({t}, {})", braced(&g)),
             _ => name,
         };
@@ -218,7 +222,7 @@ fn tree_dir(dir: &Path, args: &TreeArgs) -> CliResult {
         }));
     }
     if forest.nodes.is_empty() {
-        outln!("No .vhdx or .avhdx images in {}.", dir.display())?;
+        outln!("No .vhdx, .avhdx, .vhd or .avhd images in {}.", dir.display())?;
         return Ok(());
     }
     let mut out = String::new();
@@ -233,8 +237,13 @@ fn tree_dir(dir: &Path, args: &TreeArgs) -> CliResult {
 /// A file's chain, leaf first, and its descendants in its directory.
 fn tree_file(path: &Path, args: &TreeArgs) -> CliResult {
     // The image itself must be readable; broken links beyond it are reported.
-    drop(open_alone(path, args.force_share)?);
     let opener = file_opener(args.force_share);
+    if let LinkStatus::Unreadable(_) = tree::examine_with(path, &opener).status {
+        if vhdx::ops::convert::ImageFormat::detect(path) == vhdx::ops::convert::ImageFormat::Vhd {
+            drop(vhdx::vhd::VhdDisk::open_without_parent(path, false).in_file(path)?);
+        }
+        drop(open_alone(path, args.force_share)?);
+    }
     let chain = tree::chain_with(path, &opener);
     let chain_len = chain.len();
     let dir = match path.parent() {
@@ -391,19 +400,31 @@ pub fn merge(args: &MergeArgs) -> CliResult {
 pub fn set_parent(args: &SetParentArgs) -> CliResult {
     let (child, parent) = (args.child.as_path(), args.parent.as_path());
     // Whether the link matches decides what the change means for CHILD's content.
-    let locator = open_alone(child, false)?.parent_locator().cloned();
-    let found = open_alone(parent, false)?.data_write_guid();
-    let matched =
-        locator.as_ref().is_some_and(|l| l.parent_linkage() == Some(found) || l.parent_linkage2() == Some(found));
-    let expected = locator.as_ref().and_then(|l| l.parent_linkage());
+    let vhd = |p: &Path| vhdx::ops::convert::ImageFormat::detect(p) == vhdx::ops::convert::ImageFormat::Vhd;
+    let (id_name, expected, found, matched) = if vhd(child) && vhd(parent) {
+        let c = vhdx::vhd::VhdDisk::open_without_parent(child, false).in_file(child)?;
+        let p = vhdx::vhd::VhdDisk::open_without_parent(parent, false).in_file(parent)?;
+        let expected = c.dynamic_header().map(|h| h.parent_unique_id);
+        let found = p.footer().unique_id;
+        ("unique ID", expected, found, expected == Some(found))
+    } else if vhd(child) {
+        // The library refuses it, saying why.
+        (Default::default(), None, vhdx::Guid::nil(), true)
+    } else {
+        let locator = open_alone(child, false)?.parent_locator().cloned();
+        let found = open_alone(parent, false)?.data_write_guid();
+        let matched =
+            locator.as_ref().is_some_and(|l| l.parent_linkage() == Some(found) || l.parent_linkage2() == Some(found));
+        ("DataWriteGuid", locator.as_ref().and_then(|l| l.parent_linkage()), found, matched)
+    };
     vhdx::ops::merge::set_parent(child, parent, args.ignore_id_mismatch).in_file(child)?;
-    outln!("{} now links to {} (DataWriteGuid {}).", child.display(), parent.display(), braced(&found))?;
+    outln!("{} now links to {} ({id_name} {}).", child.display(), parent.display(), braced(&found))?;
     if !matched {
         outln!(
             "The parent is not the one {} was made from (it expected {}): {} now reads the parent's current bytes \
-             under its own sectors, and has a new DataWriteGuid, so its own children no longer link to it.",
+             under its own sectors, and has a new {id_name}, so its own children no longer link to it.",
             child.display(),
-            expected.map(|g| braced(&g)).unwrap_or_else(|| String::from("no DataWriteGuid")),
+            expected.map(|g| braced(&g)).unwrap_or_else(|| format!("no {id_name}")),
             child.display()
         )?;
     }

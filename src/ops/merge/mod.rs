@@ -121,6 +121,7 @@ mod execute;
 mod plan;
 mod record;
 pub(crate) mod recover;
+mod vhd;
 
 pub use recover::{interrupted_merge, recover_merge, InterruptedMerge, Recovery};
 
@@ -268,11 +269,11 @@ pub(crate) fn canonical(p: &Path) -> PathBuf {
     p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// Whether `name` looks like a VHDX image.
+/// Whether `name` looks like an image: `.vhdx`, `.avhdx`, `.vhd` or `.avhd`.
 pub(crate) fn is_image_name(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("vhdx") || e.eq_ignore_ascii_case("avhdx"))
+        .is_some_and(|e| ["vhdx", "avhdx", "vhd", "avhd"].iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
 /// Images in `dirs` that are children of `parent` (whose DataWriteGuid is
@@ -382,6 +383,9 @@ pub fn merge_with_progress(
     options: &MergeOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<MergeReport> {
+    if crate::ops::convert::ImageFormat::detect(child) == crate::ops::convert::ImageFormat::Vhd {
+        return vhd::merge(child, options, progress);
+    }
     let depth = options.depth.max(1);
     // Nobody else opens the images the merge changes until it returns.
     let (options, locks) = &lock_chain(child, options, depth)?;
@@ -468,6 +472,11 @@ pub fn set_parent(child: &Path, parent: &Path, ignore_id_mismatch: bool) -> Resu
     link_to_parent(&locks.opener(), child, parent, ignore_id_mismatch)
 }
 
+/// Whether `path` holds a VHD (by content).
+fn is_vhd(path: &Path) -> bool {
+    crate::ops::convert::ImageFormat::detect(path) == crate::ops::convert::ImageFormat::Vhd
+}
+
 /// [`set_parent`], opening every file (the child, the parent and the
 /// parent's own chain, also to look for a loop) through `opener`, which
 /// locks as it sees fit: for images on storage of the caller's own, such as
@@ -491,6 +500,16 @@ pub fn set_parent_through(opener: &FileOpener, child: &Path, parent: &Path, igno
 /// The body of [`set_parent`], after the loop check, with files opened
 /// through `opener`.
 fn link_to_parent(opener: &FileOpener, child: &Path, parent: &Path, ignore_id_mismatch: bool) -> Result<()> {
+    if is_vhd(child) {
+        return vhd::set_parent(opener, child, parent, ignore_id_mismatch);
+    }
+    if is_vhd(parent) {
+        return Err(Error::invalid(std::format!(
+            "{}: a VHDX's parent must be a VHDX, and {} is a VHD (chains mix no formats, as in Windows)",
+            child.display(),
+            parent.display()
+        )));
+    }
     let p = OpenOptions::new().file_opener(opener.clone()).open(parent)?;
     let mut c = OpenOptions::new().writable(true).without_parent().file_opener(opener.clone()).open(child)?;
     let loc = c
