@@ -36,6 +36,14 @@ impl VhdDisk {
         open_chain(&FileOpener::default(), path.as_ref(), true, 0)
     }
 
+    /// Opens a VHD with its chain, every file through `opener` (the
+    /// parents read-only): for images on storage of the caller's own, or
+    /// files held in a [`crate::io::LockSet`]. Parents are still looked for
+    /// on the filesystem by the paths the locators give.
+    pub fn open_through(opener: &FileOpener, path: impl AsRef<Path>, writable: bool) -> Result<VhdDisk> {
+        open_chain(opener, path.as_ref(), writable, 0)
+    }
+
     /// Opens a VHD alone: a differencing disk's sectors that its parent
     /// would give read as zeros.
     pub fn open_without_parent(path: impl AsRef<Path>, writable: bool) -> Result<VhdDisk> {

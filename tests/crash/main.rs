@@ -68,6 +68,7 @@ mod tool;
 mod trees;
 mod verify;
 mod vhd;
+mod vhd_tree;
 mod workloads;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

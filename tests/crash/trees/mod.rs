@@ -116,7 +116,7 @@
 mod check;
 mod cli;
 mod cuts;
-mod files;
+pub(crate) mod files;
 mod finish;
 mod model;
 mod ops;
