@@ -47,7 +47,16 @@ fn layout() -> [(Option<usize>, Vec<(u64, u64, u64)>); 6] {
     [
         (None, vec![(0, 3 << 20, 1)]),
         (Some(BASE), vec![(512 * KIB, 516 * KIB, 2), (3 << 20, (3 << 20) + 8 * KIB, 3)]),
-        (Some(MID), vec![(4 * KIB, 12 * KIB, 4), (1 << 20, 1536 * KIB, 5), ((2 << 20) + 512, (2 << 20) + 1024, 6)]),
+        (
+            Some(MID),
+            vec![
+                (4 * KIB, 12 * KIB, 4),
+                // Over part of what `mid` holds: the nearest holder wins.
+                (512 * KIB, 514 * KIB, 9),
+                (1 << 20, 1536 * KIB, 5),
+                ((2 << 20) + 512, (2 << 20) + 1024, 6),
+            ],
+        ),
         (Some(BASE), vec![(8 * KIB, 16 * KIB, 7)]),
         (Some(MID), vec![((1 << 20) + 64 * KIB, (1 << 20) + 68 * KIB, 8)]),
         (Some(BASE), vec![(512 * KIB, 516 * KIB, 2), (3 << 20, (3 << 20) + 8 * KIB, 3)]),
