@@ -200,3 +200,69 @@ fn map_follows_a_vhd_chain_to_the_bytes_of_each_file() {
     let text = ok_text(d, &["map", "ntfs-differential.vhd"]);
     assert!(text.contains("ntfs-parent.vhd") && text.contains("ntfs-differential.vhd"), "{text}");
 }
+
+/// A VHD merge (depth 2, a sibling preserved) killed with SIGKILL at
+/// spread-out moments: after each kill every image opens, the child and
+/// the sibling present exactly what they did, and running the same merge
+/// again finishes it — the target then presents the child's view merged in
+/// (QEMU agrees), the merged images hold nothing, the sibling is intact.
+#[test]
+fn a_killed_vhd_merge_loses_nothing_and_a_rerun_finishes_it() {
+    use crate::common::cli::{bin, view, write};
+    use crate::common::data::pattern;
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let orig = tmp.path().join("orig");
+    std::fs::create_dir(&orig).unwrap();
+    let size = 48usize << 20;
+    ok_text(&orig, &["create", "base.vhd", "--size", "48M"]);
+    let mut base = vec![0u8; size];
+    write(&orig, "base.vhd", 0, &pattern(31, 20 << 20), &mut base);
+    ok_text(&orig, &["create", "mid.vhd", "--parent", "base.vhd"]);
+    let mut mid = base.clone();
+    write(&orig, "mid.vhd", 8 << 20, &pattern(32, 12 << 20), &mut mid);
+    ok_text(&orig, &["create", "leaf.vhd", "--parent", "mid.vhd"]);
+    let mut leaf = mid.clone();
+    write(&orig, "leaf.vhd", (4 << 20) + 512, &pattern(33, 14 << 20), &mut leaf);
+    ok_text(&orig, &["create", "sib.vhd", "--parent", "base.vhd"]);
+    let mut sib = base.clone();
+    write(&orig, "sib.vhd", 10 << 20, &pattern(34, 4096), &mut sib);
+    let names = ["base.vhd", "mid.vhd", "leaf.vhd", "sib.vhd"];
+    let mut merged = base.clone();
+    for (s, l) in [(8usize << 20, 12usize << 20), ((4 << 20) + 512, 14 << 20)] {
+        merged[s..s + l].copy_from_slice(&leaf[s..s + l]);
+    }
+    let originals: Vec<Vec<u8>> = names.iter().map(|n| std::fs::read(orig.join(n)).unwrap()).collect();
+    let args = ["merge", "leaf.vhd", "--depth", "2", "--preserve-siblings"];
+    let mut midway = 0;
+    for (k, delay_ms) in [0u64, 2, 5, 10, 20, 40, 70, 100, 150, 250].into_iter().enumerate() {
+        let d = tmp.path().join(format!("run{k}"));
+        std::fs::create_dir(&d).unwrap();
+        for (n, bytes) in names.iter().zip(&originals) {
+            std::fs::write(d.join(n), bytes).unwrap();
+        }
+        let mut child =
+            Command::new(bin()).current_dir(&d).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        let what = format!("killed after {delay_ms} ms ({status})");
+        assert!(view(&d, "leaf.vhd") == leaf, "{what}: the child presents what it did");
+        assert!(view(&d, "sib.vhd") == sib, "{what}: the sibling presents what it did");
+        let untouched = names.iter().zip(&originals).all(|(n, b)| std::fs::read(d.join(n)).unwrap() == *b);
+        let base_now = view(&d, "base.vhd");
+        midway += usize::from(!untouched && base_now != merged);
+        ok_text(&d, &args);
+        assert!(view(&d, "base.vhd") == merged, "{what}, run again: the target holds the merge");
+        assert!(view(&d, "leaf.vhd") == leaf && view(&d, "sib.vhd") == sib, "{what}, run again");
+        assert!(view(&d, "mid.vhd") == merged, "{what}, run again: the intermediate presents the target");
+        for n in ["leaf.vhd", "mid.vhd"] {
+            assert_eq!(json(&d, &["info", n, "--json"])["allocated_blocks"], 0, "{what}: {n} is empty");
+        }
+        for n in names {
+            assert_eq!(json(&d, &["check", n, "--json"])["ok"], true, "{what}: {n} checks clean");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+    assert!(midway > 0, "no kill landed midway: the test proved nothing");
+}

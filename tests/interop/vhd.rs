@@ -559,6 +559,11 @@ fn a_vhd_chain_merges_with_its_sibling_preserved_and_relinks_as_qemu_and_libvhdi
     }
     let chain = VhdDisk::open(&leaf).unwrap().chain_paths();
     assert!(chain.len() == 2 && chain[1].ends_with("base.vhd"), "the child links to the target: {chain:?}");
+    // Run again, the merge reports itself done and changes nothing.
+    let after = file_hashes(d, &names);
+    let again = ok_text(d, &["merge", "leaf.vhd", "--depth", "2", "--preserve-siblings"]);
+    assert!(again.contains("had already finished"), "{again}");
+    assert_eq!(file_hashes(d, &names), after);
     for n in names {
         assert_eq!(json(d, &["check", n, "--json"])["ok"], true, "{n}");
     }

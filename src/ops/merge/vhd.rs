@@ -42,8 +42,10 @@
 //! Running the same merge again after an interruption finishes it: steps 2
 //! to 4 can run again over their own result (they copy what is already
 //! there, or empty what is empty), and the chain keeps its shape until the
-//! last step. After that step, the child's chain is shorter than the depth,
-//! and the merge says so.
+//! last step. After that step the child is empty and its chain shorter than
+//! the depth: a re-run reports the merge done ([`MergeRun::AlreadyDone`]),
+//! as it does for any empty child whose chain is too short (there is
+//! nothing to merge).
 
 use alloc::string::{String, ToString};
 use alloc::vec;
@@ -170,9 +172,20 @@ pub(super) fn merge(child: &Path, options: &MergeOptions, progress: &mut dyn FnM
     let leaf = open_chain(&opener, child, false, 0)?;
     let mut paths: Vec<PathBuf> = leaf.chain_paths().into_iter().map(PathBuf::from).collect();
     if paths.len() <= depth {
+        // The last step of a merge of more than one level links the child
+        // to the target: an empty child that got there has been merged.
+        if paths.len() > 1 && own_ranges(&leaf)?.is_empty() {
+            return Ok(MergeReport {
+                target: PathBuf::from(paths.last().expect("not empty")),
+                merged: vec![child.to_path_buf()],
+                bytes_merged: 0,
+                siblings: Vec::new(),
+                siblings_broken: false,
+                run: MergeRun::AlreadyDone,
+            });
+        }
         return Err(Error::invalid(format!(
-            "{}: cannot merge to depth {depth}: the chain has only {} ancestor(s) (a finished merge of more than one \
-             level leaves the child linked to its target)",
+            "{}: cannot merge to depth {depth}: the chain has only {} ancestor(s)",
             child.display(),
             paths.len() - 1
         )));
