@@ -67,6 +67,9 @@ pub mod vhd;
 
 pub use block::{BlockDevice, RawDevice};
 pub use chain::open::OpenOptions;
+#[cfg(feature = "std")]
+pub use chain::AnyDisk;
+pub use chain::ImageFormat;
 pub use disk::{CompactReport, CreateOptions, Disk, DiskInfo, DiskType, Extent, GuidSource, MapEntry};
 pub use error::{Error, ErrorKind, IoError, IoErrorKind, Result};
 #[cfg(feature = "std")]

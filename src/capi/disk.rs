@@ -38,13 +38,7 @@ pub struct VhdxDisk {
 /// apart). Reads, writes, flushes, sizes and the chain take either; the
 /// operations built on VHDX structures (resize, compact, merge, ...) give
 /// VHDX_ERR_UNSUPPORTED for a VHD.
-// One per handle, which is itself boxed: the size of the smaller variant
-// costs nothing worth an extra indirection on every read.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Held {
-    Vhdx(Disk),
-    Vhd(VhdDisk),
-}
+pub(crate) type Held = crate::AnyDisk;
 
 impl Held {
     /// Either disk as a block device.
@@ -76,14 +70,6 @@ impl Held {
         match self {
             Held::Vhdx(d) => Ok(d),
             Held::Vhd(_) => Err(vhd_unsupported(what)),
-        }
-    }
-
-    /// The paths of the chain, leaf first ("?" for an image without one).
-    pub(crate) fn chain_paths(&self) -> alloc::vec::Vec<String> {
-        match self {
-            Held::Vhdx(d) => d.chain_paths(),
-            Held::Vhd(d) => d.chain_paths(),
         }
     }
 }

@@ -26,9 +26,12 @@
 //! systems; a locator holding nothing else gives an
 //! [`Error::ParentNotFound`] that says so ([`windows_paths`], [`looked_for`]).
 
+#[cfg(feature = "std")]
+mod any;
 mod create;
 #[cfg(feature = "std")]
 mod fs;
+mod image_format;
 mod map;
 pub(crate) mod open;
 #[cfg(feature = "std")]
@@ -37,9 +40,12 @@ pub(crate) mod vhd;
 pub use map::{map, ChainLevel, ChainMapEntry};
 
 #[cfg(feature = "std")]
+pub use any::AnyDisk;
+#[cfg(feature = "std")]
 pub use fs::{locator_for, looked_for, resolve_relative, windows_paths, FsResolver};
 #[cfg(feature = "std")]
 pub(crate) use fs::{normalize, relative};
+pub use image_format::ImageFormat;
 
 use alloc::boxed::Box;
 use alloc::string::String;

@@ -116,8 +116,9 @@ pub(crate) fn vhd_locators(child: &Path, parent: &Path) -> Result<(Vec<LocatorDa
 
 /// Opens the VHD at `path` alone, through `opener`.
 pub(crate) fn open_file(opener: &FileOpener, path: &Path, writable: bool) -> Result<VhdDisk> {
-    let storage =
-        opener.open(path, writable).map_err(|source| Error::opening("open", source, writable).in_file(path.display()))?;
+    let storage = opener
+        .open(path, writable)
+        .map_err(|source| Error::opening("open", source, writable).in_file(path.display()))?;
     VhdDisk::open_image(storage, writable, Some(path.display().to_string())).map_err(|e| e.in_file(path.display()))
 }
 

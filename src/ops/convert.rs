@@ -156,73 +156,7 @@ where
     )
 }
 
-/// An image format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ImageFormat {
-    /// Microsoft VHDX.
-    Vhdx,
-    /// The virtual disk's bytes, nothing else.
-    Raw,
-    /// Microsoft VHD (version 1), the format VHDX replaced.
-    Vhd,
-}
-
-impl ImageFormat {
-    /// What a file name says: `.raw` and `.img` are raw, `.vhd` VHD,
-    /// anything else VHDX.
-    #[cfg(feature = "std")]
-    pub fn from_path(path: &std::path::Path) -> ImageFormat {
-        match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
-            Some("raw" | "img") => ImageFormat::Raw,
-            Some("vhd") => ImageFormat::Vhd,
-            _ => ImageFormat::Vhdx,
-        }
-    }
-
-    /// The format of an existing image: raw when its name says so (`.raw`,
-    /// `.img`: a raw disk's content is the guest's and is never probed, so
-    /// a guest cannot make its disk pass for an image with a parent), else
-    /// by content: VHDX by its file type identifier, VHD by its footer (at
-    /// the end, or its copy at the start), whatever the name; a file with
-    /// neither is taken for a VHDX, whose open then says what is wrong.
-    #[cfg(feature = "std")]
-    pub fn detect(path: &std::path::Path) -> ImageFormat {
-        use std::io::{Read, Seek, SeekFrom};
-        if ImageFormat::from_path(path) == ImageFormat::Raw {
-            return ImageFormat::Raw;
-        }
-        // Opened as images are: a regular file only, never blocking (a FIFO
-        // would hang a plain open), and without taking a lock (a look is
-        // not a use; the open that follows locks).
-        let mode = crate::io::lock::Mode { writable: false, create_new: false, lock: false };
-        let Ok(mut file) = crate::io::lock::open(path, mode) else { return ImageFormat::from_path(path) };
-        let len = file.metadata().map_or(0, |m| m.len());
-        let mut head = [0u8; 8];
-        let mut tail = [0u8; 8];
-        let head_ok = file.read_exact(&mut head).is_ok();
-        let tail_ok = len >= 512 && file.seek(SeekFrom::Start(len - 512)).is_ok() && file.read_exact(&mut tail).is_ok();
-        if head_ok && head == *b"vhdxfile" {
-            ImageFormat::Vhdx
-        } else if (head_ok && head == *b"conectix")
-            || (tail_ok && tail == *b"conectix")
-            || ImageFormat::from_path(path) == ImageFormat::Vhd
-        {
-            ImageFormat::Vhd
-        } else {
-            ImageFormat::Vhdx
-        }
-    }
-
-    /// `"vhdx"`, `"raw"` or `"vhd"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ImageFormat::Vhdx => "vhdx",
-            ImageFormat::Raw => "raw",
-            ImageFormat::Vhd => "vhd",
-        }
-    }
-}
+pub use crate::chain::ImageFormat;
 
 /// Options of [`convert`].
 #[derive(Debug, Clone, PartialEq, Eq)]

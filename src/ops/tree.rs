@@ -5,12 +5,9 @@ use alloc::string::{String, ToString};
 use std::path::{Path, PathBuf};
 use std::vec::Vec;
 
-use super::convert::ImageFormat;
 use super::merge::is_image_name;
-use crate::chain::FsResolver;
-use crate::format::vhd::VhdType;
 use crate::io::FileOpener;
-use crate::{DiskType, Guid, OpenOptions};
+use crate::{DiskType, Guid, ImageFormat, OpenOptions};
 
 /// The state of an image's link to its parent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,109 +92,56 @@ pub fn examine(path: &Path) -> Node {
 /// [`examine`], opening files through `opener` ([`FileOpener::force_share`]
 /// examines images in use).
 pub fn examine_with(path: &Path, opener: &FileOpener) -> Node {
-    if ImageFormat::detect(path) == ImageFormat::Vhd {
-        return examine_vhd(path, opener);
-    }
     let alone = || OpenOptions::new().without_parent().file_opener(opener.clone());
-    let d = match alone().open(path) {
+    let d = match alone().open_any(path) {
         Ok(d) => d,
-        Err(e) => return unreadable(path, ImageFormat::Vhdx, e),
+        Err(e) => {
+            return Node {
+                path: path.to_path_buf(),
+                format: ImageFormat::detect_through(opener, path),
+                disk_type: None,
+                data_write_guid: None,
+                parent: None,
+                status: LinkStatus::Unreadable(e.to_string()),
+            }
+        }
     };
     let mut node = Node {
         path: path.to_path_buf(),
-        format: ImageFormat::Vhdx,
+        format: d.format(),
         disk_type: Some(d.disk_type()),
-        data_write_guid: Some(d.data_write_guid()),
+        data_write_guid: Some(d.identity()),
         parent: None,
         status: LinkStatus::Root,
     };
-    let Some(loc) = d.parent_locator() else {
-        return node;
+    let (candidates, windows_paths) = match d.parent_candidates(path) {
+        Ok(c) => c,
+        Err(e) => {
+            node.status = LinkStatus::Unreadable(e.to_string());
+            return node;
+        }
     };
-    let candidates = FsResolver::candidates(Some(path), loc);
+    if d.parent_identity().is_none() && candidates.is_empty() {
+        return node;
+    }
     let mut first_mismatch = None;
     for c in &candidates {
         if !c.exists() {
             continue;
         }
-        match alone().open(c) {
+        match alone().open_any(c) {
             Ok(p) => {
-                let found = p.data_write_guid();
-                if Some(found) == loc.parent_linkage() || Some(found) == loc.parent_linkage2() {
+                let found = p.identity();
+                // A child names a parent of its own format.
+                if p.format() == d.format() && d.links_to(found) {
                     node.parent = Some(c.clone());
                     node.status = LinkStatus::Ok;
                     return node;
                 }
                 first_mismatch.get_or_insert(LinkStatus::BrokenLinkage {
                     parent: c.clone(),
-                    expected: loc.parent_linkage().unwrap_or_default(),
+                    expected: d.parent_identity().unwrap_or_default(),
                     found,
-                });
-                node.parent.get_or_insert(c.clone());
-            }
-            Err(e) => {
-                first_mismatch.get_or_insert(LinkStatus::Unreadable(e.to_string()));
-            }
-        }
-    }
-    node.status = first_mismatch.unwrap_or_else(|| LinkStatus::MissingParent {
-        looked_for: candidates,
-        windows_paths: crate::chain::windows_paths(loc),
-    });
-    node
-}
-
-fn unreadable(path: &Path, format: ImageFormat, e: crate::Error) -> Node {
-    Node {
-        path: path.to_path_buf(),
-        format,
-        disk_type: None,
-        data_write_guid: None,
-        parent: None,
-        status: LinkStatus::Unreadable(e.to_string()),
-    }
-}
-
-/// [`examine_with`] for a VHD: linked by the parent's footer unique ID.
-fn examine_vhd(path: &Path, opener: &FileOpener) -> Node {
-    use crate::chain::vhd::{open_file, parent_candidates};
-    let d = match open_file(opener, path, false) {
-        Ok(d) => d,
-        Err(e) => return unreadable(path, ImageFormat::Vhd, e),
-    };
-    let mut node = Node {
-        path: path.to_path_buf(),
-        format: ImageFormat::Vhd,
-        disk_type: Some(match d.disk_type() {
-            VhdType::Fixed => DiskType::Fixed,
-            VhdType::Dynamic => DiskType::Dynamic,
-            VhdType::Differencing => DiskType::Differencing,
-        }),
-        data_write_guid: Some(d.footer().unique_id),
-        parent: None,
-        status: LinkStatus::Root,
-    };
-    let Some(expected) = d.dynamic_header().filter(|_| d.disk_type() == VhdType::Differencing).map(|h| h.parent_unique_id)
-    else {
-        return node;
-    };
-    let (candidates, windows_paths) = match parent_candidates(path, &d) {
-        Ok(c) => c,
-        Err(e) => return unreadable(path, ImageFormat::Vhd, e),
-    };
-    let mut first_mismatch = None;
-    for c in candidates.iter().filter(|c| c.is_file()) {
-        match open_file(opener, c, false) {
-            Ok(p) if p.footer().unique_id == expected => {
-                node.parent = Some(c.clone());
-                node.status = LinkStatus::Ok;
-                return node;
-            }
-            Ok(p) => {
-                first_mismatch.get_or_insert(LinkStatus::BrokenLinkage {
-                    parent: c.clone(),
-                    expected,
-                    found: p.footer().unique_id,
                 });
                 node.parent.get_or_insert(c.clone());
             }

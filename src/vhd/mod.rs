@@ -39,6 +39,7 @@ use crate::format::vhd::{
 use crate::io::Storage;
 use crate::Extent;
 
+#[cfg(feature = "std")]
 mod relink;
 
 /// One VHD file.

@@ -70,7 +70,12 @@ impl VhdImage {
         for (code, data) in locators {
             let space = (data.len() as u64).next_multiple_of(SECTOR).max(SECTOR);
             let length = u32::try_from(data.len()).map_err(|_| Error::invalid("a parent locator path is too long"))?;
-            placed.push(LocatorEntry { platform_code: *code, data_space: space as u32, data_length: length, data_offset: at });
+            placed.push(LocatorEntry {
+                platform_code: *code,
+                data_space: space as u32,
+                data_length: length,
+                data_offset: at,
+            });
             at += space;
         }
         let header = DynamicHeader {

@@ -43,8 +43,13 @@ const MID: usize = 1;
 const LEAF: usize = 2;
 const MOVED: usize = 5;
 
+/// An image's parent (by index) and its own writes: start, end, seed.
+type Image = (Option<usize>, Vec<(u64, u64, u64)>);
+/// What each image presents, and the ranges each holds.
+type Models = (Vec<Vec<u8>>, Vec<Vec<(u64, u64)>>);
+
 /// Each image's own writes, and its parent (by index).
-fn layout() -> [(Option<usize>, Vec<(u64, u64, u64)>); 6] {
+fn layout() -> [Image; 6] {
     [
         (None, vec![(0, 3 << 20, 1)]),
         (Some(BASE), vec![(512 * KIB, 516 * KIB, 2), (3 << 20, (3 << 20) + 8 * KIB, 3)]),
@@ -65,7 +70,7 @@ fn layout() -> [(Option<usize>, Vec<(u64, u64, u64)>); 6] {
 }
 
 /// What each image presents before any operation, and the ranges it holds.
-fn models() -> (Vec<Vec<u8>>, Vec<Vec<(u64, u64)>>) {
+fn models() -> Models {
     let mut views: Vec<Vec<u8>> = Vec::new();
     let mut holds = Vec::new();
     for (parent, writes) in layout() {
@@ -253,7 +258,8 @@ fn run_op(op: Op, budget: Budget, rerun_every: usize) {
     // The operation's storage operations, counted on a run that is not cut.
     let clock = FaultClock::new();
     let storages: Vec<FaultStorage> = originals.iter().map(|b| FaultStorage::on_clock(b.to_vec(), &clock)).collect();
-    let named: Vec<(PathBuf, FaultStorage)> = (0..NAMES.len()).map(|i| (dir.join(NAMES[i]), storages[i].clone())).collect();
+    let named: Vec<(PathBuf, FaultStorage)> =
+        (0..NAMES.len()).map(|i| (dir.join(NAMES[i]), storages[i].clone())).collect();
     op.run(&dir, &opener_of(named, |_| {})).unwrap();
     let total = clock.mutating_ops();
     let done: Vec<Arc<Vec<u8>>> = storages.iter().map(|s| Arc::new(s.volatile())).collect();
@@ -346,7 +352,9 @@ fn run_op_filling(op: Op) {
             Ok(files) => {
                 match views(&dir, &files) {
                     Err(e) => failures.push(format!("{name}: {e}")),
-                    Ok(got) => failures.extend(old_or_new(&got, &old, &new).into_iter().map(|p| format!("{name}: {p}"))),
+                    Ok(got) => {
+                        failures.extend(old_or_new(&got, &old, &new).into_iter().map(|p| format!("{name}: {p}")))
+                    }
                 }
                 let (o, storages) = opener(&dir, &files);
                 let rerun = op.run(&dir, &o);
@@ -365,7 +373,10 @@ fn run_op_filling(op: Op) {
         }
         n += 1;
     }
-    eprintln!("VHD tree {op:?} on a filling filesystem: {n} fill points, {refused} refused, {} failures", failures.len());
+    eprintln!(
+        "VHD tree {op:?} on a filling filesystem: {n} fill points, {refused} refused, {} failures",
+        failures.len()
+    );
     // A change of parent may fit in the space the file's last page holds.
     if matches!(op, Op::Merge(_)) {
         assert!(refused > 0, "the filesystem never filled in time: the test proved nothing");

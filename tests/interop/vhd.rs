@@ -501,7 +501,8 @@ fn a_vhd_chain_merges_with_its_sibling_preserved_and_relinks_as_qemu_and_libvhdi
     write_vhd(&mid, &[(1 << 20, pattern(21, 2 << 20)), (9 << 20, pattern(22, 8192))], &mut mid_model);
     drop(VhdDisk::create_differencing(&leaf, &mid).unwrap());
     let mut leaf_model = mid_model.clone();
-    let leaf_writes = [(4096, pattern(23, 8192)), ((2 << 20) - 4096, pattern(24, 3 << 20)), (size - 4096, pattern(25, 4096))];
+    let leaf_writes =
+        [(4096, pattern(23, 8192)), ((2 << 20) - 4096, pattern(24, 3 << 20)), (size - 4096, pattern(25, 4096))];
     write_vhd(&leaf, &leaf_writes, &mut leaf_model);
     drop(VhdDisk::create_differencing(&sib, &base).unwrap());
     let mut sib_model = base_model.clone();

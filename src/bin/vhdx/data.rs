@@ -4,7 +4,9 @@
 //! request of any length runs in bounded memory.
 
 use std::io::{Read, Write};
+
 use std::path::Path;
+use vhdx::BlockDevice;
 
 use crate::size::{human, human_exact};
 use crate::{io_failure, CliResult, CreateArgs, Failure, InFile, ReadArgs, TypeArg, WriteArgs};
@@ -139,12 +141,8 @@ fn create_differencing(args: &CreateArgs, parent: &Path) -> CliResult {
 /// `vhdx read FILE --offset N --length N`: the bytes to stdout.
 pub fn read(args: &ReadArgs) -> CliResult {
     let path = args.file.as_path();
-    // A VHD (by content) or a VHDX, each with its chain.
-    let disk: Box<dyn vhdx::BlockDevice> = if crate::vhd::is_vhd(path) {
-        Box::new(vhdx::vhd::VhdDisk::open(path).in_file(path)?)
-    } else {
-        Box::new(vhdx::OpenOptions::new().force_share(args.force_share).open(path).in_file(path)?)
-    };
+    // A VHD or a VHDX (by content), with its chain.
+    let disk = vhdx::OpenOptions::new().force_share(args.force_share).open_any(path).in_file(path)?;
     check_range(path, args.offset, args.length, disk.capacity())?;
     let mut buf = vec![0u8; args.length.min(CHUNK as u64) as usize];
     let mut out = std::io::stdout().lock();
@@ -194,12 +192,8 @@ pub fn write(args: &WriteArgs) -> CliResult {
         }
         None => (Box::new(std::io::stdin().lock()), String::from("stdin"), None),
     };
-    // A VHD (by content) or a VHDX, each with its chain.
-    let mut disk: Box<dyn vhdx::BlockDevice> = if crate::vhd::is_vhd(path) {
-        Box::new(vhdx::vhd::VhdDisk::open_writable(path).in_file(path)?)
-    } else {
-        Box::new(vhdx::Disk::open_writable(path).in_file(path)?)
-    };
+    // A VHD or a VHDX (by content), with its chain.
+    let mut disk = vhdx::AnyDisk::open_writable(path).in_file(path)?;
     // Refuse before writing anything when the size is known; stdin is
     // checked chunk by chunk, each check naming the chunk's own length.
     let size = disk.capacity();

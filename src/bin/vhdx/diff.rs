@@ -12,7 +12,7 @@ use vhdx::ops::tree::{self, LinkStatus, Node};
 
 use crate::inspect::print_json;
 use crate::size::human_exact;
-use crate::{file_opener, io_failure, open_alone, CliResult, InFile, MergeArgs, SetParentArgs, TreeArgs};
+use crate::{file_opener, io_failure, CliResult, InFile, MergeArgs, SetParentArgs, TreeArgs};
 
 fn canonical(p: &Path) -> PathBuf {
     p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
@@ -239,10 +239,7 @@ fn tree_file(path: &Path, args: &TreeArgs) -> CliResult {
     // The image itself must be readable; broken links beyond it are reported.
     let opener = file_opener(args.force_share);
     if let LinkStatus::Unreadable(_) = tree::examine_with(path, &opener).status {
-        if vhdx::ops::convert::ImageFormat::detect(path) == vhdx::ops::convert::ImageFormat::Vhd {
-            drop(vhdx::vhd::VhdDisk::open_without_parent(path, false).in_file(path)?);
-        }
-        drop(open_alone(path, args.force_share)?);
+        vhdx::OpenOptions::new().without_parent().force_share(args.force_share).open_any(path).in_file(path)?;
     }
     let chain = tree::chain_with(path, &opener);
     let chain_len = chain.len();
@@ -400,23 +397,15 @@ pub fn merge(args: &MergeArgs) -> CliResult {
 pub fn set_parent(args: &SetParentArgs) -> CliResult {
     let (child, parent) = (args.child.as_path(), args.parent.as_path());
     // Whether the link matches decides what the change means for CHILD's content.
-    let vhd = |p: &Path| vhdx::ops::convert::ImageFormat::detect(p) == vhdx::ops::convert::ImageFormat::Vhd;
-    let (id_name, expected, found, matched) = if vhd(child) && vhd(parent) {
-        let c = vhdx::vhd::VhdDisk::open_without_parent(child, false).in_file(child)?;
-        let p = vhdx::vhd::VhdDisk::open_without_parent(parent, false).in_file(parent)?;
-        let expected = c.dynamic_header().map(|h| h.parent_unique_id);
-        let found = p.footer().unique_id;
-        ("unique ID", expected, found, expected == Some(found))
-    } else if vhd(child) {
-        // The library refuses it, saying why.
-        (Default::default(), None, vhdx::Guid::nil(), true)
-    } else {
-        let locator = open_alone(child, false)?.parent_locator().cloned();
-        let found = open_alone(parent, false)?.data_write_guid();
-        let matched =
-            locator.as_ref().is_some_and(|l| l.parent_linkage() == Some(found) || l.parent_linkage2() == Some(found));
-        ("DataWriteGuid", locator.as_ref().and_then(|l| l.parent_linkage()), found, matched)
+    let alone = |p: &Path| vhdx::OpenOptions::new().without_parent().open_any(p).in_file(p);
+    let (c, p) = (alone(child)?, alone(parent)?);
+    let id_name = match c.format() {
+        vhdx::ImageFormat::Vhd => "unique ID",
+        _ => "DataWriteGuid",
     };
+    let (expected, found) = (c.parent_identity(), p.identity());
+    let matched = c.links_to(found);
+    drop((c, p));
     vhdx::ops::merge::set_parent(child, parent, args.ignore_id_mismatch).in_file(child)?;
     outln!("{} now links to {} ({id_name} {}).", child.display(), parent.display(), braced(&found))?;
     if !matched {

@@ -4,12 +4,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use vhdx::chain::ChainMapEntry;
-use vhdx::chain::FsResolver;
 use vhdx::ops::tree::{self, LinkStatus};
-use vhdx::{Disk, DiskInfo, DiskType, Extent};
+use vhdx::{AnyDisk, Disk, DiskInfo, DiskType, Extent};
 
 use crate::size::human_exact;
-use crate::{file_opener, open_alone, CheckArgs, CliResult, Failure, InFile, InfoArgs, MapArgs};
+use crate::{file_opener, CheckArgs, CliResult, Failure, InFile, InfoArgs, MapArgs};
 
 /// Prints `key: value` lines with the values aligned, like `qemu-img info`.
 fn print_aligned(rows: &[(&str, String)]) -> CliResult {
@@ -70,15 +69,23 @@ impl ChainProblem {
     }
 }
 
-/// Opens `path` with its whole chain. When it is a differencing disk whose
+/// Opens the VHDX at `path` with its whole chain. When it is a differencing disk whose
 /// chain cannot be opened, opens it alone instead and says why; any other
 /// failure (the file itself is unreadable) is the error.
 pub fn open_chain(path: &Path, force_share: bool) -> CliResult<(Disk, Option<ChainProblem>)> {
-    let full_error = match vhdx::OpenOptions::new().force_share(force_share).open(path) {
+    match open_chain_any(path, force_share)? {
+        (AnyDisk::Vhdx(d), problem) => Ok((d, problem)),
+        _ => Err(Failure(format!("{}: a VHD, not a VHDX", path.display()))),
+    }
+}
+
+/// [`open_chain`] for a VHDX or a VHD, by content.
+pub fn open_chain_any(path: &Path, force_share: bool) -> CliResult<(AnyDisk, Option<ChainProblem>)> {
+    let full_error = match vhdx::OpenOptions::new().force_share(force_share).open_any(path) {
         Ok(disk) => return Ok((disk, None)),
         Err(e) => e,
     };
-    let alone = open_alone(path, force_share)?;
+    let alone = vhdx::OpenOptions::new().without_parent().force_share(force_share).open_any(path).in_file(path)?;
     if alone.disk_type() != DiskType::Differencing {
         return Err(full_error).in_file(path);
     }
@@ -96,9 +103,13 @@ pub fn open_chain(path: &Path, force_share: bool) -> CliResult<(Disk, Option<Cha
     let candidates = match &last.status {
         LinkStatus::MissingParent { looked_for, .. } => looked_for.clone(),
         LinkStatus::BrokenLinkage { parent, .. } => vec![parent.clone()],
-        _ => open_alone(&last.path, force_share)
+        _ => vhdx::OpenOptions::new()
+            .without_parent()
+            .force_share(force_share)
+            .open_any(&last.path)
             .ok()
-            .and_then(|d| d.parent_locator().map(|loc| FsResolver::candidates(Some(&last.path), loc)))
+            .and_then(|d| d.parent_candidates(&last.path).ok())
+            .map(|(c, _)| c)
             .unwrap_or_default(),
     };
     let problem = ChainProblem {
@@ -343,21 +354,7 @@ fn hex(n: u64) -> String {
 /// the parent are reported as such (depth 1, not present).
 pub fn map(args: &MapArgs) -> CliResult {
     let path = args.file.as_path();
-    if crate::vhd::is_vhd(path) {
-        let disk = match vhdx::vhd::VhdDisk::open(path) {
-            Ok(d) => d,
-            Err(e) if matches!(e.kind(), vhdx::ErrorKind::ParentNotFound | vhdx::ErrorKind::ParentMismatch) => {
-                eprintln!(
-                    "note: {}: mapping the image alone ({e}); ranges from its parents show as depth 1",
-                    path.display()
-                );
-                vhdx::vhd::VhdDisk::open_without_parent(path, false).in_file(path)?
-            }
-            Err(e) => return Err(e).in_file(path),
-        };
-        return print_map(args, path, &disk);
-    }
-    let (disk, problem) = open_chain(path, args.force_share)?;
+    let (disk, problem) = open_chain_any(path, args.force_share)?;
     if let Some(p) = &problem {
         eprintln!(
             "note: {}: mapping the image alone ({}); ranges from its parents show as depth 1",
@@ -368,19 +365,15 @@ pub fn map(args: &MapArgs) -> CliResult {
     print_map(args, path, &disk)
 }
 
-/// Prints the chain-wide map of `disk` (VHDX or VHD) as `map` does.
-fn print_map<L: vhdx::chain::ChainLevel>(args: &MapArgs, path: &Path, disk: &L) -> CliResult {
-    let runs = vhdx::chain::map(disk).in_file(path)?;
+fn print_map(args: &MapArgs, path: &Path, disk: &AnyDisk) -> CliResult {
+    let runs = disk.map().in_file(path)?;
     if args.json {
         outln!("{}", map_json(&runs))?;
         return Ok(());
     }
-    let mut files = Vec::new();
-    let mut level = Some(disk);
-    while let Some(d) = level {
-        files.push(d.level_path().map(str::to_string).unwrap_or_else(|| path.display().to_string()));
-        level = d.level_parent();
-    }
+    // The chain's files by depth ("?" for an image opened without a path).
+    let files: Vec<String> =
+        disk.chain_paths().into_iter().map(|p| if p == "?" { path.display().to_string() } else { p }).collect();
     outln!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to")?;
     for r in &runs {
         if let Extent::Data { file_offset } = r.extent {

@@ -30,23 +30,16 @@ pub fn serve(args: &ServeArgs) -> CliResult {
             Failure(e.in_file(path.display()).to_string())
         }
     };
-    if crate::vhd::is_vhd(path) {
-        // A VHD (by content): writable unless --read-only, its chain opened.
-        let opened =
-            if args.read_only { vhdx::vhd::VhdDisk::open(path) } else { vhdx::vhd::VhdDisk::open_writable(path) };
-        let disk = opened.map_err(refused)?;
-        let kind = match disk.disk_type() {
-            vhdx::format::vhd::VhdType::Fixed => "fixed",
-            vhdx::format::vhd::VhdType::Differencing => "differencing",
-            _ => "dynamic",
-        };
-        let description = format!("{}: {kind} VHD, {}", path.display(), human_exact(disk.virtual_size()));
-        let mut disk = run(args, disk, description)?;
-        return disk.flush().in_file(path);
-    }
-    // Writable unless --read-only; a differencing disk opens its chain.
-    let disk = vhdx::OpenOptions::new().writable(!args.read_only).open(path).map_err(refused)?;
-    let description = format!("{}: {} VHDX, {}", path.display(), disk.disk_type(), human_exact(disk.virtual_size()));
+    // A VHD or a VHDX (by content): writable unless --read-only, a
+    // differencing disk with its chain.
+    let disk = vhdx::OpenOptions::new().writable(!args.read_only).open_any(path).map_err(refused)?;
+    let description = format!(
+        "{}: {} {}, {}",
+        path.display(),
+        disk.disk_type(),
+        disk.format().as_str().to_uppercase(),
+        human_exact(disk.virtual_size())
+    );
     let disk = run(args, disk, description)?;
     disk.close().in_file(path)?;
     Ok(())

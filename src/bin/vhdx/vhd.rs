@@ -24,12 +24,16 @@ fn type_name(t: VhdType) -> &'static str {
 /// with the reason as `parent_error`.
 pub fn info(args: &InfoArgs) -> CliResult {
     let path = args.file.as_path();
-    let (disk, parent_error) = match VhdDisk::open(path) {
+    let options = || vhdx::OpenOptions::new().force_share(args.force_share);
+    let (disk, parent_error) = match options().open_any(path) {
         Ok(d) => (d, None),
         Err(e) if matches!(e.kind(), vhdx::ErrorKind::ParentNotFound | vhdx::ErrorKind::ParentMismatch) => {
-            (VhdDisk::open_without_parent(path, false).in_file(path)?, Some(e.to_string()))
+            (options().without_parent().open_any(path).in_file(path)?, Some(e.to_string()))
         }
         Err(e) => return Err(e).in_file(path),
+    };
+    let vhdx::AnyDisk::Vhd(disk) = disk else {
+        return Err(crate::Failure(format!("{}: not a VHD", path.display())));
     };
     let f = disk.footer();
     let h = disk.dynamic_header();

@@ -276,8 +276,9 @@ pub(crate) fn is_image_name(p: &Path) -> bool {
         .is_some_and(|e| ["vhdx", "avhdx", "vhd", "avhd"].iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
-/// Images in `dirs` that are children of `parent` (whose DataWriteGuid is
-/// `guid`), other than those in `exclude` (canonical paths).
+/// Images in `dirs` that are children of `parent` (whose DataWriteGuid, or
+/// for a VHD unique ID, is `guid`), other than those in `exclude`
+/// (canonical paths).
 pub fn children_of(parent: &Path, guid: Guid, dirs: &[PathBuf], exclude: &[PathBuf]) -> Vec<PathBuf> {
     children_through(&FileOpener::default(), parent, &[guid], dirs, exclude)
 }
@@ -306,17 +307,14 @@ pub(crate) fn children_through(
                 continue;
             }
             seen.push(c);
-            let Ok(d) = OpenOptions::new().without_parent().file_opener(opener.clone()).open(&f) else {
+            let Ok(d) = OpenOptions::new().without_parent().file_opener(opener.clone()).open_any(&f) else {
                 continue;
             };
-            let Some(loc) = d.parent_locator() else {
-                continue;
-            };
-            let names = |g: Option<Guid>| g.is_some_and(|g| guids.contains(&g));
-            if !names(loc.parent_linkage()) && !names(loc.parent_linkage2()) {
+            if !guids.iter().any(|&g| d.links_to(g)) {
                 continue;
             }
-            if FsResolver::candidates(Some(&f), loc).iter().any(|p| canonical(p) == parent_c) {
+            let Ok((candidates, _)) = d.parent_candidates(&f) else { continue };
+            if candidates.iter().any(|p| canonical(p) == parent_c) {
                 out.push(f);
             }
         }
@@ -383,7 +381,7 @@ pub fn merge_with_progress(
     options: &MergeOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<MergeReport> {
-    if crate::ops::convert::ImageFormat::detect(child) == crate::ops::convert::ImageFormat::Vhd {
+    if is_vhd(&options.file_opener.clone().unwrap_or_default(), child) {
         return vhd::merge(child, options, progress);
     }
     let depth = options.depth.max(1);
@@ -472,9 +470,9 @@ pub fn set_parent(child: &Path, parent: &Path, ignore_id_mismatch: bool) -> Resu
     link_to_parent(&locks.opener(), child, parent, ignore_id_mismatch)
 }
 
-/// Whether `path` holds a VHD (by content).
-fn is_vhd(path: &Path) -> bool {
-    crate::ops::convert::ImageFormat::detect(path) == crate::ops::convert::ImageFormat::Vhd
+/// Whether `path` holds a VHD (by content, read through `opener`).
+fn is_vhd(opener: &FileOpener, path: &Path) -> bool {
+    crate::ImageFormat::detect_through(opener, path) == crate::ImageFormat::Vhd
 }
 
 /// [`set_parent`], opening every file (the child, the parent and the
@@ -500,10 +498,10 @@ pub fn set_parent_through(opener: &FileOpener, child: &Path, parent: &Path, igno
 /// The body of [`set_parent`], after the loop check, with files opened
 /// through `opener`.
 fn link_to_parent(opener: &FileOpener, child: &Path, parent: &Path, ignore_id_mismatch: bool) -> Result<()> {
-    if is_vhd(child) {
+    if is_vhd(opener, child) {
         return vhd::set_parent(opener, child, parent, ignore_id_mismatch);
     }
-    if is_vhd(parent) {
+    if is_vhd(opener, parent) {
         return Err(Error::invalid(std::format!(
             "{}: a VHDX's parent must be a VHDX, and {} is a VHD (chains mix no formats, as in Windows)",
             child.display(),

@@ -54,7 +54,7 @@ use std::path::{Path, PathBuf};
 use std::vec::Vec;
 
 use super::{canonical, directory_of, MergeOptions, MergeReport, MergeRun, Sibling, SiblingPolicy};
-use crate::chain::vhd::{open_chain, open_file, parent_candidates, vhd_locators};
+use crate::chain::vhd::{open_chain, open_file, vhd_locators};
 use crate::error::{Error, Result};
 use crate::format::vhd::VhdType;
 use crate::io::{FileOpener, LockSet};
@@ -107,42 +107,6 @@ fn closing<T>(mut d: VhdDisk, path: &Path, f: impl FnOnce(&mut VhdDisk) -> Resul
             Err(e.in_file(path.display()))
         }
     }
-}
-
-/// VHD images in `dirs` that are differencing children of the VHD at
-/// `parent`, whose unique ID is `id`, other than those in `exclude`
-/// (canonical paths).
-pub(crate) fn children_of(
-    opener: &FileOpener,
-    parent: &Path,
-    id: Guid,
-    dirs: &[PathBuf],
-    exclude: &[PathBuf],
-) -> Vec<PathBuf> {
-    let parent_c = canonical(parent);
-    let mut out = Vec::new();
-    let mut seen = Vec::new();
-    for dir in dirs {
-        let Ok(mut files) = crate::ops::tree::image_files(dir) else { continue };
-        files.sort();
-        for f in files {
-            let c = canonical(&f);
-            if exclude.contains(&c) || seen.contains(&c) || c == parent_c || ImageFormat::detect(&f) != ImageFormat::Vhd
-            {
-                continue;
-            }
-            seen.push(c);
-            let Ok(d) = open_file(opener, &f, false) else { continue };
-            if d.dynamic_header().is_none_or(|h| h.parent_unique_id != id) {
-                continue;
-            }
-            let Ok((candidates, _)) = parent_candidates(&f, &d) else { continue };
-            if candidates.iter().any(|p| canonical(p) == parent_c) {
-                out.push(f);
-            }
-        }
-    }
-    out
 }
 
 /// [`super::merge_with_progress`] for a VHD child.
@@ -225,7 +189,7 @@ pub(super) fn merge(child: &Path, options: &MergeOptions, progress: &mut dyn FnM
     dirs.extend(options.search_dirs.iter().cloned());
     let mut siblings: Vec<(Sibling, usize)> = Vec::new();
     for k in 1..=depth {
-        for s in children_of(&opener, &paths[k], ids[k], &dirs, &chain_canon) {
+        for s in super::children_through(&opener, &paths[k], &[ids[k]], &dirs, &chain_canon) {
             siblings.push((Sibling { path: s, parent: paths[k].clone(), bytes_copied: 0 }, k));
         }
     }
@@ -334,7 +298,7 @@ pub(super) fn merge(child: &Path, options: &MergeOptions, progress: &mut dyn FnM
 /// child takes a new unique ID, as its content may change, so its own
 /// children are refused rather than shown other data).
 pub(super) fn set_parent(opener: &FileOpener, child: &Path, parent: &Path, ignore_id_mismatch: bool) -> Result<()> {
-    if ImageFormat::detect(parent) != ImageFormat::Vhd {
+    if ImageFormat::detect_through(opener, parent) != ImageFormat::Vhd {
         return Err(Error::invalid(format!(
             "{}: a VHD's parent must be a VHD, and {} is not one (chains mix no formats, as in Windows)",
             child.display(),
@@ -343,14 +307,17 @@ pub(super) fn set_parent(opener: &FileOpener, child: &Path, parent: &Path, ignor
     }
     let p = open_chain(opener, parent, false, 0)?;
     let c = open_file(opener, child, true)?;
-    let Some(expected) = c.dynamic_header().filter(|_| c.disk_type() == VhdType::Differencing).map(|h| h.parent_unique_id) else {
+    let Some(expected) =
+        c.dynamic_header().filter(|_| c.disk_type() == VhdType::Differencing).map(|h| h.parent_unique_id)
+    else {
         return Err(Error::invalid(format!("{}: not a differencing disk", child.display())));
     };
     let found = p.footer().unique_id;
     let matches = expected == found;
     if !matches && !ignore_id_mismatch {
-        return Err(Error::ParentMismatch { parent: parent.display().to_string(), expected, found }
-            .in_file(child.display()));
+        return Err(
+            Error::ParentMismatch { parent: parent.display().to_string(), expected, found }.in_file(child.display())
+        );
     }
     if p.virtual_size() != c.virtual_size() {
         return Err(Error::invalid(format!(
