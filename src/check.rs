@@ -234,6 +234,29 @@ pub fn check_vhd_file(path: &std::path::Path) -> Result<CheckReport> {
     check_vhd_storage(alloc::boxed::Box::new(storage)).map_err(|e| e.in_file(path.display()))
 }
 
+/// [`repair_file`] for a VHD.
+#[cfg(feature = "std")]
+fn repair_vhd_file(path: &std::path::Path) -> Result<RepairReport> {
+    let storage = crate::io::FileStorage::open(path, true)
+        .map_err(|source| crate::Error::opening("open", source, true).in_file(path.display()))?;
+    let disk = crate::vhd::VhdDisk::open_storage(alloc::boxed::Box::new(storage), true)
+        .map_err(|e| e.in_file(path.display()))?;
+    let mut actions = Vec::new();
+    if disk.mended_copy() {
+        actions.push(String::from(
+            "the footer copy at offset 0 differed from the trailing footer (a change of parent was interrupted): \
+             rewrote it from the trailing footer",
+        ));
+    } else if disk.mended_footer() {
+        actions.push(String::from(
+            "the trailing footer was damaged (a crash while a block was added): rewrote it from the copy at offset \
+             0, after the last block",
+        ));
+    }
+    disk.into_storage().map_err(|e| e.in_file(path.display()))?;
+    Ok(RepairReport { actions, after: check_vhd_file(path)? })
+}
+
 /// Why Azure would not take the VHD at `path` as an uploaded disk (empty:
 /// it would): Azure takes fixed VHDs whose virtual size is a whole number
 /// of MiB, the file holding exactly the disk and its footer.
@@ -308,8 +331,17 @@ pub fn repair_storage(storage: Box<dyn Storage>) -> Result<RepairReport> {
 /// unchanged) or finished ([`crate::ops::merge::recover_merge`]), and an
 /// image whose parent took the DataWriteGuid its `parent_linkage2`
 /// announced is linked to that GUID only.
+///
+/// A VHD (by content) is mended as its writable open mends it: a trailing
+/// footer a crash damaged is written back from the copy at offset 0, and a
+/// copy at offset 0 that differs from the trailing footer (a crash while
+/// the disk changed parent) from the trailing footer. Nothing else in a VHD
+/// is rewritten: a footer or header whose checksum is wrong stays refused.
 #[cfg(feature = "std")]
 pub fn repair_file(path: &std::path::Path) -> Result<RepairReport> {
+    if crate::ImageFormat::detect(path) == crate::ImageFormat::Vhd {
+        return repair_vhd_file(path);
+    }
     let storage = crate::io::FileStorage::open(path, true)
         .map_err(|source| crate::Error::opening("open", source, true).in_file(path.display()))?;
     let mut report = repair_storage(Box::new(storage)).map_err(|e| e.in_file(path.display()))?;

@@ -60,6 +60,8 @@ struct VhdImage {
     used_footer_copy: bool,
     /// A writable open found it so and wrote the footer back at the end.
     mended_footer: bool,
+    /// Of which, the copy at offset 0 (it differed from the trailing footer).
+    mended_copy: bool,
     /// The footer or dynamic header was read although its checksum is
     /// wrong (read-only), and the error that a strict read gives.
     checksum_ignored: Option<Error>,
@@ -116,6 +118,7 @@ impl VhdImage {
             len,
             used_footer_copy,
             mended_footer: false,
+            mended_copy: false,
             checksum_ignored,
             dirty_bitmaps: BTreeMap::new(),
         };
@@ -147,6 +150,7 @@ impl VhdImage {
                 image.storage.write_all_at(&tail, 0).during("rewriting the VHD footer copy", 0)?;
                 image.storage.flush().during("flushing the rewritten footer copy", 0)?;
                 image.mended_footer = true;
+                image.mended_copy = true;
             }
         }
         Ok(image)
@@ -810,6 +814,12 @@ impl VhdDisk {
     /// disk changed parent) and wrote the copy again.
     pub fn mended_footer(&self) -> bool {
         self.image.mended_footer
+    }
+
+    /// Whether the footer mended was the copy at offset 0.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
+    pub(crate) fn mended_copy(&self) -> bool {
+        self.image.mended_copy
     }
 
     /// When the footer or the dynamic header was read although its

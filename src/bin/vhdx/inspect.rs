@@ -236,19 +236,16 @@ pub fn info(args: &InfoArgs) -> CliResult {
 pub fn check(args: &CheckArgs) -> CliResult {
     let path = args.file.as_path();
     let vhd = crate::vhd::is_vhd(path);
-    if vhd && args.repair {
-        return Err(Failure(format!("{}: --repair takes VHDX images; this is a VHD", path.display())));
-    }
-    // A VHD: its structures, and whether Azure takes it as an uploaded disk.
-    let azure = if vhd { Some(vhdx::check::azure_problems(path).in_file(path)?) } else { None };
-    let (report, repairs) = if vhd {
-        (vhdx::check::check_vhd_file(path).in_file(path)?, Vec::new())
-    } else if args.repair {
+    let (report, repairs) = if args.repair {
         let repaired = vhdx::check::repair_file(path).in_file(path)?;
         (repaired.after, repaired.actions)
+    } else if vhd {
+        (vhdx::check::check_vhd_file(path).in_file(path)?, Vec::new())
     } else {
         (vhdx::check::check_file_with(path, &file_opener(args.force_share)).in_file(path)?, Vec::new())
     };
+    // A VHD: whether Azure takes it as an uploaded disk.
+    let azure = if vhd { Some(vhdx::check::azure_problems(path).in_file(path)?) } else { None };
     let count = report.errors.len();
     if args.json {
         let mut value = json!({
