@@ -150,12 +150,16 @@ pub fn check_file(path: &std::path::Path) -> Result<CheckReport> {
 
 /// [`check_file`], opening files through `opener`
 /// ([`FileOpener::force_share`](crate::io::FileOpener::force_share) checks an
-/// image in use, like `qemu-img check -U`).
+/// image in use, like `qemu-img check -U`). A VHD (by content) is checked
+/// as [`check_vhd_storage`] checks it.
 #[cfg(feature = "std")]
 pub fn check_file_with(path: &std::path::Path, opener: &crate::io::FileOpener) -> Result<CheckReport> {
     let storage = opener
         .open(path, false)
         .map_err(|source| crate::Error::opening("open", source, false).in_file(path.display()))?;
+    if crate::ImageFormat::detect_through(opener, path) == crate::ImageFormat::Vhd {
+        return check_vhd_storage(storage).map_err(|e| e.in_file(path.display()));
+    }
     let mut report = check_storage(storage).map_err(|e| e.in_file(path.display()))?;
     report.notes.extend(crate::ops::merge::recover::file_notes(path, opener));
     Ok(report)

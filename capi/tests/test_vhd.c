@@ -2,7 +2,9 @@
  * VHD (version 1) images through the same handle as VHDX: vhdx_open tells
  * them apart by content, vhdx_format says which; fixed, dynamic and
  * differencing VHDs created, written at unaligned offsets, read back,
- * reopened, queried; the VHDX-only operations refused by status.
+ * reopened, queried; the VHDX-only operations refused by status; a VHD
+ * chain merged (a sibling refused, then preserved), checked, repaired and
+ * re-linked by path.
  *
  * Leaves WORK_DIR/c_vhd_dynamic.vhd and c_vhd_leaf.vhd (over
  * c_vhd_base.vhd), each with NAME.expected.raw, for run-tests.sh to read
@@ -139,6 +141,69 @@ int main(int argc, char **argv) {
         CHECK(access(odd, F_OK) != 0);
     }
     CHECK(vhdx_format(NULL) == VHDX_ERR_INVALID_ARGUMENT);
+
+    /* The chain operations take a VHD chain by its paths: a merge refused
+     * while a sibling would change, then with the sibling preserved; the
+     * child and the sibling read as before, the target holds the merge. */
+    {
+        char mbase[4096], mkid[4096], msib[4096], moved[4096], report[1024];
+        uint8_t *kid_view = (uint8_t *)calloc(1, SIZE), *sib_view = (uint8_t *)calloc(1, SIZE);
+        VhdxMergeOptions mo;
+        VhdxMergeReport mr = {.struct_size = sizeof mr};
+        path_in(mbase, dir, "c_vhd_m_base.vhd");
+        path_in(mkid, dir, "c_vhd_m_kid.vhd");
+        path_in(msib, dir, "c_vhd_m_sib.vhd");
+        path_in(moved, dir, "c_vhd_m_moved.vhd");
+        CHECK_OK(vhdx_create_vhd(mbase, false, SIZE, 0, &d));
+        put(d, kid_view, 0, 2 * MIB, 8);
+        vhdx_close(d);
+        memcpy(sib_view, kid_view, SIZE);
+        CHECK_OK(vhdx_create_vhd_differencing(mkid, mbase, &d));
+        put(d, kid_view, MIB, 3 * MIB, 9);
+        CHECK_OK(vhdx_close_checked(d));
+        CHECK_OK(vhdx_create_vhd_differencing(msib, mbase, &d));
+        put(d, sib_view, 4096, 4096, 10);
+        CHECK_OK(vhdx_close_checked(d));
+        CHECK_ERR(vhdx_merge(mkid, 1), VHDX_ERR_REFUSED, "c_vhd_m_sib.vhd");
+        CHECK_OK(vhdx_merge_options_init(&mo, sizeof mo));
+        mo.siblings = VHDX_SIBLINGS_FORCE;
+        CHECK_ERR(vhdx_merge_with(mkid, &mo, &mr), VHDX_ERR_REFUSED, "refused for VHD");
+        mo.siblings = VHDX_SIBLINGS_PRESERVE;
+        CHECK_OK(vhdx_merge_with(mkid, &mo, &mr));
+        CHECK(mr.bytes_merged == 3 * MIB && mr.images_merged == 1 && mr.siblings == 1 && !mr.siblings_broken);
+        CHECK(mr.bytes_preserved == 3 * MIB); /* what the kid holds; the sibling holds none of it */
+        CHECK_OK(vhdx_open(mkid, false, &d));
+        same_as_model(d, kid_view);
+        CHECK_OK(vhdx_info(d, &info));
+        CHECK(info.allocated_blocks == 0 && info.chain_length == 2);
+        vhdx_close(d);
+        CHECK_OK(vhdx_open(msib, false, &d));
+        same_as_model(d, sib_view);
+        vhdx_close(d);
+        CHECK_OK(vhdx_open(mbase, false, &d));
+        same_as_model(d, kid_view);
+        vhdx_close(d);
+        CHECK(vhdx_check(mkid, report, sizeof report) == 0);
+        CHECK(vhdx_repair(mbase, report, sizeof report) == 0);
+        /* Re-linked onto a copy of its parent. */
+        {
+            FILE *in = fopen(mbase, "rb"), *out = fopen(moved, "wb");
+            char buf[65536];
+            size_t n;
+            CHECK(in != NULL && out != NULL);
+            while (in != NULL && out != NULL && (n = fread(buf, 1, sizeof buf, in)) > 0) CHECK(fwrite(buf, 1, n, out) == n);
+            if (in != NULL) fclose(in);
+            if (out != NULL) fclose(out);
+        }
+        CHECK_OK(vhdx_set_parent(msib, moved, false));
+        CHECK(remove(mbase) == 0);
+        CHECK_OK(vhdx_open(msib, false, &d));
+        same_as_model(d, sib_view);
+        vhdx_close(d);
+        CHECK_ERR(vhdx_set_parent(msib, vhdx, false), VHDX_ERR_INVALID_ARGUMENT, "must be a VHD");
+        free(kid_view);
+        free(sib_view);
+    }
     free(model);
     free(chain);
     return finish("test_vhd");

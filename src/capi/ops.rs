@@ -135,6 +135,10 @@ fn policy(function: &str, code: i32) -> FfiResult<SiblingPolicy> {
 /// elsewhere (another process, or a handle of yours) refuses the merge with
 /// VHDX_ERR_BUSY before anything changes.
 ///
+/// A VHD chain (by content) merges too. A VHD records no version of its
+/// parent, so a sibling could not notice the change: VHDX_SIBLINGS_FORCE
+/// is refused (VHDX_ERR_REFUSED) when there are siblings.
+///
 /// Ownership: nothing changes hands (the library opens and closes the files).
 /// Thread safety: safe from any thread (the files are locked, see above).
 ///
@@ -228,7 +232,10 @@ unsafe fn merge_impl(
 /// DataWriteGuid is not the one the child links to, unless
 /// `ignore_id_mismatch` (then the child's content may change, and its own
 /// DataWriteGuid changes so its children notice). VHDX_ERR_INVALID_ARGUMENT
-/// when the child is not a differencing disk or the sizes differ.
+/// when the child is not a differencing disk, the sizes differ, or the
+/// formats differ. A VHD child (by content) takes a VHD parent, matched by
+/// its unique ID (and takes a new unique ID of its own when ignoring a
+/// mismatch).
 ///
 /// Ownership: nothing changes hands.
 /// Thread safety: safe from any thread (the child open elsewhere:
@@ -267,7 +274,8 @@ fn report_text(errors: &[String], notes: &[String], actions: &[String]) -> Strin
 
 /// Checks the image at `path` without changing it: both headers, both region
 /// table copies, the log, the metadata and every BAT entry (a differencing
-/// disk is checked on its own, without its parent).
+/// disk is checked on its own, without its parent). A VHD (by content): its
+/// footer and the copy at offset 0, the dynamic header and the block table.
 ///
 /// Returns the number of problems found (0: the image is sound), or a
 /// negative status when the file cannot be read at all. When `report` is not
@@ -296,8 +304,10 @@ pub unsafe extern "C" fn vhdx_check(path: *const c_char, report: *mut c_char, re
 
 /// Repairs the image at `path` in place where that is safe: replays a log
 /// left by an interrupted session, rewrites a damaged header or region table
-/// copy from the good one, clears reserved BAT fields. Never changes what
-/// the disk presents.
+/// copy from the good one, clears reserved BAT fields. A VHD: a damaged
+/// trailing footer is rewritten from the copy at offset 0, and a copy that
+/// differs from the trailing footer from it. Never changes what the disk
+/// presents.
 ///
 /// Returns the number of problems a check still finds afterwards (0: the
 /// image is now sound), or a negative status when it cannot be opened. When

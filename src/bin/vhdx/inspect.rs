@@ -239,8 +239,6 @@ pub fn check(args: &CheckArgs) -> CliResult {
     let (report, repairs) = if args.repair {
         let repaired = vhdx::check::repair_file(path).in_file(path)?;
         (repaired.after, repaired.actions)
-    } else if vhd {
-        (vhdx::check::check_vhd_file(path).in_file(path)?, Vec::new())
     } else {
         (vhdx::check::check_file_with(path, &file_opener(args.force_share)).in_file(path)?, Vec::new())
     };
