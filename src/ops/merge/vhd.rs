@@ -73,9 +73,10 @@ fn own_ranges(d: &VhdDisk) -> Result<Ranges> {
     Ok(ranges::normalize(runs.map(|e| (e.offset, e.length)).collect()))
 }
 
-/// Copies `runs` from `from` into `to`, a chunk at a time.
+/// Copies `runs` from `from` (`None`: what `to` itself presents) into
+/// `to`, a chunk at a time.
 fn copy(
-    from: &VhdDisk,
+    from: Option<&VhdDisk>,
     to: &mut VhdDisk,
     runs: &[(u64, u64)],
     done: &mut u64,
@@ -87,7 +88,10 @@ fn copy(
         let mut pos = start;
         while pos < start + len {
             let n = (start + len - pos).min(CHUNK) as usize;
-            from.read_at(&mut buf[..n], pos)?;
+            match from {
+                Some(from) => from.read_at(&mut buf[..n], pos)?,
+                None => to.read_at(&mut buf[..n], pos)?,
+            }
             to.write_at(&buf[..n], pos)?;
             pos += n as u64;
             *done += n as u64;
@@ -247,10 +251,7 @@ pub(super) fn merge(child: &Path, options: &MergeOptions, progress: &mut dyn FnM
     for ((s, _), runs) in siblings.iter_mut().zip(&needed) {
         let d = open_chain(&opener, &s.path, true, 0)?;
         let before = done;
-        closing(d, &s.path, |d| {
-            let view = open_chain(&opener, &s.path, false, 0)?;
-            copy(&view, d, runs, &mut done, total, progress)
-        })?;
+        closing(d, &s.path, |d| copy(None, d, runs, &mut done, total, progress))?;
         s.bytes_copied = done - before;
     }
 
@@ -260,7 +261,7 @@ pub(super) fn merge(child: &Path, options: &MergeOptions, progress: &mut dyn FnM
     let merged_from = done;
     closing(target, &paths[depth], |t| {
         for &(start, len, k) in &holders {
-            copy(&levels[k], t, &[(start, len)], &mut done, total, progress)?;
+            copy(Some(&levels[k]), t, &[(start, len)], &mut done, total, progress)?;
         }
         Ok(())
     })?;
