@@ -348,6 +348,26 @@ typedef struct VhdxConvertOptions {
      * once the new image is complete and durable.
      */
     bool overwrite;
+    /**
+     * Zero. (The first layout of this struct ended here, padded to 32
+     * bytes: the fields below come after that padding.)
+     */
+    uint8_t reserved[3];
+    /**
+     * Make a VHD Azure takes as an uploaded disk (`vhdx convert --azure`):
+     * fixed, its virtual size rounded up to a whole MiB (the added end
+     * reads as zeros), the footer as Windows writes it. Takes a VHD output,
+     * `disk_type` left dynamic and `block_size` 0.
+     */
+    bool azure;
+    /**
+     * NULL, or the path of an already converted parent: the source, a
+     * differencing disk, is converted alone onto it, as a differencing
+     * image of the output's format holding only what the source holds
+     * itself (`vhdx convert --parent`, `Convert-VHD -ParentPath`). Read
+     * during the call.
+     */
+    const char *parent_path;
 } VhdxConvertOptions;
 
 /**

@@ -9,6 +9,8 @@
  * size larger than it knows; structs it fills accept one and write only the
  * fields it knows.
  */
+#include <stddef.h>
+
 #include "common.h"
 
 #define MIB (1024u * 1024u)
@@ -209,21 +211,37 @@ static void test_convert(const char *dir) {
     CHECK_OK(vhdx_write_at(d, MIB, buf, sizeof buf));
     vhdx_close(d);
 
-    /* Options too small: refused before anything is read or written. */
-    slab_fill(&s, (uint32_t)sizeof(VhdxConvertOptions) - 4);
+    /* Options too small: refused before anything is read or written. The
+     * struct grew (azure, parent_path): its first layout, up to the
+     * padding before `azure`, is the smallest accepted, and a size between
+     * two layouts (part of the pointer) is refused. */
+    const uint32_t first = (uint32_t)offsetof(VhdxConvertOptions, azure);
+    CHECK(first == 32 && sizeof(VhdxConvertOptions) == 48);
+    slab_fill(&s, first - 4);
     CHECK_ERR(vhdx_convert(src, dst, (const VhdxConvertOptions *)(void *)&s, NULL), VHDX_ERR_INVALID_ARGUMENT,
-              too_small(msg, "VhdxConvertOptions", (uint32_t)sizeof(VhdxConvertOptions) - 4,
-                        sizeof(VhdxConvertOptions)));
-    CHECK(slab_untouched(&s, (uint32_t)sizeof(VhdxConvertOptions) - 4, 4));
+              too_small(msg, "VhdxConvertOptions", first - 4, first));
+    CHECK(slab_untouched(&s, first - 4, 4));
     CHECK(!exists(dst));
     slab_fill(&s, 0);
     CHECK_ERR(vhdx_convert(src, dst, (const VhdxConvertOptions *)(void *)&s, NULL), VHDX_ERR_INVALID_ARGUMENT,
-              too_small(msg, "VhdxConvertOptions", 0, sizeof(VhdxConvertOptions)));
+              too_small(msg, "VhdxConvertOptions", 0, first));
     CHECK(!exists(dst));
     slab_fill(&s, 0x5A5A5A5Au);
     CHECK_ERR(vhdx_convert_options_init((VhdxConvertOptions *)(void *)&s, 8), VHDX_ERR_INVALID_ARGUMENT,
-              init_too_small(msg, "VhdxConvertOptions", 8, sizeof(VhdxConvertOptions)));
+              init_too_small(msg, "VhdxConvertOptions", 8, first));
     CHECK(slab_untouched(&s, 0x5A5A5A5Au, 4));
+    CHECK_ERR(vhdx_convert_options_init(&options, 44), VHDX_ERR_INVALID_ARGUMENT, "none of its layouts");
+    options.struct_size = 44;
+    CHECK_ERR(vhdx_convert(src, dst, &options, NULL), VHDX_ERR_INVALID_ARGUMENT, "none of its layouts");
+    CHECK(!exists(dst));
+    /* A client built against the first layout: the later fields default. */
+    memset(&options, 0x7F, sizeof options);
+    CHECK_OK(vhdx_convert_options_init(&options, first));
+    CHECK(options.struct_size == first);
+    CHECK(((uint8_t *)&options)[first] == 0x7F); /* nothing past its size written */
+    CHECK_OK(vhdx_convert(src, dst, &options, NULL));
+    CHECK(exists(dst));
+    CHECK(remove(dst) == 0);
 
     /* Good options, a report too small: refused before converting (a report
      * that could not be written must not hide a conversion that happened). */

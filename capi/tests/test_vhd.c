@@ -142,6 +142,44 @@ int main(int argc, char **argv) {
     }
     CHECK(vhdx_format(NULL) == VHDX_ERR_INVALID_ARGUMENT);
 
+    /* vhdx_convert: an Azure-ready fixed VHD (whole MiB, zeros after), and
+     * a VHD child converted alone onto its parent converted to VHDX. */
+    {
+        char azure[4096], base_x[4096], leaf_x[4096];
+        VhdxConvertOptions co;
+        VhdxConvertReport cr = {.struct_size = sizeof cr};
+        uint8_t *up = (uint8_t *)calloc(1, 7 * MIB);
+        path_in(azure, dir, "c_vhd_azure.vhd");
+        path_in(base_x, dir, "c_vhd_base_conv.vhdx");
+        path_in(leaf_x, dir, "c_vhd_leaf_conv.vhdx");
+        CHECK_OK(vhdx_convert_options_init(&co, sizeof co));
+        co.azure = true;
+        co.disk_type = VHDX_DISK_TYPE_FIXED;
+        CHECK_ERR(vhdx_convert(dynamic, azure, &co, &cr), VHDX_ERR_INVALID_ARGUMENT, "azure");
+        co.disk_type = VHDX_DISK_TYPE_DYNAMIC;
+        CHECK_OK(vhdx_convert(dynamic, azure, &co, &cr));
+        CHECK_OK(vhdx_open(azure, false, &d));
+        CHECK(vhdx_format(d) == VHDX_FORMAT_VHD && vhdx_disk_type(d) == VHDX_DISK_TYPE_FIXED);
+        CHECK(vhdx_virtual_size(d) == 7 * MIB);
+        CHECK_OK(vhdx_read_at(d, 0, up, 7 * MIB));
+        CHECK(memcmp(up, model, SIZE) == 0 && all_zero(up + SIZE, 7 * MIB - SIZE));
+        vhdx_close(d);
+        {
+            FILE *f = fopen(azure, "rb");
+            CHECK(f != NULL && fseeko(f, 0, SEEK_END) == 0 && ftello(f) == (off_t)(7 * MIB + 512));
+            if (f != NULL) fclose(f);
+        }
+        CHECK_OK(vhdx_convert_options_init(&co, sizeof co));
+        CHECK_OK(vhdx_convert(base, base_x, &co, NULL));
+        co.parent_path = base_x;
+        CHECK_OK(vhdx_convert(leaf, leaf_x, &co, NULL));
+        CHECK_OK(vhdx_open(leaf_x, false, &d));
+        CHECK(vhdx_format(d) == VHDX_FORMAT_VHDX && vhdx_chain_length(d) == 2);
+        same_as_model(d, chain);
+        vhdx_close(d);
+        free(up);
+    }
+
     /* The chain operations take a VHD chain by its paths: a merge refused
      * while a sibling would change, then with the sibling preserved; the
      * child and the sibling read as before, the target holds the merge. */

@@ -183,7 +183,24 @@ pub struct VhdxConvertOptions {
     /// Replace `dst_path` if it exists (false: refuse). It is replaced only
     /// once the new image is complete and durable.
     pub overwrite: bool,
+    /// Zero. (The first layout of this struct ended here, padded to 32
+    /// bytes: the fields below come after that padding.)
+    pub reserved: [u8; 3],
+    /// Make a VHD Azure takes as an uploaded disk (`vhdx convert --azure`):
+    /// fixed, its virtual size rounded up to a whole MiB (the added end
+    /// reads as zeros), the footer as Windows writes it. Takes a VHD output,
+    /// `disk_type` left dynamic and `block_size` 0.
+    pub azure: bool,
+    /// NULL, or the path of an already converted parent: the source, a
+    /// differencing disk, is converted alone onto it, as a differencing
+    /// image of the output's format holding only what the source holds
+    /// itself (`vhdx convert --parent`, `Convert-VHD -ParentPath`). Read
+    /// during the call.
+    pub parent_path: *const c_char,
 }
+
+/// The size of VhdxConvertOptions' first layout (up to `overwrite`, padded).
+const CONVERT_OPTIONS_FIRST_LAYOUT: usize = 32;
 
 impl Default for VhdxConvertOptions {
     fn default() -> Self {
@@ -196,6 +213,9 @@ impl Default for VhdxConvertOptions {
             logical_sector_size: 0,
             physical_sector_size: 0,
             overwrite: false,
+            reserved: [0; 3],
+            azure: false,
+            parent_path: core::ptr::null(),
         }
     }
 }
@@ -213,10 +233,12 @@ pub struct VhdxConvertReport {
     pub bytes_written: u64,
 }
 
-// SAFETY: repr(C), `struct_size: u32` first, then integers and a bool.
+// SAFETY: repr(C), `struct_size: u32` first, then integers, bools and a
+// pointer (read, never dereferenced unless not NULL, as the caller's path).
 unsafe impl SizedStruct for VhdxConvertOptions {
     const NAME: &'static str = "VhdxConvertOptions";
-    const OLDEST: usize = size_of::<VhdxConvertOptions>();
+    const OLDEST: usize = CONVERT_OPTIONS_FIRST_LAYOUT;
+    const LAYOUTS: &'static [usize] = &[CONVERT_OPTIONS_FIRST_LAYOUT, size_of::<VhdxConvertOptions>()];
 }
 
 // SAFETY: repr(C), `struct_size: u32` first, then integers.
@@ -311,6 +333,14 @@ pub unsafe extern "C" fn vhdx_convert(
             other => return Err(Failure::invalid(alloc::format!("vhdx_convert: disk_type is {other}"))),
         };
         let nonzero = |v: u32| (v != 0).then_some(v);
+        let parent = if o.parent_path.is_null() {
+            None
+        } else {
+            // SAFETY: the caller promises a NUL-terminated string when not NULL.
+            let p = unsafe { path_arg(F, "parent_path", o.parent_path)? };
+            let text = p.to_str().ok_or_else(|| Failure::invalid("vhdx_convert: parent_path is not UTF-8"))?;
+            Some(alloc::string::String::from(text))
+        };
         let opts = ConvertOptions {
             input_format: format_arg(F, "input_format", o.input_format)?,
             output_format: format_arg(F, "output_format", o.output_format)?,
@@ -319,6 +349,8 @@ pub unsafe extern "C" fn vhdx_convert(
             logical_sector_size: nonzero(o.logical_sector_size),
             physical_sector_size: nonzero(o.physical_sector_size),
             overwrite: o.overwrite,
+            azure: o.azure,
+            parent,
             ..ConvertOptions::default()
         };
         let r = crate::ops::convert::convert(&src, &dst, &opts)?;

@@ -31,7 +31,9 @@
 //! then reads or writes only the first `struct_size` bytes, the fields past
 //! them taking their defaults. [`read_struct`] and [`OutStruct::write`]
 //! already copy exactly `min(struct_size, size_of::<T>())` bytes, so adding
-//! a field needs no change here. Structs the caller allocates in arrays
+//! a field needs no change here; the struct's `LAYOUTS` then lists every
+//! layout's size, and any other `struct_size` is refused, so that no field
+//! (a pointer) is ever read in part. Structs the caller allocates in arrays
 //! (`VhdxRange`, `VhdxConflict`) cannot carry their size this way: their
 //! layout is frozen; a later version that needs more adds a new function.
 
@@ -54,6 +56,10 @@ pub(crate) unsafe trait SizedStruct: Copy + Default {
     /// The smallest `struct_size` accepted: the size of the struct's first
     /// layout, which every later layout extends (see the module docs).
     const OLDEST: usize;
+    /// Once a struct has grown: the `struct_size` of each of its layouts,
+    /// the only sizes accepted, so that no field (a pointer) is ever taken
+    /// in part. Empty: one layout.
+    const LAYOUTS: &'static [usize] = &[];
 }
 
 /// The size the library knows of `T`, as C's `sizeof`.
@@ -102,6 +108,15 @@ unsafe fn declared_size<T: SizedStruct>(function: &str, arg: &str, p: *const T, 
     }
     if !writing && given > known::<T>() {
         return Err(too_new::<T>(function, arg, given, FIELD));
+    }
+    if !T::LAYOUTS.is_empty() && !T::LAYOUTS.contains(&given) && given <= known::<T>() {
+        return Err(Failure::invalid(format!(
+            "{function}: `{arg}` is a {} of {given} bytes ({FIELD}), which is the size of none of its layouts \
+             ({:?}): set struct_size to sizeof({})",
+            T::NAME,
+            T::LAYOUTS,
+            T::NAME,
+        )));
     }
     Ok(given)
 }
@@ -187,6 +202,15 @@ pub(crate) unsafe fn init_struct<T: SizedStruct>(function: &str, p: *mut T, size
     }
     if size > known::<T>() {
         return Err(too_new::<T>(function, "options", size, ARGUMENT));
+    }
+    if !T::LAYOUTS.is_empty() && !T::LAYOUTS.contains(&size) {
+        return Err(Failure::invalid(format!(
+            "{function}: `options` is a {} of {size} bytes ({ARGUMENT}), which is the size of none of its \
+             layouts ({:?}): pass sizeof({})",
+            T::NAME,
+            T::LAYOUTS,
+            T::NAME,
+        )));
     }
     let value = T::default();
     // SAFETY: the caller promises `size` writable bytes at `p`, and
