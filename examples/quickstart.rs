@@ -5,7 +5,8 @@
 //! pair reported without anything being modified; last, an old VHD chain
 //! (a base and a differencing child, as Virtual PC and older Hyper-V made
 //! them) converted to one VHDX and back to a fixed VHD, the kind Azure
-//! takes for uploads.
+//! takes for uploads, then merged into its base with a second child kept
+//! whole.
 //!
 //! ```text
 //! cargo run --release --example quickstart
@@ -367,8 +368,8 @@ fn conflicting_write_back(profile: &Path, sessions: [&Path; 2]) -> StepResult {
     Ok(())
 }
 
-/// A VHD chain, converted to VHDX (flattened) and back to a fixed VHD; the
-/// content compared at each step.
+/// A VHD chain, converted to VHDX (flattened) and back to a fixed VHD; then
+/// merged with a sibling kept whole; the content compared at each step.
 fn vhd_story(dir: &Path) -> StepResult {
     let (base, child) = (dir.join("old-base.vhd"), dir.join("old-child.vhd"));
     let mut disk = VhdDisk::create(&base, &VhdCreateOptions::dynamic(CHAIN_SIZE))?;
@@ -405,6 +406,47 @@ fn vhd_story(dir: &Path) -> StepResult {
         "   and back to a fixed VHD, {}: {} bytes of disk then the 512-byte footer, the same bytes again",
         file_name_of(&fixed),
         again.virtual_size()
+    );
+    drop(again);
+    // A second child of the VHD base: merging the first into the base would
+    // change what it reads, and a VHD child cannot tell its parent changed.
+    let other = dir.join("old-other.vhd");
+    let mut disk = VhdDisk::create_differencing(&other, &base)?;
+    disk.write_at(&filled("written into the other VHD child ", 4096), 8192)?;
+    let mut other_view = vec![0u8; CHAIN_SIZE as usize];
+    disk.read_at(&mut other_view, 0)?;
+    drop(disk);
+    match merge(&child, &MergeOptions::default()) {
+        Err(e) if e.kind() == ErrorKind::Refused => {
+            println!(
+                "   merging {} into {}: refused, {} would read wrong data",
+                file_name_of(&child),
+                file_name_of(&base),
+                file_name_of(&other)
+            )
+        }
+        Err(e) => return Err(e.into()),
+        Ok(_) => return Err("the VHD merge should have been refused".into()),
+    }
+    let report = merge(&child, &MergeOptions::default().siblings(SiblingPolicy::Preserve))?;
+    let reads = |path: &Path| -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+        let mut buf = vec![0u8; CHAIN_SIZE as usize];
+        VhdDisk::open(path)?.read_at(&mut buf, 0)?;
+        Ok(buf)
+    };
+    if reads(&child)? != view || reads(&other)? != other_view || reads(&base)? != view {
+        return Err("after the VHD merge an image does not read as it should".into());
+    }
+    println!(
+        "   merged with the sibling preserved: {} bytes into {}, {} bytes copied into {} first; {} and {} read \
+         as before, {} now holds the child's data",
+        report.bytes_merged,
+        file_name_of(&base),
+        report.siblings.iter().map(|s| s.bytes_copied).sum::<u64>(),
+        file_name_of(&other),
+        file_name_of(&child),
+        file_name_of(&other),
+        file_name_of(&base)
     );
     Ok(())
 }
@@ -443,8 +485,8 @@ fn run() -> StepResult {
 
     println!("Done: every byte read back as written, a merge changed where data lives but not what any disk");
     println!("presents, and sessions went back into their profile disk together, or not at all when they");
-    println!("conflicted; a VHD chain became one VHDX and a fixed VHD with the same bytes. (The temporary");
-    println!("directory is removed now.)");
+    println!("conflicted; a VHD chain became one VHDX and a fixed VHD with the same bytes, and merged");
+    println!("without breaking its sibling. (The temporary directory is removed now.)");
     Ok(())
 }
 
