@@ -1290,8 +1290,9 @@ int32_t vhdx_open_options_init(struct VhdxOpenOptions *options, size_t struct_si
  * `options` says (NULL: as vhdx_open read-only): writable or not, and for
  * a differencing image, its parent found through the locator, confined to
  * search directories, through a resolver callback, given as an open
- * handle, or not opened at all. A VHD takes `writable` and
- * `without_parent`; the other choices give VHDX_ERR_UNSUPPORTED for it.
+ * handle, or not opened at all. A VHD takes `writable`, `without_parent`
+ * and `force_share`; its parent is found by its own locators, so the other
+ * choices give VHDX_ERR_UNSUPPORTED for it.
  *
  * On success stores a new handle in `*out`; on failure stores NULL and
  * returns a negative status (see vhdx_open).

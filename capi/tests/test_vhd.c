@@ -117,9 +117,23 @@ int main(int argc, char **argv) {
         CHECK_OK(vhdx_read_at(d, 10 * 512, sector, 512)); /* the base's, not the child's */
         CHECK(all_zero(sector, 512));
         vhdx_close(d);
+        /* force_share: read while a writer holds the file (as qemu-img -U). */
+        CHECK_OK(vhdx_open(leaf, true, &p));
         CHECK_OK(vhdx_open_options_init(&o, sizeof o));
+        CHECK_ERR(vhdx_open_with(leaf, &o, &d), VHDX_ERR_BUSY, "in use");
         o.force_share = true;
-        CHECK_ERR(vhdx_open_with(leaf, &o, &d), VHDX_ERR_UNSUPPORTED, "force_share");
+        CHECK_OK(vhdx_open_with(leaf, &o, &d));
+        CHECK(vhdx_format(d) == VHDX_FORMAT_VHD && vhdx_chain_length(d) == 2);
+        same_as_model(d, chain);
+        vhdx_close(d);
+        o.writable = true;
+        CHECK_ERR(vhdx_open_with(leaf, &o, &d), VHDX_ERR_INVALID_ARGUMENT, "force-share");
+        CHECK(d == NULL);
+        vhdx_close(p);
+        CHECK_OK(vhdx_open_options_init(&o, sizeof o));
+        o.parent_search_dirs = (const char *const[]){dir};
+        o.parent_search_dir_count = 1;
+        CHECK_ERR(vhdx_open_with(leaf, &o, &d), VHDX_ERR_UNSUPPORTED, "parent_search_dirs");
         CHECK(d == NULL);
     }
 

@@ -87,6 +87,10 @@ impl VhdxDisk {
         VhdxDisk { disk: RwLock::new(Held::Vhd(disk)), name }
     }
 
+    pub(crate) fn from_any(disk: crate::AnyDisk, name: Option<String>) -> VhdxDisk {
+        VhdxDisk { disk: RwLock::new(disk), name }
+    }
+
     /// The disk, shared.
     pub(crate) fn read(&self) -> FfiResult<RwLockReadGuard<'_, Held>> {
         self.disk.read().map_err(|_| poisoned())
@@ -216,12 +220,8 @@ pub unsafe extern "C" fn vhdx_open(path: *const c_char, writable: bool, out: *mu
         // SAFETY: as above.
         let path = unsafe { path_arg("vhdx_open", "path", path)? };
         let name = Some(path.display().to_string());
-        let handle = if crate::ops::convert::ImageFormat::detect(&path) == crate::ops::convert::ImageFormat::Vhd {
-            let disk = if writable { VhdDisk::open_writable(&path)? } else { VhdDisk::open(&path)? };
-            VhdxDisk::new_vhd(disk, name)
-        } else {
-            VhdxDisk::new(OpenOptions::new().writable(writable).open(&path)?, name)
-        };
+        // Either format, by content.
+        let handle = VhdxDisk::from_any(OpenOptions::new().writable(writable).open_any(&path)?, name);
         // SAFETY: checked by clear_out.
         unsafe { set_out(out, handle) }
     })

@@ -103,9 +103,8 @@ pub unsafe extern "C" fn vhdx_open_options_init(options: *mut VhdxOpenOptions, s
 pub(crate) struct ParsedOptions {
     pub(crate) options: OpenOptions,
     pub(crate) writable: bool,
-    /// For a VHD: opened without its parent; or the option a VHD does not
-    /// take (a parent handle, a resolver, search directories, force_share).
-    pub(crate) vhd_alone: bool,
+    /// For a VHD: the option it does not take (a parent handle, a
+    /// resolver, search directories).
     pub(crate) vhd_refused: Option<&'static str>,
 }
 
@@ -150,20 +149,19 @@ pub(crate) unsafe fn open_options(function: &str, options: *const VhdxOpenOption
         Some("resolve_parent")
     } else if o.parent_search_dir_count > 0 {
         Some("parent_search_dirs")
-    } else if o.force_share {
-        Some("force_share")
     } else {
         None
     };
-    Ok(ParsedOptions { options, writable: o.writable, vhd_alone: o.without_parent, vhd_refused })
+    Ok(ParsedOptions { options, writable: o.writable, vhd_refused })
 }
 
 /// Opens the VHDX or VHD image at `path` (told apart by content) as
 /// `options` says (NULL: as vhdx_open read-only): writable or not, and for
 /// a differencing image, its parent found through the locator, confined to
 /// search directories, through a resolver callback, given as an open
-/// handle, or not opened at all. A VHD takes `writable` and
-/// `without_parent`; the other choices give VHDX_ERR_UNSUPPORTED for it.
+/// handle, or not opened at all. A VHD takes `writable`, `without_parent`
+/// and `force_share`; its parent is found by its own locators, so the other
+/// choices give VHDX_ERR_UNSUPPORTED for it.
 ///
 /// On success stores a new handle in `*out`; on failure stores NULL and
 /// returns a negative status (see vhdx_open).
@@ -202,18 +200,10 @@ pub unsafe extern "C" fn vhdx_open_with(
                     format!("{F}: the option {option} applies to VHDX images; {} is a VHD", path.display()),
                 )));
             }
-            let disk = if opts.vhd_alone {
-                crate::vhd::VhdDisk::open_without_parent(&path, opts.writable)?
-            } else if opts.writable {
-                crate::vhd::VhdDisk::open_writable(&path)?
-            } else {
-                crate::vhd::VhdDisk::open(&path)?
-            };
-            // SAFETY: checked by clear_out.
-            return unsafe { set_out(out, VhdxDisk::new_vhd(disk, name)) };
         }
-        let disk = opts.options.open(&path)?;
+        // Either format, by content.
+        let disk = opts.options.open_any(&path)?;
         // SAFETY: checked by clear_out.
-        unsafe { set_out(out, VhdxDisk::new(disk, name)) }
+        unsafe { set_out(out, VhdxDisk::from_any(disk, name)) }
     })
 }
