@@ -50,12 +50,27 @@ pub struct CompactReport {
     /// Payload blocks that held only zeros (or lay past the virtual size)
     /// and are no longer stored.
     pub blocks_released: u64,
+    /// Payload blocks released because they lay wholly in space the caller
+    /// named free ([`Disk::compact_free_with_progress`]: the guest
+    /// filesystems' free space), whatever they held; not counted in
+    /// `blocks_released`.
+    pub blocks_freed: u64,
     /// Sector bitmap blocks no longer needed.
     pub bitmaps_released: u64,
     /// Blocks and regions moved towards the start of the file.
     pub structures_moved: u64,
     /// Bytes copied by those moves.
     pub bytes_moved: u64,
+}
+
+/// Whether `[start, start + len)` lies wholly in one range of `free`
+/// (sorted, disjoint).
+fn covered(free: &[(u64, u64)], start: u64, len: u64) -> bool {
+    let i = free.partition_point(|&(s, _)| s <= start);
+    i > 0 && {
+        let (s, l) = free[i - 1];
+        start + len <= s + l
+    }
 }
 
 /// A live structure of the file.
@@ -255,6 +270,21 @@ impl Disk {
     /// [`Disk::compact`], calling `progress(done, total)` (bytes scanned
     /// and moved, and an estimate of all there is to do) as it goes.
     pub fn compact_with_progress(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<CompactReport> {
+        self.compact_free_with_progress(&[], progress)
+    }
+
+    /// [`Disk::compact_with_progress`], also releasing every stored payload
+    /// block that lies wholly in `free` (sorted, disjoint byte ranges of the
+    /// virtual disk that nothing reads: the guest filesystems' free space,
+    /// [`crate::ops::fs`]), whatever it holds. Such a block becomes
+    /// NOT_PRESENT: it reads as zeros in a dynamic disk and as the parent
+    /// in a differencing one. Blocks only partly in `free` stay. The
+    /// release is committed through the log like every other.
+    pub fn compact_free_with_progress(
+        &mut self,
+        free: &[(u64, u64)],
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<CompactReport> {
         if !self.image.writable {
             return Err(Error::ReadOnly);
         }
@@ -279,7 +309,9 @@ impl Disk {
 
         // 1. Release.
         for &index in &data_blocks {
-            if self.release_if_empty(index)? {
+            if self.release_if_free(index, free)? {
+                report.blocks_freed += 1;
+            } else if self.release_if_empty(index)? {
                 report.blocks_released += 1;
             }
             done += bs;
@@ -305,6 +337,43 @@ impl Disk {
         self.flush()?;
         progress(total.max(done), total.max(done));
         Ok(report)
+    }
+
+    /// The virtual range `(start, length)` of the payload block at BAT index
+    /// `index` (`None` past the virtual size).
+    fn block_range(&self, index: usize) -> Option<(u64, u64)> {
+        let g = *self.image.table.geometry();
+        let bs = g.block_size as u64;
+        let block = index as u64 - index as u64 / (g.chunk_ratio + 1);
+        let start = block * bs;
+        (block < g.payload_blocks).then(|| (start, (start + bs).min(self.image.params.virtual_size) - start))
+    }
+
+    /// How many stored payload blocks lie wholly in `free` (what
+    /// [`Disk::compact_free_with_progress`] would release for it).
+    pub fn blocks_in(&self, free: &[(u64, u64)]) -> u64 {
+        let g = self.image.table.geometry();
+        (0..g.entry_count as usize)
+            .filter(|&i| {
+                !g.is_sector_bitmap_index(i)
+                    && self.image.table.entry(i).payload_state().is_some_and(|s| s.has_data())
+                    && self.block_range(i).is_some_and(|(s, l)| covered(free, s, l))
+            })
+            .count() as u64
+    }
+
+    /// Releases the block at BAT index `index` when it lies wholly in
+    /// `free`; returns whether it did.
+    fn release_if_free(&mut self, index: usize, free: &[(u64, u64)]) -> Result<bool> {
+        let Some((start, len)) = self.block_range(index) else { return Ok(false) };
+        if !covered(free, start, len) {
+            return Ok(false);
+        }
+        if self.image.table.entry(index).payload_state() == Some(PayloadState::PartiallyPresent) {
+            self.image.clear_block_bitmap(start / self.image.params.block_size as u64)?;
+        }
+        self.image.set_bat_entry(index, BatEntry::payload(PayloadState::NotPresent, 0));
+        Ok(true)
     }
 
     /// Releases the block at BAT index `index` when it stores nothing the

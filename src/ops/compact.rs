@@ -29,3 +29,82 @@ pub fn compact_with_progress(path: &Path, progress: &mut dyn FnMut(u64, u64)) ->
     disk.close().map_err(|e| e.in_file(path.display()))?;
     Ok(report)
 }
+
+/// Whether compaction reads the guest's filesystems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FilesystemMode {
+    /// Read the partition table and every filesystem known
+    /// ([`crate::ops::fs`]), and release the blocks wholly in their free
+    /// space and outside every partition.
+    #[default]
+    Auto,
+    /// Release only blocks that hold zeros.
+    None,
+}
+
+/// Options of [`compact_with`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct CompactOptions {
+    /// Whether the guest's filesystems are read.
+    pub filesystem: FilesystemMode,
+    /// Change nothing: say what would be released.
+    pub dry_run: bool,
+}
+
+crate::setters!(CompactOptions { filesystem: FilesystemMode, dry_run: bool });
+
+/// What [`compact_with`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FilesystemCompactReport {
+    /// The partitions and filesystems found (`None` with
+    /// [`FilesystemMode::None`]).
+    pub usage: Option<crate::ops::fs::DiskUsage>,
+    /// The image's block size.
+    pub block_size: u64,
+    /// Stored blocks wholly in free space: released, or with `dry_run`
+    /// what would be.
+    pub blocks_in_free_space: u64,
+    /// The compaction (`None` with `dry_run`).
+    pub compact: Option<CompactReport>,
+}
+
+/// Compacts the image at `path` as [`compact`] does, and first reads the
+/// guest's filesystems (unless [`FilesystemMode::None`]): every stored
+/// block that lies wholly in their free space, or outside every partition,
+/// is released whatever it holds (a filesystem not known, or not clean,
+/// keeps all its blocks). Read through the disk's chain, changed through
+/// the log: crash-safe as every compaction. With `dry_run` the image is
+/// opened read-only and nothing changes.
+///
+/// ```no_run
+/// use vhdx::ops::compact::{compact_with, CompactOptions};
+/// let r = compact_with("ext4.vhdx".as_ref(), &CompactOptions::default(), &mut |_, _| {})?;
+/// println!("{} blocks of free space released", r.blocks_in_free_space);
+/// # Ok::<(), vhdx::Error>(())
+/// ```
+pub fn compact_with(
+    path: &Path,
+    options: &CompactOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<FilesystemCompactReport> {
+    let mut disk = if options.dry_run { Disk::open(path)? } else { Disk::open_writable(path)? };
+    let in_file = |e: crate::Error| e.in_file(path.display());
+    let usage = match options.filesystem {
+        FilesystemMode::Auto => Some(crate::ops::fs::disk_usage(&disk).map_err(in_file)?),
+        FilesystemMode::None => None,
+    };
+    let free: &[(u64, u64)] = usage.as_ref().map_or(&[], |u| &u.free);
+    let block_size = disk.block_size() as u64;
+    let blocks_in_free_space = disk.blocks_in(free);
+    let compact = if options.dry_run {
+        None
+    } else {
+        let r = disk.compact_free_with_progress(free, progress).map_err(in_file)?;
+        disk.close().map_err(in_file)?;
+        Some(r)
+    };
+    Ok(FilesystemCompactReport { usage, block_size, blocks_in_free_space, compact })
+}

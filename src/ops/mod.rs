@@ -1,6 +1,7 @@
 //! Whole-image operations built on [`crate::Disk`]: merging differencing
 //! disks (one into an ancestor, or several siblings into their parent),
-//! finding trees of them, re-linking, compacting, converting, resizing.
+//! finding trees of them, re-linking, compacting (also by the guest
+//! filesystems' own allocation maps, [`fs`]), converting, resizing.
 
 pub mod convert;
 // Change-set arithmetic for the merges (std only).
@@ -9,6 +10,8 @@ pub(crate) mod ranges;
 
 #[cfg(feature = "std")]
 pub mod compact;
+#[cfg(feature = "std")]
+pub mod fs;
 #[cfg(feature = "std")]
 pub(crate) mod link;
 #[cfg(feature = "std")]

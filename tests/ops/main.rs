@@ -2,7 +2,8 @@
 //! three; `.ci/mutants ops` runs it for every mutant): resize, discard,
 //! compact and convert against oracles the library does not control
 //! (`ops`), atomic convert (`convert`), resize and compact of images that
-//! have children (`resize`).
+//! have children (`resize`), compaction by the guest filesystems
+//! (`fs_compact`).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -10,5 +11,6 @@ mod common;
 mod tool;
 
 mod convert;
+mod fs_compact;
 mod ops;
 mod resize;

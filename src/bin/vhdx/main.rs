@@ -148,9 +148,26 @@ pub struct DiscardArgs {
 pub struct CompactArgs {
     /// The image (dynamic or differencing).
     pub file: PathBuf,
+    /// Read the guest's partition table and filesystems (ext2/3/4) and give
+    /// back the blocks in their free space too (auto), or only blocks of
+    /// zeros (none)
+    #[arg(long, value_enum, default_value_t = FilesystemArg::Auto)]
+    pub filesystem: FilesystemArg,
+    /// Change nothing: report what would be given back
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--filesystem`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilesystemArg {
+    /// Read the filesystems.
+    Auto,
+    /// Zeros only.
+    None,
 }
 
 /// Arguments of `vhdx create`.

@@ -58,37 +58,109 @@ pub fn discard(args: &DiscardArgs) -> CliResult {
 
 /// `vhdx compact FILE [--json]`: space before and after.
 pub fn compact(args: &CompactArgs) -> CliResult {
+    use vhdx::ops::compact::{compact_with, CompactOptions, FilesystemMode};
+    use vhdx::ops::fs::Probe;
     let path = args.file.as_path();
+    let mode = match args.filesystem {
+        crate::FilesystemArg::Auto => FilesystemMode::Auto,
+        crate::FilesystemArg::None => FilesystemMode::None,
+    };
+    let options = CompactOptions::default().filesystem(mode).dry_run(args.dry_run);
     let bar = progress_bar(0);
-    let report = vhdx::ops::compact::compact_with_progress(path, &mut |done, total| {
+    let report = compact_with(path, &options, &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     });
     bar.finish_and_clear();
     let r = report.in_file(path)?;
+    let bs = r.block_size;
+    let partitions: Vec<serde_json::Value> = r
+        .usage
+        .iter()
+        .flat_map(|u| u.partitions.iter())
+        .map(|p| {
+            let mut v = json!({
+                "number": p.partition.number,
+                "start": p.partition.start,
+                "length": p.partition.length,
+                "type": p.partition.type_id,
+            });
+            match &p.probe {
+                Probe::Known(fs) => {
+                    let free: u64 = fs.free.iter().map(|&(_, l)| l).sum();
+                    v["filesystem"] = json!(fs.kind);
+                    v["size"] = json!(fs.size);
+                    v["used"] = json!(fs.used);
+                    v["free"] = json!(free);
+                }
+                Probe::Skipped { kind, reason } => {
+                    v["filesystem"] = json!(kind);
+                    v["skipped"] = json!(reason);
+                }
+                _ => {}
+            }
+            v
+        })
+        .collect();
+    let c = r.compact.unwrap_or_default();
     if args.json {
         return print_json(&json!({
             "file": path.display().to_string(),
-            "file_size_before": r.file_size_before,
-            "file_size_after": r.file_size_after,
-            "blocks_released": r.blocks_released,
-            "bitmaps_released": r.bitmaps_released,
-            "structures_moved": r.structures_moved,
-            "bytes_moved": r.bytes_moved,
+            "dry_run": args.dry_run,
+            "table": r.usage.as_ref().map(|u| u.table.as_str()),
+            "partitions": partitions,
+            "unpartitioned_free": r.usage.as_ref().map(|u| u.unpartitioned.iter().map(|&(_, l)| l).sum::<u64>()),
+            "block_size": bs,
+            "blocks_in_free_space": r.blocks_in_free_space,
+            "bytes_in_free_space": r.blocks_in_free_space * bs,
+            "file_size_before": c.file_size_before,
+            "file_size_after": c.file_size_after,
+            "blocks_released": c.blocks_released,
+            "blocks_freed": c.blocks_freed,
+            "bitmaps_released": c.bitmaps_released,
+            "structures_moved": c.structures_moved,
+            "bytes_moved": c.bytes_moved,
         }));
+    }
+    if let Some(u) = &r.usage {
+        for p in &u.partitions {
+            let name = match p.partition.number {
+                0 => String::from("The disk (no partition table)"),
+                n => format!("Partition {n} ({})", human(p.partition.length)),
+            };
+            match &p.probe {
+                Probe::Known(fs) => {
+                    let free: u64 = fs.free.iter().map(|&(_, l)| l).sum();
+                    outln!("{name}: {}, {} used, {} free", fs.kind, human(fs.used), human(free))?
+                }
+                Probe::Skipped { kind: Some(k), reason } => outln!("{name}: {k}, left alone: {reason}")?,
+                Probe::Skipped { kind: None, reason } => outln!("{name}: left alone: {reason}")?,
+                _ => {}
+            }
+        }
+    }
+    if args.dry_run {
+        outln!(
+            "{} stored block(s) lie wholly in free space: {} would be given back, and any all-zero blocks (nothing \
+             was changed).",
+            r.blocks_in_free_space,
+            human(r.blocks_in_free_space * bs)
+        )?;
+        return Ok(());
     }
     outln!(
         "Compacted {}: {} -> {} ({} given back)",
         path.display(),
-        human_exact(r.file_size_before),
-        human_exact(r.file_size_after),
-        human(r.file_size_before.saturating_sub(r.file_size_after)),
+        human_exact(c.file_size_before),
+        human_exact(c.file_size_after),
+        human(c.file_size_before.saturating_sub(c.file_size_after)),
     )?;
     outln!(
-        "{} all-zero block(s) released, {} block(s) or region(s) moved ({}).",
-        r.blocks_released + r.bitmaps_released,
-        r.structures_moved,
-        human(r.bytes_moved)
+        "{} block(s) in free space and {} all-zero block(s) released, {} block(s) or region(s) moved ({}).",
+        c.blocks_freed,
+        c.blocks_released + c.bitmaps_released,
+        c.structures_moved,
+        human(c.bytes_moved)
     )?;
     Ok(())
 }

@@ -1,0 +1,115 @@
+//! The guest's filesystems, read offline through the virtual disk: the
+//! partition table, and for each partition (or the whole disk, as WSL's
+//! `ext4.vhdx` is) which of its bytes its filesystem does not use — what
+//! filesystem-aware compaction may give back.
+//!
+//! Read today: GPT and MBR tables, and ext2/3/4. A filesystem not known
+//! here, or one that is not clean, is reported as skipped with the reason,
+//! and nothing in it counts as free. Bytes outside every partition (past a
+//! table's partitions, between them) are free, except the first MiB and the
+//! last 33 sectors of a partitioned disk, where tables and boot code live.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::error::Result;
+use crate::ops::ranges::{self, Ranges};
+use crate::BlockDevice;
+
+mod ext;
+pub mod partition;
+
+pub use partition::{Layout, Partition, TableKind};
+
+/// What a filesystem uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FsUsage {
+    /// `"ext2"`, `"ext3"`, `"ext4"`.
+    pub kind: &'static str,
+    /// The filesystem's size in bytes.
+    pub size: u64,
+    /// Bytes in use (metadata included).
+    pub used: u64,
+    /// Its allocation unit in bytes.
+    pub block_size: u64,
+    /// Its free space: byte ranges `(start, length)` from the partition's
+    /// start, sorted.
+    pub free: Vec<(u64, u64)>,
+}
+
+/// What was found in a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Probe {
+    /// A filesystem read, clean.
+    Known(FsUsage),
+    /// Left alone: the filesystem, when recognised, and why.
+    Skipped {
+        /// The filesystem, when recognised.
+        kind: Option<&'static str>,
+        /// Why nothing in it counts as free.
+        reason: String,
+    },
+}
+
+/// One partition and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartitionUsage {
+    /// The partition.
+    pub partition: Partition,
+    /// Its filesystem.
+    pub probe: Probe,
+}
+
+/// A disk's partitions, their filesystems, and its free space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiskUsage {
+    /// The partition table.
+    pub table: TableKind,
+    /// Each partition (one, the whole disk, without a table).
+    pub partitions: Vec<PartitionUsage>,
+    /// Bytes of the disk outside every partition that hold nothing.
+    pub unpartitioned: Vec<(u64, u64)>,
+    /// Every free byte range of the disk, sorted: free space of the
+    /// filesystems read, and the unpartitioned ranges.
+    pub free: Vec<(u64, u64)>,
+}
+
+/// What the filesystem in `[start, start + len)` of `dev` is and uses.
+pub fn probe(dev: &dyn BlockDevice, start: u64, len: u64) -> Result<Probe> {
+    if ext::detect(dev, start, len)? {
+        return ext::examine(dev, start, len);
+    }
+    Ok(Probe::Skipped { kind: None, reason: String::from("no filesystem known here (ext2/3/4)") })
+}
+
+/// Reads the partition table of `dev` and every partition's filesystem.
+pub fn disk_usage(dev: &dyn BlockDevice) -> Result<DiskUsage> {
+    let layout = partition::read_layout(dev)?;
+    let size = dev.capacity();
+    let mut partitions = Vec::new();
+    let mut free: Ranges = Vec::new();
+    for p in layout.partitions {
+        let probe = probe(dev, p.start, p.length)?;
+        if let Probe::Known(u) = &probe {
+            free.extend(u.free.iter().map(|&(s, l)| (p.start + s, l)));
+        }
+        partitions.push(PartitionUsage { partition: p, probe });
+    }
+    let unpartitioned = if layout.table == TableKind::None {
+        Vec::new()
+    } else {
+        // The tables (and boot code) live in the first MiB and, for GPT,
+        // the last 33 sectors: kept whatever the partitions say.
+        let keep_head = (1u64 << 20).min(size);
+        let keep_tail = (33 * dev.sector_size() as u64).min(size - keep_head);
+        let used: Ranges = partitions.iter().map(|p| (p.partition.start, p.partition.length)).collect();
+        let outside = ranges::difference(&[(0, size)], &ranges::normalize(used));
+        ranges::difference(&outside, &ranges::normalize(alloc::vec![(0, keep_head), (size - keep_tail, keep_tail)]))
+    };
+    free.extend(unpartitioned.iter().copied());
+    Ok(DiskUsage { table: layout.table, partitions, unpartitioned, free: ranges::normalize(free) })
+}

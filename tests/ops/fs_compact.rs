@@ -1,0 +1,254 @@
+//! Compaction that reads the guest's filesystems, against the filesystems'
+//! own tools: ext4 made by `mkfs.ext4`, files written and deleted with
+//! `debugfs -w`, partition tables made by `sgdisk` (GPT) and `sfdisk`
+//! (MBR with logical partitions). After `vhdx compact` every filesystem
+//! checks clean with `e2fsck -fn`, every remaining file reads back through
+//! `debugfs` byte for byte, and the file shrank by at least 90% of the
+//! whole blocks the deleted files freed. A partition holding no known
+//! filesystem, a dirty ext4 and one waiting for journal recovery keep
+//! every byte; `--dry-run` changes nothing.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::cli::{json, ok_text};
+use crate::common::data::pattern;
+
+const MIB: u64 = 1 << 20;
+
+fn have(tool: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
+}
+
+fn tools() -> bool {
+    ["mkfs.ext4", "debugfs", "e2fsck", "sgdisk", "sfdisk"].iter().all(|t| have(t))
+        || crate::common::unavailable("e2fsprogs (mkfs.ext4, debugfs, e2fsck), gdisk (sgdisk) and fdisk (sfdisk)")
+}
+
+fn run(dir: &Path, cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).current_dir(dir).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An ext4 image of `size` bytes (`block` bytes per block) holding `keep`
+/// and, deleted again, `gone` (name, bytes each); in `dir/name`.
+fn ext4(dir: &Path, name: &str, size: u64, block: u32, keep: &[(&str, Vec<u8>)], gone: &[(&str, Vec<u8>)]) {
+    let path = dir.join(name);
+    std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+    run(dir, "mkfs.ext4", &["-q", "-F", "-b", &block.to_string(), name]);
+    for (file, bytes) in keep.iter().chain(gone) {
+        std::fs::write(dir.join(file), bytes).unwrap();
+        run(dir, "debugfs", &["-w", "-R", &format!("write {file} {file}"), name]);
+    }
+    for (file, _) in gone {
+        run(dir, "debugfs", &["-w", "-R", &format!("rm {file}"), name]);
+    }
+}
+
+/// The bytes `[at, at + len)` of the file at `path`.
+fn slice(path: &Path, at: u64, len: u64) -> Vec<u8> {
+    std::fs::read(path).unwrap()[at as usize..(at + len) as usize].to_vec()
+}
+
+/// Writes `bytes` into the file at `path` at `at`.
+fn splice(path: &Path, at: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, at).unwrap();
+}
+
+/// e2fsck finds the ext filesystem `bytes` clean, and each of `files`
+/// reads back through debugfs as it was written.
+fn ext4_intact(dir: &Path, what: &str, bytes: &[u8], files: &[(&str, Vec<u8>)]) {
+    let path = dir.join(format!("{what}.check.raw"));
+    std::fs::write(&path, bytes).unwrap();
+    let p = path.to_str().unwrap();
+    let fsck = Command::new("e2fsck").args(["-fn", p]).output().unwrap();
+    assert!(fsck.status.success(), "{what}: e2fsck -fn: {}", String::from_utf8_lossy(&fsck.stdout));
+    for (file, expected) in files {
+        let out = dir.join(format!("{what}.{file}.out"));
+        run(dir, "debugfs", &["-R", &format!("dump {file} {}", out.display()), p]);
+        assert!(std::fs::read(&out).unwrap() == *expected, "{what}: {file} reads back as written");
+        std::fs::remove_file(out).unwrap();
+    }
+    std::fs::remove_file(path).unwrap();
+}
+
+/// WSL's shape: ext4 on the whole disk, no partition table; 1 MiB blocks.
+#[test]
+fn compact_gives_back_the_free_space_of_an_ext4_disk_without_a_partition_table() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let keep = [("keep.bin", pattern(1, 5 << 20)), ("small.txt", b"hello from ext4\n".to_vec())];
+    let gone = [("big.bin", pattern(2, 60 << 20)), ("more.bin", pattern(3, 20 << 20))];
+    ext4(d, "disk.raw", 256 * MIB, 4096, &keep, &gone);
+    ok_text(d, &["convert", "disk.raw", "disk.vhdx", "--block-size", "1M"]);
+    let before = std::fs::read(d.join("disk.vhdx")).unwrap();
+
+    let dry = json(d, &["compact", "disk.vhdx", "--dry-run", "--json"]);
+    assert!(std::fs::read(d.join("disk.vhdx")).unwrap() == before, "--dry-run changes nothing");
+    assert_eq!(dry["table"], "none");
+    assert_eq!(dry["partitions"][0]["filesystem"], "ext4", "{dry}");
+    // The filesystem's own count of free blocks.
+    let dumpe2fs = run(d, "dumpe2fs", &["-h", "disk.raw"]);
+    let free_blocks: u64 =
+        dumpe2fs.lines().find_map(|l| l.strip_prefix("Free blocks:")).map(|v| v.trim().parse().unwrap()).unwrap();
+    assert_eq!(dry["partitions"][0]["free"], free_blocks * 4096, "the free space dumpe2fs reports");
+
+    let r = json(d, &["compact", "disk.vhdx", "--json"]);
+    assert_eq!(r["blocks_freed"], dry["blocks_in_free_space"], "{r}");
+    let freed = r["file_size_before"].as_u64().unwrap() - r["file_size_after"].as_u64().unwrap();
+    // 80 MiB deleted: at least 90% of its whole 1 MiB blocks (two partial
+    // blocks at most per file) come back.
+    assert!(freed * 10 >= (80 - 4) * MIB * 9, "gave back {freed} bytes of 80 MiB deleted");
+    assert_eq!(std::fs::metadata(d.join("disk.vhdx")).unwrap().len(), r["file_size_after"].as_u64().unwrap());
+    assert_eq!(json(d, &["check", "disk.vhdx", "--json"])["ok"], true);
+    ok_text(d, &["convert", "disk.vhdx", "back.raw"]);
+    ext4_intact(d, "whole-disk", &std::fs::read(d.join("back.raw")).unwrap(), &keep);
+    // Run again: nothing more to give back.
+    let again = json(d, &["compact", "disk.vhdx", "--json"]);
+    assert_eq!(again["blocks_freed"], 0);
+    // --filesystem none keeps the blocks of deleted files (they are not zeros).
+    ok_text(d, &["convert", "disk.raw", "zeros-only.vhdx", "--block-size", "1M"]);
+    let none = json(d, &["compact", "zeros-only.vhdx", "--filesystem", "none", "--json"]);
+    assert_eq!(none["blocks_freed"], 0);
+    assert!(none["file_size_after"].as_u64().unwrap() > 80 * MIB, "{none}");
+}
+
+/// GPT (sgdisk) with an ext4 (1 KiB blocks) partition, a partition of
+/// bytes no filesystem claims, and unpartitioned space that held data.
+#[test]
+fn compact_reads_a_gpt_disk_and_leaves_an_unknown_partition_as_it_was() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let disk = d.join("gpt.raw");
+    std::fs::File::create(&disk).unwrap().set_len(160 * MIB).unwrap();
+    run(d, "sgdisk", &["-n", "1:1M:+64M", "-t", "1:8300", "-n", "2:66M:+32M", "-t", "2:8300", "gpt.raw"]);
+    let keep = [("notes.txt", pattern(4, 300_000)), ("photo.jpg", pattern(5, 3 << 20))];
+    let gone = [("old.iso", pattern(6, 30 << 20))];
+    ext4(d, "part1.raw", 64 * MIB, 1024, &keep, &gone);
+    splice(&disk, MIB, &std::fs::read(d.join("part1.raw")).unwrap());
+    let unknown = pattern(7, 32 << 20);
+    splice(&disk, 66 * MIB, &unknown);
+    // Data in the gap after partition 2, outside every partition.
+    splice(&disk, 100 * MIB, &pattern(8, 20 << 20));
+    ok_text(d, &["convert", "gpt.raw", "gpt.vhdx", "--block-size", "1M"]);
+    let r = json(d, &["compact", "gpt.vhdx", "--json"]);
+    assert_eq!(r["table"], "gpt", "{r}");
+    let parts = r["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{r}");
+    assert_eq!((parts[0]["start"].as_u64(), parts[0]["filesystem"].as_str()), (Some(MIB), Some("ext4")));
+    assert!(parts[1]["skipped"].as_str().unwrap().contains("no filesystem known"), "{r}");
+    assert!(r["unpartitioned_free"].as_u64().unwrap() >= 20 * MIB, "{r}");
+    let freed = r["file_size_before"].as_u64().unwrap() - r["file_size_after"].as_u64().unwrap();
+    assert!(freed * 10 >= (30 - 2 + 20) * MIB * 9, "gave back {freed} bytes of 30 MiB deleted and 20 MiB outside");
+    ok_text(d, &["convert", "gpt.vhdx", "back.raw"]);
+    let back = d.join("back.raw");
+    assert!(slice(&back, 66 * MIB, 32 * MIB) == unknown, "the unknown partition keeps every byte");
+    assert!(slice(&back, 0, MIB) == slice(&disk, 0, MIB), "the protective MBR and the GPT are untouched");
+    let tail = 33 * 512;
+    assert!(slice(&back, 160 * MIB - tail, tail) == slice(&disk, 160 * MIB - tail, tail), "the backup GPT too");
+    run(d, "sgdisk", &["-v", back.to_str().unwrap()]);
+    ext4_intact(d, "gpt-part1", &slice(&back, MIB, 64 * MIB), &keep);
+}
+
+/// MBR (sfdisk) with a primary ext4 and an ext4 in a logical partition of
+/// an extended one; the logical one is left dirty (not cleanly unmounted),
+/// so it keeps every block, deleted files included.
+#[test]
+fn compact_reads_mbr_logical_partitions_and_leaves_a_dirty_ext4_alone() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let disk = d.join("mbr.raw");
+    std::fs::File::create(&disk).unwrap().set_len(128 * MIB).unwrap();
+    // 1..41 MiB primary; 42..122 MiB extended, holding 43..79 MiB logical.
+    let script = "label: dos\nstart=2048, size=40MiB, type=83\nstart=86016, size=80MiB, type=5\nstart=88064, size=36MiB, type=83\n";
+    let mut child = Command::new("sfdisk")
+        .args(["-q", disk.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    let keep1 = [("a.txt", pattern(9, 1 << 20))];
+    let gone1 = [("b.bin", pattern(10, 20 << 20))];
+    ext4(d, "p1.raw", 40 * MIB, 4096, &keep1, &gone1);
+    splice(&disk, MIB, &std::fs::read(d.join("p1.raw")).unwrap());
+    // The logical partition: dirty (state "not clean"), with a deleted file.
+    ext4(d, "p5.raw", 36 * MIB, 4096, &[("c.bin", pattern(11, 1 << 20))], &[("d.bin", pattern(12, 16 << 20))]);
+    run(d, "debugfs", &["-w", "-R", "ssv state 0", "p5.raw"]);
+    let p5 = std::fs::read(d.join("p5.raw")).unwrap();
+    splice(&disk, 43 * MIB, &p5);
+    ok_text(d, &["convert", "mbr.raw", "mbr.vhdx", "--block-size", "1M"]);
+    let r = json(d, &["compact", "mbr.vhdx", "--json"]);
+    assert_eq!(r["table"], "mbr", "{r}");
+    let parts = r["partitions"].as_array().unwrap();
+    let numbers: Vec<u64> = parts.iter().map(|p| p["number"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [1, 5], "the primary and the logical partition: {r}");
+    assert_eq!(parts[0]["filesystem"], "ext4");
+    assert!(parts[1]["skipped"].as_str().unwrap().contains("not clean"), "{r}");
+    ok_text(d, &["convert", "mbr.vhdx", "back.raw"]);
+    let back = d.join("back.raw");
+    assert!(slice(&back, 43 * MIB, 36 * MIB) == p5, "the dirty filesystem keeps every byte");
+    ext4_intact(d, "mbr-p1", &slice(&back, MIB, 40 * MIB), &keep1);
+    let freed = r["file_size_before"].as_u64().unwrap() - r["file_size_after"].as_u64().unwrap();
+    assert!(freed * 10 >= 18 * MIB * 9, "gave back {freed} bytes of 20 MiB deleted in partition 1");
+}
+
+/// A differencing disk over an ext4 base: the child rewrote the whole
+/// filesystem (a file added, one deleted); what the child holds in free
+/// space goes, and those blocks read through to the parent again; a journal
+/// waiting for recovery leaves a filesystem alone.
+#[test]
+fn compact_releases_free_space_a_differencing_child_holds_and_respects_needs_recovery() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let keep = [("base.txt", pattern(13, 2 << 20))];
+    ext4(d, "base.raw", 128 * MIB, 4096, &keep, &[]);
+    ok_text(d, &["convert", "base.raw", "base.vhdx", "--block-size", "1M"]);
+    ok_text(d, &["create", "child.vhdx", "--parent", "base.vhdx", "--block-size", "1M"]);
+    std::fs::copy(d.join("base.raw"), d.join("next.raw")).unwrap();
+    let added = [("new.bin", pattern(14, 3 << 20))];
+    let gone = [("tmp.bin", pattern(15, 40 << 20))];
+    for (file, bytes) in added.iter().chain(&gone) {
+        std::fs::write(d.join(file), bytes).unwrap();
+        run(d, "debugfs", &["-w", "-R", &format!("write {file} {file}"), "next.raw"]);
+    }
+    run(d, "debugfs", &["-w", "-R", "rm tmp.bin", "next.raw"]);
+    ok_text(d, &["write", "child.vhdx", "--offset", "0", "--input", "next.raw"]);
+    let r = json(d, &["compact", "child.vhdx", "--json"]);
+    assert!(r["blocks_freed"].as_u64().unwrap() >= 90, "most of the child's 128 blocks lie in free space: {r}");
+    let freed = r["file_size_before"].as_u64().unwrap() - r["file_size_after"].as_u64().unwrap();
+    assert!(freed >= 90 * MIB, "{r}");
+    ok_text(d, &["convert", "child.vhdx", "child-back.raw"]);
+    let mut files: Vec<(&str, Vec<u8>)> = keep.to_vec();
+    files.extend(added.iter().cloned());
+    ext4_intact(d, "child", &std::fs::read(d.join("child-back.raw")).unwrap(), &files);
+
+    // needs_recovery: left alone.
+    ext4(d, "rec.raw", 64 * MIB, 4096, &[], &[("x.bin", pattern(16, 30 << 20))]);
+    run(d, "debugfs", &["-w", "-R", "feature needs_recovery", "rec.raw"]);
+    ok_text(d, &["convert", "rec.raw", "rec.vhdx", "--block-size", "1M"]);
+    let before = std::fs::read(d.join("rec.vhdx")).unwrap();
+    let r = json(d, &["compact", "rec.vhdx", "--dry-run", "--json"]);
+    assert!(r["partitions"][0]["skipped"].as_str().unwrap().contains("recovery"), "{r}");
+    assert_eq!(r["blocks_in_free_space"], 0);
+    assert!(std::fs::read(d.join("rec.vhdx")).unwrap() == before);
+}
