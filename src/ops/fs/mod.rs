@@ -6,8 +6,10 @@
 //! Read today: GPT and MBR tables, and ext2/3/4. A filesystem not known
 //! here, or one that is not clean, is reported as skipped with the reason,
 //! and nothing in it counts as free. Bytes outside every partition (past a
-//! table's partitions, between them) are free, except the first MiB and the
-//! last 33 sectors of a partitioned disk, where tables and boot code live.
+//! table's partitions, between them) are free, except the table's own
+//! structures (the MBR, the GPT and its backup, every extended boot record)
+//! and the first MiB and last 33 sectors of a partitioned disk, where
+//! tables and boot code live.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -103,12 +105,15 @@ pub fn disk_usage(dev: &dyn BlockDevice) -> Result<DiskUsage> {
         Vec::new()
     } else {
         // The tables (and boot code) live in the first MiB and, for GPT,
-        // the last 33 sectors: kept whatever the partitions say.
+        // the last 33 sectors; extended boot records wherever their chain
+        // puts them: kept whatever the partitions say.
         let keep_head = (1u64 << 20).min(size);
         let keep_tail = (33 * dev.sector_size() as u64).min(size - keep_head);
-        let used: Ranges = partitions.iter().map(|p| (p.partition.start, p.partition.length)).collect();
-        let outside = ranges::difference(&[(0, size)], &ranges::normalize(used));
-        ranges::difference(&outside, &ranges::normalize(alloc::vec![(0, keep_head), (size - keep_tail, keep_tail)]))
+        let mut kept: Ranges = partitions.iter().map(|p| (p.partition.start, p.partition.length)).collect();
+        kept.extend(layout.structures.iter().copied());
+        kept.push((0, keep_head));
+        kept.push((size - keep_tail, keep_tail));
+        ranges::difference(&[(0, size)], &ranges::normalize(kept))
     };
     free.extend(unpartitioned.iter().copied());
     Ok(DiskUsage { table: layout.table, partitions, unpartitioned, free: ranges::normalize(free) })

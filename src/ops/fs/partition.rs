@@ -63,6 +63,10 @@ pub struct Layout {
     pub table: TableKind,
     /// Its partitions, by start.
     pub partitions: Vec<Partition>,
+    /// The table's own structures outside every partition, as byte ranges:
+    /// the MBR, GPT header and entries (and their backup at the end of the
+    /// disk), each extended boot record.
+    pub structures: Vec<(u64, u64)>,
 }
 
 fn read(dev: &dyn BlockDevice, at: u64, len: usize) -> Result<Vec<u8>> {
@@ -136,6 +140,7 @@ pub fn read_layout(dev: &dyn BlockDevice) -> Result<Layout> {
     } else {
         read_mbr(dev, &entries, size)?
     };
+    layout.structures.push((0, 512));
     layout.partitions.sort_by_key(|p| p.start);
     for pair in layout.partitions.windows(2) {
         if pair[0].start + pair[0].length > pair[1].start {
@@ -153,6 +158,7 @@ fn whole(size: u64) -> Layout {
     Layout {
         table: TableKind::None,
         partitions: vec![Partition { number: 0, start: 0, length: size, type_id: String::new() }],
+        structures: Vec::new(),
     }
 }
 
@@ -169,6 +175,7 @@ fn checked(number: u32, start: u64, length: u64, size: u64, what: &'static str, 
 
 fn read_mbr(dev: &dyn BlockDevice, entries: &[&[u8]], size: u64) -> Result<Layout> {
     let mut partitions = Vec::new();
+    let mut structures = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let kind = e[4];
         let (lba, count) = (le32(e, 8) as u64, le32(e, 12) as u64);
@@ -178,20 +185,26 @@ fn read_mbr(dev: &dyn BlockDevice, entries: &[&[u8]], size: u64) -> Result<Layou
         let at = 446 + 16 * i as u64;
         if matches!(kind, 0x05 | 0x0F | 0x85) {
             let ext = checked(i as u32 + 1, lba * 512, count * 512, size, "MBR partition entry", at)?;
-            read_logical(dev, &ext, size, &mut partitions)?;
+            read_logical(dev, &ext, size, &mut partitions, &mut structures)?;
             continue;
         }
         let mut p = checked(i as u32 + 1, lba * 512, count * 512, size, "MBR partition entry", at)?;
         p.type_id = format!("{kind:#04x}");
         partitions.push(p);
     }
-    Ok(Layout { table: TableKind::Mbr, partitions })
+    Ok(Layout { table: TableKind::Mbr, partitions, structures })
 }
 
 /// The logical partitions along the extended partition `ext`: each EBR
 /// gives one partition (relative to itself) and the next EBR (relative to
 /// the extended partition's start).
-fn read_logical(dev: &dyn BlockDevice, ext: &Partition, size: u64, out: &mut Vec<Partition>) -> Result<()> {
+fn read_logical(
+    dev: &dyn BlockDevice,
+    ext: &Partition,
+    size: u64,
+    out: &mut Vec<Partition>,
+    structures: &mut Vec<(u64, u64)>,
+) -> Result<()> {
     let mut ebr_at = ext.start;
     let mut seen = Vec::new();
     for n in 0..MAX_LOGICAL {
@@ -203,6 +216,7 @@ fn read_logical(dev: &dyn BlockDevice, ext: &Partition, size: u64, out: &mut Vec
         if ebr[510] != 0x55 || ebr[511] != 0xAA {
             return Err(Error::corrupt("extended boot record", ebr_at, "no 55 AA signature"));
         }
+        structures.push((ebr_at, 512));
         let (first, next) = (&ebr[446..462], &ebr[462..478]);
         if first[4] != 0 && le32(first, 12) != 0 {
             let start = ebr_at + le32(first, 8) as u64 * 512;
@@ -265,6 +279,15 @@ fn read_gpt(dev: &dyn BlockDevice, size: u64, sector: u64) -> Result<Layout> {
         return Err(Error::corrupt("GPT partition entries", array_at, "their CRC-32 does not match"));
     }
     let mut partitions = Vec::new();
+    // The header and entries, and their backup (whose header LBA the
+    // primary header gives) with the entries before it.
+    let mut structures = alloc::vec![(at, sector.max(512)), (array_at, array_len)];
+    let backup_at = le64(&header, 32).checked_mul(sector).filter(|&b| b < size);
+    if let Some(b) = backup_at {
+        let array_sectors = array_len.div_ceil(sector) * sector;
+        let from = b.saturating_sub(array_sectors);
+        structures.push((from, b + sector - from));
+    }
     for (i, e) in array.chunks_exact(entry_size as usize).enumerate() {
         if e[..16].iter().all(|&b| b == 0) {
             continue;
@@ -283,7 +306,7 @@ fn read_gpt(dev: &dyn BlockDevice, size: u64, sector: u64) -> Result<Layout> {
         p.type_id = guid_text(&e[..16]);
         partitions.push(p);
     }
-    Ok(Layout { table: TableKind::Gpt, partitions })
+    Ok(Layout { table: TableKind::Gpt, partitions, structures })
 }
 
 #[cfg(test)]
