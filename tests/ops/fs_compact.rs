@@ -16,17 +16,27 @@ use crate::common::data::pattern;
 
 const MIB: u64 = 1 << 20;
 
-fn have(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
+/// Where `tool` is: on PATH, or in the sbin directories a user's PATH may
+/// lack.
+fn tool(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 fn tools() -> bool {
-    ["mkfs.ext4", "debugfs", "e2fsck", "sgdisk", "sfdisk"].iter().all(|t| have(t))
+    ["mkfs.ext4", "debugfs", "e2fsck", "dumpe2fs", "sgdisk", "sfdisk"].iter().all(|t| tool(t).is_some())
         || crate::common::unavailable("e2fsprogs (mkfs.ext4, debugfs, e2fsck), gdisk (sgdisk) and fdisk (sfdisk)")
 }
 
+fn command(name: &str) -> Command {
+    Command::new(tool(name).unwrap_or_else(|| std::path::PathBuf::from(name)))
+}
+
 fn run(dir: &Path, cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).current_dir(dir).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let out = command(cmd).current_dir(dir).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
     assert!(
         out.status.success(),
         "{cmd} {args:?}: {}{}",
@@ -68,7 +78,7 @@ fn ext4_intact(dir: &Path, what: &str, bytes: &[u8], files: &[(&str, Vec<u8>)]) 
     let path = dir.join(format!("{what}.check.raw"));
     std::fs::write(&path, bytes).unwrap();
     let p = path.to_str().unwrap();
-    let fsck = Command::new("e2fsck").args(["-fn", p]).output().unwrap();
+    let fsck = command("e2fsck").args(["-fn", p]).output().unwrap();
     assert!(fsck.status.success(), "{what}: e2fsck -fn: {}", String::from_utf8_lossy(&fsck.stdout));
     for (file, expected) in files {
         let out = dir.join(format!("{what}.{file}.out"));
@@ -177,7 +187,7 @@ fn compact_reads_mbr_logical_partitions_and_leaves_a_dirty_ext4_alone() {
     std::fs::File::create(&disk).unwrap().set_len(128 * MIB).unwrap();
     // 1..41 MiB primary; 42..122 MiB extended, holding 43..79 MiB logical.
     let script = "label: dos\nstart=2048, size=40MiB, type=83\nstart=86016, size=80MiB, type=5\nstart=88064, size=36MiB, type=83\n";
-    let mut child = Command::new("sfdisk")
+    let mut child = command("sfdisk")
         .args(["-q", disk.to_str().unwrap()])
         .stdin(std::process::Stdio::piped())
         .spawn()
