@@ -187,11 +187,8 @@ fn compact_reads_mbr_logical_partitions_and_leaves_a_dirty_ext4_alone() {
     std::fs::File::create(&disk).unwrap().set_len(128 * MIB).unwrap();
     // 1..41 MiB primary; 42..122 MiB extended, holding 43..79 MiB logical.
     let script = "label: dos\nstart=2048, size=40MiB, type=83\nstart=86016, size=80MiB, type=5\nstart=88064, size=36MiB, type=83\n";
-    let mut child = command("sfdisk")
-        .args(["-q", disk.to_str().unwrap()])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        command("sfdisk").args(["-q", disk.to_str().unwrap()]).stdin(std::process::Stdio::piped()).spawn().unwrap();
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
     assert!(child.wait().unwrap().success());
     let keep1 = [("a.txt", pattern(9, 1 << 20))];
