@@ -137,6 +137,21 @@
 #define VHDX_DISK_TYPE_DIFFERENCING 2
 
 /**
+ * No partition table: the disk is one filesystem (vhdx_compact_filesystems).
+ */
+#define VHDX_TABLE_NONE 0
+
+/**
+ * A master boot record (with any logical partitions).
+ */
+#define VHDX_TABLE_MBR 1
+
+/**
+ * A GUID partition table.
+ */
+#define VHDX_TABLE_GPT 2
+
+/**
  * The format of an image for vhdx_convert: for the source, raw for a
  * `.raw` or `.img` name and otherwise VHDX or VHD by content; for the
  * output, from the name (`.raw`/`.img` raw, `.vhd` VHD, anything else
@@ -306,6 +321,63 @@ typedef struct VhdxCompactReport {
      */
     uint64_t bytes_moved;
 } VhdxCompactReport;
+
+/**
+ * What vhdx_compact_filesystems found and did. Set `struct_size` before
+ * the call: `VhdxFsCompactReport r = { .struct_size = sizeof r };`.
+ */
+typedef struct VhdxFsCompactReport {
+    /**
+     * sizeof(VhdxFsCompactReport), set by the caller; left as it is.
+     */
+    uint32_t struct_size;
+    /**
+     * VHDX_TABLE_NONE, VHDX_TABLE_MBR or VHDX_TABLE_GPT.
+     */
+    int32_t table;
+    /**
+     * Partitions found (1, the whole disk, without a table).
+     */
+    uint32_t partitions;
+    /**
+     * Filesystems read (known and clean).
+     */
+    uint32_t filesystems_read;
+    /**
+     * Partitions left alone: a filesystem not known, or not clean.
+     */
+    uint32_t filesystems_skipped;
+    /**
+     * Bytes free: the filesystems' free space, and the bytes outside every
+     * partition.
+     */
+    uint64_t free_bytes;
+    /**
+     * The image's block size.
+     */
+    uint64_t block_size;
+    /**
+     * Stored blocks wholly in free space: released, or with `dry_run`
+     * what would be.
+     */
+    uint64_t blocks_in_free_space;
+    /**
+     * The file's size before (0 with `dry_run`).
+     */
+    uint64_t file_size_before;
+    /**
+     * The file's size after (0 with `dry_run`).
+     */
+    uint64_t file_size_after;
+    /**
+     * Blocks of zeros released besides (0 with `dry_run`).
+     */
+    uint64_t blocks_released;
+    /**
+     * Blocks and regions moved towards the start of the file.
+     */
+    uint64_t structures_moved;
+} VhdxFsCompactReport;
 
 /**
  * Options of vhdx_convert. Initialise with
@@ -1217,6 +1289,40 @@ int32_t vhdx_discard(struct VhdxDisk *disk, uint64_t offset, uint64_t len);
  * VhdxCompactReport of `report->struct_size` bytes.
  */
 int32_t vhdx_compact(struct VhdxDisk *disk, struct VhdxCompactReport *report);
+
+/**
+ * Compacts the open `disk` as vhdx_compact does, after reading the guest's
+ * partition table and filesystems (GPT, MBR; ext2/3/4): every stored block
+ * that lies wholly in a filesystem's free space, or outside every
+ * partition, is released whatever it holds (a dynamic disk then reads
+ * zeros there, a differencing one its parent). A filesystem not known, not
+ * cleanly unmounted, or waiting for journal recovery keeps all its blocks.
+ * With `dry_run` nothing changes (the handle may be read-only) and the
+ * report says what would be released. Crash-safe as vhdx_compact.
+ *
+ * When `details` is not NULL it receives one line per partition
+ * ("partition N: ext4, used U, free F" or "partition N: left alone:
+ * REASON"), truncated to `details_cap` bytes and NUL-terminated.
+ *
+ * Returns VHDX_OK, VHDX_ERR_INVALID_ARGUMENT (a NULL `disk`, a report too
+ * small, a fixed disk), VHDX_ERR_READ_ONLY (not `dry_run` on a read-only
+ * handle), VHDX_ERR_CORRUPT for a damaged partition table (nothing is
+ * released on its strength), VHDX_ERR_UNSUPPORTED for a VHD, or the
+ * storage's error.
+ *
+ * Ownership: `report` and `details` are the caller's.
+ * Thread safety: takes the handle's lock exclusively.
+ *
+ * # Safety
+ * `disk` is NULL or a live handle; `report` is NULL or points to a
+ * writable VhdxFsCompactReport of `report->struct_size` bytes; `details`
+ * is NULL or points to `details_cap` writable bytes.
+ */
+int32_t vhdx_compact_filesystems(struct VhdxDisk *disk,
+                                 bool dry_run,
+                                 struct VhdxFsCompactReport *report,
+                                 char *details,
+                                 size_t details_cap);
 
 /**
  * Sets `*options` to the defaults: formats from the file names, a dynamic

@@ -137,5 +137,48 @@ int main(int argc, char **argv) {
     CHECK_ERR(vhdx_compact(d, NULL), VHDX_ERR_INVALID_ARGUMENT, "fixed");
     vhdx_close(d);
 
+    /* vhdx_compact_filesystems: an MBR with one partition (1..9 MiB) that
+     * holds no known filesystem; data in it, and data outside every
+     * partition. The partition keeps its bytes; the blocks outside it go
+     * (they read as zeros after), the MBR's block stays. */
+    {
+        char fsdisk[4096], details[512];
+        uint8_t mbr[512] = {0};
+        VhdxFsCompactReport fr = {.struct_size = sizeof fr};
+        path_in(fsdisk, dir, "c_fs_compact.vhdx");
+        CHECK_OK(vhdx_create_dynamic(fsdisk, 32 * MIB, MIB, 512, &d));
+        mbr[446 + 4] = 0x83;             /* Linux */
+        mbr[446 + 8] = 0x00;             /* first LBA 2048 (little-endian) */
+        mbr[446 + 9] = 0x08;
+        mbr[446 + 12] = 0x00;            /* 16384 sectors: 8 MiB */
+        mbr[446 + 13] = 0x40;
+        mbr[510] = 0x55;
+        mbr[511] = 0xAA;
+        CHECK_OK(vhdx_write_at(d, 0, mbr, sizeof mbr));
+        write_pattern(d, 2 * MIB, 3 * MIB, 21);  /* inside the partition */
+        write_pattern(d, 12 * MIB, 6 * MIB, 22); /* outside every partition */
+        CHECK_OK(vhdx_compact_filesystems(d, true, &fr, details, sizeof details));
+        CHECK(fr.table == VHDX_TABLE_MBR && fr.partitions == 1 && fr.filesystems_read == 0);
+        CHECK(fr.filesystems_skipped == 1 && fr.block_size == MIB && fr.blocks_in_free_space == 6);
+        CHECK(fr.file_size_before == 0 && fr.free_bytes == 32 * MIB - 9 * MIB - 33 * 512);
+        CHECK(strstr(details, "partition 1: left alone") != NULL);
+        read_expect_pattern(d, 12 * MIB, 6 * MIB, 22); /* a dry run changes nothing */
+        CHECK_OK(vhdx_compact_filesystems(d, false, &fr, NULL, 0));
+        CHECK(fr.blocks_in_free_space == 6 && fr.file_size_after < fr.file_size_before);
+        read_expect_zero(d, 12 * MIB, 6 * MIB);
+        read_expect_pattern(d, 2 * MIB, 3 * MIB, 21);
+        {
+            uint8_t back[512];
+            CHECK_OK(vhdx_read_at(d, 0, back, sizeof back));
+            CHECK(memcmp(back, mbr, sizeof mbr) == 0);
+        }
+        vhdx_close(d);
+        CHECK_OK(vhdx_open(fsdisk, false, &d));
+        CHECK_ERR(vhdx_compact_filesystems(d, false, &fr, NULL, 0), VHDX_ERR_READ_ONLY, "read-only");
+        CHECK_OK(vhdx_compact_filesystems(d, true, &fr, NULL, 0));
+        CHECK(fr.blocks_in_free_space == 0);
+        vhdx_close(d);
+    }
+
     return finish("test_maintain");
 }

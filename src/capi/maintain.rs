@@ -144,6 +144,150 @@ pub unsafe extern "C" fn vhdx_compact(disk: *mut VhdxDisk, report: *mut VhdxComp
     })
 }
 
+/// No partition table: the disk is one filesystem (vhdx_compact_filesystems).
+pub const VHDX_TABLE_NONE: i32 = 0;
+/// A master boot record (with any logical partitions).
+pub const VHDX_TABLE_MBR: i32 = 1;
+/// A GUID partition table.
+pub const VHDX_TABLE_GPT: i32 = 2;
+
+/// What vhdx_compact_filesystems found and did. Set `struct_size` before
+/// the call: `VhdxFsCompactReport r = { .struct_size = sizeof r };`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VhdxFsCompactReport {
+    /// sizeof(VhdxFsCompactReport), set by the caller; left as it is.
+    pub struct_size: u32,
+    /// VHDX_TABLE_NONE, VHDX_TABLE_MBR or VHDX_TABLE_GPT.
+    pub table: i32,
+    /// Partitions found (1, the whole disk, without a table).
+    pub partitions: u32,
+    /// Filesystems read (known and clean).
+    pub filesystems_read: u32,
+    /// Partitions left alone: a filesystem not known, or not clean.
+    pub filesystems_skipped: u32,
+    /// Bytes free: the filesystems' free space, and the bytes outside every
+    /// partition.
+    pub free_bytes: u64,
+    /// The image's block size.
+    pub block_size: u64,
+    /// Stored blocks wholly in free space: released, or with `dry_run`
+    /// what would be.
+    pub blocks_in_free_space: u64,
+    /// The file's size before (0 with `dry_run`).
+    pub file_size_before: u64,
+    /// The file's size after (0 with `dry_run`).
+    pub file_size_after: u64,
+    /// Blocks of zeros released besides (0 with `dry_run`).
+    pub blocks_released: u64,
+    /// Blocks and regions moved towards the start of the file.
+    pub structures_moved: u64,
+}
+
+// SAFETY: repr(C), `struct_size: u32` first, then integers.
+unsafe impl SizedStruct for VhdxFsCompactReport {
+    const NAME: &'static str = "VhdxFsCompactReport";
+    const OLDEST: usize = size_of::<VhdxFsCompactReport>();
+}
+
+/// Compacts the open `disk` as vhdx_compact does, after reading the guest's
+/// partition table and filesystems (GPT, MBR; ext2/3/4): every stored block
+/// that lies wholly in a filesystem's free space, or outside every
+/// partition, is released whatever it holds (a dynamic disk then reads
+/// zeros there, a differencing one its parent). A filesystem not known, not
+/// cleanly unmounted, or waiting for journal recovery keeps all its blocks.
+/// With `dry_run` nothing changes (the handle may be read-only) and the
+/// report says what would be released. Crash-safe as vhdx_compact.
+///
+/// When `details` is not NULL it receives one line per partition
+/// ("partition N: ext4, used U, free F" or "partition N: left alone:
+/// REASON"), truncated to `details_cap` bytes and NUL-terminated.
+///
+/// Returns VHDX_OK, VHDX_ERR_INVALID_ARGUMENT (a NULL `disk`, a report too
+/// small, a fixed disk), VHDX_ERR_READ_ONLY (not `dry_run` on a read-only
+/// handle), VHDX_ERR_CORRUPT for a damaged partition table (nothing is
+/// released on its strength), VHDX_ERR_UNSUPPORTED for a VHD, or the
+/// storage's error.
+///
+/// Ownership: `report` and `details` are the caller's.
+/// Thread safety: takes the handle's lock exclusively.
+///
+/// # Safety
+/// `disk` is NULL or a live handle; `report` is NULL or points to a
+/// writable VhdxFsCompactReport of `report->struct_size` bytes; `details`
+/// is NULL or points to `details_cap` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_compact_filesystems(
+    disk: *mut VhdxDisk,
+    dry_run: bool,
+    report: *mut VhdxFsCompactReport,
+    details: *mut c_char,
+    details_cap: usize,
+) -> i32 {
+    ffi!("vhdx_compact_filesystems", {
+        const F: &str = "vhdx_compact_filesystems";
+        // SAFETY: the caller promises NULL or a live handle.
+        let d = unsafe { disk_arg(F, disk)? };
+        // SAFETY: the caller promises NULL or `struct_size` writable bytes.
+        let report = unsafe { out_struct(F, "report", report)? };
+        let mut guard = d.write()?;
+        let disk = guard.vhdx_mut(F)?;
+        let usage = crate::ops::fs::disk_usage(&*disk).map_err(|e| d.fail(e))?;
+        let blocks_in_free_space = disk.blocks_in(&usage.free);
+        let done = if dry_run {
+            crate::CompactReport::default()
+        } else {
+            disk.compact_free_with_progress(&usage.free, &mut |_, _| {}).map_err(|e| d.fail(e))?
+        };
+        let mut lines = alloc::string::String::new();
+        let (mut read, mut skipped) = (0u32, 0u32);
+        for p in &usage.partitions {
+            match &p.probe {
+                crate::ops::fs::Probe::Known(fs) => {
+                    read += 1;
+                    let free: u64 = fs.free.iter().map(|&(_, l)| l).sum();
+                    lines.push_str(&alloc::format!(
+                        "partition {}: {}, used {}, free {}\n",
+                        p.partition.number,
+                        fs.kind,
+                        fs.used,
+                        free
+                    ));
+                }
+                crate::ops::fs::Probe::Skipped { reason, .. } => {
+                    skipped += 1;
+                    lines.push_str(&alloc::format!("partition {}: left alone: {reason}\n", p.partition.number));
+                }
+            }
+        }
+        if !details.is_null() {
+            // SAFETY: the caller promises `details_cap` writable bytes.
+            unsafe { super::strings::copy_out(F, &lines, details, details_cap)? };
+        }
+        if let Some(report) = report {
+            report.write(&VhdxFsCompactReport {
+                struct_size: 0,
+                table: match usage.table {
+                    crate::ops::fs::TableKind::Mbr => VHDX_TABLE_MBR,
+                    crate::ops::fs::TableKind::Gpt => VHDX_TABLE_GPT,
+                    _ => VHDX_TABLE_NONE,
+                },
+                partitions: usage.partitions.len() as u32,
+                filesystems_read: read,
+                filesystems_skipped: skipped,
+                free_bytes: usage.free.iter().map(|&(_, l)| l).sum(),
+                block_size: disk.block_size() as u64,
+                blocks_in_free_space,
+                file_size_before: done.file_size_before,
+                file_size_after: done.file_size_after,
+                blocks_released: done.blocks_released + done.bitmaps_released,
+                structures_moved: done.structures_moved,
+            });
+        }
+        Ok(VHDX_OK)
+    })
+}
+
 /// The format of an image for vhdx_convert: for the source, raw for a
 /// `.raw` or `.img` name and otherwise VHDX or VHD by content; for the
 /// output, from the name (`.raw`/`.img` raw, `.vhd` VHD, anything else
