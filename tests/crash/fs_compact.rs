@@ -1,6 +1,6 @@
 //! Filesystem-aware compaction cut at every storage operation. An ext4
-//! made by `mkfs.ext4` (a file kept, a larger one deleted with `debugfs`)
-//! on a dynamic VHDX with 1 MiB blocks; its free space read by
+//! made by `mkfs.ext4` (a file kept, a larger one deleted with `debugfs`,
+//! and a small file after it) on a dynamic VHDX with 1 MiB blocks; its free space read by
 //! `vhdx::ops::fs`; then `Disk::compact_free_with_progress` on a
 //! `FaultStorage` that fails after its k-th operation, for every k. In
 //! every crash state the image opens writable (its log replayed), checks
@@ -43,7 +43,10 @@ fn ext4() -> Option<Vec<u8>> {
     run(d, "mkfs.ext4", &["-q", "-F", "-b", "4096", "fs.raw"]);
     std::fs::write(d.join("keep.bin"), pattern(1, 3 << 20)).unwrap();
     std::fs::write(d.join("gone.bin"), pattern(2, 24 << 20)).unwrap();
-    for f in ["keep.bin", "gone.bin"] {
+    // Written after the deleted file: used blocks amid free ones, so that
+    // some image blocks lie only partly in free space.
+    std::fs::write(d.join("tail.txt"), pattern(3, 10_000)).unwrap();
+    for f in ["keep.bin", "gone.bin", "tail.txt"] {
         run(d, "debugfs", &["-w", "-R", &format!("write {f} {f}"), "fs.raw"]);
     }
     run(d, "debugfs", &["-w", "-R", "rm gone.bin", "fs.raw"]);
