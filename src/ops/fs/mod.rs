@@ -19,9 +19,9 @@ use crate::ops::ranges::{self, Ranges};
 use crate::BlockDevice;
 
 mod ext;
-pub mod partition;
+mod partition;
 
-pub use partition::{Layout, Partition, TableKind};
+pub use partition::{read_layout, Layout, Partition, TableKind};
 
 /// What a filesystem uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
