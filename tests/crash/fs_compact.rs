@@ -11,7 +11,7 @@
 use std::process::Command;
 
 use vhdx::io::FaultStorage;
-use vhdx::{BlockDevice, CreateOptions, Disk, MemStorage, OpenOptions};
+use vhdx::{CreateOptions, Disk, MemStorage, OpenOptions};
 
 use crate::common::data::pattern;
 use crate::support::{crash_states, for_each_crash_point, Budget};
