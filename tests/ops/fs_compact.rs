@@ -31,6 +31,47 @@ fn tools() -> bool {
         || crate::common::unavailable("e2fsprogs (mkfs.ext4, debugfs, e2fsck), gdisk (sgdisk) and fdisk (sfdisk)")
 }
 
+fn fat_tools() -> bool {
+    ["mkfs.vfat", "fsck.vfat", "mcopy", "mdel"].iter().all(|t| tool(t).is_some())
+        || crate::common::unavailable("dosfstools (mkfs.vfat, fsck.vfat) and mtools (mcopy, mdel)")
+}
+
+fn ntfs_tools() -> bool {
+    ["mkntfs", "ntfscp", "ntfscat"].iter().all(|t| tool(t).is_some())
+        || crate::common::unavailable("ntfs-3g (mkntfs, ntfscp, ntfscat)")
+}
+
+/// A FAT image of `size` bytes (`-F bits`) holding `keep` and, deleted
+/// again, `gone`; in `dir/name`.
+fn fat(dir: &Path, name: &str, size: u64, bits: u32, keep: &[(&str, Vec<u8>)], gone: &[(&str, Vec<u8>)]) {
+    std::fs::File::create(dir.join(name)).unwrap().set_len(size).unwrap();
+    run(dir, "mkfs.vfat", &["-F", &bits.to_string(), name]);
+    for (file, bytes) in keep.iter().chain(gone) {
+        std::fs::write(dir.join(file), bytes).unwrap();
+        run(dir, "mcopy", &["-i", name, file, &format!("::{file}")]);
+    }
+    for (file, _) in gone {
+        run(dir, "mdel", &["-i", name, &format!("::{file}")]);
+    }
+}
+
+/// fsck.fat finds the FAT filesystem `bytes` clean, and each of `files`
+/// reads back through mtools as it was written.
+fn fat_intact(dir: &Path, what: &str, bytes: &[u8], files: &[(&str, Vec<u8>)]) {
+    let path = dir.join(format!("{what}.check.raw"));
+    std::fs::write(&path, bytes).unwrap();
+    let p = path.to_str().unwrap();
+    let fsck = command("fsck.vfat").args(["-n", p]).output().unwrap();
+    assert!(fsck.status.success(), "{what}: fsck.vfat -n: {}", String::from_utf8_lossy(&fsck.stdout));
+    for (file, expected) in files {
+        let out = dir.join(format!("{what}.{file}.out"));
+        run(dir, "mcopy", &["-o", "-i", p, &format!("::{file}"), out.to_str().unwrap()]);
+        assert!(std::fs::read(&out).unwrap() == *expected, "{what}: {file} reads back as written");
+        std::fs::remove_file(out).unwrap();
+    }
+    std::fs::remove_file(path).unwrap();
+}
+
 fn command(name: &str) -> Command {
     Command::new(tool(name).unwrap_or_else(|| std::path::PathBuf::from(name)))
 }
@@ -263,4 +304,68 @@ fn compact_releases_free_space_a_differencing_child_holds_and_respects_needs_rec
     assert!(r["partitions"][0]["skipped"].as_str().unwrap().contains("recovery"), "{r}");
     assert_eq!(r["blocks_in_free_space"], 0);
     assert!(std::fs::read(d.join("rec.vhdx")).unwrap() == before);
+}
+
+/// FAT12, FAT16 and FAT32 on a disk without a partition table (a
+/// superfloppy, as USB sticks are made): the boot sector ends in 55 AA like
+/// an MBR, and must not be taken for one.
+#[test]
+fn compact_gives_back_the_free_clusters_of_fat12_fat16_and_fat32() {
+    if !fat_tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    for (bits, size) in [(12u32, 64 * MIB), (16, 64 * MIB), (32, 300 * MIB)] {
+        let keep = [("KEEP.BIN", pattern(20 + bits as u64, 3 << 20)), ("NOTE.TXT", b"fat\r\n".to_vec())];
+        let gone = [("GONE.BIN", pattern(21 + bits as u64, 20 << 20))];
+        let raw = format!("fat{bits}.raw");
+        let image = format!("fat{bits}.vhdx");
+        fat(d, &raw, size, bits, &keep, &gone);
+        ok_text(d, &["convert", &raw, &image, "--block-size", "1M"]);
+        let r = json(d, &["compact", &image, "--json"]);
+        assert_eq!(r["table"], "none", "{r}");
+        assert_eq!(r["partitions"][0]["filesystem"], format!("fat{bits}"), "{r}");
+        let freed = r["file_size_before"].as_u64().unwrap() - r["file_size_after"].as_u64().unwrap();
+        assert!(freed * 10 >= 18 * MIB * 9, "fat{bits}: gave back {freed} bytes of 20 MiB deleted");
+        let back = format!("fat{bits}.back.raw");
+        ok_text(d, &["convert", &image, &back]);
+        fat_intact(d, &format!("fat{bits}"), &std::fs::read(d.join(&back)).unwrap(), &keep);
+    }
+    // A FAT16 whose boot sector says it is dirty (mounted, not unmounted):
+    // left alone, every byte kept.
+    fat(d, "dirty.raw", 64 * MIB, 16, &[], &[("X.BIN", pattern(30, 20 << 20))]);
+    let mut bytes = std::fs::read(d.join("dirty.raw")).unwrap();
+    bytes[37] |= 1;
+    std::fs::write(d.join("dirty.raw"), &bytes).unwrap();
+    ok_text(d, &["convert", "dirty.raw", "dirty.vhdx", "--block-size", "1M"]);
+    let r = json(d, &["compact", "dirty.vhdx", "--json"]);
+    assert!(r["partitions"][0]["skipped"].as_str().unwrap().contains("dirty"), "{r}");
+    ok_text(d, &["convert", "dirty.vhdx", "dirty.back.raw"]);
+    assert!(std::fs::read(d.join("dirty.back.raw")).unwrap() == bytes, "the dirty FAT keeps every byte");
+}
+
+/// NTFS is not read yet: an NTFS disk without a table (its boot sector ends
+/// in 55 AA too) keeps every byte, and the report names why.
+#[test]
+fn compact_leaves_an_ntfs_disk_as_it_was() {
+    if !ntfs_tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::File::create(d.join("ntfs.raw")).unwrap().set_len(64 * MIB).unwrap();
+    run(d, "mkntfs", &["-q", "-Q", "-F", "ntfs.raw"]);
+    std::fs::write(d.join("file.bin"), pattern(31, 5 << 20)).unwrap();
+    run(d, "ntfscp", &["ntfs.raw", "file.bin", "file.bin"]);
+    let before = std::fs::read(d.join("ntfs.raw")).unwrap();
+    ok_text(d, &["convert", "ntfs.raw", "ntfs.vhdx", "--block-size", "1M"]);
+    let r = json(d, &["compact", "ntfs.vhdx", "--json"]);
+    assert_eq!(r["table"], "none", "{r}");
+    assert!(r["partitions"][0]["skipped"].as_str().unwrap().contains("no filesystem known"), "{r}");
+    assert_eq!(r["blocks_freed"], 0);
+    ok_text(d, &["convert", "ntfs.vhdx", "back.raw"]);
+    assert!(std::fs::read(d.join("back.raw")).unwrap() == before, "every byte kept");
+    let cat = command("ntfscat").current_dir(d).args(["back.raw", "file.bin"]).output().unwrap();
+    assert!(cat.status.success() && cat.stdout == pattern(31, 5 << 20), "ntfscat reads the file back");
 }

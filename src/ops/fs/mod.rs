@@ -3,7 +3,7 @@
 //! `ext4.vhdx` is) which of its bytes its filesystem does not use — what
 //! filesystem-aware compaction may give back.
 //!
-//! Read today: GPT and MBR tables, and ext2/3/4. A filesystem not known
+//! Read today: GPT and MBR tables, ext2/3/4 and FAT12/16/32. A filesystem not known
 //! here, or one that is not clean, is reported as skipped with the reason,
 //! and nothing in it counts as free. Bytes outside every partition (past a
 //! table's partitions, between them) are free, except the table's own
@@ -19,6 +19,7 @@ use crate::ops::ranges::{self, Ranges};
 use crate::BlockDevice;
 
 mod ext;
+mod fat;
 mod partition;
 
 pub use partition::{read_layout, Layout, Partition, TableKind};
@@ -27,7 +28,7 @@ pub use partition::{read_layout, Layout, Partition, TableKind};
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FsUsage {
-    /// `"ext2"`, `"ext3"`, `"ext4"`.
+    /// `"ext2"`, `"ext3"`, `"ext4"`, `"fat12"`, `"fat16"`, `"fat32"`.
     pub kind: &'static str,
     /// The filesystem's size in bytes.
     pub size: u64,
@@ -85,7 +86,10 @@ pub fn probe(dev: &dyn BlockDevice, start: u64, len: u64) -> Result<Probe> {
     if ext::detect(dev, start, len)? {
         return ext::examine(dev, start, len);
     }
-    Ok(Probe::Skipped { kind: None, reason: String::from("no filesystem known here (ext2/3/4)") })
+    if fat::detect(dev, start, len)? {
+        return fat::examine(dev, start, len);
+    }
+    Ok(Probe::Skipped { kind: None, reason: String::from("no filesystem known here (ext2/3/4, FAT12/16/32)") })
 }
 
 /// Reads the partition table of `dev` and every partition's filesystem.

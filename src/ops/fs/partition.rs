@@ -129,10 +129,17 @@ pub fn read_layout(dev: &dyn BlockDevice) -> Result<Layout> {
     if mbr[510] != 0x55 || mbr[511] != 0xAA {
         return Ok(whole(size));
     }
+    // A filesystem's boot sector (FAT, NTFS, exFAT on a disk without a
+    // table) also ends in 55 AA, with boot code where an MBR's entries
+    // would be: taken for a table, its "partitions" would leave the whole
+    // filesystem outside them.
+    if super::fat::is_boot_sector(&mbr) || &mbr[3..11] == b"NTFS    " || &mbr[3..11] == b"EXFAT   " {
+        return Ok(whole(size));
+    }
     let entries: Vec<&[u8]> = (0..4).map(|i| &mbr[446 + 16 * i..446 + 16 * (i + 1)]).collect();
-    // A filesystem boot sector (FAT, NTFS) also ends in 55 AA: an MBR's
-    // entries have a status byte of 0x00 or 0x80.
-    if entries.iter().any(|e| e[0] != 0 && e[0] != 0x80) {
+    // An MBR's entries have a status byte of 0x00 or 0x80; and a table
+    // with no entry in use describes nothing.
+    if entries.iter().any(|e| e[0] != 0 && e[0] != 0x80) || entries.iter().all(|e| e[4] == 0) {
         return Ok(whole(size));
     }
     let mut layout = if entries.iter().any(|e| e[4] == 0xEE) {
