@@ -3,7 +3,8 @@
 //! `ext4.vhdx` is) which of its bytes its filesystem does not use — what
 //! filesystem-aware compaction may give back.
 //!
-//! Read today: GPT and MBR tables, ext2/3/4 and FAT12/16/32. A filesystem not known
+//! Read today: GPT and MBR tables, ext2/3/4, FAT12/16/32 and (with the
+//! `ntfs` feature) NTFS. A filesystem not known
 //! here, or one that is not clean, is reported as skipped with the reason,
 //! and nothing in it counts as free. Bytes outside every partition (past a
 //! table's partitions, between them) are free, except the table's own
@@ -20,6 +21,8 @@ use crate::BlockDevice;
 
 mod ext;
 mod fat;
+#[cfg(feature = "ntfs")]
+mod ntfs;
 mod partition;
 
 pub use partition::{read_layout, Layout, Partition, TableKind};
@@ -28,7 +31,7 @@ pub use partition::{read_layout, Layout, Partition, TableKind};
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FsUsage {
-    /// `"ext2"`, `"ext3"`, `"ext4"`, `"fat12"`, `"fat16"`, `"fat32"`.
+    /// `"ext2"`, `"ext3"`, `"ext4"`, `"fat12"`, `"fat16"`, `"fat32"`, `"ntfs"`.
     pub kind: &'static str,
     /// The filesystem's size in bytes.
     pub size: u64,
@@ -89,7 +92,27 @@ pub fn probe(dev: &dyn BlockDevice, start: u64, len: u64) -> Result<Probe> {
     if fat::detect(dev, start, len)? {
         return fat::examine(dev, start, len);
     }
-    Ok(Probe::Skipped { kind: None, reason: String::from("no filesystem known here (ext2/3/4, FAT12/16/32)") })
+    #[cfg(feature = "ntfs")]
+    if ntfs::detect(dev, start, len)? {
+        return ntfs::examine(dev, start, len);
+    }
+    #[cfg(not(feature = "ntfs"))]
+    if is_ntfs(dev, start, len)? {
+        return Ok(Probe::Skipped {
+            kind: Some("ntfs"),
+            reason: String::from("NTFS is read with the `ntfs` feature, which this build lacks"),
+        });
+    }
+    Ok(Probe::Skipped { kind: None, reason: String::from("no filesystem known here (ext2/3/4, FAT12/16/32, NTFS)") })
+}
+
+#[cfg(not(feature = "ntfs"))]
+fn is_ntfs(dev: &dyn BlockDevice, start: u64, len: u64) -> Result<bool> {
+    let mut b = [0u8; 11];
+    Ok(len >= 512 && {
+        dev.read_at(&mut b, start)?;
+        &b[3..11] == b"NTFS    "
+    })
 }
 
 /// Reads the partition table of `dev` and every partition's filesystem.
