@@ -633,3 +633,126 @@ fn random_vhd_mutations_never_panic() {
     println!("hostile VHD: {tried} mutated images, {rejected} rejected with a typed error, none panicked; slowest {slowest:?}");
     report_peak_memory();
 }
+
+/// Where `tool` is: on PATH, or in the sbin directories a user's PATH may
+/// lack.
+fn sbin_tool(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Small disks made by the filesystems' own tools: ext4 on the whole disk,
+/// FAT16 and FAT32 on the whole disk, NTFS on the whole disk, and a GPT
+/// with an ext4 partition and a FAT partition.
+fn filesystem_seeds() -> Option<Vec<(&'static str, Vec<u8>)>> {
+    let tools = ["mkfs.ext4", "debugfs", "mkfs.vfat", "mkntfs", "sgdisk"];
+    if tools.iter().any(|t| sbin_tool(t).is_none()) {
+        common::unavailable("mkfs.ext4, debugfs, mkfs.vfat, mkntfs and sgdisk");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |tool: &str, args: &[&str]| {
+        let out = std::process::Command::new(sbin_tool(tool).unwrap()).current_dir(d).args(args).output().unwrap();
+        assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let blank = |name: &str, size: u64| std::fs::File::create(d.join(name)).unwrap().set_len(size).unwrap();
+    std::fs::write(d.join("f.bin"), common::data::pattern(7, 300_000)).unwrap();
+    blank("ext4.raw", 8 << 20);
+    run("mkfs.ext4", &["-q", "-F", "-b", "1024", "ext4.raw"]);
+    run("debugfs", &["-w", "-R", "write f.bin f.bin", "ext4.raw"]);
+    blank("fat16.raw", 16 << 20);
+    run("mkfs.vfat", &["-F", "16", "fat16.raw"]);
+    blank("fat32.raw", 40 << 20);
+    run("mkfs.vfat", &["-F", "32", "fat32.raw"]);
+    blank("ntfs.raw", 8 << 20);
+    run("mkntfs", &["-q", "-Q", "-F", "ntfs.raw"]);
+    blank("gpt.raw", 16 << 20);
+    run("sgdisk", &["-n", "1:1M:+6M", "-n", "2:7M:+6M", "gpt.raw"]);
+    let mut gpt = std::fs::read(d.join("gpt.raw")).unwrap();
+    let ext = std::fs::read(d.join("ext4.raw")).unwrap();
+    gpt[1 << 20..(1 << 20) + (6 << 20)].copy_from_slice(&ext[..6 << 20]);
+    let read = |n: &str| std::fs::read(d.join(n)).unwrap();
+    Some(vec![
+        ("ext4", read("ext4.raw")),
+        ("fat16", read("fat16.raw")),
+        ("fat32", read("fat32.raw")),
+        ("ntfs", read("ntfs.raw")),
+        ("gpt", gpt),
+    ])
+}
+
+/// The guest's filesystems are untrusted input too: partition tables, ext4
+/// superblocks and group descriptors, FAT boot sectors and tables and NTFS
+/// boot sectors, MFTs and bitmaps, mutated at random in the places their
+/// metadata lives, read by `ops::fs::disk_usage` in a bounded child: never
+/// a panic, a hang or an unbounded allocation; an error is a damaged table's
+/// typed `Corrupt` naming its offset; every free range lies inside the disk.
+#[test]
+fn mutated_filesystems_never_panic() {
+    if !in_bounded_child("mutated_filesystems_never_panic") {
+        return;
+    }
+    let Some(seeds) = filesystem_seeds() else {
+        report_peak_memory();
+        return;
+    };
+    let per_seed: u64 = std::env::var("VHDX_MUTATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
+    let mut rng = XorShift(0x5EED_F11E_5757_0001);
+    let (mut tried, mut known, mut skipped, mut errors) = (0u64, 0u64, 0u64, 0u64);
+    let mut slowest = Duration::ZERO;
+    for (name, image) in seeds {
+        // The first 64 KiB (boot sectors, superblock, descriptors, bitmaps,
+        // FATs, tables), the first MiB (the GPT's partitions begin there),
+        // anywhere.
+        let len = image.len() as u64;
+        let hot = [(0u64, 64u64 << 10), (0, 1 << 20), (0, len), ((1 << 20) - 512, 64 << 10)];
+        for _ in 0..per_seed {
+            let mut m = image.clone();
+            for _ in 0..1 + rng.below(16) {
+                let (start, span) = hot[rng.below(hot.len() as u64) as usize];
+                let at = (start + rng.below(span.min(len - start))) as usize;
+                m[at] = match rng.below(4) {
+                    0 => m[at] ^ (1 << rng.below(8)),
+                    1 => 0xFF,
+                    2 => 0,
+                    _ => rng.next() as u8,
+                };
+            }
+            tried += 1;
+            let what = format!("mutation #{tried} of the {name} disk");
+            let size = m.len() as u64;
+            let (outcome, took) = within(&what, move || {
+                let dev = vhdx::RawDevice::new(Box::new(MemStorage::from_vec(m)), false).unwrap();
+                vhdx::ops::fs::disk_usage(&dev)
+            });
+            slowest = slowest.max(took);
+            match outcome {
+                Ok(Ok(u)) => {
+                    assert!(u.free.iter().all(|&(s, l)| s + l <= size), "{what}: a free range outside the disk");
+                    for p in &u.partitions {
+                        match p.probe {
+                            vhdx::ops::fs::Probe::Known(_) => known += 1,
+                            _ => skipped += 1,
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    errors += 1;
+                    assert_eq!(e.kind(), ErrorKind::Corrupt, "{what}: {e}");
+                    assert!(e.to_string().contains("offset 0x"), "{what}: no offset in: {e}");
+                }
+                Err(_) => panic!("panic on {what}"),
+            }
+        }
+    }
+    assert!(known > 0 && skipped > 0, "the mutations spared and broke filesystems: {known} read, {skipped} left alone");
+    println!(
+        "hostile filesystems: {tried} mutated disks; filesystems read {known}, left alone {skipped}; {errors} \
+         damaged tables refused; none panicked; slowest {slowest:?}"
+    );
+    report_peak_memory();
+}
