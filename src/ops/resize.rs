@@ -63,10 +63,50 @@ pub struct ResizeReport {
 /// # Ok::<(), vhdx::Error>(())
 /// ```
 pub fn resize(path: &Path, new_size: u64, options: &ResizeOptions) -> Result<ResizeReport> {
+    resize_open(path, Disk::open_writable(path)?, |_| Ok(new_size), options)
+}
+
+/// Shrinks the image at `path` to the smallest size that keeps every
+/// partition, or the filesystem on a disk without a table
+/// ([`crate::ops::fs::minimum_size`]), as `Resize-VHD -ToMinimumSize` does.
+/// A GPT's backup table moves to the new end first (crash-safe: the new
+/// backup is durable before the primary header names it). Refused, with
+/// nothing changed, when what the disk holds reaches its end already; the
+/// bytes past the minimum are not checked for zeros (the table says nothing
+/// lives there), so `allow_shrink` is implied. Children are refused as for
+/// [`resize`].
+pub fn resize_to_minimum(path: &Path, options: &ResizeOptions) -> Result<ResizeReport> {
+    let options = ResizeOptions { allow_shrink: true, ..options.clone() };
+    resize_open(
+        path,
+        Disk::open_writable(path)?,
+        |disk| {
+            let min = crate::ops::fs::minimum_size(&*disk)?;
+            if min.size >= disk.virtual_size() {
+                return Err(Error::Refused(std::format!(
+                    "it cannot shrink: {} reaches the end of the disk ({} bytes); shrink it first; nothing was changed",
+                    min.limited_by,
+                    disk.virtual_size()
+                )));
+            }
+            Ok(min.size)
+        },
+        &options,
+    )
+}
+
+/// The body of [`resize`]: the children checked (before anything changes),
+/// then the disk resized to what `size` says.
+fn resize_open(
+    path: &Path,
+    mut disk: Disk,
+    size: impl FnOnce(&mut Disk) -> Result<u64>,
+    options: &ResizeOptions,
+) -> Result<ResizeReport> {
     let in_file = |e: Error| e.in_file(path.display());
-    let mut disk = Disk::open_writable(path)?;
     let old_size = disk.virtual_size();
     let old_bat = disk.regions().bat();
+    let new_size = size(&mut disk).map_err(in_file)?;
     let mut children = Vec::new();
     if new_size != old_size {
         let mut dirs = std::vec![directory_of(path)];
@@ -80,6 +120,13 @@ pub fn resize(path: &Path, new_size: u64, options: &ResizeOptions) -> Result<Res
                 names.join(", ")
             ))));
         }
+    }
+    // A GPT's backup table moves to the new end (sgdisk -e does the same),
+    // or the shrink is refused when that end would cut a partition.
+    if new_size < old_size
+        && crate::ops::fs::read_layout(&disk).map_err(in_file)?.table == crate::ops::fs::TableKind::Gpt
+    {
+        crate::ops::fs::move_gpt_backup(&mut disk, new_size).map_err(in_file)?;
     }
     disk.resize(new_size, options.allow_shrink).map_err(in_file)?;
     let new_bat = disk.regions().bat();

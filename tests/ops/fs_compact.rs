@@ -411,3 +411,59 @@ fn windows_ntfs_fixtures_compact_without_a_byte_changing() {
         assert_eq!(sha256_file(&d.join("whole.raw")), sha, "{rel}: the disk reads as before");
     }
 }
+
+/// `resize --to-minimum`, as `Resize-VHD -ToMinimumSize`: a GPT disk
+/// shrinks to its last partition and the backup table (which moves there:
+/// `sgdisk -v` finds no problem), an MBR disk to the end of its extended
+/// partition, and a disk whose filesystem fills it is refused, unchanged.
+#[test]
+fn resize_to_minimum_keeps_every_partition_and_moves_the_gpt_backup() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // GPT: one ext4 partition at 1..65 MiB of 256 MiB.
+    std::fs::File::create(d.join("gpt.raw")).unwrap().set_len(256 * MIB).unwrap();
+    run(d, "sgdisk", &["-n", "1:1M:+64M", "gpt.raw"]);
+    let keep = [("kept.bin", pattern(40, 2 << 20))];
+    ext4(d, "p.raw", 64 * MIB, 4096, &keep, &[]);
+    splice(&d.join("gpt.raw"), MIB, &std::fs::read(d.join("p.raw")).unwrap());
+    ok_text(d, &["convert", "gpt.raw", "gpt.vhdx"]);
+    let info = json(d, &["info", "gpt.vhdx", "--json"]);
+    assert_eq!(info["minimum_size"], 66 * MIB, "65 MiB and the 33-sector backup, rounded to a MiB: {info}");
+    assert_eq!(info["minimum_size_limited_by"], "partition 1");
+    let out = ok_text(d, &["resize", "gpt.vhdx", "--to-minimum"]);
+    assert!(out.contains("66 MiB"), "{out}");
+    assert_eq!(json(d, &["info", "gpt.vhdx", "--json"])["virtual_size"], 66 * MIB);
+    ok_text(d, &["convert", "gpt.vhdx", "gpt-back.raw"]);
+    let verify = run(d, "sgdisk", &["-v", "gpt-back.raw"]);
+    assert!(verify.contains("No problems found"), "{verify}");
+    ext4_intact(d, "minimum-gpt", &slice(&d.join("gpt-back.raw"), MIB, 64 * MIB), &keep);
+    let refused = crate::common::cli::fails(d, &["resize", "gpt.vhdx", "--to-minimum"], &["gpt.vhdx", "partition 1"]);
+    assert!(refused.contains("reaches the end"), "{refused}");
+
+    // MBR: the extended partition (42..122 MiB) is where it stops.
+    std::fs::File::create(d.join("mbr.raw")).unwrap().set_len(160 * MIB).unwrap();
+    let script = "label: dos\nstart=2048, size=40MiB, type=83\nstart=86016, size=80MiB, type=5\nstart=88064, size=36MiB, type=83\n";
+    let mut child = command("sfdisk")
+        .args(["-q", d.join("mbr.raw").to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    let table = run(d, "sfdisk", &["-d", "mbr.raw"]).replace("mbr.raw", "disk");
+    ok_text(d, &["convert", "mbr.raw", "mbr.vhdx"]);
+    ok_text(d, &["resize", "mbr.vhdx", "--to-minimum"]);
+    assert_eq!(json(d, &["info", "mbr.vhdx", "--json"])["virtual_size"], 122 * MIB);
+    ok_text(d, &["convert", "mbr.vhdx", "mbr-back.raw"]);
+    assert_eq!(run(d, "sfdisk", &["-d", "mbr-back.raw"]).replace("mbr-back.raw", "disk"), table);
+
+    // ext4 on the whole disk fills it: refused, every byte kept.
+    ext4(d, "whole.raw", 32 * MIB, 4096, &[], &[]);
+    ok_text(d, &["convert", "whole.raw", "whole.vhdx"]);
+    let before = std::fs::read(d.join("whole.vhdx")).unwrap();
+    crate::common::cli::fails(d, &["resize", "whole.vhdx", "--to-minimum"], &["whole.vhdx", "ext filesystem"]);
+    assert!(std::fs::read(d.join("whole.vhdx")).unwrap() == before, "nothing changed");
+}

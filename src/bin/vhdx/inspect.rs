@@ -163,6 +163,14 @@ fn info_json(path: &Path, info: &DiskInfo, disk: &Disk, problem: Option<&ChainPr
         "creator": info.creator,
         "log_replayed": info.log_replayed,
     });
+    // What the disk holds, as the partition table says (only when the chain
+    // reads: a child alone would show its parent's part as zeros).
+    if problem.is_none() {
+        if let Ok(min) = vhdx::ops::fs::minimum_size(disk) {
+            value["minimum_size"] = json!(min.size);
+            value["minimum_size_limited_by"] = json!(min.limited_by);
+        }
+    }
     if let Some(p) = problem {
         value["parent_status"] = json!(p.status);
         value["parent_error"] = json!(p.error);
@@ -211,6 +219,11 @@ pub fn info(args: &InfoArgs) -> CliResult {
         ("creator", info.creator.clone()),
         ("log replayed", String::from(if info.log_replayed { "yes (in memory; the file is unchanged)" } else { "no" })),
     ];
+    if problem.is_none() {
+        if let Ok(min) = vhdx::ops::fs::minimum_size(&disk) {
+            rows.push(("minimum size", format!("{} (the end of {})", human_exact(min.size), min.limited_by)));
+        }
+    }
     match (&problem, disk.parent()) {
         (Some(p), _) => {
             rows.push(("parent", p.describe()));

@@ -115,8 +115,12 @@ pub struct ResizeArgs {
     /// The image (any type; a differencing disk needs its parent).
     pub file: PathBuf,
     /// The new virtual size: a multiple of the logical sector size (10G, 512M…).
-    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true)]
-    pub size: u64,
+    #[arg(long, value_parser = size::parse_size, allow_hyphen_values = true, required_unless_present = "to_minimum")]
+    pub size: Option<u64>,
+    /// Shrink to the smallest size that keeps every partition (or the
+    /// filesystem of a disk without a table), as Resize-VHD -ToMinimumSize
+    #[arg(long, conflicts_with = "size")]
+    pub to_minimum: bool,
     /// Shrink even when the removed range holds data, which is discarded.
     #[arg(long)]
     pub allow_shrink: bool,

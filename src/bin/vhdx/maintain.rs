@@ -17,11 +17,16 @@ pub fn resize(args: &ResizeArgs) -> CliResult {
         .allow_shrink(args.allow_shrink)
         .break_children(args.force)
         .search_dirs(args.search_dirs.clone());
-    let report = match vhdx::ops::resize::resize(path, args.size, &options) {
+    let result = match args.size {
+        _ if args.to_minimum => vhdx::ops::resize::resize_to_minimum(path, &options),
+        Some(size) => vhdx::ops::resize::resize(path, size, &options),
+        None => return Err(Failure(String::from("give --size or --to-minimum"))),
+    };
+    let report = match result {
         Err(e) if e.kind() == vhdx::ErrorKind::Refused && e.to_string().contains("would no longer open") => {
             return Err(Failure(format!("{e} (--force resizes anyway, breaking them)")));
         }
-        Err(e) if e.kind() == vhdx::ErrorKind::Refused => {
+        Err(e) if e.kind() == vhdx::ErrorKind::Refused && e.to_string().contains("would discard data") => {
             return Err(Failure(format!("{}; --allow-shrink discards them", e.in_file(path.display()))));
         }
         r => r.in_file(path)?,

@@ -25,6 +25,7 @@ mod fat;
 mod ntfs;
 mod partition;
 
+pub(crate) use partition::move_gpt_backup;
 pub use partition::{read_layout, Layout, Partition, TableKind};
 
 /// What a filesystem uses.
@@ -144,4 +145,82 @@ pub fn disk_usage(dev: &dyn BlockDevice) -> Result<DiskUsage> {
     };
     free.extend(unpartitioned.iter().copied());
     Ok(DiskUsage { table: layout.table, partitions, unpartitioned, free: ranges::normalize(free) })
+}
+
+/// The smallest virtual size that keeps what the disk holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MinimumSize {
+    /// In bytes, a whole number of MiB (or the disk's size).
+    pub size: u64,
+    /// What ends there: `"partition 2"`, `"the ext4 filesystem"`, or why
+    /// the disk cannot shrink.
+    pub limited_by: String,
+}
+
+/// The smallest virtual size that keeps every partition (and, for GPT,
+/// room for the backup table after the last one), or, without a table, the
+/// filesystem on the whole disk; a whole number of MiB. A disk without a
+/// table whose filesystem is not known keeps its whole size. Reads only the
+/// table and a boot sector or superblock (`Resize-VHD -ToMinimumSize`).
+pub fn minimum_size(dev: &dyn BlockDevice) -> Result<MinimumSize> {
+    let size = dev.capacity();
+    let layout = partition::read_layout(dev)?;
+    let round = |n: u64| n.next_multiple_of(1 << 20).min(size);
+    if layout.table == TableKind::None {
+        return Ok(match filesystem_size(dev, size)? {
+            Some((kind, n)) => MinimumSize { size: round(n), limited_by: alloc::format!("the {kind} filesystem") },
+            None => MinimumSize {
+                size,
+                limited_by: String::from(
+                    "no partition table and no filesystem known here: where its data ends is unknown",
+                ),
+            },
+        });
+    }
+    let last = layout.partitions.iter().max_by_key(|p| p.start + p.length);
+    let mut end = last.map_or(0, |p| p.start + p.length);
+    let mut limited_by =
+        last.map_or_else(|| String::from("the partition table"), |p| alloc::format!("partition {}", p.number));
+    if layout.table == TableKind::Gpt {
+        // The primary table lies before the partitions; the backup (its
+        // entries and a header) goes after the last one.
+        end = end.max(34 * dev.sector_size() as u64) + partition::gpt_backup_len(dev)?;
+    } else {
+        // An MBR's extended boot records may lie past every partition.
+        for &(s, l) in &layout.structures {
+            if s + l > end {
+                end = s + l;
+                limited_by = String::from("the partition table");
+            }
+        }
+    }
+    Ok(MinimumSize { size: round(end), limited_by })
+}
+
+/// The filesystem on a disk without a table, and its size in bytes.
+fn filesystem_size(dev: &dyn BlockDevice, size: u64) -> Result<Option<(&'static str, u64)>> {
+    if size < 4096 {
+        return Ok(None);
+    }
+    let mut b = alloc::vec![0u8; 2048];
+    dev.read_at(&mut b, 0)?;
+    let le = |at: usize, n: usize| b[at..at + n].iter().rev().fold(0u64, |v, &x| v << 8 | x as u64);
+    if le(1024 + 56, 2) == 0xEF53 {
+        let log = le(1024 + 24, 4);
+        let blocks = le(1024 + 4, 4) | if le(1024 + 96, 4) & 0x80 != 0 { le(1024 + 336, 4) << 32 } else { 0 };
+        if log <= 6 {
+            return Ok(Some(("ext", blocks.saturating_mul(1024 << log))));
+        }
+    }
+    if fat::is_boot_sector(&b[..512]) {
+        let total = if le(19, 2) != 0 { le(19, 2) } else { le(32, 4) };
+        return Ok(Some(("FAT", total.saturating_mul(le(11, 2)))));
+    }
+    if &b[3..11] == b"NTFS    " {
+        // The sectors of the volume, then its backup boot sector.
+        let bps = le(11, 2);
+        return Ok(Some(("NTFS", le(0x28, 8).saturating_add(1).saturating_mul(bps))));
+    }
+    Ok(None)
 }

@@ -65,7 +65,8 @@ pub struct Layout {
     pub partitions: Vec<Partition>,
     /// The table's own structures outside every partition, as byte ranges:
     /// the MBR, GPT header and entries (and their backup at the end of the
-    /// disk), each extended boot record.
+    /// disk), each extended partition (the container of the logical ones,
+    /// its boot records included).
     pub structures: Vec<(u64, u64)>,
 }
 
@@ -84,7 +85,7 @@ fn le64(b: &[u8], at: usize) -> u64 {
 }
 
 /// CRC-32 (IEEE 802.3, reflected), as GPT uses it.
-fn crc32(data: &[u8]) -> u32 {
+pub(crate) fn crc32(data: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &byte in data {
         crc ^= byte as u32;
@@ -192,6 +193,8 @@ fn read_mbr(dev: &dyn BlockDevice, entries: &[&[u8]], size: u64) -> Result<Layou
         let at = 446 + 16 * i as u64;
         if matches!(kind, 0x05 | 0x0F | 0x85) {
             let ext = checked(i as u32 + 1, lba * 512, count * 512, size, "MBR partition entry", at)?;
+            // The container itself: kept, and where a shrink must stop.
+            structures.push((ext.start, ext.length));
             read_logical(dev, &ext, size, &mut partitions, &mut structures)?;
             continue;
         }
@@ -314,6 +317,75 @@ fn read_gpt(dev: &dyn BlockDevice, size: u64, sector: u64) -> Result<Layout> {
         partitions.push(p);
     }
     Ok(Layout { table: TableKind::Gpt, partitions, structures })
+}
+
+/// The bytes the GPT's backup takes at the end of the disk: its entries and
+/// its header.
+pub(crate) fn gpt_backup_len(dev: &dyn BlockDevice) -> Result<u64> {
+    let sector = dev.sector_size() as u64;
+    let header = read(dev, sector, 512)?;
+    let array = le32(&header, 80) as u64 * le32(&header, 84) as u64;
+    Ok(array.div_ceil(sector) * sector + sector)
+}
+
+/// Moves the GPT's backup (entries and header) so that it ends at
+/// `new_size`, the disk's size after a shrink, and points the primary
+/// header (and the protective MBR) at it. The new backup is written and
+/// flushed first, in space past every partition; then the primary header,
+/// one sector, switches to it: a crash leaves the old backup named (still
+/// whole, the disk not yet shrunk) or the new one.
+pub(crate) fn move_gpt_backup(dev: &mut dyn BlockDevice, new_size: u64) -> Result<()> {
+    let sector = dev.sector_size() as u64;
+    let mut header = read(&*dev, sector, sector as usize)?;
+    let header_size = le32(&header, 12) as usize;
+    let entries_lba = le64(&header, 72);
+    let array_len = le32(&header, 80) as u64 * le32(&header, 84) as u64;
+    let array_sectors = array_len.div_ceil(sector);
+    let last_lba = new_size / sector - 1;
+    let backup_entries = last_lba - array_sectors;
+    let last_usable = backup_entries - 1;
+    if !(92..=512).contains(&header_size) || last_usable < le64(&header, 40) {
+        return Err(Error::invalid("the GPT does not fit the new size"));
+    }
+    // Nothing of a partition may lie where the backup goes, or past it.
+    let layout = read_layout(&*dev)?;
+    if let Some(p) = layout.partitions.iter().find(|p| p.start + p.length > (last_usable + 1) * sector) {
+        return Err(Error::Refused(format!(
+            "partition {} ends at byte {}, past where the GPT's backup would go at the new size of {new_size} \
+             bytes; nothing was changed",
+            p.number,
+            p.start + p.length
+        )));
+    }
+    let array = read(&*dev, entries_lba * sector, (array_sectors * sector) as usize)?;
+    let seal = |h: &mut [u8]| {
+        h[16..20].fill(0);
+        let crc = crc32(&h[..header_size]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+    };
+    let mut backup = header.clone();
+    backup[24..32].copy_from_slice(&last_lba.to_le_bytes());
+    backup[32..40].copy_from_slice(&1u64.to_le_bytes());
+    backup[48..56].copy_from_slice(&last_usable.to_le_bytes());
+    backup[72..80].copy_from_slice(&backup_entries.to_le_bytes());
+    seal(&mut backup);
+    dev.write_at(&array, backup_entries * sector)?;
+    dev.write_at(&backup, last_lba * sector)?;
+    dev.flush()?;
+    header[32..40].copy_from_slice(&last_lba.to_le_bytes());
+    header[48..56].copy_from_slice(&last_usable.to_le_bytes());
+    seal(&mut header);
+    dev.write_at(&header, sector)?;
+    dev.flush()?;
+    // The protective MBR's 0xEE entry covers LBA 1 to the last LBA.
+    let mut mbr = read(&*dev, 0, 512)?;
+    if let Some(i) = (0..4).find(|&i| mbr[446 + 16 * i + 4] == 0xEE) {
+        let count = u32::try_from(last_lba).unwrap_or(u32::MAX);
+        mbr[446 + 16 * i + 12..446 + 16 * i + 16].copy_from_slice(&count.to_le_bytes());
+        dev.write_at(&mbr, 0)?;
+        dev.flush()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
