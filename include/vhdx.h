@@ -357,7 +357,8 @@ typedef struct VhdxFsCompactReport {
      */
     uint64_t block_size;
     /**
-     * Stored blocks wholly in free space: released, or with `dry_run`
+     * Stored blocks in free space (wholly, or partly with the rest reading
+     * as zeros): released, or with `dry_run`
      * what would be.
      */
     uint64_t blocks_in_free_space;

@@ -171,7 +171,8 @@ pub struct VhdxFsCompactReport {
     pub free_bytes: u64,
     /// The image's block size.
     pub block_size: u64,
-    /// Stored blocks wholly in free space: released, or with `dry_run`
+    /// Stored blocks in free space (wholly, or partly with the rest reading
+    /// as zeros): released, or with `dry_run`
     /// what would be.
     pub blocks_in_free_space: u64,
     /// The file's size before (0 with `dry_run`).
@@ -233,7 +234,7 @@ pub unsafe extern "C" fn vhdx_compact_filesystems(
         let mut guard = d.write()?;
         let disk = guard.vhdx_mut(F)?;
         let usage = crate::ops::fs::disk_usage(&*disk).map_err(|e| d.fail(e))?;
-        let blocks_in_free_space = disk.blocks_in(&usage.free);
+        let blocks_in_free_space = disk.blocks_in(&usage.free).map_err(|e| d.fail(e))?;
         let done = if dry_run {
             crate::CompactReport::default()
         } else {

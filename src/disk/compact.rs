@@ -278,8 +278,11 @@ impl Disk {
     /// virtual disk that nothing reads: the guest filesystems' free space,
     /// [`crate::ops::fs`]), whatever it holds. Such a block becomes
     /// NOT_PRESENT: it reads as zeros in a dynamic disk and as the parent
-    /// in a differencing one. Blocks only partly in `free` stay. The
-    /// release is committed through the log like every other.
+    /// in a differencing one. A block only partly in `free` is released
+    /// only when the rest of it reads as zeros (an inode table not yet
+    /// initialised, say), and then reads as zeros throughout (ZERO in a
+    /// differencing disk); otherwise it stays as it is. The release is
+    /// committed through the log like every other.
     pub fn compact_free_with_progress(
         &mut self,
         free: &[(u64, u64)],
@@ -349,31 +352,85 @@ impl Disk {
         (block < g.payload_blocks).then(|| (start, (start + bs).min(self.image.params.virtual_size) - start))
     }
 
-    /// How many stored payload blocks lie wholly in `free` (what
-    /// [`Disk::compact_free_with_progress`] would release for it).
-    pub fn blocks_in(&self, free: &[(u64, u64)]) -> u64 {
+    /// How many stored payload blocks [`Disk::compact_free_with_progress`]
+    /// would release for `free`: those wholly in it, and those partly in it
+    /// whose other bytes read as zeros.
+    pub fn blocks_in(&self, free: &[(u64, u64)]) -> Result<u64> {
         let g = self.image.table.geometry();
-        (0..g.entry_count as usize)
-            .filter(|&i| {
-                !g.is_sector_bitmap_index(i)
-                    && self.image.table.entry(i).payload_state().is_some_and(|s| s.has_data())
-                    && self.block_range(i).is_some_and(|(s, l)| covered(free, s, l))
-            })
-            .count() as u64
+        let mut n = 0;
+        for i in 0..g.entry_count as usize {
+            if !g.is_sector_bitmap_index(i)
+                && self.image.table.entry(i).payload_state().is_some_and(|s| s.has_data())
+                && self.free_release(i, free)?.is_some()
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Releases the block at BAT index `index` when it lies wholly in
-    /// `free`; returns whether it did.
+    /// `free` (it becomes NOT_PRESENT), or when it lies partly in `free`
+    /// and every byte of it outside `free` reads as zeros (it becomes
+    /// NOT_PRESENT in a dynamic disk, ZERO in a differencing one: those
+    /// bytes go on reading as zeros); returns whether it did.
     fn release_if_free(&mut self, index: usize, free: &[(u64, u64)]) -> Result<bool> {
-        let Some((start, len)) = self.block_range(index) else { return Ok(false) };
-        if !covered(free, start, len) {
-            return Ok(false);
-        }
+        let Some(state) = self.free_release(index, free)? else { return Ok(false) };
+        let start = self.block_range(index).expect("a block in the disk").0;
         if self.image.table.entry(index).payload_state() == Some(PayloadState::PartiallyPresent) {
             self.image.clear_block_bitmap(start / self.image.params.block_size as u64)?;
         }
-        self.image.set_bat_entry(index, BatEntry::payload(PayloadState::NotPresent, 0));
+        self.image.set_bat_entry(index, BatEntry::payload(state, 0));
         Ok(true)
+    }
+
+    /// The state the stored payload block at BAT index `index` takes when
+    /// released for `free` (see [`Disk::release_if_free`]), or `None`.
+    fn free_release(&self, index: usize, free: &[(u64, u64)]) -> Result<Option<PayloadState>> {
+        let Some((start, len)) = self.block_range(index) else { return Ok(None) };
+        let state = if covered(free, start, len) {
+            PayloadState::NotPresent
+        } else {
+            // The parts of the block the filesystems use.
+            let lo = free.partition_point(|&(s, l)| s + l <= start);
+            let inside: Vec<(u64, u64)> = free[lo..]
+                .iter()
+                .take_while(|&&(s, _)| s < start + len)
+                .map(|&(s, l)| (s.max(start), (s + l).min(start + len) - s.max(start)))
+                .collect();
+            if inside.is_empty() {
+                return Ok(None);
+            }
+            let mut used = Vec::new();
+            let mut at = start;
+            for &(s, l) in &inside {
+                if s > at {
+                    used.push((at, s - at));
+                }
+                at = s + l;
+            }
+            if at < start + len {
+                used.push((at, start + len - at));
+            }
+            let mut buf = alloc::vec![0u8; COPY_CHUNK as usize];
+            for (s, l) in used {
+                let mut pos = s;
+                while pos < s + l {
+                    let n = (s + l - pos).min(buf.len() as u64) as usize;
+                    crate::BlockDevice::read_at(self, &mut buf[..n], pos)?;
+                    if buf[..n].iter().any(|&b| b != 0) {
+                        return Ok(None);
+                    }
+                    pos += n as u64;
+                }
+            }
+            if self.image.params.has_parent {
+                PayloadState::Zero
+            } else {
+                PayloadState::NotPresent
+            }
+        };
+        Ok(Some(state))
     }
 
     /// Releases the block at BAT index `index` when it stores nothing the

@@ -64,7 +64,8 @@ pub struct FilesystemCompactReport {
     pub usage: Option<crate::ops::fs::DiskUsage>,
     /// The image's block size.
     pub block_size: u64,
-    /// Stored blocks wholly in free space: released, or with `dry_run`
+    /// Stored blocks in free space (wholly, or partly with the rest reading
+    /// as zeros): released, or with `dry_run`
     /// what would be.
     pub blocks_in_free_space: u64,
     /// The compaction (`None` with `dry_run`).
@@ -98,7 +99,7 @@ pub fn compact_with(
     };
     let free: &[(u64, u64)] = usage.as_ref().map_or(&[], |u| &u.free);
     let block_size = disk.block_size() as u64;
-    let blocks_in_free_space = disk.blocks_in(free);
+    let blocks_in_free_space = disk.blocks_in(free).map_err(in_file)?;
     let compact = if options.dry_run {
         None
     } else {

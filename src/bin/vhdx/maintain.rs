@@ -146,7 +146,7 @@ pub fn compact(args: &CompactArgs) -> CliResult {
     }
     if args.dry_run {
         outln!(
-            "{} stored block(s) lie wholly in free space: {} would be given back, and any all-zero blocks (nothing \
+            "{} stored block(s) lie in free space (or hold nothing else): {} would be given back, and any all-zero blocks (nothing \
              was changed).",
             r.blocks_in_free_space,
             human(r.blocks_in_free_space * bs)
