@@ -356,17 +356,22 @@ impl Disk {
     /// would release for `free`: those wholly in it, and those partly in it
     /// whose other bytes read as zeros.
     pub fn blocks_in(&self, free: &[(u64, u64)]) -> Result<u64> {
+        Ok(self.releasable_blocks(free)?.len() as u64)
+    }
+
+    /// The virtual offsets of the blocks [`Disk::blocks_in`] counts.
+    pub(crate) fn releasable_blocks(&self, free: &[(u64, u64)]) -> Result<Vec<u64>> {
         let g = self.image.table.geometry();
-        let mut n = 0;
+        let mut out = Vec::new();
         for i in 0..g.entry_count as usize {
             if !g.is_sector_bitmap_index(i)
                 && self.image.table.entry(i).payload_state().is_some_and(|s| s.has_data())
                 && self.free_release(i, free)?.is_some()
             {
-                n += 1;
+                out.push(self.block_range(i).expect("released blocks lie in the disk").0);
             }
         }
-        Ok(n)
+        Ok(out)
     }
 
     /// Releases the block at BAT index `index` when it lies wholly in

@@ -68,6 +68,9 @@ pub struct FilesystemCompactReport {
     /// as zeros): released, or with `dry_run`
     /// what would be.
     pub blocks_in_free_space: u64,
+    /// Of those, per partition of `usage` (in its order): the blocks that
+    /// start in it.
+    pub blocks_per_partition: std::vec::Vec<u64>,
     /// The compaction (`None` with `dry_run`).
     pub compact: Option<CompactReport>,
 }
@@ -99,7 +102,17 @@ pub fn compact_with(
     };
     let free: &[(u64, u64)] = usage.as_ref().map_or(&[], |u| &u.free);
     let block_size = disk.block_size() as u64;
-    let blocks_in_free_space = disk.blocks_in(free).map_err(in_file)?;
+    // Each releasable block, by its start: the partition it starts in has it.
+    let starts = disk.releasable_blocks(free).map_err(in_file)?;
+    let blocks_in_free_space = starts.len() as u64;
+    let blocks_per_partition: std::vec::Vec<u64> = usage
+        .iter()
+        .flat_map(|u| u.partitions.iter())
+        .map(|p| {
+            let (start, end) = (p.partition.start, p.partition.start + p.partition.length);
+            starts.iter().filter(|&&b| start <= b && b < end).count() as u64
+        })
+        .collect();
     let compact = if options.dry_run {
         None
     } else {
@@ -107,5 +120,5 @@ pub fn compact_with(
         disk.close().map_err(in_file)?;
         Some(r)
     };
-    Ok(FilesystemCompactReport { usage, block_size, blocks_in_free_space, compact })
+    Ok(FilesystemCompactReport { usage, block_size, blocks_in_free_space, blocks_per_partition, compact })
 }

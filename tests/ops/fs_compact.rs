@@ -202,6 +202,17 @@ fn compact_reads_a_gpt_disk_and_leaves_an_unknown_partition_as_it_was() {
     assert_eq!((parts[0]["start"].as_u64(), parts[0]["filesystem"].as_str()), (Some(MIB), Some("ext4")));
     assert!(parts[1]["skipped"].as_str().unwrap().contains("no filesystem known"), "{r}");
     assert!(r["unpartitioned_free"].as_u64().unwrap() >= 20 * MIB, "{r}");
+    // Per partition: the deleted file's blocks in partition 1, none in the
+    // unknown partition 2, the 20 MiB outside both.
+    assert!(parts[0]["blocks_released"].as_u64().unwrap() >= 27, "{r}");
+    assert_eq!(parts[1]["blocks_released"], 0, "{r}");
+    assert_eq!(parts[0]["bytes_given_back"].as_u64().unwrap(), parts[0]["blocks_released"].as_u64().unwrap() * MIB);
+    assert_eq!(r["unpartitioned_blocks_released"], 20, "{r}");
+    assert_eq!(
+        parts[0]["blocks_released"].as_u64().unwrap() + 20,
+        r["blocks_in_free_space"].as_u64().unwrap(),
+        "the partitions' and the unpartitioned blocks add up: {r}"
+    );
     let freed = r["file_size_before"].as_u64().unwrap() - r["file_size_after"].as_u64().unwrap();
     assert!(freed * 10 >= (30 - 2 + 20) * MIB * 9, "gave back {freed} bytes of 30 MiB deleted and 20 MiB outside");
     ok_text(d, &["convert", "gpt.vhdx", "back.raw"]);

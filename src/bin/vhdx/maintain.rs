@@ -83,12 +83,15 @@ pub fn compact(args: &CompactArgs) -> CliResult {
         .usage
         .iter()
         .flat_map(|u| u.partitions.iter())
-        .map(|p| {
+        .zip(&r.blocks_per_partition)
+        .map(|(p, &blocks)| {
             let mut v = json!({
                 "number": p.partition.number,
                 "start": p.partition.start,
                 "length": p.partition.length,
                 "type": p.partition.type_id,
+                "blocks_released": blocks,
+                "bytes_given_back": blocks * bs,
             });
             match &p.probe {
                 Probe::Known(fs) => {
@@ -115,6 +118,7 @@ pub fn compact(args: &CompactArgs) -> CliResult {
             "table": r.usage.as_ref().map(|u| u.table.as_str()),
             "partitions": partitions,
             "unpartitioned_free": r.usage.as_ref().map(|u| u.unpartitioned.iter().map(|&(_, l)| l).sum::<u64>()),
+            "unpartitioned_blocks_released": r.blocks_in_free_space - r.blocks_per_partition.iter().sum::<u64>(),
             "block_size": bs,
             "blocks_in_free_space": r.blocks_in_free_space,
             "bytes_in_free_space": r.blocks_in_free_space * bs,
@@ -128,7 +132,8 @@ pub fn compact(args: &CompactArgs) -> CliResult {
         }));
     }
     if let Some(u) = &r.usage {
-        for p in &u.partitions {
+        let verb = if args.dry_run { "to give back" } else { "given back" };
+        for (p, &blocks) in u.partitions.iter().zip(&r.blocks_per_partition) {
             let name = match p.partition.number {
                 0 => String::from("The disk (no partition table)"),
                 n => format!("Partition {n} ({})", human(p.partition.length)),
@@ -136,7 +141,13 @@ pub fn compact(args: &CompactArgs) -> CliResult {
             match &p.probe {
                 Probe::Known(fs) => {
                     let free: u64 = fs.free.iter().map(|&(_, l)| l).sum();
-                    outln!("{name}: {}, {} used, {} free", fs.kind, human(fs.used), human(free))?
+                    outln!(
+                        "{name}: {}, {} used, {} free; {blocks} block(s), {} {verb}",
+                        fs.kind,
+                        human(fs.used),
+                        human(free),
+                        human(blocks * bs)
+                    )?
                 }
                 Probe::Skipped { kind: Some(k), reason } => outln!("{name}: {k}, left alone: {reason}")?,
                 Probe::Skipped { kind: None, reason } => outln!("{name}: left alone: {reason}")?,
