@@ -152,6 +152,11 @@
 #define VHDX_TABLE_GPT 2
 
 /**
+ * A partition table that cannot be trusted: nothing counts as free.
+ */
+#define VHDX_TABLE_DAMAGED 3
+
+/**
  * The format of an image for vhdx_convert: for the source, raw for a
  * `.raw` or `.img` name and otherwise VHDX or VHD by content; for the
  * output, from the name (`.raw`/`.img` raw, `.vhd` VHD, anything else
@@ -332,7 +337,7 @@ typedef struct VhdxFsCompactReport {
      */
     uint32_t struct_size;
     /**
-     * VHDX_TABLE_NONE, VHDX_TABLE_MBR or VHDX_TABLE_GPT.
+     * VHDX_TABLE_NONE, VHDX_TABLE_MBR, VHDX_TABLE_GPT or VHDX_TABLE_DAMAGED.
      */
     int32_t table;
     /**
@@ -1307,9 +1312,9 @@ int32_t vhdx_compact(struct VhdxDisk *disk, struct VhdxCompactReport *report);
  *
  * Returns VHDX_OK, VHDX_ERR_INVALID_ARGUMENT (a NULL `disk`, a report too
  * small, a fixed disk), VHDX_ERR_READ_ONLY (not `dry_run` on a read-only
- * handle), VHDX_ERR_CORRUPT for a damaged partition table (nothing is
- * released on its strength), VHDX_ERR_UNSUPPORTED for a VHD, or the
- * storage's error.
+ * handle), VHDX_ERR_UNSUPPORTED for a VHD, or the storage's error. A
+ * partition table that cannot be trusted is not an error: the report says
+ * VHDX_TABLE_DAMAGED, nothing counts as free, and only blocks of zeros go.
  *
  * Ownership: `report` and `details` are the caller's.
  * Thread safety: takes the handle's lock exclusively.

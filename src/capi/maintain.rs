@@ -150,6 +150,8 @@ pub const VHDX_TABLE_NONE: i32 = 0;
 pub const VHDX_TABLE_MBR: i32 = 1;
 /// A GUID partition table.
 pub const VHDX_TABLE_GPT: i32 = 2;
+/// A partition table that cannot be trusted: nothing counts as free.
+pub const VHDX_TABLE_DAMAGED: i32 = 3;
 
 /// What vhdx_compact_filesystems found and did. Set `struct_size` before
 /// the call: `VhdxFsCompactReport r = { .struct_size = sizeof r };`.
@@ -158,7 +160,7 @@ pub const VHDX_TABLE_GPT: i32 = 2;
 pub struct VhdxFsCompactReport {
     /// sizeof(VhdxFsCompactReport), set by the caller; left as it is.
     pub struct_size: u32,
-    /// VHDX_TABLE_NONE, VHDX_TABLE_MBR or VHDX_TABLE_GPT.
+    /// VHDX_TABLE_NONE, VHDX_TABLE_MBR, VHDX_TABLE_GPT or VHDX_TABLE_DAMAGED.
     pub table: i32,
     /// Partitions found (1, the whole disk, without a table).
     pub partitions: u32,
@@ -206,9 +208,9 @@ unsafe impl SizedStruct for VhdxFsCompactReport {
 ///
 /// Returns VHDX_OK, VHDX_ERR_INVALID_ARGUMENT (a NULL `disk`, a report too
 /// small, a fixed disk), VHDX_ERR_READ_ONLY (not `dry_run` on a read-only
-/// handle), VHDX_ERR_CORRUPT for a damaged partition table (nothing is
-/// released on its strength), VHDX_ERR_UNSUPPORTED for a VHD, or the
-/// storage's error.
+/// handle), VHDX_ERR_UNSUPPORTED for a VHD, or the storage's error. A
+/// partition table that cannot be trusted is not an error: the report says
+/// VHDX_TABLE_DAMAGED, nothing counts as free, and only blocks of zeros go.
 ///
 /// Ownership: `report` and `details` are the caller's.
 /// Thread safety: takes the handle's lock exclusively.
@@ -271,6 +273,7 @@ pub unsafe extern "C" fn vhdx_compact_filesystems(
                 table: match usage.table {
                     crate::ops::fs::TableKind::Mbr => VHDX_TABLE_MBR,
                     crate::ops::fs::TableKind::Gpt => VHDX_TABLE_GPT,
+                    crate::ops::fs::TableKind::Damaged => VHDX_TABLE_DAMAGED,
                     _ => VHDX_TABLE_NONE,
                 },
                 partitions: usage.partitions.len() as u32,

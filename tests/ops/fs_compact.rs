@@ -195,6 +195,18 @@ fn compact_reads_a_gpt_disk_and_leaves_an_unknown_partition_as_it_was() {
     // Data in the gap after partition 2, outside every partition.
     splice(&disk, 100 * MIB, &pattern(8, 20 << 20));
     ok_text(d, &["convert", "gpt.raw", "gpt.vhdx", "--block-size", "1M"]);
+    // A copy whose GPT header fails its checksum: reported, nothing free,
+    // every byte kept (only all-zero blocks would go; there are none).
+    let mut damaged = std::fs::read(&disk).unwrap();
+    damaged[512 + 16] ^= 0xFF;
+    std::fs::write(d.join("damaged.raw"), &damaged).unwrap();
+    ok_text(d, &["convert", "damaged.raw", "damaged.vhdx", "--block-size", "1M"]);
+    let r = json(d, &["compact", "damaged.vhdx", "--json"]);
+    assert_eq!(r["table"], "damaged", "{r}");
+    assert!(r["partitions"][0]["skipped"].as_str().unwrap().contains("CRC-32"), "{r}");
+    assert_eq!(r["blocks_freed"], 0, "{r}");
+    ok_text(d, &["convert", "damaged.vhdx", "damaged-back.raw"]);
+    assert!(std::fs::read(d.join("damaged-back.raw")).unwrap() == damaged, "every byte kept");
     let r = json(d, &["compact", "gpt.vhdx", "--json"]);
     assert_eq!(r["table"], "gpt", "{r}");
     let parts = r["partitions"].as_array().unwrap();

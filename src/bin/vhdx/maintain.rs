@@ -135,6 +135,7 @@ pub fn compact(args: &CompactArgs) -> CliResult {
         let verb = if args.dry_run { "to give back" } else { "given back" };
         for (p, &blocks) in u.partitions.iter().zip(&r.blocks_per_partition) {
             let name = match p.partition.number {
+                0 if u.table == vhdx::ops::fs::TableKind::Damaged => String::from("The disk"),
                 0 => String::from("The disk (no partition table)"),
                 n => format!("Partition {n} ({})", human(p.partition.length)),
             };

@@ -117,9 +117,32 @@ fn is_ntfs(dev: &dyn BlockDevice, start: u64, len: u64) -> Result<bool> {
 }
 
 /// Reads the partition table of `dev` and every partition's filesystem.
+///
+/// A partition table that cannot be trusted is reported
+/// ([`TableKind::Damaged`], the whole disk one partition left alone with
+/// the table's error as the reason) and nothing counts as free; only an
+/// I/O error fails.
 pub fn disk_usage(dev: &dyn BlockDevice) -> Result<DiskUsage> {
-    let layout = partition::read_layout(dev)?;
     let size = dev.capacity();
+    let layout = match partition::read_layout(dev) {
+        Ok(l) => l,
+        Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
+            let whole = Partition { number: 0, start: 0, length: size, type_id: String::new() };
+            return Ok(DiskUsage {
+                table: TableKind::Damaged,
+                partitions: alloc::vec![PartitionUsage {
+                    partition: whole,
+                    probe: Probe::Skipped {
+                        kind: None,
+                        reason: alloc::format!("the partition table cannot be trusted: {e}"),
+                    },
+                }],
+                unpartitioned: Vec::new(),
+                free: Vec::new(),
+            });
+        }
+        Err(e) => return Err(e),
+    };
     let mut partitions = Vec::new();
     let mut free: Ranges = Vec::new();
     for p in layout.partitions {

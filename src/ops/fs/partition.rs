@@ -27,15 +27,19 @@ pub enum TableKind {
     Mbr,
     /// No table: the disk is one filesystem, or nothing known.
     None,
+    /// A table that cannot be trusted (a checksum, an entry out of bounds,
+    /// overlapping partitions): nothing on the disk counts as free.
+    Damaged,
 }
 
 impl TableKind {
-    /// `"gpt"`, `"mbr"` or `"none"`.
+    /// `"gpt"`, `"mbr"`, `"none"` or `"damaged"`.
     pub fn as_str(self) -> &'static str {
         match self {
             TableKind::Gpt => "gpt",
             TableKind::Mbr => "mbr",
             TableKind::None => "none",
+            TableKind::Damaged => "damaged",
         }
     }
 }
