@@ -1305,6 +1305,10 @@ int32_t vhdx_compact(struct VhdxDisk *disk, struct VhdxCompactReport *report);
  * cleanly unmounted, or waiting for journal recovery keeps all its blocks.
  * With `dry_run` nothing changes (the handle may be read-only) and the
  * report says what would be released. Crash-safe as vhdx_compact.
+ * Releasing free space changes what the disk presents there, so it takes
+ * a new DataWriteGuid: differencing disks made from it no longer open over
+ * it (compact them, or merge them into it, first; `vhdx compact` looks for
+ * them and keeps the free space when it finds any).
  *
  * When `details` is not NULL it receives one line per partition
  * ("partition N: ext4, used U, free F" or "partition N: left alone:

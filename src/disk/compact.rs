@@ -282,7 +282,11 @@ impl Disk {
     /// only when the rest of it reads as zeros (an inode table not yet
     /// initialised, say), and then reads as zeros throughout (ZERO in a
     /// differencing disk); otherwise it stays as it is. The release is
-    /// committed through the log like every other.
+    /// committed through the log like every other. Releasing such a block
+    /// changes what the disk presents in free space, so the disk takes a
+    /// new DataWriteGuid: differencing disks made from it no longer open
+    /// over it ([`crate::ops::compact::compact_with`] looks for them first
+    /// and keeps the free space when it finds any).
     pub fn compact_free_with_progress(
         &mut self,
         free: &[(u64, u64)],
@@ -381,6 +385,11 @@ impl Disk {
     /// bytes go on reading as zeros); returns whether it did.
     fn release_if_free(&mut self, index: usize, free: &[(u64, u64)]) -> Result<bool> {
         let Some(state) = self.free_release(index, free)? else { return Ok(false) };
+        // What the disk presents in free space changes (what deleted files
+        // left there reads as zeros, or as the parent): a change a reader
+        // can see, so the disk takes a new DataWriteGuid first, and children
+        // made from it no longer take it for their parent.
+        self.image.begin_data_change()?;
         let start = self.block_range(index).expect("a block in the disk").0;
         if self.image.table.entry(index).payload_state() == Some(PayloadState::PartiallyPresent) {
             self.image.clear_block_bitmap(start / self.image.params.block_size as u64)?;

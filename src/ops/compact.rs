@@ -71,6 +71,11 @@ pub struct FilesystemCompactReport {
     /// Of those, per partition of `usage` (in its order): the blocks that
     /// start in it.
     pub blocks_per_partition: std::vec::Vec<u64>,
+    /// Differencing disks made from this one, found in its directory: with
+    /// any, the filesystems' free space is kept (releasing it would change
+    /// what they read, and give this disk a new DataWriteGuid, which they
+    /// would refuse), and only all-zero blocks go.
+    pub children: std::vec::Vec<std::path::PathBuf>,
     /// The compaction (`None` with `dry_run`).
     pub compact: Option<CompactReport>,
 }
@@ -80,8 +85,11 @@ pub struct FilesystemCompactReport {
 /// block that lies wholly in their free space, or outside every partition,
 /// is released whatever it holds (a filesystem not known, or not clean,
 /// keeps all its blocks). Read through the disk's chain, changed through
-/// the log: crash-safe as every compaction. With `dry_run` the image is
-/// opened read-only and nothing changes.
+/// the log: crash-safe as every compaction. Releasing free space changes
+/// what the disk presents there, so it takes a new DataWriteGuid; when
+/// differencing disks made from it are found in its directory, the free
+/// space is kept instead ([`FilesystemCompactReport::children`]). With
+/// `dry_run` the image is opened read-only and nothing changes.
 ///
 /// ```no_run
 /// use vhdx::ops::compact::{compact_with, CompactOptions};
@@ -100,7 +108,18 @@ pub fn compact_with(
         FilesystemMode::Auto => Some(crate::ops::fs::disk_usage(&disk).map_err(in_file)?),
         FilesystemMode::None => None,
     };
-    let free: &[(u64, u64)] = usage.as_ref().map_or(&[], |u| &u.free);
+    // Children read this disk's free space through it, and releasing it
+    // gives the disk a new DataWriteGuid: with children, it is kept.
+    let children = match usage {
+        Some(_) => {
+            crate::ops::merge::children_of(path, disk.data_write_guid(), &[crate::ops::merge::directory_of(path)], &[])
+        }
+        None => std::vec::Vec::new(),
+    };
+    let free: &[(u64, u64)] = match &usage {
+        Some(u) if children.is_empty() => &u.free,
+        _ => &[],
+    };
     let block_size = disk.block_size() as u64;
     // Each releasable block, by its start: the partition it starts in has it.
     let starts = disk.releasable_blocks(free).map_err(in_file)?;
@@ -120,5 +139,5 @@ pub fn compact_with(
         disk.close().map_err(in_file)?;
         Some(r)
     };
-    Ok(FilesystemCompactReport { usage, block_size, blocks_in_free_space, blocks_per_partition, compact })
+    Ok(FilesystemCompactReport { usage, block_size, blocks_in_free_space, blocks_per_partition, children, compact })
 }

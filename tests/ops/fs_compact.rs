@@ -309,6 +309,12 @@ fn compact_releases_free_space_a_differencing_child_holds_and_respects_needs_rec
     }
     run(d, "debugfs", &["-w", "-R", "rm tmp.bin", "next.raw"]);
     ok_text(d, &["write", "child.vhdx", "--offset", "0", "--input", "next.raw"]);
+    // The base has a child: its free space is kept (the child reads it),
+    // and the child still opens over it.
+    let r = json(d, &["compact", "base.vhdx", "--json"]);
+    assert_eq!(r["children"].as_array().map(|c| c.len()), Some(1), "{r}");
+    assert_eq!(r["blocks_freed"], 0, "{r}");
+    assert_eq!(json(d, &["info", "child.vhdx", "--json"])["chain"].as_array().map(|c| c.len()), Some(2));
     let r = json(d, &["compact", "child.vhdx", "--json"]);
     assert!(r["blocks_freed"].as_u64().unwrap() >= 90, "most of the child's 128 blocks lie in free space: {r}");
     let freed = r["file_size_before"].as_u64().unwrap() - r["file_size_after"].as_u64().unwrap();

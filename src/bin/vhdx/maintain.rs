@@ -119,6 +119,7 @@ pub fn compact(args: &CompactArgs) -> CliResult {
             "partitions": partitions,
             "unpartitioned_free": r.usage.as_ref().map(|u| u.unpartitioned.iter().map(|&(_, l)| l).sum::<u64>()),
             "unpartitioned_blocks_released": r.blocks_in_free_space - r.blocks_per_partition.iter().sum::<u64>(),
+            "children": r.children.iter().map(|c| c.display().to_string()).collect::<Vec<_>>(),
             "block_size": bs,
             "blocks_in_free_space": r.blocks_in_free_space,
             "bytes_in_free_space": r.blocks_in_free_space * bs,
@@ -155,6 +156,14 @@ pub fn compact(args: &CompactArgs) -> CliResult {
                 _ => {}
             }
         }
+    }
+    if !r.children.is_empty() {
+        let names: Vec<String> = r.children.iter().map(|c| c.display().to_string()).collect();
+        outln!(
+            "Free space kept: differencing disks are made from this one ({}), and would read other bytes there \
+             and refuse its new DataWriteGuid; compact them, or merge them into it, first.",
+            names.join(", ")
+        )?;
     }
     if args.dry_run {
         outln!(
