@@ -35,8 +35,8 @@ pub fn compact_with_progress(path: &Path, progress: &mut dyn FnMut(u64, u64)) ->
 #[non_exhaustive]
 pub enum FilesystemMode {
     /// Read the partition table and every filesystem known
-    /// ([`crate::ops::fs`]), and release the blocks wholly in their free
-    /// space and outside every partition.
+    /// ([`crate::ops::fs`]), and release the blocks in their free space and
+    /// outside every partition (see [`crate::Disk::compact_free_with_progress`]).
     #[default]
     Auto,
     /// Release only blocks that hold zeros.
@@ -65,8 +65,7 @@ pub struct FilesystemCompactReport {
     /// The image's block size.
     pub block_size: u64,
     /// Stored blocks in free space (wholly, or partly with the rest reading
-    /// as zeros): released, or with `dry_run`
-    /// what would be.
+    /// as zeros): released, or with `dry_run` what would be.
     pub blocks_in_free_space: u64,
     /// Of those, per partition of `usage` (in its order): the blocks that
     /// start in it.
@@ -83,8 +82,9 @@ pub struct FilesystemCompactReport {
 /// Compacts the image at `path` as [`compact`] does, and first reads the
 /// guest's filesystems (unless [`FilesystemMode::None`]): every stored
 /// block that lies wholly in their free space, or outside every partition,
-/// is released whatever it holds (a filesystem not known, or not clean,
-/// keeps all its blocks). Read through the disk's chain, changed through
+/// is released whatever it holds, and so is one partly there whose other
+/// bytes read as zeros (a filesystem not known, or not clean, keeps all
+/// its blocks). Read through the disk's chain, changed through
 /// the log: crash-safe as every compaction. Releasing free space changes
 /// what the disk presents there, so it takes a new DataWriteGuid; when
 /// differencing disks made from it are found in its directory, the free
