@@ -122,10 +122,11 @@ fn resize_open(
         }
     }
     // A GPT's backup table moves to the new end (sgdisk -e does the same),
-    // or the shrink is refused when that end would cut a partition.
-    if new_size < old_size
-        && crate::ops::fs::read_layout(&disk).map_err(in_file)?.table == crate::ops::fs::TableKind::Gpt
-    {
+    // or the shrink is refused when that end would cut a partition. A table
+    // that cannot be read is left as it is: the disk may hold anything.
+    let gpt = new_size < old_size
+        && crate::ops::fs::read_layout(&disk).is_ok_and(|l| l.table == crate::ops::fs::TableKind::Gpt);
+    if gpt {
         crate::ops::fs::move_gpt_backup(&mut disk, new_size).map_err(in_file)?;
     }
     disk.resize(new_size, options.allow_shrink).map_err(in_file)?;

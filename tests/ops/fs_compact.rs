@@ -461,6 +461,17 @@ fn resize_to_minimum_keeps_every_partition_and_moves_the_gpt_backup() {
     ok_text(d, &["convert", "gpt.raw", "gpt.vhdx"]);
     let info = json(d, &["info", "gpt.vhdx", "--json"]);
     assert_eq!(info["minimum_size"], 66 * MIB, "65 MiB and the 33-sector backup, rounded to a MiB: {info}");
+    // A shrink that would cut the partition: refused, even --allow-shrink
+    // (the GPT's backup would land in it), nothing changed; and a size the
+    // table cannot fit in at all.
+    let before = std::fs::read(d.join("gpt.vhdx")).unwrap();
+    crate::common::cli::fails(
+        d,
+        &["resize", "gpt.vhdx", "--size", "40M", "--allow-shrink"],
+        &["gpt.vhdx", "partition 1"],
+    );
+    crate::common::cli::fails(d, &["resize", "gpt.vhdx", "--size", "4096", "--allow-shrink"], &["gpt.vhdx", "GPT"]);
+    assert!(std::fs::read(d.join("gpt.vhdx")).unwrap() == before, "nothing changed");
     assert_eq!(info["minimum_size_limited_by"], "partition 1");
     let out = ok_text(d, &["resize", "gpt.vhdx", "--to-minimum"]);
     assert!(out.contains("66 MiB"), "{out}");

@@ -345,12 +345,12 @@ pub(crate) fn move_gpt_backup(dev: &mut dyn BlockDevice, new_size: u64) -> Resul
     let entries_lba = le64(&header, 72);
     let array_len = le32(&header, 80) as u64 * le32(&header, 84) as u64;
     let array_sectors = array_len.div_ceil(sector);
-    let last_lba = new_size / sector - 1;
-    let backup_entries = last_lba - array_sectors;
-    let last_usable = backup_entries - 1;
-    if !(92..=512).contains(&header_size) || last_usable < le64(&header, 40) {
-        return Err(Error::invalid("the GPT does not fit the new size"));
-    }
+    let last_usable = (new_size / sector).checked_sub(array_sectors + 2).filter(|&l| l >= le64(&header, 40));
+    let Some(last_usable) = last_usable.filter(|_| (92..=512).contains(&header_size)) else {
+        return Err(Error::invalid(format!("the GPT does not fit in {new_size} bytes")));
+    };
+    let backup_entries = last_usable + 1;
+    let last_lba = backup_entries + array_sectors;
     // Nothing of a partition may lie where the backup goes, or past it.
     let layout = read_layout(&*dev)?;
     if let Some(p) = layout.partitions.iter().find(|p| p.start + p.length > (last_usable + 1) * sector) {
