@@ -22,7 +22,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::{FsUsage, Probe};
+use super::{FreeRuns, FsUsage, Probe};
 use crate::error::Result;
 use crate::ops::ranges::{self, Ranges};
 use crate::BlockDevice;
@@ -227,8 +227,7 @@ pub(crate) fn examine(dev: &dyn BlockDevice, start: u64, len: u64) -> Result<Pro
         let g = g as u64;
         let first = first_data + g * per_group;
         let count = per_group.min(blocks - first);
-        let mut group_free: Ranges = Vec::new();
-        if uninit_valid && d.flags & BG_BLOCK_UNINIT != 0 {
+        let group_free: Ranges = if uninit_valid && d.flags & BG_BLOCK_UNINIT != 0 {
             let mut used: Ranges = Vec::new();
             if has_backup(g, ro_compat, compat, backup_bgs) {
                 used.push((first, backup_blocks.min(count)));
@@ -238,25 +237,15 @@ pub(crate) fn examine(dev: &dyn BlockDevice, start: u64, len: u64) -> Result<Pro
                 let (a, b) = (s.max(first), (s + l).min(first + count));
                 used.push((a, b - a));
             }
-            group_free = ranges::difference(&[(first, count)], &ranges::normalize(used));
+            ranges::difference(&[(first, count)], &ranges::normalize(used))
         } else {
             dev.read_at(&mut block, start + d.block_bitmap * bs)?;
-            let mut run: Option<u64> = None;
+            let mut runs = FreeRuns::default();
             for i in 0..count {
-                let used = block[(i / 8) as usize] >> (i % 8) & 1 == 1;
-                match (used, run) {
-                    (false, None) => run = Some(i),
-                    (true, Some(r)) => {
-                        group_free.push((first + r, i - r));
-                        run = None;
-                    }
-                    _ => {}
-                }
+                runs.mark(first + i, block[(i / 8) as usize] >> (i % 8) & 1 == 0);
             }
-            if let Some(r) = run {
-                group_free.push((first + r, count - r));
-            }
-        }
+            runs.finish(first + count)
+        };
         let found: u64 = group_free.iter().map(|&(_, l)| l).sum();
         if found != d.free {
             return skip(

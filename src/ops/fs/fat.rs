@@ -15,7 +15,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::{FsUsage, Probe};
+use super::{FreeRuns, FsUsage, Probe};
 use crate::error::Result;
 use crate::ops::ranges;
 use crate::BlockDevice;
@@ -186,24 +186,14 @@ pub(crate) fn examine(dev: &dyn BlockDevice, start: u64, len: u64) -> Result<Pro
     }
     let cluster_bytes = p.sectors_per_cluster * bps;
     let data_at = first_data * bps;
-    let mut free = Vec::new();
-    let mut run: Option<u64> = None;
-    let mut free_clusters = 0u64;
+    let mut runs = FreeRuns::default();
     for c in 2..clusters + 2 {
-        let is_free = entry(c) == 0;
-        free_clusters += is_free as u64;
-        match (is_free, run) {
-            (true, None) => run = Some(c),
-            (false, Some(r)) => {
-                free.push((data_at + (r - 2) * cluster_bytes, (c - r) * cluster_bytes));
-                run = None;
-            }
-            _ => {}
-        }
+        runs.mark(c, entry(c) == 0);
     }
-    if let Some(r) = run {
-        free.push((data_at + (r - 2) * cluster_bytes, (clusters + 2 - r) * cluster_bytes));
-    }
+    let runs = runs.finish(clusters + 2);
+    let free_clusters: u64 = runs.iter().map(|&(_, n)| n).sum();
+    let free: Vec<(u64, u64)> =
+        runs.into_iter().map(|(c, n)| (data_at + (c - 2) * cluster_bytes, n * cluster_bytes)).collect();
     let size = p.total_sectors * bps;
     Ok(Probe::Known(FsUsage {
         kind,

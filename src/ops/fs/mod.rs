@@ -28,6 +28,36 @@ mod partition;
 pub(crate) use partition::move_gpt_backup;
 pub use partition::{read_layout, Layout, Partition, TableKind};
 
+/// Runs of free allocation units, gathered unit by unit in order: what
+/// each filesystem's bitmap or table scan hands on as `(first, count)`.
+#[derive(Default)]
+pub(crate) struct FreeRuns {
+    runs: Vec<(u64, u64)>,
+    open: Option<u64>,
+}
+
+impl FreeRuns {
+    /// Unit `unit` (each one after the last) is free or not.
+    pub(crate) fn mark(&mut self, unit: u64, free: bool) {
+        match (free, self.open) {
+            (true, None) => self.open = Some(unit),
+            (false, Some(first)) => {
+                self.runs.push((first, unit - first));
+                self.open = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// The runs, the last closed at `end` (one past the last unit marked).
+    pub(crate) fn finish(mut self, end: u64) -> Vec<(u64, u64)> {
+        if let Some(first) = self.open {
+            self.runs.push((first, end - first));
+        }
+        self.runs
+    }
+}
+
 /// What a filesystem uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

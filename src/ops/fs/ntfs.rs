@@ -16,7 +16,7 @@ use std::io::{Read, Seek, SeekFrom};
 use ntfs::structured_values::NtfsVolumeFlags;
 use ntfs::{KnownNtfsFileRecordNumber, Ntfs, NtfsReadSeek};
 
-use super::{FsUsage, Probe};
+use super::{FreeRuns, FsUsage, Probe};
 use crate::error::Result;
 use crate::ops::ranges;
 use crate::BlockDevice;
@@ -112,8 +112,7 @@ fn read_bitmap(ntfs: &Ntfs, fs: &mut Part<'_>, clusters: u64) -> core::result::R
         return Err(format!("its $Bitmap ({} bytes) does not cover its {clusters} clusters", attr.value_length()));
     }
     let mut value = attr.value(fs).map_err(|e| why("$Bitmap value", e))?;
-    let mut free = Vec::new();
-    let mut run: Option<u64> = None;
+    let mut runs = FreeRuns::default();
     let mut buf = vec![0u8; 64 * 1024];
     let mut c = 0u64;
     while c < clusters {
@@ -124,21 +123,10 @@ fn read_bitmap(ntfs: &Ntfs, fs: &mut Part<'_>, clusters: u64) -> core::result::R
                 if c >= clusters {
                     break;
                 }
-                let used = byte >> bit & 1 == 1;
-                match (used, run) {
-                    (false, None) => run = Some(c),
-                    (true, Some(r)) => {
-                        free.push((r, c - r));
-                        run = None;
-                    }
-                    _ => {}
-                }
+                runs.mark(c, byte >> bit & 1 == 0);
                 c += 1;
             }
         }
     }
-    if let Some(r) = run {
-        free.push((r, clusters - r));
-    }
-    Ok(free)
+    Ok(runs.finish(clusters))
 }
