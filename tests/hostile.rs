@@ -634,15 +634,7 @@ fn random_vhd_mutations_never_panic() {
     report_peak_memory();
 }
 
-/// Where `tool` is: on PATH, or in the sbin directories a user's PATH may
-/// lack.
-fn sbin_tool(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
+use common::tools::sbin_tool;
 
 /// Small disks made by the filesystems' own tools: ext4 on the whole disk,
 /// FAT16 and FAT32 on the whole disk, NTFS on the whole disk, and a GPT

@@ -26,6 +26,8 @@ pub mod models;
 pub mod qemu;
 #[allow(dead_code)]
 pub mod storage;
+#[allow(dead_code)]
+pub mod tools;
 
 /// Whether the tests run under CI (`CI=true`), where a missing oracle or
 /// fixture is a failure rather than a skip.

@@ -18,13 +18,7 @@ use crate::support::{crash_states, for_each_crash_point, Budget};
 
 const SIZE: u64 = 48 << 20;
 
-fn tool(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
+use crate::common::tools::sbin_tool as tool;
 
 fn run(dir: &std::path::Path, name: &str, args: &[&str]) {
     let out = Command::new(tool(name).unwrap()).current_dir(dir).args(args).output().unwrap();

@@ -16,15 +16,7 @@ use crate::common::data::pattern;
 
 const MIB: u64 = 1 << 20;
 
-/// Where `tool` is: on PATH, or in the sbin directories a user's PATH may
-/// lack.
-fn tool(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
+use crate::common::tools::sbin_tool as tool;
 
 fn tools() -> bool {
     ["mkfs.ext4", "debugfs", "e2fsck", "dumpe2fs", "sgdisk", "sfdisk"].iter().all(|t| tool(t).is_some())
