@@ -14,6 +14,8 @@
 //!   metadata path: payload flush, log entry, flush, BAT in place, flush)
 //!
 //! - `open_64t`: `dynamic`, opening a 64 TiB dynamic image
+//! - `open_64t_1m`: `raw`, `depth1`, `depth8`, opening a 64 TiB image of
+//!   1 MiB blocks alone and as the leaf of a chain of eight
 //!
 //! Images are 1 GiB, files are page-cache warm: for reads, evicted and read
 //! back sequentially; for 4 KiB writes, evicted and warmed by one pass of the
@@ -361,8 +363,8 @@ fn writes_first_touch(c: &mut Criterion, fx: &Fixture) {
     let _ = std::fs::remove_file(fx.p("first.img"));
 }
 
-/// Opening a 64 TiB dynamic image (default 32 MiB blocks: a 16 MiB BAT read,
-/// checked and kept in memory), the file page-cache warm.
+/// Opening a 64 TiB dynamic image (default 32 MiB blocks: a 16 MiB BAT, of
+/// which an open reads nothing), the file page-cache warm.
 fn open_64t(c: &mut Criterion, fx: &Fixture) {
     let path = fx.p("64t.vhdx");
     let _ = std::fs::remove_file(&path);
@@ -375,9 +377,53 @@ fn open_64t(c: &mut Criterion, fx: &Fixture) {
     let _ = std::fs::remove_file(&path);
 }
 
+/// Opening a 64 TiB dynamic image with 1 MiB blocks (a 512 MiB BAT, read a
+/// page at a time when needed, so an open reads none of it), alone
+/// (`depth1`) and as the leaf of a chain of eight (`depth8`: a base and seven
+/// differencing children, every level holding 64 scattered blocks), beside
+/// opening the same file as a plain file and asking its length (`raw`: what
+/// any open costs; ext4 holds no 64 TiB raw file). Files page-cache warm.
+fn open_64t_1m(c: &mut Criterion, fx: &Fixture) {
+    const LEVELS: usize = 8;
+    let tib64 = 64u64 << 40;
+    let data = fill(7);
+    let mut paths = Vec::new();
+    for level in 0..LEVELS {
+        let path = fx.p(&format!("64t-1m-{level}.vhdx"));
+        let _ = std::fs::remove_file(&path);
+        let mut d = if level == 0 {
+            Disk::create(&path, &CreateOptions::dynamic(tib64).block_size(1 << 20)).unwrap()
+        } else {
+            Disk::create_differencing(&path, &paths[level - 1], Some(1 << 20)).unwrap()
+        };
+        for (i, at) in offsets(64, tib64, 1 << 20).into_iter().enumerate() {
+            if i % LEVELS == level {
+                d.write_at(&data, at).unwrap();
+            }
+        }
+        d.close().unwrap();
+        paths.push(path);
+    }
+    let mut g = c.benchmark_group("open_64t_1m");
+    g.sample_size(20);
+    g.bench_function("raw", |b| {
+        b.iter(|| {
+            let f = File::open(&paths[0]).unwrap();
+            black_box(f.metadata().unwrap().len())
+        })
+    });
+    g.bench_function("depth1", |b| b.iter(|| black_box(Disk::open(&paths[0]).unwrap())));
+    g.bench_function("depth8", |b| b.iter(|| black_box(Disk::open(&paths[LEVELS - 1]).unwrap())));
+    g.finish();
+    for p in &paths {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 fn all(c: &mut Criterion) {
     let fx = Fixture::new();
     open_64t(c, &fx);
+    open_64t_1m(c, &fx);
     reads(c, &fx);
     writes_4k(c, &fx);
     writes_first_touch(c, &fx);

@@ -64,7 +64,7 @@ fn pieces(block_size: u64) -> Vec<Piece> {
 /// Step 1: create an empty dynamic disk; no payload block is allocated yet.
 fn create(path: &Path) -> StepResult<Disk> {
     let disk = Disk::create(path, &CreateOptions::dynamic(VIRTUAL_SIZE))?;
-    let info = disk.info();
+    let info = disk.info()?;
     println!("1. Created {}", path.display());
     println!(
         "   {} disk of {} MiB, {} MiB blocks, {}-byte logical / {}-byte physical sectors",
@@ -97,7 +97,7 @@ fn write_pieces(disk: &mut Disk, pieces: &[Piece]) -> StepResult {
 /// close. Returns the DataWriteGuid the writes produced.
 fn flush_and_close(mut disk: Disk, created_guid: Guid) -> StepResult<Guid> {
     disk.flush()?;
-    let info = disk.info();
+    let info = disk.info()?;
     disk.close()?;
     println!("3. Flushed and closed");
     println!("   {} payload blocks allocated; the file is now {} MiB", info.allocated_blocks, info.file_size >> 20);
@@ -206,7 +206,7 @@ fn create_children(base: &Path, a: &Path, b: &Path) -> StepResult<(Vec<u8>, Vec<
         println!(
             "   {}: {} blocks of its own, chain {}; at 2 MiB it reads {:?}",
             path.file_name().unwrap_or_default().to_string_lossy(),
-            disk.info().allocated_blocks,
+            disk.info()?.allocated_blocks,
             disk.chain_paths().iter().map(|p| file_name(p)).collect::<Vec<_>>().join(" -> "),
             String::from_utf8_lossy(&view[2 << 20..(2 << 20) + 12])
         );
@@ -268,7 +268,7 @@ fn verify_views(base: &Path, a: &Path, b: &Path, view_a: &[u8], view_b: &[u8]) -
         }
         println!("   ok: {what}");
     }
-    let (a_blocks, b_blocks) = (Disk::open(a)?.info().allocated_blocks, Disk::open(b)?.info().allocated_blocks);
+    let (a_blocks, b_blocks) = (Disk::open(a)?.info()?.allocated_blocks, Disk::open(b)?.info()?.allocated_blocks);
     println!("   A now holds {a_blocks} blocks of its own (its data is in the base); B holds {b_blocks}");
     Ok(())
 }

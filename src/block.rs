@@ -283,7 +283,7 @@ impl BlockDevice for crate::Disk {
 /// let raw = RawDevice::new(Box::new(MemStorage::from_vec(bytes)), false)?;
 /// let mut disk = Disk::create_on(Box::new(MemStorage::new()), &CreateOptions::dynamic(4 << 20).block_size(1 << 20), None)?;
 /// vhdx::ops::convert::copy_nonzero(&raw, &mut disk, &mut |_, _| {})?;
-/// assert_eq!(disk.info().allocated_blocks, 1);
+/// assert_eq!(disk.info()?.allocated_blocks, 1);
 /// # Ok(()) }
 /// ```
 pub struct RawDevice {

@@ -97,12 +97,41 @@ pub fn check_storage(storage: Box<dyn Storage>) -> Result<CheckReport> {
     Ok(report)
 }
 
+/// Checks the block table as one (every page as a read checks it, no two
+/// blocks overlapping, partially present blocks with their bitmaps), and
+/// entry by entry for what the format reserves.
 fn check_bat(disk: &Disk, report: &mut CheckReport) {
-    let g = disk.geometry();
-    let bat = disk.bat_entries();
-    let file_len = disk.info().file_size;
+    if let Err(e) = disk.image().check_whole_bat() {
+        report.errors.push(format!("{e}"));
+        return;
+    }
+    let g = *disk.geometry();
+    let file_len = disk.image().file_len();
     let mut reserved_offsets = 0u64;
-    for (index, &entry) in bat.iter().enumerate() {
+    let scanned = disk.image().scan_bat(|index, entry| {
+        check_entry(&g, file_len, index, entry, report, &mut reserved_offsets);
+        Ok(())
+    });
+    if let Err(e) = scanned {
+        report.errors.push(format!("{e}"));
+    }
+    if reserved_offsets > 0 {
+        report.notes.push(format!(
+            "{reserved_offsets} BAT entries in NOT_PRESENT or ZERO state carry a file offset (reserved; ignored)"
+        ));
+    }
+}
+
+/// One entry's reserved values and reach.
+fn check_entry(
+    g: &crate::format::bat::BatGeometry,
+    file_len: u64,
+    index: usize,
+    entry: crate::format::bat::BatEntry,
+    report: &mut CheckReport,
+    reserved_offsets: &mut u64,
+) {
+    {
         if g.is_sector_bitmap_index(index) {
             if !g.has_parent && entry.state_bits() != SB_NOT_PRESENT {
                 report.errors.push(format!(
@@ -110,7 +139,7 @@ fn check_bat(disk: &Disk, report: &mut CheckReport) {
                     entry.state_bits()
                 ));
             }
-            continue;
+            return;
         }
         match entry.payload_state() {
             Some(s) if s.has_data() => {
@@ -123,17 +152,12 @@ fn check_bat(disk: &Disk, report: &mut CheckReport) {
                     ));
                 }
             }
-            Some(PayloadState::NotPresent | PayloadState::Zero) if entry.file_offset() != 0 => reserved_offsets += 1,
+            Some(PayloadState::NotPresent | PayloadState::Zero) if entry.file_offset() != 0 => *reserved_offsets += 1,
             _ => {}
         }
         if entry.raw() & 0xF_FFF8 != 0 {
             report.errors.push(format!("BAT entry {index} has reserved bits set ({:#x})", entry.raw()));
         }
-    }
-    if reserved_offsets > 0 {
-        report.notes.push(format!(
-            "{reserved_offsets} BAT entries in NOT_PRESENT or ZERO state carry a file offset (reserved; ignored)"
-        ));
     }
 }
 
@@ -320,7 +344,7 @@ pub fn repair_storage(storage: Box<dyn Storage>) -> Result<RepairReport> {
             .any(|&o| HeaderInfo::parse(&section[o as usize..o as usize + HEADER_SIZE], o).is_err());
 
     let mut disk = OpenOptions::new().writable(true).without_parent().open_storage(storage)?;
-    if disk.info().log_replayed {
+    if disk.image().replayed_log() {
         actions.push(String::from("replayed the log in place"));
     }
     actions.extend(disk.image_mut().mend(headers_bad)?);

@@ -304,7 +304,7 @@ fn targeted_corruptions_name_structure_and_offset() {
             .open_storage(Box::new(MemStorage::from_vec(corrupt(&image, at, &[image[at] ^ 1]))))
             .unwrap_or_else(|e| panic!("header {} damaged: {e}", damaged + 1));
         assert_eq!(
-            d.info().header_sequence_number,
+            d.info().unwrap().header_sequence_number,
             seqs[other],
             "header {} damaged: header {} is used",
             damaged + 1,
@@ -313,26 +313,42 @@ fn targeted_corruptions_name_structure_and_offset() {
     }
     // Both valid: the one with the higher sequence number is current.
     let d = OpenOptions::new().open_storage(Box::new(MemStorage::from_vec(image.clone()))).unwrap();
-    assert_eq!(d.info().header_sequence_number, seqs[0].max(seqs[1]));
+    assert_eq!(d.info().unwrap().header_sequence_number, seqs[0].max(seqs[1]));
     // Region table copy 1 damaged: copy 2 is used; both damaged: error.
     let one = corrupt(&image, (192 << 10) + 40, b"\x01");
     assert!(OpenOptions::new().open_storage(Box::new(MemStorage::from_vec(one.clone()))).is_ok());
     let e = open_err(corrupt(&one, (256 << 10) + 40, b"\x01"));
     assert!(e.to_string().contains("region table"), "{e}");
+    // The BAT is read a page at a time when first needed: an open reads
+    // none of it, and a damaged entry is refused by the first read of its
+    // page (here: of block 0), and by check.
+    let read_err = |bytes: Vec<u8>| {
+        let d = OpenOptions::new().open_storage(Box::new(MemStorage::from_vec(bytes.clone()))).unwrap();
+        let e = d.read_at(&mut [0u8; 512], 0).unwrap_err();
+        let report = vhdx::check::check_storage(Box::new(MemStorage::from_vec(bytes))).unwrap();
+        assert!(report.errors.iter().any(|c| c.contains("BAT entry")), "check: {:?}", report.errors);
+        e
+    };
     // A BAT entry pointing past the end of the file: the BAT is at 3 MiB, payload block 0 is entry 0.
     let bat = 3 << 20;
     let far = ((1u64 << 40) | 6).to_le_bytes();
-    let e = open_err(corrupt(&image, bat, &far));
+    let e = read_err(corrupt(&image, bat, &far));
     assert_eq!(e.kind(), ErrorKind::Corrupt);
     assert!(e.to_string().contains("BAT entry") && e.to_string().contains("0x300000"), "{e}");
     // A BAT entry pointing into the header section, and one into the metadata region.
-    let e = open_err(corrupt(&image, bat, &((1u64 << 20) | 6).to_le_bytes()));
+    let e = read_err(corrupt(&image, bat, &((1u64 << 20) | 6).to_le_bytes()));
     assert!(e.to_string().contains("BAT entry"), "{e}");
-    let e = open_err(corrupt(&image, bat, &((2u64 << 20) | 6).to_le_bytes()));
+    let e = read_err(corrupt(&image, bat, &((2u64 << 20) | 6).to_le_bytes()));
     assert!(e.to_string().contains("BAT entry"), "{e}");
-    // Two entries pointing at the same block.
+    // Two entries pointing at the same block: each alone is sound, so
+    // reads go on; check finds it, and so does a writer before its first
+    // new block.
     let first = u64::from_le_bytes(image[bat..bat + 8].try_into().unwrap());
-    let e = open_err(corrupt(&image, bat + 8, &first.to_le_bytes()));
+    let twice = corrupt(&image, bat + 8, &first.to_le_bytes());
+    let report = vhdx::check::check_storage(Box::new(MemStorage::from_vec(twice.clone()))).unwrap();
+    assert!(report.errors.iter().any(|c| c.contains("overlaps")), "{:?}", report.errors);
+    let mut w = OpenOptions::new().writable(true).open_storage(Box::new(MemStorage::from_vec(twice))).unwrap();
+    let e = w.write_at(&[1; 512], 3 << 20).unwrap_err();
     assert!(e.to_string().contains("overlaps"), "{e}");
     // Truncated file.
     let e = open_err(image[..200_000].to_vec());
@@ -433,7 +449,7 @@ fn truncated_file_with_dirty_log_is_refused_not_replayed() {
     let (_, image) = seed_images().remove(0);
     // The seed was flushed but not closed: its log GUID is set and the log holds an entry.
     let d = OpenOptions::new().open_storage(Box::new(MemStorage::from_vec(image.clone()))).unwrap();
-    assert!(d.info().log_replayed);
+    assert!(d.info().unwrap().log_replayed);
     drop(d);
     let short = image[..(5 << 20)].to_vec();
     let e = open_err(short);

@@ -699,7 +699,7 @@ pub unsafe extern "C" fn vhdx_info(disk: *const VhdxDisk, info: *mut VhdxInfo) -
             return Ok(VHDX_OK);
         }
         let guard = held.vhdx("vhdx_info")?;
-        let i = guard.info();
+        let i = guard.info().map_err(|e| d.fail(e))?;
         let to_disk = crate::format::guid::to_disk;
         let linkage = guard.parent_locator().and_then(|l| l.parent_linkage());
         let value = VhdxInfo {

@@ -73,7 +73,7 @@ fn create_differencing(
         leave_block_allocated: false,
         has_parent: true,
         virtual_size: parent.virtual_size(),
-        virtual_disk_id: parent.info().virtual_disk_id,
+        virtual_disk_id: parent.info()?.virtual_disk_id,
         logical_sector_size: parent.logical_sector_size(),
         physical_sector_size: parent.physical_sector_size(),
     };

@@ -40,6 +40,7 @@ pub struct OpenOptions {
     pub(crate) guid_source: Option<GuidSource>,
     pub(crate) parent: ParentChoice,
     pub(crate) path: Option<alloc::string::String>,
+    pub(crate) bat_cache_bytes: usize,
     #[cfg(feature = "std")]
     pub(crate) opener: Option<crate::io::FileOpener>,
     #[cfg(feature = "std")]
@@ -60,11 +61,23 @@ impl OpenOptions {
             guid_source: default_guid_source(),
             parent: ParentChoice::Resolve,
             path: None,
+            bat_cache_bytes: crate::disk::DEFAULT_BAT_CACHE_BYTES,
             #[cfg(feature = "std")]
             opener: None,
             #[cfg(feature = "std")]
             force_share: false,
         }
+    }
+
+    /// Bounds the memory that caches this image's block table (BAT) pages,
+    /// in bytes (default 4 MiB: the whole table of a 16 TiB disk with
+    /// 32 MiB blocks). Pages are read when first needed and the least
+    /// recently read go first when the bound is reached; a page changed and
+    /// not yet flushed is held apart from the bound. Parents opened through
+    /// the chain use the default.
+    pub fn bat_cache_bytes(mut self, bytes: usize) -> Self {
+        self.bat_cache_bytes = bytes;
+        self
     }
 
     /// Open files by path through `opener` instead of the filesystem: the
@@ -214,13 +227,13 @@ impl OpenOptions {
 
 /// Opens the image on `storage` as `opts` say, its parent included.
 fn open(storage: Box<dyn Storage>, opts: OpenOptions) -> Result<Disk> {
-    let OpenOptions { writable, guid_source, parent, path, .. } = opts;
+    let OpenOptions { writable, guid_source, parent, path, bat_cache_bytes, .. } = opts;
     if writable && guid_source.is_none() {
         return Err(Error::invalid("a writable open needs a GUID source when built without std"));
     }
-    let image = read_image(storage, writable, guid_source, path)?;
+    let image = read_image(storage, writable, guid_source, path, bat_cache_bytes)?;
     let parent = open_parent(&image, parent)?;
-    Ok(finish(image, parent))
+    finish(image, parent)
 }
 
 /// The parent of a differencing `image`, as `choice` says to find it,

@@ -94,26 +94,29 @@ struct Live {
 impl Image {
     /// Releases the sector bitmap blocks of chunks without a partially
     /// present block; returns how many.
-    fn release_unused_bitmaps(&mut self) -> u64 {
+    fn release_unused_bitmaps(&mut self) -> Result<u64> {
         let g = *self.table.geometry();
         let mut released = 0;
         for chunk in 0..g.sector_bitmap_blocks {
             let sb = g.sector_bitmap_index(chunk);
-            if !self.table.entry(sb).sector_bitmap_present() {
+            if !self.bat(sb)?.sector_bitmap_present() {
                 continue;
             }
             let first = g.payload_index(chunk * g.chunk_ratio);
-            let used = (first..sb).any(|i| self.table.entry(i).payload_state() == Some(PayloadState::PartiallyPresent));
+            let mut used = false;
+            for i in first..sb {
+                used |= self.bat(i)?.payload_state() == Some(PayloadState::PartiallyPresent);
+            }
             if !used {
-                self.set_bat_entry(sb, BatEntry::EMPTY);
+                self.set_bat_entry(sb, BatEntry::EMPTY)?;
                 released += 1;
             }
         }
-        released
+        Ok(released)
     }
 
     /// Every live structure, by offset.
-    fn live_structures(&self) -> Vec<Live> {
+    fn live_structures(&self) -> Result<Vec<Live>> {
         let g = self.table.geometry();
         let mut live = alloc::vec![Live { offset: 0, len: HEADER_SECTION_SIZE, item: Item::Fixed }];
         if self.header.log_length > 0 {
@@ -124,21 +127,22 @@ impl Image {
                 if r.guid == BAT_REGION || r.guid == METADATA_REGION { Item::Region(r.guid) } else { Item::Fixed };
             live.push(Live { offset: r.file_offset, len: r.length as u64, item });
         }
-        for (index, &e) in self.table.entries().iter().enumerate() {
+        self.scan_bat(|index, e| {
             let len = if g.is_sector_bitmap_index(index) {
                 if !(g.has_parent && e.sector_bitmap_present()) {
-                    continue;
+                    return Ok(());
                 }
                 MIB
             } else if e.payload_state().is_some_and(|s| s.has_data()) {
                 g.block_size as u64
             } else {
-                continue;
+                return Ok(());
             };
             live.push(Live { offset: e.file_offset(), len, item: Item::Block(index) });
-        }
+            Ok(())
+        })?;
         live.sort_unstable_by_key(|l| l.offset);
-        live
+        Ok(live)
     }
 
     /// The gaps between live structures, below the end of the file.
@@ -162,7 +166,7 @@ impl Image {
     /// below them: a batch of blocks, or one region (the highest movable
     /// structure decides which). Returns whether anything moved.
     fn move_batch(&mut self, report: &mut CompactReport, moved: &mut dyn FnMut(u64)) -> Result<bool> {
-        let live = self.live_structures();
+        let live = self.live_structures()?;
         let mut holes = self.holes(&live);
         let mut plan: Vec<(usize, u64, u64, u64)> = Vec::new(); // (index, from, to, len)
         let mut bytes = 0;
@@ -203,8 +207,8 @@ impl Image {
         }
         self.storage.flush().during("flushing moved blocks", 0)?;
         for &(index, _, to, len) in &plan {
-            let state = self.table.entry(index).state_bits();
-            self.set_bat_entry(index, BatEntry::new(state, to));
+            let state = self.bat(index)?.state_bits();
+            self.set_bat_entry(index, BatEntry::new(state, to))?;
             report.structures_moved += 1;
             report.bytes_moved += len;
         }
@@ -301,15 +305,20 @@ impl Disk {
             ));
         }
         self.flush()?;
+        // Blocks are moved below: the table must be whole (no two blocks
+        // overlapping) before any of them is.
+        self.image.check_whole_bat()?;
         self.image.begin_metadata_change()?;
         let mut report = CompactReport { file_size_before: self.image.space.len, ..Default::default() };
         let bs = self.image.params.block_size as u64;
-        let data_blocks: Vec<usize> = (0..self.image.table.geometry().entry_count as usize)
-            .filter(|&i| {
-                !self.image.table.geometry().is_sector_bitmap_index(i)
-                    && self.image.table.entry(i).payload_state().is_some_and(|s| s.has_data())
-            })
-            .collect();
+        let mut data_blocks: Vec<usize> = Vec::new();
+        let g = *self.image.table.geometry();
+        self.image.scan_bat(|i, e| {
+            if !g.is_sector_bitmap_index(i) && e.has_data() {
+                data_blocks.push(i);
+            }
+            Ok(())
+        })?;
         let mut total = data_blocks.len() as u64 * bs;
         let mut done = 0u64;
         progress(done, total);
@@ -325,12 +334,12 @@ impl Disk {
             progress(done, total);
         }
         if self.image.params.has_parent {
-            report.bitmaps_released = self.image.release_unused_bitmaps();
+            report.bitmaps_released = self.image.release_unused_bitmaps()?;
         }
         self.image.commit_metadata()?;
 
         // 2. Move: the bytes above the packed size must move at least.
-        let live = self.image.live_structures();
+        let live = self.image.live_structures()?;
         let packed: u64 = live.iter().map(|l| l.len).sum();
         total += live.iter().filter(|l| l.item != Item::Fixed && l.offset >= packed).map(|l| l.len).sum::<u64>();
         progress(done, total);
@@ -367,11 +376,15 @@ impl Disk {
     pub(crate) fn releasable_blocks(&self, free: &[(u64, u64)]) -> Result<Vec<u64>> {
         let g = self.image.table.geometry();
         let mut out = Vec::new();
-        for i in 0..g.entry_count as usize {
-            if !g.is_sector_bitmap_index(i)
-                && self.image.table.entry(i).payload_state().is_some_and(|s| s.has_data())
-                && self.free_release(i, free)?.is_some()
-            {
+        let mut stored = Vec::new();
+        self.image.scan_bat(|i, e| {
+            if !g.is_sector_bitmap_index(i) && e.has_data() {
+                stored.push(i);
+            }
+            Ok(())
+        })?;
+        for i in stored {
+            if self.free_release(i, free)?.is_some() {
                 out.push(self.block_range(i).expect("released blocks lie in the disk").0);
             }
         }
@@ -391,10 +404,10 @@ impl Disk {
         // made from it no longer take it for their parent.
         self.image.begin_data_change()?;
         let start = self.block_range(index).expect("a block in the disk").0;
-        if self.image.table.entry(index).payload_state() == Some(PayloadState::PartiallyPresent) {
+        if self.image.bat(index)?.payload_state() == Some(PayloadState::PartiallyPresent) {
             self.image.clear_block_bitmap(start / self.image.params.block_size as u64)?;
         }
-        self.image.set_bat_entry(index, BatEntry::payload(state, 0));
+        self.image.set_bat_entry(index, BatEntry::payload(state, 0))?;
         Ok(true)
     }
 
@@ -453,7 +466,7 @@ impl Disk {
         let g = *self.image.table.geometry();
         let bs = g.block_size as u64;
         let block = index as u64 - index as u64 / (g.chunk_ratio + 1);
-        let entry = self.image.table.entry(index);
+        let entry = self.image.bat(index)?;
         let state = entry.payload_state();
         let base = entry.file_offset();
         let block_start = block * bs;
@@ -462,7 +475,7 @@ impl Disk {
             if state == Some(PayloadState::PartiallyPresent) {
                 self.image.clear_block_bitmap(block)?;
             }
-            self.image.set_bat_entry(index, BatEntry::EMPTY);
+            self.image.set_bat_entry(index, BatEntry::EMPTY)?;
             return Ok(true);
         }
         let visible = (block_start + bs).min(self.image.params.virtual_size) - block_start;
@@ -509,7 +522,7 @@ impl Disk {
         if state == Some(PayloadState::PartiallyPresent) {
             self.image.clear_block_bitmap(block)?;
         }
-        self.image.set_bat_entry(index, BatEntry::payload(new_state, 0));
+        self.image.set_bat_entry(index, BatEntry::payload(new_state, 0))?;
         Ok(true)
     }
 }

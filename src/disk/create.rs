@@ -171,8 +171,8 @@ pub(crate) fn create(
         physical_sector_size: options.physical_sector_size,
     };
     write_new_image(&mut *storage, &params, None, &mut guids)?;
-    let image = super::open::read_image(storage, true, Some(guids), None)?;
-    Ok(super::open::finish(image, None))
+    let image = super::open::read_image(storage, true, Some(guids), None, super::table::DEFAULT_CACHE_BYTES)?;
+    super::open::finish(image, None)
 }
 
 #[cfg(feature = "std")]

@@ -31,7 +31,7 @@ impl Image {
             let in_block = pos % bs;
             let n = (bs - in_block).min(end - pos);
             let whole_block = n == bs;
-            let entry = self.table.payload(block);
+            let entry = self.bat_payload(block)?;
             let state = entry.payload_state();
             // A partially present block written whole becomes fully present
             // once its data is written.
@@ -57,7 +57,7 @@ impl Image {
             }
             if becomes_full {
                 let index = self.table.geometry().payload_index(block);
-                self.set_bat_entry(index, BatEntry::payload(PayloadState::FullyPresent, base));
+                self.set_bat_entry(index, BatEntry::payload(PayloadState::FullyPresent, base))?;
             }
             pos += n;
         }
@@ -70,18 +70,18 @@ impl Image {
     /// needs space.
     pub(crate) fn ensure_sector_bitmap(&mut self, chunk: u64) -> Result<u64> {
         let index = self.table.geometry().sector_bitmap_index(chunk);
-        let entry = self.table.entry(index);
+        let entry = self.bat(index)?;
         if entry.sector_bitmap_present() {
             return Ok(entry.file_offset());
         }
         let at = self.grow_for(MIB)?;
         self.storage.allocate(at, MIB).during("allocating a sector bitmap block", at)?;
-        self.set_bat_entry(index, BatEntry::new(SB_PRESENT, at));
+        self.set_bat_entry(index, BatEntry::new(SB_PRESENT, at))?;
         Ok(at)
     }
 
     /// Sets the bitmap bits of `count` sectors from `first` in `block`.
-    fn set_bitmap_bits(&mut self, block: u64, first: u64, count: u64) -> Result<()> {
+    pub(crate) fn set_bitmap_bits(&mut self, block: u64, first: u64, count: u64) -> Result<()> {
         self.change_bitmap_bits(block, first, count, true)
     }
 
@@ -90,7 +90,7 @@ impl Image {
     pub(crate) fn change_bitmap_bits(&mut self, block: u64, first: u64, count: u64, present: bool) -> Result<()> {
         let g = *self.table.geometry();
         let chunk = block / g.chunk_ratio;
-        let sb = self.table.sector_bitmap(chunk).file_offset();
+        let sb = self.bat(g.sector_bitmap_index(chunk))?.file_offset();
         let bytes_per_block = g.sectors_per_block() / 8;
         let base = sb + (block % g.chunk_ratio) * bytes_per_block;
         let mut s = first;

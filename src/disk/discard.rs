@@ -83,7 +83,7 @@ impl Image {
     pub(crate) fn clear_block_bitmap(&mut self, block: u64) -> Result<()> {
         let g = *self.table.geometry();
         let chunk = block / g.chunk_ratio;
-        if self.table.sector_bitmap(chunk).sector_bitmap_present() {
+        if self.bat(g.sector_bitmap_index(chunk))?.sector_bitmap_present() {
             self.change_bitmap_bits(block, 0, g.sectors_per_block(), false)?;
         }
         Ok(())
@@ -110,7 +110,7 @@ impl Disk {
     /// let mut buf = [1u8; 4096];
     /// disk.read_at(&mut buf, 1 << 20)?;
     /// assert_eq!(buf, [0u8; 4096]);
-    /// assert_eq!(disk.info().allocated_blocks, 2);
+    /// assert_eq!(disk.info()?.allocated_blocks, 2);
     /// # Ok(()) }
     /// ```
     pub fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
@@ -144,7 +144,7 @@ impl Disk {
             let hi = end.min(block_end);
             let whole = pos == block_start && hi == block_end;
             let index = self.image.table.geometry().payload_index(block);
-            let entry = self.image.table.payload(block);
+            let entry = self.image.bat_payload(block)?;
             let state = entry.payload_state();
             if self.image.params.leave_block_allocated {
                 if state == Some(PayloadState::FullyPresent) {
@@ -155,7 +155,7 @@ impl Disk {
                 match state {
                     Some(PayloadState::FullyPresent) if whole => {
                         self.image.begin_data_change()?;
-                        self.image.set_bat_entry(index, BatEntry::payload(PayloadState::Unmapped, 0));
+                        self.image.set_bat_entry(index, BatEntry::payload(PayloadState::Unmapped, 0))?;
                     }
                     Some(PayloadState::FullyPresent) => {
                         self.image.begin_data_change()?;
@@ -200,7 +200,7 @@ impl Disk {
                 if state == Some(PayloadState::PartiallyPresent) {
                     self.image.clear_block_bitmap(block)?;
                 }
-                self.image.set_bat_entry(index, BatEntry::payload(PayloadState::Zero, 0));
+                self.image.set_bat_entry(index, BatEntry::payload(PayloadState::Zero, 0))?;
                 Ok(())
             }
             Some(PayloadState::FullyPresent) => {

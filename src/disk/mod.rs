@@ -8,18 +8,20 @@
 //! The chain layer (`crate::chain`) finds the parent and composes them.
 //!
 //! Invariants:
-//! - The BAT is held in memory whole (its size is bounded by the file's
-//!   size, which bounds the BAT region) and is the truth for reads; pages
-//!   changed by writes are kept dirty until the next [`Disk::flush`], which
-//!   makes the payload durable first and then commits the pages through the
-//!   log. Flushed data is never lost; data written since the last flush may
-//!   be, whole sectors at a time.
+//! - The BAT is read a page at a time when first needed, through a bounded
+//!   cache, each page checked as it is read (`table`); pages changed by
+//!   writes are held whole until the next [`Disk::flush`], which makes the
+//!   payload durable first and then commits the pages through the log.
+//!   Flushed data is never lost; data written since the last flush may be,
+//!   whole sectors at a time.
 //! - Before the first change a reader can see, the session updates the
 //!   headers once: new FileWriteGuid and DataWriteGuid, in the non-current
 //!   slot, with a higher sequence number.
-//! - Every block offset in the BAT was checked at open to lie after the
-//!   header section, outside the log, regions and other blocks, and to start
-//!   inside the file; new blocks are allocated past every structure.
+//! - Every block offset a page holds is checked when the page is read to lie
+//!   after the header section, outside the log and regions, and to start
+//!   inside the file. Before its first new block a session checks the whole
+//!   table (no two blocks overlap) and finds where the last block ends; new
+//!   blocks go past every structure and block.
 
 mod cache;
 mod commit;
@@ -49,6 +51,7 @@ pub(crate) use discard::reads_zero_structurally;
 pub(crate) use options::default_guid_source;
 pub use options::{CreateOptions, DiskType, GuidSource};
 pub use rw::{Extent, MapEntry};
+pub(crate) use table::DEFAULT_CACHE_BYTES as DEFAULT_BAT_CACHE_BYTES;
 
 use crate::error::Result;
 use crate::format::bat::{BatEntry, BatGeometry};
@@ -94,6 +97,9 @@ pub(crate) struct Image {
     writable: bool,
     /// The file's length and where the next new block may go.
     space: space::Space,
+    /// Where the last block of the table ends, once a whole-table check
+    /// found it (before this session's first new block).
+    blocks_end: Option<u64>,
     /// The current header and its slot.
     header: headers::Headers,
     regions: RegionTable,
@@ -246,7 +252,6 @@ impl Disk {
     }
 
     /// The image file of this disk, without its parent.
-    #[cfg(feature = "std")]
     pub(crate) fn image(&self) -> &Image {
         &self.image
     }
@@ -256,12 +261,11 @@ impl Disk {
         &mut self.image
     }
 
-    /// A summary of the image.
-    pub fn info(&self) -> DiskInfo {
-        let allocated_blocks = (0..self.image.table.geometry().payload_blocks)
-            .filter(|&b| self.image.table.payload(b).has_data())
-            .count() as u64;
-        DiskInfo {
+    /// A summary of the image. Counting the allocated blocks reads the
+    /// whole block table once (a MiB at a time, past the cache).
+    pub fn info(&self) -> Result<DiskInfo> {
+        let allocated_blocks = self.image.count_allocated()?;
+        Ok(DiskInfo {
             disk_type: self.disk_type(),
             virtual_size: self.image.params.virtual_size,
             block_size: self.image.params.block_size,
@@ -277,7 +281,7 @@ impl Disk {
             log_replayed: self.image.replayed_log,
             parent_locator: self.image.locator.as_ref().map(|l| l.entries.clone()),
             allocated_blocks,
-        }
+        })
     }
 
     /// The BAT's shape.
@@ -285,9 +289,22 @@ impl Disk {
         self.image.table.geometry()
     }
 
-    /// The BAT entries as held in memory (uncommitted changes included).
-    pub fn bat_entries(&self) -> &[BatEntry] {
-        self.image.table.entries()
+    /// BAT entry `index` as the session sees it (uncommitted changes
+    /// included; empty past the BAT region). Reads and checks its page
+    /// when it is not cached.
+    pub fn bat_entry(&self, index: usize) -> Result<BatEntry> {
+        self.image.bat(index)
+    }
+
+    /// Every BAT entry the geometry counts, as the session sees them. Holds
+    /// the whole table: 8 bytes per entry.
+    pub fn bat_entries(&self) -> Result<Vec<BatEntry>> {
+        let mut out = Vec::with_capacity(self.image.table.geometry().entry_count as usize);
+        self.image.scan_bat(|_, e| {
+            out.push(e);
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// The validated region table.
@@ -314,6 +331,68 @@ impl Disk {
     /// a disk does the same but cannot report).
     pub fn close(mut self) -> Result<()> {
         self.image.close_inner()
+    }
+}
+
+/// What a BAT page read now is checked against (a function of fields, so
+/// it borrows them apart from the table).
+fn bounds<'a>(
+    storage: &'a dyn Storage,
+    space: &space::Space,
+    regions: &'a RegionTable,
+    header: &headers::Headers,
+) -> table::Bounds<'a> {
+    let log =
+        if header.log_length > 0 { (header.log_offset, header.log_offset + header.log_length as u64) } else { (0, 0) };
+    table::Bounds { storage, file_len: space.len, regions, log }
+}
+
+impl Image {
+    /// What a BAT page read now is checked against.
+    pub(crate) fn bounds(&self) -> table::Bounds<'_> {
+        bounds(&*self.storage, &self.space, &self.regions, &self.header)
+    }
+
+    /// BAT entry `index` (see [`table::BlockTable::entry`]).
+    pub(crate) fn bat(&self, index: usize) -> Result<BatEntry> {
+        self.table.entry(&self.bounds(), index)
+    }
+
+    /// The BAT entry of payload block `block`.
+    pub(crate) fn bat_payload(&self, block: u64) -> Result<BatEntry> {
+        self.table.payload(&self.bounds(), block)
+    }
+
+    /// Calls `f(index, entry)` for every entry the geometry counts, in order.
+    pub(crate) fn scan_bat(&self, f: impl FnMut(usize, BatEntry) -> Result<()>) -> Result<()> {
+        self.table.scan(&self.bounds(), 0..self.table.geometry().entry_count as usize, f)
+    }
+
+    /// Payload blocks whose data lives in this file.
+    pub(crate) fn count_allocated(&self) -> Result<u64> {
+        let g = *self.table.geometry();
+        let mut n = 0u64;
+        self.scan_bat(|index, e| {
+            if !g.is_sector_bitmap_index(index) && e.has_data() {
+                n += 1;
+            }
+            Ok(())
+        })?;
+        Ok(n)
+    }
+
+    /// Checks the whole block table as one (no two blocks overlap; see
+    /// [`table::BlockTable::check_whole`]) and returns where its last block
+    /// ends.
+    pub(crate) fn check_whole_bat(&self) -> Result<u64> {
+        self.table.check_whole(&self.bounds())
+    }
+
+    /// Sets BAT entry `index` (its page changed until the next commit)
+    /// without recording an undo.
+    pub(crate) fn put_bat_entry(&mut self, index: usize, entry: BatEntry) -> Result<(BatEntry, bool)> {
+        let b = bounds(&*self.storage, &self.space, &self.regions, &self.header);
+        self.table.set(&b, index, entry)
     }
 }
 

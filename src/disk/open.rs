@@ -10,11 +10,11 @@ use super::headers::Headers;
 use super::table::BlockTable;
 use super::{Disk, Image};
 use crate::error::{Error, IoContext, Result};
-use crate::format::bat::{BatEntry, BatGeometry, PayloadState, SB_NOT_PRESENT, SB_PRESENT};
+use crate::format::bat::BatGeometry;
 use crate::format::header::{select_current, HeaderInfo, RawFileIdentifier, HEADER_OFFSETS, HEADER_SIZE};
 use crate::format::metadata::{self, METADATA_TABLE_SIZE};
 use crate::format::region::{RegionTable, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE};
-use crate::format::{round_up_mib, HEADER_SECTION_SIZE, MIB};
+use crate::format::round_up_mib;
 use crate::io::Storage;
 use crate::log::{find_active_sequence, replay_in_place, ReplayOverlay};
 
@@ -35,6 +35,7 @@ pub(crate) fn read_image(
     writable: bool,
     mut guid_source: Option<super::GuidSource>,
     path: Option<alloc::string::String>,
+    cache_bytes: usize,
 ) -> Result<Image> {
     if writable && guid_source.is_none() {
         return Err(Error::invalid("a writable open needs a GUID source when built without std"));
@@ -151,22 +152,18 @@ pub(crate) fn read_image(
         ));
     }
 
-    // BAT: whole 4 KiB pages. They fit in the region (its length is a
-    // multiple of 1 MiB, checked by the region table's parser, and holds the
-    // entries, checked above), and the region fits in the file.
-    let page_entries = 512u64;
-    let bat_entries = geometry.entry_count.div_ceil(page_entries) * page_entries;
-    let mut raw = alloc::vec![0u8; (bat_entries * 8) as usize];
-    read(&*storage, &mut raw, bat_region.file_offset, "reading the BAT")?;
-    let bat: Vec<BatEntry> = BlockTable::decode(&raw).collect();
-    drop(raw);
-    let alloc_floor = validate_bat(&bat, &geometry, bat_region.file_offset, len, &regions, log_range)?;
-    let table = BlockTable::new(geometry, bat_region.file_offset, bat);
+    // The BAT is read a page at a time when first needed; each page is
+    // checked as it is read (see `table`). Its region fits in the file and
+    // holds the entries (both checked above).
+    let log = if header.log_length > 0 { log_range } else { (0, 0) };
+    let floor = regions.entries.iter().fold(round_up_mib(len).max(log.1), |f, r| f.max(r.end()));
+    let table = BlockTable::new(geometry, bat_region.file_offset, bat_region.length as u64, cache_bytes);
 
     Ok(Image {
         storage,
         writable,
-        space: super::space::Space { len, floor: alloc_floor },
+        space: super::space::Space { len, floor },
+        blocks_end: None,
         header,
         regions,
         params,
@@ -195,6 +192,16 @@ impl Image {
         self.locator.as_ref()
     }
 
+    /// The file's length as this session knows it.
+    pub(crate) fn file_len(&self) -> u64 {
+        self.space.len
+    }
+
+    /// Whether a log was replayed when the image was opened.
+    pub(crate) fn replayed_log(&self) -> bool {
+        self.replayed_log
+    }
+
     /// The path the image was opened from, if any.
     pub(crate) fn path(&self) -> Option<&str> {
         self.path.as_deref()
@@ -203,99 +210,10 @@ impl Image {
 
 /// The disk of `image` over `parent` (checked by the caller against the
 /// image's locator).
-pub(crate) fn finish(image: Image, parent: Option<Box<Disk>>) -> Disk {
-    let skip = parent.as_deref().map(|p| super::rw::ancestor_skips(p, &image.params)).unwrap_or_default();
-    Disk { image, parent, skip }
-}
-
-/// Checks every BAT entry: states defined, offsets after the header section,
-/// outside the log and regions, starting inside the file, not overlapping each
-/// other. Returns the first 1 MiB-aligned offset past every structure.
-fn validate_bat(
-    bat: &[BatEntry],
-    g: &BatGeometry,
-    bat_offset: u64,
-    file_len: u64,
-    regions: &RegionTable,
-    log: (u64, u64),
-) -> Result<u64> {
-    let mut used: Vec<(u64, u64, usize)> = Vec::new();
-    let bs = g.block_size as u64;
-    for (index, &entry) in bat.iter().enumerate().take(g.entry_count as usize) {
-        let at = bat_offset + index as u64 * 8;
-        let off = entry.file_offset();
-        if g.is_sector_bitmap_index(index) {
-            match entry.state_bits() {
-                SB_NOT_PRESENT => {}
-                SB_PRESENT if g.has_parent => used.push((off, MIB, index)),
-                // Fixed and dynamic disks must not have sector bitmaps; other
-                // values are reserved. Neither is read, so neither stops a reader.
-                _ => {}
-            }
-            continue;
-        }
-        let state = entry
-            .payload_state()
-            .ok_or_else(|| Error::corrupt("BAT entry", at, format!("entry {index} has the reserved state 4")))?;
-        if state == PayloadState::PartiallyPresent && !g.has_parent {
-            return Err(Error::corrupt(
-                "BAT entry",
-                at,
-                format!("entry {index} is partially present in a disk without a parent"),
-            ));
-        }
-        if state.has_data() {
-            used.push((off, bs, index));
-        }
-        if state == PayloadState::PartiallyPresent {
-            let chunk = (index as u64) / (g.chunk_ratio + 1);
-            let sb = bat.get(g.sector_bitmap_index(chunk)).copied().unwrap_or(BatEntry::EMPTY);
-            if !sb.sector_bitmap_present() {
-                return Err(Error::corrupt(
-                    "BAT entry",
-                    at,
-                    format!("entry {index} is partially present but chunk {chunk} has no sector bitmap"),
-                ));
-            }
-        }
-    }
-    let mut floor = round_up_mib(file_len).max(log.1);
-    for r in &regions.entries {
-        floor = floor.max(r.end());
-    }
-    for &(off, len, index) in &used {
-        let at = bat_offset + index as u64 * 8;
-        let end = off.saturating_add(len);
-        if off < HEADER_SECTION_SIZE || off >= file_len {
-            return Err(Error::corrupt(
-                "BAT entry",
-                at,
-                format!("entry {index} points at {off:#x}, outside the file's data area (file is {file_len} bytes)"),
-            ));
-        }
-        if off < log.1 && log.0 < end {
-            return Err(Error::corrupt("BAT entry", at, format!("entry {index} at {off:#x} overlaps the log")));
-        }
-        if let Some(r) = regions.entries.iter().find(|r| off < r.end() && r.file_offset < end) {
-            return Err(Error::corrupt(
-                "BAT entry",
-                at,
-                format!("entry {index} at {off:#x} overlaps region {}", r.guid),
-            ));
-        }
-        floor = floor.max(end);
-    }
-    used.sort_unstable();
-    for pair in used.windows(2) {
-        let (a, alen, ai) = pair[0];
-        let (b, _, bi) = pair[1];
-        if a + alen > b {
-            return Err(Error::corrupt(
-                "BAT entry",
-                bat_offset + bi as u64 * 8,
-                format!("entry {bi} at {b:#x} overlaps entry {ai} at {a:#x}"),
-            ));
-        }
-    }
-    Ok(round_up_mib(floor))
+pub(crate) fn finish(image: Image, parent: Option<Box<Disk>>) -> Result<Disk> {
+    let skip = match parent.as_deref() {
+        Some(p) => super::rw::ancestor_skips(p, &image.params)?,
+        None => Vec::new(),
+    };
+    Ok(Disk { image, parent, skip })
 }

@@ -168,8 +168,8 @@ impl Image {
             self.set_parent_locator(locator)?;
         }
         for index in 0..self.table.geometry().entry_count as usize {
-            if !self.table.entry(index).is_empty() {
-                self.set_bat_entry(index, BatEntry::EMPTY);
+            if !self.bat(index)?.is_empty() {
+                self.set_bat_entry(index, BatEntry::EMPTY)?;
             }
         }
         let end = self.structures_end();
@@ -179,6 +179,7 @@ impl Image {
         self.storage.set_len(end).during("shrinking the emptied file", end)?;
         self.storage.flush().during("flushing", end)?;
         self.space.end_at(end);
+        self.blocks_end = Some(end);
         Ok(())
     }
 

@@ -59,7 +59,7 @@ impl Image {
         let g = *self.table.geometry();
         let (mut bits, mut offsets, mut bitmaps) = (0u64, 0u64, 0u64);
         for index in 0..g.entry_count as usize {
-            let e = self.table.entry(index).raw();
+            let e = self.bat(index)?.raw();
             let mut clean = e & (OFFSET_MASK | STATE_MASK);
             if clean != e {
                 bits += 1;
@@ -79,7 +79,7 @@ impl Image {
                 if !self.session.file_guid_changed {
                     self.begin_metadata_change()?;
                 }
-                self.set_bat_entry(index, BatEntry::from_raw(clean));
+                self.set_bat_entry(index, BatEntry::from_raw(clean))?;
             }
         }
         let mut notes = Vec::new();

@@ -69,7 +69,7 @@ impl Image {
         // Past the new end nothing is read any more: release it.
         for block in g.payload_blocks..old.payload_blocks {
             let index = old.payload_index(block);
-            let entry = self.table.entry(index);
+            let entry = self.bat(index)?;
             if entry.is_empty() {
                 continue;
             }
@@ -78,40 +78,29 @@ impl Image {
             {
                 self.clear_block_bitmap(block)?;
             }
-            self.set_bat_entry(index, BatEntry::EMPTY);
+            self.set_bat_entry(index, BatEntry::EMPTY)?;
         }
         for index in g.entry_count as usize..old.entry_count as usize {
-            if !self.table.entry(index).is_empty() {
-                self.set_bat_entry(index, BatEntry::EMPTY);
+            if !self.bat(index)?.is_empty() {
+                self.set_bat_entry(index, BatEntry::EMPTY)?;
             }
         }
         self.trim_file_end()?;
         self.flush()
     }
 
-    /// Reads BAT entries from the region into memory up to `count` entries
-    /// (whole pages, bounded by the region).
-    fn load_bat_entries(&mut self, count: u64) -> Result<()> {
-        let region = self.regions.bat();
-        let want = (count.div_ceil(512) * 512).min(region.length as u64 / 8) as usize;
-        if want > self.table.len() {
-            let from = self.table.len();
-            let mut raw = alloc::vec![0u8; (want - from) * 8];
-            self.read_file(&mut raw, self.table.offset() + from as u64 * 8, "reading the BAT")?;
-            self.table.extend(super::table::BlockTable::decode(&raw));
-        }
-        Ok(())
-    }
-
     /// Writes the BAT's entries (zeros past the entry count) as the first
     /// `len` bytes of a region at `at`, and flushes. The region is not
     /// referenced yet.
     pub(crate) fn write_bat_copy(&mut self, at: u64, len: u64) -> Result<()> {
-        let storage = &mut self.storage;
-        self.table.region_bytes(len, MIB, |done, bytes| {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(MIB);
+            let bytes = self.table.region_piece(&self.bounds(), done, n)?;
             let off = at + done;
-            storage.write_all_at(bytes, off).during("writing the relocated BAT", off)
-        })?;
+            self.storage.write_all_at(&bytes, off).during("writing the relocated BAT", off)?;
+            done += n;
+        }
         if at + len > self.space.len {
             self.space.len = at + len;
         }
@@ -151,7 +140,7 @@ impl Image {
         }
         self.commit_metadata()?;
         if guid == BAT_REGION {
-            self.table.set_offset(at);
+            self.table.set_region(at, len as u64);
         }
         self.regions = regions;
         Ok(())
@@ -187,11 +176,11 @@ impl Image {
 
     /// The first 1 MiB boundary past every structure in use: header
     /// section, log, regions, blocks holding data, sector bitmaps.
-    pub(crate) fn used_end(&self) -> u64 {
+    pub(crate) fn used_end(&self) -> Result<u64> {
         let mut end = self.structures_end();
-        let g = self.table.geometry();
+        let g = *self.table.geometry();
         let bs = g.block_size as u64;
-        for (index, &e) in self.table.entries().iter().enumerate() {
+        self.scan_bat(|index, e| {
             if g.is_sector_bitmap_index(index) {
                 if g.has_parent && e.sector_bitmap_present() {
                     end = end.max(e.file_offset() + MIB);
@@ -199,15 +188,16 @@ impl Image {
             } else if e.payload_state().is_some_and(|s| s.has_data()) {
                 end = end.max(e.file_offset() + bs);
             }
-        }
-        round_up_mib(end)
+            Ok(())
+        })?;
+        Ok(round_up_mib(end))
     }
 
     /// Commits pending metadata and cuts the file after the last structure
     /// in use, once a log entry records the smaller size. Returns the file's
     /// length.
     pub(crate) fn trim_file_end(&mut self) -> Result<u64> {
-        let end = self.used_end();
+        let end = self.used_end()?;
         if end >= self.space.len {
             self.commit_metadata()?;
             return Ok(self.space.len);
@@ -216,7 +206,8 @@ impl Image {
         self.space.len = end;
         if !self.has_pending_metadata() {
             // An entry carrying the new size: BAT page 0, unchanged.
-            self.table.touch_page(0);
+            let b = super::bounds(&*self.storage, &self.space, &self.regions, &self.header);
+            self.table.touch_page(&b, 0)?;
         }
         if let Err(e) = self.commit_metadata() {
             self.space.len = before;
@@ -225,6 +216,7 @@ impl Image {
         self.storage.set_len(end).during("truncating the file", end)?;
         self.storage.flush().during("flushing", end)?;
         self.space.end_at(end);
+        self.blocks_end = Some(end);
         Ok(end)
     }
 }
@@ -353,15 +345,13 @@ impl Disk {
             }
         };
         if let Some(at) = at {
+            // The new region holds the old entries and zeros after them.
             self.image.switch_region(BAT_REGION, at, new_len as u32)?;
-            self.image.table.set_len(old.entry_count as usize);
-            self.image.table.set_len((g.entry_count.div_ceil(512) * 512) as usize);
         } else {
-            self.image.load_bat_entries(g.entry_count)?;
             self.image.begin_data_change()?;
             for index in old.entry_count as usize..g.entry_count as usize {
-                if !self.image.table.entry(index).is_empty() {
-                    self.image.set_bat_entry(index, BatEntry::EMPTY);
+                if !self.image.bat(index)?.is_empty() {
+                    self.image.set_bat_entry(index, BatEntry::EMPTY)?;
                 }
             }
         }
@@ -392,7 +382,7 @@ impl Disk {
         if let Some(at) = fixed_blocks {
             for (i, b) in (old_payload_blocks..self.image.table.geometry().payload_blocks).enumerate() {
                 let index = self.image.table.geometry().payload_index(b);
-                self.image.set_bat_entry(index, BatEntry::payload(PayloadState::FullyPresent, at + i as u64 * bs));
+                self.image.set_bat_entry(index, BatEntry::payload(PayloadState::FullyPresent, at + i as u64 * bs))?;
             }
         }
         Ok(())

@@ -81,7 +81,7 @@ const SKIP_TABLE_MAX_BLOCKS: u64 = 1 << 23;
 /// own table, so it costs one pass over the parent's BAT. Empty (no skipping)
 /// unless the parent has the same block size and virtual size, so a block
 /// index means the same bytes at every level it covers.
-pub(crate) fn ancestor_skips(parent: &Disk, params: &crate::format::metadata::DiskParameters) -> Vec<u8> {
+pub(crate) fn ancestor_skips(parent: &Disk, params: &crate::format::metadata::DiskParameters) -> Result<Vec<u8>> {
     let blocks = parent.image.table.geometry().payload_blocks;
     let grandparent_matches = parent.parent.as_deref().is_some_and(|g| {
         g.image.params.block_size == parent.image.params.block_size
@@ -91,35 +91,36 @@ pub(crate) fn ancestor_skips(parent: &Disk, params: &crate::format::metadata::Di
         || parent.image.params.virtual_size != params.virtual_size
         || !grandparent_matches
         || blocks > SKIP_TABLE_MAX_BLOCKS
+        || parent.image.table.geometry().table_bytes() > parent.image.table.cache_bytes() as u64
     {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     (0..blocks)
         .map(|block| {
-            if parent.image.payload_state(block) != Some(PayloadState::NotPresent) {
-                return 0;
+            if parent.image.payload_state(block)? != Some(PayloadState::NotPresent) {
+                return Ok(0);
             }
             let further = parent.skip.get(block as usize).copied().unwrap_or(0);
-            further.saturating_add(1)
+            Ok(further.saturating_add(1))
         })
         .collect()
 }
 
 impl Image {
-    pub(crate) fn payload_state(&self, block: u64) -> Option<PayloadState> {
-        self.table.payload(block).payload_state()
+    pub(crate) fn payload_state(&self, block: u64) -> Result<Option<PayloadState>> {
+        Ok(self.bat_payload(block)?.payload_state())
     }
 
     /// Where the bytes of `block` come from: one source for the whole block
     /// (`Data` at the block's file offset), or per sector from the bitmap.
-    fn block_source(&self, block: u64) -> BlockSource {
-        let entry = self.table.payload(block);
-        match entry.payload_state() {
+    fn block_source(&self, block: u64) -> Result<BlockSource> {
+        let entry = self.bat_payload(block)?;
+        Ok(match entry.payload_state() {
             Some(PayloadState::FullyPresent) => BlockSource::Whole(Extent::Data { file_offset: entry.file_offset() }),
             Some(PayloadState::PartiallyPresent) => BlockSource::Sectors { base: entry.file_offset() },
             Some(PayloadState::NotPresent) if self.params.has_parent => BlockSource::Whole(Extent::Parent),
             _ => BlockSource::Whole(Extent::Zero),
-        }
+        })
     }
 
     fn check_range(&self, offset: u64, len: usize) -> Result<()> {
@@ -166,7 +167,7 @@ impl Image {
             let block = pos / bs;
             let in_block = pos % bs;
             let n = (bs - in_block).min(end - pos);
-            match self.block_source(block) {
+            match self.block_source(block)? {
                 BlockSource::Whole(Extent::Data { file_offset }) => {
                     emit(pos, n, Extent::Data { file_offset: file_offset + in_block }, &mut pending)?
                 }
@@ -193,7 +194,7 @@ impl Image {
     /// Where the bitmap bits of sectors under `[in_block, in_block + n)` of
     /// payload `block` lie. Block and sector sizes are powers of two, so
     /// shifts and masks do the arithmetic.
-    fn bitmap_span(&self, block: u64, in_block: u64, n: u64) -> BitmapSpan {
+    fn bitmap_span(&self, block: u64, in_block: u64, n: u64) -> Result<BitmapSpan> {
         let g = self.table.geometry();
         let sector_shift = g.logical_sector_size.trailing_zeros();
         let chunk = block >> g.chunk_ratio.trailing_zeros();
@@ -202,16 +203,26 @@ impl Image {
         let last_sector = (in_block + n - 1) >> sector_shift;
         let byte_lo = first_sector / 8;
         let bytes_per_block = (g.block_size >> sector_shift) as u64 / 8;
-        BitmapSpan {
+        let sb_index = g.sector_bitmap_index(chunk);
+        let sb = self.bat(sb_index)?;
+        if !sb.sector_bitmap_present() {
+            let index = g.payload_index(block);
+            return Err(Error::corrupt(
+                "BAT entry",
+                self.table.offset() + index as u64 * 8,
+                alloc::format!("entry {index} is partially present but chunk {chunk} has no sector bitmap"),
+            ));
+        }
+        Ok(BitmapSpan {
             chunk,
-            bitmap_block: self.table.entry(g.sector_bitmap_index(chunk)).file_offset(),
+            bitmap_block: sb.file_offset(),
             index,
             first_sector,
             last_sector,
             byte_lo,
             rel: index * bytes_per_block + byte_lo,
             len: (last_sector / 8 - byte_lo + 1) as usize,
-        }
+        })
     }
 
     /// Walks the sector bitmap of a partially present `block` over
@@ -227,7 +238,7 @@ impl Image {
         let g = self.table.geometry();
         let ss = g.logical_sector_size as u64;
         let BitmapSpan { chunk, bitmap_block, first_sector, last_sector, byte_lo, rel, len, .. } =
-            self.bitmap_span(block, in_block, n);
+            self.bitmap_span(block, in_block, n)?;
         let block_start = block * g.block_size as u64;
         let range_start = block_start + in_block;
         let range_end = range_start + n;
@@ -255,7 +266,7 @@ impl Image {
     /// straight to this file or to the parent without building runs.
     fn bitmap_uniform(&self, block: u64, in_block: u64, n: u64) -> Result<Option<bool>> {
         let BitmapSpan { chunk, bitmap_block, index, first_sector: first, last_sector: last, byte_lo, rel, len } =
-            self.bitmap_span(block, in_block, n);
+            self.bitmap_span(block, in_block, n)?;
         // With nothing uncommitted, the cached summary of the block's bitmap
         // answers most reads without touching the bitmap bytes.
         if self.dirty_pages.is_empty() {
@@ -352,7 +363,7 @@ impl Image {
             let block = pos / bs;
             let in_block = pos % bs;
             let n = (bs - in_block).min(end - pos);
-            let entry = self.table.payload(block);
+            let entry = self.bat_payload(block)?;
             let base = match entry.payload_state() {
                 Some(PayloadState::FullyPresent) => entry.file_offset(),
                 _ => self.allocate_block(block)?,
@@ -361,7 +372,7 @@ impl Image {
             let mut run = n;
             while pos + run < end {
                 let next = (pos + run) / bs;
-                let e = self.table.payload(next);
+                let e = self.bat_payload(next)?;
                 if e.payload_state() != Some(PayloadState::FullyPresent)
                     || e.file_offset() != base + (next - block) * bs
                 {
@@ -388,20 +399,29 @@ impl Image {
     pub(crate) fn allocate_block_as(&mut self, block: u64, state: PayloadState) -> Result<u64> {
         let at = self.grow_for(self.params.block_size as u64)?;
         let index = self.table.geometry().payload_index(block);
-        self.set_bat_entry(index, BatEntry::payload(state, at));
+        self.set_bat_entry(index, BatEntry::payload(state, at))?;
         Ok(at)
     }
 
-    /// Extends the file by `len` zero bytes past every structure; returns where they start.
+    /// Extends the file by `len` zero bytes past every structure and
+    /// block; returns where they start. The first time in a session, the
+    /// whole table is checked (no two blocks overlap) and its last block
+    /// found: an image written by an old QEMU may end inside that block.
     pub(crate) fn grow_for(&mut self, len: u64) -> Result<u64> {
+        if self.blocks_end.is_none() {
+            let end = crate::format::round_up_mib(self.check_whole_bat()?);
+            self.blocks_end = Some(end);
+            self.space.floor = self.space.floor.max(end);
+        }
         self.space.grow(&mut *self.storage, len)
     }
 
     /// Sets BAT entry `index` (its page dirty until the next commit) so
     /// that a failing change can take it back.
-    pub(crate) fn set_bat_entry(&mut self, index: usize, entry: BatEntry) {
-        let (old, newly_dirty) = self.table.set(index, entry);
+    pub(crate) fn set_bat_entry(&mut self, index: usize, entry: BatEntry) -> Result<()> {
+        let (old, newly_dirty) = self.put_bat_entry(index, entry)?;
         self.undo.bat_entry(index, old, newly_dirty);
+        Ok(())
     }
 }
 
@@ -437,7 +457,7 @@ impl Disk {
                 break;
             }
             let in_block = offset & (bs - 1);
-            match disk.image.block_source(block) {
+            match disk.image.block_source(block)? {
                 BlockSource::Whole(Extent::Data { file_offset }) => {
                     return disk.image.read_file(buf, file_offset + in_block, "reading payload")
                 }

@@ -131,7 +131,7 @@ pub(crate) fn copy_runs(
 /// src.write_at(b"only this", 5 << 20)?;
 /// let mut dst = Disk::create_on(Box::new(MemStorage::new()), &CreateOptions::dynamic(8 << 20).block_size(1 << 20), None)?;
 /// assert_eq!(vhdx::ops::convert::copy_nonzero(&src, &mut dst, &mut |_, _| {})?, 4096);
-/// assert_eq!(dst.info().allocated_blocks, 1);
+/// assert_eq!(dst.info()?.allocated_blocks, 1);
 /// # Ok(()) }
 /// ```
 pub fn copy_nonzero<S, D>(src: &S, dst: &mut D, progress: &mut dyn FnMut(u64, u64)) -> Result<u64>

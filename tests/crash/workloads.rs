@@ -269,7 +269,7 @@ pub fn dirty_log(original: Vec<u8>) -> Workload {
     let run = move |storage: FaultStorage, rec: &mut Recorder, _: &Workload| -> vhdx::Result<()> {
         rec.created = true;
         let mut disk = OpenOptions::new().writable(true).guid_source(guids(77)).open_storage(Box::new(storage))?;
-        assert!(disk.info().log_replayed);
+        assert!(disk.info().unwrap().log_replayed);
         write_groups(&mut disk, rec, &[&[(data_at + 4096, 8192, 1), (data_at + 77, 5, 2)]])?;
         rec.write(&mut disk, data_at + MIB, pattern(3, 4096))?;
         rec.close(disk)

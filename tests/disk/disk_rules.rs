@@ -97,14 +97,14 @@ fn accessors_report_the_options_and_the_files_bytes() {
     // DataWriteGuid: bytes 32..48 of the current header.
     let header = current_header(&file);
     assert_eq!(d.data_write_guid().to_string(), guid_text(&header[32..48]));
-    assert_eq!(d.info().data_write_guid.to_string(), guid_text(&header[32..48]));
+    assert_eq!(d.info().unwrap().data_write_guid.to_string(), guid_text(&header[32..48]));
 
     // The BAT: 12 payload blocks of 1 MiB; chunk ratio 2^23 * 4096 / 1 MiB
     // = 32768, so a dynamic disk's BAT holds 12 + (12 - 1) / 32768 = 12
     // entries, each a little-endian u64 at the region's offset.
     let bat = bat_offset(&file) as usize;
     let raw: Vec<u64> = (0..12).map(|i| u64_at(&file, bat + 8 * i)).collect();
-    assert_eq!(d.bat_entries().iter().map(|e| e.raw()).collect::<Vec<u64>>(), raw);
+    assert_eq!(d.bat_entries().unwrap().iter().map(|e| e.raw()).collect::<Vec<u64>>(), raw);
     // Blocks 5 and 9 are fully present (state 6), the rest not (0).
     for (i, e) in raw.iter().enumerate() {
         assert_eq!(e & 7, if i == 5 || i == 9 { 6 } else { 0 }, "BAT entry {i}");
@@ -112,7 +112,7 @@ fn accessors_report_the_options_and_the_files_bytes() {
     assert_eq!(d.geometry().payload_blocks, 12);
     assert_eq!(d.geometry().entry_count, 12);
     assert_eq!(d.geometry().chunk_ratio, 32768);
-    assert_eq!(d.info().allocated_blocks, 2);
+    assert_eq!(d.info().unwrap().allocated_blocks, 2);
     assert_eq!(d.regions().bat().file_offset, bat as u64);
 
     let shown = format!("{d:?}");
@@ -202,6 +202,19 @@ fn a_new_images_headers_have_distinct_rising_sequence_numbers() {
     assert!(first >= 1 && second == first + 1, "sequence numbers {first} and {second}");
 }
 
+/// A damaged BAT entry does not stop an open, which reads no BAT page: the
+/// first read of its page refuses it, and `check` reports it. Returns the
+/// read's message and the check's errors, one text, for the caller's
+/// assertions (each must hold in both).
+fn refused_when_read(path: &Path, virtual_offset: u64, what: &str) -> [String; 2] {
+    let d = Disk::open(path).unwrap_or_else(|e| panic!("{what}: the open reads no BAT page, yet: {e}"));
+    let mut buf = [0u8; 512];
+    let read = d.read_at(&mut buf, virtual_offset).expect_err(what).to_string();
+    let report = vhdx::check::check_file(path).unwrap();
+    assert!(!report.is_clean(), "{what}: check passed it");
+    [read, report.errors.join("; ")]
+}
+
 /// Two BAT entries pointing at the same block: the error names the BAT
 /// entry that overlaps, at its own file offset (the region's offset plus 8
 /// per entry), as the test reads it from the file.
@@ -219,10 +232,23 @@ fn an_overlapping_bat_entry_is_named_at_its_own_offset() {
     assert_eq!(block0 & 7, 6, "block 0 is fully present");
     file[bat + 5 * 8..bat + 6 * 8].copy_from_slice(&block0.to_le_bytes());
     std::fs::write(&path, &file).unwrap();
-    let message = Disk::open(&path).expect_err("an overlap is refused").to_string();
+    // Reads cannot tell (each block alone is sound); check can, and so can
+    // a writer, which checks the whole table before its first new block.
+    let d = Disk::open(&path).unwrap();
+    let mut buf = [0u8; 512];
+    d.read_at(&mut buf, 5 << 20).unwrap();
+    assert_eq!(buf, [1u8; 512], "entry 5 reads block 0's bytes");
+    drop(d);
+    let report = vhdx::check::check_file(&path).unwrap().errors.join("; ");
+    let mut w = Disk::open_writable(&path).unwrap();
+    w.write_at(&[3u8; 512], 0).expect("a write to a stored block allocates nothing");
+    let write = w.write_at(&[3u8; 512], 2 << 20).expect_err("a new block needs the whole table sound").to_string();
+    drop(w);
     let want = format!("corrupt BAT entry at file offset {:#x}", bat + 5 * 8);
-    assert!(message.contains(&want), "{message:?} does not contain {want:?}");
-    assert!(message.contains("entry 5 at") && message.contains("overlaps entry 0"), "{message}");
+    for message in [report, write] {
+        assert!(message.contains(&want), "{message:?} does not contain {want:?}");
+        assert!(message.contains("entry 5 at") && message.contains("overlaps entry 0"), "{message}");
+    }
 }
 
 /// A file that ends exactly where the header section ends (the second
@@ -334,9 +360,10 @@ fn a_bat_entry_inside_the_log_is_refused() {
     let bat = bat_offset(&file) as usize;
     file[bat..bat + 8].copy_from_slice(&(log_offset | 6).to_le_bytes());
     std::fs::write(&path, &file).unwrap();
-    let message = Disk::open(&path).expect_err("a block in the log is refused").to_string();
-    assert!(message.contains(&format!("corrupt BAT entry at file offset {bat:#x}")), "{message}");
-    assert!(message.contains("overlaps the log"), "{message}");
+    for message in refused_when_read(&path, 0, "a block in the log is refused") {
+        assert!(message.contains(&format!("corrupt BAT entry at file offset {bat:#x}")), "{message}");
+        assert!(message.contains("overlaps the log"), "{message}");
+    }
 }
 
 /// A flush commits what was pending and leaves nothing pending; a second
@@ -369,9 +396,10 @@ fn a_reserved_bat_state_is_named_at_its_offset() {
     let bat = bat_offset(&file) as usize;
     file[bat + 2 * 8..bat + 3 * 8].copy_from_slice(&4u64.to_le_bytes());
     std::fs::write(&path, &file).unwrap();
-    let message = Disk::open(&path).expect_err("state 4 is reserved").to_string();
-    assert!(message.contains(&format!("corrupt BAT entry at file offset {:#x}", bat + 16)), "{message}");
-    assert!(message.contains("entry 2 has the reserved state 4"), "{message}");
+    for message in refused_when_read(&path, 5 << 20, "state 4 is reserved") {
+        assert!(message.contains(&format!("corrupt BAT entry at file offset {:#x}", bat + 16)), "{message}");
+        assert!(message.contains("entry 2 has the reserved state 4"), "{message}");
+    }
 }
 
 /// With 32 MiB blocks and 512-byte sectors a block's sector bitmap is 8 KiB,
@@ -419,9 +447,10 @@ fn a_bat_entry_inside_the_header_section_is_refused() {
     // FULLY_PRESENT (6) at file offset 0.
     file[bat + 8..bat + 16].copy_from_slice(&6u64.to_le_bytes());
     std::fs::write(&path, &file).unwrap();
-    let message = Disk::open(&path).expect_err("a block at offset 0 is refused").to_string();
-    assert!(message.contains(&format!("corrupt BAT entry at file offset {:#x}", bat + 8)), "{message}");
-    assert!(message.contains("outside the file's data area"), "{message}");
+    for message in refused_when_read(&path, 1 << 20, "a block at offset 0 is refused") {
+        assert!(message.contains(&format!("corrupt BAT entry at file offset {:#x}", bat + 8)), "{message}");
+        assert!(message.contains("outside the file's data area"), "{message}");
+    }
 }
 
 /// Rewrites both headers' LogOffset (byte 72) and LogLength (byte 68), with
@@ -739,9 +768,10 @@ fn a_block_on_a_region_is_refused() {
         let mut file = clean.clone();
         file[bat + 8..bat + 16].copy_from_slice(&(at | 6).to_le_bytes());
         std::fs::write(&path, &file).unwrap();
-        let message = Disk::open(&path).expect_err(what).to_string();
-        assert!(message.contains(&format!("corrupt BAT entry at file offset {:#x}", bat + 8)), "{what}: {message}");
-        assert!(message.contains("overlaps region"), "{what}: {message}");
+        for message in refused_when_read(&path, 1 << 20, what) {
+            assert!(message.contains(&format!("corrupt BAT entry at file offset {:#x}", bat + 8)), "{what}: {message}");
+            assert!(message.contains("overlaps region"), "{what}: {message}");
+        }
         if crate::common::qemu::qemu() {
             let out = crate::common::qemu::run("qemu-img", &["info", "-f", "vhdx", path.to_str().unwrap()]);
             assert!(!out.status.success(), "{what}: QEMU opened it");

@@ -370,9 +370,9 @@ impl Run {
             }
         }
         self.disk = Some(open_image(Box::new(self.tap.clone()), writable, self.parent.as_ref()).unwrap());
-        prop_assert!(!self.disk().info().log_replayed, "step {}: log replayed after a clean close", i);
+        prop_assert!(!self.disk().info().unwrap().log_replayed, "step {}: log replayed after a clean close", i);
         let expect = if g.kind == DiskType::Fixed { all.len() } else { self.touched.len() } as u64;
-        prop_assert_eq!(self.disk().info().allocated_blocks, expect, "step {}: allocated blocks", i);
+        prop_assert_eq!(self.disk().info().unwrap().allocated_blocks, expect, "step {}: allocated blocks", i);
         Ok(())
     }
 

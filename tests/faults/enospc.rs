@@ -306,7 +306,7 @@ fn a_failed_write_takes_back_its_bits_in_a_pending_bitmap_page() {
 fn a_new_sector_bitmap_block_is_allocated() {
     let mut s = Subject::differencing(true);
     s.write(&pattern(30, 512), 4 * MIB).unwrap();
-    let sb = s.disk.bat_entries()[s.disk.geometry().chunk_ratio as usize].raw();
+    let sb = s.disk.bat_entry(s.disk.geometry().chunk_ratio as usize).unwrap().raw();
     assert_eq!(sb & 7, 6, "the chunk has a sector bitmap block");
     let at = sb & !(MIB - 1);
     assert!(s.handle.is_allocated(at, MIB), "the sector bitmap block at {at:#x} is a hole");

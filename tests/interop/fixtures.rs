@@ -312,7 +312,7 @@ fn guid(s: &str) -> Guid {
 
 /// Checks what a read-only open reports against the table.
 fn check_info(fx: &Fx, disk: &Disk) {
-    let info = disk.info();
+    let info = disk.info().unwrap();
     let name = fx.rel;
     assert_eq!(info.disk_type, fx.disk_type, "{name}: type");
     assert_eq!(info.virtual_size, fx.virtual_size, "{name}: virtual size");
@@ -505,13 +505,13 @@ fn dfvfs_ext2_made_by_qemu() {
 /// SOURCES.md says a reader that ignores the log sees the file
 /// (`ignored_log_sha`: libvhdi's and dissect's hash).
 fn dirty_log_read_only(fx: &Fx, ignored_log_sha: &str) {
-    check_standalone(fx, |d| assert!(d.info().log_replayed));
+    check_standalone(fx, |d| assert!(d.info().unwrap().log_replayed));
     let Some(f) = fixture(fx.rel) else { return };
     let copy = f.dir.path().join("log-cleared.vhdx");
     sparse_copy(&f.path, &copy);
     clear_log_guid(&copy);
     let d = Disk::open(&copy).unwrap_or_else(|e| panic!("{}: open with the LogGuid cleared: {e}", fx.rel));
-    assert!(!d.info().log_replayed, "{}: nothing to replay once the LogGuid is cleared", fx.rel);
+    assert!(!d.info().unwrap().log_replayed, "{}: nothing to replay once the LogGuid is cleared", fx.rel);
     assert_eq!(sha256_disk(&d), ignored_log_sha, "{}: the disk with its log ignored", fx.rel);
 }
 
@@ -546,7 +546,7 @@ fn dirty_log_writable(fx: &Fx, bat_changes: (u64, u64)) {
     assert_ne!(before.log_guid, [0u8; 16], "{}: fixture should have a dirty log", fx.rel);
     {
         let disk = Disk::open_writable(&ours).unwrap_or_else(|e| panic!("{}: writable open: {e}", fx.rel));
-        assert!(disk.info().log_replayed, "{}: writable open did not replay the log", fx.rel);
+        assert!(disk.info().unwrap().log_replayed, "{}: writable open did not replay the log", fx.rel);
         // Spot check here; the whole disk is hashed after reopening below.
         let mut probe = vec![0u8; 1 << 20];
         let fresh = Disk::open(&f.path).unwrap();
@@ -579,7 +579,7 @@ fn dirty_log_writable(fx: &Fx, bat_changes: (u64, u64)) {
     }
 
     let reopened = Disk::open(&ours).unwrap();
-    assert!(!reopened.info().log_replayed, "{}: log still dirty after an in-place replay", fx.rel);
+    assert!(!reopened.info().unwrap().log_replayed, "{}: log still dirty after an in-place replay", fx.rel);
     assert_eq!(sha256_disk(&reopened), fx.sha_raw, "{}: disk after reopening the replayed copy", fx.rel);
     drop(reopened);
 
@@ -667,7 +667,7 @@ fn check_chain(parent_fx: &Fx, child_fx: &Fx, passwords_at: u64) {
     assert_eq!(sha256_disk(&child), child_fx.sha_raw, "{}: sha256 of the chain", child_fx.rel);
     assert_eq!(read_vec(&child, passwords_at, PASSWORDS.len()), PASSWORDS, "{}: passwords.txt", child_fx.rel);
     // The locator names the parent by its DataWriteGuid and relative path.
-    let loc = child.info().parent_locator.unwrap();
+    let loc = child.info().unwrap().parent_locator.unwrap();
     let get = |k: &str| loc.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
     let linkage = get("parent_linkage").expect("parent_linkage");
     assert_eq!(guid(linkage.trim_matches(['{', '}'])), guid(parent_fx.data_write_guid.unwrap()));
@@ -782,7 +782,7 @@ fn dissect_differencing_child_only() {
 
     let disk = OpenOptions::new().without_parent().open(&f.path).unwrap();
     check_info(fx, &disk);
-    let loc = disk.info().parent_locator.unwrap();
+    let loc = disk.info().unwrap().parent_locator.unwrap();
     let linkage = loc.iter().find(|(k, _)| k == "parent_linkage").map(|(_, v)| v.clone()).unwrap();
     assert_eq!(guid(linkage.trim_matches(['{', '}'])), guid("ff34003b-11ed-4cf8-a166-b2be05e20b80"));
 

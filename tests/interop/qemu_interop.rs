@@ -118,7 +118,7 @@ fn we_create_qemu_reads(kind: DiskType, bs: u64, size: u64) {
     disk.close().unwrap();
 
     let disk = Disk::open(&path).unwrap();
-    let info = disk.info();
+    let info = disk.info().unwrap();
     assert_eq!((info.virtual_size, info.block_size as u64, info.disk_type), (size, bs, kind));
     let expected_blocks = match kind {
         DiskType::Fixed => size.div_ceil(bs),
@@ -241,7 +241,7 @@ fn qemu_creates_we_read_write(subformat: &str, bs: u64, size: u64, block_state_z
     let before = sha256_file(&path);
     {
         let disk = Disk::open(&path).unwrap();
-        let info = disk.info();
+        let info = disk.info().unwrap();
         assert_eq!((info.virtual_size, info.block_size as u64, info.logical_sector_size), (size, bs, 512));
         assert!(info.creator.starts_with("QEMU"), "creator {:?}", info.creator);
         assert_eq!(info.disk_type, if subformat == "fixed" { DiskType::Fixed } else { DiskType::Dynamic });
@@ -330,7 +330,7 @@ fn sector_4096(kind: DiskType, bs: u64, size: u64) {
     disk.close().unwrap();
 
     let disk = Disk::open(&path).unwrap();
-    let info = disk.info();
+    let info = disk.info().unwrap();
     assert_eq!((info.logical_sector_size, info.physical_sector_size, info.virtual_size), (4096, 4096, size));
     model.assert_equals(&disk);
     // The block-device view uses whole 4096-byte sectors.

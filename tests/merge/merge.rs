@@ -110,7 +110,7 @@ fn structures_end(p: &Path) -> u64 {
 /// file cut back to its structures (so shorter than the `before` bytes it had).
 fn assert_emptied(p: &Path, sector: u64, before: u64) {
     let d = Disk::open(p).unwrap();
-    assert_eq!(d.info().allocated_blocks, 0, "{} still has allocated blocks", p.display());
+    assert_eq!(d.info().unwrap().allocated_blocks, 0, "{} still has allocated blocks", p.display());
     drop(d);
     let bat = RawBat::from_file(p, SIZE, 1 << 20, sector);
     if let Some((i, e)) = bat.entries.iter().enumerate().find(|(_, &e)| e != 0) {

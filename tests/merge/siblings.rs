@@ -201,7 +201,7 @@ fn check_merged(lab: &Lab, children: &[&str], e: &Expected) {
     for c in children {
         std::fs::write(lab.raw(c), &e.merged_view).unwrap();
         let d = OpenOptions::new().without_parent().open(lab.p(c)).unwrap();
-        assert_eq!(d.info().allocated_blocks, 0, "{c} is empty");
+        assert_eq!(d.info().unwrap().allocated_blocks, 0, "{c} is empty");
         assert_eq!(d.change_set().unwrap(), vec![], "{c} holds nothing");
         let loc = d.parent_locator().unwrap();
         assert_eq!(loc.parent_linkage(), Some(parent_guid), "{c} links to the parent's new DataWriteGuid");

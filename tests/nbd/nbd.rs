@@ -163,7 +163,7 @@ fn qemu_write_zeroes_and_discard_reach_the_disk() {
             disk.close().unwrap();
             path
         };
-        let blocks_before = Disk::open(&path).unwrap().info().allocated_blocks;
+        let blocks_before = Disk::open(&path).unwrap().info().unwrap().allocated_blocks;
         let server = Running::start(Disk::open_writable(&path).unwrap(), ServeOptions::default());
         // Unaligned zeroing over data (in a chain: over the parents' data),
         // with and without NO_HOLE, and over space never written.
@@ -197,7 +197,7 @@ fn qemu_write_zeroes_and_discard_reach_the_disk() {
         disk.close().unwrap();
         if !chained {
             // Zeroing allocated nothing; the trim may have given blocks back.
-            let blocks_after = Disk::open(&path).unwrap().info().allocated_blocks;
+            let blocks_after = Disk::open(&path).unwrap().info().unwrap().allocated_blocks;
             assert!(blocks_after <= blocks_before, "zeroing allocated blocks: {blocks_before} -> {blocks_after}");
             qemu_check_clean(&path);
         }

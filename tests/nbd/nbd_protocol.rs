@@ -244,7 +244,7 @@ fn read_only_exports_refuse_every_kind_of_write() {
 #[test]
 fn write_zeroes_and_trim_over_the_wire() {
     let (disk, data) = seeded();
-    let before = disk.info().allocated_blocks;
+    let before = disk.info().unwrap().allocated_blocks;
     let server = Running::start(disk, ServeOptions::default());
     let (mut c, _) = Client::go(server.addr);
     // Zeroes across allocated data (unaligned), and over 8 MiB never written.
@@ -265,7 +265,7 @@ fn write_zeroes_and_trim_over_the_wire() {
     assert!(ended[0].contains(&format!("{} zeroed, {} trimmed", 70_000 + (9 << 20), 1 << 20)), "{ended:?}");
     let disk = server.stop();
     // Zeroing allocated nothing; the trim of a whole 1 MiB block gave it back.
-    assert_eq!(disk.info().allocated_blocks, before - 1, "blocks after zeroing and a whole-block trim");
+    assert_eq!(disk.info().unwrap().allocated_blocks, before - 1, "blocks after zeroing and a whole-block trim");
 }
 
 #[test]

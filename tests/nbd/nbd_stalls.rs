@@ -282,7 +282,7 @@ fn the_cli_sets_the_timeouts_and_the_bound() {
     let log = log.join().unwrap();
     assert!(log.contains("idle for 1s") && log.contains("no complete handshake within 500ms"), "{log}");
     let disk = vhdx::Disk::open(&path).unwrap();
-    assert!(!disk.info().log_replayed, "the log was not clean");
+    assert!(!disk.info().unwrap().log_replayed, "the log was not clean");
     let mut back = vec![0u8; 4096];
     disk.read_at(&mut back, 8192).unwrap();
     assert_eq!(back, vec![0x77; 4096]);

@@ -212,7 +212,7 @@ fn bat_region(disk: &Disk) -> (u64, u32) {
 }
 
 fn payload_state(disk: &Disk, block: u64) -> PayloadState {
-    let e = disk.bat_entries()[disk.geometry().payload_index(block)];
+    let e = disk.bat_entry(disk.geometry().payload_index(block)).unwrap();
     PayloadState::from_entry(e.raw()).unwrap()
 }
 
@@ -418,7 +418,7 @@ fn shrink_refused_with_data_allowed_with_flag() {
                 // Blocks past the end are given back: the file ends with the last block.
                 let d = Disk::open(&img).unwrap();
                 let last = (0..d.geometry().payload_blocks)
-                    .map(|b| (d.bat_entries()[d.geometry().payload_index(b)].raw() & !(MIB - 1)) + MIB)
+                    .map(|b| (d.bat_entry(d.geometry().payload_index(b)).unwrap().raw() & !(MIB - 1)) + MIB)
                     .max()
                     .unwrap();
                 assert_eq!(file_len, last, "fixed disk file cut after its last block");
@@ -525,7 +525,7 @@ fn discard_dynamic_and_fixed() {
                 };
                 assert_eq!(payload_state(&d, b), want, "{ty} block {b}");
                 if want == PayloadState::Unmapped {
-                    assert_eq!((d.bat_entries()[d.geometry().payload_index(b)].raw() & !(MIB - 1)), 0);
+                    assert_eq!((d.bat_entry(d.geometry().payload_index(b)).unwrap().raw() & !(MIB - 1)), 0);
                 }
             }
             for b in [6u64, 7, 9, 12] {
@@ -581,7 +581,7 @@ fn discard_differencing() {
         assert_eq!(payload_state(&c, 0), PayloadState::Zero);
         assert_eq!(payload_state(&c, 1), PayloadState::Zero);
         assert_eq!(payload_state(&c, 2), PayloadState::Zero);
-        assert_eq!((c.bat_entries()[c.geometry().payload_index(2)].raw() & !(MIB - 1)), 0);
+        assert_eq!((c.bat_entry(c.geometry().payload_index(2)).unwrap().raw() & !(MIB - 1)), 0);
         assert_eq!(payload_state(&c, 10), PayloadState::NotPresent, "nothing to hide");
         assert_eq!(payload_state(&c, 11), PayloadState::NotPresent, "nothing to hide");
         assert_eq!(payload_state(&c, 5), PayloadState::PartiallyPresent, "zeros written over parent data");
@@ -664,7 +664,7 @@ fn compact_dynamic() {
         let raw_before = qemu_raw(&img, &tmp.path().join("before.raw"));
         let before_len = std::fs::metadata(&img).unwrap().len();
         let d = Disk::open(&img).unwrap();
-        let live_blocks = d.info().allocated_blocks;
+        let live_blocks = d.info().unwrap().allocated_blocks;
         drop(d);
 
         let report = vhdx::ops::compact::compact(&img).unwrap();
@@ -674,7 +674,7 @@ fn compact_dynamic() {
         let after_len = std::fs::metadata(&img).unwrap().len();
         assert_eq!(report.file_size_after, after_len);
         let d = Disk::open(&img).unwrap();
-        assert_eq!(d.info().allocated_blocks, live_blocks - 3);
+        assert_eq!(d.info().unwrap().allocated_blocks, live_blocks - 3);
         // Packed: header, log, metadata, BAT (1 MiB each after the header section), then the blocks.
         assert_eq!(after_len, 4 * MIB + (live_blocks - 3) * MIB, "no hole is left");
         drop(d);
@@ -858,7 +858,11 @@ fn convert_between_kinds() {
     convert(&p("fixed.vhdx"), &p("dyn2.vhdx"), &ConvertOptions::default()).unwrap();
     verify(&p("dyn2.vhdx"), &model);
     let d2 = Disk::open(p("dyn2.vhdx")).unwrap();
-    assert_eq!((d2.disk_type(), d2.info().allocated_blocks), (DiskType::Dynamic, 2), "32 MiB blocks, zeros left out");
+    assert_eq!(
+        (d2.disk_type(), d2.info().unwrap().allocated_blocks),
+        (DiskType::Dynamic, 2),
+        "32 MiB blocks, zeros left out"
+    );
     drop(d2);
 
     // A chain flattened into a standalone dynamic disk with 4096-byte sectors.
@@ -915,7 +919,7 @@ fn copy_nonzero_between_disks_in_memory() {
     let n = vhdx::ops::convert::copy_nonzero(&a, &mut b, &mut |_, _| {}).unwrap();
     assert_eq!(n, 4096);
     assert_eq!(read_vec(&b, 3 * MIB, 100), pattern(1, 100));
-    assert_eq!(b.info().allocated_blocks, 1);
+    assert_eq!(b.info().unwrap().allocated_blocks, 1);
     let small = Disk::create_on(Box::new(vhdx::MemStorage::new()), &CreateOptions::dynamic(MIB), None).unwrap();
     assert!(vhdx::ops::convert::copy_nonzero(&small, &mut b, &mut |_, _| {}).is_err());
     let _ = OpenOptions::new();
@@ -957,7 +961,7 @@ fn copy_nonzero_from_a_device_that_is_not_a_disk() {
     let mut dst = Disk::create(&path, &CreateOptions::dynamic(16 * MIB).block_size(MIB as u32)).unwrap();
     let n = vhdx::ops::convert::copy_nonzero(&src, &mut dst, &mut |_, _| {}).unwrap();
     assert_eq!(n, 4096 + MIB, "one grain of the first run, all of the last MiB");
-    assert_eq!(dst.info().allocated_blocks, 2);
+    assert_eq!(dst.info().unwrap().allocated_blocks, 2);
     dst.close().unwrap();
     if qemu() {
         let raw = tmp.path().join("copy.raw");
@@ -985,7 +989,7 @@ fn a_raw_file_as_a_device() {
     let out = tmp.path().join("out.vhdx");
     let mut disk = Disk::create(&out, &CreateOptions::dynamic(24 * MIB).block_size(MIB as u32)).unwrap();
     vhdx::ops::convert::copy_nonzero(&device, &mut disk, &mut |_, _| {}).unwrap();
-    assert_eq!(disk.info().allocated_blocks, 2);
+    assert_eq!(disk.info().unwrap().allocated_blocks, 2);
     disk.close().unwrap();
     if qemu() {
         qemu_img(&["compare", "-f", "raw", "-F", "vhdx", raw.to_str().unwrap(), out.to_str().unwrap()]);

@@ -73,7 +73,7 @@ pub fn create(args: &CreateArgs) -> CliResult {
         options = options.physical_sector_size(pss);
     }
     let disk = vhdx::Disk::create(path, &options).in_file(path)?;
-    let info = disk.info();
+    let info = disk.info().in_file(path)?;
     disk.close().in_file(path)?;
     outln!(
         "Created {}: {} VHDX, virtual size {}, block size {}, sectors {}/{} (logical/physical)",
@@ -120,7 +120,7 @@ fn create_differencing(args: &CreateArgs, parent: &Path) -> CliResult {
         }
     }
     let disk = vhdx::Disk::create_differencing(path, parent, block_size).in_file(path)?;
-    let info = disk.info();
+    let info = disk.info().in_file(path)?;
     let linkage = disk.parent().map(|p| p.data_write_guid());
     disk.close().in_file(path)?;
     outln!(

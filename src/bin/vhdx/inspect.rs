@@ -197,7 +197,7 @@ pub fn print_json(value: &Value) -> CliResult {
 pub fn info(args: &InfoArgs) -> CliResult {
     let path = args.file.as_path();
     let (disk, problem) = open_chain(path, args.force_share)?;
-    let info = disk.info();
+    let info = disk.info().in_file(path)?;
     if args.json {
         return print_json(&info_json(path, &info, &disk, problem.as_ref()));
     }

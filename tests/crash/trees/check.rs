@@ -240,6 +240,7 @@ fn check_image(
         let g = disk.geometry();
         let held = disk
             .bat_entries()
+            .unwrap()
             .iter()
             .enumerate()
             .take(g.entry_count as usize)
