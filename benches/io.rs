@@ -16,6 +16,9 @@
 //! - `open_64t`: `dynamic`, opening a 64 TiB dynamic image
 //! - `open_64t_1m`: `raw`, `depth1`, `depth8`, opening a 64 TiB image of
 //!   1 MiB blocks alone and as the leaf of a chain of eight
+//! - `threads_read_4k`, `threads_write_4k`: `raw/N` and `dynamic/N`, 4 KiB
+//!   random reads and writes into allocated space from N = 1, 2, 4 threads
+//!   at once on one file
 //!
 //! Images are 1 GiB, files are page-cache warm: for reads, evicted and read
 //! back sequentially; for 4 KiB writes, evicted and warmed by one pass of the
@@ -326,6 +329,83 @@ fn writes_4k(c: &mut Criterion, fx: &Fixture) {
     }
 }
 
+/// Runs `op(thread, i)` for `iters` values of `i` split over `threads`
+/// threads at once; the wall time of the whole.
+fn timed_threads(threads: usize, iters: u64, op: impl Fn(usize, u64) + Sync) -> Duration {
+    let start = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let op = &op;
+            s.spawn(move || {
+                let mut i = t as u64;
+                while i < iters {
+                    op(t, i);
+                    i += threads as u64;
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+/// 4 KiB random reads (`threads_read_4k`) and writes into allocated space
+/// (`threads_write_4k`) from N threads at once on one file: `raw/N` with
+/// positioned I/O on one shared raw file, `dynamic/N` through one fully
+/// allocated dynamic image shared as `RwLock<Disk>` (reads under the
+/// shared lock, writes with `write_concurrently`), for N = 1, 2, 4.
+/// Throughput is per operation, so a ratio image/raw compares like with like.
+fn threads_4k(c: &mut Criterion, fx: &Fixture) {
+    use std::sync::RwLock;
+    let offs = offsets(1 << 16, SIZE, 4096);
+    let at = |t: usize, i: u64| offs[((i as usize).wrapping_mul(7) + t * 9973) % offs.len()];
+    let data = vec![0x6Bu8; 4096];
+    {
+        let mut g = group(c, "threads_read_4k", 4096);
+        let raw = raw_file(&fx.p("raw.img"), false);
+        let disk = RwLock::new(Disk::open(fx.p("dynamic.vhdx")).unwrap());
+        for n in [1usize, 2, 4] {
+            g.bench_with_input(criterion::BenchmarkId::new("raw", n), &n, |b, &n| {
+                b.iter_custom(|iters| {
+                    timed_threads(n, iters, |t, i| {
+                        let mut buf = [0u8; 4096];
+                        raw.read_exact_at(&mut buf, at(t, i)).unwrap();
+                        black_box(&buf);
+                    })
+                })
+            });
+            g.bench_with_input(criterion::BenchmarkId::new("dynamic", n), &n, |b, &n| {
+                b.iter_custom(|iters| {
+                    timed_threads(n, iters, |t, i| {
+                        let mut buf = [0u8; 4096];
+                        disk.read().unwrap().read_at(&mut buf, at(t, i)).unwrap();
+                        black_box(&buf);
+                    })
+                })
+            });
+        }
+        g.finish();
+    }
+    let mut g = group(c, "threads_write_4k", 4096);
+    let raw = raw_file(&fx.p("raw.img"), true);
+    warm_for_writes(fx, &["raw.img"], &offs, |o| raw.write_all_at(&data, o).unwrap());
+    let disk = RwLock::new(Disk::open_writable(fx.p("dynamic.vhdx")).unwrap());
+    warm_for_writes(fx, &["dynamic.vhdx"], &offs, |o| disk.write().unwrap().write_at(&data, o).unwrap());
+    disk.write().unwrap().flush().unwrap();
+    fx.settle();
+    for n in [1usize, 2, 4] {
+        g.bench_with_input(criterion::BenchmarkId::new("raw", n), &n, |b, &n| {
+            b.iter_custom(|iters| timed_threads(n, iters, |t, i| raw.write_all_at(&data, at(t, i)).unwrap()))
+        });
+        g.bench_with_input(criterion::BenchmarkId::new("dynamic", n), &n, |b, &n| {
+            b.iter_custom(|iters| {
+                timed_threads(n, iters, |t, i| vhdx::write_concurrently(&disk, &data, at(t, i)).unwrap())
+            })
+        });
+    }
+    g.finish();
+    disk.into_inner().unwrap().close().unwrap();
+}
+
 fn writes_first_touch(c: &mut Criterion, fx: &Fixture) {
     const FLUSH_EVERY: u64 = 64;
     let data = fill(3);
@@ -426,6 +506,7 @@ fn all(c: &mut Criterion) {
     open_64t_1m(c, &fx);
     reads(c, &fx);
     writes_4k(c, &fx);
+    threads_4k(c, &fx);
     writes_first_touch(c, &fx);
 }
 

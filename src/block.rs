@@ -131,6 +131,72 @@ pub trait BlockDevice {
     fn checkpoint(&mut self) -> Result<()> {
         self.flush()
     }
+
+    /// Writes `buf` at `offset` through a shared reference, when the device
+    /// can (for an image: every byte in space it already stores). Returns
+    /// `Ok(false)`, having written nothing, when the write needs `&mut self`
+    /// ([`reserve`](Self::reserve), then this again, or
+    /// [`write_at`](Self::write_at)). The default never can.
+    /// [`write_concurrently`] drives the three.
+    fn write_at_shared(&self, buf: &[u8], offset: u64) -> Result<bool> {
+        let _ = (buf, offset);
+        Ok(false)
+    }
+
+    /// Makes the space a write of `len` bytes at `offset` needs, so that
+    /// [`write_at_shared`](Self::write_at_shared) can write it; `Ok(false)`,
+    /// changing nothing, when the device cannot (then
+    /// [`write_at`](Self::write_at) it). The default cannot.
+    fn reserve(&mut self, offset: u64, len: u64) -> Result<bool> {
+        let _ = (offset, len);
+        Ok(false)
+    }
+}
+
+/// Writes `buf` at `offset` to a device shared as `RwLock<D>`, holding the
+/// lock exclusively only for what needs it: first a write through a shared
+/// hold ([`BlockDevice::write_at_shared`]); if that cannot, the space is
+/// made under an exclusive hold ([`BlockDevice::reserve`]) and the data
+/// written under a shared one; if the device cannot reserve either, the
+/// whole write under the exclusive hold. Readers and writers of stored
+/// blocks run in parallel; only a new block's metadata step excludes them.
+/// A poisoned lock (a panic elsewhere) is used as it is.
+///
+/// ```
+/// use std::sync::RwLock;
+/// use vhdx::{write_concurrently, BlockDevice, CreateOptions, Disk, MemStorage};
+/// # fn main() -> vhdx::Result<()> {
+/// let disk = RwLock::new(Disk::create_on(Box::new(MemStorage::new()), &CreateOptions::dynamic(8 << 20), None)?);
+/// std::thread::scope(|s| {
+///     for t in 0..4u8 {
+///         let disk = &disk;
+///         s.spawn(move || write_concurrently(disk, &[t; 4096], t as u64 * 4096).unwrap());
+///     }
+/// });
+/// let mut back = [0u8; 4096];
+/// disk.read().unwrap().read_at(&mut back, 3 * 4096)?;
+/// assert_eq!(back, [3u8; 4096]);
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "std")]
+pub fn write_concurrently<D: BlockDevice + ?Sized>(disk: &std::sync::RwLock<D>, buf: &[u8], offset: u64) -> Result<()> {
+    let shared = || disk.read().unwrap_or_else(|p| p.into_inner());
+    let exclusive = || disk.write().unwrap_or_else(|p| p.into_inner());
+    if shared().write_at_shared(buf, offset)? {
+        return Ok(());
+    }
+    {
+        let mut d = exclusive();
+        if !d.reserve(offset, buf.len() as u64)? {
+            return d.write_at(buf, offset);
+        }
+    }
+    if shared().write_at_shared(buf, offset)? {
+        return Ok(());
+    }
+    // Between the two holds another writer changed what the range lies on
+    // (a discard, a compaction): write it the exclusive way.
+    exclusive().write_at(buf, offset)
 }
 
 /// One piece of a byte range split at sector boundaries: whole sectors
@@ -266,6 +332,12 @@ impl BlockDevice for crate::Disk {
 
     fn checkpoint(&mut self) -> Result<()> {
         crate::Disk::checkpoint(self)
+    }
+    fn write_at_shared(&self, buf: &[u8], offset: u64) -> Result<bool> {
+        crate::Disk::write_at_shared(self, buf, offset)
+    }
+    fn reserve(&mut self, offset: u64, len: u64) -> Result<bool> {
+        crate::Disk::reserve(self, offset, len)
     }
 }
 

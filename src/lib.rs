@@ -65,6 +65,8 @@ pub mod nbd;
 pub mod ops;
 pub mod vhd;
 
+#[cfg(feature = "std")]
+pub use block::write_concurrently;
 pub use block::{BlockDevice, RawDevice};
 pub use chain::open::OpenOptions;
 #[cfg(feature = "std")]

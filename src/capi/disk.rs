@@ -25,9 +25,11 @@ pub const VHDX_DISK_TYPE_DIFFERENCING: i32 = 2;
 /// vhdx_open_callbacks or a vhdx_create* function; released with vhdx_close.
 ///
 /// Thread safety: a handle may be used from any thread, and from several at
-/// once: it holds a reader-writer lock, so vhdx_read_at and the queries run
-/// in parallel, while vhdx_write_at and vhdx_flush run one at a time and
-/// exclude reads. Only vhdx_close must not overlap any other call on it.
+/// once: it holds a reader-writer lock, so vhdx_read_at, the queries and
+/// vhdx_write_at into space the image already stores run in parallel; the
+/// metadata step of a new block, vhdx_flush and the maintenance calls run
+/// one at a time and exclude the rest. Only vhdx_close must not overlap any
+/// other call on it.
 pub struct VhdxDisk {
     disk: RwLock<Held>,
     /// The file's path, or the name given for callback storage: for messages.
@@ -532,8 +534,11 @@ pub unsafe extern "C" fn vhdx_read_at(disk: *const VhdxDisk, offset: u64, buf: *
 /// with `len > 0`.
 ///
 /// Ownership: `buf` is the caller's and is not kept.
-/// Thread safety: takes the handle's lock exclusively: writes on one handle
-/// run one at a time and exclude reads.
+/// Thread safety: writes into space the image already stores hold the
+/// handle's lock shared, so they run in parallel with each other and with
+/// reads; a write that needs a new block holds it exclusively for that
+/// block's metadata step only. Writes to overlapping ranges at once leave
+/// either's bytes, as with a file.
 ///
 /// # Safety
 /// `disk` is NULL or a live handle; `buf` points to `len` readable bytes.
@@ -545,7 +550,10 @@ pub unsafe extern "C" fn vhdx_write_at(disk: *mut VhdxDisk, offset: u64, buf: *c
         // SAFETY: the caller promises `len` readable bytes at `buf` that stay
         // unchanged during the call.
         let slice = unsafe { bytes_arg("vhdx_write_at", "buf", buf.cast::<u8>(), len)? };
-        d.write()?.device_mut().write_at(slice, offset).map_err(|e| d.fail(e))?;
+        if d.disk.is_poisoned() {
+            return Err(poisoned());
+        }
+        crate::write_concurrently(&d.disk, slice, offset).map_err(|e| d.fail(e))?;
         Ok(VHDX_OK)
     })
 }

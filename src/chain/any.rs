@@ -352,4 +352,10 @@ impl BlockDevice for AnyDisk {
     fn checkpoint(&mut self) -> Result<()> {
         self.as_device_mut().checkpoint()
     }
+    fn write_at_shared(&self, buf: &[u8], offset: u64) -> Result<bool> {
+        self.as_device().write_at_shared(buf, offset)
+    }
+    fn reserve(&mut self, offset: u64, len: u64) -> Result<bool> {
+        self.as_device_mut().reserve(offset, len)
+    }
 }

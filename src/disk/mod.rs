@@ -37,6 +37,7 @@ mod repair;
 mod resize;
 mod rw;
 mod session;
+mod shared;
 mod space;
 mod table;
 mod undo;
@@ -64,8 +65,12 @@ use crate::log::LogWriter;
 
 /// An open VHDX image.
 ///
-/// Reads take `&self` and may run from many threads at once; writes take
-/// `&mut self`. Share a disk between threads with `std::sync::RwLock<Disk>`.
+/// Reads take `&self` and may run from many threads at once; so may writes
+/// into space the image already stores ([`Disk::write_at_shared`]). Other
+/// writes take `&mut self`. Share a disk between threads as
+/// `std::sync::RwLock<Disk>` and write with
+/// [`write_concurrently`](crate::write_concurrently), which holds the
+/// lock exclusively only to make a new block.
 ///
 /// ```
 /// use vhdx::{CreateOptions, Disk, MemStorage};

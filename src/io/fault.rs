@@ -347,18 +347,9 @@ impl FaultStorage {
     }
 }
 
-impl Storage for FaultStorage {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
-        let s = self.lock();
-        self.clock.lock().check()?;
-        let start = usize::try_from(offset).map_err(|_| crate::error::io_unexpected_eof())?;
-        let end = start.checked_add(buf.len()).ok_or_else(crate::error::io_unexpected_eof)?;
-        let src = s.volatile.get(start..end).ok_or_else(crate::error::io_unexpected_eof)?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-
-    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> Result<(), IoError> {
+impl FaultStorage {
+    /// One write, under the state's lock.
+    fn write_locked(&self, buf: &[u8], offset: u64) -> Result<(), IoError> {
         let mut s = self.lock();
         if usize::try_from(offset).ok().and_then(|o| o.checked_add(buf.len())).is_none() {
             return Err(crate::error::io_unexpected_eof());
@@ -372,6 +363,28 @@ impl Storage for FaultStorage {
             return Err(no_space());
         }
         s.mutate(&self.clock, PendingOp::Write { offset, bytes: buf.to_vec() })
+    }
+}
+
+impl Storage for FaultStorage {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
+        let s = self.lock();
+        self.clock.lock().check()?;
+        let start = usize::try_from(offset).map_err(|_| crate::error::io_unexpected_eof())?;
+        let end = start.checked_add(buf.len()).ok_or_else(crate::error::io_unexpected_eof)?;
+        let src = s.volatile.get(start..end).ok_or_else(crate::error::io_unexpected_eof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> Result<(), IoError> {
+        self.write_locked(buf, offset)
+    }
+
+    /// The state is behind a lock: writers may share the storage, each
+    /// write one operation on the fault clock.
+    fn write_shared(&self, buf: &[u8], offset: u64) -> Option<Result<(), IoError>> {
+        Some(self.write_locked(buf, offset))
     }
 
     fn flush(&mut self) -> Result<(), IoError> {

@@ -201,6 +201,11 @@ impl Storage for FileStorage {
         Ok(write_at(&self.file, buf, offset)?)
     }
 
+    /// Positioned writes need no exclusive access to the file.
+    fn write_shared(&self, buf: &[u8], offset: u64) -> Option<Result<(), IoError>> {
+        Some(write_at(&self.file, buf, offset).map_err(IoError::from))
+    }
+
     fn flush(&mut self) -> Result<(), IoError> {
         Ok(self.file.sync_data()?)
     }

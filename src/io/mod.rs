@@ -66,6 +66,16 @@ pub trait Storage: Send + Sync {
         let _ = (offset, len);
         Ok(())
     }
+    /// Writes all of `buf` at `offset`, inside the storage's length,
+    /// through a shared reference, when the storage takes writes from many
+    /// threads at once (a file's positioned writes do); `None`, having
+    /// written nothing, when it does not, and the caller writes with
+    /// [`Storage::write_all_at`] instead. What
+    /// [`Disk::write_at_shared`](crate::Disk::write_at_shared) writes with.
+    fn write_shared(&self, buf: &[u8], offset: u64) -> Option<Result<(), IoError>> {
+        let _ = (buf, offset);
+        None
+    }
 }
 
 impl<S: Storage + ?Sized> Storage for alloc::boxed::Box<S> {
@@ -86,6 +96,9 @@ impl<S: Storage + ?Sized> Storage for alloc::boxed::Box<S> {
     }
     fn allocate(&mut self, offset: u64, len: u64) -> Result<(), IoError> {
         (**self).allocate(offset, len)
+    }
+    fn write_shared(&self, buf: &[u8], offset: u64) -> Option<Result<(), IoError>> {
+        (**self).write_shared(buf, offset)
     }
 }
 

@@ -156,6 +156,12 @@ pub struct ServeOptions {
     /// when clients that vanish without closing their connection (a lost
     /// network) must not keep a slot of [`ServeOptions::max_connections`].
     pub idle_timeout: Option<Duration>,
+    /// Requests of one client run at once by [`Server`] (default 4): a
+    /// client with several requests in flight has them answered as each
+    /// completes, reads and writes to stored blocks in parallel. 1 answers
+    /// them one at a time, in order. ([`serve_connection`], on any stream,
+    /// always answers one at a time.)
+    pub workers: usize,
 }
 
 crate::setters!(ServeOptions {
@@ -167,6 +173,7 @@ crate::setters!(ServeOptions {
     max_handshakes: usize,
     handshake_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
+    workers: usize,
 });
 
 impl Default for ServeOptions {
@@ -180,6 +187,7 @@ impl Default for ServeOptions {
             max_handshakes: 16,
             handshake_timeout: Some(Duration::from_secs(10)),
             idle_timeout: None,
+            workers: 4,
         }
     }
 }
@@ -233,6 +241,19 @@ pub struct Stats {
     pub flushes: u64,
 }
 
+impl Stats {
+    /// Adds `other`'s counts to these.
+    pub(crate) fn add(&mut self, other: &Stats) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.bytes_read += other.bytes_read;
+        self.bytes_written += other.bytes_written;
+        self.bytes_zeroed += other.bytes_zeroed;
+        self.bytes_trimmed += other.bytes_trimmed;
+        self.flushes += other.flushes;
+    }
+}
+
 /// A session that ended without error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Session {
@@ -284,7 +305,9 @@ pub fn serve_connection<S: Read + Write, D: BlockDevice + ?Sized>(
     disk: &RwLock<D>,
     options: &ServeOptions,
 ) -> Result<Session, SessionError> {
-    session(stream, disk, options, &mut || Ok(()))
+    session(stream, disk, options, &mut || Ok(()), |s, size, read_only, stats| {
+        transmission::transmit(s, disk, size, read_only, stats)
+    })
 }
 
 /// [`serve_connection`], calling `admit` when the client has chosen the
@@ -295,6 +318,7 @@ pub(crate) fn session<S: Read + Write, D: BlockDevice + ?Sized>(
     disk: &RwLock<D>,
     options: &ServeOptions,
     admit: &mut dyn FnMut() -> std::io::Result<()>,
+    transmit: impl FnOnce(&mut S, u64, bool, &mut Stats) -> Result<SessionEnd, SessionError>,
 ) -> Result<Session, SessionError> {
     options.validate()?;
     let (size, writable, sector) = {
@@ -319,7 +343,7 @@ pub(crate) fn session<S: Read + Write, D: BlockDevice + ?Sized>(
     if let handshake::Outcome::Ended(end) = handshake::negotiate(&mut stream, &export, admit)? {
         return Ok(Session { end, stats });
     }
-    let result = transmission::transmit(&mut stream, disk, size, read_only, &mut stats);
+    let result = transmit(&mut stream, size, read_only, &mut stats);
     // However the session ended, what the client was told is written becomes
     // durable, and the log is left clean.
     if !read_only {

@@ -13,7 +13,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{session, ServeOptions, Session, SessionEnd, SessionError};
+use super::{session, transmission, ServeOptions, Session, SessionEnd, SessionError};
 use crate::{BlockDevice, Disk};
 
 type Log = Arc<dyn Fn(&str) + Send + Sync>;
@@ -290,7 +290,7 @@ impl Write for Timed<'_> {
 /// Serves one accepted connection to its end; `true` if it counts as a
 /// client served for [`ServeOptions::once`] (it reached transmission, or
 /// ended its handshake itself with `NBD_OPT_ABORT`).
-fn handle<D: BlockDevice + ?Sized>(
+fn handle<D: BlockDevice + Send + Sync + ?Sized>(
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,
@@ -321,10 +321,15 @@ fn handle<D: BlockDevice + ?Sized>(
     let result = match greeted {
         Ok(()) => {
             let mut conn = timed;
-            session(&mut conn, disk, options, &mut || {
+            let admit = &mut || {
                 shared.wait_for_slot(id, sessions, true)?;
                 admitted.set(true);
                 timed.enter_transmission()
+            };
+            // In transmission the socket's own timeouts are the idle
+            // timeout: replies go out on the socket itself, from the workers.
+            session(&mut conn, disk, options, admit, |conn, size, read_only, stats| {
+                transmission::transmit_parallel(conn, &stream, disk, size, read_only, stats, options.workers)
             })
         }
         Err(e) => Err(SessionError::Io(e)),

@@ -137,7 +137,158 @@ fn in_range(offset: u64, len: u64, size: u64) -> bool {
     offset.checked_add(len).is_some_and(|end| end <= size)
 }
 
-/// Serves requests until the client disconnects or breaks the framing.
+/// What the reader makes of one request: the end of the session, or work
+/// for the disk (with an error already decided when it is malformed).
+enum Step {
+    Disconnect,
+    Work(Job),
+}
+
+/// One request to answer.
+struct Job {
+    req: Request,
+    /// A write's payload.
+    payload: alloc::vec::Vec<u8>,
+    /// Refused before the disk sees it (a malformed or forbidden request).
+    refused: Option<u32>,
+}
+
+/// A request's answer: an NBD error, and for a successful read the reply
+/// buffer (header room, then the data), sent in one write.
+struct Answer {
+    error: u32,
+    reply: Option<alloc::vec::Vec<u8>>,
+}
+
+/// Reads the next request and, for a write, its payload; checks what can
+/// be checked without the disk. `None` when the client closed cleanly.
+fn next_step<S: Read>(s: &mut S, size: u64, read_only: bool) -> core::result::Result<Option<Step>, SessionError> {
+    let Some(req) = read_request(s)? else {
+        return Ok(None);
+    };
+    if req.magic != REQUEST_MAGIC {
+        return Err(SessionError::Protocol(format!("bad request magic {:#010x}", req.magic)));
+    }
+    let len = req.length as u64;
+    let mut payload = alloc::vec::Vec::new();
+    let refused = match req.kind {
+        CMD_READ if req.flags & !CMD_FLAG_FUA != 0 || req.length > MAX_PAYLOAD || !in_range(req.offset, len, size) => {
+            Some(EINVAL)
+        }
+        CMD_READ => None,
+        CMD_WRITE if req.length > MAX_PAYLOAD => {
+            // Stay in step with the client: skip the payload, then refuse.
+            discard(s, len)?;
+            Some(EINVAL)
+        }
+        CMD_WRITE => {
+            payload = vec![0u8; req.length as usize];
+            s.read_exact(&mut payload)?;
+            if req.flags & !CMD_FLAG_FUA != 0 {
+                Some(EINVAL)
+            } else if read_only {
+                Some(EPERM)
+            } else if !in_range(req.offset, len, size) {
+                Some(ENOSPC)
+            } else {
+                None
+            }
+        }
+        CMD_DISC => return Ok(Some(Step::Disconnect)),
+        CMD_FLUSH if req.flags & !CMD_FLAG_FUA != 0 => Some(EINVAL),
+        CMD_FLUSH => None,
+        CMD_TRIM if req.flags & !CMD_FLAG_FUA != 0 => Some(EINVAL),
+        CMD_TRIM if read_only => Some(EPERM),
+        CMD_TRIM if !in_range(req.offset, len, size) => Some(EINVAL),
+        CMD_TRIM => None,
+        CMD_WRITE_ZEROES if req.flags & !(CMD_FLAG_FUA | CMD_FLAG_NO_HOLE) != 0 => Some(EINVAL),
+        CMD_WRITE_ZEROES if read_only => Some(EPERM),
+        CMD_WRITE_ZEROES if !in_range(req.offset, len, size) => Some(ENOSPC),
+        CMD_WRITE_ZEROES => None,
+        _ => Some(EINVAL),
+    };
+    Ok(Some(Step::Work(Job { req, payload, refused })))
+}
+
+/// Runs one checked request against the disk, counting what succeeded.
+/// Reads and writes to stored blocks hold the disk shared; everything else
+/// holds it exclusively only as long as it must.
+fn execute<D: BlockDevice + ?Sized>(job: Job, disk: &RwLock<D>, stats: &mut Stats) -> Answer {
+    let Job { req, payload, refused } = job;
+    let len = req.length as u64;
+    let fua = req.flags & CMD_FLAG_FUA != 0;
+    let mut reply = None;
+    let error = match refused {
+        Some(e) => e,
+        None => match req.kind {
+            CMD_READ => {
+                // One buffer for header and data: one write, bounded by MAX_PAYLOAD.
+                let mut buf = vec![0u8; SIMPLE_REPLY_LEN + req.length as usize];
+                let error = to_errno(read_lock(disk).read_at(&mut buf[SIMPLE_REPLY_LEN..], req.offset));
+                if error == 0 {
+                    stats.bytes_read += len;
+                    reply = Some(buf);
+                }
+                error
+            }
+            CMD_WRITE => {
+                let mut result = crate::block::write_concurrently(disk, &payload, req.offset);
+                if result.is_ok() && fua {
+                    result = write_lock(disk).flush();
+                }
+                if result.is_ok() {
+                    stats.bytes_written += len;
+                }
+                to_errno(result)
+            }
+            CMD_FLUSH => {
+                let error = to_errno(write_lock(disk).flush());
+                if error == 0 {
+                    stats.flushes += 1;
+                }
+                error
+            }
+            CMD_TRIM => {
+                let mut d = write_lock(disk);
+                let mut result = trim(&mut *d, req.offset, len);
+                if result.is_ok() && fua {
+                    result = d.flush();
+                }
+                if result.is_ok() {
+                    stats.bytes_trimmed += len;
+                }
+                to_errno(result)
+            }
+            CMD_WRITE_ZEROES => {
+                let result = write_zeroes(disk, req.offset, len, fua);
+                if result.is_ok() {
+                    stats.bytes_zeroed += len;
+                }
+                to_errno(result)
+            }
+            _ => EINVAL,
+        },
+    };
+    if error != 0 {
+        stats.errors += 1;
+    }
+    Answer { error, reply }
+}
+
+/// Sends `answer` to request `handle`.
+fn answer<W: Write>(w: &mut W, answer: Answer, handle: u64) -> std::io::Result<()> {
+    match answer.reply {
+        Some(mut buf) => {
+            encode_simple_reply((&mut buf[..SIMPLE_REPLY_LEN]).try_into().expect("16 bytes"), 0, handle);
+            w.write_all(&buf)?;
+            w.flush()
+        }
+        None => send_reply(w, answer.error, handle),
+    }
+}
+
+/// Serves requests one at a time until the client disconnects or breaks
+/// the framing.
 pub(crate) fn transmit<S: Read + Write, D: BlockDevice + ?Sized>(
     s: &mut S,
     disk: &RwLock<D>,
@@ -146,114 +297,88 @@ pub(crate) fn transmit<S: Read + Write, D: BlockDevice + ?Sized>(
     stats: &mut Stats,
 ) -> core::result::Result<SessionEnd, SessionError> {
     loop {
-        let Some(req) = read_request(s)? else {
-            return Ok(SessionEnd::Closed);
-        };
-        if req.magic != REQUEST_MAGIC {
-            return Err(SessionError::Protocol(format!("bad request magic {:#010x}", req.magic)));
-        }
+        let step = next_step(s, size, read_only)?;
+        let Some(step) = step else { return Ok(SessionEnd::Closed) };
         stats.requests += 1;
-        let len = req.length as u64;
-        let error = match req.kind {
-            CMD_READ => {
-                if req.flags & !CMD_FLAG_FUA != 0 || req.length > MAX_PAYLOAD || !in_range(req.offset, len, size) {
-                    EINVAL
-                } else {
-                    // One buffer for header and data: one write, bounded by MAX_PAYLOAD.
-                    let mut reply = vec![0u8; SIMPLE_REPLY_LEN + req.length as usize];
-                    let (head, data) = reply.split_at_mut(SIMPLE_REPLY_LEN);
-                    let error = to_errno(read_lock(disk).read_at(data, req.offset));
-                    if error == 0 {
-                        encode_simple_reply(head.try_into().expect("16 bytes"), 0, req.handle);
-                        s.write_all(&reply)?;
-                        s.flush()?;
-                        stats.bytes_read += len;
-                        continue;
-                    }
-                    error
-                }
-            }
-            CMD_WRITE => {
-                if req.length > MAX_PAYLOAD {
-                    // Stay in step with the client: skip the payload, then refuse.
-                    discard(s, len)?;
-                    EINVAL
-                } else {
-                    let mut payload = vec![0u8; req.length as usize];
-                    s.read_exact(&mut payload)?;
-                    if req.flags & !CMD_FLAG_FUA != 0 {
-                        EINVAL
-                    } else if read_only {
-                        EPERM
-                    } else if !in_range(req.offset, len, size) {
-                        ENOSPC
-                    } else {
-                        let mut d = write_lock(disk);
-                        let mut result = d.write_at(&payload, req.offset);
-                        if result.is_ok() && req.flags & CMD_FLAG_FUA != 0 {
-                            result = d.flush();
-                        }
-                        drop(d);
-                        if result.is_ok() {
-                            stats.bytes_written += len;
-                        }
-                        to_errno(result)
-                    }
-                }
-            }
-            CMD_DISC => return Ok(SessionEnd::Disconnect),
-            CMD_FLUSH => {
-                if req.flags & !CMD_FLAG_FUA != 0 {
-                    EINVAL
-                } else {
-                    let error = to_errno(write_lock(disk).flush());
-                    if error == 0 {
-                        stats.flushes += 1;
-                    }
-                    error
-                }
-            }
-            CMD_TRIM => {
-                if req.flags & !CMD_FLAG_FUA != 0 {
-                    EINVAL
-                } else if read_only {
-                    EPERM
-                } else if !in_range(req.offset, len, size) {
-                    EINVAL
-                } else {
-                    let mut d = write_lock(disk);
-                    let mut result = trim(&mut *d, req.offset, len);
-                    if result.is_ok() && req.flags & CMD_FLAG_FUA != 0 {
-                        result = d.flush();
-                    }
-                    if result.is_ok() {
-                        stats.bytes_trimmed += len;
-                    }
-                    to_errno(result)
-                }
-            }
-            CMD_WRITE_ZEROES => {
-                if req.flags & !(CMD_FLAG_FUA | CMD_FLAG_NO_HOLE) != 0 {
-                    EINVAL
-                } else if read_only {
-                    EPERM
-                } else if !in_range(req.offset, len, size) {
-                    ENOSPC
-                } else {
-                    let result = write_zeroes(disk, req.offset, len, req.flags & CMD_FLAG_FUA != 0);
-                    if result.is_ok() {
-                        stats.bytes_zeroed += len;
-                    }
-                    to_errno(result)
-                }
-            }
-            _ => EINVAL,
-        };
-        if error != 0 {
-            stats.errors += 1;
-        }
-        send_reply(s, error, req.handle)?;
+        let Step::Work(job) = step else { return Ok(SessionEnd::Disconnect) };
+        let handle = job.req.handle;
+        let done = execute(job, disk, stats);
+        answer(s, done, handle)?;
     }
+}
+
+/// Requests at most waiting for a worker, per worker; with the one being
+/// read and those running, a client holds at most
+/// `(2 * workers + 1) * MAX_PAYLOAD` bytes of payload in the server.
+const QUEUED_PER_WORKER: usize = 1;
+
+/// Serves requests of one client with `workers` threads at once: this
+/// thread reads requests (and write payloads) from `reader`, workers run
+/// them against the disk and send each reply through `writer` as soon as
+/// it is ready — out of order, as NBD allows (the handle tells them
+/// apart). A flush waits for the writes in flight and covers every write
+/// already answered. Ends when the client disconnects (after the requests
+/// before it are answered) or a reply cannot be sent.
+pub(crate) fn transmit_parallel<R: Read, W: Write + Send, D: BlockDevice + Send + Sync + ?Sized>(
+    reader: &mut R,
+    writer: W,
+    disk: &RwLock<D>,
+    size: u64,
+    read_only: bool,
+    stats: &mut Stats,
+    workers: usize,
+) -> core::result::Result<SessionEnd, SessionError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Mutex};
+    let out = Mutex::new((writer, None::<std::io::Error>));
+    let broken = AtomicBool::new(false);
+    let totals = Mutex::new(Stats::default());
+    let workers = workers.max(1);
+    let (tx, rx) = mpsc::sync_channel::<Job>(workers * QUEUED_PER_WORKER);
+    let rx = Mutex::new(rx);
+    let end = std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                let mut mine = Stats::default();
+                loop {
+                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok(job) = job else { break };
+                    let handle = job.req.handle;
+                    let done = execute(job, disk, &mut mine);
+                    let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+                    if o.1.is_none() {
+                        if let Err(e) = answer(&mut o.0, done, handle) {
+                            o.1 = Some(e);
+                            broken.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+                totals.lock().unwrap_or_else(|p| p.into_inner()).add(&mine);
+            });
+        }
+        let end = loop {
+            if broken.load(Ordering::SeqCst) {
+                break Ok(SessionEnd::Closed);
+            }
+            let step = match next_step(reader, size, read_only) {
+                Ok(Some(step)) => step,
+                Ok(None) => break Ok(SessionEnd::Closed),
+                Err(e) => break Err(e),
+            };
+            stats.requests += 1;
+            let Step::Work(job) = step else { break Ok(SessionEnd::Disconnect) };
+            if tx.send(job).is_err() {
+                break Ok(SessionEnd::Closed);
+            }
+        };
+        drop(tx);
+        end
+    });
+    stats.add(&totals.into_inner().unwrap_or_else(|p| p.into_inner()));
+    if let Some(e) = out.into_inner().unwrap_or_else(|p| p.into_inner()).1 {
+        return Err(SessionError::Io(e));
+    }
+    end
 }
 
 #[cfg(test)]

@@ -61,6 +61,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod concurrent;
 mod fs_compact;
 mod siblings;
 mod support;

@@ -1,0 +1,167 @@
+//! Crashes while four threads write one disk at once through
+//! `write_concurrently` (stored blocks under the shared lock, new blocks
+//! reserved under the exclusive one) and flush now and then.
+//!
+//! The threads run freely, so each crash point falls somewhere different on
+//! each run; what must hold holds for any interleaving. Each thread owns
+//! its own 4 KiB units and writes each one with a value naming the thread
+//! and the write, so after a crash every unit must read as one of: the
+//! thread's last write to it that a flush of that thread covered (or the
+//! unit's first content, when none did), or any later write to it. Every
+//! crash state also opens writable, replays, and checks clean.
+
+use std::sync::{Mutex, RwLock};
+
+use vhdx::io::{FaultStorage, PendingOp};
+use vhdx::{CreateOptions, Disk, MemStorage, OpenOptions};
+
+use crate::support::{crash_states, for_each_crash_point, guids, Budget, MIB};
+
+const SIZE: u64 = 16 * MIB;
+const UNIT: u64 = 4096;
+const THREADS: usize = 4;
+const WRITES: usize = 40;
+
+/// The value a write fills its unit with: thread and write number.
+fn value(thread: usize, write: usize) -> u8 {
+    (1 + thread * WRITES + write) as u8
+}
+
+/// Thread `t`'s units: every `THREADS`-th 4 KiB unit from `t`, spread over
+/// blocks that are stored (the first half, written before) and blocks that
+/// are not (the second half: writes reserve them).
+fn units(t: usize) -> Vec<u64> {
+    (0..SIZE / UNIT).filter(|u| (u % 97) as usize % THREADS == t && u % 3 == 0).collect()
+}
+
+/// One thread's record: per write (unit, value), and how many of its
+/// writes its last successful flush covered.
+#[derive(Default, Clone)]
+struct Record {
+    writes: Vec<(u64, u8)>,
+    flushed: usize,
+}
+
+/// The starting image: a dynamic disk whose first half is stored (all 0x11).
+fn base() -> Vec<u8> {
+    let opts = CreateOptions::dynamic(SIZE).block_size(MIB as u32);
+    let mut d = Disk::create_on(Box::new(MemStorage::new()), &opts, Some(guids(7))).unwrap();
+    d.write_at(&vec![0x11; (SIZE / 2) as usize], 0).unwrap();
+    let storage = d.into_storage().unwrap();
+    crate::support::read_all(storage.as_ref())
+}
+
+/// Runs the four writers on `storage` until they finish or the crash stops
+/// them; returns their records.
+fn run(storage: FaultStorage) -> Vec<Record> {
+    let disk = match OpenOptions::new().writable(true).guid_source(guids(99)).open_storage(Box::new(storage)) {
+        Ok(d) => RwLock::new(d),
+        Err(_) => return vec![Record::default(); THREADS],
+    };
+    let records: Vec<Mutex<Record>> = (0..THREADS).map(|_| Mutex::new(Record::default())).collect();
+    std::thread::scope(|s| {
+        for (t, record) in records.iter().enumerate() {
+            let disk = &disk;
+            s.spawn(move || {
+                let mine = units(t);
+                for w in 0..WRITES {
+                    // 13 units per thread, across both halves, each written
+                    // about three times.
+                    let unit = mine[(w * 7 + t) % 13 * (mine.len() / 13)];
+                    let v = value(t, w);
+                    // Recorded before it is tried: a write that fails may
+                    // still have reached the file.
+                    record.lock().unwrap().writes.push((unit, v));
+                    if vhdx::write_concurrently(disk, &[v; UNIT as usize], unit * UNIT).is_err() {
+                        return;
+                    }
+                    if w % 5 == 4 {
+                        let covered = record.lock().unwrap().writes.len();
+                        if disk.write().unwrap_or_else(|p| p.into_inner()).flush().is_err() {
+                            return;
+                        }
+                        record.lock().unwrap().flushed = covered;
+                    }
+                }
+            });
+        }
+    });
+    // The crash (or the end) leaves the disk as a killed process would.
+    let _ = disk.into_inner().map(|d| d.abandon());
+    records.into_iter().map(|r| r.into_inner().unwrap()).collect()
+}
+
+/// Whether `image` keeps everything the records say must be kept.
+fn verify(image: Vec<u8>, start: &[u8], records: &[Record]) -> Result<(), String> {
+    let storage = Box::new(MemStorage::from_vec(image));
+    let disk = OpenOptions::new()
+        .writable(true)
+        .guid_source(guids(1234))
+        .open_storage(storage)
+        .map_err(|e| format!("does not open writable: {e}"))?;
+    let mut got = vec![0u8; SIZE as usize];
+    disk.read_at(&mut got, 0).map_err(|e| format!("does not read: {e}"))?;
+    let mut before = vec![0u8; SIZE as usize];
+    crate::support::open_ro(start).read_at(&mut before, 0).unwrap();
+    for (t, r) in records.iter().enumerate() {
+        for unit in units(t) {
+            let history: Vec<(usize, u8)> =
+                r.writes.iter().enumerate().filter(|(_, (u, _))| *u == unit).map(|(i, (_, v))| (i, *v)).collect();
+            let last_flushed = history.iter().rev().find(|(i, _)| *i < r.flushed);
+            let mut allowed: Vec<u8> = match last_flushed {
+                Some(&(_, v)) => vec![v],
+                None => vec![before[(unit * UNIT) as usize]],
+            };
+            allowed.extend(history.iter().filter(|(i, _)| last_flushed.is_none_or(|(f, _)| i > f)).map(|(_, v)| *v));
+            let bytes = &got[(unit * UNIT) as usize..((unit + 1) * UNIT) as usize];
+            // A torn write may leave part old, part new: each sector alone
+            // must be one of the allowed values.
+            for (s, sector) in bytes.chunks(512).enumerate() {
+                if !sector.iter().all(|&b| b == sector[0]) || !allowed.contains(&sector[0]) {
+                    return Err(format!(
+                        "thread {t}'s unit {unit} sector {s} reads {:#04x}, allowed {allowed:?}",
+                        sector[0]
+                    ));
+                }
+            }
+        }
+    }
+    let storage = disk.into_storage().map_err(|e| format!("does not close: {e}"))?;
+    let report = vhdx::check::check_storage(storage).map_err(|e| format!("check failed to run: {e}"))?;
+    if !report.is_clean() {
+        return Err(format!("check reports errors: {:?}", report.errors));
+    }
+    Ok(())
+}
+
+/// Crash points spread over the whole run of the four writers, a few crash
+/// states each; nothing flushed is lost in any of them.
+#[test]
+fn concurrent_writers_lose_nothing_flushed_at_any_crash_point() {
+    let start = base();
+    // How many mutating operations a whole run takes (it varies a little
+    // with the interleaving).
+    let probe = FaultStorage::from_vec(start.clone());
+    let full = run(probe.clone());
+    assert!(full.iter().all(|r| r.writes.len() == WRITES && r.flushed == WRITES), "a run without a crash completes");
+    verify(crate::support::read_all(&probe), &start, &full).expect("the run without a crash");
+    let ops = probe.mutating_ops();
+    let points = if std::env::var_os("VHDX_CRASH_SOAK").is_some() { ops } else { ops.min(60) };
+    let budget = Budget { prefixes: 2, tears: 1, subsets: Some(4) };
+    let (states, failures) = for_each_crash_point(1..=points, 2, |i, fail| {
+        let k = 1 + (i - 1) * ops / points;
+        let storage = FaultStorage::from_vec(start.clone()).with_crash_after(k);
+        let records = run(storage.clone());
+        let pending: Vec<PendingOp> = storage.pending();
+        let mut tried = 0;
+        for state in crash_states(&pending, 512, k, budget) {
+            tried += 1;
+            if let Err(e) = verify(storage.crash_image(&state), &start, &records) {
+                fail(format!("crash after {k} operations, {state:?}: {e}"));
+            }
+        }
+        tried
+    });
+    assert!(failures.is_empty(), "{} of {states} crash states failed:\n{}", failures.len(), failures.join("\n"));
+    eprintln!("concurrent writers: {points} crash points of {ops} operations, {states} crash states");
+}
