@@ -218,6 +218,15 @@ if have qemu-img "the QEMU cross-checks (qemu-img check and convert)"; then
             bad "qemu-img convert $name.vhdx"
         fi
     done
+    # Written the way a VMM does its own I/O (vhdx_resolve_write, pwrite,
+    # vhdx_commit_write) and by four threads at once: QEMU reads the bytes.
+    resolved="$work/run-test_resolve-shared"
+    if qemu-img convert -f vhdx -O raw "$resolved/c_resolved.vhdx" "$work/c_resolved.qemu.raw"; then
+        same_bytes "$work/c_resolved.qemu.raw" "$resolved/c_resolved.expected.raw" \
+            "qemu-img convert of the image written through resolved extents and by four threads equals the bytes written"
+    else
+        bad "qemu-img convert c_resolved.vhdx"
+    fi
     # A raw buffer imported by vhdx_import_raw: QEMU reads the buffer's bytes.
     if qemu-img convert -f vhdx -O raw "$callbacks/c_import.vhdx" "$work/c_import.qemu.raw"; then
         same_bytes "$work/c_import.qemu.raw" "$callbacks/c_import.expected.raw" \

@@ -200,13 +200,25 @@
 #define VHDX_SIBLINGS_FORCE 2
 
 /**
+ * VhdxIoExtent.kind: the bytes are in a file of the chain.
+ */
+#define VHDX_EXTENT_FILE 0
+
+/**
+ * VhdxIoExtent.kind: the bytes read as zeros; there is nothing to read.
+ */
+#define VHDX_EXTENT_ZERO 1
+
+/**
  * An open VHDX image (opaque). Obtained from vhdx_open, vhdx_open_with,
  * vhdx_open_callbacks or a vhdx_create* function; released with vhdx_close.
  *
  * Thread safety: a handle may be used from any thread, and from several at
- * once: it holds a reader-writer lock, so vhdx_read_at and the queries run
- * in parallel, while vhdx_write_at and vhdx_flush run one at a time and
- * exclude reads. Only vhdx_close must not overlap any other call on it.
+ * once: it holds a reader-writer lock, so vhdx_read_at, the queries and
+ * vhdx_write_at into space the image already stores run in parallel; the
+ * metadata step of a new block, vhdx_flush and the maintenance calls run
+ * one at a time and exclude the rest. Only vhdx_close must not overlap any
+ * other call on it.
  */
 typedef struct VhdxDisk VhdxDisk;
 
@@ -669,6 +681,37 @@ typedef struct VhdxMergeReport {
 } VhdxMergeReport;
 
 /**
+ * One piece of a resolved range of the virtual disk.
+ *
+ * A plain value in arrays the caller allocates, so it has no
+ * `struct_size`: its layout never changes.
+ */
+typedef struct VhdxIoExtent {
+    /**
+     * Virtual byte offset of the piece.
+     */
+    uint64_t offset;
+    /**
+     * Length in bytes.
+     */
+    uint64_t length;
+    /**
+     * VHDX_EXTENT_FILE or VHDX_EXTENT_ZERO.
+     */
+    uint32_t kind;
+    /**
+     * For VHDX_EXTENT_FILE: the chain level whose file holds the bytes (0
+     * is the handle's own image, 1 its parent, ...; vhdx_chain_path names
+     * each level's file).
+     */
+    uint32_t level;
+    /**
+     * For VHDX_EXTENT_FILE: the byte offset in that file.
+     */
+    uint64_t file_offset;
+} VhdxIoExtent;
+
+/**
  * A range of the virtual disk, in bytes. Ranges from this library always
  * start and end on a logical sector boundary: divide by the logical sector
  * size (vhdx_logical_sector_size) for sector numbers.
@@ -1129,8 +1172,11 @@ int32_t vhdx_read_at(const struct VhdxDisk *disk, uint64_t offset, void *buf, si
  * with `len > 0`.
  *
  * Ownership: `buf` is the caller's and is not kept.
- * Thread safety: takes the handle's lock exclusively: writes on one handle
- * run one at a time and exclude reads.
+ * Thread safety: writes into space the image already stores hold the
+ * handle's lock shared, so they run in parallel with each other and with
+ * reads; a write that needs a new block holds it exclusively for that
+ * block's metadata step only. Writes to overlapping ranges at once leave
+ * either's bytes, as with a file.
  *
  * # Safety
  * `disk` is NULL or a live handle; `buf` points to `len` readable bytes.
@@ -1554,6 +1600,83 @@ int32_t vhdx_check(const char *path, char *report, size_t report_cap);
  * `report_cap` writable bytes.
  */
 int32_t vhdx_repair(const char *path, char *report, size_t report_cap);
+
+/**
+ * Where the bytes of `len` bytes at `offset` are, through the chain, for a
+ * caller that reads them itself (io_uring, overlapped I/O): pieces in
+ * order, each in one level's file (VHDX_EXTENT_FILE) or zeros
+ * (VHDX_EXTENT_ZERO). Reading each file piece at its file offset gives
+ * what vhdx_read_at gives. The pieces stay true until a call that moves
+ * data (vhdx_discard, vhdx_compact, vhdx_resize, a merge).
+ *
+ * Protocol: `*count` receives the number of pieces; the first
+ * min(`cap`, `*count`) are written to `extents`. So call with room for a
+ * few, and again with more when `*count` is greater than `cap`.
+ *
+ * Returns VHDX_OK, VHDX_ERR_OUT_OF_RANGE past the virtual size,
+ * VHDX_ERR_UNSUPPORTED for a VHD, VHDX_ERR_INVALID_ARGUMENT for a NULL
+ * `disk` or `count`, or `extents` NULL with `cap` > 0.
+ *
+ * Ownership: `extents` and `count` are the caller's. Thread safety: takes
+ * the handle's lock shared: runs in parallel with reads and writes.
+ *
+ * # Safety
+ * `disk` is NULL or a live handle; `extents` is NULL with `cap == 0` or
+ * points to `cap` writable VhdxIoExtent; `count` is NULL or points to a
+ * writable size_t.
+ */
+int32_t vhdx_resolve_read(const struct VhdxDisk *disk,
+                          uint64_t offset,
+                          uint64_t len,
+                          struct VhdxIoExtent *extents,
+                          size_t cap,
+                          size_t *count);
+
+/**
+ * Makes what a write of `len` bytes at `offset` needs (new blocks, filled
+ * with zeros) and says where in the handle's own file (level 0) to write
+ * them; write the bytes there yourself, then call vhdx_commit_write with
+ * the same range, and vhdx_flush when they must be durable. Until the
+ * commit the range reads as before. A differencing disk takes whole
+ * logical sectors only (VHDX_ERR_INVALID_ARGUMENT otherwise; write a
+ * partial sector with vhdx_write_at).
+ *
+ * Protocol as vhdx_resolve_read's. A call whose `cap` was too small has
+ * still made the space: call again with room for `*count` pieces.
+ *
+ * Returns VHDX_OK, VHDX_ERR_READ_ONLY, VHDX_ERR_OUT_OF_RANGE,
+ * VHDX_ERR_UNSUPPORTED for a VHD, VHDX_ERR_INVALID_ARGUMENT, or the
+ * error growing the file (the space taken is given back).
+ *
+ * Thread safety: takes the handle's lock exclusively while it makes the
+ * space.
+ *
+ * # Safety
+ * As vhdx_resolve_read.
+ */
+int32_t vhdx_resolve_write(struct VhdxDisk *disk,
+                           uint64_t offset,
+                           uint64_t len,
+                           struct VhdxIoExtent *extents,
+                           size_t cap,
+                           size_t *count);
+
+/**
+ * The bytes of `len` bytes at `offset` are written where
+ * vhdx_resolve_write said: from now on the range reads them (a
+ * differencing disk's sector bitmap bits are set). They are durable after
+ * the next vhdx_flush.
+ *
+ * Returns VHDX_OK, VHDX_ERR_INVALID_ARGUMENT when part of the range was
+ * not resolved for writing (nothing changes), VHDX_ERR_READ_ONLY,
+ * VHDX_ERR_OUT_OF_RANGE, VHDX_ERR_UNSUPPORTED for a VHD.
+ *
+ * Thread safety: takes the handle's lock exclusively.
+ *
+ * # Safety
+ * `disk` is NULL or a live handle.
+ */
+int32_t vhdx_commit_write(struct VhdxDisk *disk, uint64_t offset, uint64_t len);
 
 /**
  * The disk's change set: the ranges of the virtual disk it determines

@@ -72,7 +72,9 @@ pub use chain::open::OpenOptions;
 #[cfg(feature = "std")]
 pub use chain::AnyDisk;
 pub use chain::ImageFormat;
-pub use disk::{CompactReport, CreateOptions, Disk, DiskInfo, DiskType, Extent, GuidSource, MapEntry};
+pub use disk::{
+    CompactReport, CreateOptions, Disk, DiskInfo, DiskType, Extent, GuidSource, IoExtent, IoTarget, MapEntry,
+};
 pub use error::{Error, ErrorKind, IoError, IoErrorKind, Result};
 #[cfg(feature = "std")]
 pub use io::FileStorage;

@@ -29,6 +29,7 @@ mod maintain;
 mod open;
 mod ops;
 mod ptr;
+mod resolve;
 mod resolver;
 mod siblings;
 mod storage;

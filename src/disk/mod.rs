@@ -35,6 +35,7 @@ mod options;
 mod relink;
 mod repair;
 mod resize;
+mod resolve;
 mod rw;
 mod session;
 mod shared;
@@ -51,6 +52,7 @@ pub use compact::CompactReport;
 pub(crate) use discard::reads_zero_structurally;
 pub(crate) use options::default_guid_source;
 pub use options::{CreateOptions, DiskType, GuidSource};
+pub use resolve::{IoExtent, IoTarget};
 pub use rw::{Extent, MapEntry};
 pub(crate) use table::DEFAULT_CACHE_BYTES as DEFAULT_BAT_CACHE_BYTES;
 

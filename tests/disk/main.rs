@@ -11,5 +11,6 @@ mod tool;
 mod disk_rules;
 mod model;
 mod model_support;
+mod resolve;
 mod threads;
 mod vhd_model;
