@@ -284,8 +284,8 @@ impl BlockTable {
         let mut used = MibSet::default();
         let mut end = 0u64;
         let mut partial_chunk: Option<(u64, usize)> = None;
-        self.scan(b, 0..g.entry_count as usize, |index, entry| {
-            let at = self.offset + index as u64 * 8;
+        let mut overlap = None;
+        let scanned = self.scan(b, 0..g.entry_count as usize, |index, entry| {
             let len = if g.is_sector_bitmap_index(index) {
                 let chunk = index as u64 / (g.chunk_ratio + 1);
                 if let Some((c, first)) = partial_chunk.take() {
@@ -315,16 +315,22 @@ impl BlockTable {
                 }
             };
             let off = entry.file_offset();
-            if let Some(other) = used.insert(off / MIB, len / MIB, index) {
-                return Err(Error::corrupt(
-                    "BAT entry",
-                    at,
-                    format!("entry {index} at {off:#x} overlaps entry {other}"),
-                ));
+            if let Some(mib) = used.insert(off / MIB, len / MIB) {
+                overlap = Some((index, off, mib));
+                return Err(Error::invalid("overlap"));
             }
             end = end.max(off + len);
             Ok(())
-        })?;
+        });
+        if let Some((index, off, mib)) = overlap {
+            let other = self.owner_of(b, mib * MIB, index)?;
+            return Err(Error::corrupt(
+                "BAT entry",
+                self.offset + index as u64 * 8,
+                format!("entry {index} at {off:#x} overlaps entry {other}"),
+            ));
+        }
+        scanned?;
         // A chunk whose bitmap entry lies past the table (the last chunk).
         if let Some((chunk, first)) = partial_chunk {
             let sb = self.entry(b, g.sector_bitmap_index(chunk))?;
@@ -337,6 +343,31 @@ impl BlockTable {
             }
         }
         Ok(end)
+    }
+
+    /// The first entry before `before` whose block or sector bitmap holds
+    /// file offset `at` (for the message about an overlap).
+    fn owner_of(&self, b: &Bounds<'_>, at: u64, before: usize) -> Result<usize> {
+        let g = self.geometry;
+        let mut owner = 0;
+        let mut found = false;
+        self.scan(b, 0..before, |index, e| {
+            let len = if g.is_sector_bitmap_index(index) {
+                if !(g.has_parent && e.sector_bitmap_present()) {
+                    return Ok(());
+                }
+                MIB
+            } else if e.has_data() {
+                g.block_size as u64
+            } else {
+                return Ok(());
+            };
+            if !found && e.file_offset() <= at && at < e.file_offset() + len {
+                (owner, found) = (index, true);
+            }
+            Ok(())
+        })?;
+        Ok(owner)
     }
 
     /// Sets entry `index` and marks its page changed. Returns the entry it
@@ -418,31 +449,25 @@ impl BlockTable {
     }
 }
 
-/// Which MiB of the file are taken, by whom: sparse, a bit per MiB in
-/// groups of 4 GiB, so its size follows the blocks there are, not the
-/// offsets they claim.
+/// Which MiB of the file are taken: sparse, a 64-bit word per 64 MiB that
+/// holds a block, so its size follows the blocks there are (about 16 bytes
+/// per 64 MiB of a packed file), not the offsets they claim.
 #[derive(Default)]
 struct MibSet {
-    groups: BTreeMap<u64, Box<[u64; 64]>>,
-    /// The entry that took each group's first MiB, for messages.
-    owners: BTreeMap<u64, usize>,
+    words: BTreeMap<u64, u64>,
 }
 
 impl MibSet {
-    /// Takes `[first, first + n)` for entry `index`; returns an entry that
-    /// held one of them already.
-    fn insert(&mut self, first: u64, n: u64, index: usize) -> Option<usize> {
+    /// Takes `[first, first + n)`; returns a MiB that was taken already.
+    fn insert(&mut self, first: u64, n: u64) -> Option<u64> {
         for mib in first..first.saturating_add(n) {
-            let (group, bit) = (mib / 4096, mib % 4096);
-            let words = self.groups.entry(group).or_insert_with(|| Box::new([0u64; 64]));
-            let (w, m) = ((bit / 64) as usize, 1u64 << (bit % 64));
-            if words[w] & m != 0 {
-                // The owner is the entry whose range starts at or before this MiB.
-                return Some(self.owners.range(..=mib).next_back().map(|(_, &i)| i).unwrap_or(0));
+            let word = self.words.entry(mib / 64).or_insert(0);
+            let bit = 1u64 << (mib % 64);
+            if *word & bit != 0 {
+                return Some(mib);
             }
-            words[w] |= m;
+            *word |= bit;
         }
-        self.owners.insert(first, index);
         None
     }
 }
