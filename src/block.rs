@@ -144,23 +144,40 @@ pub trait BlockDevice {
     }
 
     /// Makes the space a write of `len` bytes at `offset` needs, so that
-    /// [`write_at_shared`](Self::write_at_shared) can write it; `Ok(false)`,
+    /// the data can then be written through a shared reference (see
+    /// [`crate::Reservation`]); [`Reservation::None`](crate::Reservation::None),
     /// changing nothing, when the device cannot (then
     /// [`write_at`](Self::write_at) it). The default cannot.
-    fn reserve(&mut self, offset: u64, len: u64) -> Result<bool> {
+    fn reserve(&mut self, offset: u64, len: u64) -> Result<crate::Reservation> {
         let _ = (offset, len);
-        Ok(false)
+        Ok(crate::Reservation::None)
+    }
+
+    /// Writes into space [`reserve`](Self::reserve) made with
+    /// [`Reservation::NeedsCommit`](crate::Reservation::NeedsCommit),
+    /// through a shared reference; `Ok(false)`, having written nothing,
+    /// when it cannot. The default is [`write_at_shared`](Self::write_at_shared).
+    fn write_reserved(&self, buf: &[u8], offset: u64) -> Result<bool> {
+        self.write_at_shared(buf, offset)
+    }
+
+    /// Makes a range written by [`write_reserved`](Self::write_reserved)
+    /// read as written. The default has nothing to do.
+    fn commit_reserved(&mut self, offset: u64, len: u64) -> Result<()> {
+        let _ = (offset, len);
+        Ok(())
     }
 }
 
 /// Writes `buf` at `offset` to a device shared as `RwLock<D>`, holding the
 /// lock exclusively only for what needs it: first a write through a shared
 /// hold ([`BlockDevice::write_at_shared`]); if that cannot, the space is
-/// made under an exclusive hold ([`BlockDevice::reserve`]) and the data
-/// written under a shared one; if the device cannot reserve either, the
+/// made under an exclusive hold ([`BlockDevice::reserve`]), the data
+/// written under a shared one, and (a differencing disk) its sectors made
+/// present under an exclusive one again; if the device cannot reserve, the
 /// whole write under the exclusive hold. Readers and writers of stored
-/// blocks run in parallel; only a new block's metadata step excludes them.
-/// A poisoned lock (a panic elsewhere) is used as it is.
+/// blocks run in parallel; only the metadata steps exclude them, never the
+/// data. A poisoned lock (a panic elsewhere) is used as it is.
 ///
 /// ```
 /// use std::sync::RwLock;
@@ -180,23 +197,34 @@ pub trait BlockDevice {
 /// ```
 #[cfg(feature = "std")]
 pub fn write_concurrently<D: BlockDevice + ?Sized>(disk: &std::sync::RwLock<D>, buf: &[u8], offset: u64) -> Result<()> {
+    use crate::Reservation;
     let shared = || disk.read().unwrap_or_else(|p| p.into_inner());
     let exclusive = || disk.write().unwrap_or_else(|p| p.into_inner());
     if shared().write_at_shared(buf, offset)? {
         return Ok(());
     }
-    {
+    let reservation = {
         let mut d = exclusive();
-        if !d.reserve(offset, buf.len() as u64)? {
+        let r = d.reserve(offset, buf.len() as u64)?;
+        if r == Reservation::None {
             return d.write_at(buf, offset);
         }
+        r
+    };
+    let written = match reservation {
+        Reservation::NeedsCommit => shared().write_reserved(buf, offset)?,
+        _ => shared().write_at_shared(buf, offset)?,
+    };
+    if !written {
+        // Between the holds another writer changed what the range lies on
+        // (a discard, a compaction): write it the exclusive way.
+        return exclusive().write_at(buf, offset);
     }
-    if shared().write_at_shared(buf, offset)? {
-        return Ok(());
+    if reservation == Reservation::NeedsCommit {
+        // The data is in place: now its sectors read as written.
+        return exclusive().commit_reserved(offset, buf.len() as u64);
     }
-    // Between the two holds another writer changed what the range lies on
-    // (a discard, a compaction): write it the exclusive way.
-    exclusive().write_at(buf, offset)
+    Ok(())
 }
 
 /// One piece of a byte range split at sector boundaries: whole sectors
@@ -336,8 +364,14 @@ impl BlockDevice for crate::Disk {
     fn write_at_shared(&self, buf: &[u8], offset: u64) -> Result<bool> {
         crate::Disk::write_at_shared(self, buf, offset)
     }
-    fn reserve(&mut self, offset: u64, len: u64) -> Result<bool> {
+    fn reserve(&mut self, offset: u64, len: u64) -> Result<crate::Reservation> {
         crate::Disk::reserve(self, offset, len)
+    }
+    fn write_reserved(&self, buf: &[u8], offset: u64) -> Result<bool> {
+        crate::Disk::write_reserved(self, buf, offset)
+    }
+    fn commit_reserved(&mut self, offset: u64, len: u64) -> Result<()> {
+        crate::Disk::commit_write(self, offset, len)
     }
 }
 

@@ -355,7 +355,13 @@ impl BlockDevice for AnyDisk {
     fn write_at_shared(&self, buf: &[u8], offset: u64) -> Result<bool> {
         self.as_device().write_at_shared(buf, offset)
     }
-    fn reserve(&mut self, offset: u64, len: u64) -> Result<bool> {
+    fn reserve(&mut self, offset: u64, len: u64) -> Result<crate::Reservation> {
         self.as_device_mut().reserve(offset, len)
+    }
+    fn write_reserved(&self, buf: &[u8], offset: u64) -> Result<bool> {
+        self.as_device().write_reserved(buf, offset)
+    }
+    fn commit_reserved(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.as_device_mut().commit_reserved(offset, len)
     }
 }

@@ -114,11 +114,9 @@ impl Disk {
             if self.parent.is_none() {
                 return Err(Error::invalid("a differencing disk opened without its parent cannot take data writes"));
             }
-        } else if !self.reserve(offset, len)? {
-            return Err(Error::invalid("the disk cannot reserve space for the write"));
         }
-        if self.image.params.has_parent {
-            self.undoable(|d| d.image.place_differencing(offset, len))?;
+        if self.reserve(offset, len)? == super::Reservation::None {
+            return Err(Error::invalid("the disk cannot reserve space for the write"));
         }
         let mut out = Vec::new();
         let bs = self.image.params.block_size as u64;
@@ -192,7 +190,7 @@ impl super::Image {
     /// present becomes partially present with no sector present (its
     /// chunk gets a sector bitmap block); a block that reads zeros (ZERO,
     /// UNMAPPED, UNDEFINED) becomes fully present over zeros.
-    fn place_differencing(&mut self, offset: u64, len: u64) -> Result<()> {
+    pub(crate) fn place_differencing(&mut self, offset: u64, len: u64) -> Result<()> {
         self.begin_data_change()?;
         let bs = self.params.block_size as u64;
         for block in offset / bs..=(offset + len - 1) / bs {

@@ -1,7 +1,10 @@
 //! Writes from many threads at once: [`Disk::write_at_shared`] writes
 //! through `&self` whatever lands in space the image already stores, and
 //! [`Disk::reserve`] (with `&mut self`) makes the space a write needs, so
-//! that the data itself can then go in through `&self`.
+//! that the data itself can then go in through `&self`
+//! ([`Disk::write_reserved`]; a differencing disk's sectors then read as
+//! written after [`Disk::commit_write`], with `&mut self` again, which sets
+//! their bitmap bits: until then they read the parent's bytes).
 //!
 //! Share a disk as `RwLock<Disk>` and write with
 //! [`crate::write_concurrently`]: reads and writes to stored blocks
@@ -48,17 +51,7 @@ impl Disk {
             return Ok(false);
         }
         let Some(targets) = self.stored_targets(offset, buf.len() as u64)? else { return Ok(false) };
-        for (i, &(at, n, file_offset)) in targets.iter().enumerate() {
-            let src = &buf[(at - offset) as usize..(at - offset + n) as usize];
-            match image.storage.write_shared(src, file_offset) {
-                Some(result) => result.during("writing payload", file_offset)?,
-                // The storage takes no shared writes: nothing was written
-                // (it answers the same for every write).
-                None if i == 0 => return Ok(false),
-                None => return Err(Error::invalid("the storage stopped taking shared writes")),
-            }
-        }
-        Ok(true)
+        self.write_targets(buf, offset, &targets)
     }
 
     /// Where `[offset, offset + len)` lies in this image's file, as
@@ -80,27 +73,39 @@ impl Disk {
     }
 
     /// Makes the space a write of `[offset, offset + len)` needs, so that
-    /// [`Disk::write_at_shared`] can then write it: the session's first
-    /// change (new DataWriteGuid), and zero-filled blocks for the blocks of
-    /// a fixed or dynamic disk that are not stored (they read as zeros
-    /// until written, as they did before). Returns `Ok(false)`, changing
-    /// nothing, for a differencing disk: its new sectors come from the
-    /// parent until their bitmap bits are set, which only
-    /// [`Disk::write_at`] does with the data.
+    /// the data can then go in through `&self`:
+    /// - a fixed or dynamic disk: zero-filled blocks for the blocks not
+    ///   stored (they read as zeros until written, as before), after which
+    ///   [`Disk::write_at_shared`] writes the range: [`Reservation::Ready`];
+    /// - a differencing disk, for whole sectors: the blocks placed in this
+    ///   file with no sector present (so the range still reads the
+    ///   parent's bytes), after which [`Disk::write_reserved`] writes the
+    ///   data and [`Disk::commit_write`] sets the sectors' bitmap bits:
+    ///   [`Reservation::NeedsCommit`];
+    /// - a differencing disk and part of a sector: nothing
+    ///   ([`Reservation::None`]: [`Disk::write_at`] merges the parent's
+    ///   bytes in).
     ///
-    /// A block reserved and never written stays allocated, reading zeros;
-    /// `compact` gives it back. Blocks reserved before a failure are taken
-    /// back with it.
-    pub fn reserve(&mut self, offset: u64, len: u64) -> Result<bool> {
+    /// The session's first change (new DataWriteGuid) comes first. Space
+    /// reserved and never written stays allocated, reading as before;
+    /// `compact` gives it back. A failure takes back what it reserved.
+    pub fn reserve(&mut self, offset: u64, len: u64) -> Result<Reservation> {
         if !self.image.writable {
             return Err(Error::ReadOnly);
         }
         self.image.check_range_u64(offset, len)?;
+        let ss = self.image.params.logical_sector_size as u64;
         if self.image.params.has_parent {
-            return Ok(false);
+            if offset % ss != 0 || len % ss != 0 || self.parent.is_none() {
+                return Ok(Reservation::None);
+            }
+            if len > 0 {
+                self.undoable(|d| d.image.place_differencing(offset, len))?;
+            }
+            return Ok(Reservation::NeedsCommit);
         }
         if len == 0 {
-            return Ok(true);
+            return Ok(Reservation::Ready);
         }
         self.undoable(|d| {
             let image = &mut d.image;
@@ -111,7 +116,77 @@ impl Disk {
                     image.allocate_block(block)?;
                 }
             }
-            Ok(true)
+            Ok(Reservation::Ready)
         })
     }
+
+    /// Writes `buf` at `offset` into space [`Disk::reserve`] made, through
+    /// a shared reference: every block of the range stored in this file
+    /// (whatever its sector bitmap says; for a partially present block,
+    /// whole sectors only). In a differencing disk the bytes read as
+    /// written only after [`Disk::commit_write`]. Returns `Ok(false)`,
+    /// having written nothing, when the range is not so (another writer
+    /// changed it in between, or the storage takes no shared writes).
+    pub fn write_reserved(&self, buf: &[u8], offset: u64) -> Result<bool> {
+        let image = &self.image;
+        if !image.writable {
+            return Err(Error::ReadOnly);
+        }
+        image.check_range_u64(offset, buf.len() as u64)?;
+        if buf.is_empty() {
+            return Ok(true);
+        }
+        if !image.session.data_guid_changed || image.closed {
+            return Ok(false);
+        }
+        let bs = image.params.block_size as u64;
+        let ss = image.params.logical_sector_size as u64;
+        let end = offset + buf.len() as u64;
+        let mut targets = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / bs;
+            let n = (bs - pos % bs).min(end - pos);
+            let entry = image.bat_payload(block)?;
+            let partial = entry.payload_state() == Some(PayloadState::PartiallyPresent);
+            let file_offset = entry.file_offset() + pos % bs;
+            if !entry.has_data() || (partial && (pos % ss != 0 || n % ss != 0)) || file_offset + n > image.space.len {
+                return Ok(false);
+            }
+            targets.push((pos, n, file_offset));
+            pos += n;
+        }
+        self.write_targets(buf, offset, &targets)
+    }
+
+    /// Writes the runs of `buf` (which starts at virtual `offset`) to their
+    /// file offsets through shared writes; `Ok(false)` when the storage
+    /// takes none (nothing is written then).
+    fn write_targets(&self, buf: &[u8], offset: u64, targets: &[(u64, u64, u64)]) -> Result<bool> {
+        for (i, &(at, n, file_offset)) in targets.iter().enumerate() {
+            let src = &buf[(at - offset) as usize..(at - offset + n) as usize];
+            match self.image.storage.write_shared(src, file_offset) {
+                Some(result) => result.during("writing payload", file_offset)?,
+                // The storage takes no shared writes: nothing was written
+                // (it answers the same for every write).
+                None if i == 0 => return Ok(false),
+                None => return Err(Error::invalid("the storage stopped taking shared writes")),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// What [`Disk::reserve`] (or [`BlockDevice::reserve`](crate::BlockDevice::reserve)) made for a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// Nothing: the write needs `write_at` (with exclusive access).
+    None,
+    /// The space: `write_at_shared` writes the range, and it reads as
+    /// written at once.
+    Ready,
+    /// The space: `write_reserved` writes the range, and `commit_write`
+    /// then makes it read as written (a differencing disk's sector bitmap
+    /// bits).
+    NeedsCommit,
 }
