@@ -260,6 +260,8 @@ pub struct ConvertReport {
 
 #[cfg(feature = "std")]
 mod files;
+#[cfg(all(feature = "std", unix))]
+mod parallel;
 #[cfg(feature = "std")]
 pub use files::{convert, convert_with_progress};
 
