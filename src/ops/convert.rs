@@ -7,7 +7,11 @@
 //! is all zeros is skipped too. A dynamic VHDX output therefore allocates no
 //! block for zeros, a fixed output keeps the zeros its preallocated blocks
 //! already hold, and a raw output is sized with `set_len` and stays a
-//! sparse file (its zero ranges are holes, never written zeros).
+//! sparse file (its zero ranges are holes, never written zeros). On Unix
+//! `convert` writes a raw output with several threads, each reading,
+//! scanning and writing a 4 MiB chunk, and on Linux with direct I/O where
+//! the filesystem takes it (no page cache filled, nothing left for the
+//! final sync but metadata); the bytes are the same.
 //!
 //! [`copy_nonzero`] is the core (any [`Disk`] to any [`Disk`], no `std`
 //! needed); `convert` works on paths (std only). A differencing source is
