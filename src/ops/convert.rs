@@ -11,7 +11,8 @@
 //! `convert` writes a raw output with several threads, each reading,
 //! scanning and writing a 4 MiB chunk, and on Linux with direct I/O where
 //! the filesystem takes it (no page cache filled, nothing left for the
-//! final sync but metadata); the bytes are the same.
+//! final sync but metadata); the bytes are the same, and zeros shorter than
+//! 64 KiB between data may then be written or allocated with it.
 //!
 //! [`copy_nonzero`] is the core (any [`Disk`] to any [`Disk`], no `std`
 //! needed); `convert` works on paths (std only). A differencing source is
