@@ -7,7 +7,12 @@
 //! is all zeros is skipped too. A dynamic VHDX output therefore allocates no
 //! block for zeros, a fixed output keeps the zeros its preallocated blocks
 //! already hold, and a raw output is sized with `set_len` and stays a
-//! sparse file (its zero ranges are holes, never written zeros).
+//! sparse file (its zero ranges are holes, never written zeros). On Unix
+//! `convert` writes a raw output with several threads, each reading,
+//! scanning and writing a 4 MiB chunk, and on Linux with direct I/O where
+//! the filesystem takes it (no page cache filled, nothing left for the
+//! final sync but metadata); the bytes are the same, and zeros shorter than
+//! 64 KiB between data may then be written or allocated with it.
 //!
 //! [`copy_nonzero`] is the core (any [`Disk`] to any [`Disk`], no `std`
 //! needed); `convert` works on paths (std only). A differencing source is
@@ -260,6 +265,8 @@ pub struct ConvertReport {
 
 #[cfg(feature = "std")]
 mod files;
+#[cfg(all(feature = "std", unix))]
+mod parallel;
 #[cfg(feature = "std")]
 pub use files::{convert, convert_with_progress};
 

@@ -106,7 +106,6 @@ impl Replacement {
     }
 
     /// The temporary file's path.
-    #[cfg(test)]
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }

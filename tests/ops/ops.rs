@@ -908,6 +908,84 @@ fn convert_between_kinds() {
     assert!(!p("x.raw").exists());
 }
 
+/// The raw output's parallel, direct-I/O copy, against `qemu-img convert`
+/// reading the same source: byte-identical for a dynamic image mixing full,
+/// partly zero, allocated all-zero, discarded and unallocated blocks, runs
+/// across the copy's 4 MiB chunks and a size that is not whole 4 KiB pages;
+/// and for a differencing child over it (QEMU has no differencing VHDX:
+/// its conversion of the parent, patched with the child's writes, is the
+/// oracle), whose own blocks and sectors, and discards, hide the parent's
+/// stale bytes. Synced and unsynced alike; zeros stay holes.
+#[test]
+fn convert_to_raw_matches_qemu_for_mixed_blocks_and_a_child() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    let size = 40 * MIB + 3 * 512;
+    let model = Model::new(p("model.raw"), size);
+    let mut d = create(&p("mixed.vhdx"), &CreateOptions::dynamic(size).block_size(MIB as u32));
+    write_both(&mut d, &model, &pattern(11, MIB as usize), 0); // a full block
+    write_both(&mut d, &model, &vec![0u8; MIB as usize], 2 * MIB); // allocated zeros
+    write_both(&mut d, &model, &pattern(12, 5000), 3 * MIB + 1234); // mostly zero grains
+    for grain in (0..MIB).step_by(8192) {
+        write_both(&mut d, &model, &pattern(13 + grain, 4096), 5 * MIB + grain);
+        // every other grain
+    }
+    write_both(&mut d, &model, &pattern(14, 20_000), 8 * MIB - 10_000); // across a chunk
+    write_both(&mut d, &model, &pattern(15, 9 * MIB as usize), 12 * MIB); // several chunks
+    write_both(&mut d, &model, &pattern(16, MIB as usize), 30 * MIB);
+    discard_both(&mut d, &model, 30 * MIB, MIB); // a zero block
+    write_both(&mut d, &model, &pattern(17, 512), size - 512); // the unaligned end
+    d.close().unwrap();
+    let expected = std::fs::read(&model.path).unwrap();
+
+    let qemu_raw = p("qemu.raw");
+    let have_qemu = qemu();
+    if have_qemu {
+        qemu_convert_to_raw(&p("mixed.vhdx"), &qemu_raw);
+        assert!(std::fs::read(&qemu_raw).unwrap() == expected, "QEMU reads the source as the model");
+    }
+    for (name, sync) in [("mixed.raw", true), ("mixed-nosync.raw", false)] {
+        let r = convert(&p("mixed.vhdx"), &p(name), &ConvertOptions::default().sync(sync)).unwrap();
+        assert_eq!(r.output_format, ImageFormat::Raw);
+        let ours = std::fs::read(p(name)).unwrap();
+        assert_eq!(ours.len() as u64, size, "{name}: the size");
+        if have_qemu {
+            assert!(ours == std::fs::read(&qemu_raw).unwrap(), "{name}: other bytes than qemu-img's");
+        }
+        assert!(ours == expected, "{name}: other bytes than the model");
+        assert!(allocated_bytes(&p(name)) < 16 * MIB, "{name}: zeros stay holes: {}", allocated_bytes(&p(name)));
+    }
+
+    // A child: a whole block over the parent's data (the parent's copy is
+    // stale), sectors over a parent block (the rest is the parent's), a
+    // discard over parent data (zeros, not the parent's bytes), a block the
+    // parent does not have.
+    let oracle = Model::new(p("oracle.raw"), size);
+    if have_qemu {
+        oracle.write(&std::fs::read(&qemu_raw).unwrap(), 0);
+    } else {
+        oracle.write(&expected, 0);
+    }
+    let mut c = Disk::create_differencing(p("child.vhdx"), p("mixed.vhdx"), Some(MIB as u32)).unwrap();
+    let both = |c: &mut Disk, data: &[u8], at: u64| {
+        write_both(c, &model, data, at);
+        oracle.write(data, at);
+    };
+    both(&mut c, &pattern(21, MIB as usize), 13 * MIB);
+    both(&mut c, &pattern(22, 1024), 512 * 3);
+    both(&mut c, &pattern(23, 512), 5 * MIB + 4096 + 512);
+    both(&mut c, &pattern(24, 3 * MIB as usize), 35 * MIB);
+    discard_both(&mut c, &model, 15 * MIB, 2 * MIB);
+    oracle.zero(15 * MIB, 2 * MIB);
+    c.close().unwrap();
+    let expected = std::fs::read(&oracle.path).unwrap();
+    assert!(std::fs::read(&model.path).unwrap() == expected, "the test's two models agree");
+    for (name, sync) in [("child.raw", true), ("child-nosync.raw", false)] {
+        convert(&p("child.vhdx"), &p(name), &ConvertOptions::default().sync(sync)).unwrap();
+        assert!(std::fs::read(p(name)).unwrap() == expected, "{name}: other bytes than the oracle");
+    }
+}
+
 /// `copy_nonzero` into storage in memory (the `no_std`-friendly core).
 #[test]
 fn copy_nonzero_between_disks_in_memory() {

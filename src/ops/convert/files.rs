@@ -7,6 +7,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use std::path::{Path, PathBuf};
 
+#[cfg(unix)]
+use super::parallel;
 use super::{copy_runs, nonzero_candidates, ConvertOptions, ConvertReport, ImageFormat};
 use crate::error::{Error, IoContext, Result};
 use crate::format::vhd::VhdType;
@@ -208,7 +210,7 @@ pub fn convert_with_progress(
         Source::Vhd(d) => (d.virtual_size(), d.data_ranges().map_err(in_file)?, 512, 4096),
         Source::Raw(_, len) => (*len, alloc::vec![(0, *len)], 512, 4096),
     };
-    let mut read = |buf: &mut [u8], at: u64| -> Result<()> {
+    let read_shared = |buf: &mut [u8], at: u64| -> Result<()> {
         match &source {
             Source::Vhdx(d) => d.read_at(buf, at),
             Source::Vhd(d) => d.read_at(buf, at),
@@ -216,6 +218,7 @@ pub fn convert_with_progress(
         }
         .map_err(in_file)
     };
+    let mut read = read_shared;
     let mut create = crate::CreateOptions::dynamic(size)
         .logical_sector_size(options.logical_sector_size.unwrap_or(lss))
         .physical_sector_size(options.physical_sector_size.unwrap_or(pss));
@@ -254,13 +257,25 @@ pub fn convert_with_progress(
     // Everything is checked: write the new image beside the destination.
     let temp = Replacement::create(&target).during("creating a temporary file beside it", 0).map_err(out_file)?;
     let file = temp.file().try_clone().during("opening the temporary file", 0).map_err(out_file)?;
-    let mut storage: alloc::boxed::Box<dyn Storage> = if options.sync {
+    let storage: alloc::boxed::Box<dyn Storage> = if options.sync {
         alloc::boxed::Box::new(FileStorage::new(file))
     } else {
         alloc::boxed::Box::new(NoSync(FileStorage::new(file)))
     };
     let written = match out_format {
+        #[cfg(unix)]
         ImageFormat::Raw => (|| {
+            // Several requests in flight, and direct I/O where the file takes it.
+            let file = temp.file();
+            file.set_len(size).during("sizing the file", size)?;
+            let direct = parallel::open_direct(temp.path(), file);
+            let written = parallel::copy_to_raw(size, &runs, &read_shared, file, direct.as_ref(), progress)?;
+            // (`commit` syncs the file when `options.sync`.)
+            Ok((written, None, String::from("raw")))
+        })(),
+        #[cfg(not(unix))]
+        ImageFormat::Raw => (|| {
+            let mut storage = storage;
             storage.set_len(size).during("sizing the file", size)?;
             let written = copy_runs(
                 size,
