@@ -73,7 +73,8 @@ pub use chain::open::OpenOptions;
 pub use chain::AnyDisk;
 pub use chain::ImageFormat;
 pub use disk::{
-    CompactReport, CreateOptions, Disk, DiskInfo, DiskType, Extent, GuidSource, IoExtent, IoTarget, MapEntry, Reservation,
+    CompactReport, CreateOptions, Disk, DiskInfo, DiskType, Extent, GuidSource, IoExtent, IoTarget, MapEntry,
+    Reservation,
 };
 pub use error::{Error, ErrorKind, IoError, IoErrorKind, Result};
 #[cfg(feature = "std")]

@@ -53,8 +53,8 @@ pub(crate) use discard::reads_zero_structurally;
 pub(crate) use options::default_guid_source;
 pub use options::{CreateOptions, DiskType, GuidSource};
 pub use resolve::{IoExtent, IoTarget};
-pub use shared::Reservation;
 pub use rw::{Extent, MapEntry};
+pub use shared::Reservation;
 pub(crate) use table::DEFAULT_CACHE_BYTES as DEFAULT_BAT_CACHE_BYTES;
 
 use crate::error::Result;

@@ -12,6 +12,7 @@
 
 use std::sync::{Mutex, RwLock};
 
+use vhdx::format::locator::{braced_guid, ParentLocator, PARENT_LINKAGE, RELATIVE_PATH};
 use vhdx::io::{FaultStorage, PendingOp};
 use vhdx::{CreateOptions, Disk, MemStorage, OpenOptions};
 
@@ -42,19 +43,40 @@ struct Record {
     flushed: usize,
 }
 
-/// The starting image: a dynamic disk whose first half is stored (all 0x11).
-fn base() -> Vec<u8> {
+/// The starting image: a dynamic disk whose first half is stored (all
+/// 0x11); or (`child`) a differencing child of that disk holding the
+/// first quarter itself (all 0x22), and the parent.
+fn start(child: bool) -> (Vec<u8>, Option<Vec<u8>>) {
     let opts = CreateOptions::dynamic(SIZE).block_size(MIB as u32);
     let mut d = Disk::create_on(Box::new(MemStorage::new()), &opts, Some(guids(7))).unwrap();
     d.write_at(&vec![0x11; (SIZE / 2) as usize], 0).unwrap();
-    let storage = d.into_storage().unwrap();
-    crate::support::read_all(storage.as_ref())
+    let parent = crate::support::read_all(d.into_storage().unwrap().as_ref());
+    if !child {
+        return (parent, None);
+    }
+    let p = crate::support::open_ro(&parent);
+    let mut loc = ParentLocator { entries: Vec::new() };
+    loc.set(PARENT_LINKAGE, braced_guid(&p.data_write_guid()));
+    loc.set(RELATIVE_PATH, String::from(r".\parent.vhdx"));
+    let mut c =
+        Disk::create_differencing_on(Box::new(MemStorage::new()), p, loc, Some(MIB as u32), Some(guids(8))).unwrap();
+    c.write_at(&vec![0x22; (SIZE / 4) as usize], 0).unwrap();
+    (crate::support::read_all(c.into_storage().unwrap().as_ref()), Some(parent))
+}
+
+/// Options opening the image under test, with its parent when it has one.
+fn options(parent: Option<&Vec<u8>>, writable: bool, seed: u64) -> OpenOptions {
+    let o = OpenOptions::new().writable(writable).guid_source(guids(seed));
+    match parent {
+        Some(p) => o.parent(crate::support::open_ro(p)),
+        None => o,
+    }
 }
 
 /// Runs the four writers on `storage` until they finish or the crash stops
 /// them; returns their records.
-fn run(storage: FaultStorage) -> Vec<Record> {
-    let disk = match OpenOptions::new().writable(true).guid_source(guids(99)).open_storage(Box::new(storage)) {
+fn run(storage: FaultStorage, parent: Option<&Vec<u8>>) -> Vec<Record> {
+    let disk = match options(parent, true, 99).open_storage(Box::new(storage)) {
         Ok(d) => RwLock::new(d),
         Err(_) => return vec![Record::default(); THREADS],
     };
@@ -92,17 +114,17 @@ fn run(storage: FaultStorage) -> Vec<Record> {
 }
 
 /// Whether `image` keeps everything the records say must be kept.
-fn verify(image: Vec<u8>, start: &[u8], records: &[Record]) -> Result<(), String> {
+fn verify(image: Vec<u8>, start: &[u8], parent: Option<&Vec<u8>>, records: &[Record]) -> Result<(), String> {
     let storage = Box::new(MemStorage::from_vec(image));
-    let disk = OpenOptions::new()
-        .writable(true)
-        .guid_source(guids(1234))
-        .open_storage(storage)
-        .map_err(|e| format!("does not open writable: {e}"))?;
+    let disk = options(parent, true, 1234).open_storage(storage).map_err(|e| format!("does not open writable: {e}"))?;
     let mut got = vec![0u8; SIZE as usize];
     disk.read_at(&mut got, 0).map_err(|e| format!("does not read: {e}"))?;
     let mut before = vec![0u8; SIZE as usize];
-    crate::support::open_ro(start).read_at(&mut before, 0).unwrap();
+    options(parent, false, 1)
+        .open_storage(Box::new(MemStorage::from_vec(start.to_vec())))
+        .unwrap()
+        .read_at(&mut before, 0)
+        .unwrap();
     for (t, r) in records.iter().enumerate() {
         for unit in units(t) {
             let history: Vec<(usize, u8)> =
@@ -135,33 +157,42 @@ fn verify(image: Vec<u8>, start: &[u8], records: &[Record]) -> Result<(), String
 }
 
 /// Crash points spread over the whole run of the four writers, a few crash
-/// states each; nothing flushed is lost in any of them.
+/// states each; nothing flushed is lost in any of them. For a dynamic disk
+/// (stored blocks written shared, new ones reserved) and a differencing one
+/// (new sectors placed, written shared, then committed).
 #[test]
 fn concurrent_writers_lose_nothing_flushed_at_any_crash_point() {
-    let start = base();
-    // How many mutating operations a whole run takes (it varies a little
-    // with the interleaving).
-    let probe = FaultStorage::from_vec(start.clone());
-    let full = run(probe.clone());
-    assert!(full.iter().all(|r| r.writes.len() == WRITES && r.flushed == WRITES), "a run without a crash completes");
-    verify(crate::support::read_all(&probe), &start, &full).expect("the run without a crash");
-    let ops = probe.mutating_ops();
-    let points = if std::env::var_os("VHDX_CRASH_SOAK").is_some() { ops } else { ops.min(60) };
-    let budget = Budget { prefixes: 2, tears: 1, subsets: Some(4) };
-    let (states, failures) = for_each_crash_point(1..=points, 2, |i, fail| {
-        let k = 1 + (i - 1) * ops / points;
-        let storage = FaultStorage::from_vec(start.clone()).with_crash_after(k);
-        let records = run(storage.clone());
-        let pending: Vec<PendingOp> = storage.pending();
-        let mut tried = 0;
-        for state in crash_states(&pending, 512, k, budget) {
-            tried += 1;
-            if let Err(e) = verify(storage.crash_image(&state), &start, &records) {
-                fail(format!("crash after {k} operations, {state:?}: {e}"));
+    for child in [false, true] {
+        let kind = if child { "differencing" } else { "dynamic" };
+        let (start, parent) = start(child);
+        let parent = parent.as_ref();
+        // How many mutating operations a whole run takes (it varies a
+        // little with the interleaving).
+        let probe = FaultStorage::from_vec(start.clone());
+        let full = run(probe.clone(), parent);
+        assert!(
+            full.iter().all(|r| r.writes.len() == WRITES && r.flushed == WRITES),
+            "{kind}: a run without a crash completes"
+        );
+        verify(crate::support::read_all(&probe), &start, parent, &full).expect("the run without a crash");
+        let ops = probe.mutating_ops();
+        let points = if std::env::var_os("VHDX_CRASH_SOAK").is_some() { ops } else { ops.min(40) };
+        let budget = Budget { prefixes: 2, tears: 1, subsets: Some(4) };
+        let (states, failures) = for_each_crash_point(1..=points, 2, |i, fail| {
+            let k = 1 + (i - 1) * ops / points;
+            let storage = FaultStorage::from_vec(start.clone()).with_crash_after(k);
+            let records = run(storage.clone(), parent);
+            let pending: Vec<PendingOp> = storage.pending();
+            let mut tried = 0;
+            for state in crash_states(&pending, 512, k, budget) {
+                tried += 1;
+                if let Err(e) = verify(storage.crash_image(&state), &start, parent, &records) {
+                    fail(format!("{kind}: crash after {k} operations, {state:?}: {e}"));
+                }
             }
-        }
-        tried
-    });
-    assert!(failures.is_empty(), "{} of {states} crash states failed:\n{}", failures.len(), failures.join("\n"));
-    eprintln!("concurrent writers: {points} crash points of {ops} operations, {states} crash states");
+            tried
+        });
+        assert!(failures.is_empty(), "{} of {states} crash states failed:\n{}", failures.len(), failures.join("\n"));
+        eprintln!("concurrent writers ({kind}): {points} crash points of {ops} operations, {states} crash states");
+    }
 }
