@@ -50,7 +50,18 @@ impl Disk {
         if !image.session.data_guid_changed || image.closed {
             return Ok(false);
         }
-        let Some(targets) = self.stored_targets(offset, buf.len() as u64)? else { return Ok(false) };
+        // The common case, a write inside one fully present block, without
+        // building runs: one entry, one positioned write.
+        let len = buf.len() as u64;
+        let bs = image.params.block_size as u64;
+        if offset / bs == (offset + len - 1) / bs {
+            let entry = image.bat_payload(offset / bs)?;
+            let at = entry.file_offset() + offset % bs;
+            if entry.payload_state() == Some(PayloadState::FullyPresent) && at + len <= image.space.len {
+                return self.write_targets(buf, offset, &[(offset, len, at)]);
+            }
+        }
+        let Some(targets) = self.stored_targets(offset, len)? else { return Ok(false) };
         self.write_targets(buf, offset, &targets)
     }
 

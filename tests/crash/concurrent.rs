@@ -35,12 +35,23 @@ fn units(t: usize) -> Vec<u64> {
     (0..SIZE / UNIT).filter(|u| (u % 97) as usize % THREADS == t && u % 3 == 0).collect()
 }
 
-/// One thread's record: per write (unit, value), and how many of its
-/// writes its last successful flush covered.
+/// One thread's record: per write (unit, value, whether it succeeded),
+/// and how many of its writes its last successful flush covered.
 #[derive(Default, Clone)]
 struct Record {
-    writes: Vec<(u64, u8)>,
+    writes: Vec<(u64, u8, bool)>,
     flushed: usize,
+}
+
+/// How the writers meet a failure.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A crash: the thread stops at its first failure, and the disk is
+    /// abandoned as a killed process leaves it.
+    Crash,
+    /// A full filesystem: the threads go on past failures; then space comes
+    /// back, and a flush and a clean close must succeed.
+    Fill,
 }
 
 /// The starting image: a dynamic disk whose first half is stored (all
@@ -75,7 +86,8 @@ fn options(parent: Option<&Vec<u8>>, writable: bool, seed: u64) -> OpenOptions {
 
 /// Runs the four writers on `storage` until they finish or the crash stops
 /// them; returns their records.
-fn run(storage: FaultStorage, parent: Option<&Vec<u8>>) -> Vec<Record> {
+fn run(storage: FaultStorage, parent: Option<&Vec<u8>>, mode: Mode) -> Vec<Record> {
+    let clock = storage.clock().clone();
     let disk = match options(parent, true, 99).open_storage(Box::new(storage)) {
         Ok(d) => RwLock::new(d),
         Err(_) => return vec![Record::default(); THREADS],
@@ -93,24 +105,43 @@ fn run(storage: FaultStorage, parent: Option<&Vec<u8>>) -> Vec<Record> {
                     let v = value(t, w);
                     // Recorded before it is tried: a write that fails may
                     // still have reached the file.
-                    record.lock().unwrap().writes.push((unit, v));
+                    record.lock().unwrap().writes.push((unit, v, false));
                     if vhdx::write_concurrently(disk, &[v; UNIT as usize], unit * UNIT).is_err() {
-                        return;
+                        if mode == Mode::Crash {
+                            return;
+                        }
+                    } else {
+                        record.lock().unwrap().writes.last_mut().unwrap().2 = true;
                     }
                     if w % 5 == 4 {
                         let covered = record.lock().unwrap().writes.len();
                         if disk.write().unwrap_or_else(|p| p.into_inner()).flush().is_err() {
-                            return;
+                            if mode == Mode::Crash {
+                                return;
+                            }
+                        } else {
+                            record.lock().unwrap().flushed = covered;
                         }
-                        record.lock().unwrap().flushed = covered;
                     }
                 }
             });
         }
     });
-    // The crash (or the end) leaves the disk as a killed process would.
-    let _ = disk.into_inner().map(|d| d.abandon());
-    records.into_iter().map(|r| r.into_inner().unwrap()).collect()
+    let mut records: Vec<Record> = records.into_iter().map(|r| r.into_inner().unwrap()).collect();
+    let disk = disk.into_inner().unwrap_or_else(|p| p.into_inner());
+    if mode == Mode::Crash {
+        // The crash (or the end) leaves the disk as a killed process would.
+        disk.abandon();
+        return records;
+    }
+    // Space again: the disk, never reopened, flushes and closes cleanly,
+    // and then every write that succeeded is durable.
+    clock.fill_after(None);
+    disk.close().expect("a disk that met a full filesystem closes once there is space");
+    for r in &mut records {
+        r.flushed = r.writes.len();
+    }
+    records
 }
 
 /// Whether `image` keeps everything the records say must be kept.
@@ -127,14 +158,23 @@ fn verify(image: Vec<u8>, start: &[u8], parent: Option<&Vec<u8>>, records: &[Rec
         .unwrap();
     for (t, r) in records.iter().enumerate() {
         for unit in units(t) {
-            let history: Vec<(usize, u8)> =
-                r.writes.iter().enumerate().filter(|(_, (u, _))| *u == unit).map(|(i, (_, v))| (i, *v)).collect();
-            let last_flushed = history.iter().rev().find(|(i, _)| *i < r.flushed);
+            let history: Vec<(usize, u8, bool)> = r
+                .writes
+                .iter()
+                .enumerate()
+                .filter(|(_, (u, _, _))| *u == unit)
+                .map(|(i, &(_, v, ok))| (i, v, ok))
+                .collect();
+            // The last write a flush covered that succeeded must be there,
+            // or one after it (a failed write may have reached the file).
+            let last_flushed = history.iter().rev().find(|(i, _, ok)| *i < r.flushed && *ok);
             let mut allowed: Vec<u8> = match last_flushed {
-                Some(&(_, v)) => vec![v],
+                Some(&(_, v, _)) => vec![v],
                 None => vec![before[(unit * UNIT) as usize]],
             };
-            allowed.extend(history.iter().filter(|(i, _)| last_flushed.is_none_or(|(f, _)| i > f)).map(|(_, v)| *v));
+            allowed.extend(
+                history.iter().filter(|(i, _, _)| last_flushed.is_none_or(|(f, _, _)| i > f)).map(|(_, v, _)| *v),
+            );
             let bytes = &got[(unit * UNIT) as usize..((unit + 1) * UNIT) as usize];
             // A torn write may leave part old, part new: each sector alone
             // must be one of the allowed values.
@@ -169,9 +209,9 @@ fn concurrent_writers_lose_nothing_flushed_at_any_crash_point() {
         // How many mutating operations a whole run takes (it varies a
         // little with the interleaving).
         let probe = FaultStorage::from_vec(start.clone());
-        let full = run(probe.clone(), parent);
+        let full = run(probe.clone(), parent, Mode::Crash);
         assert!(
-            full.iter().all(|r| r.writes.len() == WRITES && r.flushed == WRITES),
+            full.iter().all(|r| r.writes.len() == WRITES && r.flushed == WRITES && r.writes.iter().all(|w| w.2)),
             "{kind}: a run without a crash completes"
         );
         verify(crate::support::read_all(&probe), &start, parent, &full).expect("the run without a crash");
@@ -181,7 +221,7 @@ fn concurrent_writers_lose_nothing_flushed_at_any_crash_point() {
         let (states, failures) = for_each_crash_point(1..=points, 2, |i, fail| {
             let k = 1 + (i - 1) * ops / points;
             let storage = FaultStorage::from_vec(start.clone()).with_crash_after(k);
-            let records = run(storage.clone(), parent);
+            let records = run(storage.clone(), parent, Mode::Crash);
             let pending: Vec<PendingOp> = storage.pending();
             let mut tried = 0;
             for state in crash_states(&pending, 512, k, budget) {
@@ -194,5 +234,33 @@ fn concurrent_writers_lose_nothing_flushed_at_any_crash_point() {
         });
         assert!(failures.is_empty(), "{} of {states} crash states failed:\n{}", failures.len(), failures.join("\n"));
         eprintln!("concurrent writers ({kind}): {points} crash points of {ops} operations, {states} crash states");
+    }
+}
+
+/// The filesystem fills at points spread over the run of the four writers:
+/// writes and flushes fail for lack of space, the writers go on, and once
+/// space comes back the same open disk flushes and closes cleanly, with
+/// every write that succeeded in it and nothing else changed.
+#[test]
+fn concurrent_writers_on_a_filling_filesystem_lose_nothing() {
+    for child in [false, true] {
+        let kind = if child { "differencing" } else { "dynamic" };
+        let (start, parent) = start(child);
+        let parent = parent.as_ref();
+        let probe = FaultStorage::from_vec(start.clone());
+        run(probe.clone(), parent, Mode::Crash);
+        let ops = probe.mutating_ops();
+        let points = if std::env::var_os("VHDX_CRASH_SOAK").is_some() { ops } else { ops.min(25) };
+        let (_, failures) = for_each_crash_point(1..=points, 2, |i, fail| {
+            let k = 1 + (i - 1) * ops / points;
+            let storage = FaultStorage::from_vec(start.clone());
+            storage.clock().fill_after(Some(k));
+            let records = run(storage.clone(), parent, Mode::Fill);
+            if let Err(e) = verify(storage.durable(), &start, parent, &records) {
+                fail(format!("{kind}: full after {k} operations: {e}"));
+            }
+            1
+        });
+        assert!(failures.is_empty(), "{} fill points failed:\n{}", failures.len(), failures.join("\n"));
     }
 }
