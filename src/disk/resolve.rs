@@ -118,16 +118,14 @@ impl Disk {
         if self.reserve(offset, len)? == super::Reservation::None {
             return Err(Error::invalid("the disk cannot reserve space for the write"));
         }
+        let targets = self.reserved_targets(offset, len)?.ok_or_else(|| {
+            Error::invalid(
+                "the range ends past the end of the file (an image whose last block does; write it with write_at)",
+            )
+        })?;
         let mut out = Vec::new();
-        let bs = self.image.params.block_size as u64;
-        let mut pos = offset;
-        while pos < offset + len {
-            let block = pos / bs;
-            let n = (bs - pos % bs).min(offset + len - pos);
-            let entry = self.image.bat_payload(block)?;
-            debug_assert!(entry.has_data(), "placed above");
-            push(&mut out, pos, n, IoTarget::File { level: 0, file_offset: entry.file_offset() + pos % bs });
-            pos += n;
+        for (at, n, file_offset) in targets {
+            push(&mut out, at, n, IoTarget::File { level: 0, file_offset });
         }
         Ok(out)
     }

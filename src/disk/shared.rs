@@ -13,9 +13,9 @@
 //! microseconds. A flush takes it exclusively, so it waits for the writes in
 //! flight and covers every write that returned before it.
 //!
-//! Nothing here changes metadata: a write through `&self` touches payload
-//! bytes of blocks already stored (and already made known to readers), so
-//! it needs no undo, no log entry and no bitmap change. What it cannot do
+//! The writes through `&self` change no metadata: they touch payload bytes
+//! of blocks already stored (and already made known to readers), so they
+//! need no undo, no log entry and no bitmap change. What it cannot do
 //! (a block not stored, sectors a differencing disk does not hold yet, the
 //! session's first change, storage without shared writes) it declines
 //! before writing anything, and the caller takes the exclusive path.
@@ -150,24 +150,34 @@ impl Disk {
         if !image.session.data_guid_changed || image.closed {
             return Ok(false);
         }
+        let Some(targets) = self.reserved_targets(offset, buf.len() as u64)? else { return Ok(false) };
+        self.write_targets(buf, offset, &targets)
+    }
+
+    /// Where `[offset, offset + len)` lies in this image's file, as
+    /// `(virtual offset, length, file offset)` runs a block each, when
+    /// every block of it is stored here (whatever its sector bitmap says;
+    /// whole sectors of a partially present block) and inside the file;
+    /// `None` otherwise.
+    pub(crate) fn reserved_targets(&self, offset: u64, len: u64) -> Result<Option<Vec<(u64, u64, u64)>>> {
+        let image = &self.image;
         let bs = image.params.block_size as u64;
         let ss = image.params.logical_sector_size as u64;
-        let end = offset + buf.len() as u64;
+        let end = offset + len;
         let mut targets = Vec::new();
         let mut pos = offset;
         while pos < end {
-            let block = pos / bs;
             let n = (bs - pos % bs).min(end - pos);
-            let entry = image.bat_payload(block)?;
+            let entry = image.bat_payload(pos / bs)?;
             let partial = entry.payload_state() == Some(PayloadState::PartiallyPresent);
             let file_offset = entry.file_offset() + pos % bs;
             if !entry.has_data() || (partial && (pos % ss != 0 || n % ss != 0)) || file_offset + n > image.space.len {
-                return Ok(false);
+                return Ok(None);
             }
             targets.push((pos, n, file_offset));
             pos += n;
         }
-        self.write_targets(buf, offset, &targets)
+        Ok(Some(targets))
     }
 
     /// Writes the runs of `buf` (which starts at virtual `offset`) to their
