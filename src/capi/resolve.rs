@@ -2,7 +2,9 @@
 //! bytes are in the chain's files, and the space a write needs.
 
 use super::disk::VhdxDisk;
-use super::error::{Failure, VHDX_OK};
+use alloc::vec::Vec;
+
+use super::error::{Failure, FfiResult, VHDX_OK};
 use super::ptr::{array_out_arg, disk_arg, fill_array};
 use crate::{IoExtent, IoTarget};
 
@@ -73,20 +75,43 @@ pub unsafe extern "C" fn vhdx_resolve_read(
     cap: usize,
     count: *mut usize,
 ) -> i32 {
+    const F: &str = "vhdx_resolve_read";
     ffi!("vhdx_resolve_read", {
-        // SAFETY: the caller promises NULL or a live handle.
-        let d = unsafe { disk_arg("vhdx_resolve_read", disk)? };
-        if count.is_null() {
-            return Err(Failure::null("vhdx_resolve_read", "count"));
+        // SAFETY: the caller's promises on `disk`, `extents`, `cap` and `count`.
+        unsafe {
+            hand_out(F, disk, extents, cap, count, |d| {
+                d.read()?.vhdx(F)?.resolve_read(offset, len).map_err(|e| d.fail(e))
+            })
         }
-        array_out_arg("vhdx_resolve_read", "extents", extents, cap, "cap")?;
-        let pieces = d.read()?.vhdx("vhdx_resolve_read")?.resolve_read(offset, len).map_err(|e| d.fail(e))?;
-        // SAFETY: checked above; the caller promises `cap` writable entries.
-        unsafe { fill_array(extents, cap, pieces.iter().map(to_c)) };
-        // SAFETY: non-NULL, and the caller promises a writable size_t.
-        unsafe { count.write(pieces.len()) };
-        Ok(VHDX_OK)
     })
+}
+
+/// The body both resolve calls share: checks `disk`, `count` and
+/// `extents`, gets the pieces from `resolve`, writes the first `cap` of
+/// them to `extents` and their number to `*count`.
+///
+/// # Safety
+/// As vhdx_resolve_read's arguments.
+unsafe fn hand_out(
+    function: &str,
+    disk: *const VhdxDisk,
+    extents: *mut VhdxIoExtent,
+    cap: usize,
+    count: *mut usize,
+    resolve: impl FnOnce(&VhdxDisk) -> FfiResult<Vec<IoExtent>>,
+) -> FfiResult<i32> {
+    // SAFETY: the caller promises NULL or a live handle.
+    let d = unsafe { disk_arg(function, disk)? };
+    if count.is_null() {
+        return Err(Failure::null(function, "count"));
+    }
+    array_out_arg(function, "extents", extents, cap, "cap")?;
+    let pieces = resolve(d)?;
+    // SAFETY: checked above; the caller promises `cap` writable entries.
+    unsafe { fill_array(extents, cap, pieces.iter().map(to_c)) };
+    // SAFETY: non-NULL, and the caller promises a writable size_t.
+    unsafe { count.write(pieces.len()) };
+    Ok(VHDX_OK)
 }
 
 /// Makes what a write of `len` bytes at `offset` needs (new blocks, filled
@@ -118,19 +143,14 @@ pub unsafe extern "C" fn vhdx_resolve_write(
     cap: usize,
     count: *mut usize,
 ) -> i32 {
+    const F: &str = "vhdx_resolve_write";
     ffi!("vhdx_resolve_write", {
-        // SAFETY: the caller promises NULL or a live handle.
-        let d = unsafe { disk_arg("vhdx_resolve_write", disk)? };
-        if count.is_null() {
-            return Err(Failure::null("vhdx_resolve_write", "count"));
+        // SAFETY: the caller's promises on `disk`, `extents`, `cap` and `count`.
+        unsafe {
+            hand_out(F, disk, extents, cap, count, |d| {
+                d.write()?.vhdx_mut(F)?.resolve_write(offset, len).map_err(|e| d.fail(e))
+            })
         }
-        array_out_arg("vhdx_resolve_write", "extents", extents, cap, "cap")?;
-        let pieces = d.write()?.vhdx_mut("vhdx_resolve_write")?.resolve_write(offset, len).map_err(|e| d.fail(e))?;
-        // SAFETY: checked above; the caller promises `cap` writable entries.
-        unsafe { fill_array(extents, cap, pieces.iter().map(to_c)) };
-        // SAFETY: non-NULL, and the caller promises a writable size_t.
-        unsafe { count.write(pieces.len()) };
-        Ok(VHDX_OK)
     })
 }
 

@@ -39,17 +39,10 @@ impl Disk {
     /// `write_at`. Writers of overlapping ranges at once leave either's
     /// bytes, as with any file.
     pub fn write_at_shared(&self, buf: &[u8], offset: u64) -> Result<bool> {
+        if let Some(answer) = self.before_shared_write(buf, offset)? {
+            return Ok(answer);
+        }
         let image = &self.image;
-        if !image.writable {
-            return Err(Error::ReadOnly);
-        }
-        image.check_range_u64(offset, buf.len() as u64)?;
-        if buf.is_empty() {
-            return Ok(true);
-        }
-        if !image.session.data_guid_changed || image.closed {
-            return Ok(false);
-        }
         // The common case, a write inside one fully present block, without
         // building runs: one entry, one positioned write.
         let len = buf.len() as u64;
@@ -63,6 +56,25 @@ impl Disk {
         }
         let Some(targets) = self.stored_targets(offset, len)? else { return Ok(false) };
         self.write_targets(buf, offset, &targets)
+    }
+
+    /// What both shared writes check first: an error for a read-only disk
+    /// or a range past the end; the answer at once for an empty write
+    /// (written) or before the session's first change (declined); `None`
+    /// when the write may go on.
+    fn before_shared_write(&self, buf: &[u8], offset: u64) -> Result<Option<bool>> {
+        let image = &self.image;
+        if !image.writable {
+            return Err(Error::ReadOnly);
+        }
+        image.check_range_u64(offset, buf.len() as u64)?;
+        if buf.is_empty() {
+            return Ok(Some(true));
+        }
+        if !image.session.data_guid_changed || image.closed {
+            return Ok(Some(false));
+        }
+        Ok(None)
     }
 
     /// Where `[offset, offset + len)` lies in this image's file, as
@@ -139,16 +151,8 @@ impl Disk {
     /// having written nothing, when the range is not so (another writer
     /// changed it in between, or the storage takes no shared writes).
     pub fn write_reserved(&self, buf: &[u8], offset: u64) -> Result<bool> {
-        let image = &self.image;
-        if !image.writable {
-            return Err(Error::ReadOnly);
-        }
-        image.check_range_u64(offset, buf.len() as u64)?;
-        if buf.is_empty() {
-            return Ok(true);
-        }
-        if !image.session.data_guid_changed || image.closed {
-            return Ok(false);
+        if let Some(answer) = self.before_shared_write(buf, offset)? {
+            return Ok(answer);
         }
         let Some(targets) = self.reserved_targets(offset, buf.len() as u64)? else { return Ok(false) };
         self.write_targets(buf, offset, &targets)
