@@ -431,11 +431,13 @@ mod tests {
         for (std_kind, kind) in cases {
             assert_eq!(IoError::from(std_kind).kind(), kind, "{std_kind:?}");
         }
-        // ENOSPC from the system: the code survives the trip both ways.
-        let e = IoError::from(StdError::from_raw_os_error(28));
+        // A full disk from the system (ENOSPC; on Windows ERROR_DISK_FULL):
+        // the code survives the trip both ways.
+        let full = if cfg!(windows) { 112 } else { 28 };
+        let e = IoError::from(StdError::from_raw_os_error(full));
         assert_eq!(e.kind(), IoErrorKind::StorageFull);
-        assert_eq!(e.as_std().and_then(StdError::raw_os_error), Some(28));
-        assert_eq!(StdError::from(e).raw_os_error(), Some(28));
+        assert_eq!(e.as_std().and_then(StdError::raw_os_error), Some(full));
+        assert_eq!(StdError::from(e).raw_os_error(), Some(full));
         // A static one becomes a std error of the matching kind.
         for (kind, std_kind) in [
             (IoErrorKind::UnexpectedEof, K::UnexpectedEof),

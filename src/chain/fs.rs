@@ -288,14 +288,13 @@ pub(crate) fn relative(from: &Path, target: &Path) -> PathBuf {
 }
 
 fn windows_style(p: &Path, relative: bool) -> String {
-    let s = p.to_string_lossy();
-    if cfg!(windows) {
-        if relative || s.starts_with(r"\\") {
-            return s.into_owned();
-        }
+    // Windows takes `/` too, but a `\\?\` path does not, and the format
+    // names its locators with `\` alone.
+    let s = p.to_string_lossy().replace('/', "\\");
+    if cfg!(windows) && !relative && !s.starts_with(r"\\") {
         return format!(r"\\?\{s}");
     }
-    s.replace('/', "\\")
+    s
 }
 
 #[cfg(test)]
@@ -308,7 +307,10 @@ mod tests {
         assert_eq!(relative(Path::new("/a/b"), Path::new("/a/c/p.vhdx")), PathBuf::from("../c/p.vhdx"));
         assert_eq!(windows_style(Path::new("../c/p.vhdx"), true), r"..\c\p.vhdx");
         assert_eq!(native(r".\p.vhdx"), PathBuf::from("./p.vhdx"));
-        assert_eq!(native(r"\\?\C:\x\p.vhdx"), PathBuf::from("C:/x/p.vhdx"));
+        // Windows opens the verbatim name itself; elsewhere it is a name to
+        // search the directories for.
+        let verbatim = if cfg!(windows) { r"\\?\C:\x\p.vhdx" } else { "C:/x/p.vhdx" };
+        assert_eq!(native(r"\\?\C:\x\p.vhdx"), PathBuf::from(verbatim));
     }
 
     #[test]

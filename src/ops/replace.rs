@@ -105,7 +105,8 @@ impl Replacement {
         Ok(())
     }
 
-    /// The temporary file's path.
+    /// The temporary file's path (for opening it again, with direct I/O).
+    #[cfg(any(unix, test))]
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
