@@ -50,10 +50,18 @@
 //! different shape) use `flock(2)`: shared for reading, exclusive for
 //! writing, on the whole file. It has the same exclusion rules among users
 //! of this crate, but QEMU does not see it. On Windows the share mode of the
-//! open does the same work: a writer shares nothing (it is refused while the
-//! file is open anywhere, and refuses every later open), a reader shares
-//! reading only, and a force-share reader shares everything (but is itself
-//! refused by a writer, which shares nothing).
+//! open does the same work, and Windows enforces it on every program:
+//!
+//! - a writer shares reading only: a later writer is refused (the writer
+//!   shares no writing), and so is a plain reader (which shares no writing
+//!   with the writer's write access); the writer is refused while the file
+//!   is open for reading by anyone who does not share writing;
+//! - a reader shares reading only: readers share with readers, and refuse
+//!   a writer;
+//! - a force-share reader shares everything and takes no part: it opens
+//!   beside a writer, and a writer opens beside it, as with `-U` on Linux.
+//!
+//! Measured under Wine by `.ci/windows` (the `locks` tests).
 
 use std::fs::File;
 use std::io;
@@ -316,7 +324,8 @@ mod platform {
 
 #[cfg(windows)]
 mod platform {
-    //! Share modes: a writer shares nothing, a reader reading.
+    //! Share modes: a locked open shares reading, a force-share open
+    //! everything.
 
     use std::fs::File;
     use std::io;
@@ -331,10 +340,12 @@ mod platform {
     const ERROR_LOCK_VIOLATION: i32 = 33;
 
     pub(super) fn prepare(options: &mut std::fs::OpenOptions, mode: Mode) {
-        let share = match (mode.lock, mode.writable) {
-            (false, _) => FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
-            (true, true) => 0,
-            (true, false) => FILE_SHARE_READ,
+        // Both kinds of locked open share reading: only an open that shares
+        // writing too (force-share) gets past a writer, whose write access
+        // every other locked open refuses to share.
+        let share = match mode.lock {
+            false => FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+            true => FILE_SHARE_READ,
         };
         options.share_mode(share);
     }
