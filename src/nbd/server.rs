@@ -226,16 +226,25 @@ struct Timed<'a> {
     deadline: &'a Cell<Option<Instant>>,
     handshake: Option<Duration>,
     idle: Option<Duration>,
+    /// The server's stop flag, which a read waiting for the client looks
+    /// at every [`STOP_POLL`].
+    stopped: &'a AtomicBool,
 }
 
+/// How long a read waits for the client before it looks whether the server
+/// is stopping. [`Stopper::stop`] also shuts the connection's reading down,
+/// which wakes a blocked read on Linux but not on Windows.
+const STOP_POLL: Duration = Duration::from_millis(200);
+
 impl Timed<'_> {
+    /// Before a write: the socket's write timeout is what is left of the
+    /// handshake (reads keep their own clock).
     fn arm(&self) -> std::io::Result<()> {
         if let Some(deadline) = self.deadline.get() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(self.timed_out());
             }
-            self.stream.set_read_timeout(Some(left))?;
             self.stream.set_write_timeout(Some(left))?;
         }
         Ok(())
@@ -258,19 +267,47 @@ impl Timed<'_> {
         }
     }
 
-    /// The handshake is over: no deadline, the idle timeout from now on.
+    /// The handshake is over: no deadline, the idle timeout from now on
+    /// (for reads, kept by [`Read::read`]).
     fn enter_transmission(&self) -> std::io::Result<()> {
         self.deadline.set(None);
-        self.stream.set_read_timeout(self.idle)?;
         self.stream.set_write_timeout(self.idle)
     }
 }
 
 impl Read for Timed<'_> {
+    /// Waits for the client until the handshake's deadline or the idle
+    /// timeout, in slices of [`STOP_POLL`]; reads end of stream once the
+    /// server stops.
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.arm()?;
-        let mut s = self.stream;
-        s.read(buf).map_err(|e| self.explain(e))
+        let idle_end = match self.deadline.get() {
+            Some(_) => None,
+            None => self.idle.map(|d| Instant::now() + d),
+        };
+        loop {
+            let end = self.deadline.get().or(idle_end);
+            let wait = match end {
+                Some(end) => {
+                    let left = end.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(self.timed_out());
+                    }
+                    left.min(STOP_POLL)
+                }
+                None => STOP_POLL,
+            };
+            self.stream.set_read_timeout(Some(wait))?;
+            let mut s = self.stream;
+            match s.read(buf) {
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    if self.stopped.load(Ordering::SeqCst) {
+                        return Ok(0);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                r => return r.map_err(|e| self.explain(e)),
+            }
+        }
     }
 }
 
@@ -316,6 +353,7 @@ fn handle<D: BlockDevice + Send + Sync + ?Sized>(
         deadline: &deadline,
         handshake: limit(options.handshake_timeout),
         idle: limit(options.idle_timeout),
+        stopped: &shared.stopped,
     };
     let admitted = Cell::new(false);
     let result = match greeted {
