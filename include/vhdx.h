@@ -1679,6 +1679,32 @@ int32_t vhdx_resolve_write(struct VhdxDisk *disk,
 int32_t vhdx_commit_write(struct VhdxDisk *disk, uint64_t offset, uint64_t len);
 
 /**
+ * The open file of chain level `level` (0: the handle's own image; 1: its
+ * parent; ...; as VhdxIoExtent.level names them), for doing the I/O of
+ * resolved pieces yourself: `*out` receives the file descriptor on Unix,
+ * the file HANDLE on Windows. Use it with positioned I/O only (pread and
+ * pwrite, io_uring; ReadFile and WriteFile with an OVERLAPPED offset). On
+ * Windows it is the only way to write the image's file while the handle
+ * is open, as a writable image is opened sharing reading only; elsewhere it
+ * saves opening the file again by its path.
+ *
+ * Returns VHDX_OK, VHDX_ERR_OUT_OF_RANGE when `level` >=
+ * vhdx_chain_length, VHDX_ERR_UNSUPPORTED for a VHD or a level that is
+ * not a file (vhdx_open_callbacks), VHDX_ERR_INVALID_ARGUMENT for a NULL
+ * `disk` or `out`.
+ *
+ * Ownership: the descriptor or HANDLE stays the library's: valid until
+ * vhdx_close, which closes it; never close it yourself (duplicate it, with
+ * dup or DuplicateHandle, to keep one). Thread safety: may run in
+ * parallel with reads, writes and queries on the same handle.
+ *
+ * # Safety
+ * `disk` is NULL or a live handle; `out` is NULL or points to a writable
+ * ptrdiff_t (pointer-sized, as a descriptor or HANDLE fits in).
+ */
+int32_t vhdx_level_file(const struct VhdxDisk *disk, uint32_t level, ptrdiff_t *out);
+
+/**
  * The disk's change set: the ranges of the virtual disk it determines
  * itself instead of its parent, read from its block table and sector
  * bitmaps (every sector of a fully present block, the sectors whose bitmap

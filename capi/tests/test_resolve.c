@@ -2,24 +2,52 @@
  * I/O resolution, as a VMM doing its own payload I/O uses it: the library
  * says where the bytes are (vhdx_resolve_read) and makes the space a write
  * needs (vhdx_resolve_write); the test reads and writes the image files
- * itself with pread/pwrite, then commits (vhdx_commit_write). Checked
- * against vhdx_read_at and, for the dynamic image, against the raw
- * reference run-tests.sh compares with QEMU. Then four threads write one
- * handle at once (vhdx_write_at into stored and new blocks).
+ * itself, through the files vhdx_level_file gives (pread/pwrite on the
+ * descriptor; on Windows ReadFile/WriteFile with an offset on the HANDLE),
+ * then commits (vhdx_commit_write). Checked against vhdx_read_at and, for
+ * the dynamic image, against the raw reference run-tests.sh compares with
+ * QEMU. Then four threads write one handle at once (vhdx_write_at into
+ * stored and new blocks).
  */
 #include "common.h"
 
-#include <fcntl.h>
 #include <pthread.h>
-#include <unistd.h>
 
 #define MIB (1024u * 1024u)
 #define SIZE (16 * MIB)
 
-/* The files of a chain, by level (0 = the handle's own). */
-static const char *level_path[3];
+/* Moves all `len` bytes at `off` of a file vhdx_level_file gave, with
+ * positioned I/O (the file's position is the library's business). */
+static int file_io(ptrdiff_t file, uint8_t *buf, size_t len, uint64_t off, int write) {
+    while (len > 0) {
+#if defined(_WIN32)
+        OVERLAPPED ov;
+        DWORD n = 0;
+        DWORD chunk = len > (1u << 30) ? (1u << 30) : (DWORD)len;
+        BOOL done;
+        memset(&ov, 0, sizeof ov);
+        ov.Offset = (DWORD)(off & 0xffffffffu);
+        ov.OffsetHigh = (DWORD)(off >> 32);
+        done = write ? WriteFile((HANDLE)file, buf, chunk, &n, &ov) : ReadFile((HANDLE)file, buf, chunk, &n, &ov);
+        if (!done || n == 0) return 0;
+#else
+        ssize_t n = write ? pwrite((int)file, buf, len, (off_t)off) : pread((int)file, buf, len, (off_t)off);
+        if (n <= 0) return 0;
+#endif
+        buf += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 1;
+}
 
-/* Reads `len` bytes at `off` the way a VMM would: resolve, then pread each
+/* The same on chain level `level` of `d`. */
+static int level_io(VhdxDisk *d, uint32_t level, uint8_t *buf, size_t len, uint64_t off, int write) {
+    ptrdiff_t file = -1;
+    return vhdx_level_file(d, level, &file) == VHDX_OK && file_io(file, buf, len, off, write);
+}
+
+/* Reads `len` bytes at `off` the way a VMM would: resolve, then read each
  * piece from its level's file (zeros for VHDX_EXTENT_ZERO). */
 static int vmm_read(VhdxDisk *d, uint64_t off, uint8_t *buf, size_t len) {
     VhdxIoExtent ext[64];
@@ -29,31 +57,23 @@ static int vmm_read(VhdxDisk *d, uint64_t off, uint8_t *buf, size_t len) {
         uint8_t *dst = buf + (ext[i].offset - off);
         if (ext[i].kind == VHDX_EXTENT_ZERO) {
             memset(dst, 0, (size_t)ext[i].length);
-        } else {
-            int fd = open(level_path[ext[i].level], O_RDONLY);
-            ssize_t n = fd < 0 ? -1 : pread(fd, dst, (size_t)ext[i].length, (off_t)ext[i].file_offset);
-            if (fd >= 0) close(fd);
-            if (n != (ssize_t)ext[i].length) return 0;
+        } else if (!level_io(d, ext[i].level, dst, (size_t)ext[i].length, ext[i].file_offset, 0)) {
+            return 0;
         }
     }
     return 1;
 }
 
-/* Writes `len` bytes at `off` the way a VMM would: resolve, pwrite, commit. */
+/* Writes `len` bytes at `off` the way a VMM would: resolve, write, commit. */
 static int vmm_write(VhdxDisk *d, uint64_t off, const uint8_t *buf, size_t len) {
     VhdxIoExtent ext[64];
     size_t count = 0, i;
-    int fd;
     if (vhdx_resolve_write(d, off, len, ext, 64, &count) != VHDX_OK || count > 64) return 0;
-    fd = open(level_path[0], O_WRONLY);
-    if (fd < 0) return 0;
     for (i = 0; i < count; i++) {
         if (ext[i].kind != VHDX_EXTENT_FILE || ext[i].level != 0) return 0;
-        if (pwrite(fd, buf + (ext[i].offset - off), (size_t)ext[i].length, (off_t)ext[i].file_offset) !=
-            (ssize_t)ext[i].length)
+        if (!level_io(d, 0, (uint8_t *)buf + (ext[i].offset - off), (size_t)ext[i].length, ext[i].file_offset, 1))
             return 0;
     }
-    close(fd);
     return vhdx_commit_write(d, off, len) == VHDX_OK;
 }
 
@@ -88,7 +108,6 @@ int main(int argc, char **argv) {
     path_in(dyn, dir, "c_resolved.vhdx");
     path_in(expected, dir, "c_resolved.expected.raw");
     raw_create(expected, SIZE);
-    level_path[0] = dyn;
     CHECK_OK(vhdx_create_dynamic(dyn, SIZE, MIB, 512, &d));
     fill_pattern(buf, MIB, 0, 1);
     CHECK_OK(vhdx_write_at(d, 0, buf, MIB));
@@ -147,19 +166,27 @@ int main(int argc, char **argv) {
     CHECK_OK(vhdx_write_at(b, 0, buf, 2 * MIB));
     CHECK_OK(vhdx_close_checked(b));
     CHECK_OK(vhdx_create_differencing(leaf, base, &d));
-    level_path[0] = leaf;
-    level_path[1] = base;
+    {
+        ptrdiff_t file = -1;
+        CHECK_ERR(vhdx_level_file(d, 2, &file), VHDX_ERR_OUT_OF_RANGE, "past the chain");
+        CHECK_ERR(vhdx_level_file(d, 0, NULL), VHDX_ERR_INVALID_ARGUMENT, "out");
+        CHECK_OK(vhdx_level_file(d, 1, &file));
+#if !defined(_WIN32)
+        {
+            /* Level 1 is the parent's file. */
+            struct stat by_fd, by_path;
+            CHECK(fstat((int)file, &by_fd) == 0 && stat(base, &by_path) == 0);
+            CHECK(by_fd.st_ino == by_path.st_ino && by_fd.st_dev == by_path.st_dev);
+        }
+#endif
+    }
     CHECK_OK(vhdx_resolve_read(d, 4096, 4096, ext, 8, &count));
     CHECK(count == 1 && ext[0].kind == VHDX_EXTENT_FILE && ext[0].level == 1);
     CHECK_ERR(vhdx_resolve_write(d, 4097, 512, ext, 8, &count), VHDX_ERR_INVALID_ARGUMENT, "whole");
     CHECK_OK(vhdx_resolve_write(d, 4096, 8192, ext, 8, &count));
     CHECK(count == 1 && ext[0].kind == VHDX_EXTENT_FILE && ext[0].level == 0);
     fill_pattern(buf, 8192, 4096, 4);
-    {
-        int fd = open(leaf, O_WRONLY);
-        CHECK(fd >= 0 && pwrite(fd, buf, 8192, (off_t)ext[0].file_offset) == 8192);
-        if (fd >= 0) close(fd);
-    }
+    CHECK(level_io(d, 0, buf, 8192, ext[0].file_offset, 1));
     CHECK_OK(vhdx_read_at(d, 4096, back, 8192));
     CHECK(has_pattern(back, 8192, 4096, 3));
     CHECK_OK(vhdx_commit_write(d, 4096, 8192));

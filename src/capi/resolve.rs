@@ -2,6 +2,7 @@
 //! bytes are in the chain's files, and the space a write needs.
 
 use super::disk::VhdxDisk;
+use alloc::format;
 use alloc::vec::Vec;
 
 use super::error::{Failure, FfiResult, VHDX_OK};
@@ -173,6 +174,69 @@ pub unsafe extern "C" fn vhdx_commit_write(disk: *mut VhdxDisk, offset: u64, len
         // SAFETY: the caller promises NULL or a live handle.
         let d = unsafe { disk_arg("vhdx_commit_write", disk)? };
         d.write()?.vhdx_mut("vhdx_commit_write")?.commit_write(offset, len).map_err(|e| d.fail(e))?;
+        Ok(VHDX_OK)
+    })
+}
+
+/// The open file of chain level `level` (0: the handle's own image; 1: its
+/// parent; ...; as VhdxIoExtent.level names them), for doing the I/O of
+/// resolved pieces yourself: `*out` receives the file descriptor on Unix,
+/// the file HANDLE on Windows. Use it with positioned I/O only (pread and
+/// pwrite, io_uring; ReadFile and WriteFile with an OVERLAPPED offset). On
+/// Windows it is the only way to write the image's file while the handle
+/// is open, as a writable image is opened sharing reading only; elsewhere it
+/// saves opening the file again by its path.
+///
+/// Returns VHDX_OK, VHDX_ERR_OUT_OF_RANGE when `level` >=
+/// vhdx_chain_length, VHDX_ERR_UNSUPPORTED for a VHD or a level that is
+/// not a file (vhdx_open_callbacks), VHDX_ERR_INVALID_ARGUMENT for a NULL
+/// `disk` or `out`.
+///
+/// Ownership: the descriptor or HANDLE stays the library's: valid until
+/// vhdx_close, which closes it; never close it yourself (duplicate it, with
+/// dup or DuplicateHandle, to keep one). Thread safety: may run in
+/// parallel with reads, writes and queries on the same handle.
+///
+/// # Safety
+/// `disk` is NULL or a live handle; `out` is NULL or points to a writable
+/// ptrdiff_t (pointer-sized, as a descriptor or HANDLE fits in).
+#[no_mangle]
+pub unsafe extern "C" fn vhdx_level_file(disk: *const VhdxDisk, level: u32, out: *mut isize) -> i32 {
+    const F: &str = "vhdx_level_file";
+    ffi!("vhdx_level_file", {
+        // SAFETY: the caller promises NULL or a live handle.
+        let d = unsafe { disk_arg(F, disk)? };
+        if out.is_null() {
+            return Err(Failure::null(F, "out"));
+        }
+        let guard = d.read()?;
+        let image = guard.vhdx(F)?;
+        let levels = image.chain_paths().len();
+        let file = if (level as usize) < levels {
+            image.level_file(level as usize).ok_or_else(|| Failure {
+                status: super::error::VHDX_ERR_UNSUPPORTED,
+                message: format!("{F}: level {level} of the chain is not a file"),
+            })?
+        } else {
+            return Err(Failure {
+                status: super::error::VHDX_ERR_OUT_OF_RANGE,
+                message: format!("{F}: level {level} is past the chain of {levels} image(s)"),
+            });
+        };
+        #[cfg(unix)]
+        let raw = std::os::fd::AsRawFd::as_raw_fd(file) as isize;
+        #[cfg(windows)]
+        let raw = std::os::windows::io::AsRawHandle::as_raw_handle(file) as isize;
+        #[cfg(not(any(unix, windows)))]
+        let raw: isize = {
+            let _ = file;
+            return Err(Failure {
+                status: super::error::VHDX_ERR_UNSUPPORTED,
+                message: format!("{F}: this platform has no file descriptors to give"),
+            });
+        };
+        // SAFETY: non-NULL, and the caller promises a writable ptrdiff_t.
+        unsafe { out.write(raw) };
         Ok(VHDX_OK)
     })
 }

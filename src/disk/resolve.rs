@@ -12,6 +12,10 @@
 //!   the range present (a differencing disk's sector bitmap bits). Until
 //!   then the range reads as before: zeros in a new block of a dynamic
 //!   disk, the parent's bytes in a differencing one.
+//! - [`Disk::level_file`]: the open file of a level, to do that I/O with.
+//!   On Windows it is the way to write: a writable image is opened
+//!   sharing reading only, so another open of its file for writing is
+//!   refused.
 //!
 //! Like every write, the data is durable after the next [`Disk::flush`],
 //! which the caller issues after its own writes completed. The extents stay
@@ -51,6 +55,26 @@ pub struct IoExtent {
 }
 
 impl Disk {
+    /// The open file of chain level `level` (0: this image; 1: its
+    /// parent; ...; as [`IoTarget::File`] names them), for a caller that
+    /// reads and writes resolved pieces itself with positioned I/O (`pread`
+    /// and `pwrite`, io_uring, Windows `ReadFile`/`WriteFile` with an
+    /// offset). On Windows this is the only way to write this image's
+    /// file while it is open, as a writable image is opened sharing
+    /// reading only; elsewhere it saves opening the file again by its path.
+    ///
+    /// The file stays the library's: valid while the disk is open, and
+    /// closed with it. `None` past the chain, or for a level whose storage
+    /// is not a file (memory, a caller's callbacks).
+    #[cfg(feature = "std")]
+    pub fn level_file(&self, level: usize) -> Option<&std::fs::File> {
+        let mut disk = self;
+        for _ in 0..level {
+            disk = disk.parent()?;
+        }
+        disk.image.storage.file()
+    }
+
     /// Where the bytes of `[offset, offset + len)` are, through the chain:
     /// pieces in order, each in one level's file or zeros. A read of each
     /// file piece at its file offset gives what [`Disk::read_at`] gives.

@@ -206,6 +206,10 @@ impl Storage for FileStorage {
         Some(write_at(&self.file, buf, offset).map_err(IoError::from))
     }
 
+    fn file(&self) -> Option<&File> {
+        Some(&self.file)
+    }
+
     fn flush(&mut self) -> Result<(), IoError> {
         Ok(self.file.sync_data()?)
     }

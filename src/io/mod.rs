@@ -76,6 +76,13 @@ pub trait Storage: Send + Sync {
         let _ = (buf, offset);
         None
     }
+    /// The open file behind the storage, when it is one: what
+    /// [`Disk::level_file`](crate::Disk::level_file) hands to a caller that
+    /// moves payload itself. `None` (the default) for anything else.
+    #[cfg(feature = "std")]
+    fn file(&self) -> Option<&std::fs::File> {
+        None
+    }
 }
 
 impl<S: Storage + ?Sized> Storage for alloc::boxed::Box<S> {
@@ -99,6 +106,10 @@ impl<S: Storage + ?Sized> Storage for alloc::boxed::Box<S> {
     }
     fn write_shared(&self, buf: &[u8], offset: u64) -> Option<Result<(), IoError>> {
         (**self).write_shared(buf, offset)
+    }
+    #[cfg(feature = "std")]
+    fn file(&self) -> Option<&std::fs::File> {
+        (**self).file()
     }
 }
 

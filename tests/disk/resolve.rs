@@ -2,7 +2,7 @@
 //! writing one where `resolve_write` says then committing it, give what
 //! `read_at` and `write_at` give, through a chain of three.
 
-use std::os::unix::fs::FileExt;
+use crate::common::FileExt;
 
 use vhdx::{CreateOptions, Disk, IoTarget, OpenOptions};
 
@@ -10,7 +10,6 @@ use crate::common::data::{pattern, XorShift};
 
 /// Reads `[at, at + len)` the way a VMM does: from the files the pieces name.
 fn vmm_read(disk: &Disk, at: u64, len: usize) -> Vec<u8> {
-    let paths = disk.chain_paths();
     let mut out = vec![0u8; len];
     let mut covered = 0u64;
     for e in disk.resolve_read(at, len as u64).unwrap() {
@@ -20,7 +19,16 @@ fn vmm_read(disk: &Disk, at: u64, len: usize) -> Vec<u8> {
         match e.target {
             IoTarget::Zero => dst.fill(0),
             IoTarget::File { level, file_offset } => {
-                std::fs::File::open(&paths[level]).unwrap().read_exact_at(dst, file_offset).unwrap()
+                disk.level_file(level).expect("every level is a file").read_exact_at(dst, file_offset).unwrap();
+                // The path of the level names the same file (on Windows
+                // another open of a writable image is refused).
+                #[cfg(unix)]
+                {
+                    let paths = disk.chain_paths();
+                    let mut again = vec![0u8; dst.len()];
+                    std::fs::File::open(&paths[level]).unwrap().read_exact_at(&mut again, file_offset).unwrap();
+                    assert!(again == dst, "level {level} is {}", paths[level]);
+                }
             }
         }
     }
@@ -56,7 +64,7 @@ fn resolved_reads_and_writes_match_read_at_through_a_chain() {
         let mut before = vec![0u8; len as usize];
         leaf.read_at(&mut before, at).unwrap();
         assert!(before == model[at as usize..(at + len) as usize], "write {i}: changed before its commit");
-        let file = std::fs::OpenOptions::new().write(true).open(&names[2]).unwrap();
+        let file = leaf.level_file(0).unwrap();
         for p in &pieces {
             let IoTarget::File { level: 0, file_offset } = p.target else { panic!("a write goes to the leaf") };
             file.write_all_at(&data[(p.offset - at) as usize..(p.offset - at + p.length) as usize], file_offset)
@@ -69,6 +77,7 @@ fn resolved_reads_and_writes_match_read_at_through_a_chain() {
         }
     }
     assert!(leaf.resolve_write(513, 512).is_err(), "a differencing disk takes whole sectors");
+    assert!(leaf.level_file(2).is_some() && leaf.level_file(3).is_none(), "three levels, each a file");
     for (at, len) in [(0u64, size as usize), (1 << 20, 4096), ((2 << 20) + 600, 300), (size - 512, 512)] {
         let mut want = vec![0u8; len];
         leaf.read_at(&mut want, at).unwrap();
@@ -97,7 +106,7 @@ fn a_dynamic_disk_resolves_writes_into_new_and_stored_blocks() {
     let mut before = vec![1u8; data.len()];
     d.read_at(&mut before, at).unwrap();
     assert!(before.iter().all(|&b| b == 0), "new blocks read zeros until written");
-    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let file = d.level_file(0).unwrap();
     for p in &pieces {
         let IoTarget::File { level: 0, file_offset } = p.target else { panic!() };
         file.write_all_at(&data[(p.offset - at) as usize..(p.offset - at + p.length) as usize], file_offset).unwrap();
