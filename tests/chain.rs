@@ -200,7 +200,7 @@ fn small_reads_through_a_deep_chain_match_the_models() {
 /// at depth 1, not present.
 #[test]
 fn chain_map_names_the_image_and_file_offset_of_every_sector() {
-    use std::os::unix::fs::FileExt;
+    use crate::common::FileExt;
     use vhdx::chain::{self, ChainMapEntry};
     use vhdx::Extent;
 

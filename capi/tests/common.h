@@ -8,18 +8,49 @@
 #ifndef VHDX_TEST_COMMON_H
 #define VHDX_TEST_COMMON_H
 
-/* The tests use POSIX (mkdir, pthreads) beside C99; the header itself needs
- * neither. */
+/* The tests use POSIX (mkdir, truncate, pthreads) beside C99; the
+ * header itself needs neither. On Windows (mingw-w64, which CI's
+ * .ci/windows builds them with) the few calls POSIX has and Windows lacks
+ * are defined below from Windows' own: each does what POSIX says. */
+#if !defined(_WIN32)
 #define _POSIX_C_SOURCE 200809L
+#endif
 
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
+#include <fcntl.h>
 
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if defined(_WIN32)
+#include <direct.h>
+#include <io.h>
+#include <windows.h>
+
+/* mkdir without a mode. (fseeko and ftello are mingw's own, 64-bit with
+ * _FILE_OFFSET_BITS=64, which .ci/windows sets.) */
+#define mkdir(path, mode) _mkdir(path)
+
+/* Sizes the file `path`, as truncate(2) does. */
+static inline int set_file_size(const char *path, uint64_t size) {
+    int fd = _open(path, _O_RDWR | _O_BINARY);
+    int rc;
+    if (fd < 0) return -1;
+    rc = _chsize_s(fd, (__int64)size) == 0 ? 0 : -1;
+    _close(fd);
+    return rc;
+}
+
+#else
+static inline int set_file_size(const char *path, uint64_t size) {
+    return truncate(path, (off_t)size);
+}
+#endif
+
 
 #include "vhdx.h"
 
@@ -141,7 +172,7 @@ static inline void make_dir(const char *path) {
 /* Creates `path` as `size` bytes of zeros (a sparse file). */
 static inline void raw_create(const char *path, uint64_t size) {
     FILE *f = fopen(path, "wb");
-    if (f == NULL || fclose(f) != 0 || truncate(path, (off_t)size) != 0) {
+    if (f == NULL || fclose(f) != 0 || set_file_size(path, size) != 0) {
         fprintf(stderr, "cannot create the raw reference %s\n", path);
         exit(1);
     }

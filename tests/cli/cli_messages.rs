@@ -4,6 +4,7 @@
 //! wrong and, where there is one, what to do.
 
 use std::io::Write;
+#[cfg(unix)]
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -27,6 +28,7 @@ fn run_with_stdin(dir: &Path, args: &[&str], input: &[u8]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+#[cfg(unix)] // permission bits and uids
 /// Whether the tests run as root, for whom permission bits do not apply.
 fn root(dir: &Path) -> bool {
     let probe = dir.join(".uid-probe");
@@ -36,6 +38,7 @@ fn root(dir: &Path) -> bool {
     uid == 0
 }
 
+#[cfg(unix)] // permission bits and uids
 /// `vhdx ARGS…` in `dir` as a user that permission bits apply to: the
 /// current one, or `nobody` (uid 65534, through `setpriv`) when the tests
 /// run as root. `dir` must be reachable by that user.
@@ -52,6 +55,7 @@ fn run_unprivileged(dir: &Path, args: &[&str]) -> Output {
         .expect("running setpriv: as root, the test needs it to drop privileges (util-linux)")
 }
 
+#[cfg(unix)] // permission bits and uids
 /// A directory any user can enter, with a 1 MiB image `d.vhdx` whose mode is `mode`.
 fn image_with_mode(mode: u32) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
@@ -110,6 +114,7 @@ fn a_one_byte_write_at_the_last_offset_says_one_byte() {
     assert!(text.starts_with("wrote 1 byte at offset 1048575 of d.vhdx"), "{text}");
 }
 
+#[cfg(unix)]
 #[test]
 fn a_file_that_cannot_be_read_is_not_opened_and_the_message_says_why() {
     let tmp = image_with_mode(0o000);
@@ -130,6 +135,7 @@ fn the_open_error_comes_from_the_open_path_for_any_opener() {
     assert_eq!(err.to_string(), "img.vhdx: cannot open the file: permission denied");
 }
 
+#[cfg(unix)]
 #[test]
 fn serving_a_file_that_cannot_be_written_suggests_read_only() {
     let tmp = image_with_mode(0o444);

@@ -2,8 +2,8 @@
 //! or a file, and byte-for-byte comparisons that skip a raw file's holes
 //! (found with `qemu-img map`) and report the first differing offset.
 
+use super::FileExt;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};

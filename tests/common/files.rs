@@ -2,9 +2,9 @@
 //! temporary directories with their zero stretches left as holes), sparse
 //! copies, and plain writes.
 
+use super::FileExt;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;

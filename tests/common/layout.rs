@@ -2,8 +2,8 @@
 //! layout, with its own CRC-32C: the headers at 64 and 128 KiB, the region
 //! table at 192 KiB, and the BAT, with the format's rules for its entries.
 
+use super::FileExt;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// CRC-32C (Castagnoli), bitwise: an implementation independent of the crate's.

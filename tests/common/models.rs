@@ -2,8 +2,8 @@
 //! writes: a sparse raw file ([`RawModel`]), and a sparse in-memory byte
 //! map that can check a whole [`Disk`] against itself ([`SparseModel`]).
 
+use super::FileExt;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use vhdx::Disk;

@@ -5,6 +5,11 @@ use std::path::PathBuf;
 
 /// Where the tool `name` is.
 pub fn sbin_tool(name: &str) -> Option<PathBuf> {
+    // Linux programs: a Windows build (under Wine) may see their files
+    // through Z:, but cannot run them.
+    if cfg!(not(unix)) {
+        return None;
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))

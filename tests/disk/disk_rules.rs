@@ -595,6 +595,7 @@ fn a_sector_bitmap_entry_in_a_disk_without_parent_is_ignored() {
 /// file holds those pages and the sectors written more (the rest of a new
 /// block stays a hole that reads as zeros), measured from the file's
 /// allocated size (st_blocks), not from the library.
+#[cfg(unix)]
 #[test]
 fn a_commit_backs_only_the_pages_it_writes() {
     use std::os::unix::fs::MetadataExt;

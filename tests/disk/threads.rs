@@ -7,8 +7,10 @@ use vhdx::{CreateOptions, Disk, OpenOptions};
 
 use crate::common::data::XorShift;
 
-const fn assert_send_sync<T: Send + Sync>() {}
-const _: () = assert_send_sync::<Disk>();
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Disk>()
+};
 
 #[test]
 fn threads_write_interleaved_stripes_and_read_everything() {

@@ -3,6 +3,9 @@
 //! (`durability`), a full filesystem on fault-injecting storage (`enospc`)
 //! and on a real tmpfs (`full_filesystem`).
 
+// Linux tools are this binary's oracles (strace, tmpfs and Linux space accounting): on Windows it is empty.
+#![cfg(unix)]
+
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../tool/mod.rs"]

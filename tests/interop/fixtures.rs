@@ -518,7 +518,7 @@ fn dirty_log_read_only(fx: &Fx, ignored_log_sha: &str) {
 /// Sets both headers' LogGuid (bytes 48..64) of `path` to zero and reseals
 /// their CRC-32C (bytes 4..8), from the format's layout.
 fn clear_log_guid(path: &Path) {
-    use std::os::unix::fs::FileExt;
+    use crate::common::FileExt;
     let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
     for at in [64u64 << 10, 128 << 10] {
         let mut h = vec![0u8; 4096];

@@ -8,5 +8,7 @@ mod common;
 mod tool;
 
 mod fixtures;
+// QEMU both ways needs QEMU, a Linux tool here: not on Windows.
+#[cfg(unix)]
 mod qemu_interop;
 mod vhd;

@@ -98,7 +98,7 @@ fn check_bat_and_payload(path: &Path, model: &RawModel, bs: u64, present: &BTree
         let start = block * bs;
         let len = bs.min(model.size - start) as usize;
         let mut got = vec![0u8; len];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut got, offsets[&block]).unwrap();
+        crate::common::FileExt::read_exact_at(&file, &mut got, offsets[&block]).unwrap();
         assert!(got == model.read(start, len), "payload block {block} in the file differs from the model");
     }
 }
@@ -600,8 +600,7 @@ fn a_log_entry_names_a_durable_file_size_covering_its_blocks() {
     let header = current_header(&path);
     assert_ne!(header.log_guid, [0u8; 16], "a flushed session keeps its log until it closes");
     let mut entry = vec![0u8; 64];
-    std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(&path).unwrap(), &mut entry, header.log_offset)
-        .unwrap();
+    crate::common::FileExt::read_exact_at(&std::fs::File::open(&path).unwrap(), &mut entry, header.log_offset).unwrap();
     assert_eq!(&entry[0..4], b"loge", "the first entry starts the log");
     assert_eq!(entry[32..48], header.log_guid, "the entry's LogGuid");
     let field = |at: usize| u64::from_le_bytes(entry[at..at + 8].try_into().unwrap());
@@ -621,7 +620,7 @@ fn a_log_entry_names_a_durable_file_size_covering_its_blocks() {
 /// takes the file back to its old size. Read with the test's own parser.
 #[test]
 fn a_compaction_that_only_cuts_the_file_logs_the_new_size() {
-    use std::os::unix::fs::FileExt;
+    use crate::common::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cut.vhdx");
     let mut d = Disk::create(&path, &CreateOptions::dynamic(16 * MIB).block_size(MIB as u32)).unwrap();

@@ -11,11 +11,13 @@
 //! itself.
 
 use std::path::{Path, PathBuf};
+#[cfg(unix)]
 use std::process::Command;
 
 use vhdx::io::{FileOpener, LockSet};
 use vhdx::{CreateOptions, Disk, ErrorKind, OpenOptions};
 
+#[cfg(unix)]
 use crate::support::{ofd_bytes, within};
 
 const MIB: u64 = 1 << 20;
@@ -43,6 +45,7 @@ fn a_writer_excludes_every_other_handle_and_force_share_still_reads() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "w.vhdx");
     let mut w = Disk::open_writable(&path).unwrap();
+    #[cfg(unix)] // the bytes QEMU locks: Linux lists them in /proc/locks
     assert_eq!(ofd_bytes(&path), [100, 101, 103, 201, 203], "a writer holds QEMU's writer bytes");
     w.write_at(&[0xa5; 512], 0).unwrap();
     w.flush().unwrap();
@@ -61,6 +64,7 @@ fn a_writer_excludes_every_other_handle_and_force_share_still_reads() {
     shared.read_at(&mut buf, 0).unwrap();
     assert_eq!(buf, [0xa5; 512]);
     assert!(vhdx::check::check_file_with(&path, &FileOpener::force_share()).is_ok());
+    #[cfg(unix)] // the bytes QEMU locks: Linux lists them in /proc/locks
     assert_eq!(ofd_bytes(&path), [100, 101, 103, 201, 203]);
     drop(shared);
     // Never for writing.
@@ -68,6 +72,7 @@ fn a_writer_excludes_every_other_handle_and_force_share_still_reads() {
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
 
     w.close().unwrap();
+    #[cfg(unix)] // the bytes QEMU locks: Linux lists them in /proc/locks
     assert!(ofd_bytes(&path).is_empty(), "closing releases the locks");
     Disk::open_writable(&path).unwrap().close().unwrap();
 }
@@ -77,6 +82,7 @@ fn readers_share_and_refuse_a_writer() {
     let dir = tempfile::tempdir().unwrap();
     let path = image(dir.path(), "r.vhdx");
     let r1 = Disk::open(&path).unwrap();
+    #[cfg(unix)] // the bytes QEMU locks: Linux lists them in /proc/locks
     assert_eq!(ofd_bytes(&path), [100, 201, 203], "a reader holds QEMU's reader bytes");
     let r2 = Disk::open(&path).unwrap();
     let msg = busy(Disk::open_writable(&path));
@@ -173,6 +179,7 @@ fn a_lock_set_holds_its_images_and_lets_its_own_opens_through() {
     locks.lock(&child, true).unwrap();
     busy(Disk::open(&child));
     drop((locks, opener));
+    #[cfg(unix)] // the bytes QEMU locks: Linux lists them in /proc/locks
     assert!(ofd_bytes(&base).is_empty() && ofd_bytes(&child).is_empty());
     Disk::open_writable(&child).unwrap().close().unwrap();
     // Someone else's reader refuses the set's exclusive lock.
@@ -241,11 +248,13 @@ fn set_parent_may_reach_the_child_through_the_new_parent_without_refusing_itself
 
 // ---------------------------------------------------------------- special files
 
+#[cfg(unix)]
 fn mkfifo(path: &Path) {
     let st = Command::new("mkfifo").arg(path).status().expect("running mkfifo");
     assert!(st.success(), "mkfifo {}", path.display());
 }
 
+#[cfg(unix)]
 /// Opening `path` as an image (every way) fails at once with a message
 /// that names it and says what it is.
 fn refused_at_once(path: &Path, what: &str) {
@@ -270,6 +279,7 @@ fn refused_at_once(path: &Path, what: &str) {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn a_fifo_a_socket_or_a_directory_is_no_image() {
     let dir = tempfile::tempdir().unwrap();
@@ -293,6 +303,7 @@ fn a_fifo_a_socket_or_a_directory_is_no_image() {
     assert!(!dir.path().join("out.vhdx").exists());
 }
 
+#[cfg(unix)]
 #[test]
 fn a_parent_locator_naming_a_fifo_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -313,6 +324,7 @@ fn a_parent_locator_naming_a_fifo_is_refused_at_once() {
     assert!(matches!(&nodes[0].status, vhdx::ops::tree::LinkStatus::Unreadable(e) if e.contains("FIFO")), "{nodes:?}");
 }
 
+#[cfg(unix)]
 #[test]
 fn directory_scans_skip_what_is_not_a_regular_file() {
     let dir = tempfile::tempdir().unwrap();

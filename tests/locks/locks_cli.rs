@@ -233,10 +233,12 @@ fn chain_operations_refuse_images_in_use_and_change_nothing() {
     ok(&["merge", s(child), "--preserve-siblings"]);
 }
 
+#[cfg(unix)]
 fn mkfifo(path: &Path) {
     assert!(Command::new("mkfifo").arg(path).status().unwrap().success());
 }
 
+#[cfg(unix)]
 #[test]
 fn fifos_never_make_a_command_hang() {
     let dir = tempfile::tempdir().unwrap();

@@ -51,6 +51,7 @@ pub fn vhdx(args: &[&str]) -> Output {
     run_within(cmd)
 }
 
+#[cfg(unix)]
 /// Runs `f` on another thread and returns its result, failing the test if
 /// it takes longer than [`DEADLINE`] (the thread is then left behind).
 pub fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -66,6 +67,7 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+#[cfg(unix)]
 /// Whether `program` runs (`--version`). Outside CI a missing program skips
 /// the test after a note; under `CI=true` it fails it.
 pub fn tool(program: &str) -> bool {
@@ -79,6 +81,7 @@ pub fn tool(program: &str) -> bool {
     false
 }
 
+#[cfg(unix)]
 /// The bytes locked on `path`'s file, as `/proc/locks` lists them: one
 /// `(kind, type, start, end)` per lock (`OFDLCK`/`FLOCK`/`POSIX`,
 /// `READ`/`WRITE`; `end` is `None` for "to the end of the file").
@@ -106,6 +109,7 @@ pub fn kernel_locks(path: &Path) -> Vec<(String, String, u64, Option<u64>)> {
     out
 }
 
+#[cfg(unix)]
 /// The single bytes read-locked as open-file-description locks on `path`,
 /// sorted, each byte once (several holders of one byte count once).
 pub fn ofd_bytes(path: &Path) -> Vec<u64> {
@@ -122,10 +126,12 @@ pub fn ofd_bytes(path: &Path) -> Vec<u64> {
 /// A process holding an image open until dropped (then killed and reaped).
 pub struct Holder {
     child: Child,
+    #[cfg_attr(not(unix), allow(dead_code))] // named by `start`, Unix only
     what: String,
 }
 
 impl Holder {
+    #[cfg(unix)] // waits for /proc/locks to list the lock
     /// Starts `cmd` (its stdin a pipe kept open, so interactive tools such
     /// as `qemu-io` keep running) and waits until the kernel lists a lock on
     /// `image` — the holder has opened it.

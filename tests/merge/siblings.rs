@@ -10,8 +10,8 @@
 //! each merge, and the expected conflicts, per-child byte counts and merged
 //! content are computed from the references, sector by sector.
 
+use crate::common::FileExt;
 use std::collections::BTreeMap;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use vhdx::ops::siblings::{

@@ -8,8 +8,13 @@ mod common;
 #[path = "../tool/mod.rs"]
 mod tool;
 
+// QEMU is the client of these, a Linux tool here: not on Windows, where
+// the protocol tests (our own client) run alone.
+#[cfg(unix)]
 mod nbd;
+#[cfg(unix)]
 mod nbd_device;
 mod nbd_protocol;
+#[cfg(unix)]
 mod nbd_stalls;
 mod support;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use vhdx::nbd::{ServeOptions, Server, Stopper};
 use vhdx::{CreateOptions, Disk, MemStorage};
 
+#[cfg(unix)]
 /// `qemu-io -f raw FLAGS… -c CMD… TARGET` without judging the result:
 /// (exit success, stdout + stderr).
 pub fn qemu_io_any(flags: &[&str], target: &str, cmds: &[&str]) -> (bool, String) {
@@ -26,6 +27,7 @@ pub fn qemu_io_any(flags: &[&str], target: &str, cmds: &[&str]) -> (bool, String
     (out.status.success(), text)
 }
 
+#[cfg(unix)]
 /// [`qemu_io_any`], which must succeed with no command failing (qemu-io
 /// exits 0 even then, so its output is checked); returns the output.
 pub fn qemu_io_ok(flags: &[&str], target: &str, cmds: &[&str]) -> String {
@@ -58,6 +60,7 @@ impl Running {
     }
 
     /// `nbd://127.0.0.1:PORT/` (the default export, the empty name).
+    #[cfg(unix)] // for QEMU
     pub fn uri(&self) -> String {
         format!("nbd://{}/", self.addr)
     }

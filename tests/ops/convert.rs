@@ -21,10 +21,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[cfg(unix)]
 use vhdx::ops::convert::{convert, ConvertOptions};
-use vhdx::{CreateOptions, Disk, ErrorKind};
+#[cfg(unix)]
+use vhdx::ErrorKind;
+use vhdx::{CreateOptions, Disk};
 
-use crate::common::{cli::vhdx_tool, compare::sha256_file, data::pattern};
+#[cfg(unix)]
+use crate::common::compare::sha256_file;
+use crate::common::{cli::vhdx_tool, data::pattern};
 
 const MIB: u64 = 1 << 20;
 
@@ -80,6 +85,7 @@ fn tool(dir: &Path, args: &[&str]) -> Output {
     Command::new(vhdx_tool()).current_dir(dir).args(args).output().expect("running vhdx")
 }
 
+#[cfg(unix)]
 #[test]
 fn no_image_of_the_source_chain_is_ever_the_destination() {
     let tmp = tempfile::tempdir().unwrap();
@@ -150,6 +156,7 @@ fn the_cli_refuses_to_convert_a_child_onto_its_parent() {
 
 /// Overwriting replaces an existing file (keeping its permissions) with
 /// the complete output; without it, the file is refused and left alone.
+#[cfg(unix)]
 #[test]
 fn overwrite_replaces_the_destination_with_the_complete_output() {
     use std::os::unix::fs::PermissionsExt;
@@ -177,11 +184,13 @@ fn overwrite_replaces_the_destination_with_the_complete_output() {
 /// `sh -c 'ulimit -f N; exec vhdx …'` with SIGXFSZ ignored: writes and
 /// extensions past N KiB fail with EFBIG, as a full disk fails them with
 /// ENOSPC — no root needed, and only for the tool.
+#[cfg(unix)] // sh and RLIMIT_FSIZE
 fn tool_with_file_limit(dir: &Path, kib: u64, args: &[&str]) -> Output {
     let script = format!("trap '' XFSZ; ulimit -f {}; exec \"$0\" \"$@\"", kib * 2);
     Command::new("sh").current_dir(dir).arg("-c").arg(script).arg(vhdx_tool()).args(args).output().expect("running sh")
 }
 
+#[cfg(unix)] // the file size limit of `ulimit -f`
 #[test]
 fn a_convert_that_fails_midway_leaves_the_old_file() {
     let tmp = tempfile::tempdir().unwrap();
@@ -209,8 +218,16 @@ fn a_convert_that_fails_midway_leaves_the_old_file() {
 
 /// Bytes of `path` backed by space (the convert's progress as a kill point).
 fn allocated(path: &Path) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| m.blocks() * 512)
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| m.blocks() * 512)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 /// How a killed run ended, as far as the destination shows.

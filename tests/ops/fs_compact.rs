@@ -101,7 +101,7 @@ fn slice(path: &Path, at: u64, len: u64) -> Vec<u8> {
 
 /// Writes `bytes` into the file at `path` at `at`.
 fn splice(path: &Path, at: u64, bytes: &[u8]) {
-    use std::os::unix::fs::FileExt;
+    use crate::common::FileExt;
     std::fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, at).unwrap();
 }
 
