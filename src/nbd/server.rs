@@ -229,6 +229,9 @@ struct Timed<'a> {
     /// The server's stop flag, which a read waiting for the client looks
     /// at every [`STOP_POLL`].
     stopped: &'a AtomicBool,
+    /// The socket's read timeout as last set, so that a read sets it only
+    /// when it changes (in transmission nearly always [`STOP_POLL`]).
+    read_timeout: &'a Cell<Option<Duration>>,
 }
 
 /// How long a read waits for the client before it looks whether the server
@@ -296,7 +299,10 @@ impl Read for Timed<'_> {
                 }
                 None => STOP_POLL,
             };
-            self.stream.set_read_timeout(Some(wait))?;
+            if self.read_timeout.get() != Some(wait) {
+                self.stream.set_read_timeout(Some(wait))?;
+                self.read_timeout.set(Some(wait));
+            }
             let mut s = self.stream;
             match s.read(buf) {
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
@@ -348,12 +354,14 @@ fn handle<D: BlockDevice + Send + Sync + ?Sized>(
     // Greeted only while a session slot is free; the clock starts with the greeting.
     let greeted = shared.wait_for_slot(id, sessions, false);
     let deadline = Cell::new(limit(options.handshake_timeout).map(|t| Instant::now() + t));
+    let read_timeout = Cell::new(None);
     let timed = Timed {
         stream: &stream,
         deadline: &deadline,
         handshake: limit(options.handshake_timeout),
         idle: limit(options.idle_timeout),
         stopped: &shared.stopped,
+        read_timeout: &read_timeout,
     };
     let admitted = Cell::new(false);
     let result = match greeted {
