@@ -153,6 +153,25 @@ pub trait BlockDevice {
         Ok(crate::Reservation::None)
     }
 
+    /// Makes the space a write of `len` bytes at `offset` needs through a
+    /// shared reference, while others read and write, when the device can
+    /// (for an image without a parent: new zero-filled blocks); then
+    /// [`write_at_shared`](Self::write_at_shared) writes the range.
+    /// `Ok(false)`, when it cannot, and [`reserve`](Self::reserve) must.
+    /// The default cannot.
+    fn reserve_shared(&self, offset: u64, len: u64) -> Result<bool> {
+        let _ = (offset, len);
+        Ok(false)
+    }
+
+    /// [`flush`](Self::flush) through a shared reference, while others read
+    /// and write, when the device can; `Ok(false)`, having made nothing
+    /// durable that a flush promises, when only `flush` can.
+    /// [`flush_concurrently`] drives the two. The default cannot.
+    fn flush_shared(&self) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Writes into space [`reserve`](Self::reserve) made with
     /// [`Reservation::NeedsCommit`](crate::Reservation::NeedsCommit),
     /// through a shared reference; `Ok(false)`, having written nothing,
@@ -172,12 +191,17 @@ pub trait BlockDevice {
 /// Writes `buf` at `offset` to a device shared as `RwLock<D>`, holding the
 /// lock exclusively only for what needs it: first a write through a shared
 /// hold ([`BlockDevice::write_at_shared`]); if that cannot, the space is
-/// made under an exclusive hold ([`BlockDevice::reserve`]), the data
-/// written under a shared one, and (a differencing disk) its sectors made
-/// present under an exclusive one again; if the device cannot reserve, the
-/// whole write under the exclusive hold. Readers and writers of stored
-/// blocks run in parallel; only the metadata steps exclude them, never the
-/// data. A poisoned lock (a panic elsewhere) is used as it is.
+/// made under a shared hold when the device can
+/// ([`BlockDevice::reserve_shared`]: a fixed or dynamic image's new blocks,
+/// while readers go on), else under an exclusive hold
+/// ([`BlockDevice::reserve`]), the data written under a shared one, and (a
+/// differencing disk) its sectors made present under an exclusive one
+/// again; if the device cannot reserve, the whole write under the
+/// exclusive hold. Readers and writers of stored blocks run in parallel;
+/// only the metadata steps that cannot be shared exclude them (a
+/// session's first change and first new block, a differencing disk's new
+/// blocks and sector bits, a flush), never the data. A poisoned lock (a
+/// panic elsewhere) is used as it is.
 ///
 /// ```
 /// use std::sync::RwLock;
@@ -203,6 +227,12 @@ pub fn write_concurrently<D: BlockDevice + ?Sized>(disk: &std::sync::RwLock<D>, 
     if shared().write_at_shared(buf, offset)? {
         return Ok(());
     }
+    {
+        let d = shared();
+        if d.reserve_shared(offset, buf.len() as u64)? && d.write_at_shared(buf, offset)? {
+            return Ok(());
+        }
+    }
     let reservation = {
         let mut d = exclusive();
         let r = d.reserve(offset, buf.len() as u64)?;
@@ -225,6 +255,30 @@ pub fn write_concurrently<D: BlockDevice + ?Sized>(disk: &std::sync::RwLock<D>, 
         return exclusive().commit_reserved(offset, buf.len() as u64);
     }
     Ok(())
+}
+
+/// Flushes a device shared as `RwLock<D>`: through a shared hold when the
+/// device can ([`BlockDevice::flush_shared`]: an image's new blocks made
+/// with [`write_concurrently`], while readers and writers go on), else with
+/// [`BlockDevice::flush`] under an exclusive hold, which waits for the
+/// writes in flight. Either way every write that completed before the call
+/// is durable when it returns. A poisoned lock is used as it is.
+///
+/// ```
+/// use std::sync::RwLock;
+/// use vhdx::{flush_concurrently, write_concurrently, CreateOptions, Disk, MemStorage};
+/// # fn main() -> vhdx::Result<()> {
+/// let disk = RwLock::new(Disk::create_on(Box::new(MemStorage::new()), &CreateOptions::dynamic(8 << 20), None)?);
+/// write_concurrently(&disk, &[7; 4096], 0)?;
+/// flush_concurrently(&disk)?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "std")]
+pub fn flush_concurrently<D: BlockDevice + ?Sized>(disk: &std::sync::RwLock<D>) -> Result<()> {
+    if disk.read().unwrap_or_else(|p| p.into_inner()).flush_shared()? {
+        return Ok(());
+    }
+    disk.write().unwrap_or_else(|p| p.into_inner()).flush()
 }
 
 /// One piece of a byte range split at sector boundaries: whole sectors
@@ -366,6 +420,14 @@ impl BlockDevice for crate::Disk {
     }
     fn reserve(&mut self, offset: u64, len: u64) -> Result<crate::Reservation> {
         crate::Disk::reserve(self, offset, len)
+    }
+    #[cfg(feature = "std")]
+    fn reserve_shared(&self, offset: u64, len: u64) -> Result<bool> {
+        crate::Disk::reserve_shared(self, offset, len)
+    }
+    #[cfg(feature = "std")]
+    fn flush_shared(&self) -> Result<bool> {
+        crate::Disk::flush_shared(self)
     }
     fn write_reserved(&self, buf: &[u8], offset: u64) -> Result<bool> {
         crate::Disk::write_reserved(self, buf, offset)

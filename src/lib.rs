@@ -66,7 +66,7 @@ pub mod ops;
 pub mod vhd;
 
 #[cfg(feature = "std")]
-pub use block::write_concurrently;
+pub use block::{flush_concurrently, write_concurrently};
 pub use block::{BlockDevice, RawDevice};
 pub use chain::open::OpenOptions;
 #[cfg(feature = "std")]

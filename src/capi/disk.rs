@@ -534,11 +534,13 @@ pub unsafe extern "C" fn vhdx_read_at(disk: *const VhdxDisk, offset: u64, buf: *
 /// with `len > 0`.
 ///
 /// Ownership: `buf` is the caller's and is not kept.
-/// Thread safety: writes into space the image already stores hold the
-/// handle's lock shared, so they run in parallel with each other and with
-/// reads; a write that needs a new block holds it exclusively for that
-/// block's metadata step only. Writes to overlapping ranges at once leave
-/// either's bytes, as with a file.
+/// Thread safety: writes into space the image already stores, and a fixed
+/// or dynamic image's new blocks, hold the handle's lock shared, so they run
+/// in parallel with each other and with reads (writers making new blocks
+/// take turns among themselves). The lock is held exclusively only for the
+/// metadata step of a session's first new block and of a differencing
+/// disk's new blocks. Writes to overlapping ranges at once leave either's
+/// bytes, as with a file.
 ///
 /// # Safety
 /// `disk` is NULL or a live handle; `buf` points to `len` readable bytes.
@@ -563,7 +565,11 @@ pub unsafe extern "C" fn vhdx_write_at(disk: *mut VhdxDisk, offset: u64, buf: *c
 /// (fsync for files). A no-op on a read-only disk.
 ///
 /// Ownership: nothing changes hands.
-/// Thread safety: takes the handle's lock exclusively.
+/// Thread safety: once the session's first flush has named its log, a
+/// flush that has only new blocks of a fixed or dynamic image to commit
+/// holds the handle's lock shared, so reads and writes go on meanwhile
+/// (writes that need a new block wait for it); otherwise it takes the lock
+/// exclusively, waiting for the writes in flight.
 ///
 /// # Safety
 /// `disk` is NULL or a live handle.
@@ -572,7 +578,10 @@ pub unsafe extern "C" fn vhdx_flush(disk: *mut VhdxDisk) -> i32 {
     ffi!("vhdx_flush", {
         // SAFETY: the caller promises NULL or a live handle.
         let d = unsafe { disk_arg("vhdx_flush", disk)? };
-        d.write()?.device_mut().flush().map_err(|e| d.fail(e))?;
+        if d.disk.is_poisoned() {
+            return Err(poisoned());
+        }
+        crate::flush_concurrently(&d.disk).map_err(|e| d.fail(e))?;
         Ok(VHDX_OK)
     })
 }

@@ -358,6 +358,12 @@ impl BlockDevice for AnyDisk {
     fn reserve(&mut self, offset: u64, len: u64) -> Result<crate::Reservation> {
         self.as_device_mut().reserve(offset, len)
     }
+    fn reserve_shared(&self, offset: u64, len: u64) -> Result<bool> {
+        self.as_device().reserve_shared(offset, len)
+    }
+    fn flush_shared(&self) -> Result<bool> {
+        self.as_device().flush_shared()
+    }
     fn write_reserved(&self, buf: &[u8], offset: u64) -> Result<bool> {
         self.as_device().write_reserved(buf, offset)
     }

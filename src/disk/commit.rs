@@ -7,6 +7,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::guid::Guid;
 use crate::format::header::HeaderInfo;
 use crate::format::{round_up_mib, MIB};
+use crate::io::Storage;
 use crate::log::LogWriter;
 
 impl Image {
@@ -51,7 +52,7 @@ impl Image {
             return Ok(());
         }
         self.storage.flush().during("flushing payload", 0)?;
-        if self.log.is_none() {
+        if self.log.get_mut().is_none() {
             if self.header.log_length == 0 {
                 return Err(Error::unsupported(
                     "header",
@@ -59,7 +60,7 @@ impl Image {
                     "the image has no log, so its metadata cannot be updated safely",
                 ));
             }
-            self.log = Some(LogWriter::new(self.header.log_offset, self.header.log_length as u64));
+            *self.log.get_mut() = Some(LogWriter::new(self.header.log_offset, self.header.log_length as u64));
         }
         // The header names a fresh LogGuid only once the first entry carrying
         // it is durable: a crash in between leaves a clean header and an
@@ -77,12 +78,12 @@ impl Image {
             pages.push((at, page.clone()));
         }
         pages.extend(self.table.dirty_pages());
-        self.allocate_pages(&pages)?;
-        let flushed = self.space.len / MIB * MIB;
-        let last = round_up_mib(self.space.len);
+        allocate_pages(&mut *self.storage, self.space.len(), &pages)?;
+        let flushed = self.space.len() / MIB * MIB;
+        let last = round_up_mib(self.space.len());
         let log_guid = pending_header.as_ref().map_or(self.header.log_guid, |h| h.log_guid);
         let headers = &mut self.header;
-        let log = self.log.as_mut().expect("set above");
+        let log = self.log.get_mut().as_mut().expect("set above");
         log.commit(&mut *self.storage, &log_guid, &pages, flushed, last, &mut |storage| match pending_header.take() {
             Some(h) => headers.write(storage, h),
             None => Ok(()),
@@ -90,32 +91,6 @@ impl Image {
         self.table.clear_dirty();
         self.dirty_pages.clear();
         self.bitmap_cache.reset(self.table.geometry());
-        Ok(())
-    }
-
-    /// Backs every page a commit will apply in place with real space (a page
-    /// of a sparse BAT region may be a hole), before the log entry naming it
-    /// is written: a full filesystem then fails the commit with nothing
-    /// logged, never between logging and applying.
-    fn allocate_pages(&mut self, pages: &[(u64, Vec<u8>)]) -> Result<()> {
-        let mut offsets: Vec<u64> = pages.iter().map(|(at, _)| *at).collect();
-        offsets.sort_unstable();
-        let mut i = 0;
-        while i < offsets.len() {
-            let start = offsets[i];
-            let mut end = start + 4096;
-            i += 1;
-            while i < offsets.len() && offsets[i] <= end {
-                end = end.max(offsets[i] + 4096);
-                i += 1;
-            }
-            // A page past the end (of a region the log extends the file for)
-            // needs no space now: the file is extended with zeros first.
-            let end = end.min(self.space.len);
-            if end > start {
-                self.storage.allocate(start, end - start).during("allocating space for metadata", start)?;
-            }
-        }
         Ok(())
     }
 
@@ -134,9 +109,9 @@ impl Image {
             return Ok(());
         }
         self.flush()?;
-        if self.log.is_some() {
+        if self.log.get_mut().is_some() {
             self.update_header(|h| h.log_guid = Guid::nil())?;
-            self.log = None;
+            *self.log.get_mut() = None;
         }
         Ok(())
     }
@@ -149,14 +124,87 @@ impl Image {
 
     /// See [`Disk::log_entries_written`].
     pub(crate) fn log_entries_written(&self) -> u64 {
-        self.log.as_ref().map_or(0, |l| l.entries_written())
+        self.log.read(|l| l.as_ref().map_or(0, |l| l.entries_written()))
     }
+}
+
+/// Backs every page a commit will apply in place with real space (a page of
+/// a sparse BAT region may be a hole), before the log entry naming it is
+/// written: a full filesystem then fails the commit with nothing logged,
+/// never between logging and applying. `file_len` is the file's length.
+fn allocate_pages(storage: &mut dyn Storage, file_len: u64, pages: &[(u64, Vec<u8>)]) -> Result<()> {
+    let mut offsets: Vec<u64> = pages.iter().map(|(at, _)| *at).collect();
+    offsets.sort_unstable();
+    let mut i = 0;
+    while i < offsets.len() {
+        let start = offsets[i];
+        let mut end = start + 4096;
+        i += 1;
+        while i < offsets.len() && offsets[i] <= end {
+            end = end.max(offsets[i] + 4096);
+            i += 1;
+        }
+        // A page past the end (of a region the log extends the file for)
+        // needs no space now: the file is extended with zeros first.
+        let end = end.min(file_len);
+        if end > start {
+            storage.allocate(start, end - start).during("allocating space for metadata", start)?;
+        }
+    }
+    Ok(())
 }
 
 impl Disk {
     /// Makes every completed write durable: payload, then metadata through the log.
     pub fn flush(&mut self) -> Result<()> {
         self.image.flush()
+    }
+
+    /// [`Disk::flush`] through a shared reference, while readers and writers
+    /// run: the payload made durable, then the block-table pages that
+    /// [`Disk::reserve_shared`] changed committed through the log, as a
+    /// flush commits them. Returns `Ok(true)` when done (every write that
+    /// completed before the call is durable); `Ok(false)` when only
+    /// [`Disk::flush`] can: metadata changed through `&mut` since the last
+    /// flush, the session's first commit (it names a fresh log in the
+    /// headers), or storage without shared flushes, writes and allocation.
+    ///
+    /// Writers making new blocks wait for it (they take turns on the same
+    /// lock); readers, and writers into stored blocks, do not. Share a disk
+    /// as `RwLock<Disk>` and flush with
+    /// [`flush_concurrently`](crate::flush_concurrently).
+    #[cfg(feature = "std")]
+    pub fn flush_shared(&self) -> Result<bool> {
+        let image = &self.image;
+        if !image.writable {
+            return Ok(true);
+        }
+        if image.closed || image.table.has_exclusive_dirty() || !image.dirty_pages.is_empty() {
+            return Ok(false);
+        }
+        let _turn = image.allocating.lock().unwrap_or_else(|e| e.into_inner());
+        let pages = image.table.shared_pages();
+        let log_guid = image.header.log_guid;
+        if !pages.is_empty() && log_guid.is_nil() {
+            return Ok(false);
+        }
+        match image.storage.flush_shared() {
+            None => return Ok(false),
+            Some(done) => done.during("flushing payload", 0)?,
+        }
+        if pages.is_empty() {
+            return Ok(true);
+        }
+        let mut log = image.log.lock();
+        let Some(log) = log.as_mut() else { return Ok(false) };
+        let numbers: Vec<u64> = pages.iter().map(|p| p.0).collect();
+        let pages: Vec<(u64, Vec<u8>)> = pages.into_iter().map(|(_, at, bytes)| (at, bytes)).collect();
+        let len = image.space.len();
+        let mut io = crate::io::SharedIo(&*image.storage);
+        allocate_pages(&mut io, len, &pages)?;
+        log.commit(&mut io, &log_guid, &pages, len / MIB * MIB, round_up_mib(len), &mut |_| Ok(()))?;
+        image.table.shared_committed(&numbers);
+        Ok(true)
     }
 
     /// Flushes, then marks the log as needing no replay (clears the header's

@@ -147,7 +147,7 @@ impl Image {
 
     /// The gaps between live structures, below the end of the file.
     fn holes(&self, live: &[Live]) -> Vec<(u64, u64)> {
-        let end = round_up_mib(self.space.len);
+        let end = round_up_mib(self.space.len());
         let mut holes = Vec::new();
         let mut at = HEADER_SECTION_SIZE;
         for l in live {
@@ -227,7 +227,8 @@ impl Image {
             self.storage.write_all_at(&buf[..n], at).during("writing a moved block", at)?;
             done += n as u64;
         }
-        self.space.len = self.space.len.max(to + len);
+        let grown = self.space.len().max(to + len);
+        self.space.set_len(grown);
         Ok(())
     }
 
@@ -309,7 +310,7 @@ impl Disk {
         // overlapping) before any of them is.
         self.image.check_whole_bat()?;
         self.image.begin_metadata_change()?;
-        let mut report = CompactReport { file_size_before: self.image.space.len, ..Default::default() };
+        let mut report = CompactReport { file_size_before: self.image.space.len(), ..Default::default() };
         let bs = self.image.params.block_size as u64;
         let mut data_blocks: Vec<usize> = Vec::new();
         let g = *self.image.table.geometry();

@@ -69,11 +69,13 @@ use crate::log::LogWriter;
 /// An open VHDX image.
 ///
 /// Reads take `&self` and may run from many threads at once; so may writes
-/// into space the image already stores ([`Disk::write_at_shared`]). Other
+/// into space the image already stores ([`Disk::write_at_shared`]) and a
+/// fixed or dynamic disk's new blocks ([`Disk::reserve_shared`]). Other
 /// writes take `&mut self`. Share a disk between threads as
 /// `std::sync::RwLock<Disk>` and write with
 /// [`write_concurrently`](crate::write_concurrently), which holds the
-/// lock exclusively only to make a new block.
+/// lock exclusively only for what cannot be shared (a session's first new
+/// block, a differencing disk's new blocks).
 ///
 /// ```
 /// use vhdx::{CreateOptions, Disk, MemStorage};
@@ -104,7 +106,7 @@ pub(crate) struct Image {
     storage: Box<dyn Storage>,
     writable: bool,
     /// The file's length and where the next new block may go.
-    space: space::Space,
+    space: space::SpaceCell,
     /// Where the last block of the table ends, once a whole-table check
     /// found it (before this session's first new block).
     blocks_end: Option<u64>,
@@ -121,8 +123,14 @@ pub(crate) struct Image {
     bitmap_cache: cache::BitmapCache,
     /// What a write that fails partway takes back.
     undo: undo::Undo,
+    /// Held by a writer allocating blocks through `&self`
+    /// ([`Disk::reserve_shared`]): such writers take turns; readers never
+    /// take it.
+    #[cfg(feature = "std")]
+    allocating: std::sync::Mutex<()>,
     /// Present once this session has set a LogGuid and may write the log.
-    log: Option<LogWriter>,
+    /// (Locked: a shared flush, [`Disk::flush_shared`], writes it too.)
+    log: Locked<Option<LogWriter>>,
     /// This session's GUIDs: their source, which ones changed, the one a
     /// merge announced for the next change of content.
     session: session::Session,
@@ -131,6 +139,42 @@ pub(crate) struct Image {
     /// The file's path, when opened from one (for messages and relative parents).
     path: Option<String>,
     closed: bool,
+}
+
+/// A value the `&mut` paths change directly and, with `std`, `&self` paths
+/// change under a lock.
+#[derive(Default)]
+pub(crate) struct Locked<T> {
+    #[cfg(feature = "std")]
+    inner: std::sync::Mutex<T>,
+    #[cfg(not(feature = "std"))]
+    inner: T,
+}
+
+impl<T> Locked<T> {
+    pub(crate) fn new(value: T) -> Locked<T> {
+        Locked { inner: value.into() }
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        #[cfg(feature = "std")]
+        return self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        #[cfg(not(feature = "std"))]
+        &mut self.inner
+    }
+
+    #[cfg(feature = "std")]
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `f` of the value, under the lock with `std`.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        #[cfg(feature = "std")]
+        return f(&self.lock());
+        #[cfg(not(feature = "std"))]
+        f(&self.inner)
+    }
 }
 
 /// What [`Disk::info`] reports.
@@ -279,7 +323,7 @@ impl Disk {
             block_size: self.image.params.block_size,
             logical_sector_size: self.image.params.logical_sector_size,
             physical_sector_size: self.image.params.physical_sector_size,
-            file_size: self.image.space.len,
+            file_size: self.image.space.len(),
             chunk_ratio: self.image.table.geometry().chunk_ratio,
             virtual_disk_id: self.image.params.virtual_disk_id,
             data_write_guid: self.image.header.data_write_guid,
@@ -346,13 +390,13 @@ impl Disk {
 /// it borrows them apart from the table).
 fn bounds<'a>(
     storage: &'a dyn Storage,
-    space: &space::Space,
+    space: &space::SpaceCell,
     regions: &'a RegionTable,
     header: &headers::Headers,
 ) -> table::Bounds<'a> {
     let log =
         if header.log_length > 0 { (header.log_offset, header.log_offset + header.log_length as u64) } else { (0, 0) };
-    table::Bounds { storage, file_len: space.len, regions, log }
+    table::Bounds { storage, file_len: space.len(), regions, log }
 }
 
 impl Image {

@@ -162,7 +162,7 @@ pub(crate) fn read_image(
     Ok(Image {
         storage,
         writable,
-        space: super::space::Space { len, floor },
+        space: super::space::SpaceCell::new(super::space::Space { len, floor }),
         blocks_end: None,
         header,
         regions,
@@ -172,7 +172,9 @@ pub(crate) fn read_image(
         table,
         dirty_pages: BTreeMap::new(),
         undo: Default::default(),
-        log: None,
+        #[cfg(feature = "std")]
+        allocating: Default::default(),
+        log: super::Locked::new(None),
         session: super::session::Session::new(guid_source, file_guid_changed),
         creator: ident.creator(),
         replayed_log,
@@ -194,7 +196,7 @@ impl Image {
 
     /// The file's length as this session knows it.
     pub(crate) fn file_len(&self) -> u64 {
-        self.space.len
+        self.space.len()
     }
 
     /// Whether a log was replayed when the image was opened.

@@ -174,7 +174,7 @@ impl Image {
         }
         let end = self.structures_end();
         // Log the smaller size first, then shrink.
-        self.space.len = end;
+        self.space.set_len(end);
         self.flush()?;
         self.storage.set_len(end).during("shrinking the emptied file", end)?;
         self.storage.flush().during("flushing", end)?;

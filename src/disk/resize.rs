@@ -101,8 +101,8 @@ impl Image {
             self.storage.write_all_at(&bytes, off).during("writing the relocated BAT", off)?;
             done += n;
         }
-        if at + len > self.space.len {
-            self.space.len = at + len;
+        if at + len > self.space.len() {
+            self.space.set_len(at + len);
         }
         self.storage.flush().during("flushing the relocated BAT", at)
     }
@@ -198,19 +198,19 @@ impl Image {
     /// length.
     pub(crate) fn trim_file_end(&mut self) -> Result<u64> {
         let end = self.used_end()?;
-        if end >= self.space.len {
+        if end >= self.space.len() {
             self.commit_metadata()?;
-            return Ok(self.space.len);
+            return Ok(self.space.len());
         }
-        let before = self.space.len;
-        self.space.len = end;
+        let before = self.space.len();
+        self.space.set_len(end);
         if !self.has_pending_metadata() {
             // An entry carrying the new size: BAT page 0, unchanged.
             let b = super::bounds(&*self.storage, &self.space, &self.regions, &self.header);
             self.table.touch_page(&b, 0)?;
         }
         if let Err(e) = self.commit_metadata() {
-            self.space.len = before;
+            self.space.set_len(before);
             return Err(e);
         }
         self.storage.set_len(end).during("truncating the file", end)?;
@@ -314,7 +314,7 @@ impl Disk {
         if relocate && new_len > u32::MAX as u64 - (MIB - 1) {
             return Err(Error::invalid("the BAT would exceed the largest region"));
         }
-        let before = self.image.space;
+        let before = self.image.space.get();
         let mut fixed_blocks = None;
         let reserved = (|| {
             let mut at = None;

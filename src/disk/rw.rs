@@ -343,7 +343,7 @@ impl Image {
     /// Reads file bytes; past the end of the file reads zeros (old QEMU images
     /// end inside their last block).
     pub(crate) fn read_file(&self, buf: &mut [u8], at: u64, what: &'static str) -> Result<()> {
-        let avail = self.space.len.saturating_sub(at).min(buf.len() as u64) as usize;
+        let avail = self.space.len().saturating_sub(at).min(buf.len() as u64) as usize;
         if avail > 0 {
             self.storage.read_exact_at(&mut buf[..avail], at).during(what, at)?;
         }
@@ -408,12 +408,20 @@ impl Image {
     /// whole table is checked (no two blocks overlap) and its last block
     /// found: an image written by an old QEMU may end inside that block.
     pub(crate) fn grow_for(&mut self, len: u64) -> Result<u64> {
+        self.find_blocks_end()?;
+        self.space.grow(&mut *self.storage, len)
+    }
+
+    /// Before this session's first new block: checks the whole table and
+    /// puts the allocation floor past its last block (see
+    /// [`Image::grow_for`]).
+    pub(crate) fn find_blocks_end(&mut self) -> Result<()> {
         if self.blocks_end.is_none() {
             let end = crate::format::round_up_mib(self.check_whole_bat()?);
             self.blocks_end = Some(end);
-            self.space.floor = self.space.floor.max(end);
+            self.space.raise_floor(end);
         }
-        self.space.grow(&mut *self.storage, len)
+        Ok(())
     }
 
     /// Sets BAT entry `index` (its page dirty until the next commit) so

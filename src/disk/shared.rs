@@ -1,17 +1,27 @@
 //! Writes from many threads at once: [`Disk::write_at_shared`] writes
-//! through `&self` whatever lands in space the image already stores, and
-//! [`Disk::reserve`] (with `&mut self`) makes the space a write needs, so
-//! that the data itself can then go in through `&self`
-//! ([`Disk::write_reserved`]; a differencing disk's sectors then read as
-//! written after [`Disk::commit_write`], with `&mut self` again, which sets
-//! their bitmap bits: until then they read the parent's bytes).
+//! through `&self` whatever lands in space the image already stores;
+//! [`Disk::reserve_shared`] makes a fixed or dynamic disk's new blocks
+//! through `&self` while readers run; and [`Disk::reserve`] (with `&mut
+//! self`) makes the space any write needs, so that the data itself can then
+//! go in through `&self` ([`Disk::write_reserved`]; a differencing disk's
+//! sectors then read as written after [`Disk::commit_write`], with `&mut
+//! self` again, which sets their bitmap bits: until then they read the
+//! parent's bytes).
 //!
 //! Share a disk as `RwLock<Disk>` and write with
-//! [`crate::write_concurrently`]: reads and writes to stored blocks
-//! hold the lock shared and run in parallel; only the metadata step of a new
-//! block (growing the file, a BAT entry in memory) holds it exclusively, for
-//! microseconds. A flush takes it exclusively, so it waits for the writes in
-//! flight and covers every write that returned before it.
+//! [`crate::write_concurrently`]: reads, writes to stored blocks and a fixed
+//! or dynamic disk's new blocks hold the lock shared and run in parallel.
+//! Writers making new blocks take turns on the image's own allocation lock:
+//! grow the file, then set the block's entry in a block-table page pinned in
+//! the cache, where readers see it without a lock (see `table`). Only the
+//! session's first new block (new header GUIDs, the whole-table check) and a
+//! differencing disk's new blocks and sector bits hold the `RwLock`
+//! exclusively. Flush with [`crate::flush_concurrently`]: when only such
+//! shared allocations wait to be committed (and the session's first flush
+//! has named its log), [`Disk::flush_shared`] commits them under the shared
+//! hold, taking its turn on the allocation lock; otherwise [`Disk::flush`]
+//! takes the `RwLock` exclusively, waiting for the writes in flight. Either
+//! covers every write that returned before it.
 //!
 //! The writes through `&self` change no metadata: they touch payload bytes
 //! of blocks already stored (and already made known to readers), so they
@@ -50,7 +60,7 @@ impl Disk {
         if offset / bs == (offset + len - 1) / bs {
             let entry = image.bat_payload(offset / bs)?;
             let at = entry.file_offset() + offset % bs;
-            if entry.payload_state() == Some(PayloadState::FullyPresent) && at + len <= image.space.len {
+            if entry.payload_state() == Some(PayloadState::FullyPresent) && at + len <= image.space.len() {
                 return self.write_targets(buf, offset, &[(offset, len, at)]);
             }
         }
@@ -82,7 +92,7 @@ impl Disk {
     /// stored here and inside the file; `None` otherwise.
     fn stored_targets(&self, offset: u64, len: u64) -> Result<Option<Vec<(u64, u64, u64)>>> {
         let image = &self.image;
-        let file_len = image.space.len;
+        let file_len = image.space.len();
         let mut targets = Vec::new();
         let mut stored = true;
         image.resolve(offset, len, |at, n, extent| {
@@ -130,6 +140,19 @@ impl Disk {
         if len == 0 {
             return Ok(Reservation::Ready);
         }
+        // With the session's first change made and the table checked, the
+        // blocks are made as a shared allocator makes them, so that their
+        // page stays open to shared allocators after this. (Outside the
+        // undo: what it makes is whole and stays, and an undo would cut
+        // the file under it.)
+        #[cfg(feature = "std")]
+        {
+            self.image.begin_data_change()?;
+            self.image.find_blocks_end()?;
+            if self.reserve_shared(offset, len)? {
+                return Ok(Reservation::Ready);
+            }
+        }
         self.undoable(|d| {
             let image = &mut d.image;
             image.begin_data_change()?;
@@ -141,6 +164,67 @@ impl Disk {
             }
             Ok(Reservation::Ready)
         })
+    }
+
+    /// Makes the space a write of `[offset, offset + len)` needs through a
+    /// shared reference, while readers and other writers run: a disk
+    /// without a parent (fixed or dynamic) gets a zero-filled block for
+    /// each block of the range it does not store, after which
+    /// [`Disk::write_at_shared`] writes the range. Returns `Ok(true)` when
+    /// every block of the range is stored; `Ok(false)` when this cannot be
+    /// done shared, and [`Disk::reserve`] (with `&mut self`) does it:
+    /// a differencing disk; the session's first change or first new block
+    /// (the headers' new GUIDs, the whole-table check); a block-table page
+    /// changed by an exclusive call since the last flush, or no room left
+    /// in the table's cache to pin the changed page; storage that cannot
+    /// change its length through a shared reference.
+    ///
+    /// Allocating writers take turns on a lock of their own; readers, and
+    /// writers into stored blocks, never wait for it. A reader sees a new
+    /// block once its entry is set, after the file was extended for it:
+    /// zeros until written. As with [`Disk::reserve`], the entries reach
+    /// the file at the next [`Disk::flush`], through the log; blocks made
+    /// and never written read as zeros, and a failure leaves the blocks
+    /// made before it (each whole) in place.
+    #[cfg(feature = "std")]
+    pub fn reserve_shared(&self, offset: u64, len: u64) -> Result<bool> {
+        let image = &self.image;
+        if !image.writable {
+            return Err(Error::ReadOnly);
+        }
+        image.check_range_u64(offset, len)?;
+        if len == 0 {
+            return Ok(true);
+        }
+        if image.params.has_parent || !image.session.data_guid_changed || image.closed || image.blocks_end.is_none() {
+            return Ok(false);
+        }
+        let _turn = image.allocating.lock().unwrap_or_else(|e| e.into_inner());
+        let bs = image.params.block_size as u64;
+        let b = image.bounds();
+        for block in offset / bs..=(offset + len - 1) / bs {
+            let entry = image.bat_payload(block)?;
+            if entry.payload_state() == Some(PayloadState::FullyPresent) {
+                continue;
+            }
+            // The page first (pinned, unchanged), so that the file grows
+            // only for an entry that has its place.
+            let index = image.table.geometry().payload_index(block);
+            if !image.table.set_shared(&b, index, entry)? {
+                return Ok(false);
+            }
+            let Some(at) = image.space.grow_shared(&*image.storage, bs) else { return Ok(false) };
+            let at = at?;
+            if !image.table.set_shared(
+                &b,
+                index,
+                crate::format::bat::BatEntry::payload(PayloadState::FullyPresent, at),
+            )? {
+                // The page was pinned above and only `&mut` unpins it.
+                return Err(Error::invalid("a pinned BAT page could not take its entry"));
+            }
+        }
+        Ok(true)
     }
 
     /// Writes `buf` at `offset` into space [`Disk::reserve`] made, through
@@ -175,7 +259,7 @@ impl Disk {
             let entry = image.bat_payload(pos / bs)?;
             let partial = entry.payload_state() == Some(PayloadState::PartiallyPresent);
             let file_offset = entry.file_offset() + pos % bs;
-            if !entry.has_data() || (partial && (pos % ss != 0 || n % ss != 0)) || file_offset + n > image.space.len {
+            if !entry.has_data() || (partial && (pos % ss != 0 || n % ss != 0)) || file_offset + n > image.space.len() {
                 return Ok(None);
             }
             targets.push((pos, n, file_offset));

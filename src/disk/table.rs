@@ -12,6 +12,12 @@
 //! - **Changed pages** are held whole in `dirty` until the next commit,
 //!   which writes them through the log and then hands them to the cache.
 //!   Reads see them first.
+//! - **Pages changed through `&self`** (with `std`: a block allocated while
+//!   readers run, [`BlockTable::set_shared`]) are held in `shared` and
+//!   pinned in the cache, where readers find them without a lock; the
+//!   cache never drops a pinned page. The next `&mut` use of the table
+//!   moves them into `dirty` ([`BlockTable::absorb`]), so a commit, an
+//!   undo or a resize sees one set of changed pages.
 //! - **Whole-table checks** (blocks overlapping each other, where the last
 //!   block ends) take one streaming pass ([`BlockTable::scan`]) when they
 //!   are needed: by `check`, and by a writable session before its first
@@ -65,6 +71,10 @@ pub(crate) struct BlockTable {
     region_entries: u64,
     /// Pages changed and not yet committed, by page number.
     dirty: BTreeMap<u64, Box<Page>>,
+    /// Pages changed through `&self` and not yet absorbed into `dirty`,
+    /// each pinned in the cache (see the [module docs](self)).
+    #[cfg(feature = "std")]
+    shared: std::sync::Mutex<BTreeMap<u64, Box<Page>>>,
     cache: PageCache,
 }
 
@@ -88,6 +98,8 @@ impl BlockTable {
             offset,
             region_entries,
             dirty: BTreeMap::new(),
+            #[cfg(feature = "std")]
+            shared: Default::default(),
             cache: PageCache::new(region_entries.div_ceil(PER_PAGE as u64), cache_bytes),
         }
     }
@@ -100,6 +112,7 @@ impl BlockTable {
     /// Gives the table a new shape (resize). Cached pages were checked
     /// against the old one, so they go.
     pub(crate) fn set_geometry(&mut self, geometry: BatGeometry) {
+        self.absorb();
         self.geometry = geometry;
         self.cache.clear();
     }
@@ -117,6 +130,7 @@ impl BlockTable {
     /// Moves the table to a new region of `len` bytes at `offset` (resize),
     /// whose contents are the table's (nothing may be pending).
     pub(crate) fn set_region(&mut self, offset: u64, len: u64) {
+        self.absorb();
         debug_assert!(self.dirty.is_empty());
         self.offset = offset;
         self.region_entries = len / 8;
@@ -258,15 +272,20 @@ impl BlockTable {
             self.check_entries(b, index, &entries)?;
             let first_page = (index / PER_PAGE) as u64;
             let last_page = ((end - 1) / PER_PAGE) as u64;
-            for (&page, p) in self.dirty.range(first_page..=last_page) {
-                let page_first = page as usize * PER_PAGE;
-                for (slot, &e) in p.iter().enumerate() {
-                    let i = page_first + slot;
-                    if (index..end).contains(&i) {
-                        entries[i - index] = e;
+            let overlay = |pages: &BTreeMap<u64, Box<Page>>, entries: &mut Vec<BatEntry>| {
+                for (&page, p) in pages.range(first_page..=last_page) {
+                    let page_first = page as usize * PER_PAGE;
+                    for (slot, &e) in p.iter().enumerate() {
+                        let i = page_first + slot;
+                        if (index..end).contains(&i) {
+                            entries[i - index] = e;
+                        }
                     }
                 }
-            }
+            };
+            overlay(&self.dirty, &mut entries);
+            #[cfg(feature = "std")]
+            overlay(&self.shared.lock().unwrap_or_else(|e| e.into_inner()), &mut entries);
             for (i, &e) in entries.iter().enumerate() {
                 f(index + i, e)?;
             }
@@ -373,6 +392,7 @@ impl BlockTable {
     /// Sets entry `index` and marks its page changed. Returns the entry it
     /// held and whether the page was clean before, for [`BlockTable::restore`].
     pub(crate) fn set(&mut self, b: &Bounds<'_>, index: usize, entry: BatEntry) -> Result<(BatEntry, bool)> {
+        self.absorb();
         let page = (index / PER_PAGE) as u64;
         if index as u64 >= self.region_entries {
             return Err(Error::invalid("a BAT entry past the BAT region"));
@@ -392,6 +412,7 @@ impl BlockTable {
 
     /// Takes back a [`BlockTable::set`] that returned `(old, newly_dirty)`.
     pub(crate) fn restore(&mut self, index: usize, old: BatEntry, newly_dirty: bool) {
+        self.absorb();
         let page = (index / PER_PAGE) as u64;
         if newly_dirty {
             self.dirty.remove(&page);
@@ -408,26 +429,108 @@ impl BlockTable {
         self.set(b, index, e).map(|_| ())
     }
 
+    /// Sets entry `index` through `&self`, for a writer that allocates a
+    /// block while readers run (the caller serializes such writers): the
+    /// page is held in `shared` and pinned in the cache, so readers see the
+    /// entry at once and the next commit writes it. `Ok(false)`, changing
+    /// nothing, when the page is changed in `dirty` (only `&mut` may change
+    /// it then) or the cache has no slot left to pin it in.
+    #[cfg(feature = "std")]
+    pub(crate) fn set_shared(&self, b: &Bounds<'_>, index: usize, entry: BatEntry) -> Result<bool> {
+        let (page, slot) = ((index / PER_PAGE) as u64, index % PER_PAGE);
+        if index as u64 >= self.region_entries {
+            return Err(Error::invalid("a BAT entry past the BAT region"));
+        }
+        if self.dirty.contains_key(&page) {
+            return Ok(false);
+        }
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let held = match shared.entry(page) {
+            alloc::collections::btree_map::Entry::Occupied(held) => held.into_mut(),
+            alloc::collections::btree_map::Entry::Vacant(place) => {
+                let loaded = match self.cache.get_page(page) {
+                    Some(p) => p,
+                    None => self.read_page(b, page)?,
+                };
+                if !self.cache.pin(page, &loaded) {
+                    return Ok(false);
+                }
+                place.insert(loaded)
+            }
+        };
+        held[slot] = entry;
+        self.cache.set_pinned(page, slot, entry);
+        Ok(true)
+    }
+
+    /// Moves the pages changed through `&self` into `dirty` and unpins
+    /// them: every `&mut` use of the table starts here.
+    pub(crate) fn absorb(&mut self) {
+        #[cfg(feature = "std")]
+        {
+            let shared = self.shared.get_mut().unwrap_or_else(|e| e.into_inner());
+            if !shared.is_empty() {
+                self.dirty.append(shared);
+                self.cache.unpin_all();
+            }
+        }
+    }
+
+    /// Whether a page was changed through `&mut` since the last commit
+    /// (which only a `&mut` commit may write).
+    #[cfg(feature = "std")]
+    pub(crate) fn has_exclusive_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// The pages changed through `&self`, as (page number, file offset,
+    /// 4 KiB of little-endian entries): what a shared flush commits.
+    #[cfg(feature = "std")]
+    pub(crate) fn shared_pages(&self) -> Vec<(u64, u64, Vec<u8>)> {
+        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.iter().map(|(&page, p)| (page, self.offset + page * PAGE_BYTES, page_bytes(p))).collect()
+    }
+
+    /// Pages `pages`, changed through `&self`, are committed (and have not
+    /// changed since [`BlockTable::shared_pages`] gave them: the caller
+    /// kept other writers out): they are clean now, cached and unpinned.
+    #[cfg(feature = "std")]
+    pub(crate) fn shared_committed(&self, pages: &[u64]) {
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        for page in pages {
+            if shared.remove(page).is_some() {
+                self.cache.unpin(*page);
+            }
+        }
+    }
+
+    /// Pages changed through `&self` and not yet absorbed.
+    fn shared_count(&self) -> usize {
+        #[cfg(feature = "std")]
+        return self.shared.lock().unwrap_or_else(|e| e.into_inner()).len();
+        #[cfg(not(feature = "std"))]
+        0
+    }
+
     /// Whether a page changed since the last commit.
     pub(crate) fn has_dirty(&self) -> bool {
-        !self.dirty.is_empty()
+        !self.dirty.is_empty() || self.shared_count() > 0
     }
 
     /// Number of changed pages.
     pub(crate) fn dirty_count(&self) -> usize {
-        self.dirty.len()
+        self.dirty.len() + self.shared_count()
     }
 
     /// The changed pages as (file offset, 4 KiB of little-endian entries).
-    pub(crate) fn dirty_pages(&self) -> impl Iterator<Item = (u64, Vec<u8>)> + '_ {
-        self.dirty.iter().map(|(&page, p)| {
-            let bytes = p.iter().flat_map(|e| e.raw().to_le_bytes()).collect();
-            (self.offset + page * PAGE_BYTES, bytes)
-        })
+    pub(crate) fn dirty_pages(&mut self) -> impl Iterator<Item = (u64, Vec<u8>)> + '_ {
+        self.absorb();
+        self.dirty.iter().map(|(&page, p)| (self.offset + page * PAGE_BYTES, page_bytes(p)))
     }
 
     /// The changed pages were committed: they become clean (cached).
     pub(crate) fn clear_dirty(&mut self) {
+        self.absorb();
         for (page, p) in core::mem::take(&mut self.dirty) {
             self.cache.replace(page, &p);
         }
@@ -447,6 +550,11 @@ impl BlockTable {
         }
         Ok(piece)
     }
+}
+
+/// A page as the file holds it: 4 KiB of little-endian entries.
+fn page_bytes(p: &Page) -> Vec<u8> {
+    p.iter().flat_map(|e| e.raw().to_le_bytes()).collect()
 }
 
 /// Which MiB of the file are taken: sparse, a 64-bit word per 64 MiB that
@@ -477,7 +585,9 @@ impl MibSet {
 /// to drop. A hit takes no lock: the directory word names the slot and a
 /// generation, and a reader that finds the word changed after reading the
 /// entry (the slot was reused) reads again through the lock. Everything is
-/// atomics, so no unsafe code is needed.
+/// atomics, so no unsafe code is needed. A pinned slot (a page changed
+/// through `&self`, see [`BlockTable::set_shared`]) is never dropped nor
+/// reused until unpinned; its entries change by atomic stores in place.
 #[cfg(feature = "std")]
 pub(crate) struct PageCache {
     /// Per page of the region: 0, or `generation << 32 | (slot + 1)`.
@@ -500,6 +610,8 @@ const GROUP: usize = 32;
 struct Clock {
     /// Per slot in use: the page it holds.
     owner: Vec<Option<u64>>,
+    /// Per slot in use: pinned (holds a page changed through `&self`).
+    pinned: Vec<bool>,
     hand: usize,
     generation: u32,
 }
@@ -573,12 +685,58 @@ impl PageCache {
     }
 
     fn store(&self, page: u64, p: &Page, overwrite: bool) {
+        self.store_locked(&mut self.clock.lock().unwrap_or_else(|e| e.into_inner()), page, p, overwrite);
+    }
+
+    /// Keeps `page` with these contents and pins it, so it stays until
+    /// [`PageCache::unpin_all`]. A page already cached keeps its slot (its
+    /// contents are the same committed ones). `false` when every slot is
+    /// pinned.
+    fn pin(&self, page: u64, p: &Page) -> bool {
         use core::sync::atomic::Ordering::SeqCst;
-        let Some(word) = self.dir.get(page as usize) else { return };
+        let Some(word) = self.dir.get(page as usize) else { return false };
         let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        if word.load(SeqCst) == 0 && !self.store_locked(&mut clock, page, p, false) {
+            return false;
+        }
+        let slot = (word.load(SeqCst) & 0xFFFF_FFFF) as usize - 1;
+        clock.pinned[slot] = true;
+        true
+    }
+
+    /// Sets entry `i` of pinned page `page`, in place.
+    fn set_pinned(&self, page: u64, i: usize, e: BatEntry) {
+        let tag = self.dir[page as usize].load(core::sync::atomic::Ordering::SeqCst);
+        debug_assert!(tag != 0, "a pinned page stays cached");
+        if tag != 0 {
+            self.cell((tag & 0xFFFF_FFFF) as usize - 1, i).store(e.raw(), core::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Unpins `page` (it stays cached, to be dropped as any other).
+    fn unpin(&self, page: u64) {
+        use core::sync::atomic::Ordering::SeqCst;
+        let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        let tag = self.dir.get(page as usize).map_or(0, |w| w.load(SeqCst));
+        if tag != 0 {
+            clock.pinned[(tag & 0xFFFF_FFFF) as usize - 1] = false;
+        }
+    }
+
+    /// Unpins every page (they stay cached, to be dropped as any other).
+    fn unpin_all(&mut self) {
+        let clock = self.clock.get_mut().unwrap_or_else(|e| e.into_inner());
+        clock.pinned.iter_mut().for_each(|p| *p = false);
+    }
+
+    /// [`PageCache::store`] under the clock's lock; `false` when the page
+    /// was not kept (every slot pinned).
+    fn store_locked(&self, clock: &mut Clock, page: u64, p: &Page, overwrite: bool) -> bool {
+        use core::sync::atomic::Ordering::SeqCst;
+        let Some(word) = self.dir.get(page as usize) else { return false };
         let tag = word.load(SeqCst);
         if tag != 0 && !overwrite {
-            return;
+            return true;
         }
         let slot = if tag != 0 {
             // Rewritten in place, under a new generation, so readers that
@@ -588,20 +746,29 @@ impl PageCache {
         } else if clock.owner.len() < self.slots {
             let slot = clock.owner.len();
             clock.owner.push(None);
+            clock.pinned.push(false);
             self.groups[slot / GROUP]
                 .get_or_init(|| (0..GROUP * PER_PAGE).map(|_| core::sync::atomic::AtomicU64::new(0)).collect());
             slot
         } else {
-            // The clock: the first slot not read since it last passed.
-            loop {
+            // The clock: the first slot not read since it last passed,
+            // passing over pinned ones. Two turns clear every reference
+            // bit, so a slot not found by then is pinned, every one.
+            let mut found = None;
+            for _ in 0..2 * self.slots {
                 let s = clock.hand;
                 clock.hand = (clock.hand + 1) % self.slots;
-                if !self.referenced[s].swap(false, core::sync::atomic::Ordering::Relaxed) {
+                if !clock.pinned[s] && !self.referenced[s].swap(false, core::sync::atomic::Ordering::Relaxed) {
                     if let Some(old) = clock.owner[s] {
                         self.dir[old as usize].store(0, SeqCst);
                     }
-                    break s;
+                    found = Some(s);
+                    break;
                 }
+            }
+            match found {
+                Some(s) => s,
+                None => return false,
             }
         };
         for (i, e) in p.iter().enumerate() {
@@ -611,6 +778,7 @@ impl PageCache {
         clock.owner[slot] = Some(page);
         self.referenced[slot].store(true, core::sync::atomic::Ordering::Relaxed);
         word.store((clock.generation as u64) << 32 | (slot as u64 + 1), SeqCst);
+        true
     }
 
     /// Drops every page.
@@ -620,6 +788,7 @@ impl PageCache {
         }
         let clock = self.clock.get_mut().unwrap_or_else(|e| e.into_inner());
         clock.owner.iter_mut().for_each(|o| *o = None);
+        clock.pinned.iter_mut().for_each(|p| *p = false);
     }
 
     /// Pages held now.
@@ -735,6 +904,50 @@ mod tests {
         t.clear_dirty();
         assert!(t.entry(&b, 0).unwrap().is_empty(), "and after it, from the cache");
         assert_eq!(t.entry(&b, 1030).unwrap().file_offset(), 4 * MIB);
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn a_shared_change_is_pinned_seen_and_then_absorbed() {
+        let (s, r, mut t) = setup(&[(600, 0x70_0006)]);
+        let b = bounds(&s, &r);
+        let (e, f) = (BatEntry::payload(PayloadState::FullyPresent, 9 * MIB), BatEntry::from_raw(0x0A0_0006));
+        assert!(t.set_shared(&b, 1, e).unwrap());
+        assert_eq!(t.entry(&b, 1).unwrap(), e, "readers see it at once");
+        assert!(t.has_dirty() && t.dirty_count() == 1);
+        // Other pages come and go through the second slot; page 0 stays.
+        for i in [600, 1100, 1600, 600, 1100] {
+            t.entry(&b, i).unwrap();
+        }
+        assert_eq!(t.cache.get(0, 1), Some(e), "the pinned page is never dropped");
+        // A second page pins the other slot; a third finds none.
+        assert!(t.set_shared(&b, 601, f).unwrap());
+        assert!(!t.set_shared(&b, 1100, f).unwrap(), "every slot is pinned");
+        assert!(t.entry(&b, 1100).unwrap().is_empty(), "other pages still read, from the file");
+        let mut seen = Vec::new();
+        t.scan(&b, 0..2000, |i, e| {
+            if !e.is_empty() {
+                seen.push((i, e.raw()));
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [(1, e.raw()), (600, 0x70_0006), (601, f.raw())], "a scan sees shared changes");
+        // A commit takes both pages; until it ends, page 0 is changed in
+        // `dirty`, where shared changes may not go.
+        let pages: Vec<_> = t.dirty_pages().collect();
+        assert_eq!(pages.iter().map(|p| p.0).collect::<Vec<_>>(), [3 * MIB, 3 * MIB + 4096]);
+        assert_eq!(pages[0].1[8..16], e.raw().to_le_bytes());
+        assert!(!t.set_shared(&b, 2, e).unwrap(), "page 0 is changed through &mut now");
+        t.clear_dirty();
+        assert!(!t.has_dirty());
+        assert!(t.set_shared(&b, 1100, f).unwrap(), "after the commit the slots are free again");
+        // (This test's file never took the commit, so page 0 is not read.)
+        assert_eq!(t.entry(&b, 1100).unwrap(), f);
+        // An undo through `&mut` absorbs first: the shared change is then
+        // an ordinary changed page.
+        t.restore(1100, BatEntry::EMPTY, false);
+        assert!(t.entry(&b, 1100).unwrap().is_empty() && t.has_dirty());
     }
 
     #[test]

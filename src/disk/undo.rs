@@ -76,7 +76,7 @@ impl Image {
             return false;
         }
         self.undo.active = true;
-        self.undo.space = self.space;
+        self.undo.space = self.space.get();
         true
     }
 

@@ -388,6 +388,55 @@ impl Storage for FaultStorage {
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
+        self.flush_locked()
+    }
+
+    /// The state is behind a lock: a flush may run while others share the
+    /// storage, and covers the writes that completed before it.
+    fn flush_shared(&self) -> Option<Result<(), IoError>> {
+        Some(self.flush_locked())
+    }
+
+    fn allocate_shared(&self, offset: u64, len: u64) -> Option<Result<(), IoError>> {
+        Some(self.allocate_locked(offset, len))
+    }
+
+    fn len(&self) -> Result<u64, IoError> {
+        let s = self.lock();
+        self.clock.lock().check()?;
+        Ok(s.volatile.len() as u64)
+    }
+
+    fn set_len(&mut self, len: u64) -> Result<(), IoError> {
+        self.set_len_locked(len)
+    }
+
+    /// The state is behind a lock, so the length may change while others
+    /// share the storage: one operation on the fault clock, as `set_len`.
+    fn set_len_shared(&self, len: u64) -> Option<Result<(), IoError>> {
+        Some(self.set_len_locked(len))
+    }
+
+    /// Marks the pages as holding space (content and length unchanged; not
+    /// a mutating operation, so crash points do not move), or fails with
+    /// ENOSPC, changing nothing, when the filesystem is full.
+    fn allocate(&mut self, offset: u64, len: u64) -> Result<(), IoError> {
+        self.allocate_locked(offset, len)
+    }
+}
+
+impl FaultStorage {
+    /// One length change, under the state's lock.
+    fn set_len_locked(&self, len: u64) -> Result<(), IoError> {
+        let mut s = self.lock();
+        if usize::try_from(len).is_err() {
+            return Err(crate::error::io_unexpected_eof());
+        }
+        s.mutate(&self.clock, PendingOp::SetLen(len))
+    }
+
+    /// A flush, under the state's lock.
+    fn flush_locked(&self) -> Result<(), IoError> {
         let mut s = self.lock();
         let mut c = self.clock.lock();
         c.check()?;
@@ -399,24 +448,8 @@ impl Storage for FaultStorage {
         Ok(())
     }
 
-    fn len(&self) -> Result<u64, IoError> {
-        let s = self.lock();
-        self.clock.lock().check()?;
-        Ok(s.volatile.len() as u64)
-    }
-
-    fn set_len(&mut self, len: u64) -> Result<(), IoError> {
-        let mut s = self.lock();
-        if usize::try_from(len).is_err() {
-            return Err(crate::error::io_unexpected_eof());
-        }
-        s.mutate(&self.clock, PendingOp::SetLen(len))
-    }
-
-    /// Marks the pages as holding space (content and length unchanged; not
-    /// a mutating operation, so crash points do not move), or fails with
-    /// ENOSPC, changing nothing, when the filesystem is full.
-    fn allocate(&mut self, offset: u64, len: u64) -> Result<(), IoError> {
+    /// Marking space allocated, under the state's lock.
+    fn allocate_locked(&self, offset: u64, len: u64) -> Result<(), IoError> {
         let mut s = self.lock();
         self.clock.lock().check()?;
         let end = offset.checked_add(len).ok_or_else(crate::error::io_unexpected_eof)?;

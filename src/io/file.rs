@@ -206,6 +206,21 @@ impl Storage for FileStorage {
         Some(write_at(&self.file, buf, offset).map_err(IoError::from))
     }
 
+    /// A file's length changes through a shared handle too.
+    fn set_len_shared(&self, len: u64) -> Option<Result<(), IoError>> {
+        Some(self.file.set_len(len).map_err(IoError::from))
+    }
+
+    /// So does its durability.
+    fn flush_shared(&self) -> Option<Result<(), IoError>> {
+        Some(self.file.sync_data().map_err(IoError::from))
+    }
+
+    /// And its space.
+    fn allocate_shared(&self, offset: u64, len: u64) -> Option<Result<(), IoError>> {
+        Some(allocate_file(&self.file, offset, len))
+    }
+
     fn file(&self) -> Option<&File> {
         Some(&self.file)
     }
@@ -223,6 +238,14 @@ impl Storage for FileStorage {
     }
 
     fn allocate(&mut self, offset: u64, len: u64) -> Result<(), IoError> {
+        allocate_file(&self.file, offset, len)
+    }
+}
+
+/// [`Storage::allocate`] of `file`: `fallocate` on Linux, else (or where the
+/// filesystem has none) the bytes rewritten in place.
+fn allocate_file(file: &File, offset: u64, len: u64) -> Result<(), IoError> {
+    {
         if len == 0 {
             return Ok(());
         }
@@ -231,7 +254,7 @@ impl Storage for FileStorage {
             use nix::errno::Errno;
             use nix::fcntl::{fallocate, FallocateFlags};
             loop {
-                match fallocate(&self.file, FallocateFlags::empty(), at, n) {
+                match fallocate(file, FallocateFlags::empty(), at, n) {
                     Ok(()) => return Ok(()),
                     Err(Errno::EINTR) => {}
                     // A filesystem without fallocate (some network and FUSE
@@ -241,7 +264,7 @@ impl Storage for FileStorage {
                 }
             }
         }
-        Ok(rewrite_in_place(&self.file, offset, len)?)
+        Ok(rewrite_in_place(file, offset, len)?)
     }
 }
 

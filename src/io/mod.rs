@@ -76,6 +76,28 @@ pub trait Storage: Send + Sync {
         let _ = (buf, offset);
         None
     }
+    /// Truncates or extends (with zeros) to `len` bytes through a shared
+    /// reference, when the storage can while others read and write it (a
+    /// file can); `None`, having changed nothing, when it cannot. What a
+    /// disk grows its file with when it allocates a block while readers run
+    /// ([`Disk::reserve_shared`](crate::Disk::reserve_shared)).
+    fn set_len_shared(&self, len: u64) -> Option<Result<(), IoError>> {
+        let _ = len;
+        None
+    }
+    /// [`Storage::flush`] through a shared reference, while others read and
+    /// write (a file can); `None`, having done nothing, when it cannot. It
+    /// covers every write that completed before it. What a disk flushes with
+    /// while readers run ([`Disk::flush_shared`](crate::Disk::flush_shared)).
+    fn flush_shared(&self) -> Option<Result<(), IoError>> {
+        None
+    }
+    /// [`Storage::allocate`] through a shared reference (a file can);
+    /// `None`, having done nothing, when it cannot.
+    fn allocate_shared(&self, offset: u64, len: u64) -> Option<Result<(), IoError>> {
+        let _ = (offset, len);
+        None
+    }
     /// The open file behind the storage, when it is one: what
     /// [`Disk::level_file`](crate::Disk::level_file) hands to a caller that
     /// moves payload itself. `None` (the default) for anything else.
@@ -107,9 +129,54 @@ impl<S: Storage + ?Sized> Storage for alloc::boxed::Box<S> {
     fn write_shared(&self, buf: &[u8], offset: u64) -> Option<Result<(), IoError>> {
         (**self).write_shared(buf, offset)
     }
+    fn set_len_shared(&self, len: u64) -> Option<Result<(), IoError>> {
+        (**self).set_len_shared(len)
+    }
+    fn flush_shared(&self) -> Option<Result<(), IoError>> {
+        (**self).flush_shared()
+    }
+    fn allocate_shared(&self, offset: u64, len: u64) -> Option<Result<(), IoError>> {
+        (**self).allocate_shared(offset, len)
+    }
     #[cfg(feature = "std")]
     fn file(&self) -> Option<&std::fs::File> {
         (**self).file()
+    }
+}
+
+/// A shared reference to storage as `&mut`-style [`Storage`]: every change
+/// goes through the storage's shared methods ([`Storage::write_shared`],
+/// [`Storage::flush_shared`], [`Storage::set_len_shared`],
+/// [`Storage::allocate_shared`]), so code written for `&mut dyn Storage`
+/// (the log writer) can run while others read and write. A shared method
+/// the storage lacks fails as unsupported; callers check
+/// [`Storage::flush_shared`] first.
+#[cfg(feature = "std")]
+pub(crate) struct SharedIo<'a>(pub(crate) &'a dyn Storage);
+
+#[cfg(feature = "std")]
+impl Storage for SharedIo<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
+        self.0.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> Result<(), IoError> {
+        let unsupported = || crate::error::io_unsupported("the storage takes no shared writes");
+        self.0.write_shared(buf, offset).unwrap_or_else(|| Err(unsupported()))
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        let unsupported = || crate::error::io_unsupported("the storage takes no shared flushes");
+        self.0.flush_shared().unwrap_or_else(|| Err(unsupported()))
+    }
+    fn len(&self) -> Result<u64, IoError> {
+        self.0.len()
+    }
+    fn set_len(&mut self, len: u64) -> Result<(), IoError> {
+        let unsupported = || crate::error::io_unsupported("the storage takes no shared length changes");
+        self.0.set_len_shared(len).unwrap_or_else(|| Err(unsupported()))
+    }
+    fn allocate(&mut self, offset: u64, len: u64) -> Result<(), IoError> {
+        let unsupported = || crate::error::io_unsupported("the storage takes no shared allocation");
+        self.0.allocate_shared(offset, len).unwrap_or_else(|| Err(unsupported()))
     }
 }
 

@@ -211,8 +211,8 @@ fn next_step<S: Read>(s: &mut S, size: u64, read_only: bool) -> core::result::Re
 }
 
 /// Runs one checked request against the disk, counting what succeeded.
-/// Reads and writes to stored blocks hold the disk shared; everything else
-/// holds it exclusively only as long as it must.
+/// Reads and writes (through [`crate::write_concurrently`]) hold the disk
+/// shared; everything else holds it exclusively only as long as it must.
 fn execute<D: BlockDevice + ?Sized>(job: Job, disk: &RwLock<D>, stats: &mut Stats) -> Answer {
     let Job { req, payload, refused } = job;
     let len = req.length as u64;
@@ -234,7 +234,7 @@ fn execute<D: BlockDevice + ?Sized>(job: Job, disk: &RwLock<D>, stats: &mut Stat
             CMD_WRITE => {
                 let mut result = crate::block::write_concurrently(disk, &payload, req.offset);
                 if result.is_ok() && fua {
-                    result = write_lock(disk).flush();
+                    result = crate::block::flush_concurrently(disk);
                 }
                 if result.is_ok() {
                     stats.bytes_written += len;
@@ -242,7 +242,7 @@ fn execute<D: BlockDevice + ?Sized>(job: Job, disk: &RwLock<D>, stats: &mut Stat
                 to_errno(result)
             }
             CMD_FLUSH => {
-                let error = to_errno(write_lock(disk).flush());
+                let error = to_errno(crate::block::flush_concurrently(disk));
                 if error == 0 {
                     stats.flushes += 1;
                 }

@@ -1,6 +1,8 @@
 //! Crashes while four threads write one disk at once through
-//! `write_concurrently` (stored blocks under the shared lock, new blocks
-//! reserved under the exclusive one) and flush now and then.
+//! `write_concurrently` (stored blocks and a dynamic disk's new blocks
+//! under the shared lock, a differencing disk's new blocks under the
+//! exclusive one) and flush now and then with `flush_concurrently` (shared
+//! when only shared allocations are pending).
 //!
 //! The threads run freely, so each crash point falls somewhere different on
 //! each run; what must hold holds for any interleaving. Each thread owns
@@ -115,7 +117,7 @@ fn run(storage: FaultStorage, parent: Option<&Vec<u8>>, mode: Mode) -> Vec<Recor
                     }
                     if w % 5 == 4 {
                         let covered = record.lock().unwrap().writes.len();
-                        if disk.write().unwrap_or_else(|p| p.into_inner()).flush().is_err() {
+                        if vhdx::flush_concurrently(disk).is_err() {
                             if mode == Mode::Crash {
                                 return;
                             }

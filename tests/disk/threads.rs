@@ -147,7 +147,7 @@ fn shared_writes_from_four_threads_match_a_model() {
                                 );
                             }
                             if i % 60 == 59 {
-                                disk.write().unwrap().flush().unwrap();
+                                vhdx::flush_concurrently(disk).unwrap();
                             }
                         }
                         mine
@@ -173,4 +173,145 @@ fn shared_writes_from_four_threads_match_a_model() {
             assert!(std::fs::read(&raw).unwrap() == model, "{kind}: QEMU reads other bytes");
         }
     }
+}
+
+/// Readers never wait for another block's allocation, nor for a flush:
+/// while one reader holds the shared lock throughout, a writer on another
+/// thread still makes new blocks of a dynamic disk and flushes them (after
+/// the session's first change and first flush, which write the headers
+/// under the exclusive lock), and the reader sees each block's data as
+/// soon as its write returns. Were new blocks made, or flushed, under the
+/// exclusive lock, the writer would wait for the reader to let go.
+#[test]
+fn new_blocks_are_made_while_a_reader_holds_the_lock() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.vhdx");
+    let disk = RwLock::new(Disk::create(&path, &CreateOptions::dynamic(64 * MIB).block_size(MIB as u32)).unwrap());
+    vhdx::write_concurrently(&disk, &[0xEE; 4096], 0).unwrap();
+    // The session's first flush names a fresh log in the headers: under the
+    // exclusive lock. Later ones, with only shared allocations to commit,
+    // hold it shared.
+    vhdx::flush_concurrently(&disk).unwrap();
+    let entries = disk.read().unwrap().log_entries_written();
+    let held = disk.read().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        let disk = &disk;
+        s.spawn(move || {
+            for b in 1..48u64 {
+                // Part of a block, unaligned, so the rest must read as zeros.
+                vhdx::write_concurrently(disk, &[b as u8; 5000], b * MIB + 777).unwrap();
+                if b % 8 == 0 {
+                    vhdx::flush_concurrently(disk).unwrap();
+                }
+                if tx.send(b).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        while seen.len() < 47 {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(b) => {
+                    held.read_at(&mut buf, b * MIB).unwrap();
+                    assert!(buf[..777].iter().all(|&x| x == 0), "block {b}: zeros before the write");
+                    assert!(buf[777..5777].iter().all(|&x| x == b as u8), "block {b}: the write");
+                    assert!(buf[5777..].iter().all(|&x| x == 0), "block {b}: zeros after it");
+                    seen.push(b);
+                }
+                Err(_) => break,
+            }
+        }
+        // Let go in any case, so that a writer that waited can end.
+        drop(held);
+        assert_eq!(seen.len(), 47, "the writer waited for a reader to let go (blocks made: {seen:?})");
+    });
+    let d = disk.read().unwrap();
+    assert_eq!(d.log_entries_written(), entries + 5, "five flushes held the lock shared and wrote the log");
+    assert!(d.has_pending_metadata(), "blocks 41 to 47 wait for the next flush");
+    drop(d);
+    disk.into_inner().unwrap().close().unwrap();
+    assert!(vhdx::check::check_file(&path).unwrap().is_clean());
+    let mut buf = vec![0u8; 5000];
+    let d = OpenOptions::new().open(&path).unwrap();
+    for b in 1..48u64 {
+        d.read_at(&mut buf, b * MIB + 777).unwrap();
+        assert!(buf.iter().all(|&x| x == b as u8), "block {b} after reopening");
+    }
+    assert_eq!(d.info().unwrap().allocated_blocks, 48);
+}
+
+/// Shared allocation across block-table pages with a cache of one page:
+/// a page changed by a shared allocator is pinned, so allocations in other
+/// pages must fall back to the exclusive path (and readers of other pages
+/// read them from the file) until a flush unpins it. Four threads write
+/// 4 KiB units all over a 2 GiB dynamic disk (four table pages) and flush
+/// now and then; every unit reads as its last write, before and after
+/// reopening, through QEMU too, and the image checks clean.
+#[test]
+fn new_blocks_across_table_pages_with_a_one_page_cache() {
+    use std::collections::BTreeMap;
+    const MIB: u64 = 1 << 20;
+    const SIZE: u64 = 2048 * MIB;
+    const THREADS: u64 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.vhdx");
+    Disk::create(&path, &CreateOptions::dynamic(SIZE).block_size(MIB as u32)).unwrap().close().unwrap();
+    let disk = RwLock::new(OpenOptions::new().writable(true).bat_cache_bytes(4096).open(&path).unwrap());
+    let written: Vec<BTreeMap<u64, u8>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let disk = &disk;
+                s.spawn(move || {
+                    let mut mine = BTreeMap::new();
+                    let mut rng = XorShift(0x7AB1_E000 + t);
+                    for i in 0..250u64 {
+                        // Units of thread t: 4 KiB at 16 KiB * k + 4 KiB * t,
+                        // in one of 48 blocks spread over the whole disk.
+                        let block = (rng.next() % 48) * (SIZE / MIB / 48);
+                        let at = block * MIB + (rng.next() % (MIB / 16384)) * 16384 + t * 4096;
+                        let fill = (t as u8 + 1) << 6 | (i % 61) as u8;
+                        vhdx::write_concurrently(disk, &[fill; 4096], at).unwrap();
+                        mine.insert(at, fill);
+                        let mut buf = [0u8; 4096];
+                        let (&back, &want) = mine.iter().nth((rng.next() % mine.len() as u64) as usize).unwrap();
+                        disk.read().unwrap().read_at(&mut buf, back).unwrap();
+                        assert!(buf.iter().all(|&x| x == want), "thread {t}: unit at {back:#x}");
+                        if i % 70 == 69 {
+                            vhdx::flush_concurrently(disk).unwrap();
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    disk.into_inner().unwrap().close().unwrap();
+    assert!(vhdx::check::check_file(&path).unwrap().is_clean());
+    let d = OpenOptions::new().open(&path).unwrap();
+    let raw = dir.path().join("out.raw");
+    let qemu = crate::common::qemu::qemu();
+    if qemu {
+        crate::common::qemu::qemu_convert_to_raw(&path, &raw);
+    }
+    let mut buf = [0u8; 4096];
+    let mut blocks = std::collections::BTreeSet::new();
+    for mine in &written {
+        for (&at, &fill) in mine {
+            d.read_at(&mut buf, at).unwrap();
+            assert!(buf.iter().all(|&x| x == fill), "unit at {at:#x} after reopening");
+            if qemu {
+                use crate::common::FileExt;
+                std::fs::File::open(&raw).unwrap().read_exact_at(&mut buf, at).unwrap();
+                assert!(buf.iter().all(|&x| x == fill), "unit at {at:#x} as QEMU reads it");
+            }
+            blocks.insert(at / MIB);
+        }
+    }
+    assert_eq!(d.info().unwrap().allocated_blocks, blocks.len() as u64, "one block per block written, no more");
 }
