@@ -17,8 +17,24 @@ pub fn vhdx_tool() -> &'static Path {
 }
 
 /// Runs `vhdx ARGS…` in `dir`.
+///
+/// A start that fails (the process never ran) is tried again, up to five
+/// times: under Wine, `CreateProcess` now and then fails for no reason of
+/// the program's (seen in CI, once in several hundred starts). A program
+/// that ran and failed is never run again.
 pub fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin()).current_dir(dir).args(args).output().expect("running vhdx")
+    let mut tries = 0;
+    loop {
+        match Command::new(bin()).current_dir(dir).args(args).output() {
+            Ok(out) => return out,
+            Err(e) if tries < 5 => {
+                tries += 1;
+                eprintln!("starting vhdx failed ({e}); trying again");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => panic!("running vhdx {}: {e}", args.join(" ")),
+        }
+    }
 }
 
 /// Runs `vhdx ARGS…` in `dir`, which must succeed; returns stdout.

@@ -82,7 +82,7 @@ fn leftovers(dir: &Path, name: &str) -> Vec<PathBuf> {
 }
 
 fn tool(dir: &Path, args: &[&str]) -> Output {
-    Command::new(vhdx_tool()).current_dir(dir).args(args).output().expect("running vhdx")
+    crate::common::cli::run(dir, args)
 }
 
 #[cfg(unix)]

@@ -5,13 +5,13 @@
 //! point finishes when run again.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use vhdx::io::{CrashState, FaultStorage};
 use vhdx::ops::resize::{resize, ResizeOptions};
 use vhdx::{CreateOptions, Disk, ErrorKind, MemStorage, OpenOptions, Storage};
 
-use crate::common::{cli::vhdx_tool, compare::sha256_file, data::pattern};
+use crate::common::{compare::sha256_file, data::pattern};
 
 const MIB: u64 = 1 << 20;
 
@@ -75,7 +75,7 @@ fn assert_tree_intact(t: &Tree) {
 }
 
 fn tool(dir: &Path, args: &[&str]) -> Output {
-    Command::new(vhdx_tool()).current_dir(dir).args(args).output().expect("running vhdx")
+    crate::common::cli::run(dir, args)
 }
 
 #[test]
