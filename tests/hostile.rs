@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use vhdx::{CreateOptions, Disk, ErrorKind, MemStorage, OpenOptions, Storage};
 
+use crate::common::StartRetrying;
 use common::data::XorShift;
 
 /// The address space the child may map, and the resident memory it may
@@ -48,8 +49,7 @@ fn in_bounded_child(name: &str) -> bool {
         .env(CHILD, "1")
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap();
+        .spawn_retrying();
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

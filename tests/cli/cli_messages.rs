@@ -13,6 +13,7 @@ use vhdx::io::FileOpener;
 use vhdx::OpenOptions;
 
 use crate::common::cli::*;
+use crate::common::StartRetrying;
 
 /// `vhdx ARGS…` in `dir` with `input` on stdin.
 fn run_with_stdin(dir: &Path, args: &[&str], input: &[u8]) -> Output {
@@ -22,8 +23,7 @@ fn run_with_stdin(dir: &Path, args: &[&str], input: &[u8]) -> Output {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_retrying();
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
 }

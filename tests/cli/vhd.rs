@@ -5,6 +5,7 @@
 use crate::common::cli::{fails, json, ok_text, run};
 use crate::common::compare::sha256_file;
 use crate::common::files::{fixture, fixture_into};
+use crate::common::StartRetrying;
 
 #[test]
 fn info_and_convert_handle_a_windows_vhd_chain() {
@@ -242,7 +243,7 @@ fn a_killed_vhd_merge_loses_nothing_and_a_rerun_finishes_it() {
         // (`--version`) and a whole merge, timed on a copy.
         let timed = |d: &std::path::Path, args: &[&str]| {
             let at = std::time::Instant::now();
-            let out = Command::new(bin()).current_dir(d).args(args).output().unwrap();
+            let out = Command::new(bin()).current_dir(d).args(args).output_retrying();
             assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
             at.elapsed().as_millis() as u64
         };
@@ -264,7 +265,7 @@ fn a_killed_vhd_merge_loses_nothing_and_a_rerun_finishes_it() {
             std::fs::write(d.join(n), bytes).unwrap();
         }
         let mut child =
-            Command::new(bin()).current_dir(&d).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+            Command::new(bin()).current_dir(&d).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn_retrying();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill();
         let status = child.wait().unwrap();

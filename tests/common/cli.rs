@@ -16,25 +16,11 @@ pub fn vhdx_tool() -> &'static Path {
     bin()
 }
 
-/// Runs `vhdx ARGS…` in `dir`.
-///
-/// A start that fails (the process never ran) is tried again, up to five
-/// times: under Wine, `CreateProcess` now and then fails for no reason of
-/// the program's (seen in CI, once in several hundred starts). A program
-/// that ran and failed is never run again.
+/// Runs `vhdx ARGS…` in `dir` (a start that fails is tried again: see
+/// [`super::StartRetrying`]).
 pub fn run(dir: &Path, args: &[&str]) -> Output {
-    let mut tries = 0;
-    loop {
-        match Command::new(bin()).current_dir(dir).args(args).output() {
-            Ok(out) => return out,
-            Err(e) if tries < 5 => {
-                tries += 1;
-                eprintln!("starting vhdx failed ({e}); trying again");
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
-            Err(e) => panic!("running vhdx {}: {e}", args.join(" ")),
-        }
-    }
+    use super::StartRetrying;
+    Command::new(bin()).current_dir(dir).args(args).output_retrying()
 }
 
 /// Runs `vhdx ARGS…` in `dir`, which must succeed; returns stdout.

@@ -97,3 +97,43 @@ pub fn unavailable(what: &str) -> bool {
     }
     false
 }
+
+/// Starting a program, tried again when the start itself fails (the
+/// process never ran), up to five times, 200 ms apart: under Wine,
+/// `CreateProcess` now and then fails for no reason of the test's (seen in
+/// CI at three different starts of `vhdx`). A program that ran, however it
+/// ended, is never started again.
+#[allow(dead_code)] // each test program uses what it needs
+pub trait StartRetrying {
+    /// [`std::process::Command::spawn`], retried; panics when every try failed.
+    fn spawn_retrying(&mut self) -> std::process::Child;
+    /// [`std::process::Command::output`], retried; panics when every try failed.
+    fn output_retrying(&mut self) -> std::process::Output;
+}
+
+impl StartRetrying for std::process::Command {
+    fn spawn_retrying(&mut self) -> std::process::Child {
+        retry_start(self, |c| c.spawn())
+    }
+    fn output_retrying(&mut self) -> std::process::Output {
+        retry_start(self, |c| c.output())
+    }
+}
+
+fn retry_start<T>(
+    command: &mut std::process::Command,
+    start: impl Fn(&mut std::process::Command) -> std::io::Result<T>,
+) -> T {
+    let mut tries = 0;
+    loop {
+        match start(command) {
+            Ok(t) => return t,
+            Err(e) if tries < 5 => {
+                tries += 1;
+                eprintln!("starting {:?} failed ({e}); trying again", command.get_program());
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => panic!("starting {:?}: {e}", command.get_program()),
+        }
+    }
+}

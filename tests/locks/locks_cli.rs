@@ -15,6 +15,7 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 use crate::common::data::pattern;
+use crate::common::StartRetrying;
 use crate::support::{cli_bin, run_within, stderr, vhdx, Holder};
 
 const MIB: u64 = 1 << 20;
@@ -100,7 +101,7 @@ fn write_is_refused_while_serve_holds_the_image_and_read_with_u_still_works() {
     }
     refused_busy(&["compact", s(&img)], &img);
     refused_busy(&["check", s(&img), "--repair"], &img);
-    let out = Command::new(cli_bin()).args(["serve", s(&img), "--port", "0"]).output().unwrap();
+    let out = Command::new(cli_bin()).args(["serve", s(&img), "--port", "0"]).output_retrying();
     assert!(stderr(&out).contains("in use") && out.status.code() == Some(1), "{}", stderr(&out));
     drop(holder);
 

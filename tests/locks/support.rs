@@ -3,6 +3,7 @@
 //! that hold an image open, and the kernel's own list of locks
 //! (`/proc/locks`), an oracle independent of the code under test.
 
+use crate::common::StartRetrying;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ pub fn cli_bin() -> PathBuf {
 /// longer than [`DEADLINE`].
 pub fn run_within(mut cmd: Command) -> Output {
     let what = format!("{cmd:?}");
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn_retrying();
     // Drained as they come, so that the child never blocks on a full pipe.
     let drain = |mut r: Box<dyn std::io::Read + Send>| {
         std::thread::spawn(move || {
@@ -137,7 +138,7 @@ impl Holder {
     /// `image` — the holder has opened it.
     pub fn start(mut cmd: Command, image: &Path) -> Holder {
         let what = format!("{cmd:?}");
-        let child = cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let child = cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn_retrying();
         let mut holder = Holder { child, what };
         let start = Instant::now();
         while kernel_locks(image).is_empty() {
@@ -158,7 +159,7 @@ impl Holder {
         let mut cmd = Command::new(cli_bin());
         cmd.arg("serve").arg(image).args(["--port", "0"]).args(args);
         let what = format!("{cmd:?}");
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn_retrying();
         let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
         let mut first = String::new();
         std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();

@@ -446,11 +446,11 @@ fn relative_child_path_still_finds_siblings_in_the_current_directory() {
     t.child("b.vhdx", "base.vhdx", &[(8192, 4096, 101)]);
     let before = t.files();
     let helper = helper_test_name();
+    use crate::common::StartRetrying;
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", &helper, "--nocapture", "--ignored", "--test-threads=1"])
         .env("VHDX_RELATIVE_MERGE_DIR", &t.root)
-        .output()
-        .unwrap();
+        .output_retrying();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
     // The helper really ran (a renamed or filtered-out helper runs 0 tests

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use vhdx::nbd::ServeOptions;
 use vhdx::{CreateOptions, Disk};
 
+use crate::common::StartRetrying;
 use crate::common::{compare::*, data::*, layout::*, models::*, qemu::*};
 use crate::support::{qemu_io_any, qemu_io_ok, Running};
 
@@ -245,8 +246,7 @@ fn cli_serve(args: &[&str]) -> (Child, String, std::thread::JoinHandle<String>) 
         .args(["--port", "0", "--once"])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_retrying();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut first = String::new();
     stderr.read_line(&mut first).unwrap();
@@ -302,12 +302,12 @@ fn the_cli_reports_a_port_it_cannot_bind() {
     Disk::create(&path, &CreateOptions::dynamic(MIB)).unwrap().close().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let out = Command::new(bin()).args(["serve", path.to_str().unwrap(), "--port", &port]).output().unwrap();
+    let out = Command::new(bin()).args(["serve", path.to_str().unwrap(), "--port", &port]).output_retrying();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.starts_with("error: ") && err.contains(&port) && err.contains("d.vhdx"), "{err}");
     let out =
-        Command::new(bin()).args(["serve", "missing.vhdx", "--port", "0"]).current_dir(dir.path()).output().unwrap();
+        Command::new(bin()).args(["serve", "missing.vhdx", "--port", "0"]).current_dir(dir.path()).output_retrying();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.vhdx"));
 }

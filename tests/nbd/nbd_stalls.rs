@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use vhdx::nbd::ServeOptions;
 
+use crate::common::StartRetrying;
 use crate::common::{data::pattern, qemu::qemu};
 use crate::support::*;
 
@@ -68,8 +69,7 @@ fn qemu_img_info_within(uri: &str, limit: Duration) -> u64 {
         .args(["info", "-f", "raw", "--output=json", uri])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_retrying();
     let out = finish_within(child, limit, "qemu-img info");
     assert!(out.status.success(), "qemu-img info: {}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -118,8 +118,7 @@ fn qemu_io_writes_through_a_flood_of_idle_connections() {
         .args(["-f", "raw", "-c", "write -P 0x5a 4096 8192", "-c", "flush", &server.uri()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_retrying();
     let out = finish_within(child, Duration::from_secs(10), "qemu-io");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("wrote 8192/8192"), "{text}");
@@ -254,8 +253,7 @@ fn the_cli_sets_the_timeouts_and_the_bound() {
         .args(["--port", "0", "--handshake-timeout", "0.5", "--idle-timeout", "1", "--max-handshakes", "4"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_retrying();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut first = String::new();
     stderr.read_line(&mut first).unwrap();

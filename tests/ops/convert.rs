@@ -29,6 +29,7 @@ use vhdx::{CreateOptions, Disk};
 
 #[cfg(unix)]
 use crate::common::compare::sha256_file;
+use crate::common::StartRetrying;
 use crate::common::{cli::vhdx_tool, data::pattern};
 
 const MIB: u64 = 1 << 20;
@@ -187,7 +188,7 @@ fn overwrite_replaces_the_destination_with_the_complete_output() {
 #[cfg(unix)] // sh and RLIMIT_FSIZE
 fn tool_with_file_limit(dir: &Path, kib: u64, args: &[&str]) -> Output {
     let script = format!("trap '' XFSZ; ulimit -f {}; exec \"$0\" \"$@\"", kib * 2);
-    Command::new("sh").current_dir(dir).arg("-c").arg(script).arg(vhdx_tool()).args(args).output().expect("running sh")
+    Command::new("sh").current_dir(dir).arg("-c").arg(script).arg(vhdx_tool()).args(args).output_retrying()
 }
 
 #[cfg(unix)] // the file size limit of `ulimit -f`
@@ -278,8 +279,7 @@ fn a_killed_convert_leaves_the_destination_as_it_was_and_a_rerun_finishes() {
                 .args(["convert", "src.vhdx", name, "--force"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+                .spawn_retrying();
             let start = Instant::now();
             let mut finished = None;
             loop {

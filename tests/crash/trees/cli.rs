@@ -22,6 +22,7 @@ use super::check::{Content, Expect};
 use super::files::recover;
 use super::model::{build, read_tree, write_tree, Model, BASE, CHILD, IMAGES, SIZE};
 use super::ops::{merge_workload, Workload, SMALL};
+use crate::common::StartRetrying;
 use crate::support::XorShift64Star;
 
 /// How long one command may take before the test calls it a hang.
@@ -38,8 +39,7 @@ fn spawn_merge(root: &Path) -> Child {
         .args(["merge", "child.vhdx", "--preserve-siblings"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting vhdx merge")
+        .spawn_retrying()
 }
 
 /// Waits for `child`, killing it and failing after [`LIMIT`].
@@ -156,8 +156,7 @@ fn resizing_a_parent_does_not_silently_break_its_children() {
         .args(["resize", "base.vhdx", "--size", &grown.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting vhdx resize");
+        .spawn_retrying();
     let mut stderr = child.stderr.take().expect("piped");
     let status = wait_bounded(child, "vhdx resize base.vhdx");
     let mut text = String::new();
