@@ -145,12 +145,18 @@ impl Disk {
         // page stays open to shared allocators after this. (Outside the
         // undo: what it makes is whole and stays, and an undo would cut
         // the file under it.)
+        // The whole-table check runs only when a block is missing.
         #[cfg(feature = "std")]
         {
             self.image.begin_data_change()?;
-            self.image.find_blocks_end()?;
             if self.reserve_shared(offset, len)? {
                 return Ok(Reservation::Ready);
+            }
+            if self.image.blocks_end.is_none() {
+                self.image.find_blocks_end()?;
+                if self.reserve_shared(offset, len)? {
+                    return Ok(Reservation::Ready);
+                }
             }
         }
         self.undoable(|d| {
@@ -196,7 +202,7 @@ impl Disk {
         if len == 0 {
             return Ok(true);
         }
-        if image.params.has_parent || !image.session.data_guid_changed || image.closed || image.blocks_end.is_none() {
+        if image.params.has_parent || !image.session.data_guid_changed || image.closed {
             return Ok(false);
         }
         let _turn = image.allocating.lock().unwrap_or_else(|e| e.into_inner());
@@ -206,6 +212,10 @@ impl Disk {
             let entry = image.bat_payload(block)?;
             if entry.payload_state() == Some(PayloadState::FullyPresent) {
                 continue;
+            }
+            if image.blocks_end.is_none() {
+                // The session's first new block: the whole-table check first.
+                return Ok(false);
             }
             // The page first (pinned, unchanged), so that the file grows
             // only for an entry that has its place.
