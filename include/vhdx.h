@@ -1172,18 +1172,21 @@ int32_t vhdx_read_at(const struct VhdxDisk *disk, uint64_t offset, void *buf, si
  * with `len > 0`.
  *
  * Ownership: `buf` is the caller's and is not kept.
- * Thread safety: writes into space the image already stores, and a fixed
- * or dynamic image's new blocks, hold the handle's lock shared, so they run
- * in parallel with each other and with reads (writers making new blocks
- * take turns among themselves). The lock is held exclusively only for the
- * metadata step of a session's first new block and of a differencing
- * disk's new blocks. Writes to overlapping ranges at once leave either's
+ * Thread safety: writes into space the image already stores, new blocks
+ * and a differencing image's sector bits hold the handle's lock shared, so
+ * they run in parallel with each other and with reads (writers making new
+ * blocks or setting bits take turns among themselves). The lock is held
+ * exclusively only for the metadata step of a session's first new block,
+ * and for a write of part of a differencing image's sector. Writes to overlapping ranges at once leave either's
  * bytes, as with a file.
  *
  * # Safety
  * `disk` is NULL or a live handle; `buf` points to `len` readable bytes.
  */
-int32_t vhdx_write_at(struct VhdxDisk *disk, uint64_t offset, const void *buf, size_t len);
+int32_t vhdx_write_at(struct VhdxDisk *disk,
+                      uint64_t offset,
+                      const void *buf,
+                      size_t len);
 
 /**
  * Makes every completed write durable: the data first, then the block
@@ -1192,8 +1195,8 @@ int32_t vhdx_write_at(struct VhdxDisk *disk, uint64_t offset, const void *buf, s
  *
  * Ownership: nothing changes hands.
  * Thread safety: once the session's first flush has named its log, a
- * flush that has only new blocks of a fixed or dynamic image to commit
- * holds the handle's lock shared, so reads and writes go on meanwhile
+ * flush that has only new blocks and sector bits made by shared writes to
+ * commit holds the handle's lock shared, so reads and writes go on meanwhile
  * (writes that need a new block wait for it); otherwise it takes the lock
  * exclusively, waiting for the writes in flight.
  *

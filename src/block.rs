@@ -155,8 +155,11 @@ pub trait BlockDevice {
 
     /// Makes the space a write of `len` bytes at `offset` needs through a
     /// shared reference, while others read and write, when the device can
-    /// (for an image without a parent: new zero-filled blocks); then
-    /// [`write_at_shared`](Self::write_at_shared) writes the range.
+    /// (for an image: new zero-filled blocks; a differencing disk's blocks
+    /// placed for whole sectors); then
+    /// [`write_reserved`](Self::write_reserved) writes the range and
+    /// [`commit_reserved_shared`](Self::commit_reserved_shared) (or
+    /// [`commit_reserved`](Self::commit_reserved)) makes it read as written.
     /// `Ok(false)`, when it cannot, and [`reserve`](Self::reserve) must.
     /// The default cannot.
     fn reserve_shared(&self, offset: u64, len: u64) -> Result<bool> {
@@ -186,21 +189,33 @@ pub trait BlockDevice {
         let _ = (offset, len);
         Ok(())
     }
+
+    /// [`commit_reserved`](Self::commit_reserved) through a shared
+    /// reference, while others read and write, when the device can (for an
+    /// image: always without a parent, and a differencing disk's sector
+    /// bits while it has room to hold their pages); `Ok(false)` when only
+    /// `commit_reserved` can finish it. The default cannot.
+    fn commit_reserved_shared(&self, offset: u64, len: u64) -> Result<bool> {
+        let _ = (offset, len);
+        Ok(false)
+    }
 }
 
 /// Writes `buf` at `offset` to a device shared as `RwLock<D>`, holding the
 /// lock exclusively only for what needs it: first a write through a shared
 /// hold ([`BlockDevice::write_at_shared`]); if that cannot, the space is
 /// made under a shared hold when the device can
-/// ([`BlockDevice::reserve_shared`]: a fixed or dynamic image's new blocks,
-/// while readers go on), else under an exclusive hold
-/// ([`BlockDevice::reserve`]), the data written under a shared one, and (a
-/// differencing disk) its sectors made present under an exclusive one
-/// again; if the device cannot reserve, the whole write under the
-/// exclusive hold. Readers and writers of stored blocks run in parallel;
-/// only the metadata steps that cannot be shared exclude them (a
-/// session's first change and first new block, a differencing disk's new
-/// blocks and sector bits, a flush), never the data. A poisoned lock (a
+/// ([`BlockDevice::reserve_shared`]: an image's new blocks, a differencing
+/// disk's blocks placed for whole sectors, while readers go on), else
+/// under an exclusive hold ([`BlockDevice::reserve`]); the data is written
+/// under a shared hold, and (a differencing disk) its sectors made present
+/// under a shared one when the device can
+/// ([`BlockDevice::commit_reserved_shared`]), else under an exclusive one;
+/// if the device cannot reserve, the whole write under the exclusive hold.
+/// Readers and writers run in parallel; only the metadata steps that
+/// cannot be shared exclude them (a session's first change and first new
+/// block, a write of part of a differencing disk's sector, a flush of
+/// metadata changed exclusively), never the data. A poisoned lock (a
 /// panic elsewhere) is used as it is.
 ///
 /// ```
@@ -227,10 +242,15 @@ pub fn write_concurrently<D: BlockDevice + ?Sized>(disk: &std::sync::RwLock<D>, 
     if shared().write_at_shared(buf, offset)? {
         return Ok(());
     }
+    let len = buf.len() as u64;
     {
         let d = shared();
-        if d.reserve_shared(offset, buf.len() as u64)? && d.write_at_shared(buf, offset)? {
-            return Ok(());
+        if d.reserve_shared(offset, len)? && d.write_reserved(buf, offset)? {
+            if d.commit_reserved_shared(offset, len)? {
+                return Ok(());
+            }
+            drop(d);
+            return exclusive().commit_reserved(offset, len);
         }
     }
     let reservation = {
@@ -252,7 +272,10 @@ pub fn write_concurrently<D: BlockDevice + ?Sized>(disk: &std::sync::RwLock<D>, 
     }
     if reservation == Reservation::NeedsCommit {
         // The data is in place: now its sectors read as written.
-        return exclusive().commit_reserved(offset, buf.len() as u64);
+        if shared().commit_reserved_shared(offset, len)? {
+            return Ok(());
+        }
+        return exclusive().commit_reserved(offset, len);
     }
     Ok(())
 }
@@ -434,6 +457,10 @@ impl BlockDevice for crate::Disk {
     }
     fn commit_reserved(&mut self, offset: u64, len: u64) -> Result<()> {
         crate::Disk::commit_write(self, offset, len)
+    }
+    #[cfg(feature = "std")]
+    fn commit_reserved_shared(&self, offset: u64, len: u64) -> Result<bool> {
+        crate::Disk::commit_write_shared(self, offset, len)
     }
 }
 

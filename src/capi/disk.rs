@@ -534,12 +534,12 @@ pub unsafe extern "C" fn vhdx_read_at(disk: *const VhdxDisk, offset: u64, buf: *
 /// with `len > 0`.
 ///
 /// Ownership: `buf` is the caller's and is not kept.
-/// Thread safety: writes into space the image already stores, and a fixed
-/// or dynamic image's new blocks, hold the handle's lock shared, so they run
-/// in parallel with each other and with reads (writers making new blocks
-/// take turns among themselves). The lock is held exclusively only for the
-/// metadata step of a session's first new block and of a differencing
-/// disk's new blocks. Writes to overlapping ranges at once leave either's
+/// Thread safety: writes into space the image already stores, new blocks
+/// and a differencing image's sector bits hold the handle's lock shared, so
+/// they run in parallel with each other and with reads (writers making new
+/// blocks or setting bits take turns among themselves). The lock is held
+/// exclusively only for the metadata step of a session's first new block,
+/// and for a write of part of a differencing image's sector. Writes to overlapping ranges at once leave either's
 /// bytes, as with a file.
 ///
 /// # Safety
@@ -566,8 +566,8 @@ pub unsafe extern "C" fn vhdx_write_at(disk: *mut VhdxDisk, offset: u64, buf: *c
 ///
 /// Ownership: nothing changes hands.
 /// Thread safety: once the session's first flush has named its log, a
-/// flush that has only new blocks of a fixed or dynamic image to commit
-/// holds the handle's lock shared, so reads and writes go on meanwhile
+/// flush that has only new blocks and sector bits made by shared writes to
+/// commit holds the handle's lock shared, so reads and writes go on meanwhile
 /// (writes that need a new block wait for it); otherwise it takes the lock
 /// exclusively, waiting for the writes in flight.
 ///

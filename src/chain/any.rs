@@ -370,4 +370,7 @@ impl BlockDevice for AnyDisk {
     fn commit_reserved(&mut self, offset: u64, len: u64) -> Result<()> {
         self.as_device_mut().commit_reserved(offset, len)
     }
+    fn commit_reserved_shared(&self, offset: u64, len: u64) -> Result<bool> {
+        self.as_device().commit_reserved_shared(offset, len)
+    }
 }

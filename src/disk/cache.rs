@@ -90,6 +90,12 @@ impl ChunkBitmaps {
         ChunkBitmaps { per_block, slots, bytes, pieces }
     }
 
+    /// What the cache counts for it, in bytes.
+    #[cfg(feature = "std")]
+    fn cost(&self) -> usize {
+        self.bytes.len() + self.slots.len() * 12
+    }
+
     /// `len` bytes at byte `rel` of the bitmap block, which must lie inside
     /// one block's slice.
     pub(crate) fn bytes(&self, rel: usize, len: usize) -> &[u8] {
@@ -176,7 +182,7 @@ impl BitmapCache {
             }
             use core::sync::atomic::Ordering;
             let loaded = load()?;
-            let size = loaded.bytes.len() + loaded.slots.len() * 12;
+            let size = loaded.cost();
             if self.bytes.fetch_add(size, Ordering::Relaxed) + size > self.max_bytes {
                 self.bytes.fetch_sub(size, Ordering::Relaxed);
                 return Ok(Cow::Owned(loaded));
@@ -200,6 +206,16 @@ impl BitmapCache {
         {
             let _ = (chunk, index, lo, hi);
             None
+        }
+    }
+
+    /// Forgets chunk `chunk` (its bitmap changed in the file while cached).
+    #[cfg(feature = "std")]
+    pub(crate) fn forget(&mut self, chunk: u64) {
+        if let Some(slot) = usize::try_from(chunk).ok().and_then(|c| self.chunks.get_mut(c)) {
+            if let Some(gone) = slot.take() {
+                *self.bytes.get_mut() -= gone.cost();
+            }
         }
     }
 

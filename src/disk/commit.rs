@@ -42,12 +42,17 @@ impl Image {
 
     /// See [`Disk::has_pending_metadata`].
     pub(crate) fn has_pending_metadata(&self) -> bool {
+        #[cfg(feature = "std")]
+        if self.shared_bits.has_dirty() {
+            return true;
+        }
         self.table.has_dirty() || !self.dirty_pages.is_empty()
     }
 
     /// Commits pending metadata: payload durable first, then the changed
     /// pages through the log, then in place.
     pub(crate) fn commit_metadata(&mut self) -> Result<()> {
+        self.absorb_shared_bits();
         if !self.has_pending_metadata() {
             return Ok(());
         }
@@ -161,9 +166,10 @@ impl Disk {
     }
 
     /// [`Disk::flush`] through a shared reference, while readers and writers
-    /// run: the payload made durable, then the block-table pages that
-    /// [`Disk::reserve_shared`] changed committed through the log, as a
-    /// flush commits them. Returns `Ok(true)` when done (every write that
+    /// run: the payload made durable, then the block-table and sector
+    /// bitmap pages that [`Disk::reserve_shared`] and
+    /// [`Disk::commit_write_shared`] changed committed through the log, as
+    /// a flush commits them. Returns `Ok(true)` when done (every write that
     /// completed before the call is durable); `Ok(false)` when only
     /// [`Disk::flush`] can: metadata changed through `&mut` since the last
     /// flush, the session's first commit (it names a fresh log in the
@@ -184,26 +190,31 @@ impl Disk {
         }
         let _turn = image.allocating.lock().unwrap_or_else(|e| e.into_inner());
         let pages = image.table.shared_pages();
+        // Bitmap pages first, as in every commit.
+        let bitmaps = image.shared_bits.dirty_pages();
         let log_guid = image.header.log_guid;
-        if !pages.is_empty() && log_guid.is_nil() {
+        if (!pages.is_empty() || !bitmaps.is_empty()) && log_guid.is_nil() {
             return Ok(false);
         }
         match image.storage.flush_shared() {
             None => return Ok(false),
             Some(done) => done.during("flushing payload", 0)?,
         }
-        if pages.is_empty() {
+        if pages.is_empty() && bitmaps.is_empty() {
             return Ok(true);
         }
         let mut log = image.log.lock();
         let Some(log) = log.as_mut() else { return Ok(false) };
         let numbers: Vec<u64> = pages.iter().map(|p| p.0).collect();
-        let pages: Vec<(u64, Vec<u8>)> = pages.into_iter().map(|(_, at, bytes)| (at, bytes)).collect();
+        let bitmap_count = bitmaps.len();
+        let mut all = bitmaps;
+        all.extend(pages.into_iter().map(|(_, at, bytes)| (at, bytes)));
         let len = image.space.len();
         let mut io = crate::io::SharedIo(&*image.storage);
-        allocate_pages(&mut io, len, &pages)?;
-        log.commit(&mut io, &log_guid, &pages, len / MIB * MIB, round_up_mib(len), &mut |_| Ok(()))?;
+        allocate_pages(&mut io, len, &all)?;
+        log.commit(&mut io, &log_guid, &all, len / MIB * MIB, round_up_mib(len), &mut |_| Ok(()))?;
         image.table.shared_committed(&numbers);
+        image.shared_bits.committed(&all[..bitmap_count]);
         Ok(true)
     }
 

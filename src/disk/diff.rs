@@ -127,6 +127,7 @@ impl Image {
 
     /// The uncommitted copy of the metadata page at `page_at`, loaded on first use.
     pub(crate) fn metadata_page_mut(&mut self, page_at: u64) -> Result<&mut Vec<u8>> {
+        self.absorb_shared_bits();
         if !self.dirty_pages.contains_key(&page_at) {
             let mut page = alloc::vec![0u8; PAGE as usize];
             self.read_file(&mut page, page_at, "reading a sector bitmap")?;
@@ -134,6 +135,36 @@ impl Image {
             self.undo.page_loaded(page_at);
         }
         Ok(self.dirty_pages.get_mut(&page_at).expect("inserted above"))
+    }
+}
+
+impl Image {
+    /// Takes back the sector bitmap pages changed through `&self` (see
+    /// `bits`): the changed ones join this session's uncommitted pages (as
+    /// they were before the `&mut` change that follows, which an undo then
+    /// returns to), and their chunks leave the bitmap cache, which may hold
+    /// pages a shared flush rewrote as they were before. Every `&mut` use
+    /// of the bitmaps starts here.
+    pub(crate) fn absorb_shared_bits(&mut self) {
+        #[cfg(feature = "std")]
+        for (at, chunk, bytes, changed) in self.shared_bits.take() {
+            if changed {
+                self.dirty_pages.insert(at, bytes);
+            }
+            self.bitmap_cache.forget(chunk);
+        }
+    }
+
+    /// Whether a sector bitmap page changed through `&self` covers a byte of
+    /// `[at, end)` of the file.
+    pub(crate) fn shared_bits_in(&self, at: u64, end: u64) -> bool {
+        #[cfg(feature = "std")]
+        return self.shared_bits.any_in(at, end);
+        #[cfg(not(feature = "std"))]
+        {
+            let _ = (at, end);
+            false
+        }
     }
 }
 

@@ -23,6 +23,8 @@
 //!   table (no two blocks overlap) and finds where the last block ends; new
 //!   blocks go past every structure and block.
 
+#[cfg(feature = "std")]
+mod bits;
 mod cache;
 mod commit;
 mod compact;
@@ -69,13 +71,13 @@ use crate::log::LogWriter;
 /// An open VHDX image.
 ///
 /// Reads take `&self` and may run from many threads at once; so may writes
-/// into space the image already stores ([`Disk::write_at_shared`]) and a
-/// fixed or dynamic disk's new blocks ([`Disk::reserve_shared`]). Other
-/// writes take `&mut self`. Share a disk between threads as
-/// `std::sync::RwLock<Disk>` and write with
+/// into space the image already stores ([`Disk::write_at_shared`]), new
+/// blocks ([`Disk::reserve_shared`]) and a differencing disk's sector bits
+/// ([`Disk::commit_write_shared`]). Other writes take `&mut self`. Share a
+/// disk between threads as `std::sync::RwLock<Disk>` and write with
 /// [`write_concurrently`](crate::write_concurrently), which holds the
 /// lock exclusively only for what cannot be shared (a session's first new
-/// block, a differencing disk's new blocks).
+/// block, part of a differencing disk's sector).
 ///
 /// ```
 /// use vhdx::{CreateOptions, Disk, MemStorage};
@@ -121,6 +123,9 @@ pub(crate) struct Image {
     dirty_pages: BTreeMap<u64, Vec<u8>>,
     /// Committed sector bitmaps, shared by readers.
     bitmap_cache: cache::BitmapCache,
+    /// Sector bitmap pages changed through `&self` (see `bits`).
+    #[cfg(feature = "std")]
+    shared_bits: bits::SharedBits,
     /// What a write that fails partway takes back.
     undo: undo::Undo,
     /// Held by a writer allocating blocks through `&self`

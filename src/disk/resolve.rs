@@ -182,6 +182,12 @@ impl Disk {
         if offset % ss != 0 || len % ss != 0 {
             return Err(Error::invalid("a differencing disk's resolved writes are whole sectors"));
         }
+        // The bits set as a shared committer sets them, so that their pages
+        // stay open to shared committers after this.
+        #[cfg(feature = "std")]
+        if self.commit_write_shared(offset, len)? {
+            return Ok(());
+        }
         self.undoable(|d| {
             let image = &mut d.image;
             let mut pos = offset;

@@ -269,7 +269,7 @@ impl Image {
             self.bitmap_span(block, in_block, n)?;
         // With nothing uncommitted, the cached summary of the block's bitmap
         // answers most reads without touching the bitmap bytes.
-        if self.dirty_pages.is_empty() {
+        if self.dirty_pages.is_empty() && !self.shared_bits_in(bitmap_block + rel, bitmap_block + rel + len as u64) {
             if let Some(answer) =
                 self.bitmap_cache.uniform(chunk, index as usize, byte_lo as usize, byte_lo as usize + len - 1)
             {
@@ -325,7 +325,8 @@ impl Image {
         let committed = block.bytes(rel as usize, len);
         debug_assert_eq!(committed.len(), len);
         let end = at + len as u64;
-        if self.dirty_pages.range(at.saturating_sub(4095)..end).next().is_none() {
+        let shared = self.shared_bits_in(at, end);
+        if !shared && self.dirty_pages.range(at.saturating_sub(4095)..end).next().is_none() {
             return f(committed);
         }
         let mut bits = committed.to_vec();
@@ -336,6 +337,12 @@ impl Image {
             let hi = (page_at + page.len() as u64).min(end);
             bits[(lo - at) as usize..(hi - at) as usize]
                 .copy_from_slice(&page[(lo - page_at) as usize..(hi - page_at) as usize]);
+        }
+        // Pages changed through `&self` are newer than those changed through
+        // `&mut` (they started from them).
+        #[cfg(feature = "std")]
+        if shared {
+            self.shared_bits.overlay(at, &mut bits);
         }
         f(&bits)
     }

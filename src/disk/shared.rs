@@ -1,22 +1,26 @@
 //! Writes from many threads at once: [`Disk::write_at_shared`] writes
 //! through `&self` whatever lands in space the image already stores;
-//! [`Disk::reserve_shared`] makes a fixed or dynamic disk's new blocks
-//! through `&self` while readers run; and [`Disk::reserve`] (with `&mut
-//! self`) makes the space any write needs, so that the data itself can then
-//! go in through `&self` ([`Disk::write_reserved`]; a differencing disk's
-//! sectors then read as written after [`Disk::commit_write`], with `&mut
-//! self` again, which sets their bitmap bits: until then they read the
-//! parent's bytes).
+//! [`Disk::reserve_shared`] makes the space a write needs (new blocks, a
+//! differencing disk's sector bitmap blocks) through `&self` while readers
+//! run, and [`Disk::reserve`] (with `&mut self`) makes it when that cannot;
+//! the data then goes in through `&self` ([`Disk::write_reserved`]; a
+//! differencing disk's sectors then read as written after
+//! [`Disk::commit_write_shared`], or [`Disk::commit_write`] with `&mut
+//! self`, which sets their bitmap bits: until then they read the parent's
+//! bytes).
 //!
 //! Share a disk as `RwLock<Disk>` and write with
-//! [`crate::write_concurrently`]: reads, writes to stored blocks and a fixed
-//! or dynamic disk's new blocks hold the lock shared and run in parallel.
-//! Writers making new blocks take turns on the image's own allocation lock:
-//! grow the file, then set the block's entry in a block-table page pinned in
-//! the cache, where readers see it without a lock (see `table`). Only the
-//! session's first new block (new header GUIDs, the whole-table check) and a
-//! differencing disk's new blocks and sector bits hold the `RwLock`
-//! exclusively. Flush with [`crate::flush_concurrently`]: when only such
+//! [`crate::write_concurrently`]: reads, writes to stored blocks, new blocks
+//! and a differencing disk's sector bits hold the lock shared and run in
+//! parallel. Writers making new blocks or setting bits take turns on the
+//! image's own allocation lock: grow the file, then set the block's entry in
+//! a block-table page pinned in the cache, where readers see it without a
+//! lock (see `table`); set a sector's bit, after its data is written, in a
+//! copy of its bitmap page that readers find without a lock (see `bits`).
+//! Only the session's first new block (new header GUIDs, the whole-table
+//! check), writes of part of a sector of a differencing disk, and writers
+//! who find no room left to pin a page hold the `RwLock` exclusively.
+//! Flush with [`crate::flush_concurrently`]: when only such
 //! shared allocations wait to be committed (and the session's first flush
 //! has named its log), [`Disk::flush_shared`] commits them under the shared
 //! hold, taking its turn on the allocation lock; otherwise [`Disk::flush`]
@@ -34,6 +38,8 @@ use alloc::vec::Vec;
 
 use super::{Disk, Extent};
 use crate::error::{Error, IoContext, Result};
+#[cfg(feature = "std")]
+use crate::format::bat::BatEntry;
 use crate::format::bat::PayloadState;
 
 impl Disk {
@@ -128,21 +134,17 @@ impl Disk {
         }
         self.image.check_range_u64(offset, len)?;
         let ss = self.image.params.logical_sector_size as u64;
-        if self.image.params.has_parent {
-            if offset % ss != 0 || len % ss != 0 || self.parent.is_none() {
-                return Ok(Reservation::None);
-            }
-            if len > 0 {
-                self.undoable(|d| d.image.place_differencing(offset, len))?;
-            }
-            return Ok(Reservation::NeedsCommit);
+        let differencing = self.image.params.has_parent;
+        if differencing && (offset % ss != 0 || len % ss != 0 || self.parent.is_none()) {
+            return Ok(Reservation::None);
         }
+        let made = if differencing { Reservation::NeedsCommit } else { Reservation::Ready };
         if len == 0 {
-            return Ok(Reservation::Ready);
+            return Ok(made);
         }
         // With the session's first change made and the table checked, the
         // blocks are made as a shared allocator makes them, so that their
-        // page stays open to shared allocators after this. (Outside the
+        // pages stay open to shared allocators after this. (Outside the
         // undo: what it makes is whole and stays, and an undo would cut
         // the file under it.)
         // The whole-table check runs only when a block is missing.
@@ -150,14 +152,18 @@ impl Disk {
         {
             self.image.begin_data_change()?;
             if self.reserve_shared(offset, len)? {
-                return Ok(Reservation::Ready);
+                return Ok(made);
             }
             if self.image.blocks_end.is_none() {
                 self.image.find_blocks_end()?;
                 if self.reserve_shared(offset, len)? {
-                    return Ok(Reservation::Ready);
+                    return Ok(made);
                 }
             }
+        }
+        if differencing {
+            self.undoable(|d| d.image.place_differencing(offset, len))?;
+            return Ok(Reservation::NeedsCommit);
         }
         self.undoable(|d| {
             let image = &mut d.image;
@@ -173,17 +179,23 @@ impl Disk {
     }
 
     /// Makes the space a write of `[offset, offset + len)` needs through a
-    /// shared reference, while readers and other writers run: a disk
-    /// without a parent (fixed or dynamic) gets a zero-filled block for
-    /// each block of the range it does not store, after which
-    /// [`Disk::write_at_shared`] writes the range. Returns `Ok(true)` when
-    /// every block of the range is stored; `Ok(false)` when this cannot be
-    /// done shared, and [`Disk::reserve`] (with `&mut self`) does it:
-    /// a differencing disk; the session's first change or first new block
-    /// (the headers' new GUIDs, the whole-table check); a block-table page
-    /// changed by an exclusive call since the last flush, or no room left
-    /// in the table's cache to pin the changed page; storage that cannot
-    /// change its length through a shared reference.
+    /// shared reference, while readers and other writers run, as
+    /// [`Disk::reserve`] makes it: a disk without a parent (fixed or
+    /// dynamic) gets a zero-filled block for each block of the range it
+    /// does not store, after which [`Disk::write_at_shared`] (or
+    /// [`Disk::write_reserved`]) writes the range; a differencing disk,
+    /// for whole sectors, gets its blocks placed (still reading the
+    /// parent's bytes) and the sector bitmap pages of the range held for
+    /// [`Disk::commit_write_shared`], after [`Disk::write_reserved`].
+    /// Returns `Ok(true)` when that is done; `Ok(false)` when it cannot be
+    /// done shared, and [`Disk::reserve`] (with `&mut self`) does it: the
+    /// session's first change or first new block (the headers' new GUIDs,
+    /// the whole-table check); part of a sector of a differencing disk, or
+    /// one opened without its parent; a block-table page changed by an
+    /// exclusive call since the last flush, or no room left in the table's
+    /// cache to pin the changed page, or in the held bitmap pages (256 of
+    /// them, until the next exclusive flush); storage that cannot change
+    /// its length through a shared reference.
     ///
     /// Allocating writers take turns on a lock of their own; readers, and
     /// writers into stored blocks, never wait for it. A reader sees a new
@@ -202,36 +214,227 @@ impl Disk {
         if len == 0 {
             return Ok(true);
         }
-        if image.params.has_parent || !image.session.data_guid_changed || image.closed {
+        if !image.session.data_guid_changed || image.closed {
+            return Ok(false);
+        }
+        let differencing = image.params.has_parent;
+        let ss = image.params.logical_sector_size as u64;
+        if differencing && (self.parent.is_none() || offset % ss != 0 || len % ss != 0) {
             return Ok(false);
         }
         let _turn = image.allocating.lock().unwrap_or_else(|e| e.into_inner());
         let bs = image.params.block_size as u64;
-        let b = image.bounds();
-        for block in offset / bs..=(offset + len - 1) / bs {
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / bs;
+            let in_block = pos % bs;
+            let n = (bs - in_block).min(end - pos);
+            pos += n;
             let entry = image.bat_payload(block)?;
-            if entry.payload_state() == Some(PayloadState::FullyPresent) {
+            let state = entry.payload_state();
+            if state == Some(PayloadState::FullyPresent) {
                 continue;
             }
-            if image.blocks_end.is_none() {
-                // The session's first new block: the whole-table check first.
+            if state != Some(PayloadState::PartiallyPresent) {
+                if image.blocks_end.is_none() {
+                    // The session's first new block: the whole-table check first.
+                    return Ok(false);
+                }
+                // A differencing disk's block that is not present becomes
+                // partially present with no sector present, so that it
+                // still reads the parent's bytes; any other block (one that
+                // reads zeros, or any of a disk without a parent) fully
+                // present over zeros.
+                let partial = differencing && state == Some(PayloadState::NotPresent);
+                if partial && !self.sector_bitmap_shared(block)? {
+                    return Ok(false);
+                }
+                let made = if partial { PayloadState::PartiallyPresent } else { PayloadState::FullyPresent };
+                let index = image.table.geometry().payload_index(block);
+                if !self.place_shared(index, entry, bs, false, |at| BatEntry::payload(made, at))? {
+                    return Ok(false);
+                }
+                if !partial {
+                    continue;
+                }
+            }
+            // A partially present block: the bitmap pages its bits fall in,
+            // held so that the commit after the data can set them.
+            if !self.hold_bitmap_pages(block, in_block, n)? {
                 return Ok(false);
             }
-            // The page first (pinned, unchanged), so that the file grows
-            // only for an entry that has its place.
-            let index = image.table.geometry().payload_index(block);
-            if !image.table.set_shared(&b, index, entry)? {
+        }
+        Ok(true)
+    }
+
+    /// Chunk of `block` has a sector bitmap block, made through `&self`
+    /// (zero-filled and backed by real space, as the exclusive path makes
+    /// it) when it has none. `Ok(false)` when that cannot be done shared.
+    #[cfg(feature = "std")]
+    fn sector_bitmap_shared(&self, block: u64) -> Result<bool> {
+        let image = &self.image;
+        let g = *image.table.geometry();
+        let index = g.sector_bitmap_index(block / g.chunk_ratio);
+        let entry = image.bat(index)?;
+        if entry.sector_bitmap_present() {
+            return Ok(true);
+        }
+        let sb = |at| BatEntry::new(crate::format::bat::SB_PRESENT, at);
+        self.place_shared(index, entry, crate::format::MIB, true, sb)
+    }
+
+    /// Sets BAT entry `index` (holding `old`) to `entry(at)` for `len` new
+    /// bytes at `at`, the file grown for them: the page pinned first, so
+    /// that the file grows only for an entry that has its place. With
+    /// `backed` (a sector bitmap block), the space is backed by real space
+    /// before the entry is set, so that applying its pages from the log
+    /// never needs space. `Ok(false)` when it cannot be done shared
+    /// (nothing changed then but, at worst, the file's length).
+    #[cfg(feature = "std")]
+    fn place_shared(
+        &self,
+        index: usize,
+        old: BatEntry,
+        len: u64,
+        backed: bool,
+        entry: impl FnOnce(u64) -> BatEntry,
+    ) -> Result<bool> {
+        let image = &self.image;
+        let b = image.bounds();
+        if !image.table.set_shared(&b, index, old)? {
+            return Ok(false);
+        }
+        let Some(at) = image.space.grow_shared(&*image.storage, len) else { return Ok(false) };
+        let at = at?;
+        let new = entry(at);
+        if backed {
+            match image.storage.allocate_shared(at, len) {
+                Some(done) => done.during("allocating a sector bitmap block", at)?,
+                None => return Ok(false),
+            }
+        }
+        if !image.table.set_shared(&b, index, new)? {
+            // The page was pinned above and only `&mut` unpins it.
+            return Err(Error::invalid("a pinned BAT page could not take its entry"));
+        }
+        Ok(true)
+    }
+
+    /// Holds (see `bits`) the sector bitmap pages that the bits of
+    /// `[in_block, in_block + n)` of partially present `block` fall in,
+    /// each copied as the disk presents it now. `Ok(false)` when no slot is
+    /// left.
+    #[cfg(feature = "std")]
+    fn hold_bitmap_pages(&self, block: u64, in_block: u64, n: u64) -> Result<bool> {
+        let image = &self.image;
+        let (base, first, count) = self.bitmap_bits(block, in_block, n)?;
+        let chunk = block / image.table.geometry().chunk_ratio;
+        let lo = (base + first / 8) & !4095;
+        let hi = (base + (first + count - 1) / 8) & !4095;
+        for page_at in (lo..=hi).step_by(4096) {
+            let held = image.shared_bits.hold(page_at, chunk, || {
+                let mut page = alloc::vec![0u8; 4096];
+                image.read_file(&mut page, page_at, "reading a sector bitmap")?;
+                if let Some(changed) = image.dirty_pages.get(&page_at) {
+                    page.copy_from_slice(changed);
+                }
+                Ok(page)
+            })?;
+            if !held {
                 return Ok(false);
             }
-            let Some(at) = image.space.grow_shared(&*image.storage, bs) else { return Ok(false) };
-            let at = at?;
-            if !image.table.set_shared(
-                &b,
-                index,
-                crate::format::bat::BatEntry::payload(PayloadState::FullyPresent, at),
-            )? {
-                // The page was pinned above and only `&mut` unpins it.
-                return Err(Error::invalid("a pinned BAT page could not take its entry"));
+        }
+        Ok(true)
+    }
+
+    /// Where the bitmap bits of the sectors of `[in_block, in_block + n)`
+    /// of `block` are: (file offset of the block's bit 0, first bit, bits).
+    #[cfg(feature = "std")]
+    fn bitmap_bits(&self, block: u64, in_block: u64, n: u64) -> Result<(u64, u64, u64)> {
+        let image = &self.image;
+        let g = *image.table.geometry();
+        let ss = g.logical_sector_size as u64;
+        let sb = image.bat(g.sector_bitmap_index(block / g.chunk_ratio))?;
+        if !sb.sector_bitmap_present() {
+            return Err(Error::corrupt(
+                "BAT entry",
+                image.table.offset() + g.payload_index(block) as u64 * 8,
+                alloc::format!("block {block} is partially present but its chunk has no sector bitmap"),
+            ));
+        }
+        let base = sb.file_offset() + (block % g.chunk_ratio) * (g.sectors_per_block() / 8);
+        Ok((base, in_block / ss, n.div_ceil(ss)))
+    }
+
+    /// [`Disk::commit_write`] through a shared reference, while readers and
+    /// writers run: after the data of `[offset, offset + len)` is in the
+    /// space [`Disk::reserve_shared`] (or [`Disk::reserve`]) made, a
+    /// differencing disk's sectors are made present (their bitmap bits set,
+    /// a block written whole made fully present); readers see them as
+    /// written from then on. Returns `Ok(true)` when done (at once for a
+    /// disk without a parent); `Ok(false)` when only `commit_write` (with
+    /// `&mut self`) can finish it: bits set already stay set, and it sets
+    /// the rest. The errors are `commit_write`'s.
+    ///
+    /// Committers take turns on the image's allocation lock, as writers
+    /// making new blocks do; readers never wait for it. The bits reach the
+    /// file at the next flush, through the log.
+    #[cfg(feature = "std")]
+    pub fn commit_write_shared(&self, offset: u64, len: u64) -> Result<bool> {
+        let image = &self.image;
+        if !image.writable {
+            return Err(Error::ReadOnly);
+        }
+        image.check_range_u64(offset, len)?;
+        if len == 0 {
+            return Ok(true);
+        }
+        let bs = image.params.block_size as u64;
+        let ss = image.params.logical_sector_size as u64;
+        for block in offset / bs..=(offset + len - 1) / bs {
+            if !image.bat_payload(block)?.has_data() {
+                return Err(Error::invalid(alloc::format!(
+                    "commit_write of {len} bytes at {offset}: block {block} was not resolved for writing"
+                )));
+            }
+        }
+        if !image.params.has_parent {
+            return Ok(true);
+        }
+        if offset % ss != 0 || len % ss != 0 {
+            return Err(Error::invalid("a differencing disk's resolved writes are whole sectors"));
+        }
+        if image.closed || !image.session.data_guid_changed {
+            return Ok(false);
+        }
+        let _turn = image.allocating.lock().unwrap_or_else(|e| e.into_inner());
+        let b = image.bounds();
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / bs;
+            let in_block = pos % bs;
+            let n = (bs - in_block).min(end - pos);
+            pos += n;
+            let entry = image.bat_payload(block)?;
+            if entry.payload_state() != Some(PayloadState::PartiallyPresent) {
+                continue;
+            }
+            if n == bs {
+                let index = image.table.geometry().payload_index(block);
+                let full = BatEntry::payload(PayloadState::FullyPresent, entry.file_offset());
+                if !image.table.set_shared(&b, index, full)? {
+                    return Ok(false);
+                }
+                continue;
+            }
+            let (base, first, count) = self.bitmap_bits(block, in_block, n)?;
+            // Held by the reserve, as a rule; held now otherwise.
+            let set = image.shared_bits.set_bits(base, first, count)
+                || (self.hold_bitmap_pages(block, in_block, n)? && image.shared_bits.set_bits(base, first, count));
+            if !set {
+                return Ok(false);
             }
         }
         Ok(true)

@@ -75,6 +75,9 @@ impl Image {
         if self.undo.active {
             return false;
         }
+        // Bitmap pages changed through `&self` become the state a failure
+        // returns to.
+        self.absorb_shared_bits();
         self.undo.active = true;
         self.undo.space = self.space.get();
         true

@@ -249,39 +249,248 @@ fn new_blocks_are_made_while_a_reader_holds_the_lock() {
 /// a page changed by a shared allocator is pinned, so allocations in other
 /// pages must fall back to the exclusive path (and readers of other pages
 /// read them from the file) until a flush unpins it. Four threads write
-/// 4 KiB units all over a 2 GiB dynamic disk (four table pages) and flush
-/// now and then; every unit reads as its last write, before and after
-/// reopening, through QEMU too, and the image checks clean.
+/// 4 KiB units all over a 2 GiB disk (four table pages) and flush now and
+/// then; every unit reads as its last write, before and after reopening,
+/// through QEMU (a dynamic disk) or libvhdi (a differencing child, whose
+/// sector bitmap entries share the pages), and the image checks clean.
 #[test]
 fn new_blocks_across_table_pages_with_a_one_page_cache() {
     use std::collections::BTreeMap;
     const MIB: u64 = 1 << 20;
     const SIZE: u64 = 2048 * MIB;
     const THREADS: u64 = 4;
+    for kind in ["dynamic", "differencing"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.vhdx");
+        let base = dir.path().join("base.vhdx");
+        let parent_byte = 0x3C;
+        if kind == "dynamic" {
+            Disk::create(&path, &CreateOptions::dynamic(SIZE).block_size(MIB as u32)).unwrap().close().unwrap();
+        } else {
+            // A parent that holds a byte in every block a unit may land
+            // in, so that each unit's neighbours read it.
+            let mut b = Disk::create(&base, &CreateOptions::dynamic(SIZE).block_size(MIB as u32)).unwrap();
+            for block in 0..48 {
+                b.write_at(&vec![parent_byte; MIB as usize], block * (SIZE / MIB / 48) * MIB).unwrap();
+            }
+            b.close().unwrap();
+            Disk::create_differencing(&path, &base, Some(MIB as u32)).unwrap().close().unwrap();
+        }
+        let disk = RwLock::new(OpenOptions::new().writable(true).bat_cache_bytes(4096).open(&path).unwrap());
+        let written: Vec<BTreeMap<u64, u8>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let disk = &disk;
+                    s.spawn(move || {
+                        let mut mine = BTreeMap::new();
+                        let mut rng = XorShift(0x7AB1_E000 + t);
+                        for i in 0..250u64 {
+                            // Units of thread t: 4 KiB at 16 KiB * k + 4 KiB * t,
+                            // in one of 48 blocks spread over the whole disk.
+                            let block = (rng.next() % 48) * (SIZE / MIB / 48);
+                            let at = block * MIB + (rng.next() % (MIB / 16384)) * 16384 + t * 4096;
+                            let fill = (t as u8 + 1) << 6 | (i % 61) as u8;
+                            vhdx::write_concurrently(disk, &[fill; 4096], at).unwrap();
+                            mine.insert(at, fill);
+                            let mut buf = [0u8; 4096];
+                            let (&back, &want) = mine.iter().nth((rng.next() % mine.len() as u64) as usize).unwrap();
+                            disk.read().unwrap().read_at(&mut buf, back).unwrap();
+                            assert!(buf.iter().all(|&x| x == want), "{kind}, thread {t}: unit at {back:#x}");
+                            if i % 70 == 69 {
+                                vhdx::flush_concurrently(disk).unwrap();
+                            }
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        disk.into_inner().unwrap().close().unwrap();
+        assert!(vhdx::check::check_file(&path).unwrap().is_clean(), "{kind}");
+        let d = OpenOptions::new().open(&path).unwrap();
+        // Each block a unit may land in as it must read: the parent's byte
+        // (or zeros), the units over it; zeros elsewhere.
+        let mut blocks = std::collections::BTreeSet::new();
+        let mut got = vec![0u8; MIB as usize];
+        for block in (0..48).map(|b| b * (SIZE / MIB / 48)) {
+            let mut want = vec![if kind == "dynamic" { 0 } else { parent_byte }; MIB as usize];
+            for mine in &written {
+                for (&at, &fill) in mine.range(block * MIB..(block + 1) * MIB) {
+                    want[(at - block * MIB) as usize..][..4096].fill(fill);
+                    blocks.insert(block);
+                }
+            }
+            d.read_at(&mut got, block * MIB).unwrap();
+            assert!(got == want, "{kind}: block {block} after reopening");
+            d.read_at(&mut got, (block + 1) * MIB).unwrap();
+            assert!(got.iter().all(|&x| x == 0), "{kind}: block {} after reopening", block + 1);
+        }
+        if kind == "dynamic" && crate::common::qemu::qemu() {
+            let raw = dir.path().join("out.raw");
+            crate::common::qemu::qemu_convert_to_raw(&path, &raw);
+            let raw = std::fs::File::open(&raw).unwrap();
+            let mut buf = [0u8; 4096];
+            for mine in &written {
+                for (&at, &fill) in mine {
+                    use crate::common::FileExt;
+                    raw.read_exact_at(&mut buf, at).unwrap();
+                    assert!(buf.iter().all(|&x| x == fill), "unit at {at:#x} as QEMU reads it");
+                }
+            }
+        }
+        assert_eq!(d.info().unwrap().allocated_blocks, blocks.len() as u64, "{kind}: one block per block written");
+    }
+}
+
+/// The same for a differencing disk: while one thread holds the read lock
+/// throughout, another makes the child's new blocks (partially present,
+/// their chunk's sector bitmap block too), sets the bits of the sectors it
+/// wrote, makes a block written whole fully present, and flushes: none of
+/// it waits for the reader, who sees each write as soon as it returns,
+/// with the parent's bytes around it. After reopening, the chain reads as
+/// the model, `check` is clean, and libvhdi (when present) reads the same.
+#[test]
+fn differencing_blocks_and_bits_are_made_while_a_reader_holds_the_lock() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    const MIB: u64 = 1 << 20;
+    const SIZE: u64 = 64 * MIB;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("disk.vhdx");
-    Disk::create(&path, &CreateOptions::dynamic(SIZE).block_size(MIB as u32)).unwrap().close().unwrap();
-    let disk = RwLock::new(OpenOptions::new().writable(true).bat_cache_bytes(4096).open(&path).unwrap());
-    let written: Vec<BTreeMap<u64, u8>> = std::thread::scope(|s| {
+    let base = dir.path().join("base.vhdx");
+    let path = dir.path().join("child.vhdx");
+    let parent_byte = |at: u64| 0x40 | (at / MIB % 63) as u8;
+    let mut model: Vec<u8> = (0..SIZE).map(parent_byte).collect();
+    let mut b = Disk::create(&base, &CreateOptions::dynamic(SIZE).block_size(MIB as u32)).unwrap();
+    b.write_at(&model, 0).unwrap();
+    b.close().unwrap();
+    Disk::create_differencing(&path, &base, Some(MIB as u32)).unwrap().close().unwrap();
+    let disk = RwLock::new(OpenOptions::new().writable(true).open(&path).unwrap());
+    // The session's first change and first flush hold the lock exclusively.
+    vhdx::write_concurrently(&disk, &[0xEE; 4096], 0).unwrap();
+    model[..4096].fill(0xEE);
+    vhdx::flush_concurrently(&disk).unwrap();
+    let entries = disk.read().unwrap().log_entries_written();
+    // Per block b: 8 KiB at 4 KiB * b (a new block with its sectors' bits),
+    // then 1 KiB at the block's end (bits in a block made before); every
+    // fifth block written whole instead (fully present).
+    let writes = |b: u64| -> Vec<(u64, Vec<u8>)> {
+        if b % 5 == 0 {
+            vec![(b * MIB, vec![b as u8; MIB as usize])]
+        } else {
+            vec![(b * MIB + 4096 * b, vec![b as u8; 8192]), ((b + 1) * MIB - 1024, vec![!(b as u8); 1024])]
+        }
+    };
+    let held = disk.read().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        let disk = &disk;
+        s.spawn(move || {
+            for b in 1..48u64 {
+                for (at, data) in writes(b) {
+                    vhdx::write_concurrently(disk, &data, at).unwrap();
+                }
+                if b % 8 == 0 {
+                    vhdx::flush_concurrently(disk).unwrap();
+                }
+                if tx.send(b).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; MIB as usize];
+        while seen.len() < 47 {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(b) => {
+                    let mut want: Vec<u8> = (b * MIB..(b + 1) * MIB).map(parent_byte).collect();
+                    for (at, data) in writes(b) {
+                        let from = (at - b * MIB) as usize;
+                        want[from..from + data.len()].copy_from_slice(&data);
+                    }
+                    held.read_at(&mut buf, b * MIB).unwrap();
+                    assert!(buf == want, "block {b} as the reader sees it after its writes returned");
+                    seen.push(b);
+                }
+                Err(_) => break,
+            }
+        }
+        drop(held);
+        assert_eq!(seen.len(), 47, "the writer waited for a reader to let go (blocks done: {seen:?})");
+    });
+    for b in 1..48u64 {
+        for (at, data) in writes(b) {
+            model[at as usize..at as usize + data.len()].copy_from_slice(&data);
+        }
+    }
+    let d = disk.read().unwrap();
+    assert_eq!(d.log_entries_written(), entries + 5, "five flushes held the lock shared and wrote the log");
+    assert!(d.has_pending_metadata(), "blocks 41 to 47 wait for the next flush");
+    drop(d);
+    disk.into_inner().unwrap().close().unwrap();
+    assert!(vhdx::check::check_file(&path).unwrap().is_clean());
+    let d = OpenOptions::new().open(&path).unwrap();
+    let mut back = vec![0u8; SIZE as usize];
+    d.read_at(&mut back, 0).unwrap();
+    assert!(back == model, "the chain after reopening reads as the model");
+    // Blocks 0..48 stored, 5 to 45 by fives fully present.
+    let info = d.info().unwrap();
+    assert_eq!(info.allocated_blocks, 48);
+    drop(d);
+    if let Some((sum, size)) = crate::common::tools::libvhdi_reads_chain(&path, &[&base]) {
+        assert_eq!(
+            (sum, size),
+            (crate::common::compare::sha256_bytes(&model), SIZE),
+            "libvhdi reads the chain as the model"
+        );
+    }
+}
+
+/// Past the sector bitmap pages a differencing disk holds for shared
+/// writers (256 of them, 4 GiB of a disk with 512-byte sectors): writers
+/// fall back to the exclusive path, which takes the held pages back, and
+/// nothing is lost on the way. Four threads write 4 KiB units over the
+/// first 64 KiB of each of the 512 16 MiB stretches of an 8 GiB child
+/// (each stretch's bits in its own bitmap page), where the parent holds a
+/// pattern, and flush now and then; every unit reads as its last write,
+/// with the parent's bytes around it, before and after reopening, and
+/// the chain checks clean.
+#[test]
+fn differencing_writes_past_the_held_bitmap_pages_lose_nothing() {
+    const MIB: u64 = 1 << 20;
+    const SIZE: u64 = 8192 * MIB;
+    const STRETCH: u64 = 16 * MIB;
+    const THREADS: u64 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vhdx");
+    let path = dir.path().join("child.vhdx");
+    let parent_piece =
+        |stretch: u64| -> Vec<u8> { (0..64 << 10).map(|i| (stretch as u8) ^ (i / 512) as u8 | 1).collect() };
+    let mut b = Disk::create(&base, &CreateOptions::dynamic(SIZE).block_size(MIB as u32)).unwrap();
+    for stretch in 0..SIZE / STRETCH {
+        b.write_at(&parent_piece(stretch), stretch * STRETCH).unwrap();
+    }
+    b.close().unwrap();
+    Disk::create_differencing(&path, &base, Some(MIB as u32)).unwrap().close().unwrap();
+    let disk = RwLock::new(OpenOptions::new().writable(true).open(&path).unwrap());
+    let written: Vec<std::collections::BTreeMap<u64, u8>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..THREADS)
             .map(|t| {
                 let disk = &disk;
                 s.spawn(move || {
-                    let mut mine = BTreeMap::new();
-                    let mut rng = XorShift(0x7AB1_E000 + t);
-                    for i in 0..250u64 {
-                        // Units of thread t: 4 KiB at 16 KiB * k + 4 KiB * t,
-                        // in one of 48 blocks spread over the whole disk.
-                        let block = (rng.next() % 48) * (SIZE / MIB / 48);
-                        let at = block * MIB + (rng.next() % (MIB / 16384)) * 16384 + t * 4096;
-                        let fill = (t as u8 + 1) << 6 | (i % 61) as u8;
+                    let mut mine = std::collections::BTreeMap::new();
+                    let mut rng = XorShift(0xD1FF_0000 + t);
+                    for i in 0..700u64 {
+                        // Units of thread t: 4 KiB at 16 KiB * k + 4 KiB * t.
+                        let at = (rng.next() % (SIZE / STRETCH)) * STRETCH + (rng.next() % 4) * 16384 + t * 4096;
+                        let fill = (t as u8) << 6 | (i % 63) as u8;
                         vhdx::write_concurrently(disk, &[fill; 4096], at).unwrap();
                         mine.insert(at, fill);
                         let mut buf = [0u8; 4096];
                         let (&back, &want) = mine.iter().nth((rng.next() % mine.len() as u64) as usize).unwrap();
                         disk.read().unwrap().read_at(&mut buf, back).unwrap();
                         assert!(buf.iter().all(|&x| x == want), "thread {t}: unit at {back:#x}");
-                        if i % 70 == 69 {
+                        if i % 150 == 149 {
                             vhdx::flush_concurrently(disk).unwrap();
                         }
                     }
@@ -291,27 +500,23 @@ fn new_blocks_across_table_pages_with_a_one_page_cache() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    disk.into_inner().unwrap().close().unwrap();
-    assert!(vhdx::check::check_file(&path).unwrap().is_clean());
-    let d = OpenOptions::new().open(&path).unwrap();
-    let raw = dir.path().join("out.raw");
-    let qemu = crate::common::qemu::qemu();
-    if qemu {
-        crate::common::qemu::qemu_convert_to_raw(&path, &raw);
-    }
-    let mut buf = [0u8; 4096];
-    let mut blocks = std::collections::BTreeSet::new();
-    for mine in &written {
-        for (&at, &fill) in mine {
-            d.read_at(&mut buf, at).unwrap();
-            assert!(buf.iter().all(|&x| x == fill), "unit at {at:#x} after reopening");
-            if qemu {
-                use crate::common::FileExt;
-                std::fs::File::open(&raw).unwrap().read_exact_at(&mut buf, at).unwrap();
-                assert!(buf.iter().all(|&x| x == fill), "unit at {at:#x} as QEMU reads it");
+    let check = |d: &Disk, when: &str| {
+        let mut got = vec![0u8; 64 << 10];
+        for stretch in 0..SIZE / STRETCH {
+            let mut want = parent_piece(stretch);
+            for mine in &written {
+                for (&at, &fill) in mine.range(stretch * STRETCH..stretch * STRETCH + (64 << 10)) {
+                    let from = (at - stretch * STRETCH) as usize;
+                    want[from..from + 4096].fill(fill);
+                }
             }
-            blocks.insert(at / MIB);
+            d.read_at(&mut got, stretch * STRETCH).unwrap();
+            assert!(got == want, "stretch {stretch} {when}");
         }
-    }
-    assert_eq!(d.info().unwrap().allocated_blocks, blocks.len() as u64, "one block per block written, no more");
+    };
+    let d = disk.into_inner().unwrap();
+    check(&d, "before closing");
+    d.close().unwrap();
+    assert!(vhdx::check::check_file(&path).unwrap().is_clean());
+    check(&OpenOptions::new().open(&path).unwrap(), "after reopening");
 }

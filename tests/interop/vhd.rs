@@ -197,7 +197,8 @@ use vhdx::vhd::VhdCreateOptions;
 
 use crate::common::compare::sha256_bytes;
 use crate::common::data::pattern;
-use crate::common::qemu::{qemu, qemu_img, run, run_ok};
+use crate::common::qemu::{qemu, qemu_img, run_ok};
+use crate::common::tools::libvhdi_reads_chain;
 
 /// The writes every round trip makes: odd offsets and lengths, one across
 /// a block boundary, one across a sector boundary, one at the very end.
@@ -233,41 +234,6 @@ fn qemu_reads(image: &Path) -> Vec<u8> {
 /// disk and its size; with `parent`, the child over that parent.
 fn libvhdi_reads(image: &Path, parent: Option<&Path>) -> Option<(String, u64)> {
     libvhdi_reads_chain(image, parent.as_slice())
-}
-
-/// [`libvhdi_reads`] of `image` over `parents`, nearest first.
-fn libvhdi_reads_chain(image: &Path, parents: &[&Path]) -> Option<(String, u64)> {
-    const SCRIPT: &str = r#"
-import hashlib, sys, pyvhdi
-def opened(p):
-    f = pyvhdi.file()
-    f.open(p)
-    return f
-files = [opened(p) for p in sys.argv[1:]]  # kept alive: libvhdi reads through them
-for child, parent in zip(files, files[1:]):
-    child.set_parent(parent)
-f = files[0]
-size = f.get_media_size()
-h = hashlib.sha256()
-at = 0
-while at < size:
-    n = min(4 << 20, size - at)
-    h.update(f.read_buffer_at_offset(n, at))
-    at += n
-print(h.hexdigest(), size)
-"#;
-    let python = "/usr/bin/python3";
-    // A Linux program: a Windows build sees its file through Z:, but
-    // cannot run it.
-    if cfg!(not(unix)) || !run(python, &["-c", "import pyvhdi"]).status.success() {
-        crate::common::unavailable("libvhdi (Debian python3-libvhdi, for /usr/bin/python3)");
-        return None;
-    }
-    let mut args = vec!["-c", SCRIPT, image.to_str().unwrap()];
-    args.extend(parents.iter().map(|p| p.to_str().unwrap()));
-    let out = run_ok(python, &args);
-    let mut words = out.split_whitespace();
-    Some((words.next().unwrap().to_string(), words.next().unwrap().parse().unwrap()))
 }
 
 #[test]
