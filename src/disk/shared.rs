@@ -55,7 +55,7 @@ impl Disk {
     /// `write_at`. Writers of overlapping ranges at once leave either's
     /// bytes, as with any file.
     pub fn write_at_shared(&self, buf: &[u8], offset: u64) -> Result<bool> {
-        if let Some(answer) = self.before_shared_write(buf, offset)? {
+        if let Some(answer) = self.before_shared(offset, buf.len() as u64)? {
             return Ok(answer);
         }
         let image = &self.image;
@@ -74,17 +74,17 @@ impl Disk {
         self.write_targets(buf, offset, &targets)
     }
 
-    /// What both shared writes check first: an error for a read-only disk
-    /// or a range past the end; the answer at once for an empty write
-    /// (written) or before the session's first change (declined); `None`
-    /// when the write may go on.
-    fn before_shared_write(&self, buf: &[u8], offset: u64) -> Result<Option<bool>> {
+    /// What every change through `&self` checks first: an error for a
+    /// read-only disk or a range past the end; the answer at once for an
+    /// empty range (done) or before the session's first change (declined);
+    /// `None` when the change may go on.
+    fn before_shared(&self, offset: u64, len: u64) -> Result<Option<bool>> {
         let image = &self.image;
         if !image.writable {
             return Err(Error::ReadOnly);
         }
-        image.check_range_u64(offset, buf.len() as u64)?;
-        if buf.is_empty() {
+        image.check_range_u64(offset, len)?;
+        if len == 0 {
             return Ok(Some(true));
         }
         if !image.session.data_guid_changed || image.closed {
@@ -206,17 +206,10 @@ impl Disk {
     /// made before it (each whole) in place.
     #[cfg(feature = "std")]
     pub fn reserve_shared(&self, offset: u64, len: u64) -> Result<bool> {
+        if let Some(answer) = self.before_shared(offset, len)? {
+            return Ok(answer);
+        }
         let image = &self.image;
-        if !image.writable {
-            return Err(Error::ReadOnly);
-        }
-        image.check_range_u64(offset, len)?;
-        if len == 0 {
-            return Ok(true);
-        }
-        if !image.session.data_guid_changed || image.closed {
-            return Ok(false);
-        }
         let differencing = image.params.has_parent;
         let ss = image.params.logical_sector_size as u64;
         if differencing && (self.parent.is_none() || offset % ss != 0 || len % ss != 0) {
@@ -260,8 +253,9 @@ impl Disk {
                 }
             }
             // A partially present block: the bitmap pages its bits fall in,
-            // held so that the commit after the data can set them.
-            if !self.hold_bitmap_pages(block, in_block, n)? {
+            // held so that the commit after the data can set them (a block
+            // written whole needs none: it becomes fully present).
+            if n < bs && !self.hold_bitmap_pages(block, in_block, n)? {
                 return Ok(false);
             }
         }
@@ -382,14 +376,10 @@ impl Disk {
     /// file at the next flush, through the log.
     #[cfg(feature = "std")]
     pub fn commit_write_shared(&self, offset: u64, len: u64) -> Result<bool> {
+        if let Some(answer) = self.before_shared(offset, len)? {
+            return Ok(answer);
+        }
         let image = &self.image;
-        if !image.writable {
-            return Err(Error::ReadOnly);
-        }
-        image.check_range_u64(offset, len)?;
-        if len == 0 {
-            return Ok(true);
-        }
         let bs = image.params.block_size as u64;
         let ss = image.params.logical_sector_size as u64;
         for block in offset / bs..=(offset + len - 1) / bs {
@@ -404,9 +394,6 @@ impl Disk {
         }
         if offset % ss != 0 || len % ss != 0 {
             return Err(Error::invalid("a differencing disk's resolved writes are whole sectors"));
-        }
-        if image.closed || !image.session.data_guid_changed {
-            return Ok(false);
         }
         let _turn = image.allocating.lock().unwrap_or_else(|e| e.into_inner());
         let b = image.bounds();
@@ -448,7 +435,7 @@ impl Disk {
     /// having written nothing, when the range is not so (another writer
     /// changed it in between, or the storage takes no shared writes).
     pub fn write_reserved(&self, buf: &[u8], offset: u64) -> Result<bool> {
-        if let Some(answer) = self.before_shared_write(buf, offset)? {
+        if let Some(answer) = self.before_shared(offset, buf.len() as u64)? {
             return Ok(answer);
         }
         let Some(targets) = self.reserved_targets(offset, buf.len() as u64)? else { return Ok(false) };

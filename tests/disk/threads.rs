@@ -251,14 +251,12 @@ fn new_blocks_are_made_while_a_reader_holds_the_lock() {
 /// read them from the file) until a flush unpins it. Four threads write
 /// 4 KiB units all over a 2 GiB disk (four table pages) and flush now and
 /// then; every unit reads as its last write, before and after reopening,
-/// through QEMU (a dynamic disk) or libvhdi (a differencing child, whose
-/// sector bitmap entries share the pages), and the image checks clean.
+/// through QEMU for a dynamic disk (a differencing child's sector bitmap
+/// entries share the pages too), and the image checks clean.
 #[test]
 fn new_blocks_across_table_pages_with_a_one_page_cache() {
-    use std::collections::BTreeMap;
     const MIB: u64 = 1 << 20;
     const SIZE: u64 = 2048 * MIB;
-    const THREADS: u64 = 4;
     for kind in ["dynamic", "differencing"] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.vhdx");
@@ -277,34 +275,11 @@ fn new_blocks_across_table_pages_with_a_one_page_cache() {
             Disk::create_differencing(&path, &base, Some(MIB as u32)).unwrap().close().unwrap();
         }
         let disk = RwLock::new(OpenOptions::new().writable(true).bat_cache_bytes(4096).open(&path).unwrap());
-        let written: Vec<BTreeMap<u64, u8>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..THREADS)
-                .map(|t| {
-                    let disk = &disk;
-                    s.spawn(move || {
-                        let mut mine = BTreeMap::new();
-                        let mut rng = XorShift(0x7AB1_E000 + t);
-                        for i in 0..250u64 {
-                            // Units of thread t: 4 KiB at 16 KiB * k + 4 KiB * t,
-                            // in one of 48 blocks spread over the whole disk.
-                            let block = (rng.next() % 48) * (SIZE / MIB / 48);
-                            let at = block * MIB + (rng.next() % (MIB / 16384)) * 16384 + t * 4096;
-                            let fill = (t as u8 + 1) << 6 | (i % 61) as u8;
-                            vhdx::write_concurrently(disk, &[fill; 4096], at).unwrap();
-                            mine.insert(at, fill);
-                            let mut buf = [0u8; 4096];
-                            let (&back, &want) = mine.iter().nth((rng.next() % mine.len() as u64) as usize).unwrap();
-                            disk.read().unwrap().read_at(&mut buf, back).unwrap();
-                            assert!(buf.iter().all(|&x| x == want), "{kind}, thread {t}: unit at {back:#x}");
-                            if i % 70 == 69 {
-                                vhdx::flush_concurrently(disk).unwrap();
-                            }
-                        }
-                        mine
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        // Units of thread t: 4 KiB at 16 KiB * k + 4 KiB * t, in one of 48
+        // blocks spread over the whole disk.
+        let written = write_units(&disk, 250, 70, 0x7AB1_E000, |rng, t| {
+            let block = (rng.next() % 48) * (SIZE / MIB / 48);
+            block * MIB + (rng.next() % (MIB / 16384)) * 16384 + t * 4096
         });
         disk.into_inner().unwrap().close().unwrap();
         assert!(vhdx::check::check_file(&path).unwrap().is_clean(), "{kind}");
@@ -460,7 +435,6 @@ fn differencing_writes_past_the_held_bitmap_pages_lose_nothing() {
     const MIB: u64 = 1 << 20;
     const SIZE: u64 = 8192 * MIB;
     const STRETCH: u64 = 16 * MIB;
-    const THREADS: u64 = 4;
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.vhdx");
     let path = dir.path().join("child.vhdx");
@@ -473,32 +447,9 @@ fn differencing_writes_past_the_held_bitmap_pages_lose_nothing() {
     b.close().unwrap();
     Disk::create_differencing(&path, &base, Some(MIB as u32)).unwrap().close().unwrap();
     let disk = RwLock::new(OpenOptions::new().writable(true).open(&path).unwrap());
-    let written: Vec<std::collections::BTreeMap<u64, u8>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let disk = &disk;
-                s.spawn(move || {
-                    let mut mine = std::collections::BTreeMap::new();
-                    let mut rng = XorShift(0xD1FF_0000 + t);
-                    for i in 0..700u64 {
-                        // Units of thread t: 4 KiB at 16 KiB * k + 4 KiB * t.
-                        let at = (rng.next() % (SIZE / STRETCH)) * STRETCH + (rng.next() % 4) * 16384 + t * 4096;
-                        let fill = (t as u8) << 6 | (i % 63) as u8;
-                        vhdx::write_concurrently(disk, &[fill; 4096], at).unwrap();
-                        mine.insert(at, fill);
-                        let mut buf = [0u8; 4096];
-                        let (&back, &want) = mine.iter().nth((rng.next() % mine.len() as u64) as usize).unwrap();
-                        disk.read().unwrap().read_at(&mut buf, back).unwrap();
-                        assert!(buf.iter().all(|&x| x == want), "thread {t}: unit at {back:#x}");
-                        if i % 150 == 149 {
-                            vhdx::flush_concurrently(disk).unwrap();
-                        }
-                    }
-                    mine
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    // Units of thread t: 4 KiB at 16 KiB * k + 4 KiB * t.
+    let written = write_units(&disk, 700, 150, 0xD1FF_0000, |rng, t| {
+        (rng.next() % (SIZE / STRETCH)) * STRETCH + (rng.next() % 4) * 16384 + t * 4096
     });
     let check = |d: &Disk, when: &str| {
         let mut got = vec![0u8; 64 << 10];
@@ -519,4 +470,44 @@ fn differencing_writes_past_the_held_bitmap_pages_lose_nothing() {
     d.close().unwrap();
     assert!(vhdx::check::check_file(&path).unwrap().is_clean());
     check(&OpenOptions::new().open(&path).unwrap(), "after reopening");
+}
+
+/// Four threads write 4 KiB units with `write_concurrently`, `writes` each,
+/// at the offsets `place(rng, thread)` gives (each thread its own units),
+/// each reading back one of its units at random after every write and
+/// flushing with `flush_concurrently` every `flush_every` writes. Returns
+/// each thread's units with the byte last written there (never 0).
+fn write_units(
+    disk: &RwLock<Disk>,
+    writes: u64,
+    flush_every: u64,
+    seed: u64,
+    place: impl Fn(&mut XorShift, u64) -> u64 + Sync,
+) -> Vec<std::collections::BTreeMap<u64, u8>> {
+    let place = &place;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4u64)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut mine = std::collections::BTreeMap::new();
+                    let mut rng = XorShift(seed + t);
+                    for i in 0..writes {
+                        let at = place(&mut rng, t);
+                        let fill = (t as u8) << 6 | (i % 63 + 1) as u8;
+                        vhdx::write_concurrently(disk, &[fill; 4096], at).unwrap();
+                        mine.insert(at, fill);
+                        let mut buf = [0u8; 4096];
+                        let (&back, &want) = mine.iter().nth((rng.next() % mine.len() as u64) as usize).unwrap();
+                        disk.read().unwrap().read_at(&mut buf, back).unwrap();
+                        assert!(buf.iter().all(|&x| x == want), "thread {t}: unit at {back:#x}");
+                        if i % flush_every == flush_every - 1 {
+                            vhdx::flush_concurrently(disk).unwrap();
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
 }
