@@ -19,9 +19,11 @@
 //! - `threads_read_4k`, `threads_write_4k`: `raw/N` and `dynamic/N`, 4 KiB
 //!   random reads and writes into allocated space from N = 1, 2, 4 threads
 //!   at once on one file
-//! - `threads_read_4k_allocating`: `raw/N` and `dynamic/N`, the same reads
-//!   from N = 1, 2 threads while one more thread makes new blocks (a 4 KiB
-//!   write at the start of each next MiB past the data)
+//! - `threads_read_4k_allocating`: `raw/N`, `dynamic/N` and
+//!   `differencing/N`, the same reads from N = 1, 2 threads while one more
+//!   thread makes new blocks (a 4 KiB write at the start of each next MiB
+//!   past the data; in a differencing child, a partially present block and
+//!   its sectors' bits)
 //!
 //! Images are 1 GiB, files are page-cache warm: for reads, evicted and read
 //! back sequentially; for 4 KiB writes, evicted and warmed by one pass of the
@@ -415,9 +417,11 @@ fn threads_4k(c: &mut Criterion, fx: &Fixture) {
 /// MiB past its data (the file grows as a dynamic image's does); `dynamic/N`
 /// reads a dynamic image of 1 MiB blocks (1 TiB, its first GiB the raw
 /// file's bytes) shared as `RwLock<Disk>` while the extra thread writes 4 KiB
-/// into each next block it does not store, with `write_concurrently`. The
-/// time is the readers' alone, per read; the image is flushed between
-/// samples, outside the time. A reader that waited for the allocator shows
+/// into each next block it does not store, with `write_concurrently`;
+/// `differencing/N` reads a differencing child over that image (the reads
+/// go through to the parent) while the extra thread makes the child's new
+/// blocks the same way. The time is the readers' alone, per read; the
+/// image is flushed between samples, outside the time. A reader that waited for the allocator shows
 /// here as a ratio below the plain `threads_read_4k`'s.
 fn threads_read_allocating(c: &mut Criterion, fx: &Fixture) {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -482,9 +486,35 @@ fn threads_read_allocating(c: &mut Criterion, fx: &Fixture) {
             })
         });
     }
-    g.finish();
     disk.into_inner().unwrap().close().unwrap();
+    // `differencing/N`: the same reads of a child over that image (they go
+    // through to the parent's blocks) while the extra thread writes 4 KiB
+    // into each next block of the child: a new partially present block and
+    // its sectors' bits each time.
+    let child_path = fx.p("alloc_child.vhdx");
+    let _ = std::fs::remove_file(&child_path);
+    Disk::create_differencing(&child_path, &path, Some(MIB as u32)).unwrap().close().unwrap();
+    let child = RwLock::new(OpenOptions::new().writable(true).open(&child_path).unwrap());
+    vhdx::write_concurrently(&child, &data, SIZE).unwrap();
+    child.write().unwrap().flush().unwrap();
+    let child_next = AtomicU64::new(SIZE / MIB + 1);
+    fx.settle();
+    for n in [1usize, 2] {
+        g.bench_with_input(criterion::BenchmarkId::new("differencing", n), &n, |b, &n| {
+            b.iter_custom(|iters| {
+                let t = run(n, iters, &|o, buf| child.read().unwrap().read_at(buf, o).unwrap(), &|| {
+                    let k = child_next.fetch_add(1, Ordering::Relaxed);
+                    vhdx::write_concurrently(&child, &data, k * MIB).unwrap();
+                });
+                child.write().unwrap().flush().unwrap();
+                t
+            })
+        });
+    }
+    g.finish();
+    child.into_inner().unwrap().close().unwrap();
     raw.set_len(SIZE).unwrap();
+    let _ = std::fs::remove_file(&child_path);
     let _ = std::fs::remove_file(&path);
 }
 
