@@ -209,9 +209,10 @@ pub trait BlockDevice {
 /// disk's blocks placed for whole sectors, while readers go on), else
 /// under an exclusive hold ([`BlockDevice::reserve`]); the data is written
 /// under a shared hold, and (a differencing disk) its sectors made present
-/// under a shared one when the device can
-/// ([`BlockDevice::commit_reserved_shared`]), else under an exclusive one;
-/// if the device cannot reserve, the whole write under the exclusive hold.
+/// under the same hold when the device can
+/// ([`BlockDevice::commit_reserved_shared`]), else the whole write done
+/// again under an exclusive one; if the device cannot reserve, the whole
+/// write under the exclusive hold.
 /// Readers and writers run in parallel; only the metadata steps that
 /// cannot be shared exclude them (a session's first change and first new
 /// block, a write of part of a differencing disk's sector, a flush of
@@ -250,7 +251,7 @@ pub fn write_concurrently<D: BlockDevice + ?Sized>(disk: &std::sync::RwLock<D>, 
                 return Ok(());
             }
             drop(d);
-            return exclusive().commit_reserved(offset, len);
+            return rewrite(disk, buf, offset);
         }
     }
     let reservation = {
@@ -261,23 +262,33 @@ pub fn write_concurrently<D: BlockDevice + ?Sized>(disk: &std::sync::RwLock<D>, 
         }
         r
     };
+    let d = shared();
     let written = match reservation {
-        Reservation::NeedsCommit => shared().write_reserved(buf, offset)?,
-        _ => shared().write_at_shared(buf, offset)?,
+        Reservation::NeedsCommit => d.write_reserved(buf, offset)?,
+        _ => d.write_at_shared(buf, offset)?,
     };
     if !written {
         // Between the holds another writer changed what the range lies on
         // (a discard, a compaction): write it the exclusive way.
+        drop(d);
         return exclusive().write_at(buf, offset);
     }
-    if reservation == Reservation::NeedsCommit {
-        // The data is in place: now its sectors read as written.
-        if shared().commit_reserved_shared(offset, len)? {
-            return Ok(());
-        }
-        return exclusive().commit_reserved(offset, len);
+    if reservation == Reservation::NeedsCommit && !d.commit_reserved_shared(offset, len)? {
+        drop(d);
+        return rewrite(disk, buf, offset);
     }
     Ok(())
+}
+
+/// The data of a reserved write is in place but its sectors could not be
+/// made present under the shared hold that wrote it: the whole write again
+/// under the exclusive hold. Not just its commit: between the holds, a
+/// write of part of one of its sectors (whose parent's bytes it merged in
+/// before this write's sectors were present) may have written over them,
+/// and only writing them again leaves this write's bytes there.
+#[cfg(feature = "std")]
+fn rewrite<D: BlockDevice + ?Sized>(disk: &std::sync::RwLock<D>, buf: &[u8], offset: u64) -> Result<()> {
+    disk.write().unwrap_or_else(|p| p.into_inner()).write_at(buf, offset)
 }
 
 /// Flushes a device shared as `RwLock<D>`: through a shared hold when the
