@@ -217,13 +217,7 @@ impl Disk {
         }
         let _turn = image.allocating.lock().unwrap_or_else(|e| e.into_inner());
         let bs = image.params.block_size as u64;
-        let end = offset + len;
-        let mut pos = offset;
-        while pos < end {
-            let block = pos / bs;
-            let in_block = pos % bs;
-            let n = (bs - in_block).min(end - pos);
-            pos += n;
+        for (block, in_block, n) in block_pieces(offset, len, bs) {
             let entry = image.bat_payload(block)?;
             let state = entry.payload_state();
             if state == Some(PayloadState::FullyPresent) {
@@ -397,13 +391,7 @@ impl Disk {
         }
         let _turn = image.allocating.lock().unwrap_or_else(|e| e.into_inner());
         let b = image.bounds();
-        let end = offset + len;
-        let mut pos = offset;
-        while pos < end {
-            let block = pos / bs;
-            let in_block = pos % bs;
-            let n = (bs - in_block).min(end - pos);
-            pos += n;
+        for (block, in_block, n) in block_pieces(offset, len, bs) {
             let entry = image.bat_payload(block)?;
             if entry.payload_state() != Some(PayloadState::PartiallyPresent) {
                 continue;
@@ -484,6 +472,22 @@ impl Disk {
         }
         Ok(true)
     }
+}
+
+/// `[offset, offset + len)` cut at `bs`-byte block boundaries, in order:
+/// (block, offset in the block, length).
+#[cfg(feature = "std")]
+fn block_pieces(offset: u64, len: u64, bs: u64) -> impl Iterator<Item = (u64, u64, u64)> {
+    let end = offset + len;
+    let mut pos = offset;
+    core::iter::from_fn(move || {
+        (pos < end).then(|| {
+            let (block, in_block) = (pos / bs, pos % bs);
+            let n = (bs - in_block).min(end - pos);
+            pos += n;
+            (block, in_block, n)
+        })
+    })
 }
 
 /// What [`Disk::reserve`] (or [`BlockDevice::reserve`](crate::BlockDevice::reserve)) made for a write.

@@ -184,8 +184,6 @@ fn shared_writes_from_four_threads_match_a_model() {
 /// exclusive lock, the writer would wait for the reader to let go.
 #[test]
 fn new_blocks_are_made_while_a_reader_holds_the_lock() {
-    use std::sync::mpsc;
-    use std::time::Duration;
     const MIB: u64 = 1 << 20;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.vhdx");
@@ -195,45 +193,18 @@ fn new_blocks_are_made_while_a_reader_holds_the_lock() {
     // exclusive lock. Later ones, with only shared allocations to commit,
     // hold it shared.
     vhdx::flush_concurrently(&disk).unwrap();
-    let entries = disk.read().unwrap().log_entries_written();
-    let held = disk.read().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::scope(|s| {
-        let disk = &disk;
-        s.spawn(move || {
-            for b in 1..48u64 {
-                // Part of a block, unaligned, so the rest must read as zeros.
-                vhdx::write_concurrently(disk, &[b as u8; 5000], b * MIB + 777).unwrap();
-                if b % 8 == 0 {
-                    vhdx::flush_concurrently(disk).unwrap();
-                }
-                if tx.send(b).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut seen = Vec::new();
-        let mut buf = vec![0u8; 8192];
-        while seen.len() < 47 {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(b) => {
-                    held.read_at(&mut buf, b * MIB).unwrap();
-                    assert!(buf[..777].iter().all(|&x| x == 0), "block {b}: zeros before the write");
-                    assert!(buf[777..5777].iter().all(|&x| x == b as u8), "block {b}: the write");
-                    assert!(buf[5777..].iter().all(|&x| x == 0), "block {b}: zeros after it");
-                    seen.push(b);
-                }
-                Err(_) => break,
-            }
-        }
-        // Let go in any case, so that a writer that waited can end.
-        drop(held);
-        assert_eq!(seen.len(), 47, "the writer waited for a reader to let go (blocks made: {seen:?})");
-    });
-    let d = disk.read().unwrap();
-    assert_eq!(d.log_entries_written(), entries + 5, "five flushes held the lock shared and wrote the log");
-    assert!(d.has_pending_metadata(), "blocks 41 to 47 wait for the next flush");
-    drop(d);
+    let mut buf = vec![0u8; 8192];
+    beside_a_held_reader(
+        &disk,
+        // Part of a block, unaligned, so the rest must read as zeros.
+        |b| vhdx::write_concurrently(&disk, &[b as u8; 5000], b * MIB + 777).unwrap(),
+        |held, b| {
+            held.read_at(&mut buf, b * MIB).unwrap();
+            assert!(buf[..777].iter().all(|&x| x == 0), "block {b}: zeros before the write");
+            assert!(buf[777..5777].iter().all(|&x| x == b as u8), "block {b}: the write");
+            assert!(buf[5777..].iter().all(|&x| x == 0), "block {b}: zeros after it");
+        },
+    );
     disk.into_inner().unwrap().close().unwrap();
     assert!(vhdx::check::check_file(&path).unwrap().is_clean());
     let mut buf = vec![0u8; 5000];
@@ -327,8 +298,6 @@ fn new_blocks_across_table_pages_with_a_one_page_cache() {
 /// the model, `check` is clean, and libvhdi (when present) reads the same.
 #[test]
 fn differencing_blocks_and_bits_are_made_while_a_reader_holds_the_lock() {
-    use std::sync::mpsc;
-    use std::time::Duration;
     const MIB: u64 = 1 << 20;
     const SIZE: u64 = 64 * MIB;
     let dir = tempfile::tempdir().unwrap();
@@ -345,7 +314,6 @@ fn differencing_blocks_and_bits_are_made_while_a_reader_holds_the_lock() {
     vhdx::write_concurrently(&disk, &[0xEE; 4096], 0).unwrap();
     model[..4096].fill(0xEE);
     vhdx::flush_concurrently(&disk).unwrap();
-    let entries = disk.read().unwrap().log_entries_written();
     // Per block b: 8 KiB at 4 KiB * b (a new block with its sectors' bits),
     // then 1 KiB at the block's end (bits in a block made before); every
     // fifth block written whole instead (fully present).
@@ -356,52 +324,29 @@ fn differencing_blocks_and_bits_are_made_while_a_reader_holds_the_lock() {
             vec![(b * MIB + 4096 * b, vec![b as u8; 8192]), ((b + 1) * MIB - 1024, vec![!(b as u8); 1024])]
         }
     };
-    let held = disk.read().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::scope(|s| {
-        let disk = &disk;
-        s.spawn(move || {
-            for b in 1..48u64 {
-                for (at, data) in writes(b) {
-                    vhdx::write_concurrently(disk, &data, at).unwrap();
-                }
-                if b % 8 == 0 {
-                    vhdx::flush_concurrently(disk).unwrap();
-                }
-                if tx.send(b).is_err() {
-                    return;
-                }
+    let mut buf = vec![0u8; MIB as usize];
+    beside_a_held_reader(
+        &disk,
+        |b| {
+            for (at, data) in writes(b) {
+                vhdx::write_concurrently(&disk, &data, at).unwrap();
             }
-        });
-        let mut seen = Vec::new();
-        let mut buf = vec![0u8; MIB as usize];
-        while seen.len() < 47 {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(b) => {
-                    let mut want: Vec<u8> = (b * MIB..(b + 1) * MIB).map(parent_byte).collect();
-                    for (at, data) in writes(b) {
-                        let from = (at - b * MIB) as usize;
-                        want[from..from + data.len()].copy_from_slice(&data);
-                    }
-                    held.read_at(&mut buf, b * MIB).unwrap();
-                    assert!(buf == want, "block {b} as the reader sees it after its writes returned");
-                    seen.push(b);
-                }
-                Err(_) => break,
+        },
+        |held, b| {
+            let mut want: Vec<u8> = (b * MIB..(b + 1) * MIB).map(parent_byte).collect();
+            for (at, data) in writes(b) {
+                let from = (at - b * MIB) as usize;
+                want[from..from + data.len()].copy_from_slice(&data);
             }
-        }
-        drop(held);
-        assert_eq!(seen.len(), 47, "the writer waited for a reader to let go (blocks done: {seen:?})");
-    });
+            held.read_at(&mut buf, b * MIB).unwrap();
+            assert!(buf == want, "block {b} as the reader sees it after its writes returned");
+        },
+    );
     for b in 1..48u64 {
         for (at, data) in writes(b) {
             model[at as usize..at as usize + data.len()].copy_from_slice(&data);
         }
     }
-    let d = disk.read().unwrap();
-    assert_eq!(d.log_entries_written(), entries + 5, "five flushes held the lock shared and wrote the log");
-    assert!(d.has_pending_metadata(), "blocks 41 to 47 wait for the next flush");
-    drop(d);
     disk.into_inner().unwrap().close().unwrap();
     assert!(vhdx::check::check_file(&path).unwrap().is_clean());
     let d = OpenOptions::new().open(&path).unwrap();
@@ -510,4 +455,45 @@ fn write_units(
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     })
+}
+
+/// Runs `write(b)` for b = 1 to 47 on another thread, flushing with
+/// `flush_concurrently` after every eighth, while this thread holds the
+/// disk's read lock throughout and calls `check(disk, b)` as each returns.
+/// Fails if the writer waits 30 s for the reader to let go, or if the five
+/// flushes did not each write a log entry (the lock held shared), or left
+/// nothing of blocks 41 to 47 for the next flush.
+fn beside_a_held_reader(disk: &RwLock<Disk>, write: impl Fn(u64) + Send, mut check: impl FnMut(&Disk, u64)) {
+    let entries = disk.read().unwrap().log_entries_written();
+    let held = disk.read().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for b in 1..48u64 {
+                write(b);
+                if b % 8 == 0 {
+                    vhdx::flush_concurrently(disk).unwrap();
+                }
+                if tx.send(b).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        while seen.len() < 47 {
+            match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+                Ok(b) => {
+                    check(&held, b);
+                    seen.push(b);
+                }
+                Err(_) => break,
+            }
+        }
+        // Let go in any case, so that a writer that waited can end.
+        drop(held);
+        assert_eq!(seen.len(), 47, "the writer waited for a reader to let go (blocks done: {seen:?})");
+    });
+    let d = disk.read().unwrap();
+    assert_eq!(d.log_entries_written(), entries + 5, "five flushes held the lock shared and wrote the log");
+    assert!(d.has_pending_metadata(), "blocks 41 to 47 wait for the next flush");
 }
