@@ -22,6 +22,8 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+use super::diff::{bitmap_runs, run_masks};
+
 /// Bytes of a bitmap page.
 const PAGE: usize = 4096;
 /// Pages held at most (a megabyte of copies).
@@ -42,7 +44,8 @@ pub(crate) struct BitsPage {
 }
 
 impl BitsPage {
-    /// Copies `len` bytes from `at` (inside this page) into `out`.
+    /// Copies the page's bytes from byte `from` into `out` (as many as it
+    /// holds).
     fn copy_into(&self, from: usize, out: &mut [u8]) {
         for (o, b) in out.iter_mut().zip(&self.bytes[from..]) {
             // Acquire: a bit seen set means the sectors' data was written
@@ -85,6 +88,13 @@ impl Default for Table {
     }
 }
 
+/// The 4 KiB pages that bytes `[at, end)` of the file fall in (none for
+/// an empty range).
+fn pages(at: u64, end: u64) -> impl Iterator<Item = u64> {
+    let start = if at < end { at / PAGE as u64 * PAGE as u64 } else { end };
+    (start..end).step_by(PAGE)
+}
+
 fn bucket_of(at: u64) -> usize {
     ((at / PAGE as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 55) as usize % BUCKETS
 }
@@ -117,17 +127,7 @@ impl SharedBits {
 
     /// Whether a copy covers any byte of `[at, end)`.
     pub(crate) fn any_in(&self, at: u64, end: u64) -> bool {
-        if self.is_empty() || at >= end {
-            return false;
-        }
-        let mut page = at / PAGE as u64 * PAGE as u64;
-        while page < end {
-            if self.get(page).is_some() {
-                return true;
-            }
-            page += PAGE as u64;
-        }
-        false
+        !self.is_empty() && pages(at, end).any(|page| self.get(page).is_some())
     }
 
     /// Lays the copies over `out`, the bytes at file offset `at`.
@@ -136,14 +136,12 @@ impl SharedBits {
             return;
         }
         let end = at + out.len() as u64;
-        let mut page = at / PAGE as u64 * PAGE as u64;
-        while page < end {
+        for page in pages(at, end) {
             if let Some(p) = self.get(page) {
                 let lo = page.max(at);
                 let hi = (page + PAGE as u64).min(end);
                 p.copy_into((lo - page) as usize, &mut out[(lo - at) as usize..(hi - at) as usize]);
             }
-            page += PAGE as u64;
         }
     }
 
@@ -185,28 +183,15 @@ impl SharedBits {
     /// fall in is not held. Call after the sectors' data is written; one
     /// caller at a time.
     pub(crate) fn set_bits(&self, base: u64, first: u64, count: u64) -> bool {
-        if count == 0 {
-            return true;
-        }
-        let page_of = |s: u64| (base + s / 8) / PAGE as u64 * PAGE as u64;
-        let (lo, hi) = (page_of(first), page_of(first + count - 1));
-        if (lo..=hi).step_by(PAGE).any(|p| self.get(p).is_none()) {
+        if bitmap_runs(base, first, count).any(|(page_at, _, _)| self.get(page_at).is_none()) {
             return false;
         }
-        let mut s = first;
-        let last = first + count;
-        while s < last {
-            let page_at = page_of(s);
+        for (page_at, s, stop) in bitmap_runs(base, first, count) {
             let page = self.get(page_at).expect("checked above");
-            let page_end = (page_at + PAGE as u64 - base) * 8;
-            let stop = last.min(page_end);
             let mut changed = false;
-            while s < stop {
-                let byte = &page.bytes[(base + s / 8 - page_at) as usize];
-                let (bits, n) = if s % 8 == 0 && stop - s >= 8 { (0xFF, 8) } else { (1u8 << (s % 8), 1) };
+            for (i, mask) in run_masks(base, page_at, s, stop) {
                 // Release: whoever sees the bit sees the data written before.
-                changed |= byte.fetch_or(bits, Ordering::Release) & bits != bits;
-                s += n;
+                changed |= page.bytes[i].fetch_or(mask, Ordering::Release) & mask != mask;
             }
             if changed {
                 page.dirty.store(true, Ordering::Release);

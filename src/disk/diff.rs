@@ -88,34 +88,16 @@ impl Image {
     /// Sets (`present`) or clears the bitmap bits of `count` sectors from
     /// `first` in `block`; the chunk must have a sector bitmap block.
     pub(crate) fn change_bitmap_bits(&mut self, block: u64, first: u64, count: u64, present: bool) -> Result<()> {
-        let g = *self.table.geometry();
-        let chunk = block / g.chunk_ratio;
-        let sb = self.bat(g.sector_bitmap_index(chunk))?.file_offset();
-        let bytes_per_block = g.sectors_per_block() / 8;
-        let base = sb + (block % g.chunk_ratio) * bytes_per_block;
-        let mut s = first;
-        let last = first + count;
-        while s < last {
-            let byte_at = base + s / 8;
-            let page_at = byte_at / PAGE * PAGE;
+        let base = self.bitmap_base(block)?;
+        for (page_at, s, stop) in bitmap_runs(base, first, count) {
             self.metadata_page_mut(page_at)?;
             let page = self.dirty_pages.get_mut(&page_at).expect("loaded above");
-            // Set every bit of this page's bytes that falls in [s, last).
-            let page_end_sector = (page_at + PAGE - base) * 8;
-            let stop = last.min(page_end_sector);
-            while s < stop {
-                let i = (base + s / 8 - page_at) as usize;
+            for (i, mask) in run_masks(base, page_at, s, stop) {
                 let old = page[i];
-                if s % 8 == 0 && stop - s >= 8 {
-                    page[i] = if present { 0xFF } else { 0 };
-                    s += 8;
+                if present {
+                    page[i] |= mask;
                 } else {
-                    if present {
-                        page[i] |= 1 << (s % 8);
-                    } else {
-                        page[i] &= !(1 << (s % 8));
-                    }
-                    s += 1;
+                    page[i] &= !mask;
                 }
                 if page[i] != old {
                     self.undo.byte(page_at + i as u64, old);
@@ -125,17 +107,66 @@ impl Image {
         Ok(())
     }
 
+    /// The file offset of bit 0 of partially present `block`'s sector
+    /// bitmap (its slice of its chunk's sector bitmap block).
+    pub(crate) fn bitmap_base(&self, block: u64) -> Result<u64> {
+        let g = *self.table.geometry();
+        let sb = self.sector_bitmap_block(block, block / g.chunk_ratio)?;
+        Ok(sb + (block % g.chunk_ratio) * (g.sectors_per_block() / 8))
+    }
+
     /// The uncommitted copy of the metadata page at `page_at`, loaded on first use.
     pub(crate) fn metadata_page_mut(&mut self, page_at: u64) -> Result<&mut Vec<u8>> {
         self.absorb_shared_bits();
         if !self.dirty_pages.contains_key(&page_at) {
-            let mut page = alloc::vec![0u8; PAGE as usize];
-            self.read_file(&mut page, page_at, "reading a sector bitmap")?;
+            let page = self.metadata_page(page_at)?;
             self.dirty_pages.insert(page_at, page);
             self.undo.page_loaded(page_at);
         }
         Ok(self.dirty_pages.get_mut(&page_at).expect("inserted above"))
     }
+
+    /// The metadata page at `page_at` as the disk presents it now: this
+    /// session's uncommitted copy, else the file's bytes.
+    pub(crate) fn metadata_page(&self, page_at: u64) -> Result<Vec<u8>> {
+        if let Some(changed) = self.dirty_pages.get(&page_at) {
+            return Ok(changed.clone());
+        }
+        let mut page = alloc::vec![0u8; PAGE as usize];
+        self.read_file(&mut page, page_at, "reading a sector bitmap")?;
+        Ok(page)
+    }
+}
+
+/// Bits `[first, first + count)` counted from file offset `base` (bit 0 of
+/// the byte there), cut at 4 KiB pages: (page offset, first bit, end bit)
+/// of each page's run, in order.
+pub(crate) fn bitmap_runs(base: u64, first: u64, count: u64) -> impl Iterator<Item = (u64, u64, u64)> {
+    let last = first + count;
+    let mut s = first;
+    core::iter::from_fn(move || {
+        (s < last).then(|| {
+            let page_at = (base + s / 8) / PAGE * PAGE;
+            let stop = last.min((page_at + PAGE - base) * 8);
+            let run = (page_at, s, stop);
+            s = stop;
+            run
+        })
+    })
+}
+
+/// The bytes of a run of [`bitmap_runs`] (bits `[s, stop)` from `base`,
+/// inside the page at `page_at`): (index in the page, mask of the run's
+/// bits in it), whole bytes as `0xFF`.
+pub(crate) fn run_masks(base: u64, page_at: u64, mut s: u64, stop: u64) -> impl Iterator<Item = (usize, u8)> {
+    core::iter::from_fn(move || {
+        (s < stop).then(|| {
+            let i = (base + s / 8 - page_at) as usize;
+            let (mask, n) = if s % 8 == 0 && stop - s >= 8 { (0xFF, 8) } else { (1u8 << (s % 8), 1) };
+            s += n;
+            (i, mask)
+        })
+    })
 }
 
 impl Image {

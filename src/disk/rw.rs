@@ -203,8 +203,24 @@ impl Image {
         let last_sector = (in_block + n - 1) >> sector_shift;
         let byte_lo = first_sector / 8;
         let bytes_per_block = (g.block_size >> sector_shift) as u64 / 8;
-        let sb_index = g.sector_bitmap_index(chunk);
-        let sb = self.bat(sb_index)?;
+        Ok(BitmapSpan {
+            chunk,
+            bitmap_block: self.sector_bitmap_block(block, chunk)?,
+            index,
+            first_sector,
+            last_sector,
+            byte_lo,
+            rel: index * bytes_per_block + byte_lo,
+            len: (last_sector / 8 - byte_lo + 1) as usize,
+        })
+    }
+
+    /// Where the sector bitmap block of partially present `block` (of chunk
+    /// `chunk`) is in the file; an error naming the entry when its chunk
+    /// has none.
+    pub(crate) fn sector_bitmap_block(&self, block: u64, chunk: u64) -> Result<u64> {
+        let g = self.table.geometry();
+        let sb = self.bat(g.sector_bitmap_index(chunk))?;
         if !sb.sector_bitmap_present() {
             let index = g.payload_index(block);
             return Err(Error::corrupt(
@@ -213,16 +229,7 @@ impl Image {
                 alloc::format!("entry {index} is partially present but chunk {chunk} has no sector bitmap"),
             ));
         }
-        Ok(BitmapSpan {
-            chunk,
-            bitmap_block: sb.file_offset(),
-            index,
-            first_sector,
-            last_sector,
-            byte_lo,
-            rel: index * bytes_per_block + byte_lo,
-            len: (last_sector / 8 - byte_lo + 1) as usize,
-        })
+        Ok(sb.file_offset())
     }
 
     /// Walks the sector bitmap of a partially present `block` over

@@ -318,18 +318,8 @@ impl Disk {
         let image = &self.image;
         let (base, first, count) = self.bitmap_bits(block, in_block, n)?;
         let chunk = block / image.table.geometry().chunk_ratio;
-        let lo = (base + first / 8) & !4095;
-        let hi = (base + (first + count - 1) / 8) & !4095;
-        for page_at in (lo..=hi).step_by(4096) {
-            let held = image.shared_bits.hold(page_at, chunk, || {
-                let mut page = alloc::vec![0u8; 4096];
-                image.read_file(&mut page, page_at, "reading a sector bitmap")?;
-                if let Some(changed) = image.dirty_pages.get(&page_at) {
-                    page.copy_from_slice(changed);
-                }
-                Ok(page)
-            })?;
-            if !held {
+        for (page_at, _, _) in super::diff::bitmap_runs(base, first, count) {
+            if !image.shared_bits.hold(page_at, chunk, || image.metadata_page(page_at))? {
                 return Ok(false);
             }
         }
@@ -340,19 +330,8 @@ impl Disk {
     /// of `block` are: (file offset of the block's bit 0, first bit, bits).
     #[cfg(feature = "std")]
     fn bitmap_bits(&self, block: u64, in_block: u64, n: u64) -> Result<(u64, u64, u64)> {
-        let image = &self.image;
-        let g = *image.table.geometry();
-        let ss = g.logical_sector_size as u64;
-        let sb = image.bat(g.sector_bitmap_index(block / g.chunk_ratio))?;
-        if !sb.sector_bitmap_present() {
-            return Err(Error::corrupt(
-                "BAT entry",
-                image.table.offset() + g.payload_index(block) as u64 * 8,
-                alloc::format!("block {block} is partially present but its chunk has no sector bitmap"),
-            ));
-        }
-        let base = sb.file_offset() + (block % g.chunk_ratio) * (g.sectors_per_block() / 8);
-        Ok((base, in_block / ss, n.div_ceil(ss)))
+        let ss = self.image.params.logical_sector_size as u64;
+        Ok((self.image.bitmap_base(block)?, in_block / ss, n.div_ceil(ss)))
     }
 
     /// [`Disk::commit_write`] through a shared reference, while readers and
