@@ -1173,20 +1173,19 @@ int32_t vhdx_read_at(const struct VhdxDisk *disk, uint64_t offset, void *buf, si
  *
  * Ownership: `buf` is the caller's and is not kept.
  * Thread safety: writes into space the image already stores, new blocks
- * and a differencing image's sector bits hold the handle's lock shared, so
- * they run in parallel with each other and with reads (writers making new
- * blocks or setting bits take turns among themselves). The lock is held
- * exclusively only for the metadata step of a session's first new block,
- * and for a write of part of a differencing image's sector. Writes to overlapping ranges at once leave either's
- * bytes, as with a file.
+ * and a differencing image's sectors (whole or in part) hold the handle's
+ * lock shared, so they run in parallel with each other and with reads
+ * (writers making new blocks or setting bits take turns among themselves,
+ * and a write of part of a differencing image's sector it does not hold
+ * yet waits for that image's other writers of new sectors). The lock is
+ * held exclusively only for the metadata step of a session's first new
+ * block. Writes to overlapping ranges at once leave either's bytes, as
+ * with a file.
  *
  * # Safety
  * `disk` is NULL or a live handle; `buf` points to `len` readable bytes.
  */
-int32_t vhdx_write_at(struct VhdxDisk *disk,
-                      uint64_t offset,
-                      const void *buf,
-                      size_t len);
+int32_t vhdx_write_at(struct VhdxDisk *disk, uint64_t offset, const void *buf, size_t len);
 
 /**
  * Makes every completed write durable: the data first, then the block

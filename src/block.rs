@@ -199,6 +199,19 @@ pub trait BlockDevice {
         let _ = (offset, len);
         Ok(false)
     }
+
+    /// [`write_reserved`](Self::write_reserved) and then
+    /// [`commit_reserved_shared`](Self::commit_reserved_shared) as one
+    /// step, so that no other writer's change of the same sectors comes
+    /// between the two; a device may also take ranges here that those two
+    /// cannot (for an image: part of a differencing disk's sector, the
+    /// parent's bytes merged in). `Ok(false)` when it could not finish:
+    /// bytes may have been written into the reserved space without reading
+    /// as written, and [`write_at`](Self::write_at) must write the range
+    /// again. The default is the two calls.
+    fn write_and_commit_shared(&self, buf: &[u8], offset: u64) -> Result<bool> {
+        Ok(self.write_reserved(buf, offset)? && self.commit_reserved_shared(offset, buf.len() as u64)?)
+    }
 }
 
 /// Writes `buf` at `offset` to a device shared as `RwLock<D>`, holding the
@@ -206,18 +219,16 @@ pub trait BlockDevice {
 /// hold ([`BlockDevice::write_at_shared`]); if that cannot, the space is
 /// made under a shared hold when the device can
 /// ([`BlockDevice::reserve_shared`]: an image's new blocks, a differencing
-/// disk's blocks placed for whole sectors, while readers go on), else
-/// under an exclusive hold ([`BlockDevice::reserve`]); the data is written
-/// under a shared hold, and (a differencing disk) its sectors made present
-/// under the same hold when the device can
-/// ([`BlockDevice::commit_reserved_shared`]), else the whole write done
+/// disk's blocks, while readers go on), else under an exclusive hold
+/// ([`BlockDevice::reserve`]); the data is written, and (a differencing
+/// disk) its sectors made present, under a shared hold
+/// ([`BlockDevice::write_and_commit_shared`]), else the whole write done
 /// again under an exclusive one; if the device cannot reserve, the whole
 /// write under the exclusive hold.
 /// Readers and writers run in parallel; only the metadata steps that
 /// cannot be shared exclude them (a session's first change and first new
-/// block, a write of part of a differencing disk's sector, a flush of
-/// metadata changed exclusively), never the data. A poisoned lock (a
-/// panic elsewhere) is used as it is.
+/// block, a flush of metadata changed exclusively, a device that cannot),
+/// never the data. A poisoned lock (a panic elsewhere) is used as it is.
 ///
 /// ```
 /// use std::sync::RwLock;
@@ -246,8 +257,8 @@ pub fn write_concurrently<D: BlockDevice + ?Sized>(disk: &std::sync::RwLock<D>, 
     let len = buf.len() as u64;
     {
         let d = shared();
-        if d.reserve_shared(offset, len)? && d.write_reserved(buf, offset)? {
-            if d.commit_reserved_shared(offset, len)? {
+        if d.reserve_shared(offset, len)? {
+            if d.write_and_commit_shared(buf, offset)? {
                 return Ok(());
             }
             drop(d);
@@ -256,36 +267,33 @@ pub fn write_concurrently<D: BlockDevice + ?Sized>(disk: &std::sync::RwLock<D>, 
     }
     let reservation = {
         let mut d = exclusive();
-        let r = d.reserve(offset, buf.len() as u64)?;
+        let r = d.reserve(offset, len)?;
         if r == Reservation::None {
             return d.write_at(buf, offset);
         }
         r
     };
     let d = shared();
-    let written = match reservation {
-        Reservation::NeedsCommit => d.write_reserved(buf, offset)?,
+    let done = match reservation {
+        Reservation::NeedsCommit => d.write_and_commit_shared(buf, offset)?,
         _ => d.write_at_shared(buf, offset)?,
     };
-    if !written {
+    if !done {
         // Between the holds another writer changed what the range lies on
-        // (a discard, a compaction): write it the exclusive way.
-        drop(d);
-        return exclusive().write_at(buf, offset);
-    }
-    if reservation == Reservation::NeedsCommit && !d.commit_reserved_shared(offset, len)? {
+        // (a discard, a compaction), or the sectors could not be made
+        // present under this hold: write it the exclusive way.
         drop(d);
         return rewrite(disk, buf, offset);
     }
     Ok(())
 }
 
-/// The data of a reserved write is in place but its sectors could not be
-/// made present under the shared hold that wrote it: the whole write again
-/// under the exclusive hold. Not just its commit: between the holds, a
-/// write of part of one of its sectors (whose parent's bytes it merged in
-/// before this write's sectors were present) may have written over them,
-/// and only writing them again leaves this write's bytes there.
+/// A write whose space was reserved but which could not be finished under
+/// a shared hold: the whole write again under the exclusive hold. Not just
+/// what was left of it: bytes it wrote before its sectors were present may
+/// since have been written over (a write of part of one of them, which
+/// merged in the parent's bytes), and only writing them again leaves this
+/// write's bytes there.
 #[cfg(feature = "std")]
 fn rewrite<D: BlockDevice + ?Sized>(disk: &std::sync::RwLock<D>, buf: &[u8], offset: u64) -> Result<()> {
     disk.write().unwrap_or_else(|p| p.into_inner()).write_at(buf, offset)
@@ -319,15 +327,15 @@ pub fn flush_concurrently<D: BlockDevice + ?Sized>(disk: &std::sync::RwLock<D>) 
 /// from `lba` (`within` is `None`), or part of the one sector `lba`
 /// starting `within` bytes into it. `range` is the piece's place in the
 /// caller's buffer.
-struct Piece {
-    lba: u64,
-    within: Option<usize>,
-    range: core::ops::Range<usize>,
+pub(crate) struct Piece {
+    pub(crate) lba: u64,
+    pub(crate) within: Option<usize>,
+    pub(crate) range: core::ops::Range<usize>,
 }
 
 /// `len` bytes at byte `offset` as [`Piece`]s, in order: the whole sectors
 /// in the middle as one piece, a partial sector at either end alone.
-fn pieces(offset: u64, len: usize, sector: u32) -> impl Iterator<Item = Piece> {
+pub(crate) fn pieces(offset: u64, len: usize, sector: u32) -> impl Iterator<Item = Piece> {
     let ss = sector as usize;
     let mut done = 0usize;
     core::iter::from_fn(move || {
@@ -472,6 +480,10 @@ impl BlockDevice for crate::Disk {
     #[cfg(feature = "std")]
     fn commit_reserved_shared(&self, offset: u64, len: u64) -> Result<bool> {
         crate::Disk::commit_write_shared(self, offset, len)
+    }
+    #[cfg(feature = "std")]
+    fn write_and_commit_shared(&self, buf: &[u8], offset: u64) -> Result<bool> {
+        crate::Disk::write_and_commit_shared(self, buf, offset)
     }
 }
 

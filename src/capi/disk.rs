@@ -535,12 +535,14 @@ pub unsafe extern "C" fn vhdx_read_at(disk: *const VhdxDisk, offset: u64, buf: *
 ///
 /// Ownership: `buf` is the caller's and is not kept.
 /// Thread safety: writes into space the image already stores, new blocks
-/// and a differencing image's sector bits hold the handle's lock shared, so
-/// they run in parallel with each other and with reads (writers making new
-/// blocks or setting bits take turns among themselves). The lock is held
-/// exclusively only for the metadata step of a session's first new block,
-/// and for a write of part of a differencing image's sector. Writes to overlapping ranges at once leave either's
-/// bytes, as with a file.
+/// and a differencing image's sectors (whole or in part) hold the handle's
+/// lock shared, so they run in parallel with each other and with reads
+/// (writers making new blocks or setting bits take turns among themselves,
+/// and a write of part of a differencing image's sector it does not hold
+/// yet waits for that image's other writers of new sectors). The lock is
+/// held exclusively only for the metadata step of a session's first new
+/// block. Writes to overlapping ranges at once leave either's bytes, as
+/// with a file.
 ///
 /// # Safety
 /// `disk` is NULL or a live handle; `buf` points to `len` readable bytes.

@@ -373,4 +373,7 @@ impl BlockDevice for AnyDisk {
     fn commit_reserved_shared(&self, offset: u64, len: u64) -> Result<bool> {
         self.as_device().commit_reserved_shared(offset, len)
     }
+    fn write_and_commit_shared(&self, buf: &[u8], offset: u64) -> Result<bool> {
+        self.as_device().write_and_commit_shared(buf, offset)
+    }
 }

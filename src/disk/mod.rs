@@ -73,11 +73,12 @@ use crate::log::LogWriter;
 /// Reads take `&self` and may run from many threads at once; so may writes
 /// into space the image already stores ([`Disk::write_at_shared`]), new
 /// blocks ([`Disk::reserve_shared`]) and a differencing disk's sector bits
-/// ([`Disk::commit_write_shared`]). Other writes take `&mut self`. Share a
-/// disk between threads as `std::sync::RwLock<Disk>` and write with
-/// [`write_concurrently`](crate::write_concurrently), which holds the
-/// lock exclusively only for what cannot be shared (a session's first new
-/// block, part of a differencing disk's sector).
+/// ([`Disk::commit_write_shared`]), and writes of part of a differencing
+/// disk's sector ([`Disk::write_and_commit_shared`]). Other writes take
+/// `&mut self`. Share a disk between threads as `std::sync::RwLock<Disk>`
+/// and write with [`write_concurrently`](crate::write_concurrently), which
+/// holds the lock exclusively only for what cannot be shared (a session's
+/// first new block, a full table of pinned pages).
 ///
 /// ```
 /// use vhdx::{CreateOptions, Disk, MemStorage};
@@ -133,6 +134,14 @@ pub(crate) struct Image {
     /// take it.
     #[cfg(feature = "std")]
     allocating: std::sync::Mutex<()>,
+    /// Held shared by a differencing disk's writer of whole sectors through
+    /// `&self` from its data write to its commit, and exclusively by one
+    /// writing part of a sector (which merges in the parent's bytes) through
+    /// `&self` ([`Disk::write_and_commit_shared`]), so that no merge reads a
+    /// sector another writer has written and not yet made present. Readers
+    /// never take it. Taken before `allocating`, never while holding it.
+    #[cfg(feature = "std")]
+    merging: std::sync::RwLock<()>,
     /// Present once this session has set a LogGuid and may write the log.
     /// (Locked: a shared flush, [`Disk::flush_shared`], writes it too.)
     log: Locked<Option<LogWriter>>,

@@ -175,6 +175,8 @@ pub(crate) fn read_image(
         #[cfg(feature = "std")]
         allocating: Default::default(),
         #[cfg(feature = "std")]
+        merging: Default::default(),
+        #[cfg(feature = "std")]
         shared_bits: Default::default(),
         log: super::Locked::new(None),
         session: super::session::Session::new(guid_source, file_guid_changed),

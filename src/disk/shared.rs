@@ -17,9 +17,12 @@
 //! a block-table page pinned in the cache, where readers see it without a
 //! lock (see `table`); set a sector's bit, after its data is written, in a
 //! copy of its bitmap page that readers find without a lock (see `bits`).
+//! A differencing disk's writes of part of a sector also run shared
+//! ([`Disk::write_and_commit_shared`]): each merges the parent's bytes into
+//! its sector alone, while its disk's other writers of new sectors wait.
 //! Only the session's first new block (new header GUIDs, the whole-table
-//! check), writes of part of a sector of a differencing disk, and writers
-//! who find no room left to pin a page hold the `RwLock` exclusively.
+//! check) and writers who find no room left to pin a page hold the
+//! `RwLock` exclusively.
 //! Flush with [`crate::flush_concurrently`]: when only such
 //! shared allocations wait to be committed (and the session's first flush
 //! has named its log), [`Disk::flush_shared`] commits them under the shared
@@ -183,15 +186,18 @@ impl Disk {
     /// [`Disk::reserve`] makes it: a disk without a parent (fixed or
     /// dynamic) gets a zero-filled block for each block of the range it
     /// does not store, after which [`Disk::write_at_shared`] (or
-    /// [`Disk::write_reserved`]) writes the range; a differencing disk,
-    /// for whole sectors, gets its blocks placed (still reading the
-    /// parent's bytes) and the sector bitmap pages of the range held for
-    /// [`Disk::commit_write_shared`], after [`Disk::write_reserved`].
+    /// [`Disk::write_reserved`]) writes the range; a differencing disk
+    /// gets the blocks of the range's sectors (whole, when it has only
+    /// part of one) placed, still reading the parent's bytes, and their
+    /// sector bitmap pages held, after which
+    /// [`Disk::write_and_commit_shared`] writes the range and makes it
+    /// present (for whole sectors, also [`Disk::write_reserved`] then
+    /// [`Disk::commit_write_shared`]).
     /// Returns `Ok(true)` when that is done; `Ok(false)` when it cannot be
     /// done shared, and [`Disk::reserve`] (with `&mut self`) does it: the
     /// session's first change or first new block (the headers' new GUIDs,
-    /// the whole-table check); part of a sector of a differencing disk, or
-    /// one opened without its parent; a block-table page changed by an
+    /// the whole-table check); a differencing disk opened without its
+    /// parent; a block-table page changed by an
     /// exclusive call since the last flush, or no room left in the table's
     /// cache to pin the changed page, or in the held bitmap pages (256 of
     /// them, until the next exclusive flush); storage that cannot change
@@ -211,10 +217,19 @@ impl Disk {
         }
         let image = &self.image;
         let differencing = image.params.has_parent;
-        let ss = image.params.logical_sector_size as u64;
-        if differencing && (self.parent.is_none() || offset % ss != 0 || len % ss != 0) {
+        if differencing && self.parent.is_none() {
             return Ok(false);
         }
+        // A differencing disk's sectors are placed whole, those that the
+        // range has only part of too (their merge is the commit's).
+        let ss = image.params.logical_sector_size as u64;
+        let (offset, len) = if differencing {
+            let start = offset / ss * ss;
+            (start, (offset + len).div_ceil(ss) * ss - start)
+        } else {
+            (offset, len)
+        };
+        image.check_range_u64(offset, len)?;
         let _turn = image.allocating.lock().unwrap_or_else(|e| e.into_inner());
         let bs = image.params.block_size as u64;
         for (block, in_block, n) in block_pieces(offset, len, bs) {
@@ -388,6 +403,68 @@ impl Disk {
             let set = image.shared_bits.set_bits(base, first, count)
                 || (self.hold_bitmap_pages(block, in_block, n)? && image.shared_bits.set_bits(base, first, count));
             if !set {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes `buf` at `offset` into the space [`Disk::reserve_shared`] (or
+    /// [`Disk::reserve`]) made, and makes it read as written, through a
+    /// shared reference while readers and other writers run: for a disk
+    /// without a parent, [`Disk::write_reserved`]; for a differencing disk
+    /// that and [`Disk::commit_write_shared`] as one step that no write of
+    /// part of one of its sectors comes between. Part of a sector that the
+    /// child does not hold yet is read (the parent's bytes), the new bytes
+    /// merged in, and the sector written whole and made present; writers
+    /// of part of a sector take turns with each other and with writers of
+    /// whole sectors of this disk, while readers and writes into sectors
+    /// the child holds go on. Returns `Ok(true)` when done; `Ok(false)`
+    /// when only [`Disk::write_at`] (with `&mut self`) can finish it
+    /// (another writer changed the range in between, no room to hold a
+    /// bitmap page, a differencing disk opened without its parent): bytes
+    /// may have been written into the reserved space without reading as
+    /// written, and `write_at` writes the range again.
+    #[cfg(feature = "std")]
+    pub fn write_and_commit_shared(&self, buf: &[u8], offset: u64) -> Result<bool> {
+        if let Some(answer) = self.before_shared(offset, buf.len() as u64)? {
+            return Ok(answer);
+        }
+        let image = &self.image;
+        let whole = |buf: &[u8], at: u64| -> Result<bool> {
+            Ok(self.write_reserved(buf, at)? && self.commit_write_shared(at, buf.len() as u64)?)
+        };
+        if !image.params.has_parent {
+            return whole(buf, offset);
+        }
+        let ss = image.params.logical_sector_size;
+        if offset % ss as u64 == 0 && buf.len() % ss as usize == 0 {
+            let _write = image.merging.read().unwrap_or_else(|e| e.into_inner());
+            return whole(buf, offset);
+        }
+        if self.parent.is_none() {
+            return Ok(false);
+        }
+        let _alone = image.merging.write().unwrap_or_else(|e| e.into_inner());
+        let mut sector = alloc::vec![0u8; ss as usize];
+        for p in crate::block::pieces(offset, buf.len(), ss) {
+            let src = &buf[p.range.clone()];
+            let at = p.lba * ss as u64;
+            let done = match p.within {
+                None => whole(src, at)?,
+                // A sector this disk holds: its bytes written in place, as
+                // a write into stored space always is.
+                Some(within) if self.write_at_shared(src, at + within as u64)? => true,
+                // One it does not: no other writer can have written it
+                // (they hold `merging` shared until their sectors are
+                // present), so what reads there now is the parent's.
+                Some(within) => {
+                    self.read_at(&mut sector, at)?;
+                    sector[within..within + src.len()].copy_from_slice(src);
+                    whole(&sector, at)?
+                }
+            };
+            if !done {
                 return Ok(false);
             }
         }

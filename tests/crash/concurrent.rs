@@ -1,8 +1,11 @@
 //! Crashes while four threads write one disk at once through
-//! `write_concurrently` (stored blocks and a dynamic disk's new blocks
-//! under the shared lock, a differencing disk's new blocks under the
-//! exclusive one) and flush now and then with `flush_concurrently` (shared
-//! when only shared allocations are pending).
+//! `write_concurrently` (stored blocks, new blocks, a differencing disk's
+//! new sectors, whole or in part, under the shared lock once the session's
+//! first change is made) and flush now and then with `flush_concurrently`
+//! (shared when only shared allocations are pending). Into a differencing
+//! disk every third write goes in two pieces split inside a sector, so
+//! that each piece merges the parent's bytes (or the unit's earlier ones)
+//! into that sector.
 //!
 //! The threads run freely, so each crash point falls somewhere different on
 //! each run; what must hold holds for any interleaving. Each thread owns
@@ -86,6 +89,10 @@ fn options(parent: Option<&Vec<u8>>, writable: bool, seed: u64) -> OpenOptions {
     }
 }
 
+/// Where a differencing disk's split writes are split, inside the unit's
+/// second sector.
+const SPLIT: usize = 1000;
+
 /// Runs the four writers on `storage` until they finish or the crash stops
 /// them; returns their records.
 fn run(storage: FaultStorage, parent: Option<&Vec<u8>>, mode: Mode) -> Vec<Record> {
@@ -108,7 +115,15 @@ fn run(storage: FaultStorage, parent: Option<&Vec<u8>>, mode: Mode) -> Vec<Recor
                     // Recorded before it is tried: a write that fails may
                     // still have reached the file.
                     record.lock().unwrap().writes.push((unit, v, false));
-                    if vhdx::write_concurrently(disk, &[v; UNIT as usize], unit * UNIT).is_err() {
+                    let data = [v; UNIT as usize];
+                    let at = unit * UNIT;
+                    let written = if parent.is_some() && w % 3 == 1 {
+                        vhdx::write_concurrently(disk, &data[..SPLIT], at)
+                            .and_then(|()| vhdx::write_concurrently(disk, &data[SPLIT..], at + SPLIT as u64))
+                    } else {
+                        vhdx::write_concurrently(disk, &data, at)
+                    };
+                    if written.is_err() {
                         if mode == Mode::Crash {
                             return;
                         }
@@ -179,12 +194,20 @@ fn verify(image: Vec<u8>, start: &[u8], parent: Option<&Vec<u8>>, records: &[Rec
             );
             let bytes = &got[(unit * UNIT) as usize..((unit + 1) * UNIT) as usize];
             // A torn write may leave part old, part new: each sector alone
-            // must be one of the allowed values.
-            for (s, sector) in bytes.chunks(512).enumerate() {
-                if !sector.iter().all(|&b| b == sector[0]) || !allowed.contains(&sector[0]) {
+            // (each side of a split write's split alone) must be one of the
+            // allowed values.
+            let mut cuts: Vec<usize> = (0..=UNIT as usize).step_by(512).collect();
+            if parent.is_some() {
+                cuts.insert(2, SPLIT);
+            }
+            for cut in cuts.windows(2) {
+                let piece = &bytes[cut[0]..cut[1]];
+                if !piece.iter().all(|&b| b == piece[0]) || !allowed.contains(&piece[0]) {
                     return Err(format!(
-                        "thread {t}'s unit {unit} sector {s} reads {:#04x}, allowed {allowed:?}",
-                        sector[0]
+                        "thread {t}'s unit {unit} bytes {}..{} read {:02x?}, allowed {allowed:?}",
+                        cut[0],
+                        cut[1],
+                        &piece[..8]
                     ));
                 }
             }

@@ -299,11 +299,52 @@ fn new_blocks_across_table_pages_with_a_one_page_cache() {
 #[test]
 fn differencing_blocks_and_bits_are_made_while_a_reader_holds_the_lock() {
     const MIB: u64 = 1 << 20;
+    // Per block b: 8 KiB at 4 KiB * b (a new block with its sectors' bits),
+    // then 1 KiB at the block's end (bits in a block made before); every
+    // fifth block written whole instead (fully present).
+    differencing_beside_a_held_reader(|b| {
+        if b % 5 == 0 {
+            vec![(b * MIB, vec![b as u8; MIB as usize])]
+        } else {
+            vec![(b * MIB + 4096 * b, vec![b as u8; 8192]), ((b + 1) * MIB - 1024, vec![!(b as u8); 1024])]
+        }
+    });
+}
+
+/// The same for writes of part of a sector, which merge the parent's bytes
+/// into it: none waits for the reader. Per block b: 100 bytes into a
+/// sector of a new block; 60 more bytes into the same sector, which the
+/// child then holds; 3,000 bytes from the middle of one sector to the
+/// middle of another (two merged sectors around five whole ones); one byte
+/// into the block's last sector.
+#[test]
+fn differencing_partial_sectors_are_written_while_a_reader_holds_the_lock() {
+    const MIB: u64 = 1 << 20;
+    differencing_beside_a_held_reader(|b| {
+        let base = b * MIB + 4096 * b;
+        vec![
+            (base + 37, vec![b as u8; 100]),
+            (base + 300, vec![!(b as u8); 60]),
+            (base + 70_000 + 200, vec![b as u8 ^ 0x5A; 3000]),
+            ((b + 1) * MIB - 3, vec![0xA5; 1]),
+        ]
+    });
+}
+
+/// A 64 MiB child of 1 MiB blocks over a parent holding a pattern: after
+/// the session's first change and flush (exclusive), `writes(b)` for
+/// blocks 1 to 47 go in through [`beside_a_held_reader`], the reader
+/// checking each block whole against the parent's bytes with the writes
+/// laid over; after reopening, the chain reads as that model, `check` is
+/// clean, all 48 blocks are stored, and libvhdi (when present) reads the
+/// same.
+fn differencing_beside_a_held_reader(writes: impl Fn(u64) -> Vec<(u64, Vec<u8>)> + Sync) {
+    const MIB: u64 = 1 << 20;
     const SIZE: u64 = 64 * MIB;
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.vhdx");
     let path = dir.path().join("child.vhdx");
-    let parent_byte = |at: u64| 0x40 | (at / MIB % 63) as u8;
+    let parent_byte = |at: u64| 0x40 | ((at / MIB + at / 512) % 63) as u8;
     let mut model: Vec<u8> = (0..SIZE).map(parent_byte).collect();
     let mut b = Disk::create(&base, &CreateOptions::dynamic(SIZE).block_size(MIB as u32)).unwrap();
     b.write_at(&model, 0).unwrap();
@@ -314,16 +355,7 @@ fn differencing_blocks_and_bits_are_made_while_a_reader_holds_the_lock() {
     vhdx::write_concurrently(&disk, &[0xEE; 4096], 0).unwrap();
     model[..4096].fill(0xEE);
     vhdx::flush_concurrently(&disk).unwrap();
-    // Per block b: 8 KiB at 4 KiB * b (a new block with its sectors' bits),
-    // then 1 KiB at the block's end (bits in a block made before); every
-    // fifth block written whole instead (fully present).
-    let writes = |b: u64| -> Vec<(u64, Vec<u8>)> {
-        if b % 5 == 0 {
-            vec![(b * MIB, vec![b as u8; MIB as usize])]
-        } else {
-            vec![(b * MIB + 4096 * b, vec![b as u8; 8192]), ((b + 1) * MIB - 1024, vec![!(b as u8); 1024])]
-        }
-    };
+    let writes = &writes;
     let mut buf = vec![0u8; MIB as usize];
     beside_a_held_reader(
         &disk,
@@ -353,9 +385,7 @@ fn differencing_blocks_and_bits_are_made_while_a_reader_holds_the_lock() {
     let mut back = vec![0u8; SIZE as usize];
     d.read_at(&mut back, 0).unwrap();
     assert!(back == model, "the chain after reopening reads as the model");
-    // Blocks 0..48 stored, 5 to 45 by fives fully present.
-    let info = d.info().unwrap();
-    assert_eq!(info.allocated_blocks, 48);
+    assert_eq!(d.info().unwrap().allocated_blocks, 48);
     drop(d);
     if let Some((sum, size)) = crate::common::tools::libvhdi_reads_chain(&path, &[&base]) {
         assert_eq!(
@@ -363,6 +393,103 @@ fn differencing_blocks_and_bits_are_made_while_a_reader_holds_the_lock() {
             (crate::common::compare::sha256_bytes(&model), SIZE),
             "libvhdi reads the chain as the model"
         );
+    }
+}
+
+/// Writes of part of a sector of a differencing disk from four threads at
+/// once, all through `write_concurrently` (so under the shared lock, each
+/// merging the parent's bytes into a sector the child does not hold yet).
+/// First the four threads walk the same sectors in the same order, each
+/// writing its own quarter of each: no quarter may be lost, as it would be
+/// if two merges of one sector read the parent at once. Then one thread
+/// writes whole sectors while another writes the first 100 bytes of the
+/// same ones: each must read as one write after the other, never with the
+/// parent's bytes, as it would if a merge ran between the whole write's
+/// data and its sector's bit. Flushes and reads run between; after
+/// reopening, the chain reads the same, checks clean, and libvhdi (when
+/// present) agrees.
+#[test]
+fn differencing_partial_sectors_from_four_threads_lose_no_bytes() {
+    const MIB: u64 = 1 << 20;
+    const SIZE: u64 = 16 * MIB;
+    const SECTORS: u64 = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vhdx");
+    let path = dir.path().join("child.vhdx");
+    let parent: Vec<u8> = (0..SIZE).map(|at| 0x40 | (at / 512 % 63) as u8).collect();
+    let mut b = Disk::create(&base, &CreateOptions::dynamic(SIZE).block_size(MIB as u32)).unwrap();
+    b.write_at(&parent, 0).unwrap();
+    b.close().unwrap();
+    Disk::create_differencing(&path, &base, Some(MIB as u32)).unwrap().close().unwrap();
+    let disk = RwLock::new(OpenOptions::new().writable(true).open(&path).unwrap());
+    // The session's first change and flush, exclusive, out of the way.
+    vhdx::write_concurrently(&disk, &[0xEE; 512], 0).unwrap();
+    vhdx::flush_concurrently(&disk).unwrap();
+    // Quarters: sector k of the first stretch is at 512 * (3k + 1).
+    let quarter_at = |k: u64, t: u64| 512 * (3 * k + 1) + 128 * t;
+    let quarter = |k: u64, t: u64| [0x80 | (t as u8) << 4 | (k % 16) as u8; 128];
+    // Whole against part: sector k of the second stretch at 8 MiB + 512 * 2k.
+    let pair_at = |k: u64| 8 * MIB + 1024 * k;
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let disk = &disk;
+            s.spawn(move || {
+                for k in 0..SECTORS {
+                    vhdx::write_concurrently(disk, &quarter(k, t), quarter_at(k, t)).unwrap();
+                    if k % 500 == 499 {
+                        vhdx::flush_concurrently(disk).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    std::thread::scope(|s| {
+        let disk = &disk;
+        s.spawn(move || {
+            for k in 0..SECTORS {
+                vhdx::write_concurrently(disk, &[0xAA; 512], pair_at(k)).unwrap();
+            }
+        });
+        s.spawn(move || {
+            for k in 0..SECTORS {
+                vhdx::write_concurrently(disk, &[0x55; 100], pair_at(k)).unwrap();
+                if k % 700 == 699 {
+                    vhdx::flush_concurrently(disk).unwrap();
+                }
+            }
+        });
+    });
+    let check = |d: &Disk, when: &str| {
+        let mut got = vec![0u8; SIZE as usize];
+        d.read_at(&mut got, 0).unwrap();
+        let mut want = parent.clone();
+        want[..512].fill(0xEE);
+        for k in 0..SECTORS {
+            for t in 0..4 {
+                let at = quarter_at(k, t) as usize;
+                want[at..at + 128].copy_from_slice(&quarter(k, t));
+            }
+            // Either order of the pair: the part last, or the whole.
+            let at = pair_at(k) as usize;
+            want[at..at + 512].fill(0xAA);
+            if got[at..at + 100].iter().all(|&x| x == 0x55) {
+                want[at..at + 100].fill(0x55);
+            }
+        }
+        for (i, (g, w)) in got.chunks(512).zip(want.chunks(512)).enumerate() {
+            if let Some(j) = g.iter().zip(w).position(|(g, w)| g != w) {
+                panic!("sector {i} {when}: byte {j} is {:#04x}, not {:#04x}", g[j], w[j]);
+            }
+        }
+        got
+    };
+    let d = disk.into_inner().unwrap();
+    let model = check(&d, "before closing");
+    d.close().unwrap();
+    assert!(vhdx::check::check_file(&path).unwrap().is_clean());
+    check(&OpenOptions::new().open(&path).unwrap(), "after reopening");
+    if let Some((sum, size)) = crate::common::tools::libvhdi_reads_chain(&path, &[&base]) {
+        assert_eq!((sum, size), (crate::common::compare::sha256_bytes(&model), SIZE), "libvhdi reads the chain");
     }
 }
 
