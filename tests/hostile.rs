@@ -73,7 +73,9 @@ fn in_bounded_child(name: &str) -> bool {
     );
     let peak: u64 = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("hostile peak resident KiB: "))
+        // (Anywhere in a line: with nothing printed before it, the test's
+        // own output follows libtest's "test NAME ... " on the same line.)
+        .find_map(|l| l.split_once("hostile peak resident KiB: ").map(|(_, kib)| kib))
         .unwrap_or_else(|| panic!("{name}: the child reported no peak memory:\n{stdout}"))
         .trim()
         .parse()
