@@ -269,7 +269,8 @@ pub fn convert_with_progress(
             let file = temp.file();
             file.set_len(size).during("sizing the file", size)?;
             let direct = parallel::open_direct(temp.path(), file);
-            let written = parallel::copy_to_raw(size, &runs, &read_shared, file, direct.as_ref(), progress)?;
+            let written =
+                parallel::copy_to_raw(size, &runs, &read_shared, file, direct.as_ref(), options.sync, progress)?;
             // (`commit` syncs the file when `options.sync`.)
             Ok((written, None, String::from("raw")))
         })(),
