@@ -156,10 +156,12 @@ pub trait BlockDevice {
     /// Makes the space a write of `len` bytes at `offset` needs through a
     /// shared reference, while others read and write, when the device can
     /// (for an image: new zero-filled blocks; a differencing disk's blocks
-    /// placed for whole sectors); then
-    /// [`write_reserved`](Self::write_reserved) writes the range and
-    /// [`commit_reserved_shared`](Self::commit_reserved_shared) (or
-    /// [`commit_reserved`](Self::commit_reserved)) makes it read as written.
+    /// placed for the range's sectors, whole); then
+    /// [`write_and_commit_shared`](Self::write_and_commit_shared) writes the
+    /// range and makes it read as written (for whole sectors, also
+    /// [`write_reserved`](Self::write_reserved) and then
+    /// [`commit_reserved_shared`](Self::commit_reserved_shared) or
+    /// [`commit_reserved`](Self::commit_reserved)).
     /// `Ok(false)`, when it cannot, and [`reserve`](Self::reserve) must.
     /// The default cannot.
     fn reserve_shared(&self, offset: u64, len: u64) -> Result<bool> {
