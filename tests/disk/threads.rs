@@ -230,21 +230,21 @@ fn new_blocks_across_table_pages_with_a_one_page_cache() {
     const SIZE: u64 = 2048 * MIB;
     for kind in ["dynamic", "differencing"] {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("disk.vhdx");
-        let base = dir.path().join("base.vhdx");
         let parent_byte = 0x3C;
-        if kind == "dynamic" {
+        let path = if kind == "dynamic" {
+            let path = dir.path().join("disk.vhdx");
             Disk::create(&path, &CreateOptions::dynamic(SIZE).block_size(MIB as u32)).unwrap().close().unwrap();
+            path
         } else {
             // A parent that holds a byte in every block a unit may land
             // in, so that each unit's neighbours read it.
-            let mut b = Disk::create(&base, &CreateOptions::dynamic(SIZE).block_size(MIB as u32)).unwrap();
-            for block in 0..48 {
-                b.write_at(&vec![parent_byte; MIB as usize], block * (SIZE / MIB / 48) * MIB).unwrap();
-            }
-            b.close().unwrap();
-            Disk::create_differencing(&path, &base, Some(MIB as u32)).unwrap().close().unwrap();
-        }
+            child_over(dir.path(), SIZE, |b| {
+                for block in 0..48 {
+                    b.write_at(&vec![parent_byte; MIB as usize], block * (SIZE / MIB / 48) * MIB).unwrap();
+                }
+            })
+            .1
+        };
         let disk = RwLock::new(OpenOptions::new().writable(true).bat_cache_bytes(4096).open(&path).unwrap());
         // Units of thread t: 4 KiB at 16 KiB * k + 4 KiB * t, in one of 48
         // blocks spread over the whole disk.
@@ -342,14 +342,9 @@ fn differencing_beside_a_held_reader(writes: impl Fn(u64) -> Vec<(u64, Vec<u8>)>
     const MIB: u64 = 1 << 20;
     const SIZE: u64 = 64 * MIB;
     let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.vhdx");
-    let path = dir.path().join("child.vhdx");
     let parent_byte = |at: u64| 0x40 | ((at / MIB + at / 512) % 63) as u8;
     let mut model: Vec<u8> = (0..SIZE).map(parent_byte).collect();
-    let mut b = Disk::create(&base, &CreateOptions::dynamic(SIZE).block_size(MIB as u32)).unwrap();
-    b.write_at(&model, 0).unwrap();
-    b.close().unwrap();
-    Disk::create_differencing(&path, &base, Some(MIB as u32)).unwrap().close().unwrap();
+    let (base, path) = child_over(dir.path(), SIZE, |b| b.write_at(&model, 0).unwrap());
     let disk = RwLock::new(OpenOptions::new().writable(true).open(&path).unwrap());
     // The session's first change and first flush hold the lock exclusively.
     vhdx::write_concurrently(&disk, &[0xEE; 4096], 0).unwrap();
@@ -414,13 +409,8 @@ fn differencing_partial_sectors_from_four_threads_lose_no_bytes() {
     const SIZE: u64 = 16 * MIB;
     const SECTORS: u64 = 3000;
     let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.vhdx");
-    let path = dir.path().join("child.vhdx");
     let parent: Vec<u8> = (0..SIZE).map(|at| 0x40 | (at / 512 % 63) as u8).collect();
-    let mut b = Disk::create(&base, &CreateOptions::dynamic(SIZE).block_size(MIB as u32)).unwrap();
-    b.write_at(&parent, 0).unwrap();
-    b.close().unwrap();
-    Disk::create_differencing(&path, &base, Some(MIB as u32)).unwrap().close().unwrap();
+    let (base, path) = child_over(dir.path(), SIZE, |b| b.write_at(&parent, 0).unwrap());
     let disk = RwLock::new(OpenOptions::new().writable(true).open(&path).unwrap());
     // The session's first change and flush, exclusive, out of the way.
     vhdx::write_concurrently(&disk, &[0xEE; 512], 0).unwrap();
@@ -508,16 +498,13 @@ fn differencing_writes_past_the_held_bitmap_pages_lose_nothing() {
     const SIZE: u64 = 8192 * MIB;
     const STRETCH: u64 = 16 * MIB;
     let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.vhdx");
-    let path = dir.path().join("child.vhdx");
     let parent_piece =
         |stretch: u64| -> Vec<u8> { (0..64 << 10).map(|i| (stretch as u8) ^ (i / 512) as u8 | 1).collect() };
-    let mut b = Disk::create(&base, &CreateOptions::dynamic(SIZE).block_size(MIB as u32)).unwrap();
-    for stretch in 0..SIZE / STRETCH {
-        b.write_at(&parent_piece(stretch), stretch * STRETCH).unwrap();
-    }
-    b.close().unwrap();
-    Disk::create_differencing(&path, &base, Some(MIB as u32)).unwrap().close().unwrap();
+    let (_, path) = child_over(dir.path(), SIZE, |b| {
+        for stretch in 0..SIZE / STRETCH {
+            b.write_at(&parent_piece(stretch), stretch * STRETCH).unwrap();
+        }
+    });
     let disk = RwLock::new(OpenOptions::new().writable(true).open(&path).unwrap());
     // Units of thread t: 4 KiB at 16 KiB * k + 4 KiB * t.
     let written = write_units(&disk, 700, 150, 0xD1FF_0000, |rng, t| {
@@ -542,6 +529,22 @@ fn differencing_writes_past_the_held_bitmap_pages_lose_nothing() {
     d.close().unwrap();
     assert!(vhdx::check::check_file(&path).unwrap().is_clean());
     check(&OpenOptions::new().open(&path).unwrap(), "after reopening");
+}
+
+/// In `dir`: `base.vhdx`, a dynamic disk of `size` bytes and 1 MiB blocks
+/// that `fill` writes, and `child.vhdx`, a differencing child of it with
+/// 1 MiB blocks, both closed. Returns their paths (base, child).
+fn child_over(
+    dir: &std::path::Path,
+    size: u64,
+    fill: impl FnOnce(&mut Disk),
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (base, path) = (dir.join("base.vhdx"), dir.join("child.vhdx"));
+    let mut b = Disk::create(&base, &CreateOptions::dynamic(size).block_size(1 << 20)).unwrap();
+    fill(&mut b);
+    b.close().unwrap();
+    Disk::create_differencing(&path, &base, Some(1 << 20)).unwrap().close().unwrap();
+    (base, path)
 }
 
 /// Four threads write 4 KiB units with `write_concurrently`, `writes` each,
