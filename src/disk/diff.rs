@@ -43,10 +43,7 @@ impl Image {
                     (entry.file_offset(), false)
                 }
                 Some(PayloadState::PartiallyPresent) => (entry.file_offset(), true),
-                Some(PayloadState::NotPresent) if !whole_block => {
-                    self.ensure_sector_bitmap(block / self.table.geometry().chunk_ratio)?;
-                    (self.allocate_block_as(block, PayloadState::PartiallyPresent)?, true)
-                }
+                Some(PayloadState::NotPresent) if !whole_block => (self.place_partial(block)?, true),
                 _ => (self.allocate_block_as(block, PayloadState::FullyPresent)?, false),
             };
             let src = &buf[(pos - offset) as usize..(pos - offset + n) as usize];
@@ -62,6 +59,27 @@ impl Image {
             pos += n;
         }
         Ok(())
+    }
+
+    /// Makes not-present `block` partially present with no sector present;
+    /// returns its file offset. Its chunk gets a sector bitmap block, and
+    /// the block's slice of it is cleared: the bits of a block that is not
+    /// partially present mean nothing (MS-VHDX 2.5.1), and another writer
+    /// may have left some set. Kept, they would make sectors never written
+    /// here read the new block's zeros in place of the parent's bytes.
+    pub(crate) fn place_partial(&mut self, block: u64) -> Result<u64> {
+        self.ensure_sector_bitmap(block / self.table.geometry().chunk_ratio)?;
+        let at = self.allocate_block_as(block, PayloadState::PartiallyPresent)?;
+        self.absorb_shared_bits();
+        let base = self.bitmap_base(block)?;
+        for (page_at, s, stop) in bitmap_runs(base, 0, self.table.geometry().sectors_per_block()) {
+            // Only a page with a bit to clear is changed (and logged).
+            let page = self.metadata_page(page_at)?;
+            if run_masks(base, page_at, s, stop).any(|(i, mask)| page[i] & mask != 0) {
+                self.change_bitmap_bits(block, s, stop - s, false)?;
+            }
+        }
+        Ok(at)
     }
 
     /// Makes sure chunk `chunk` has a sector bitmap block; returns its

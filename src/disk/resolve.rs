@@ -225,8 +225,7 @@ impl super::Image {
             match self.bat_payload(block)?.payload_state() {
                 Some(PayloadState::FullyPresent | PayloadState::PartiallyPresent) => {}
                 Some(PayloadState::NotPresent) => {
-                    self.ensure_sector_bitmap(block / self.table.geometry().chunk_ratio)?;
-                    self.allocate_block_as(block, PayloadState::PartiallyPresent)?;
+                    self.place_partial(block)?;
                 }
                 _ => {
                     self.allocate_block(block)?;

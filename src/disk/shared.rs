@@ -249,7 +249,9 @@ impl Disk {
                 // reads zeros, or any of a disk without a parent) fully
                 // present over zeros.
                 let partial = differencing && state == Some(PayloadState::NotPresent);
-                if partial && !self.sector_bitmap_shared(block)? {
+                if partial && (!self.sector_bitmap_shared(block)? || self.has_bits(block)?) {
+                    // Bits left set by another writer: the exclusive path
+                    // clears them (see `Image::place_partial`).
                     return Ok(false);
                 }
                 let made = if partial { PayloadState::PartiallyPresent } else { PayloadState::FullyPresent };
@@ -339,6 +341,24 @@ impl Disk {
             }
         }
         Ok(true)
+    }
+
+    /// Whether any bit of `block`'s bitmap slice is set, as the disk
+    /// presents it now.
+    #[cfg(feature = "std")]
+    fn has_bits(&self, block: u64) -> Result<bool> {
+        let image = &self.image;
+        let base = image.bitmap_base(block)?;
+        for (page_at, s, stop) in super::diff::bitmap_runs(base, 0, image.table.geometry().sectors_per_block()) {
+            let page = match image.shared_bits.get(page_at) {
+                Some(held) => held.snapshot(),
+                None => image.metadata_page(page_at)?,
+            };
+            if super::diff::run_masks(base, page_at, s, stop).any(|(i, mask)| page[i] & mask != 0) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Where the bitmap bits of the sectors of `[in_block, in_block + n)`
