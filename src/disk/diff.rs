@@ -71,15 +71,30 @@ impl Image {
         self.ensure_sector_bitmap(block / self.table.geometry().chunk_ratio)?;
         let at = self.allocate_block_as(block, PayloadState::PartiallyPresent)?;
         self.absorb_shared_bits();
-        let base = self.bitmap_base(block)?;
-        for (page_at, s, stop) in bitmap_runs(base, 0, self.table.geometry().sectors_per_block()) {
-            // Only a page with a bit to clear is changed (and logged).
-            let page = self.metadata_page(page_at)?;
-            if run_masks(base, page_at, s, stop).any(|(i, mask)| page[i] & mask != 0) {
-                self.change_bitmap_bits(block, s, stop - s, false)?;
-            }
+        // Only a page with a bit to clear is changed (and logged).
+        for (_, s, stop) in self.runs_with_bits(block, |page_at| self.metadata_page(page_at))? {
+            self.change_bitmap_bits(block, s, stop - s, false)?;
         }
         Ok(at)
+    }
+
+    /// The runs of `block`'s bitmap slice (`bitmap_runs` over all its
+    /// sectors: page offset, first bit, end bit) that hold a set bit, each
+    /// page's bytes as `page` gives them.
+    pub(crate) fn runs_with_bits(
+        &self,
+        block: u64,
+        page: impl Fn(u64) -> Result<Vec<u8>>,
+    ) -> Result<Vec<(u64, u64, u64)>> {
+        let base = self.bitmap_base(block)?;
+        let mut out = Vec::new();
+        for (page_at, s, stop) in bitmap_runs(base, 0, self.table.geometry().sectors_per_block()) {
+            let bytes = page(page_at)?;
+            if run_masks(base, page_at, s, stop).any(|(i, mask)| bytes[i] & mask != 0) {
+                out.push((page_at, s, stop));
+            }
+        }
+        Ok(out)
     }
 
     /// Makes sure chunk `chunk` has a sector bitmap block; returns its

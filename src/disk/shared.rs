@@ -348,17 +348,11 @@ impl Disk {
     #[cfg(feature = "std")]
     fn has_bits(&self, block: u64) -> Result<bool> {
         let image = &self.image;
-        let base = image.bitmap_base(block)?;
-        for (page_at, s, stop) in super::diff::bitmap_runs(base, 0, image.table.geometry().sectors_per_block()) {
-            let page = match image.shared_bits.get(page_at) {
-                Some(held) => held.snapshot(),
-                None => image.metadata_page(page_at)?,
-            };
-            if super::diff::run_masks(base, page_at, s, stop).any(|(i, mask)| page[i] & mask != 0) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        let presented = |page_at| match image.shared_bits.get(page_at) {
+            Some(held) => Ok(held.snapshot()),
+            None => image.metadata_page(page_at),
+        };
+        Ok(!image.runs_with_bits(block, presented)?.is_empty())
     }
 
     /// Where the bitmap bits of the sectors of `[in_block, in_block + n)`
